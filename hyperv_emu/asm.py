@@ -1,0 +1,210 @@
+"""Assembling the firmware and tiny guests with keystone, checked and cached.
+
+keystone-engine 0.9.2 silently changes operand and address sizes in some 16- and 32-bit forms
+(UNICORN_NOTES.md, "Keystone 0.9.2 pitfalls").  :func:`assemble` therefore lints every
+instruction line: each is assembled alone in its section's mode and any operand-size (0x66)
+prefix that the line's own operands do not call for is a build error naming the line.
+(keystone's 0x67 forms for ``[label]`` operands in 16-bit code are only larger, not wrong, and
+its 16-bit rel32 jumps stay inside the segment, so both pass.)  A line may opt out with a
+trailing ``# ok66`` comment when the prefix is intended.
+
+Sources may pull in other files with ``.include "name"`` (resolved next to the including file)
+and may use AT&T syntax by starting with the line ``# syntax: att``.  Results are cached on disk,
+keyed by the expanded source, mode, base address and keystone version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import keystone
+
+_MODES = {16: keystone.KS_MODE_16, 32: keystone.KS_MODE_32, 64: keystone.KS_MODE_64}
+_CACHE_VERSION = "1"
+
+_DIRECTIVE_RE = re.compile(r"^\s*\.(code16|code32|code64)\b")
+_INCLUDE_RE = re.compile(r'^\s*\.include\s+"([^"]+)"\s*$')
+_LABEL_RE = re.compile(r"^\s*[A-Za-z_.$][\w.$]*:\s*")
+# Operands that legitimately need a 0x66 prefix in 16-bit code (or 0x67 for 32-bit addressing).
+_WIDE_INTEL = re.compile(r"\b(e[abcd]x|e[sd]i|e[bs]p|dword|cr\d|dr\d|r\d+d?)\b", re.I)
+_WIDE_ATT = re.compile(r"%e[a-z]{2}\b|%cr\d|%dr\d|\b[a-z]+l\s", re.I)
+# Operands that legitimately need 0x66 in 32/64-bit code.
+_NARROW_INTEL = re.compile(r"\b([abcd]x|[sd]i|[bs]p|word|[re]?[cdefgs]s|r\d+w)\b", re.I)
+_NARROW_ATT = re.compile(r"%[abcd]x\b|%[sd]i\b|%[bs]p\b|\b[a-z]+w\s|%[cdefgs]s|%r\d+w", re.I)
+_IDENT_RE = re.compile(r"(?<![\w%$])[A-Za-z_.][\w.]*")
+_NOT_SYMBOLS = {
+    "byte", "word", "dword", "qword", "ptr", "offset", "short", "near", "far", "tword",
+    "al", "ah", "bl", "bh", "cl", "ch", "dl", "dh", "ax", "bx", "cx", "dx", "si", "di", "bp", "sp",
+    "eax", "ebx", "ecx", "edx", "esi", "edi", "ebp", "esp", "cs", "ds", "es", "fs", "gs", "ss",
+    "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "sil", "dil", "bpl", "spl",
+    "cr0", "cr2", "cr3", "cr4", "cr8", "dr0", "dr1", "dr2", "dr3", "dr6", "dr7", "rip",
+    *(f"r{i}{s}" for i in range(8, 16) for s in ("", "d", "w", "b")),
+    *(f"xmm{i}" for i in range(16)), *(f"st{i}" for i in range(8)),
+}
+_SEGMENT_PREFIXES = {0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0xF0, 0xF2, 0xF3}
+
+
+class AsmError(Exception):
+    """Assembly failed or the keystone lint found a silently changed operand size."""
+
+
+@dataclass(frozen=True)
+class Program:
+    """An assembled image: ``code`` placed at guest address ``base``."""
+
+    code: bytes
+    base: int
+    mode: int
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("HYPERV_EMU_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "hyperv-emu"
+    )
+    return Path(root) / "asm"
+
+
+def expand_includes(path: Path, _seen: tuple[Path, ...] = ()) -> str:
+    """The source at ``path`` with every ``.include "x"`` replaced by x's text."""
+    path = path.resolve()
+    if path in _seen:
+        raise AsmError(f"{path}: .include loop")
+    out = []
+    for line in path.read_text().splitlines():
+        m = _INCLUDE_RE.match(line)
+        if m:
+            out.append(expand_includes(path.parent / m.group(1), _seen + (path,)))
+        else:
+            out.append(line)
+    return "\n".join(out)
+
+
+def _strip_comment(line: str) -> str:
+    for marker in (";", "#", "//"):
+        idx = line.find(marker)
+        if idx >= 0:
+            line = line[:idx]
+    return line.strip()
+
+
+def _lint(source: str, mode: int, att: bool) -> None:
+    """Raise AsmError for lines whose encoding carries a 0x66/0x67 prefix they did not ask for."""
+    engines: dict[int, keystone.Ks] = {}
+
+    def engine(bits: int) -> keystone.Ks:
+        if bits not in engines:
+            ks = keystone.Ks(keystone.KS_ARCH_X86, _MODES[bits])
+            if att:
+                ks.syntax = keystone.KS_OPT_SYNTAX_ATT
+            engines[bits] = ks
+        return engines[bits]
+
+    bits = mode
+    for lineno, raw in enumerate(source.splitlines(), 1):
+        m = _DIRECTIVE_RE.match(raw)
+        if m:
+            bits = int(m.group(1)[4:])
+            continue
+        if "ok66" in raw:
+            continue
+        text = _strip_comment(_LABEL_RE.sub("", raw, count=1))
+        while _LABEL_RE.match(text + " "):
+            text = _strip_comment(_LABEL_RE.sub("", text, count=1))
+        if not text or text.startswith("."):
+            continue
+        # Define the line's symbols far enough away that near jumps take their long form.
+        syms = [s for s in _IDENT_RE.findall(text.split(None, 1)[1] if " " in text else "")
+                if s.lower() not in _NOT_SYMBOLS and not s.startswith("$")]
+        probe = text + "\n.fill 0x200, 1, 0x90\n" + "".join(f"{s}:\n" for s in dict.fromkeys(syms))
+        mnemonic = text.split(None, 1)[0].lower()
+        try:
+            enc, _ = engine(bits).asm(probe, 0x1000)
+        except keystone.KsError:
+            continue  # the whole-source assembly reports real syntax errors with context
+        if not enc:
+            continue
+        prefixes = []
+        for b in enc:
+            if b in (0x66, 0x67):
+                prefixes.append(b)
+            elif b not in _SEGMENT_PREFIXES:
+                break
+        if bits == 16 and mnemonic.startswith("j") and mnemonic != "jmpf":
+            continue  # keystone's 66 E9/0F 8x rel32 forms stay inside the 64 KiB segment
+        if bits == 16:
+            wide = (_WIDE_ATT if att else _WIDE_INTEL).search(text + " ")
+            if 0x66 in prefixes and not wide:
+                raise AsmError(
+                    f"line {lineno}: keystone gave {text!r} a 32-bit operand size in .code16 "
+                    "(encode it another way or mark the line '# ok66')"
+                )
+        else:
+            narrow = (_NARROW_ATT if att else _NARROW_INTEL).search(text + " ")
+            if 0x66 in prefixes and not narrow:
+                raise AsmError(
+                    f"line {lineno}: keystone gave {text!r} a 16-bit operand size in "
+                    f".code{bits} (emit it as bytes or mark the line '# ok66')"
+                )
+
+
+def assemble(source: str, mode: int = 16, base: int = 0, *, lint: bool = True) -> bytes:
+    """Assemble ``source`` (keystone, Intel syntax unless it starts ``# syntax: att``) for a
+    ``mode``-bit first section placed at ``base``; cached on disk."""
+    if mode not in _MODES:
+        raise AsmError(f"mode must be 16, 32 or 64, not {mode}")
+    att = source.lstrip().startswith("# syntax: att")
+    key = hashlib.sha256(
+        f"{_CACHE_VERSION}|{keystone.__version__ if hasattr(keystone, '__version__') else ''}|"
+        f"{mode}|{base}|{lint}|{att}\n{source}".encode()
+    ).hexdigest()
+    cache = _cache_dir() / f"{key}.bin"
+    try:
+        return cache.read_bytes()
+    except OSError:
+        pass
+    if lint:
+        _lint(source, mode, att)
+    ks = keystone.Ks(keystone.KS_ARCH_X86, _MODES[mode])
+    if att:
+        ks.syntax = keystone.KS_OPT_SYNTAX_ATT
+    try:
+        enc, _ = ks.asm(source, base)
+    except keystone.KsError as exc:
+        raise AsmError(f"keystone: {exc}") from None
+    code = bytes(enc or b"")
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=cache.parent, prefix=".tmp-")
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(code)
+        os.replace(tmp, cache)
+    except OSError:
+        pass  # a read-only cache only costs speed
+    return code
+
+
+def assemble_file(path: str | os.PathLike[str], mode: int = 16, base: int = 0) -> bytes:
+    """Assemble the source file at ``path`` (with its ``.include`` files)."""
+    p = Path(path)
+    try:
+        source = expand_includes(p)
+    except OSError as exc:
+        raise AsmError(f"{p}: {exc.strerror or exc}") from None
+    try:
+        return assemble(source, mode, base)
+    except AsmError as exc:
+        raise AsmError(f"{p.name}: {exc}") from None
+
+
+def data_dir(name: str) -> Path:
+    """The ``firmware`` or ``guests`` folder: the source tree's, else the installed copy."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / name, here / "_data" / name):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError(f"hyperv-emu data folder {name!r} is missing from the installation")

@@ -1,0 +1,1 @@
+"""debug layer (see DESIGN.md)."""
