@@ -1,0 +1,1 @@
+"""vsp layer: the host side of synthetic devices (see DESIGN.md)."""
