@@ -1,0 +1,694 @@
+"""One IDE (parallel ATA) channel with up to two ATA hard disks, PIO only.
+
+Behaviour follows ATA/ATAPI-6 (T13/1410D) and ATA/ATAPI-7 volume 1/2: the Command Block
+registers at ``command_base`` + 0..7, the Control Block register at ``control_base`` (Device
+Control on write, Alternate Status on read), the PIO data-in / data-out / non-data protocols
+and the 48-bit Address feature set.  Commands complete instantly in virtual time, so BSY is
+only ever seen while SRST is held.  DMA is not implemented (IDENTIFY says so).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hyperv_emu.vdev.base import Device, EventSink, IrqLine, null_events
+from hyperv_emu.vsp.storage.blockdev import BlockDevice, BlockDeviceError
+
+SECTOR = 512
+
+# Status register bits (ATA-6 7.15.6).  DSC (bit 4) is "command dependent, formerly DSC" in
+# ATA-6; ATA-3 defined it as Device Seek Complete and old BIOSes wait for it, so it is kept set
+# whenever the device is ready.
+BSY, DRDY, DF, DSC, DRQ, ERR = 0x80, 0x40, 0x20, 0x10, 0x08, 0x01
+READY = DRDY | DSC
+
+# Error register bits (ATA-6 7.9).
+UNC, IDNF, ABRT = 0x40, 0x10, 0x04
+
+# Device Control bits (ATA-6 7.8).
+HOB, SRST, NIEN = 0x80, 0x04, 0x02
+
+# Device register bits.
+LBA_MODE, DEV1 = 0x40, 0x10
+
+#: Largest block for READ/WRITE MULTIPLE (IDENTIFY word 47 bits 7:0).
+MAX_MULTIPLE = 16
+#: The largest disk CHS can describe: 16383 cylinders x 16 heads x 63 sectors (ATA-6 annex B).
+CHS_LIMIT = 16383 * 16 * 63
+
+# Transfer states of a drive.
+XFER_NONE, XFER_IN, XFER_OUT = 0, 1, 2
+
+
+def _ata_string(text: str, nbytes: int) -> bytes:
+    """An ATA IDENTIFY string: space padded, first character in each word's high byte."""
+    raw = text.encode("ascii", "replace")[:nbytes].ljust(nbytes, b" ")
+    out = bytearray(nbytes)
+    out[0::2] = raw[1::2]
+    out[1::2] = raw[0::2]
+    return bytes(out)
+
+
+class _Drive:
+    """The per-device state of one ATA disk on the channel."""
+
+    def __init__(self, disk: BlockDevice | None, index: int, serial: str) -> None:
+        self.disk = disk
+        self.index = index
+        self.serial = serial
+        self.sectors = disk.size // SECTOR if disk is not None else 0
+        # Default (IDENTIFY words 1/3/6) geometry: 16 heads, 63 sectors per track.
+        self.def_cyls = min(16383, self.sectors // (16 * 63))
+        self.power_on()
+
+    def power_on(self) -> None:
+        """Power-on / hardware reset defaults."""
+        self.status = READY if self.disk is not None else 0
+        self.error = 0x01  # diagnostic code: passed (ATA-6 9.10, table 26)
+        self.intrq = False
+        self.multiple = 0  # multiple mode disabled until SET MULTIPLE MODE
+        self.heads, self.spt, self.cyls = 16, 63, self.def_cyls
+        self.write_cache = True
+        self.pio_mode = 0
+        self.stop()
+
+    def stop(self) -> None:
+        """Forget any data transfer in progress."""
+        self.xfer = XFER_NONE
+        self.buf = bytearray()
+        self.pos = 0
+        self.cmd = 0
+        self.lba = 0
+        self.remaining = 0
+        self.block = 1
+        self.mode = "lba28"  # addressing of the current command: lba28, lba48 or chs
+
+
+class IdeChannel(Device):
+    """An IDE channel: task file, master and slave ATA disks, and the channel's IRQ line."""
+
+    name = "ide"
+    SAVE_VERSION = 1
+
+    def __init__(
+        self,
+        irq: IrqLine,
+        master: BlockDevice | None = None,
+        slave: BlockDevice | None = None,
+        *,
+        command_base: int = 0x1F0,
+        control_base: int = 0x3F6,
+        events: EventSink = null_events,
+    ) -> None:
+        self.irq = irq
+        self.command_base = command_base
+        self.control_base = control_base
+        self._events = events
+        self.ports = ((command_base, 8), (control_base, 1))
+        self.drives = (
+            _Drive(master, 0, f"HVEMU-{command_base:04X}-0"),
+            _Drive(slave, 1, f"HVEMU-{command_base:04X}-1"),
+        )
+        self.reset()
+
+    # ---- state ------------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Hardware reset (RESET-): both drives to power-on defaults, signature in the task file."""
+        for d in self.drives:
+            d.power_on()
+        self.devctl = 0
+        self._signature()
+        self._update_irq()
+
+    def _signature(self) -> None:
+        """The ATA post-reset / post-diagnostic signature (ATA-6 9.12): 01 01 00 00 00."""
+        self.feature = [0, 0]
+        self.nsect = [1, 0]  # [current, previous] (the 48-bit FIFO)
+        self.lbal = [1, 0]
+        self.lbam = [0, 0]
+        self.lbah = [0, 0]
+        self.device = 0
+
+    @property
+    def master(self) -> BlockDevice | None:
+        """The disk attached as device 0."""
+        return self.drives[0].disk
+
+    @property
+    def slave(self) -> BlockDevice | None:
+        """The disk attached as device 1."""
+        return self.drives[1].disk
+
+    def _sel(self) -> _Drive:
+        return self.drives[1 if self.device & DEV1 else 0]
+
+    def _present(self) -> bool:
+        return any(d.disk is not None for d in self.drives)
+
+    def _update_irq(self) -> None:
+        # Only the selected device drives INTRQ, and only while nIEN is clear (ATA-6 5.2.9).
+        d = self._sel()
+        self.irq.set_level(d.disk is not None and d.intrq and not self.devctl & NIEN)
+
+    def _interrupt(self, d: _Drive) -> None:
+        d.intrq = True
+        self._update_irq()
+
+    # ---- port access -------------------------------------------------------------------------
+    def io_read(self, port: int, size: int) -> int:
+        if port == self.command_base:
+            return self._data_read(size)
+        if size != 1:
+            # A wider access to a byte register reaches the following ports in turn.
+            value = 0
+            for i in range(size):
+                value |= self._read_byte(port + i) << (8 * i)
+            return value
+        return self._read_byte(port)
+
+    def io_write(self, port: int, size: int, value: int) -> None:
+        if port == self.command_base:
+            self._data_write(size, value)
+            return
+        for i in range(max(1, size)):
+            self._write_byte(port + i, (value >> (8 * i)) & 0xFF)
+
+    def _read_byte(self, port: int) -> int:
+        if port == self.control_base:
+            return self._status(clear=False)
+        reg = port - self.command_base
+        if not 1 <= reg <= 7:
+            return 0xFF
+        if reg == 7:
+            return self._status(clear=True)
+        if not self._present():
+            return 0xFF  # empty channel: the data bus floats high
+        d = self._sel()
+        if reg == 1:
+            return d.error if d.disk is not None else 0
+        if reg == 6:
+            return self.device
+        # With no drive selected, device 0 answers for the shadow task file (ATA-6 9.16.1).
+        prev = 1 if self.devctl & HOB else 0
+        return {2: self.nsect, 3: self.lbal, 4: self.lbam, 5: self.lbah}[reg][prev]
+
+    def _status(self, clear: bool) -> int:
+        if not self._present():
+            # ATA-6 requires a host pull-down on DD7, so an empty channel reads BSY=0; the other
+            # lines float high.
+            return 0x7F
+        d = self._sel()
+        if d.disk is None:
+            # ATA-6 9.16.1: with device 1 absent, device 0 answers Status/Alternate Status
+            # reads for it with 00h.
+            return 0
+        if clear and d.intrq:
+            # Reading Status (not Alternate Status) clears the pending interrupt (ATA-6 5.2.9).
+            d.intrq = False
+            self._update_irq()
+        return d.status
+
+    def _write_byte(self, port: int, value: int) -> None:
+        if port == self.control_base:
+            self._devctl_write(value)
+            return
+        reg = port - self.command_base
+        if not 1 <= reg <= 7:
+            return
+        # "A write to any Command Block register shall clear the HOB bit" (ATA-6 7.8).
+        self.devctl &= ~HOB
+        if reg == 7:
+            self._command(value)
+            return
+        if reg == 6:
+            self.device = value
+            self._update_irq()
+            return
+        fifo = {1: self.feature, 2: self.nsect, 3: self.lbal, 4: self.lbam, 5: self.lbah}[reg]
+        fifo[1] = fifo[0]
+        fifo[0] = value
+
+    def _devctl_write(self, value: int) -> None:
+        old = self.devctl
+        self.devctl = value & (HOB | SRST | NIEN)
+        if value & SRST and not old & SRST:
+            # SRST asserted: every device goes busy and drops what it was doing (ATA-6 9.2).
+            for d in self.drives:
+                d.stop()
+                d.intrq = False
+                if d.disk is not None:
+                    d.status = BSY
+            self._events("ide", op="srst", base=self.command_base)
+        elif old & SRST and not value & SRST:
+            # SRST released: reset completes at once; settings such as the multiple count are
+            # kept (SET FEATURES 66h, "revert to power-on defaults", is not implemented).
+            for d in self.drives:
+                if d.disk is not None:
+                    d.status = READY
+                d.error = 0x01
+            self._signature()
+        self._update_irq()
+
+    # ---- data port ---------------------------------------------------------------------------
+    def _data_read(self, size: int) -> int:
+        if size == 4:
+            # A 32-bit access is two 16-bit transfers, low word first.
+            return self._word_in() | (self._word_in() << 16)
+        word = self._word_in()
+        return word & 0xFF if size == 1 else word  # an 8-bit read still strobes a whole word
+
+    def _data_write(self, size: int, value: int) -> None:
+        if size == 4:
+            self._word_out(value & 0xFFFF)
+            self._word_out((value >> 16) & 0xFFFF)
+        else:
+            self._word_out(value & (0xFF if size == 1 else 0xFFFF))
+
+    def _word_in(self) -> int:
+        d = self._sel()
+        if d.xfer != XFER_IN:
+            return 0xFFFF  # no DRQ: nothing drives the bus
+        word = d.buf[d.pos] | (d.buf[d.pos + 1] << 8)
+        d.pos += 2
+        if d.pos >= len(d.buf):
+            self._in_block_done(d)
+        return word
+
+    def _word_out(self, word: int) -> None:
+        d = self._sel()
+        if d.xfer != XFER_OUT:
+            return
+        d.buf[d.pos] = word & 0xFF
+        d.buf[d.pos + 1] = word >> 8
+        d.pos += 2
+        if d.pos >= len(d.buf):
+            self._out_block_done(d)
+
+    # ---- addressing --------------------------------------------------------------------------
+    def _lba28(self) -> int:
+        return (self.device & 0x0F) << 24 | self.lbah[0] << 16 | self.lbam[0] << 8 | self.lbal[0]
+
+    def _lba48(self) -> int:
+        return (
+            self.lbah[1] << 40 | self.lbam[1] << 32 | self.lbal[1] << 24
+            | self.lbah[0] << 16 | self.lbam[0] << 8 | self.lbal[0]
+        )
+
+    def _chs_to_lba(self, d: _Drive) -> int | None:
+        cyl = self.lbah[0] << 8 | self.lbam[0]
+        head = self.device & 0x0F
+        sect = self.lbal[0]
+        if not (1 <= sect <= d.spt and head < d.heads and cyl < d.cyls):
+            return None
+        return (cyl * d.heads + head) * d.spt + sect - 1
+
+    def _set_address(self, d: _Drive, lba: int) -> None:
+        """Report ``lba`` in the task file in the current command's addressing mode."""
+        if d.mode == "chs":
+            track, sect = divmod(lba, d.spt)
+            cyl, head = divmod(track, d.heads)
+            self.lbal[0], self.lbam[0], self.lbah[0] = sect + 1, cyl & 0xFF, (cyl >> 8) & 0xFF
+            self.device = (self.device & 0xF0) | (head & 0x0F)
+        elif d.mode == "lba48":
+            self.lbal[:] = [lba & 0xFF, (lba >> 24) & 0xFF]
+            self.lbam[:] = [(lba >> 8) & 0xFF, (lba >> 32) & 0xFF]
+            self.lbah[:] = [(lba >> 16) & 0xFF, (lba >> 40) & 0xFF]
+        else:
+            self.lbal[0], self.lbam[0], self.lbah[0] = lba & 0xFF, (lba >> 8) & 0xFF, (
+                lba >> 16
+            ) & 0xFF
+            self.device = (self.device & 0xF0) | ((lba >> 24) & 0x0F)
+
+    def _set_count(self, d: _Drive, count: int) -> None:
+        self.nsect[0] = count & 0xFF
+        if d.mode == "lba48":
+            self.nsect[1] = (count >> 8) & 0xFF
+
+    # ---- command completion ------------------------------------------------------------------
+    def _complete(self, d: _Drive, error: int = 0, interrupt: bool = True) -> None:
+        d.stop()
+        d.error = error
+        d.status = READY | (ERR if error else 0)
+        if error:
+            self._events("ide", op="error", drive=d.index, error=error)
+        if interrupt:
+            self._interrupt(d)
+
+    def _abort(self, d: _Drive) -> None:
+        self._complete(d, ABRT)
+
+    # ---- commands ----------------------------------------------------------------------------
+    def _command(self, cmd: int) -> None:
+        d = self._sel()
+        if self.devctl & SRST:
+            return  # the devices are in reset
+        if d.disk is None:
+            # Commands to an absent device 1 are ignored, except EXECUTE DEVICE DIAGNOSTIC which
+            # is addressed to both devices (ATA-6 8.11 and 9.16.1).
+            if cmd == 0x90 and self._present():
+                self._diagnostic()
+            return
+        # Writing the Command register clears a pending interrupt (ATA-6 5.2.9) and a new command
+        # replaces any transfer the host abandoned.
+        d.intrq = False
+        d.stop()
+        d.cmd = cmd
+        self._events(
+            "ide", op="command", base=self.command_base, drive=d.index, command=cmd,
+            feature=self.feature[0], count=self.nsect[0],
+        )
+        handler = _COMMANDS.get(cmd)
+        if handler is None:
+            self._abort(d)
+        else:
+            handler(self, d, cmd)
+        self._update_irq()
+
+    def _rw_setup(self, d: _Drive, ext: bool) -> tuple[int, int] | None:
+        """Decode the address and count of a read/write command; None after reporting an error."""
+        if ext:
+            d.mode = "lba48"
+            count = (self.nsect[1] << 8 | self.nsect[0]) or 65536
+            lba = self._lba48()
+        elif self.device & LBA_MODE:
+            d.mode = "lba28"
+            count = self.nsect[0] or 256
+            lba = self._lba28()
+        else:
+            d.mode = "chs"
+            count = self.nsect[0] or 256
+            chs = self._chs_to_lba(d)
+            if chs is None:
+                self._complete(d, IDNF)
+                return None
+            lba = chs
+        if lba + count > d.sectors:
+            # IDNF: "the address ... is outside the range of user-accessible addresses".
+            self._set_address(d, min(lba, max(d.sectors - 1, 0)))
+            self._complete(d, IDNF)
+            return None
+        return lba, count
+
+    def _cmd_read(self, d: _Drive, cmd: int) -> None:
+        ext = cmd in (0x24, 0x29)
+        multiple = cmd in (0xC4, 0x29)
+        if multiple and d.multiple == 0:
+            self._abort(d)  # READ MULTIPLE with multiple mode disabled aborts (ATA-6 8.29)
+            return
+        setup = self._rw_setup(d, ext)
+        if setup is None:
+            return
+        d.lba, d.remaining = setup
+        d.block = d.multiple if multiple else 1
+        self._next_in_block(d)
+
+    def _next_in_block(self, d: _Drive) -> None:
+        n = min(d.block, d.remaining)
+        assert d.disk is not None
+        try:
+            data = d.disk.read(d.lba * SECTOR, n * SECTOR)
+        except (BlockDeviceError, OSError):
+            self._set_address(d, d.lba)
+            self._complete(d, UNC)
+            return
+        d.xfer = XFER_IN
+        d.buf = bytearray(data)
+        d.pos = 0
+        d.status = READY | DRQ
+        # PIO data-in: the device interrupts when each DRQ data block is ready (ATA-6 9.5).
+        self._interrupt(d)
+
+    def _in_block_done(self, d: _Drive) -> None:
+        if d.cmd == 0xEC:  # IDENTIFY DEVICE: one block, nothing after it
+            d.stop()
+            d.status = READY
+            return
+        n = min(d.block, d.remaining)
+        d.lba += n
+        d.remaining -= n
+        self._set_address(d, d.lba - 1)
+        self._set_count(d, d.remaining)
+        if d.remaining:
+            self._next_in_block(d)
+        else:
+            d.stop()
+            d.status = READY  # no interrupt after the last data-in block
+
+    def _cmd_write(self, d: _Drive, cmd: int) -> None:
+        ext = cmd in (0x34, 0x39)
+        multiple = cmd in (0xC5, 0x39)
+        if multiple and d.multiple == 0:
+            self._abort(d)
+            return
+        assert d.disk is not None
+        if d.disk.read_only:
+            self._abort(d)
+            return
+        setup = self._rw_setup(d, ext)
+        if setup is None:
+            return
+        d.lba, d.remaining = setup
+        d.block = d.multiple if multiple else 1
+        # PIO data-out: the first DRQ block is requested without an interrupt (ATA-6 9.6).
+        self._next_out_block(d)
+
+    def _next_out_block(self, d: _Drive) -> None:
+        d.xfer = XFER_OUT
+        d.buf = bytearray(min(d.block, d.remaining) * SECTOR)
+        d.pos = 0
+        d.status = READY | DRQ
+
+    def _out_block_done(self, d: _Drive) -> None:
+        assert d.disk is not None
+        n = len(d.buf) // SECTOR
+        try:
+            d.disk.write(d.lba * SECTOR, bytes(d.buf))
+        except (BlockDeviceError, OSError):
+            self._set_address(d, d.lba)
+            self._complete(d, ABRT)
+            return
+        d.lba += n
+        d.remaining -= n
+        self._set_address(d, d.lba - 1)
+        self._set_count(d, d.remaining)
+        if d.remaining:
+            self._next_out_block(d)
+            self._interrupt(d)  # the next block is wanted
+        else:
+            self._complete(d)  # the command is done
+
+    def _cmd_verify(self, d: _Drive, cmd: int) -> None:
+        setup = self._rw_setup(d, cmd == 0x42)
+        if setup is None:
+            return
+        lba, count = setup
+        self._set_address(d, lba + count - 1)
+        self._set_count(d, 0)
+        self._complete(d)
+
+    def _cmd_seek(self, d: _Drive, cmd: int) -> None:
+        # SEEK (70h, ATA-1..6): validate the address, nothing to move.
+        saved = self.nsect[:]
+        self.nsect[0] = 1
+        setup = self._rw_setup(d, False)
+        self.nsect[:] = saved
+        if setup is not None:
+            self._complete(d)
+
+    def _cmd_identify(self, d: _Drive, cmd: int) -> None:
+        d.xfer = XFER_IN
+        d.buf = bytearray(self.identify_data(d.index))
+        d.pos = 0
+        d.status = READY | DRQ
+        self._interrupt(d)
+
+    def _cmd_set_multiple(self, d: _Drive, cmd: int) -> None:
+        n = self.nsect[0]
+        # Block sizes are powers of two up to word 47; 0 disables multiple mode (ATA8-ACS
+        # permits this).  An unsupported size aborts and disables multiple mode (ATA-6 8.39).
+        if n == 0 or (n <= MAX_MULTIPLE and n & (n - 1) == 0):
+            d.multiple = n
+            self._complete(d)
+        else:
+            d.multiple = 0
+            self._abort(d)
+
+    def _cmd_set_features(self, d: _Drive, cmd: int) -> None:
+        sub = self.feature[0]
+        if sub == 0x02:
+            d.write_cache = True
+        elif sub == 0x82:
+            d.write_cache = False
+        elif sub == 0x03:
+            # Transfer mode in Sector Count (ATA-6 8.37.10): 00h/01h PIO default, 08h+n PIO
+            # flow-control mode n.  DMA modes abort since DMA is not supported.
+            mode = self.nsect[0]
+            if mode in (0x00, 0x01):
+                d.pio_mode = 0
+            elif 0x08 <= mode <= 0x0C:
+                d.pio_mode = mode & 7
+            else:
+                self._abort(d)
+                return
+        else:
+            self._abort(d)
+            return
+        self._complete(d)
+
+    def _cmd_flush(self, d: _Drive, cmd: int) -> None:
+        assert d.disk is not None
+        try:
+            d.disk.flush()
+        except (BlockDeviceError, OSError):
+            self._abort(d)
+            return
+        self._complete(d)
+
+    def _cmd_init_params(self, d: _Drive, cmd: int) -> None:
+        # INITIALIZE DEVICE PARAMETERS: sectors per track in Sector Count, heads - 1 in the
+        # Device register's low nibble (ATA-6 8.16).
+        spt = self.nsect[0]
+        heads = (self.device & 0x0F) + 1
+        if spt == 0:
+            self._abort(d)
+            return
+        d.spt, d.heads = spt, heads
+        d.cyls = min(65535, min(d.sectors, CHS_LIMIT) // (heads * spt))
+        self._complete(d)
+
+    def _cmd_ok(self, d: _Drive, cmd: int) -> None:
+        """Commands with nothing to do here: RECALIBRATE, power-mode changes."""
+        self._complete(d)
+
+    def _cmd_check_power(self, d: _Drive, cmd: int) -> None:
+        self._complete(d)
+        self.nsect[0] = 0xFF  # active or idle (ATA-6 8.6)
+
+    def _cmd_diagnostic(self, d: _Drive, cmd: int) -> None:
+        self._diagnostic()
+
+    def _diagnostic(self) -> None:
+        """EXECUTE DEVICE DIAGNOSTIC: both devices post the signature; device 0 interrupts."""
+        for d in self.drives:
+            d.stop()
+            d.intrq = False
+            if d.disk is not None:
+                d.status = READY
+            # 01h: device 0 passed, device 1 passed or not present (ATA-6 table 26).
+            d.error = 0x01
+        self._signature()
+        self._interrupt(self.drives[0])
+
+    # ---- IDENTIFY DEVICE ---------------------------------------------------------------------
+    def identify_data(self, index: int) -> bytes:
+        """The 512-byte IDENTIFY DEVICE response of drive ``index`` (ATA-6 8.15, table 13)."""
+        d = self.drives[index]
+        w = [0] * 256
+        w[0] = 0x0040  # ATA device, not removable
+        w[1], w[3], w[6] = d.def_cyls, 16, 63
+        w[10:20] = _words(_ata_string(d.serial, 20))
+        w[23:27] = _words(_ata_string("1.0", 8))
+        w[27:47] = _words(_ata_string("Virtual HD", 40))
+        w[47] = 0x8000 | MAX_MULTIPLE  # bits 15:8 are 80h
+        w[49] = 0x0A00  # LBA supported, IORDY supported; DMA not supported
+        w[50] = 0x4000  # bit 14 shall be one
+        w[51] = 0x0200  # obsolete PIO timing mode 2
+        w[53] = 0x0007  # words 54-58, 64-70 and 88 are valid
+        w[54], w[55], w[56] = d.cyls, d.heads, d.spt
+        cur = d.cyls * d.heads * d.spt
+        w[57], w[58] = cur & 0xFFFF, cur >> 16
+        w[59] = (0x0100 | d.multiple) if d.multiple else 0
+        lba28 = min(d.sectors, 0x0FFFFFFF)
+        w[60], w[61] = lba28 & 0xFFFF, lba28 >> 16
+        w[64] = 0x0003  # PIO modes 3 and 4
+        w[65], w[66] = 0, 0  # no multiword DMA
+        w[67], w[68] = 120, 120  # minimum PIO cycle times (ns)
+        w[80] = 0x00F0  # ATA/ATAPI-4 to -7
+        w[81] = 0x0000  # minor version not reported
+        w[82] = 0x4000 | 0x0020 | 0x0008  # NOP, write cache, power management
+        w[83] = 0x4000 | 0x2000 | 0x1000 | 0x0400  # FLUSH CACHE EXT, FLUSH CACHE, 48-bit
+        w[84] = 0x4000
+        w[85] = 0x4000 | 0x0008 | (0x0020 if d.write_cache else 0)
+        w[86] = 0x2000 | 0x1000 | 0x0400
+        w[87] = 0x4000
+        w[88] = 0x0000  # no Ultra DMA
+        # Word 93, hardware reset result: bit 14 set, device number by jumper (bits 2:1 / 10:9
+        # = 01), diagnostics passed; device 0 notes DASP-/PDIAG- from a present device 1.
+        if index == 0:
+            w[93] = 0x400B | (0x0030 if self.drives[1].disk is not None else 0)
+        else:
+            w[93] = 0x4300
+        for i in range(4):
+            w[100 + i] = (d.sectors >> (16 * i)) & 0xFFFF
+        # Word 255: signature A5h and a checksum making all 512 bytes sum to 0 (ATA-6 8.15.61).
+        w[255] = 0x00A5
+        total = sum((x & 0xFF) + (x >> 8) for x in w) & 0xFF
+        w[255] |= ((-total) & 0xFF) << 8
+        return b"".join(x.to_bytes(2, "little") for x in w)
+
+    # ---- save / restore ----------------------------------------------------------------------
+    def save(self) -> dict[str, Any]:
+        state = super().save()
+        state.update(
+            devctl=self.devctl, device_reg=self.device, feature=list(self.feature),
+            nsect=list(self.nsect), lbal=list(self.lbal), lbam=list(self.lbam),
+            lbah=list(self.lbah),
+            drives=[
+                {
+                    "status": d.status, "error": d.error, "intrq": d.intrq,
+                    "multiple": d.multiple, "geometry": [d.cyls, d.heads, d.spt],
+                    "write_cache": d.write_cache, "pio_mode": d.pio_mode, "xfer": d.xfer,
+                    "buf": d.buf.hex(), "pos": d.pos, "cmd": d.cmd, "lba": d.lba,
+                    "remaining": d.remaining, "block": d.block, "mode": d.mode,
+                }
+                for d in self.drives
+            ],
+        )
+        return state
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self._check_state(state)
+        self.devctl = int(state["devctl"])
+        self.device = int(state["device_reg"])
+        self.feature = [int(x) for x in state["feature"]]
+        self.nsect = [int(x) for x in state["nsect"]]
+        self.lbal = [int(x) for x in state["lbal"]]
+        self.lbam = [int(x) for x in state["lbam"]]
+        self.lbah = [int(x) for x in state["lbah"]]
+        for d, s in zip(self.drives, state["drives"], strict=True):
+            d.status, d.error, d.intrq = int(s["status"]), int(s["error"]), bool(s["intrq"])
+            d.multiple = int(s["multiple"])
+            d.cyls, d.heads, d.spt = (int(x) for x in s["geometry"])
+            d.write_cache, d.pio_mode = bool(s["write_cache"]), int(s["pio_mode"])
+            d.xfer, d.buf, d.pos = int(s["xfer"]), bytearray.fromhex(s["buf"]), int(s["pos"])
+            d.cmd, d.lba, d.remaining = int(s["cmd"]), int(s["lba"]), int(s["remaining"])
+            d.block, d.mode = int(s["block"]), str(s["mode"])
+        self._update_irq()
+
+
+def _words(data: bytes) -> list[int]:
+    return [int.from_bytes(data[i : i + 2], "little") for i in range(0, len(data), 2)]
+
+
+_COMMANDS = {
+    0x20: IdeChannel._cmd_read, 0x21: IdeChannel._cmd_read, 0x24: IdeChannel._cmd_read,
+    0xC4: IdeChannel._cmd_read, 0x29: IdeChannel._cmd_read,
+    0x30: IdeChannel._cmd_write, 0x31: IdeChannel._cmd_write, 0x34: IdeChannel._cmd_write,
+    0xC5: IdeChannel._cmd_write, 0x39: IdeChannel._cmd_write,
+    0x40: IdeChannel._cmd_verify, 0x41: IdeChannel._cmd_verify, 0x42: IdeChannel._cmd_verify,
+    0x70: IdeChannel._cmd_seek,
+    0xC6: IdeChannel._cmd_set_multiple,
+    0xEC: IdeChannel._cmd_identify,
+    0xEF: IdeChannel._cmd_set_features,
+    0xE7: IdeChannel._cmd_flush, 0xEA: IdeChannel._cmd_flush,
+    0x90: IdeChannel._cmd_diagnostic,
+    0x91: IdeChannel._cmd_init_params,
+    # RECALIBRATE is 1xh in ATA-1 (10h from ATA-4 on); STANDBY IMMEDIATE, IDLE IMMEDIATE,
+    # STANDBY, IDLE: the power management feature set, with no power states to change.
+    **{c: IdeChannel._cmd_ok for c in range(0x10, 0x20)},
+    0xE0: IdeChannel._cmd_ok, 0xE1: IdeChannel._cmd_ok, 0xE2: IdeChannel._cmd_ok,
+    0xE3: IdeChannel._cmd_ok,
+    0xE5: IdeChannel._cmd_check_power,
+    # Not listed, so aborted: NOP (00h, always aborts), IDENTIFY PACKET DEVICE (A1h) and PACKET
+    # (A0h) on an ATA device, DEVICE RESET (08h), DMA commands, everything else.
+}
