@@ -1,0 +1,92 @@
+"""The CPUID the guest sees: Unicorn's native leaves, edited, with per-leaf overrides.
+
+CPUID.1:ECX bit 31 ("hypervisor present", reserved for hypervisor use by Intel SDM Vol. 2A,
+CPUID, Table 3-10) is set, and bit 30 (RDRAND) is cleared because Unicorn's RDRAND would return
+host randomness and break determinism.  The Hyper-V leaves 0x40000000-0x4FFFFFFF are answered by
+``hv_leaves`` when a later layer installs it; until then the range reads as all zeros.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import unicorn
+from unicorn import x86_const as X
+
+Leaf = tuple[int, int, int, int]
+HvLeafProvider = Callable[[int, int], "Leaf | None"]
+
+# Leaves whose output depends on the ECX subleaf (Intel SDM Vol. 2A, CPUID).
+SUBLEAF_LEAVES = frozenset({0x4, 0x7, 0xB, 0xD, 0xF, 0x10, 0x12, 0x14, 0x17, 0x18, 0x1F,
+                            0x8000001D})
+HV_BASE = 0x40000000
+HV_END = 0x4FFFFFFF
+
+
+class _NativeCpuid:
+    """Runs CPUID in a private scratch engine to learn what Unicorn's CPU model reports."""
+
+    def __init__(self) -> None:
+        self._uc = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_64)
+        self._uc.mem_map(0x1000, 0x1000)
+        self._uc.mem_write(0x1000, b"\x0f\xa2")  # cpuid
+        self._cache: dict[tuple[int, int], Leaf] = {}
+
+    def query(self, leaf: int, subleaf: int) -> Leaf:
+        key = (leaf, subleaf)
+        if key not in self._cache:
+            uc = self._uc
+            uc.reg_write(X.UC_X86_REG_RAX, leaf)
+            uc.reg_write(X.UC_X86_REG_RCX, subleaf)
+            uc.emu_start(0x1000, 0x1002)
+            self._cache[key] = (uc.reg_read(X.UC_X86_REG_EAX), uc.reg_read(X.UC_X86_REG_EBX),
+                                uc.reg_read(X.UC_X86_REG_ECX), uc.reg_read(X.UC_X86_REG_EDX))
+        return self._cache[key]
+
+
+class CpuidModel:
+    """The partition's CPUID table: native leaves with hypervisor edits and overrides."""
+
+    def __init__(self) -> None:
+        self._native = _NativeCpuid()
+        self._overrides: dict[tuple[int, int | None], Leaf] = {}
+        #: Provider for the hypervisor range 0x40000000-0x4FFFFFFF (installed by the Hyper-V
+        #: enlightenment layer); returns None for leaves it does not define.
+        self.hv_leaves: HvLeafProvider | None = None
+
+    def set_leaf(self, leaf: int, subleaf: int | None, regs: Leaf) -> None:
+        """Override ``leaf`` (for one ``subleaf``, or every subleaf when None)."""
+        self._overrides[(leaf, subleaf)] = tuple(v & 0xFFFFFFFF for v in regs)  # type: ignore
+
+    def clear_leaf(self, leaf: int, subleaf: int | None) -> None:
+        self._overrides.pop((leaf, subleaf), None)
+
+    def native(self, leaf: int, subleaf: int = 0) -> Leaf:
+        """What Unicorn's CPU model itself reports."""
+        return self._native.query(leaf, subleaf if leaf in SUBLEAF_LEAVES else 0)
+
+    def signature(self) -> int:
+        """CPUID.1:EAX (family/model/stepping), which the CPU leaves in EDX at reset."""
+        return self.lookup(1, 0)[0]
+
+    def lookup(self, leaf: int, subleaf: int, vp_index: int = 0) -> Leaf:
+        """The guest-visible CPUID result for ``leaf``/``subleaf`` on VP ``vp_index``."""
+        leaf &= 0xFFFFFFFF
+        subleaf &= 0xFFFFFFFF
+        over = self._overrides.get((leaf, subleaf)) or self._overrides.get((leaf, None))
+        if over is not None:
+            return over
+        if HV_BASE <= leaf <= HV_END:
+            if self.hv_leaves is not None:
+                got = self.hv_leaves(leaf, subleaf)
+                if got is not None:
+                    return got
+            return (0, 0, 0, 0)
+        eax, ebx, ecx, edx = self.native(leaf, subleaf)
+        if leaf == 1:
+            ecx = (ecx & ~(1 << 30)) | (1 << 31)
+            # EBX[31:24] is the initial APIC ID (Intel SDM Vol. 2A, CPUID leaf 01H).
+            ebx = (ebx & 0x00FFFFFF) | ((vp_index & 0xFF) << 24)
+        elif leaf == 7 and subleaf == 0:
+            ebx &= ~(1 << 18)  # RDSEED: host randomness as well
+        return (eax, ebx, ecx, edx)
