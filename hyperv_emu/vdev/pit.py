@@ -196,13 +196,13 @@ class _Counter:
 
     # ---- state changes at tick ``now`` -----------------------------------------------------
     def commit(self, now: int) -> None:
-        """Make a pending mode 2/3 count switch that has happened the current sequence."""
+        """Once its tick has come, make a pending mode 2/3 count switch the current sequence."""
         if self.pending is not None and now >= self.pending[0]:
             _, self.n, self.load = self.pending
             self.pending = None
 
     def _start(self, now: int, start: int, n: int) -> None:
-        """CR -> CE at tick ``start`` with count ``n``; OUT and CE keep their values until."""
+        """CR -> CE at tick ``start`` with count ``n``; OUT and CE hold their values until then."""
         self.ce_pre = self.ce_at(now)
         self.out_pre = self.out_at(now)
         self.n = n
