@@ -462,3 +462,22 @@ def test_invalid_time_values_do_not_raise() -> None:
     assert m.read(0x0C) & 0xB0 == 0xB0
     m.run_until(90_000 * SEC)
     assert m.read(0) <= 0x59  # carried back into range
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_random_guest_accesses_never_raise_and_state_round_trips(seed: int) -> None:
+    import random
+
+    rnd = random.Random(seed)
+    m = Machine()
+    for _ in range(300):
+        op = rnd.random()
+        if op < 0.45:
+            m.rtc.io_write(rnd.choice([0x70, 0x71]), rnd.choice([1, 2, 4]), rnd.getrandbits(32))
+        elif op < 0.8:
+            m.rtc.io_read(rnd.choice([0x70, 0x71]), rnd.choice([1, 2, 4]))
+        else:
+            m.run_until(m.clock.now() + rnd.choice([1, 10**6, 10**9, 10**12]))
+    state = m.rtc.save()
+    m.rtc.restore(state)
+    assert m.rtc.save() == state

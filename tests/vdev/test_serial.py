@@ -435,3 +435,24 @@ def test_unknown_sizes_and_lsr_msr_writes_do_not_raise() -> None:
     assert p.r(LSR) == 0x60
     assert p.uart.io_read(COM1 + SCR, 4) & 0xFF == p.r(SCR)
     p.uart.io_write(COM1, 0, 0x41)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_random_guest_accesses_never_raise_and_state_round_trips(seed: int) -> None:
+    import random
+
+    rnd = random.Random(seed)
+    p = Port()
+    for _ in range(300):
+        op = rnd.random()
+        if op < 0.4:
+            p.uart.io_write(COM1 + rnd.randrange(8), rnd.choice([1, 2, 4]), rnd.getrandbits(32))
+        elif op < 0.75:
+            p.uart.io_read(COM1 + rnd.randrange(8), rnd.choice([1, 2, 4]))
+        elif op < 0.85:
+            p.uart.feed(bytes(rnd.getrandbits(8) for _ in range(rnd.randrange(20))))
+        else:
+            p.run_until(p.clock.now() + rnd.choice([1, 10**5, 10**7, 10**9]))
+    state = p.uart.save()
+    p.uart.restore(state)
+    assert p.uart.save() == state
