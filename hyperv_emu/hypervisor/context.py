@@ -281,7 +281,7 @@ def self_test() -> None:
               (X.UC_X86_REG_R15, OFF_REGS + 120, 0x0F0E0D0C0B0A0908),
               (X.UC_X86_REG_RIP, OFF_EIP, 0x123456789A),
               (X.UC_X86_REG_CR3, OFF_CR + 24, 0x5000)]
-    for reg, off, value in probes:
+    for reg, _off, value in probes:
         uc.reg_write(reg, value)
     uc.msr_write(0xC0000080, 0xD01)
     uc.reg_write(X.UC_X86_REG_GDTR, (0, 0x7000, 0x27, 0))

@@ -1,0 +1,362 @@
+"""A partition: guest memory, CPUID/MSR policy, its virtual processors and the run loop.
+
+The run loop executes each VP in slices.  In deterministic clock mode a slice is
+``emu_start(count=N)`` with N the instructions left until the next timer deadline (capped), and
+the clock's probe reads Unicorn's running instruction counter so a device sees exact time in
+the middle of a slice.  Events (interrupts, exceptions, HLT, MSR and RDTSC intercepts) stop the
+slice and are handled here in Python, between ``emu_start`` calls.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import unicorn
+
+from ..clock import VirtualClock
+from . import context as C
+from . import exits as E
+from . import msr as M
+from .context import self_test
+from .cpuid import CpuidModel
+from .delivery import KIND_EXCEPTION, KIND_EXTERNAL, KIND_SOFTWARE, Event, TripleFault, deliver
+from .exits import RunExit
+from .memory import GuestMemory, MmioRead, MmioWrite, UnmappedAccess
+from .mmu import GuestFault
+from .vp import (
+    EXCP_VMEXIT,
+    SVM_EXIT_HLT,
+    SVM_EXIT_MSR,
+    SVM_EXIT_RDTSC,
+    SVM_EXIT_RDTSCP,
+    UNTIL,
+    VirtualProcessor,
+)
+
+IoRead = Callable[[int, int], int]
+IoWrite = Callable[[int, int, int], None]
+VmcallHandler = Callable[[VirtualProcessor], bool]
+
+#: Longest deterministic slice, in instructions.
+MAX_SLICE = 1_000_000
+#: Slice length while an interrupt is pending but masked (IF=0): bounds the delivery latency
+#: after the guest re-enables interrupts mid-slice.
+MASKED_SLICE = 1_000
+#: Longest host-mode slice, in microseconds.
+HOST_SLICE_US = 10_000
+#: Hypervisor-private GPA for the SVM control block and MSR permission map, outside guest RAM.
+HIDDEN_GPA = 0x7F_0000_0000
+_VMCB_MSRPM_BASE = 0x48  # VMCB control area: MSRPM_BASE_PA (AMD APM Vol. 2, Table B-1)
+
+_VMCALL = bytes((0x0F, 0x01, 0xC1))
+_VMMCALL = bytes((0x0F, 0x01, 0xD9))
+_layout_checked = False
+
+
+class Partition:
+    """One guest: its memory, CPU policy and virtual processors."""
+
+    def __init__(self, clock: VirtualClock, *, name: str = "vm") -> None:
+        global _layout_checked
+        if not _layout_checked:
+            self_test()
+            _layout_checked = True
+        self.clock = clock
+        self.name = name
+        self.memory = GuestMemory()
+        self.memory.invalidate = self._invalidate
+        self.cpuid = CpuidModel()
+        self.vps: list[VirtualProcessor] = []
+        #: Extra/overriding MSRs: index -> (read(vp) -> value, write(vp, value)).  Raise
+        #: ``hyperv_emu.hypervisor.mmu.GuestFault(13, 0)`` for #GP.
+        self.msr_handlers: dict[int, tuple[M.MsrRead, M.MsrWrite]] = {}
+        #: VMCALL/VMMCALL handler (hypercalls, a later layer): return True when handled (RIP
+        #: is then advanced past the 3-byte instruction), False to raise #UD.
+        self.vmcall_handler: VmcallHandler | None = None
+        self._io_read: IoRead = lambda port, size: (1 << (8 * size)) - 1
+        self._io_write: IoWrite = lambda port, size, value: None
+        self._stop_reason: str | None = None
+        self._running_vp: VirtualProcessor | None = None
+        hidden = self.memory.map_hidden(HIDDEN_GPA, 0x3000)
+        self._vmcb_gpa = HIDDEN_GPA
+        assert hidden.buf is not None
+        # MSR permission map: every bit set, so every RDMSR/WRMSR exits (AMD APM 15.11).
+        hidden.buf[_VMCB_MSRPM_BASE:_VMCB_MSRPM_BASE + 8] = (HIDDEN_GPA + 0x1000).to_bytes(
+            8, "little")
+        hidden.buf[0x1000:0x3000] = b"\xff" * 0x2000
+
+    # ---- memory -------------------------------------------------------------------------------
+    def map_ram(self, gpa: int, size: int) -> None:
+        """Map zeroed RAM (page aligned)."""
+        self.memory.map_ram(gpa, size)
+
+    def map_rom(self, gpa: int, data: bytes) -> None:
+        """Map read/execute ROM holding ``data``; guest writes to it are ignored."""
+        self.memory.map_rom(gpa, data)
+
+    def map_mmio(self, gpa: int, size: int, read: MmioRead, write: MmioWrite) -> None:
+        """Route guest accesses to [gpa, gpa+size) to ``read(offset, size)`` /
+        ``write(offset, size, value)``."""
+        self.memory.map_mmio(gpa, size, read, write)
+
+    def read_memory(self, gpa: int, size: int) -> bytes:
+        """Host read of guest-physical memory."""
+        return self.memory.read(gpa, size)
+
+    def write_memory(self, gpa: int, data: bytes) -> None:
+        """Host write of guest-physical memory; drops translated code for the range."""
+        self.memory.write(gpa, data)
+
+    def _invalidate(self, gpa: int, length: int) -> None:
+        # ctl_remove_cache translates its range through the current MMU, so it is only exact
+        # while paging is off; with paging on, drop every translation block instead.
+        for vp in self.vps:
+            try:
+                if vp.ctx.cr(0) & C.CR0_PG:
+                    vp.uc.ctl_flush_tb()
+                else:
+                    vp.uc.ctl_remove_cache(gpa, gpa + length)
+            except unicorn.UcError:
+                vp.uc.ctl_flush_tb()
+
+    # ---- intercept routing -----------------------------------------------------------------
+    def set_io_handler(self, read: IoRead, write: IoWrite) -> None:
+        """Route guest port I/O (IN/OUT/INS/OUTS, one call per element) to the worker."""
+        self._io_read = read
+        self._io_write = write
+
+    def create_vp(self) -> VirtualProcessor:
+        """Add a virtual processor in its reset state."""
+        vp = VirtualProcessor(self, len(self.vps))
+        self.vps.append(vp)
+        return vp
+
+    def request_stop(self, reason: str = "stop") -> None:
+        """End the current :meth:`run` at the next instruction boundary."""
+        if self._stop_reason is None:
+            self._stop_reason = reason
+        vp = self._running_vp
+        if vp is not None and vp._running:
+            if vp._exit is None:
+                vp._exit = ("notify",)
+            vp._stop()
+
+    # ---- the run loop ------------------------------------------------------------------------
+    def run(self, *, max_instructions: int | None = None,
+            timeout: float | None = None) -> RunExit:
+        """Run the VPs until a stop request, all halted for good, a fault, the instruction
+        limit (retired instructions) or ``timeout`` host seconds."""
+        clock = self.clock
+        start = clock.instructions
+        t_end = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if self._stop_reason is not None:
+                reason, self._stop_reason = self._stop_reason, None
+                if reason == E.RESET:
+                    return RunExit(E.RESET, reason)
+                return RunExit(E.STOP, reason)
+            budget = None
+            if max_instructions is not None:
+                budget = max_instructions - (clock.instructions - start)
+                if budget <= 0:
+                    return RunExit(E.INSTRUCTION_LIMIT, f"{max_instructions} instructions")
+            if t_end is not None and time.monotonic() >= t_end:
+                return RunExit(E.TIMEOUT, f"{timeout} s")
+            for vp in self.vps:
+                ex = self._step(vp, budget)
+                if ex is not None:
+                    return ex
+                if self._stop_reason is not None:
+                    break
+            clock.run_due()
+            if self._stop_reason is not None or not all(vp.halted for vp in self.vps):
+                continue
+            if any(self._wakeable_now(vp) for vp in self.vps):
+                continue
+            deadline = clock.next_deadline()
+            if deadline is None or not any(vp.ctx.rflags & C.RFLAGS_IF for vp in self.vps):
+                vp0 = self.vps[0] if self.vps else None
+                return RunExit(E.HALTED, "all VPs halted with nothing that can wake them",
+                               None if vp0 is None else vp0.index,
+                               None if vp0 is None else vp0.ctx.rip)
+            clock.skip_to(deadline)
+            clock.run_due()
+
+    @staticmethod
+    def _interrupt_ready(vp: VirtualProcessor) -> bool:
+        ctx = vp.ctx
+        return (vp.source is not None and bool(ctx.rflags & C.RFLAGS_IF)
+                and not ctx.hflags & C.HF_INHIBIT_IRQ and vp.source.has_interrupt())
+
+    def _wakeable_now(self, vp: VirtualProcessor) -> bool:
+        return bool(vp.pending) or self._interrupt_ready(vp)
+
+    def _deliver(self, vp: VirtualProcessor, event: Event) -> RunExit | None:
+        try:
+            deliver(vp.ctx, vp.mmu, event)
+        except TripleFault as exc:
+            vp._dirty = True
+            return RunExit(E.TRIPLE_FAULT, str(exc), vp.index, vp.ctx.rip)
+        except UnmappedAccess as exc:
+            return RunExit(E.FAULT, f"delivering vector {event.vector}: {exc}", vp.index,
+                           vp.ctx.rip)
+        vp._dirty = True
+        vp.halted = False
+        return None
+
+    def _step(self, vp: VirtualProcessor, budget: int | None) -> RunExit | None:
+        """Deliver one pending event to ``vp`` and run it for one slice."""
+        ctx = vp.ctx
+        if vp.pending:
+            ex = self._deliver(vp, vp.pending.pop(0))
+            if ex is not None:
+                return ex
+        elif self._interrupt_ready(vp):
+            assert vp.source is not None
+            ex = self._deliver(vp, Event(vp.source.acknowledge() & 0xFF, KIND_EXTERNAL))
+            if ex is not None:
+                return ex
+        if vp.halted:
+            return None
+        clock = self.clock
+        deterministic = clock.mode == "deterministic"
+        count = 0
+        timeout_us = 0
+        deadline = clock.next_deadline()
+        if deterministic or budget is not None:
+            count = MAX_SLICE
+            if deterministic and deadline is not None:
+                count = min(count, max(1, clock.insns_until(deadline)))
+            if budget is not None:
+                count = min(count, max(1, budget))
+            if vp.source is not None and vp.source.has_interrupt():
+                # Masked or shadowed: re-check soon (one instruction for the STI/MOV SS shadow).
+                count = min(count, 1 if ctx.hflags & C.HF_INHIBIT_IRQ else MASKED_SLICE)
+        if not deterministic:
+            timeout_us = HOST_SLICE_US
+            if deadline is not None:
+                timeout_us = max(100, min(timeout_us, (deadline - clock.now()) // 1000))
+        vp._flush()
+        vp._exit = None
+        vp._stop_counter = None
+        vp._running = True
+        self._running_vp = vp
+        counter = vp._counter
+        probe = (lambda: max(0, counter.value - 1)) if count else (lambda: 0)
+        error: unicorn.UcError | None = None
+        clock.begin_slice(probe)
+        try:
+            vp.uc.emu_start(ctx.rip, UNTIL, timeout_us, count)
+        except unicorn.UcError as exc:
+            error = exc
+        finally:
+            vp._running = False
+            self._running_vp = None
+            ctx.save()
+            exit_ = vp._exit
+            stop_at = vp._stop_counter
+            completes = not (exit_ is not None and exit_[0] in ("bad-access", "invalid") or (
+                exit_ is not None and exit_[0] == "intr" and (
+                    exit_[1] >= EXCP_VMEXIT or not ctx.u32(C.OFF_EXC_IS_INT))))
+            if not count:
+                retired = 0  # host mode without a budget: Unicorn does not count
+            elif stop_at is not None:
+                retired = stop_at if completes else stop_at - 1
+            else:
+                c = counter.value
+                retired = count if c > count else max(0, c - 1)
+            clock.end_slice(max(0, retired))
+            if vp._rom_undo:
+                for gpa, old in reversed(vp._rom_undo):
+                    self.memory.write(gpa, old)
+                vp._rom_undo.clear()
+        return self._handle_exit(vp, exit_, error)
+
+    def _retire_one(self, vp: VirtualProcessor) -> None:
+        """Account one instruction the hypervisor emulated (HLT, RDTSC, RDMSR, ...); it also
+        ends an STI/MOV SS interrupt shadow, which covers exactly one instruction."""
+        self.clock.end_slice(1)
+        vp.ctx.hflags = vp.ctx.hflags & ~C.HF_INHIBIT_IRQ
+        vp._dirty = True
+
+    def _handle_exit(self, vp: VirtualProcessor, exit_: tuple | None,
+                     error: unicorn.UcError | None) -> RunExit | None:
+        ctx = vp.ctx
+        if exit_ is None or exit_[0] == "notify":
+            if error is not None:
+                return RunExit(E.FAULT, f"unicorn: {error}", vp.index, ctx.rip)
+            return None
+        kind = exit_[0]
+        if kind == "bad-access":
+            return RunExit(E.FAULT, f"{exit_[1]} at RIP {ctx.rip:#x}", vp.index, ctx.rip)
+        if kind == "invalid":
+            return self._invalid_opcode(vp)
+        intno = exit_[1]
+        ctx.old_exception = -1
+        vp._dirty = True
+        if intno >= EXCP_VMEXIT:
+            return self._svm_exit(vp, intno - EXCP_VMEXIT)
+        if ctx.u32(C.OFF_EXC_IS_INT):
+            vp.pending.insert(0, Event(intno, KIND_SOFTWARE))
+        else:
+            err = ctx.u32(C.OFF_ERROR_CODE) if intno in (8, 10, 11, 12, 13, 14, 17, 21) else None
+            vp.pending.insert(0, Event(intno, KIND_EXCEPTION, err))
+        return None
+
+    def _invalid_opcode(self, vp: VirtualProcessor) -> RunExit | None:
+        try:
+            insn = vp.fetch_bytes(3)
+        except GuestFault as fault:
+            if fault.vector == 14 and fault.cr2 is not None:
+                vp.ctx.set_cr(2, fault.cr2)
+            vp.pending.insert(0, Event(fault.vector, KIND_EXCEPTION, fault.error_code))
+            vp._dirty = True
+            return None
+        except UnmappedAccess as exc:
+            return RunExit(E.FAULT, f"fetch: {exc}", vp.index, vp.ctx.rip)
+        vp._dirty = True
+        if insn in (_VMCALL, _VMMCALL) and self.vmcall_handler is not None:
+            if self.vmcall_handler(vp):
+                vp.ctx.rip = vp.ctx.rip + 3
+                self._retire_one(vp)
+                return None
+        vp.pending.insert(0, Event(6, KIND_EXCEPTION))
+        return None
+
+    def _svm_exit(self, vp: VirtualProcessor, code: int) -> RunExit | None:
+        ctx = vp.ctx
+        if code == SVM_EXIT_HLT:
+            ctx.rip = ctx.rip + 1
+            vp.halted = True
+        elif code in (SVM_EXIT_RDTSC, SVM_EXIT_RDTSCP):
+            tsc = vp.tsc()
+            ctx.set_gpr(0, tsc & 0xFFFF_FFFF)
+            ctx.set_gpr(2, tsc >> 32)
+            if code == SVM_EXIT_RDTSCP:
+                vp._dirty = True
+                aux = vp._engine_msr_read(M.IA32_TSC_AUX)
+                ctx.set_gpr(1, aux & 0xFFFF_FFFF)
+            ctx.rip = ctx.rip + (2 if code == SVM_EXIT_RDTSC else 3)
+        elif code == SVM_EXIT_MSR:
+            write = ctx.u32(C.OFF_ERROR_CODE) & 1
+            index = ctx.gpr(1) & 0xFFFF_FFFF
+            vp._dirty = True
+            try:
+                if write:
+                    value = (ctx.gpr(0) & 0xFFFF_FFFF) | ((ctx.gpr(2) & 0xFFFF_FFFF) << 32)
+                    M.msr_write(vp, index, value)
+                else:
+                    value = M.msr_read(vp, index)
+                    ctx.set_gpr(0, value & 0xFFFF_FFFF)
+                    ctx.set_gpr(2, value >> 32)
+            except GuestFault as fault:
+                vp.pending.insert(0, Event(fault.vector, KIND_EXCEPTION, fault.error_code))
+                vp._dirty = True
+                return None
+            ctx.rip = ctx.rip + 2
+        else:
+            return RunExit(E.FAULT, f"unexpected SVM exit {code:#x}", vp.index, ctx.rip)
+        vp._dirty = True
+        self._retire_one(vp)
+        return None

@@ -1,0 +1,436 @@
+"""A virtual processor: one Unicorn engine, its saved context, and its intercepts.
+
+The engine is opened in ``UC_MODE_64`` and put into the architectural reset state by editing
+the saved context, so the guest itself goes real -> protected -> long mode with the full 64-bit
+register API (UNICORN_NOTES.md, "Modes and reset").  HLT, RDTSC(P) and RDMSR/WRMSR are routed
+through the SVM intercept checks still compiled into Unicorn ("guest mode" hflags bit plus the
+intercept word and an MSR permission map in hypervisor-private memory); they arrive at
+``UC_HOOK_INTR`` as 0x100 + exit code with RIP on the instruction.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import struct
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+import unicorn
+from unicorn import x86_const as X
+
+from . import context as C
+from . import msr as M
+from .context import CpuContext, Segment
+from .delivery import KIND_EXCEPTION, KIND_EXTERNAL, KIND_SOFTWARE, Event
+from .mmu import Mmu
+
+if TYPE_CHECKING:
+    from .partition import Partition
+
+#: ``until`` address for emu_start: non-canonical, so never reached (reaching it would show up
+#: as a HLT exit with the intercept on).
+UNTIL = 1 << 63
+
+# SVM exit codes (AMD APM Vol. 2, Appendix C) and their intercept-vector bits (code - 0x60).
+SVM_EXIT_RDTSC = 0x6E
+SVM_EXIT_HLT = 0x78
+SVM_EXIT_MSR = 0x7C
+SVM_EXIT_RDTSCP = 0x87
+SVM_INTERCEPTS = sum(1 << (c - 0x60) for c in (SVM_EXIT_RDTSC, SVM_EXIT_HLT, SVM_EXIT_MSR,
+                                               SVM_EXIT_RDTSCP))
+EXCP_VMEXIT = 0x100
+
+_REAL_CODE = C.DESC_P | C.DESC_S | C.DESC_CS | C.DESC_W | C.DESC_A
+_REAL_DATA = C.DESC_P | C.DESC_S | C.DESC_W | C.DESC_A
+_FLAT_CODE32 = 0x00CF9B00  # G, D, P, DPL0, code execute/read accessed
+_FLAT_DATA32 = 0x00CF9300  # G, B, P, DPL0, data read/write accessed
+
+
+class InterruptSource(Protocol):
+    """Where a VP's external interrupts come from (the PIC, later the APIC)."""
+
+    def has_interrupt(self) -> bool: ...
+
+    def acknowledge(self) -> int: ...
+
+
+class VirtualProcessor:
+    """One virtual CPU of a :class:`Partition`."""
+
+    def __init__(self, partition: Partition, index: int) -> None:
+        self.partition = partition
+        self.index = index
+        self.uc = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_64)
+        self.ctx = CpuContext(self.uc)
+        self._pristine = self.ctx.snapshot()
+        self._counter = ctypes.c_uint64.from_address(int(self.uc._uch.value) + C.UCH_EMU_COUNTER)
+        self.halted = False
+        self.source: InterruptSource | None = None
+        self.pending: list[Event] = []
+        self.tsc_offset = 0
+        self.apic_base = M.APIC_BASE_DEFAULT | M.APIC_BASE_ENABLE | (
+            M.APIC_BASE_BSP if index == 0 else 0)
+        self.mtrr_def_type = 0
+        self.mmu = Mmu(self.ctx, partition.memory)
+        # Run-time bookkeeping for the slice in progress.
+        self._dirty = False
+        self._running = False
+        self._exit: tuple[Any, ...] | None = None
+        self._stop_counter: int | None = None
+        self._rom_undo: list[tuple[int, bytes]] = []
+        partition.memory.attach(self.uc)
+        self._install_hooks()
+        self.reset()
+
+    # ---- hooks ------------------------------------------------------------------------------
+    def _install_hooks(self) -> None:
+        uc = self.uc
+        part = self.partition
+        uc.hook_add(unicorn.UC_HOOK_INSN, self._on_in, None, 1, 0, X.UC_X86_INS_IN)
+        uc.hook_add(unicorn.UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT)
+        uc.hook_add(unicorn.UC_HOOK_INSN, self._on_cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
+        uc.hook_add(unicorn.UC_HOOK_INTR, self._on_intr)
+        uc.hook_add(unicorn.UC_HOOK_INSN_INVALID, self._on_invalid)
+        uc.hook_add(unicorn.UC_HOOK_MEM_READ_UNMAPPED | unicorn.UC_HOOK_MEM_WRITE_UNMAPPED
+                    | unicorn.UC_HOOK_MEM_FETCH_UNMAPPED | unicorn.UC_HOOK_MEM_FETCH_PROT
+                    | unicorn.UC_HOOK_MEM_READ_PROT, self._on_bad_access)
+        uc.hook_add(unicorn.UC_HOOK_MEM_WRITE_PROT, self._on_write_prot)
+        del part
+
+    def _stop(self) -> None:
+        """Stop the running slice after the current instruction (called from hooks)."""
+        if self._stop_counter is None:
+            self._stop_counter = self._counter.value
+        self.uc.emu_stop()
+
+    def _on_in(self, uc: unicorn.Uc, port: int, size: int, _ud: object) -> int:
+        return int(self.partition._io_read(port, size)) & ((1 << (8 * size)) - 1)
+
+    def _on_out(self, uc: unicorn.Uc, port: int, size: int, value: int, _ud: object) -> None:
+        self.partition._io_write(port, size, value & ((1 << (8 * size)) - 1))
+
+    def _on_cpuid(self, uc: unicorn.Uc, _ud: object) -> int:
+        leaf, subleaf = uc.reg_read_batch([X.UC_X86_REG_EAX, X.UC_X86_REG_ECX])
+        a, b, c, d = self.partition.cpuid.lookup(leaf, subleaf, self.index)
+        uc.reg_write_batch([(X.UC_X86_REG_RAX, a), (X.UC_X86_REG_RBX, b),
+                            (X.UC_X86_REG_RCX, c), (X.UC_X86_REG_RDX, d)])
+        return 1  # skip Unicorn's native CPUID
+
+    def _on_intr(self, uc: unicorn.Uc, intno: int, _ud: object) -> None:
+        self._exit = ("intr", intno)
+        self._stop()
+
+    def _on_invalid(self, uc: unicorn.Uc, _ud: object) -> bool:
+        self._exit = ("invalid",)
+        self._stop()
+        return True  # resume at the same RIP, which the stop prevents; decoded by the run loop
+
+    def _on_bad_access(self, uc: unicorn.Uc, access: int, address: int, size: int,
+                       value: int, _ud: object) -> bool:
+        kind = {unicorn.UC_MEM_READ_UNMAPPED: "read from unmapped",
+                unicorn.UC_MEM_WRITE_UNMAPPED: "write to unmapped",
+                unicorn.UC_MEM_FETCH_UNMAPPED: "fetch from unmapped",
+                unicorn.UC_MEM_FETCH_PROT: "fetch from non-executable",
+                unicorn.UC_MEM_READ_PROT: "read from unreadable"}.get(access, "bad access to")
+        if self._exit is None or self._exit[0] != "bad-access":
+            self._exit = ("bad-access", f"{kind} GPA {address:#x} (size {size})")
+        if self._stop_counter is None:
+            self._stop_counter = self._counter.value
+        return False
+
+    def _on_write_prot(self, uc: unicorn.Uc, access: int, address: int, size: int,
+                       value: int, _ud: object) -> bool:
+        region = self.partition.memory.find(address)
+        if region is None or region.kind != "rom":
+            self._exit = ("bad-access", f"write to read-only GPA {address:#x} (size {size})")
+            return False
+        # ROM ignores guest writes: let Unicorn store, then put the old bytes back right after.
+        self._rom_undo.append((address, self.partition.memory.read(address, size)))
+        self._stop()
+        return True
+
+    # ---- public API -------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Architectural power-on/INIT state (Intel SDM Vol. 3A 9.1.1, Table 9-1)."""
+        ctx = self.ctx
+        self._flush()
+        ctx.load_snapshot(self._pristine)
+        for i in range(16):
+            ctx.set_gpr(i, 0)
+        ctx.set_gpr(2, self.partition.cpuid.signature())  # EDX = CPUID.1 signature
+        ctx.rip = 0xFFF0
+        ctx.rflags = 2
+        for n in range(6):
+            ctx.set_seg(n, Segment(0, 0, 0xFFFF, _REAL_DATA))
+        ctx.set_seg(C.SEG_CS, Segment(0xF000, 0xFFFF0000, 0xFFFF, _REAL_CODE))
+        ctx.set_seg("gdt", Segment(0, 0, 0xFFFF, 0))
+        ctx.set_seg("idt", Segment(0, 0, 0x3FF, 0))
+        ctx.set_seg("ldt", Segment(0, 0, 0xFFFF, C.DESC_P | (2 << 8)))
+        ctx.set_seg("tr", Segment(0, 0, 0xFFFF, C.DESC_P | (0xB << 8)))
+        ctx.set_cr(0, 0x60000010)
+        for n in (2, 3, 4):
+            ctx.set_cr(n, 0)
+        ctx.efer = 0
+        ctx.hflags = C.HF_ADDSEG | C.HF_GUEST
+        ctx.old_exception = -1
+        self._arm_svm()
+        ctx.restore()
+        self.uc.reg_write(X.UC_X86_REG_CR3, 0)  # flushes the TLB
+        ctx.save()
+        self.halted = False
+        self.pending.clear()
+        self.tsc_offset = 0
+        self.mtrr_def_type = 0
+        self.apic_base = M.APIC_BASE_DEFAULT | M.APIC_BASE_ENABLE | (
+            M.APIC_BASE_BSP if self.index == 0 else 0)
+
+    def _arm_svm(self) -> None:
+        ctx = self.ctx
+        ctx.hflags = ctx.hflags | C.HF_GUEST
+        ctx.set_u64(C.OFF_VM_VMCB, self.partition._vmcb_gpa)
+        ctx.set_u64(C.OFF_INTERCEPT, SVM_INTERCEPTS)
+        ctx.set_u64(C.OFF_TSC_OFFSET, 0)
+        for off in range(C.OFF_INTERCEPT_CR_READ, C.OFF_INTERCEPT_EXCEPTIONS + 4, 2):
+            ctypes.c_uint16.from_address(ctx.base + off).value = 0
+
+    def read_registers(self) -> dict[str, int]:
+        """Architectural registers (lowercase names), segment selectors and bases."""
+        ctx = self.ctx
+        regs = {name: ctx.gpr(i) for i, name in enumerate(C.GPR_NAMES)}
+        regs["rip"] = ctx.rip
+        regs["rflags"] = ctx.rflags
+        for i, name in enumerate(C.SEG_NAMES):
+            s = ctx.seg(i)
+            regs[name] = s.selector
+            regs[f"{name}_base"] = s.base
+            regs[f"{name}_limit"] = s.limit
+            regs[f"{name}_flags"] = s.flags
+        for name in ("gdt", "idt", "ldt", "tr"):
+            s = ctx.seg(name)
+            key = name + "r" if name in ("gdt", "idt") else name
+            regs[f"{key}_base"] = s.base
+            regs[f"{key}_limit"] = s.limit
+            if name in ("ldt", "tr"):
+                regs[name] = s.selector
+        for n in (0, 2, 3, 4):
+            regs[f"cr{n}"] = ctx.cr(n)
+        regs["efer"] = ctx.efer
+        regs["cpl"] = ctx.cpl
+        return regs
+
+    def write_registers(self, **regs: int) -> None:
+        """Set registers by name (as :meth:`read_registers` names them).
+
+        Control registers and EFER go through Unicorn so its derived state (mode flags, TLB)
+        follows; a segment selector loads the hidden part as the CPU would (real mode: base =
+        selector*16; protected mode: from the GDT/LDT).  ``<seg>_base``/``_limit``/``_flags``
+        set the hidden part directly.
+        """
+        ctx = self.ctx
+        engine = {"cr0": X.UC_X86_REG_CR0, "cr3": X.UC_X86_REG_CR3, "cr4": X.UC_X86_REG_CR4}
+        for name, value in regs.items():
+            if name in engine:
+                self._flush()
+                self.uc.reg_write(engine[name], value)
+                ctx.save()
+            elif name == "efer":
+                self._flush()
+                self.uc.msr_write(M.IA32_EFER, value)
+                ctx.save()
+        for name, value in regs.items():
+            if name in engine or name == "efer":
+                continue
+            if name in C.GPR_NAMES:
+                ctx.set_gpr(C.GPR_NAMES.index(name), value)
+            elif name == "rip":
+                ctx.rip = value
+            elif name == "rflags":
+                ctx.rflags = value
+            elif name == "cr2":
+                ctx.set_cr(2, value)
+            elif name in C.SEG_NAMES:
+                self._load_selector(C.SEG_NAMES.index(name), value)
+            elif "_" in name and name.split("_")[0] in (*C.SEG_NAMES, "gdtr", "idtr", "ldt", "tr"):
+                seg, part = name.split("_", 1)
+                which: int | str = (C.SEG_NAMES.index(seg) if seg in C.SEG_NAMES
+                                    else seg.rstrip("r") if seg in ("gdtr", "idtr") else seg)
+                s = ctx.seg(which)
+                if part not in ("base", "limit", "flags", "selector"):
+                    raise ValueError(f"unknown register {name!r}")
+                setattr(s, part, value)
+                ctx.set_seg(which, s)
+            elif name in ("ldt", "tr"):
+                s = ctx.seg(name)
+                s.selector = value
+                ctx.set_seg(name, s)
+            else:
+                raise ValueError(f"unknown register {name!r}")
+        ctx.update_seg_hflags()
+        self._dirty = True
+
+    def _load_selector(self, seg: int, selector: int) -> None:
+        ctx = self.ctx
+        old = ctx.seg(seg)
+        if not ctx.protected or ctx.rflags & C.RFLAGS_VM:
+            ctx.set_seg(seg, Segment(selector, (selector & 0xFFFF) << 4, old.limit, old.flags))
+            return
+        if selector & ~3 == 0:
+            ctx.set_seg(seg, Segment(selector, 0, 0, 0))
+            return
+        from .delivery import descriptor_segment, load_descriptor
+        lo, hi = load_descriptor(ctx, self.mmu, selector, selector & 0xFFFC)
+        ctx.set_seg(seg, descriptor_segment(selector, lo, hi))
+
+    def set_interrupt_source(self, source: InterruptSource) -> None:
+        """Connect the interrupt controller whose INTR output this VP samples."""
+        self.source = source
+
+    def notify_interrupt(self) -> None:
+        """The interrupt source's output changed: end the running slice so the run loop can
+        deliver at the next instruction boundary (a halted VP is checked by the loop)."""
+        if self._running:
+            if self._exit is None:
+                self._exit = ("notify",)
+            self._stop()
+
+    def inject_exception(self, vector: int, error_code: int | None = None) -> None:
+        """Queue an exception, delivered before the VP's next instruction."""
+        self.pending.append(Event(vector & 0xFF, KIND_EXCEPTION, error_code))
+
+    def inject_interrupt(self, vector: int) -> None:
+        """Queue an external interrupt vector regardless of IF (for tests and NMI-like use)."""
+        self.pending.append(Event(vector & 0xFF, KIND_EXTERNAL))
+
+    def enter_protected_mode_flat32(self, eip: int, *, gdt_base: int | None = None,
+                                    gdt_limit: int | None = None, **regs: int) -> None:
+        """Put the VP in flat 32-bit protected mode at ``eip`` (Multiboot hand-off state):
+        CS=0x10 flat code, DS/ES/FS/GS/SS=0x18 flat data, CR0.PE=1 PG=0, EFLAGS=2."""
+        self._flush()
+        self.uc.reg_write(X.UC_X86_REG_CR0, (self.ctx.cr(0) | C.CR0_PE) & ~C.CR0_PG)
+        self.ctx.save()
+        ctx = self.ctx
+        ctx.set_seg(C.SEG_CS, Segment(0x10, 0, 0xFFFFFFFF, _FLAT_CODE32))
+        for n in (C.SEG_DS, C.SEG_ES, C.SEG_FS, C.SEG_GS, C.SEG_SS):
+            ctx.set_seg(n, Segment(0x18, 0, 0xFFFFFFFF, _FLAT_DATA32))
+        if gdt_base is not None or gdt_limit is not None:
+            g = ctx.seg("gdt")
+            ctx.set_seg("gdt", Segment(0, g.base if gdt_base is None else gdt_base,
+                                       g.limit if gdt_limit is None else gdt_limit, 0))
+        ctx.rip = eip & 0xFFFFFFFF
+        ctx.rflags = 2
+        ctx.hflags = ctx.hflags & ~C.HF_INHIBIT_IRQ
+        ctx.update_seg_hflags()
+        self._dirty = True
+        if regs:
+            self.write_registers(**regs)
+
+    # ---- helpers used by the run loop and MSR table ----------------------------------------
+    def _flush(self) -> None:
+        """Make the engine's state match the (edited) context buffer."""
+        if self._dirty:
+            self.ctx.restore()
+            self._dirty = False
+
+    def clock_tsc(self) -> int:
+        """TSC derived from the virtual clock: 1 GHz, so one tick per nanosecond."""
+        return self.partition.clock.now()
+
+    def tsc(self) -> int:
+        """The guest-visible TSC (clock plus the offset set by writes to IA32_TSC)."""
+        return (self.clock_tsc() + self.tsc_offset) & 0xFFFF_FFFF_FFFF_FFFF
+
+    def _engine_msr_read(self, index: int) -> int:
+        self._flush()
+        return int(self.uc.msr_read(index))
+
+    def _engine_msr_write(self, index: int, value: int) -> None:
+        self._flush()
+        self.uc.msr_write(index, value)
+        self.ctx.save()
+
+    def fetch_bytes(self, n: int) -> bytes:
+        """The ``n`` instruction bytes at CS:RIP (through the guest's page tables)."""
+        cs = self.ctx.seg(C.SEG_CS)
+        lin = self.ctx.rip if self.ctx.hflags & C.HF_CS64 else cs.base + self.ctx.rip
+        return self.mmu.read(lin, n, fetch=True)
+
+    # ---- saved state ------------------------------------------------------------------------
+    _MSRS = (M.IA32_STAR, M.IA32_LSTAR, M.IA32_CSTAR, M.IA32_FMASK, M.IA32_KERNEL_GS_BASE,
+             M.IA32_SYSENTER_CS, M.IA32_SYSENTER_ESP, M.IA32_SYSENTER_EIP, M.IA32_PAT,
+             M.IA32_TSC_AUX)
+
+    def save(self) -> dict[str, Any]:
+        """Versioned VP state: registers with hidden segment state, control registers, MSRs,
+        SSE/x87 registers, halted flag and pending events."""
+        self._flush()
+        ctx = self.ctx
+        segs = {name: [s.selector, s.base, s.limit, s.flags] for name, s in
+                [(n, ctx.seg(i)) for i, n in enumerate(C.SEG_NAMES)]
+                + [(n, ctx.seg(n)) for n in ("ldt", "tr", "gdt", "idt")]}
+        uc = self.uc
+        return {
+            "device": "vp", "version": 1, "index": self.index,
+            "gprs": [ctx.gpr(i) for i in range(16)], "rip": ctx.rip, "rflags": ctx.rflags,
+            "hflags": ctx.hflags, "hflags2": ctx.u32(C.OFF_HFLAGS2), "segs": segs,
+            "cr": [ctx.cr(n) for n in range(5)], "efer": ctx.efer,
+            "msrs": {str(i): int(uc.msr_read(i)) for i in self._MSRS},
+            "xmm": [int(uc.reg_read(X.UC_X86_REG_XMM0 + i)) for i in range(16)],
+            "mxcsr": int(uc.reg_read(X.UC_X86_REG_MXCSR)),
+            "fpcw": int(uc.reg_read(X.UC_X86_REG_FPCW)),
+            "fpsw": int(uc.reg_read(X.UC_X86_REG_FPSW)),
+            "fptag": int(uc.reg_read(X.UC_X86_REG_FPTAG)),
+            "st": [list(uc.reg_read(X.UC_X86_REG_FP0 + i)) for i in range(8)],
+            "halted": self.halted,
+            "pending": [[e.vector, e.kind, e.error_code] for e in self.pending],
+            "tsc_offset": self.tsc_offset, "apic_base": self.apic_base,
+            "mtrr_def_type": self.mtrr_def_type,
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Restore from :meth:`save` output."""
+        if state.get("device") != "vp" or state.get("version") != 1:
+            raise ValueError("not a version-1 VP state")
+        self._flush()
+        ctx = self.ctx
+        ctx.load_snapshot(self._pristine)
+        for i, v in enumerate(state["gprs"]):
+            ctx.set_gpr(i, v)
+        ctx.rip = state["rip"]
+        ctx.rflags = state["rflags"]
+        for name, (sel, base, limit, flags) in state["segs"].items():
+            which = C.SEG_NAMES.index(name) if name in C.SEG_NAMES else name
+            ctx.set_seg(which, Segment(sel, base, limit, flags))
+        for n, v in enumerate(state["cr"]):
+            ctx.set_cr(n, v)
+        ctx.efer = state["efer"]
+        ctx.hflags = state["hflags"]
+        ctx.set_u32(C.OFF_HFLAGS2, state["hflags2"])
+        ctx.old_exception = -1
+        self._arm_svm()
+        ctx.restore()
+        uc = self.uc
+        for i, v in state["msrs"].items():
+            uc.msr_write(int(i), v)
+        for i, v in enumerate(state["xmm"]):
+            uc.reg_write(X.UC_X86_REG_XMM0 + i, v)
+        uc.reg_write(X.UC_X86_REG_MXCSR, state["mxcsr"])
+        uc.reg_write(X.UC_X86_REG_FPCW, state["fpcw"])
+        uc.reg_write(X.UC_X86_REG_FPSW, state["fpsw"])
+        uc.reg_write(X.UC_X86_REG_FPTAG, state["fptag"])
+        for i, v in enumerate(state["st"]):
+            uc.reg_write(X.UC_X86_REG_FP0 + i, tuple(v))
+        uc.reg_write(X.UC_X86_REG_CR3, state["cr"][3])  # flushes the TLB
+        ctx.save()
+        self.halted = bool(state["halted"])
+        self.pending = [Event(v, k, e) for v, k, e in state["pending"]]
+        self.tsc_offset = state["tsc_offset"]
+        self.apic_base = state["apic_base"]
+        self.mtrr_def_type = state["mtrr_def_type"]
+
+
+def _u16(b: bytes) -> int:
+    return int(struct.unpack("<H", b[:2])[0])
+
+
+EventKinds = (KIND_EXCEPTION, KIND_EXTERNAL, KIND_SOFTWARE)
+Callback = Callable[..., Any]
