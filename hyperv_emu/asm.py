@@ -46,6 +46,7 @@ _NOT_SYMBOLS = {
     *(f"r{i}{s}" for i in range(8, 16) for s in ("", "d", "w", "b")),
     *(f"xmm{i}" for i in range(16)), *(f"st{i}" for i in range(8)),
 }
+_FILL_RE = re.compile(r"^\s*\.(?:fill|space|skip)\s+([^,]+)", re.I)
 _SEGMENT_PREFIXES = {0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0xF0, 0xF2, 0xF3}
 
 
@@ -167,6 +168,14 @@ def assemble(source: str, mode: int = 16, base: int = 0, *, lint: bool = True) -
         return cache.read_bytes()
     except OSError:
         pass
+    for lineno, line in enumerate(source.splitlines(), 1):
+        m = _FILL_RE.match(_strip_comment(line))
+        if m and _IDENT_RE.search(re.sub(r"0x[0-9a-f]+", "", m.group(1), flags=re.I)):
+            # Measured: keystone 0.9.2 never returns from .fill/.space counts that refer to
+            # labels or '.', and .space silently yields nothing.  Pad with .align or in Python.
+            raise AsmError(f"line {lineno}: keystone hangs on a label-dependent {line.strip()!r}")
+        if m and m.group(0).lstrip().startswith(".space"):
+            raise AsmError(f"line {lineno}: keystone ignores .space; use .fill")
     if lint:
         _lint(source, mode, att)
     ks = keystone.Ks(keystone.KS_ARCH_X86, _MODES[mode])

@@ -1,0 +1,97 @@
+"""The virtual motherboard: the port-I/O bus, the MMIO bus and the ISA IRQ lines.
+
+The hypervisor's I/O intercepts feed :meth:`Motherboard.io_read`/:meth:`io_write`; the bus finds
+the device that claimed the port and calls it.  Unclaimed ports read as all ones (an ISA bus with
+nothing driving it floats high) and both directions are traced, never fatal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from hyperv_emu.vdev.base import Device, EventSink, IrqLine, null_events
+
+
+class BusConflictError(ValueError):
+    """Two devices claimed the same port or MMIO range."""
+
+
+class Motherboard:
+    """Routes port and MMIO accesses to devices and owns the 16 ISA IRQ lines."""
+
+    def __init__(self, events: EventSink = null_events) -> None:
+        self.events = events
+        self.devices: list[Device] = []
+        self._ports: dict[int, Device] = {}
+        self._mmio: list[tuple[int, int, Device]] = []
+        self.irqs = [IrqLine(n) for n in range(16)]
+
+    # ---- wiring ------------------------------------------------------------------------
+    def add(self, device: Device) -> Device:
+        """Plug ``device`` in: claim its ports and MMIO ranges."""
+        for first, count in device.ports:
+            for port in range(first, first + count):
+                owner = self._ports.get(port)
+                if owner is not None:
+                    raise BusConflictError(
+                        f"port {port:#x} claimed by both {owner.name} and {device.name}"
+                    )
+        for base, size in device.mmio:
+            for other_base, other_size, other in self._mmio:
+                if base < other_base + other_size and other_base < base + size:
+                    raise BusConflictError(
+                        f"MMIO {base:#x}+{size:#x} overlaps {other.name} at {other_base:#x}"
+                    )
+        for first, count in device.ports:
+            for port in range(first, first + count):
+                self._ports[port] = device
+        for base, size in device.mmio:
+            self._mmio.append((base, size, device))
+        self.devices.append(device)
+        return device
+
+    def connect_irqs(self, sink: Callable[[int, bool], None]) -> None:
+        """Connect all ISA IRQ lines to an interrupt controller's inputs."""
+        for line in self.irqs:
+            line.connect(sink)
+
+    def mmio_ranges(self) -> Iterable[tuple[int, int, Device]]:
+        """The (base, size, device) MMIO claims, for mapping into the partition."""
+        return list(self._mmio)
+
+    # ---- the port-I/O bus --------------------------------------------------------------
+    def io_read(self, port: int, size: int) -> int:
+        """A guest IN: the owning device's answer, or all ones for an unclaimed port."""
+        device = self._ports.get(port)
+        if device is None:
+            self.events("io-unclaimed", port=port, size=size, write=False)
+            return (1 << (8 * size)) - 1
+        return device.io_read(port, size) & ((1 << (8 * size)) - 1)
+
+    def io_write(self, port: int, size: int, value: int) -> None:
+        """A guest OUT: delivered to the owning device, traced and dropped if unclaimed."""
+        device = self._ports.get(port)
+        if device is None:
+            self.events("io-unclaimed", port=port, size=size, write=True, value=value)
+            return
+        device.io_write(port, size, value & ((1 << (8 * size)) - 1))
+
+    # ---- saved state -------------------------------------------------------------------
+    def reset(self) -> None:
+        """Reset every device to its power-on state."""
+        for device in self.devices:
+            device.reset()
+
+    def save(self) -> dict[str, Any]:
+        """Every device's state, keyed by device name (names are unique on a board)."""
+        return {"version": 1, "devices": {d.name + f"@{i}": d.save()
+                                          for i, d in enumerate(self.devices)}}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`save` produced on an identically built board."""
+        if state.get("version") != 1:
+            raise ValueError("unsupported motherboard state version")
+        saved = state["devices"]
+        for i, device in enumerate(self.devices):
+            device.restore(saved[device.name + f"@{i}"])
