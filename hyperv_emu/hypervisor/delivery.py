@@ -60,6 +60,9 @@ class Event:
     vector: int
     kind: str = KIND_EXCEPTION
     error_code: int | None = None
+    #: Length of the INT n/INT3/INTO instruction: a fault while delivering a software
+    #: interrupt is reported at the instruction itself, not after it.
+    insn_len: int = 0
 
 
 def _class(ev: Event) -> str:
@@ -84,6 +87,8 @@ def deliver(ctx: CpuContext, mmu: Mmu, event: Event) -> None:
         except GuestFault as fault:
             if fault.vector == 14 and fault.cr2 is not None:
                 ctx.set_cr(2, fault.cr2)
+            if event.kind == KIND_SOFTWARE:
+                ctx.rip = ctx.rip - event.insn_len
             first = _class(event)
             nested = Event(fault.vector, KIND_EXCEPTION, fault.error_code)
             second = _class(nested)

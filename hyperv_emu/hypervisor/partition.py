@@ -238,6 +238,8 @@ class Partition:
             if deadline is not None:
                 timeout_us = max(100, min(timeout_us, (deadline - clock.now()) // 1000))
         vp._flush()
+        cr2_before = ctx.cr(2)
+        vp._hook_state = None
         vp._exit = None
         vp._stop_counter = None
         vp._running = True
@@ -254,6 +256,14 @@ class Partition:
             vp._running = False
             self._running_vp = None
             ctx.save()
+            # Undo Unicorn's end-of-run page-table probe (see VirtualProcessor._hook_ctx).
+            if vp._hook_state is not None:
+                ctx.set_cr(2, vp._hook_state[0])
+                ctx.set_u32(C.OFF_ERROR_CODE, vp._hook_state[1])
+                ctx.set_u32(C.OFF_EXC_IS_INT, vp._hook_state[2])
+            else:
+                ctx.set_cr(2, cr2_before)
+            vp._dirty = True
             exit_ = vp._exit
             stop_at = vp._stop_counter
             completes = not (exit_ is not None and exit_[0] in ("bad-access", "invalid") or (
@@ -298,11 +308,24 @@ class Partition:
         if intno >= EXCP_VMEXIT:
             return self._svm_exit(vp, intno - EXCP_VMEXIT)
         if ctx.u32(C.OFF_EXC_IS_INT):
-            vp.pending.insert(0, Event(intno, KIND_SOFTWARE))
+            # INT n is CD ib; INT3 (CC) and INTO (CE) are one byte.
+            length = 2
+            try:
+                if intno in (3, 4) and vp.mmu.read(self._linear_rip(vp) - 1, 1)[0] in (
+                        0xCC, 0xCE):
+                    length = 1
+            except (GuestFault, UnmappedAccess):
+                pass
+            vp.pending.insert(0, Event(intno, KIND_SOFTWARE, None, length))
         else:
             err = ctx.u32(C.OFF_ERROR_CODE) if intno in (8, 10, 11, 12, 13, 14, 17, 21) else None
             vp.pending.insert(0, Event(intno, KIND_EXCEPTION, err))
         return None
+
+    @staticmethod
+    def _linear_rip(vp: VirtualProcessor) -> int:
+        ctx = vp.ctx
+        return ctx.rip if ctx.hflags & C.HF_CS64 else ctx.seg(C.SEG_CS).base + ctx.rip
 
     def _invalid_opcode(self, vp: VirtualProcessor) -> RunExit | None:
         try:

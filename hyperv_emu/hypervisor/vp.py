@@ -46,6 +46,10 @@ _FLAT_CODE32 = 0x00CF9B00  # G, D, P, DPL0, code execute/read accessed
 _FLAT_DATA32 = 0x00CF9300  # G, B, P, DPL0, data read/write accessed
 
 
+_ALIASES32 = {"e" + n[1:]: n for n in C.GPR_NAMES[:8]}
+_ALIASES32.update(eip="rip", eflags="rflags")
+
+
 class InterruptSource(Protocol):
     """Where a VP's external interrupts come from (the PIC, later the APIC)."""
 
@@ -78,6 +82,12 @@ class VirtualProcessor:
         self._exit: tuple[Any, ...] | None = None
         self._stop_counter: int | None = None
         self._rom_undo: list[tuple[int, bytes]] = []
+        # State captured inside the INTR hook: at the end of emu_start Unicorn 2.1.4 probes the
+        # page tables for ``until - 1``, which with paging on overwrites CR2 (and the error
+        # code) of the real event, so those fields are taken from this snapshot.
+        self._hook_ctx = self.uc.context_save()
+        self._hook_base = int(self._hook_ctx.context.value) + C.ENV_OFFSET
+        self._hook_state: tuple[int, int, int] | None = None
         partition.memory.attach(self.uc)
         self._install_hooks()
         self.reset()
@@ -118,6 +128,11 @@ class VirtualProcessor:
 
     def _on_intr(self, uc: unicorn.Uc, intno: int, _ud: object) -> None:
         self._exit = ("intr", intno)
+        uc.context_update(self._hook_ctx)
+        b = self._hook_base
+        self._hook_state = (ctypes.c_uint64.from_address(b + C.OFF_CR + 16).value,
+                            ctypes.c_uint32.from_address(b + C.OFF_ERROR_CODE).value,
+                            ctypes.c_uint32.from_address(b + C.OFF_EXC_IS_INT).value)
         self._stop()
 
     def _on_invalid(self, uc: unicorn.Uc, _ud: object) -> bool:
@@ -234,12 +249,12 @@ class VirtualProcessor:
                 self.uc.reg_write(engine[name], value)
                 ctx.save()
             elif name == "efer":
-                self._flush()
-                self.uc.msr_write(M.IA32_EFER, value)
-                ctx.save()
+                self._engine_msr_write(M.IA32_EFER, value)
         for name, value in regs.items():
             if name in engine or name == "efer":
                 continue
+            if name in _ALIASES32:  # eax.. / eip / eflags: zero-extended into the 64-bit register
+                name, value = _ALIASES32[name], value & 0xFFFF_FFFF
             if name in C.GPR_NAMES:
                 ctx.set_gpr(C.GPR_NAMES.index(name), value)
             elif name == "rip":
@@ -280,6 +295,14 @@ class VirtualProcessor:
         from .delivery import descriptor_segment, load_descriptor
         lo, hi = load_descriptor(ctx, self.mmu, selector, selector & 0xFFFC)
         ctx.set_seg(seg, descriptor_segment(selector, lo, hi))
+
+    def read_msr(self, index: int) -> int:
+        """Host-side RDMSR through the same table the guest sees (GuestFault if unknown)."""
+        return M.msr_read(self, index)
+
+    def write_msr(self, index: int, value: int) -> None:
+        """Host-side WRMSR through the same table the guest sees (GuestFault if invalid)."""
+        M.msr_write(self, index, value)
 
     def set_interrupt_source(self, source: InterruptSource) -> None:
         """Connect the interrupt controller whose INTR output this VP samples."""
@@ -339,14 +362,28 @@ class VirtualProcessor:
         """The guest-visible TSC (clock plus the offset set by writes to IA32_TSC)."""
         return (self.clock_tsc() + self.tsc_offset) & 0xFFFF_FFFF_FFFF_FFFF
 
-    def _engine_msr_read(self, index: int) -> int:
+    def _engine_msrs(self, op: Callable[[unicorn.Uc], Any]) -> Any:
+        """Run ``op(uc)`` with the SVM guest bit off: Unicorn's msr_read/msr_write go through
+        its RDMSR/WRMSR helpers, whose intercept check would otherwise long-jump out of a
+        context that is not executing guest code (a crash)."""
+        ctx = self.ctx
         self._flush()
-        return int(self.uc.msr_read(index))
+        ctx.save()
+        ctx.hflags = ctx.hflags & ~C.HF_GUEST
+        ctx.restore()
+        try:
+            result = op(self.uc)
+        finally:
+            ctx.save()
+            ctx.hflags = ctx.hflags | C.HF_GUEST
+            ctx.restore()
+        return result
+
+    def _engine_msr_read(self, index: int) -> int:
+        return int(self._engine_msrs(lambda uc: uc.msr_read(index)))
 
     def _engine_msr_write(self, index: int, value: int) -> None:
-        self._flush()
-        self.uc.msr_write(index, value)
-        self.ctx.save()
+        self._engine_msrs(lambda uc: uc.msr_write(index, value))
 
     def fetch_bytes(self, n: int) -> bytes:
         """The ``n`` instruction bytes at CS:RIP (through the guest's page tables)."""
@@ -373,7 +410,7 @@ class VirtualProcessor:
             "gprs": [ctx.gpr(i) for i in range(16)], "rip": ctx.rip, "rflags": ctx.rflags,
             "hflags": ctx.hflags, "hflags2": ctx.u32(C.OFF_HFLAGS2), "segs": segs,
             "cr": [ctx.cr(n) for n in range(5)], "efer": ctx.efer,
-            "msrs": {str(i): int(uc.msr_read(i)) for i in self._MSRS},
+            "msrs": {str(i): self._engine_msr_read(i) for i in self._MSRS},
             "xmm": [int(uc.reg_read(X.UC_X86_REG_XMM0 + i)) for i in range(16)],
             "mxcsr": int(uc.reg_read(X.UC_X86_REG_MXCSR)),
             "fpcw": int(uc.reg_read(X.UC_X86_REG_FPCW)),
@@ -410,7 +447,7 @@ class VirtualProcessor:
         ctx.restore()
         uc = self.uc
         for i, v in state["msrs"].items():
-            uc.msr_write(int(i), v)
+            self._engine_msr_write(int(i), v)
         for i, v in enumerate(state["xmm"]):
             uc.reg_write(X.UC_X86_REG_XMM0 + i, v)
         uc.reg_write(X.UC_X86_REG_MXCSR, state["mxcsr"])
