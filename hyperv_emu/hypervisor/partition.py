@@ -243,6 +243,7 @@ class Partition:
         vp._exit = None
         vp._stop_counter = None
         vp._running = True
+        vp._counting = bool(count)
         self._running_vp = vp
         counter = vp._counter
         probe = (lambda: max(0, counter.value - 1)) if count else (lambda: 0)

@@ -68,6 +68,8 @@ class VirtualProcessor:
         self.ctx = CpuContext(self.uc)
         self._pristine = self.ctx.snapshot()
         self._counter = ctypes.c_uint64.from_address(int(self.uc._uch.value) + C.UCH_EMU_COUNTER)
+        self._count_limit = ctypes.c_uint64.from_address(int(self.uc._uch.value) + C.UCH_EMU_COUNT)
+        self._counting = False
         self.halted = False
         self.source: InterruptSource | None = None
         self.pending: list[Event] = []
@@ -159,9 +161,13 @@ class VirtualProcessor:
         if region is None or region.kind != "rom":
             self._exit = ("bad-access", f"write to read-only GPA {address:#x} (size {size})")
             return False
-        # ROM ignores guest writes: let Unicorn store, then put the old bytes back right after.
+        # ROM ignores guest writes: let Unicorn store, then put the old bytes back right after
+        # the instruction.  emu_stop here would make Unicorn restart the instruction, so the
+        # slice is ended by lowering its instruction budget to "this one" instead.
         self._rom_undo.append((address, self.partition.memory.read(address, size)))
-        self._stop()
+        if self._counting and self._stop_counter is None:
+            self._stop_counter = self._counter.value
+            self._count_limit.value = self._counter.value
         return True
 
     # ---- public API -------------------------------------------------------------------------
