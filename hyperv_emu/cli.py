@@ -1,0 +1,245 @@
+"""The ``hyperv-emu`` command: each subcommand is a thin call into the layers below."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import IO, NoReturn
+
+from hyperv_emu import __version__
+
+EXIT_USAGE = 2  # kept equal to machine.EXIT_USAGE; imported lazily there to keep start-up fast
+
+
+class UsageError(Exception):
+    """A bad command line or unusable input file: one message, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"hyperv-emu: {message} (see '{self.prog} --help')\n")
+
+
+class LineWriter:
+    """Writes guest console bytes to a stream, flushing at each newline so output interleaves
+    sensibly with standard error."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self.stream = stream
+
+    def __call__(self, data: bytes) -> None:
+        self.stream.write(data)
+        if b"\n" in data:
+            self.stream.flush()
+
+    def close(self) -> None:
+        """Flush what is left."""
+        try:
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return value
+
+
+def _rtc_base(text: str) -> datetime.datetime:
+    if text == "now":
+        return datetime.datetime.now().replace(microsecond=0)
+    try:
+        value = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not 'now' or an ISO-8601 date-time: {text!r}") from None
+    if value.tzinfo is not None:
+        value = value.astimezone().replace(tzinfo=None)
+    if not 1900 <= value.year <= 2099:
+        raise argparse.ArgumentTypeError("the RTC holds years 1900-2099 only")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every subcommand."""
+    parser = _Parser(prog="hyperv-emu", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"hyperv-emu {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    run = sub.add_parser("run", help="boot a tiny guest, a disk image or a Multiboot kernel")
+    run.add_argument("guest", nargs="?", help="name of a shipped tiny guest (default: hello)")
+    run.add_argument("--disk", metavar="IMAGE", help="raw disk image as the first IDE disk")
+    run.add_argument("--kernel", metavar="ELF", help="Multiboot (v1) kernel to start")
+    run.add_argument("--append", metavar="CMDLINE", default="", help="kernel command line")
+    run.add_argument("--initrd", metavar="FILE", action="append", default=[],
+                     help="Multiboot module (repeatable)")
+    run.add_argument("-m", "--memory", metavar="MiB", type=_positive_int, default=32,
+                     help="guest RAM in MiB (default 32)")
+    run.add_argument("--serial", default="stdout", metavar="stdout|FILE|none",
+                     help="where COM1 output goes (default stdout)")
+    run.add_argument("--serial-input", metavar="FILE",
+                     help="bytes fed to COM1's receiver ('-' for standard input)")
+    run.add_argument("--debugcon", metavar="FILE",
+                     help="where port 0xE9 output goes (default standard error)")
+    run.add_argument("--screen", action="store_true",
+                     help="print the final 80x25 VGA text screen at exit")
+    run.add_argument("--max-instructions", metavar="N", type=_positive_int,
+                     help="end the run after N guest instructions (exit status 8)")
+    run.add_argument("--timeout", metavar="SECONDS", type=_positive_float,
+                     help="end the run after this much host time (exit status 10)")
+    run.add_argument("--rtc-base", metavar="now|DATETIME", type=_rtc_base, default="now",
+                     help="RTC time at power-on (ISO-8601, default now)")
+    run.add_argument("--clock", choices=("deterministic", "host"), default="deterministic",
+                     help="virtual clock mode (default deterministic)")
+    run.add_argument("-v", "--verbose", action="store_true",
+                     help="trace machine events (POST codes, unclaimed ports) to standard error")
+    run.set_defaults(func=cmd_run)
+
+    guests = sub.add_parser("guests", help="list the shipped tiny guests")
+    guests.set_defaults(func=cmd_guests)
+    return parser
+
+
+def _read_file(path: str, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read {what} {path!r}: {exc.strerror or exc}") from None
+
+
+def _output(spec: str, default: IO[bytes], opened: list[IO[bytes]]) -> Callable[[bytes], None] | None:
+    if spec == "none":
+        return None
+    if spec in ("stdout", "-"):
+        return LineWriter(default)
+    if spec == "stderr":
+        return LineWriter(sys.stderr.buffer)
+    try:
+        fh = open(spec, "wb")  # noqa: SIM115 - closed by cmd_run
+    except OSError as exc:
+        raise UsageError(f"cannot open {spec!r} for writing: {exc.strerror or exc}") from None
+    opened.append(fh)
+    return LineWriter(fh)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """``hyperv-emu run``: build the machine, run it, report how it ended."""
+    from hyperv_emu.guests import DEFAULT_GUEST, UnknownGuestError, build_guest
+    from hyperv_emu.vsp.storage.blockdev import BlockDeviceError
+    from hyperv_emu.vsp.storage.raw import MemoryImage, RawImage
+    from hyperv_emu.worker.machine import ConfigError, Machine, MachineConfig
+
+    if args.guest and (args.disk or args.kernel):
+        raise UsageError("give a guest name or --disk/--kernel, not both")
+    disk = None
+    kernel = None
+    if args.disk:
+        if not Path(args.disk).is_file():
+            raise UsageError(f"disk image {args.disk!r} does not exist or is not a file")
+        try:
+            disk = RawImage(args.disk)
+        except BlockDeviceError as exc:
+            raise UsageError(str(exc)) from None
+    if args.kernel:
+        kernel = _read_file(args.kernel, "kernel")
+    elif args.append or args.initrd:
+        raise UsageError("--append and --initrd need --kernel")
+    if disk is None and kernel is None:
+        try:
+            disk = MemoryImage(bytearray(build_guest(args.guest or DEFAULT_GUEST)))
+        except UnknownGuestError as exc:
+            raise UsageError(str(exc.args[0] if exc.args else exc)) from None
+    initrds = [(Path(p).name, _read_file(p, "initrd")) for p in args.initrd]
+    serial_input = b""
+    if args.serial_input == "-":
+        serial_input = sys.stdin.buffer.read()
+    elif args.serial_input:
+        serial_input = _read_file(args.serial_input, "serial input")
+
+    opened: list[IO[bytes]] = []
+    try:
+        serial = _output(args.serial, sys.stdout.buffer, opened)
+        debugcon = _output(args.debugcon or "stderr", sys.stderr.buffer, opened)
+        config = MachineConfig(
+            memory_mib=args.memory, disk=disk, kernel=kernel, append=args.append,
+            initrds=initrds, rtc_base=args.rtc_base, clock_mode=args.clock,
+            serial_output=serial, serial_input=serial_input, debugcon_output=debugcon)
+        try:
+            machine = Machine(config)
+        except ConfigError as exc:
+            raise UsageError(str(exc)) from None
+        if args.verbose:
+            machine.log.listeners.append(lambda e: print(e.describe(), file=sys.stderr))
+        try:
+            result = machine.run(max_instructions=args.max_instructions, timeout=args.timeout)
+        except KeyboardInterrupt:
+            print("\nhyperv-emu: interrupted", file=sys.stderr)
+            return 130
+        for writer in (serial, debugcon):
+            if isinstance(writer, LineWriter):
+                writer.close()
+        if args.screen:
+            sys.stdout.write(machine.screen_text().rstrip("\n") + "\n")
+            sys.stdout.flush()
+        if result.reason != "exit":
+            print(f"hyperv-emu: {result.message} (exit status {result.status}, "
+                  f"{machine.clock.instructions} instructions)", file=sys.stderr)
+        return result.status
+    finally:
+        for fh in opened:
+            fh.close()
+        if disk is not None:
+            disk.close()
+
+
+def cmd_guests(args: argparse.Namespace) -> int:
+    """``hyperv-emu guests``: one line per shipped tiny guest."""
+    from hyperv_emu.guests import DEFAULT_GUEST, list_guests
+
+    for info in list_guests():
+        mark = " (default)" if info.name == DEFAULT_GUEST else ""
+        print(f"{info.name:<12} {info.summary}{mark}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the process exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return int(args.func(args))
+    except UsageError as exc:
+        print(f"hyperv-emu: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception:  # a host exception here is a bug in hyperv-emu, not the user's fault
+        import traceback
+
+        traceback.print_exc()
+        print("hyperv-emu: internal error (a bug: please report it with the trace above)",
+              file=sys.stderr)
+        return 14
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,266 @@
+"""One VM: a partition with its VP, the PC motherboard and its devices, firmware, and the run.
+
+This is the worker of DESIGN.md: it builds the guest-physical memory map, plugs the core VDevs
+into the motherboard, connects the hypervisor's intercepts to the buses and the PIC to the VP,
+loads the BIOS (and a Multiboot kernel when asked), runs, and turns the way the run ended into
+the documented exit status.
+"""
+
+from __future__ import annotations
+
+import datetime
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from hyperv_emu.clock import ClockMode, VirtualClock
+from hyperv_emu.firmware import build_bios
+from hyperv_emu.hypervisor.exits import RunExit
+from hyperv_emu.hypervisor.partition import Partition
+from hyperv_emu.vdev.ide import IdeChannel
+from hyperv_emu.vdev.pic import Pic
+from hyperv_emu.vdev.pit import Pit
+from hyperv_emu.vdev.port61 import Port61
+from hyperv_emu.vdev.rtc import Rtc
+from hyperv_emu.vdev.serial import Uart16550
+from hyperv_emu.vdev.system import DebugCon, ExitDevice, FastA20, I8042, PostCode
+from hyperv_emu.vdev.vga import VgaText
+from hyperv_emu.vsp.storage.blockdev import BlockDevice
+from hyperv_emu.worker import multiboot
+from hyperv_emu.worker.events import EventLog
+from hyperv_emu.worker.motherboard import Motherboard
+
+MiB = 1 << 20
+BIOS_BASE = 0xF0000
+BIOS_HIGH_ALIAS = 0xFFFF0000
+BIOS_SIZE = 0x10000
+VGA_WINDOW = (0xA0000, 0x20000)
+#: Below 4 GiB we keep the top 512 MiB free for MMIO (LAPIC, IOAPIC, PCI BARs, the BIOS alias).
+MAX_MEMORY_MIB = 3584
+#: POST code the BIOS writes when it enters INT 19h; with a kernel loaded the machine takes
+#: over there, so the kernel starts with the PIC, PIT, RTC and BDA set up as under a real BIOS.
+BOOT_POST_CODE = 0x19
+
+# Exit statuses for ends other than the guest's own exit-port write, which gives (v << 1) | 1
+# and is therefore always odd (QEMU's isa-debug-exit convention).  Ours are even.
+EXIT_USAGE = 2
+EXIT_TRIPLE_FAULT = 4
+EXIT_HALTED = 6
+EXIT_INSTRUCTION_LIMIT = 8
+EXIT_TIMEOUT = 10
+EXIT_GUEST_FAULT = 12
+EXIT_INTERNAL_ERROR = 14
+EXIT_INTERRUPTED = 130
+
+_REASON_STATUS = {
+    "triple-fault": EXIT_TRIPLE_FAULT,
+    "halted": EXIT_HALTED,
+    "instruction-limit": EXIT_INSTRUCTION_LIMIT,
+    "timeout": EXIT_TIMEOUT,
+    "fault": EXIT_GUEST_FAULT,
+}
+#: How many guest-requested resets one run follows before treating it as a reset loop.
+MAX_RESETS = 16
+
+
+class ConfigError(ValueError):
+    """The machine cannot be built as configured; the message is for the user."""
+
+
+@dataclass
+class MachineConfig:
+    """What the user asked for: memory, devices, what to boot, where output goes."""
+
+    memory_mib: int = 32
+    disk: BlockDevice | None = None
+    kernel: bytes | None = None
+    append: str = ""
+    initrds: Sequence[tuple[str, bytes]] = ()
+    rtc_base: datetime.datetime | None = None
+    clock_mode: ClockMode = "deterministic"
+    serial_output: Callable[[bytes], None] | None = None
+    serial_input: bytes = b""
+    debugcon_output: Callable[[bytes], None] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MachineExit:
+    """How a run ended: the exit status, a one-line reason and the hypervisor's record."""
+
+    status: int
+    reason: str
+    message: str
+    guest_code: int | None = None
+    run_exit: RunExit | None = None
+
+
+class Machine:
+    """A PC built from the core VDevs on one partition with one VP."""
+
+    def __init__(self, config: MachineConfig) -> None:
+        if not 2 <= config.memory_mib <= MAX_MEMORY_MIB:
+            raise ConfigError(f"memory size must be between 2 and {MAX_MEMORY_MIB} MiB, "
+                              f"not {config.memory_mib}")
+        self.config = config
+        self.ram_size = config.memory_mib * MiB
+        self.clock = VirtualClock(config.clock_mode)
+        self.log = EventLog(self.clock)
+        self.partition = Partition(self.clock)
+        self.board = Motherboard(self.log.emit)
+        self._exit_code: int | None = None
+        self._kernel_plan: multiboot.BootPlan | None = None
+        self.resets = 0
+        self._build_memory()
+        self._build_devices()
+        self.vp = self.partition.create_vp()
+        self.vp.set_interrupt_source(self.pic)
+        self.partition.set_io_handler(self.board.io_read, self.board.io_write)
+        if config.kernel is not None:
+            self._plan_kernel(config.kernel)
+
+    # ---- construction ------------------------------------------------------------------
+    def _build_memory(self) -> None:
+        p = self.partition
+        low = min(self.ram_size, VGA_WINDOW[0])
+        p.map_ram(0, low)
+        # The VGA window is plain RAM (the text buffer is scanned, not trapped: UNICORN_NOTES),
+        # and C0000-EFFFF is shadow RAM as a chipset's PAM registers would leave it.
+        p.map_ram(VGA_WINDOW[0], BIOS_BASE - VGA_WINDOW[0])
+        bios = build_bios()
+        if len(bios) != BIOS_SIZE:
+            raise ConfigError(f"BIOS image is {len(bios)} bytes, expected {BIOS_SIZE}")
+        p.map_rom(BIOS_BASE, bios)
+        p.map_rom(BIOS_HIGH_ALIAS, bios)
+        if self.ram_size > 0x100000:
+            p.map_ram(0x100000, self.ram_size - 0x100000)
+
+    def _build_devices(self) -> None:
+        cfg, board, clock, ev = self.config, self.board, self.clock, self.log.emit
+        self.pic = Pic(on_intr=self._on_intr, events=ev)
+        board.add(self.pic)
+        board.connect_irqs(self.pic.set_irq)
+        self.pit = Pit(clock, board.irqs[0], ev)
+        board.add(self.pit)
+        board.add(Port61(self.pit, clock))
+        base_time = cfg.rtc_base or datetime.datetime.now().replace(microsecond=0)
+        self.rtc = Rtc(clock, board.irqs[8], base_time, ev)
+        self.rtc.set_memory_size(self.ram_size)
+        self.rtc.set_equipment(0x06)  # math coprocessor present, 80x25 colour initial video
+        if cfg.disk is not None:
+            self.rtc.set_hard_disk_type(0, 47)  # user-defined type: geometry comes from IDENTIFY
+        board.add(self.rtc)
+        self.com1 = Uart16550(0x3F8, board.irqs[4], clock, cfg.serial_output, ev)
+        self.com2 = Uart16550(0x2F8, board.irqs[3], clock, None, ev)
+        if cfg.serial_input:
+            self.com1.feed(cfg.serial_input)
+        board.add(self.com1)
+        board.add(self.com2)
+        self.ide = IdeChannel(board.irqs[14], cfg.disk, events=ev)
+        board.add(self.ide)
+        self.vga = VgaText(clock, self.partition.read_memory, ev)
+        board.add(self.vga)
+        board.add(FastA20(self._on_reset_request, events=ev))
+        board.add(I8042(self._on_reset_request, irq1=board.irqs[1], events=ev))
+        board.add(PostCode(self._on_post))
+        board.add(DebugCon(cfg.debugcon_output or _discard))
+        board.add(ExitDevice(self._on_exit, ev))
+
+    def _plan_kernel(self, image: bytes) -> None:
+        try:
+            kernel = multiboot.parse_kernel(image)
+            self._kernel_plan = multiboot.plan_boot(
+                kernel, ram_size=self.ram_size, ram_ranges=self.memory_map(),
+                cmdline=self.config.append, modules=self.config.initrds, fits=self._is_ram)
+        except multiboot.MultibootError as exc:
+            raise ConfigError(str(exc)) from None
+
+    # ---- memory map --------------------------------------------------------------------
+    def memory_map(self) -> list[tuple[int, int, int]]:
+        """The E820-style map the BIOS and the Multiboot loader report: (base, length, type)."""
+        ranges = [(0, 0x9FC00, 1), (0x9FC00, 0x400, 2), (0xF0000, 0x10000, 2)]
+        if self.ram_size > 0x100000:
+            ranges.append((0x100000, self.ram_size - 0x100000, 1))
+        ranges.append((BIOS_HIGH_ALIAS, BIOS_SIZE, 2))
+        return ranges
+
+    def _is_ram(self, addr: int, size: int) -> bool:
+        end = addr + size
+        return (end <= 0x9FC00) or (addr >= 0x100000 and end <= self.ram_size)
+
+    # ---- device callbacks --------------------------------------------------------------
+    def _on_intr(self, level: bool) -> None:
+        if level:
+            self.vp.notify_interrupt()
+
+    def _on_exit(self, value: int) -> None:
+        self._exit_code = value
+        self.partition.request_stop("exit")
+
+    def _on_reset_request(self) -> None:
+        self.partition.request_stop("reset")
+
+    def _on_post(self, kind: str, **fields: Any) -> None:
+        self.log.emit(kind, **fields)
+        if (kind == "post" and fields.get("code") == BOOT_POST_CODE
+                and self._kernel_plan is not None):
+            self.partition.request_stop("kernel-entry")
+
+    def _enter_kernel(self) -> None:
+        plan = self._kernel_plan
+        assert plan is not None
+        for addr, data in plan.writes:
+            self.partition.write_memory(addr, data)
+        self.vp.enter_protected_mode_flat32(
+            plan.entry, gdt_base=plan.gdt_base, gdt_limit=plan.gdt_limit,
+            eax=multiboot.MULTIBOOT_BOOTLOADER_MAGIC, ebx=plan.info_addr)
+        self.log.emit("multiboot", entry=plan.entry, info=plan.info_addr)
+
+    def reset(self) -> None:
+        """A platform reset: every device and the VP to power-on state; RAM is kept."""
+        self.board.reset()
+        self.vp.reset()
+
+    # ---- running -----------------------------------------------------------------------
+    def run(self, *, max_instructions: int | None = None,
+            timeout: float | None = None) -> MachineExit:
+        """Run until the guest exits or another end; returns the documented exit status."""
+        while True:
+            left = None
+            if max_instructions is not None:
+                left = max(0, max_instructions - self.clock.instructions)
+            ex = self.partition.run(max_instructions=left, timeout=timeout)
+            if ex.reason == "stop" and ex.detail == "exit":
+                code = self._exit_code if self._exit_code is not None else 0
+                return MachineExit((code << 1) | 1, "exit",
+                                   f"guest wrote {code:#x} to the exit port", code, ex)
+            if ex.reason == "stop" and ex.detail == "kernel-entry":
+                self._enter_kernel()
+                continue
+            if ex.reason == "reset":
+                self.resets += 1
+                if self.resets > MAX_RESETS:
+                    return MachineExit(EXIT_HALTED, "halted",
+                                       f"guest reset the machine {self.resets} times", None, ex)
+                self.log.emit("reset", count=self.resets)
+                self.reset()
+                continue
+            status = _REASON_STATUS.get(ex.reason, EXIT_INTERNAL_ERROR)
+            where = f" at RIP {ex.rip:#x}" if ex.rip is not None else ""
+            detail = f": {ex.detail}" if ex.detail else ""
+            return MachineExit(status, ex.reason, f"{ex.reason}{where}{detail}", None, ex)
+
+    def screen_text(self) -> str:
+        """The 80x25 VGA text screen as text, one line per row."""
+        return self.vga.render_text()
+
+
+def _discard(data: bytes) -> None:
+    """Output sink for a console the user turned off."""
+
+
+def stderr_writer(data: bytes) -> None:
+    """Write guest bytes to standard error as they come."""
+    sys.stderr.buffer.write(data)
+    sys.stderr.buffer.flush()
