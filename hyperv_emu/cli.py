@@ -125,7 +125,9 @@ def _read_file(path: str, what: str) -> bytes:
         raise UsageError(f"cannot read {what} {path!r}: {exc.strerror or exc}") from None
 
 
-def _output(spec: str, default: IO[bytes], opened: list[IO[bytes]]) -> Callable[[bytes], None] | None:
+def _output(
+    spec: str, default: IO[bytes], opened: list[IO[bytes]]
+) -> Callable[[bytes], None] | None:
     if spec == "none":
         return None
     if spec in ("stdout", "-"):

@@ -24,7 +24,7 @@ from hyperv_emu.vdev.pit import Pit
 from hyperv_emu.vdev.port61 import Port61
 from hyperv_emu.vdev.rtc import Rtc
 from hyperv_emu.vdev.serial import Uart16550
-from hyperv_emu.vdev.system import DebugCon, ExitDevice, FastA20, I8042, PostCode
+from hyperv_emu.vdev.system import I8042, DebugCon, ExitDevice, FastA20, PostCode
 from hyperv_emu.vdev.vga import VgaText
 from hyperv_emu.vsp.storage.blockdev import BlockDevice
 from hyperv_emu.worker import multiboot
