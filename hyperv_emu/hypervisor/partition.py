@@ -78,13 +78,12 @@ class Partition:
         self._io_write: IoWrite = lambda port, size, value: None
         self._stop_reason: str | None = None
         self._running_vp: VirtualProcessor | None = None
-        hidden = self.memory.map_hidden(HIDDEN_GPA, 0x3000)
+        self.memory.map_hidden(HIDDEN_GPA, 0x3000)
         self._vmcb_gpa = HIDDEN_GPA
-        assert hidden.buf is not None
         # MSR permission map: every bit set, so every RDMSR/WRMSR exits (AMD APM 15.11).
-        hidden.buf[_VMCB_MSRPM_BASE:_VMCB_MSRPM_BASE + 8] = (HIDDEN_GPA + 0x1000).to_bytes(
-            8, "little")
-        hidden.buf[0x1000:0x3000] = b"\xff" * 0x2000
+        self.memory.write(HIDDEN_GPA + _VMCB_MSRPM_BASE, (HIDDEN_GPA + 0x1000).to_bytes(
+            8, "little"))
+        self.memory.write(HIDDEN_GPA + 0x1000, b"\xff" * 0x2000)
 
     # ---- memory -------------------------------------------------------------------------------
     def map_ram(self, gpa: int, size: int) -> None:

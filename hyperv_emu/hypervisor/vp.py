@@ -11,7 +11,6 @@ intercept word and an MSR permission map in hypervisor-private memory); they arr
 from __future__ import annotations
 
 import ctypes
-import struct
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -21,7 +20,7 @@ from unicorn import x86_const as X
 from . import context as C
 from . import msr as M
 from .context import CpuContext, Segment
-from .delivery import KIND_EXCEPTION, KIND_EXTERNAL, KIND_SOFTWARE, Event
+from .delivery import KIND_EXCEPTION, KIND_EXTERNAL, Event
 from .mmu import Mmu
 
 if TYPE_CHECKING:
@@ -64,7 +63,8 @@ class VirtualProcessor:
     def __init__(self, partition: Partition, index: int) -> None:
         self.partition = partition
         self.index = index
-        self.uc = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_64)
+        # Typed as Any: the binding's x86 subclass (UcIntel) adds methods the stubs lack.
+        self.uc: Any = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_64)
         self.ctx = CpuContext(self.uc)
         self._pristine = self.ctx.snapshot()
         self._counter = ctypes.c_uint64.from_address(int(self.uc._uch.value) + C.UCH_EMU_COUNTER)
@@ -121,7 +121,7 @@ class VirtualProcessor:
     def _on_out(self, uc: unicorn.Uc, port: int, size: int, value: int, _ud: object) -> None:
         self.partition._io_write(port, size, value & ((1 << (8 * size)) - 1))
 
-    def _on_cpuid(self, uc: unicorn.Uc, _ud: object) -> int:
+    def _on_cpuid(self, uc: Any, _ud: object) -> int:
         leaf, subleaf = uc.reg_read_batch([X.UC_X86_REG_EAX, X.UC_X86_REG_ECX])
         a, b, c, d = self.partition.cpuid.lookup(leaf, subleaf, self.index)
         uc.reg_write_batch([(X.UC_X86_REG_RAX, a), (X.UC_X86_REG_RBX, b),
@@ -470,10 +470,3 @@ class VirtualProcessor:
         self.apic_base = state["apic_base"]
         self.mtrr_def_type = state["mtrr_def_type"]
 
-
-def _u16(b: bytes) -> int:
-    return int(struct.unpack("<H", b[:2])[0])
-
-
-EventKinds = (KIND_EXCEPTION, KIND_EXTERNAL, KIND_SOFTWARE)
-Callback = Callable[..., Any]

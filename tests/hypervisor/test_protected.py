@@ -36,7 +36,8 @@ def test_gp_with_selector_error_code() -> None:
     assert m.part.run(max_instructions=1000).reason == "halted"
     assert m.outs(0x84) == [0x58]
     assert m.outs(0x85) == [0x4000 + code.index(b"\x66\x8e")]
-    assert m.vp.read_registers()["rsp"] == 0x8000 - 12  # EFLAGS, CS, EIP remain; the error code was popped
+    # EFLAGS, CS, EIP remain; the handler popped the error code.
+    assert m.vp.read_registers()["rsp"] == 0x8000 - 12
 
 
 def test_page_fault_cr2_and_error_code() -> None:
@@ -135,8 +136,8 @@ def test_msr_handlers_extend_the_table() -> None:
     store: dict[str, int] = {"v": 7}
     m.part.msr_handlers[0x40000000] = (lambda vp: store["v"],
                                        lambda vp, value: store.__setitem__("v", value))
-    m.load(0x4000, "mov ecx, 0x40000000\nrdmsr\nmov dx, 0x80\nout dx, eax\nmov eax, 42\nxor edx, edx\n"
-                   "wrmsr\nhlt\n", 32)
+    m.load(0x4000, "mov ecx, 0x40000000\nrdmsr\nmov dx, 0x80\nout dx, eax\nmov eax, 42\n"
+                   "xor edx, edx\nwrmsr\nhlt\n", 32)
     flat32(m, 0x4000)
     m.part.run(max_instructions=100)
     assert m.outs(0x80) == [7] and store["v"] == 42

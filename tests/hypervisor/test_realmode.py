@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import struct
 
-from hyperv_emu.asm import assemble
-
 from hv_helpers import FakePic, machine
+
+from hyperv_emu.asm import assemble
 
 
 def test_reset_state_and_first_fetch_from_rom() -> None:
