@@ -7,9 +7,12 @@ import datetime
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO, NoReturn
+from typing import IO, TYPE_CHECKING, NoReturn
 
 from hyperv_emu import __version__
+
+if TYPE_CHECKING:
+    from hyperv_emu.vsp.storage.blockdev import BlockDevice
 
 EXIT_USAGE = 2  # kept equal to machine.EXIT_USAGE; imported lazily there to keep start-up fast
 
@@ -151,7 +154,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if args.guest and (args.disk or args.kernel):
         raise UsageError("give a guest name or --disk/--kernel, not both")
-    disk = None
+    disk: BlockDevice | None = None
     kernel = None
     if args.disk:
         if not Path(args.disk).is_file():
