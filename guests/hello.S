@@ -23,7 +23,7 @@ main:
     xorb %bh, %bh
     int $0x10
     movw (VARS), %ax
-    addb $22, %al              # strlen("Hello from hyperv-emu!")
+    addb $0x16, %al            # strlen("Hello from hyperv-emu!") = 22
     cmpw %ax, %dx
     jne bad_cursor
     call newline
