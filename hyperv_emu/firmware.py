@@ -1,0 +1,78 @@
+"""The hyperv-emu BIOS image: ``firmware/bios.S`` assembled by keystone and laid out as the
+64 KiB ROM mapped at F0000-FFFFF (and aliased at FFFF0000).
+
+The assembly is placed at offset 0 of segment F000 (``post_entry`` is its first byte).  What
+keystone cannot place is added here at the PC's fixed addresses (IBM PC/AT Technical
+Reference, "System ROM"): the reset vector at F000:FFF0, a far jump ``EA off16 seg16`` to
+F000:post_entry; the BIOS date "MM/DD/YY" at F000:FFF5; the model byte FCh (AT) at
+F000:FFFE; and a checksum byte at F000:FFFF making the 64 KiB sum to 0 mod 256.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+from hyperv_emu.asm import AsmError, assemble, data_dir, expand_includes
+
+BIOS_SIZE = 0x10000
+BIOS_SEGMENT = 0xF000
+#: Offset of the reset vector in the image (physical FFFF0 / FFFFFFF0).
+RESET_VECTOR = 0xFFF0
+#: Offset of post_entry, the first byte of bios.S.
+POST_ENTRY = 0x0000
+DATE_OFFSET = 0xFFF5
+BIOS_DATE = b"11/28/26"
+MODEL_OFFSET = 0xFFFE
+MODEL_BYTE = 0xFC
+CHECKSUM_OFFSET = 0xFFFF
+
+# keystone 0.9.2 reads numbers in AT&T sources as hex ("10" is 16, "012" is octal 10), so the
+# BIOS source writes every number as 0x..; a multi-digit decimal literal is a build error.
+_DECIMAL_RE = re.compile(r"(?<![\w.])(\d{2,})(?![\w.])")
+_STRING_RE = re.compile(r'"(?:[^"\\]|\\.)*"')
+
+
+def _check_numbers(source: str) -> None:
+    """Reject multi-digit decimal literals, which keystone's AT&T mode would misread."""
+    for lineno, line in enumerate(source.splitlines(), 1):
+        code = _STRING_RE.sub('""', line).split("#", 1)[0]
+        m = _DECIMAL_RE.search(code)
+        if m:
+            raise AsmError(
+                f"bios.S line {lineno}: write {m.group(1)!r} in hex: keystone's AT&T parser "
+                f"reads it as 0x{m.group(1)}"
+            )
+
+
+def assemble_bios_code() -> bytes:
+    """The assembled BIOS code (offset 0 = F000:0000), without the fixed-address tail."""
+    path = data_dir("firmware") / "bios.S"
+    try:
+        source = expand_includes(path)
+    except OSError as exc:
+        raise AsmError(f"{path}: {exc.strerror or exc}") from None
+    _check_numbers(source)
+    return assemble(source, mode=16, base=0)
+
+
+@lru_cache(maxsize=1)
+def _build() -> bytes:
+    code = assemble_bios_code()
+    if len(code) > RESET_VECTOR:
+        raise AsmError(f"BIOS code is {len(code):#x} bytes; it must end before {RESET_VECTOR:#x}")
+    image = bytearray(BIOS_SIZE)
+    image[: len(code)] = code
+    # JMP FAR F000:POST_ENTRY
+    image[RESET_VECTOR : RESET_VECTOR + 5] = bytes(
+        [0xEA, POST_ENTRY & 0xFF, POST_ENTRY >> 8, BIOS_SEGMENT & 0xFF, BIOS_SEGMENT >> 8]
+    )
+    image[DATE_OFFSET : DATE_OFFSET + len(BIOS_DATE)] = BIOS_DATE
+    image[MODEL_OFFSET] = MODEL_BYTE
+    image[CHECKSUM_OFFSET] = (-sum(image[:CHECKSUM_OFFSET])) & 0xFF
+    return bytes(image)
+
+
+def build_bios() -> bytes:
+    """The 64 KiB BIOS ROM image, to be mapped at F0000 and at FFFF0000."""
+    return _build()
