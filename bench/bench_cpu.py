@@ -18,6 +18,8 @@ from unicorn import x86_const as X  # noqa: E402
 from hyperv_emu.asm import assemble  # noqa: E402
 from hyperv_emu.clock import VirtualClock  # noqa: E402
 from hyperv_emu.hypervisor import Partition  # noqa: E402
+from hyperv_emu.vdev.system import PostCode  # noqa: E402
+from hyperv_emu.worker.motherboard import Motherboard  # noqa: E402
 
 LOOP_ITERS = 5_000_000  # 2 instructions each
 IO_ITERS = 200_000  # OUT, DEC, JNZ each
@@ -45,9 +47,9 @@ def raw_unicorn(src: str, hook_out: bool) -> tuple[float, int]:
     return time.perf_counter() - t, outs[0]
 
 
-def partition_run(src: str, mode: str) -> tuple[float, int, int]:
+def partition_run(src: str, mode: str, board: bool = False) -> tuple[float, int, int]:
     """Seconds, retired instructions (deterministic mode only) and OUT exits through
-    Partition.run."""
+    Partition.run; with ``board`` the OUTs go the full path: motherboard bus → POST-code device."""
     clock = VirtualClock(mode)  # type: ignore[arg-type]
     part = Partition(clock)
     part.map_ram(0, 0x100000)
@@ -56,7 +58,12 @@ def partition_run(src: str, mode: str) -> tuple[float, int, int]:
     def on_out(port: int, size: int, value: int) -> None:
         outs[0] += 1
 
-    part.set_io_handler(lambda port, size: 0, on_out)
+    if board:
+        mb = Motherboard()
+        mb.add(PostCode(lambda kind, **fields: on_out(0x80, 1, 0)))
+        part.set_io_handler(mb.io_read, mb.io_write)
+    else:
+        part.set_io_handler(lambda port, size: 0, on_out)
     vp = part.create_vp()
     part.write_memory(CODE, assemble(src, 32, CODE))
     vp.enter_protected_mode_flat32(CODE)
@@ -91,6 +98,10 @@ def main() -> None:
         t, _, outs = partition_run(src, mode)
         assert outs == IO_ITERS
         print(f"  Partition -> io handler ({mode[:4]})  {IO_ITERS / t / 1e3:10.1f} k exits/s"
+              f"  ({raw_t / t:.3f} x raw)")
+        t, _, outs = partition_run(src, mode, board=True)
+        assert outs == IO_ITERS
+        print(f"  guest OUT -> bus -> device ({mode[:4]}) {IO_ITERS / t / 1e3:7.1f} k exits/s"
               f"  ({raw_t / t:.3f} x raw)")
 
 
