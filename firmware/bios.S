@@ -619,8 +619,8 @@ diskette_params:
     .byte 0xaf, 0x02, 0x25, 0x02, 0x12, 0x1b, 0xff, 0x6c, 0xf6, 0x0f, 0x08
 
 # INT 15h AH=C0h system configuration table: length 8, model FCh (AT), submodel 01h,
-# revision 0, feature byte 1 = 70h (second 8259, RTC, INT 15h/4Fh... bit 4 clear: no
-# keyboard intercept) -> 60h, features 2-4 zero.
+# revision 0, feature byte 1 = 60h (bit 6 second 8259, bit 5 RTC; bit 4 clear: INT 09h does
+# not call INT 15h AH=4Fh), feature bytes 2-5 zero.
 config_table:
     .word 0x0008
     .byte 0xfc, 0x01, 0x00, 0x60, 0x00, 0x00, 0x00, 0x00
