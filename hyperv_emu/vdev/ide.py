@@ -4,11 +4,14 @@ Behaviour follows ATA/ATAPI-6 (T13/1410D) and ATA/ATAPI-7 volume 1/2: the Comman
 registers at ``command_base`` + 0..7, the Control Block register at ``control_base`` (Device
 Control on write, Alternate Status on read), the PIO data-in / data-out / non-data protocols
 and the 48-bit Address feature set.  Commands complete instantly in virtual time, so BSY is
-only ever seen while SRST is held.  DMA is not implemented (IDENTIFY says so).
+only ever seen while SRST is held.  DMA (READ/WRITE DMA and EXT, the ATA-6 9.7 DMA protocol)
+works once a bus-master engine is attached with :meth:`IdeChannel.attach_dma` (the PIIX IDE
+function does this); a channel without one is PIO only, and IDENTIFY says so.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from hyperv_emu.vdev.base import Device, EventSink, IrqLine, null_events
@@ -36,8 +39,13 @@ MAX_MULTIPLE = 16
 #: The largest disk CHS can describe: 16383 cylinders x 16 heads x 63 sectors (ATA-6 annex B).
 CHS_LIMIT = 16383 * 16 * 63
 
-# Transfer states of a drive.
-XFER_NONE, XFER_IN, XFER_OUT = 0, 1, 2
+# Transfer states of a drive.  The DMA states wait for the bus master to move the data:
+# XFER_DMA_IN goes from the device to memory (READ DMA), XFER_DMA_OUT from memory to it.
+XFER_NONE, XFER_IN, XFER_OUT, XFER_DMA_IN, XFER_DMA_OUT = 0, 1, 2, 3, 4
+#: Sectors read from or written to the image at a time during a DMA transfer.
+DMA_CHUNK = 128
+#: Power-on transfer mode (SET FEATURES 03h encoding): multiword DMA mode 2.
+DEFAULT_DMA_MODE = 0x22
 
 
 def _ata_string(text: str, nbytes: int) -> bytes:
@@ -70,6 +78,7 @@ class _Drive:
         self.heads, self.spt, self.cyls = 16, 63, self.def_cyls
         self.write_cache = True
         self.pio_mode = 0
+        self.dma_mode = DEFAULT_DMA_MODE
         self.stop()
 
     def stop(self) -> None:
@@ -88,7 +97,7 @@ class IdeChannel(Device):
     """An IDE channel: task file, master and slave ATA disks, and the channel's IRQ line."""
 
     name = "ide"
-    SAVE_VERSION = 1
+    SAVE_VERSION = 2
 
     def __init__(
         self,
@@ -105,6 +114,8 @@ class IdeChannel(Device):
         self.control_base = control_base
         self._events = events
         self.ports = ((command_base, 8), (control_base, 1))
+        #: The bus-master engine's "a DMA command is waiting" callback (attach_dma).
+        self._dma_request: Callable[[], None] | None = None
         self.drives = (
             _Drive(master, 0, f"HVEMU-{command_base:04X}-0"),
             _Drive(slave, 1, f"HVEMU-{command_base:04X}-1"),
@@ -521,13 +532,13 @@ class IdeChannel(Device):
             d.write_cache = False
         elif sub == 0x03:
             # Transfer mode in Sector Count (ATA-6 8.37.10): 00h/01h PIO default, 08h+n PIO
-            # flow-control mode n.  DMA modes abort since DMA is not supported.
+            # flow-control mode n; DMA modes go to _set_dma_mode.
             mode = self.nsect[0]
             if mode in (0x00, 0x01):
                 d.pio_mode = 0
             elif 0x08 <= mode <= 0x0C:
                 d.pio_mode = mode & 7
-            else:
+            elif not self._set_dma_mode(d, mode):
                 self._abort(d)
                 return
         else:
@@ -590,7 +601,7 @@ class IdeChannel(Device):
         w[23:27] = _words(_ata_string("1.0", 8))
         w[27:47] = _words(_ata_string("Virtual HD", 40))
         w[47] = 0x8000 | MAX_MULTIPLE  # bits 15:8 are 80h
-        w[49] = 0x0A00  # LBA supported, IORDY supported; DMA not supported
+        w[49] = 0x0A00  # LBA supported, IORDY supported (DMA: _identify_dma)
         w[50] = 0x4000  # bit 14 shall be one
         w[51] = 0x0200  # obsolete PIO timing mode 2
         w[53] = 0x0007  # words 54-58, 64-70 and 88 are valid
@@ -611,7 +622,8 @@ class IdeChannel(Device):
         w[85] = 0x4000 | 0x0008 | (0x0020 if d.write_cache else 0)
         w[86] = 0x2000 | 0x1000 | 0x0400
         w[87] = 0x4000
-        w[88] = 0x0000  # no Ultra DMA
+        w[88] = 0x0000  # no Ultra DMA (unless _identify_dma fills it in)
+        self._identify_dma(d, w)
         # Word 93, hardware reset result: bit 14 set, device number by jumper (bits 2:1 / 10:9
         # = 01), diagnostics passed; device 0 notes DASP-/PDIAG- from a present device 1.
         if index == 0:
@@ -626,6 +638,144 @@ class IdeChannel(Device):
         w[255] |= ((-total) & 0xFF) << 8
         return b"".join(x.to_bytes(2, "little") for x in w)
 
+    # ---- bus-master DMA (ATA-6 9.7): the PIIX IDE function's bus master calls these ---------
+    def attach_dma(self, request: Callable[[], None]) -> None:
+        """Attach a bus-master engine; ``request()`` is called when a DMA command waits."""
+        self._dma_request = request
+
+    @property
+    def dma_capable(self) -> bool:
+        """Whether a bus master is attached (DMA commands and modes are accepted)."""
+        return self._dma_request is not None
+
+    def _identify_dma(self, d: _Drive, w: list[int]) -> None:
+        """IDENTIFY words 49, 63 and 88 when DMA works (ATA-6 8.15.10, 8.15.23, 8.15.40)."""
+        if not self.dma_capable:
+            return
+        w[49] |= 0x0100  # bit 8: DMA supported
+        # Multiword DMA modes 0-2 supported (bits 2:0), the selected one in bits 10:8; Ultra
+        # DMA modes 0-5 supported (bits 5:0), the selected one in bits 13:8.  At most one mode
+        # is selected in words 63 and 88 together.  Word 53 bit 2 (word 88 valid) is set.
+        w[63] = 0x0007 | ((0x100 << (d.dma_mode & 7)) if d.dma_mode & 0xF8 == 0x20 else 0)
+        w[88] = 0x003F | ((0x100 << (d.dma_mode & 7)) if d.dma_mode & 0xF8 == 0x40 else 0)
+        w[65], w[66] = 120, 120  # minimum / recommended multiword DMA cycle times (mode 2)
+
+    def _set_dma_mode(self, d: _Drive, mode: int) -> bool:
+        """SET FEATURES 03h with a DMA mode (ATA-6 table 44); False if not supported.
+
+        20h+n selects multiword DMA mode n (0-2), 40h+n Ultra DMA mode n (0-5); single-word
+        DMA (10h+n) was removed from ATA-3 on and is refused.
+        """
+        if not self.dma_capable:
+            return False
+        if 0x20 <= mode <= 0x22 or 0x40 <= mode <= 0x45:
+            d.dma_mode = mode
+            return True
+        return False
+
+    def _cmd_dma(self, d: _Drive, cmd: int) -> None:
+        """READ/WRITE DMA (EXT): check the address, then wait for the bus master."""
+        if self._dma_request is None:
+            self._abort(d)
+            return
+        write = cmd in (0xCA, 0xCB, 0x35)
+        assert d.disk is not None
+        if write and d.disk.read_only:
+            self._abort(d)
+            return
+        setup = self._rw_setup(d, cmd in (0x25, 0x35))
+        if setup is None:
+            return
+        d.lba, d.remaining = setup
+        d.xfer = XFER_DMA_OUT if write else XFER_DMA_IN
+        d.buf = bytearray()
+        d.pos = 0
+        # DMARQ asserted: the device shows DRQ (BSY clear) until the data has moved (ATA-6
+        # 9.7, state DI1/DO1 "Check_status").
+        d.status = READY | DRQ
+        self._dma_request()
+
+    def dma_direction(self) -> int:
+        """XFER_DMA_IN / XFER_DMA_OUT while the selected drive waits for DMA, else XFER_NONE."""
+        d = self._sel()
+        return d.xfer if d.xfer in (XFER_DMA_IN, XFER_DMA_OUT) else XFER_NONE
+
+    def dma_remaining(self) -> int:
+        """Bytes the current DMA command still has to move."""
+        d = self._sel()
+        if d.xfer not in (XFER_DMA_IN, XFER_DMA_OUT):
+            return 0
+        if d.xfer == XFER_DMA_IN:
+            return d.remaining * SECTOR + len(d.buf) - d.pos
+        return d.remaining * SECTOR - d.pos
+
+    def dma_read(self, limit: int) -> bytes:
+        """Up to ``limit`` bytes of a READ DMA for the bus master to put in memory.
+
+        Fewer bytes come back only when the command ended (completed, or failed with UNC).
+        """
+        d = self._sel()
+        out = bytearray()
+        while d.xfer == XFER_DMA_IN and len(out) < limit:
+            if d.pos >= len(d.buf):
+                n = min(DMA_CHUNK, d.remaining)
+                assert d.disk is not None
+                try:
+                    d.buf = bytearray(d.disk.read(d.lba * SECTOR, n * SECTOR))
+                except (BlockDeviceError, OSError):
+                    self._set_address(d, d.lba)
+                    self._complete(d, UNC)
+                    break
+                d.pos = 0
+                d.lba += n
+                d.remaining -= n
+            take = min(limit - len(out), len(d.buf) - d.pos)
+            out += d.buf[d.pos:d.pos + take]
+            d.pos += take
+            if d.pos >= len(d.buf) and d.remaining == 0:
+                self._dma_done(d)
+        return bytes(out)
+
+    def dma_write(self, data: bytes) -> int:
+        """Take bytes of a WRITE DMA from the bus master; returns how many were used."""
+        d = self._sel()
+        used = 0
+        while d.xfer == XFER_DMA_OUT and used < len(data):
+            if not d.buf:
+                d.buf = bytearray(min(DMA_CHUNK, d.remaining) * SECTOR)
+                d.pos = 0
+            take = min(len(data) - used, len(d.buf) - d.pos)
+            d.buf[d.pos:d.pos + take] = data[used:used + take]
+            d.pos += take
+            used += take
+            if d.pos >= len(d.buf):
+                assert d.disk is not None
+                try:
+                    d.disk.write(d.lba * SECTOR, bytes(d.buf))
+                except (BlockDeviceError, OSError):
+                    self._set_address(d, d.lba)
+                    self._complete(d, ABRT)
+                    break
+                d.lba += len(d.buf) // SECTOR
+                d.remaining -= len(d.buf) // SECTOR
+                d.buf = bytearray()
+                d.pos = 0
+                if d.remaining == 0:
+                    self._dma_done(d)
+        return used
+
+    def _dma_done(self, d: _Drive) -> None:
+        """All data moved: report the last address and interrupt (ATA-6 9.7, state DI0)."""
+        self._set_address(d, d.lba - 1)
+        self._set_count(d, 0)
+        self._complete(d)
+
+    def dma_abort(self) -> None:
+        """The bus master failed (bad PRD table, master abort): the command ends aborted."""
+        d = self._sel()
+        if d.xfer in (XFER_DMA_IN, XFER_DMA_OUT):
+            self._abort(d)
+
     # ---- save / restore ----------------------------------------------------------------------
     def save(self) -> dict[str, Any]:
         state = super().save()
@@ -638,6 +788,7 @@ class IdeChannel(Device):
                     "status": d.status, "error": d.error, "intrq": d.intrq,
                     "multiple": d.multiple, "geometry": [d.cyls, d.heads, d.spt],
                     "write_cache": d.write_cache, "pio_mode": d.pio_mode, "xfer": d.xfer,
+                    "dma_mode": d.dma_mode,
                     "buf": d.buf.hex(), "pos": d.pos, "cmd": d.cmd, "lba": d.lba,
                     "remaining": d.remaining, "block": d.block, "mode": d.mode,
                 }
@@ -660,6 +811,7 @@ class IdeChannel(Device):
             d.multiple = int(s["multiple"])
             d.cyls, d.heads, d.spt = (int(x) for x in s["geometry"])
             d.write_cache, d.pio_mode = bool(s["write_cache"]), int(s["pio_mode"])
+            d.dma_mode = int(s["dma_mode"])
             d.xfer, d.buf, d.pos = int(s["xfer"]), bytearray.fromhex(s["buf"]), int(s["pos"])
             d.cmd, d.lba, d.remaining = int(s["cmd"]), int(s["lba"]), int(s["remaining"])
             d.block, d.mode = int(s["block"]), str(s["mode"])
@@ -689,6 +841,10 @@ _COMMANDS = {
     0xE0: IdeChannel._cmd_ok, 0xE1: IdeChannel._cmd_ok, 0xE2: IdeChannel._cmd_ok,
     0xE3: IdeChannel._cmd_ok,
     0xE5: IdeChannel._cmd_check_power,
+    # READ DMA (C8h; C9h is ATA-1..3 "without retries"), WRITE DMA (CAh; CBh likewise),
+    # READ DMA EXT (25h), WRITE DMA EXT (35h): aborted unless a bus master is attached.
+    0xC8: IdeChannel._cmd_dma, 0xC9: IdeChannel._cmd_dma, 0x25: IdeChannel._cmd_dma,
+    0xCA: IdeChannel._cmd_dma, 0xCB: IdeChannel._cmd_dma, 0x35: IdeChannel._cmd_dma,
     # Not listed, so aborted: NOP (00h, always aborts), IDENTIFY PACKET DEVICE (A1h) and PACKET
-    # (A0h) on an ATA device, DEVICE RESET (08h), DMA commands, everything else.
+    # (A0h) on an ATA device, DEVICE RESET (08h), everything else.
 }

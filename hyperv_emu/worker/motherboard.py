@@ -24,6 +24,8 @@ class Motherboard:
         self.events = events
         self.devices: list[Device] = []
         self._ports: dict[int, Device] = {}
+        # Run-time claims (PCI I/O BARs), consulted after the static ones.
+        self._dyn_ports: dict[int, Device] = {}
         self._mmio: list[tuple[int, int, Device]] = []
         self.irqs = [IrqLine(n) for n in range(16)]
 
@@ -51,6 +53,23 @@ class Motherboard:
         self.devices.append(device)
         return device
 
+    def claim_ports(self, device: Device, first: int, count: int) -> None:
+        """Claim ports at run time (a PCI I/O BAR moved or was enabled).
+
+        Static claims keep precedence, as a positively decoding ISA device would win; a later
+        run-time claim of a port replaces an earlier one.  Never refused: the guest chose it.
+        """
+        for port in range(max(first, 0), min(first + count, 0x10000)):
+            self._dyn_ports[port] = device
+        self.events("io-claim", device=device.name, port=first, count=count)
+
+    def release_ports(self, device: Device, first: int, count: int) -> None:
+        """Drop ``device``'s run-time claims on these ports (others' claims stay)."""
+        for port in range(max(first, 0), min(first + count, 0x10000)):
+            if self._dyn_ports.get(port) is device:
+                del self._dyn_ports[port]
+        self.events("io-release", device=device.name, port=first, count=count)
+
     def connect_irqs(self, sink: Callable[[int, bool], None]) -> None:
         """Connect all ISA IRQ lines to an interrupt controller's inputs."""
         for line in self.irqs:
@@ -65,6 +84,8 @@ class Motherboard:
         """A guest IN: the owning device's answer, or all ones for an unclaimed port."""
         device = self._ports.get(port)
         if device is None:
+            device = self._dyn_ports.get(port)
+        if device is None:
             self.events("io-unclaimed", port=port, size=size, write=False)
             return (1 << (8 * size)) - 1
         return device.io_read(port, size) & ((1 << (8 * size)) - 1)
@@ -72,6 +93,8 @@ class Motherboard:
     def io_write(self, port: int, size: int, value: int) -> None:
         """A guest OUT: delivered to the owning device, traced and dropped if unclaimed."""
         device = self._ports.get(port)
+        if device is None:
+            device = self._dyn_ports.get(port)
         if device is None:
             self.events("io-unclaimed", port=port, size=size, write=True, value=value)
             return
