@@ -19,7 +19,9 @@ from hyperv_emu.firmware import build_bios
 from hyperv_emu.hypervisor.exits import RunExit
 from hyperv_emu.hypervisor.partition import Partition
 from hyperv_emu.vdev.ide import IdeChannel
+from hyperv_emu.vdev.pci import PciBus
 from hyperv_emu.vdev.pic import Pic
+from hyperv_emu.vdev.piix import I440fxHost, Piix3Ide, Piix3Isa
 from hyperv_emu.vdev.pit import Pit
 from hyperv_emu.vdev.port61 import Port61
 from hyperv_emu.vdev.rtc import Rtc
@@ -73,7 +75,10 @@ class MachineConfig:
     """What the user asked for: memory, devices, what to boot, where output goes."""
 
     memory_mib: int = 32
+    #: The primary master (kept for callers with one disk); or use ``disks``.
     disk: BlockDevice | None = None
+    #: Up to four IDE disks: primary master, primary slave, secondary master, secondary slave.
+    disks: Sequence[BlockDevice | None] = ()
     kernel: bytes | None = None
     append: str = ""
     initrds: Sequence[tuple[str, bytes]] = ()
@@ -104,6 +109,7 @@ class Machine:
             raise ConfigError(f"memory size must be between 2 and {MAX_MEMORY_MIB} MiB, "
                               f"not {config.memory_mib}")
         self.config = config
+        self.disks = _ide_slots(config)
         self.ram_size = config.memory_mib * MiB
         self.clock = VirtualClock(config.clock_mode)
         self.log = EventLog(self.clock)
@@ -148,8 +154,10 @@ class Machine:
         self.rtc = Rtc(clock, board.irqs[8], base_time, ev)
         self.rtc.set_memory_size(self.ram_size)
         self.rtc.set_equipment(0x06)  # math coprocessor present, 80x25 colour initial video
-        if cfg.disk is not None:
-            self.rtc.set_hard_disk_type(0, 47)  # user-defined type: geometry comes from IDENTIFY
+        for drive in (0, 1):
+            if self.disks[drive] is not None:
+                # User-defined type: the geometry comes from IDENTIFY.
+                self.rtc.set_hard_disk_type(drive, 47)
         board.add(self.rtc)
         self.com1 = Uart16550(0x3F8, board.irqs[4], clock, cfg.serial_output, ev)
         self.com2 = Uart16550(0x2F8, board.irqs[3], clock, None, ev)
@@ -157,8 +165,7 @@ class Machine:
             self.com1.feed(cfg.serial_input)
         board.add(self.com1)
         board.add(self.com2)
-        self.ide = IdeChannel(board.irqs[14], cfg.disk, events=ev)
-        board.add(self.ide)
+        self._build_pci()
         self.vga = VgaText(clock, self.partition.read_memory, ev)
         board.add(self.vga)
         board.add(FastA20(self._on_reset_request, events=ev))
@@ -166,6 +173,26 @@ class Machine:
         board.add(PostCode(self._on_post))
         board.add(DebugCon(cfg.debugcon_output or _discard))
         board.add(ExitDevice(self._on_exit, ev))
+
+    def _build_pci(self) -> None:
+        """PCI bus 0: i440FX host bridge, PIIX3 ISA bridge and IDE with both legacy channels."""
+        board, ev, disks = self.board, self.log.emit, self.disks
+        self.pci = PciBus(board.claim_ports, board.release_ports, ev)
+        board.add(self.pci)
+        self.host_bridge = I440fxHost()
+        self.piix_isa = Piix3Isa()
+        self.piix_ide = Piix3Ide(board.irqs[14], board.irqs[15], self.partition.read_memory,
+                                 self.partition.write_memory, dma_ok=self._is_dma_ram, events=ev)
+        for function, (dev, fn) in ((self.host_bridge, (0, 0)), (self.piix_isa, (1, 0)),
+                                    (self.piix_ide, (1, 1))):
+            board.add(function)
+            self.pci.add(function, dev, fn)
+        self.ide = IdeChannel(self.piix_ide.ide_irqs[0], disks[0], disks[1], events=ev)
+        self.ide2 = IdeChannel(self.piix_ide.ide_irqs[1], disks[2], disks[3],
+                               command_base=0x170, control_base=0x376, events=ev)
+        for channel, ide in enumerate((self.ide, self.ide2)):
+            board.add(ide)
+            self.piix_ide.attach(channel, ide)
 
     def _plan_kernel(self, image: bytes) -> None:
         try:
@@ -184,6 +211,12 @@ class Machine:
             ranges.append((0x100000, self.ram_size - 0x100000, 1))
         ranges.append((BIOS_HIGH_ALIAS, BIOS_SIZE, 2))
         return ranges
+
+    def _is_dma_ram(self, addr: int, size: int) -> bool:
+        """Whether a bus master may use this range: RAM (640 KiB + the VGA/shadow window, and
+        above 1 MiB), not the BIOS ROM or unmapped space."""
+        end = addr + size
+        return (end <= BIOS_BASE) or (addr >= 0x100000 and end <= self.ram_size)
 
     def _is_ram(self, addr: int, size: int) -> bool:
         end = addr + size
@@ -254,6 +287,18 @@ class Machine:
     def screen_text(self) -> str:
         """The 80x25 VGA text screen as text, one line per row."""
         return self.vga.render_text()
+
+
+def _ide_slots(config: MachineConfig) -> list[BlockDevice | None]:
+    """The four IDE positions from ``disks``, with ``disk`` as the primary master."""
+    if len(config.disks) > 4:
+        raise ConfigError(f"at most 4 IDE disks, not {len(config.disks)}")
+    slots = list(config.disks) + [None] * (4 - len(config.disks))
+    if config.disk is not None:
+        if slots[0] is not None and slots[0] is not config.disk:
+            raise ConfigError("two disks given as the primary master (disk and disks[0])")
+        slots[0] = config.disk
+    return slots
 
 
 def _discard(data: bytes) -> None:
