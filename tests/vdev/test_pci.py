@@ -11,6 +11,9 @@ from hyperv_emu.vdev.pci import PciBus, PciDevice
 from hyperv_emu.worker.motherboard import Motherboard
 
 
+Window = tuple[int, int, bool] | None
+
+
 class Widget(PciDevice):
     """A test function: an I/O BAR of 32 bytes, a 4 KiB memory BAR, a prefetchable 1 MiB BAR."""
 
@@ -23,11 +26,10 @@ class Widget(PciDevice):
         self.add_bar(0, 32, io=True)
         self.add_bar(1, 0x1000, io=False)
         self.add_bar(2, 0x100000, io=False, prefetchable=True)
-        self.moves: list[tuple[int, tuple[int, int, bool] | None, tuple[int, int, bool] | None]] = []
+        self.moves: list[tuple[int, Window, Window]] = []
         self.io: list[tuple[int, int, int]] = []
 
-    def bar_moved(self, index: int, old: tuple[int, int, bool] | None,
-                  new: tuple[int, int, bool] | None) -> None:
+    def bar_moved(self, index: int, old: Window, new: Window) -> None:
         self.moves.append((index, old, new))
         super().bar_moved(index, old, new)
 
