@@ -10,7 +10,6 @@ from hyperv_emu.vdev.base import Device, SaveStateError
 from hyperv_emu.vdev.pci import PciBus, PciDevice
 from hyperv_emu.worker.motherboard import Motherboard
 
-
 Window = tuple[int, int, bool] | None
 
 
