@@ -234,7 +234,7 @@ def test_qemu_created_image_with_qemu_io_data(tmp_path: Path, sub: str) -> None:
         assert d.read(4096, 8192) == b"\xab" * 8192
         assert d.read(2096640, 1024) == b"\x5c" * 1024
         d.write(MiB, b"ours" * 128)  # and qemu reads what we write into its file
-    qemu_io(p, f"read -P 0x5c 2096640 1k", f"read -P 0 {MiB + 512} 512")
+    qemu_io(p, "read -P 0x5c 2096640 1k", f"read -P 0 {MiB + 512} 512")
     assert check_vhd(p) == []
 
 
