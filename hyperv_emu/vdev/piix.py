@@ -295,6 +295,9 @@ class Piix3Ide(PciDevice):
                     self._fetch_prd(bm)
                     continue
                 if to_memory:
+                    # Check the target before taking the data, so a master abort can still
+                    # abort the drive's command.
+                    self._mem_check(bm.addr, min(bm.left, ide.dma_remaining()))
                     data = ide.dma_read(bm.left)
                     self._mem_write(bm.addr, data)
                 else:
