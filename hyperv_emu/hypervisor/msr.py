@@ -28,6 +28,8 @@ IA32_SYSENTER_ESP = 0x175
 IA32_SYSENTER_EIP = 0x176
 IA32_PAT = 0x277
 IA32_MTRR_DEF_TYPE = 0x2FF
+IA32_TSC_DEADLINE = 0x6E0
+X2APIC_FIRST, X2APIC_LAST = 0x800, 0x8FF
 IA32_EFER = 0xC0000080
 IA32_STAR = 0xC0000081
 IA32_LSTAR = 0xC0000082
@@ -69,7 +71,11 @@ def msr_read(vp: VirtualProcessor, index: int) -> int:
     if index == IA32_TSC:
         return vp.tsc()
     if index == IA32_APIC_BASE:
-        return vp.apic_base
+        return vp.lapic.apic_base
+    if index == IA32_TSC_DEADLINE:
+        return vp.lapic.read_tsc_deadline()
+    if X2APIC_FIRST <= index <= X2APIC_LAST:
+        return vp.lapic.x2apic_read(index)
     if index == IA32_MTRRCAP:
         return 0  # no variable or fixed MTRRs, no write-combining
     if index == IA32_MTRR_DEF_TYPE:
@@ -88,10 +94,13 @@ def msr_write(vp: VirtualProcessor, index: int, value: int) -> None:
     if index == IA32_TSC:
         vp.tsc_offset = (value - vp.clock_tsc()) & 0xFFFF_FFFF_FFFF_FFFF
     elif index == IA32_APIC_BASE:
-        # Bits 12..MAXPHYADDR-1 base, 11 enable, 8 BSP (read-only); the rest reserved.
-        if value & ~0xF_FFFF_FFFF_F900:
-            raise gp()
-        vp.apic_base = (value & ~APIC_BASE_BSP) | (vp.apic_base & APIC_BASE_BSP)
+        # Bits 12..MAXPHYADDR-1 base, 11 enable, 10 x2APIC, 8 BSP (read-only); the rest
+        # reserved.  The APIC checks the mode transitions.
+        vp.lapic.write_apic_base(value)
+    elif index == IA32_TSC_DEADLINE:
+        vp.lapic.write_tsc_deadline(value)
+    elif X2APIC_FIRST <= index <= X2APIC_LAST:
+        vp.lapic.x2apic_write(index, value)
     elif index == IA32_MTRR_DEF_TYPE:
         if value & ~0xCFF or (value & 0xFF) not in (0, 1, 4, 5, 6):
             raise gp()

@@ -22,6 +22,7 @@ from .context import self_test
 from .cpuid import CpuidModel
 from .delivery import KIND_EXCEPTION, KIND_EXTERNAL, KIND_SOFTWARE, Event, TripleFault, deliver
 from .exits import RunExit
+from .lapic import APIC_DEFAULT_BASE, LocalApic, deliver_message
 from .memory import GuestMemory, MmioRead, MmioWrite, UnmappedAccess
 from .mmu import GuestFault
 from .vp import (
@@ -98,6 +99,33 @@ class Partition:
         """Route guest accesses to [gpa, gpa+size) to ``read(offset, size)`` /
         ``write(offset, size, value)``."""
         self.memory.map_mmio(gpa, size, read, write)
+
+    def map_local_apic(self, gpa: int = APIC_DEFAULT_BASE) -> None:
+        """Map the xAPIC register page.  An access goes to the local APIC of the VP making
+        it (VP 0 for host accesses), if that APIC's IA32_APIC_BASE points at ``gpa``."""
+        def target() -> LocalApic | None:
+            vp = self._running_vp or (self.vps[0] if self.vps else None)
+            if vp is None or vp.lapic.mmio_base != gpa:
+                return None
+            return vp.lapic
+
+        def read(offset: int, size: int) -> int:
+            apic = target()
+            return (1 << (8 * size)) - 1 if apic is None else apic.mmio_read(offset, size)
+
+        def write(offset: int, size: int, value: int) -> None:
+            apic = target()
+            if apic is not None:
+                apic.mmio_write(offset, size, value)
+
+        self.memory.map_mmio(gpa, 0x1000, read, write)
+
+    def apic_deliver(self, dest: int, vector: int, mode: int, level: bool, trigger: int,
+                     logical: bool = False) -> None:
+        """An interrupt message on the APIC bus (from an I/O APIC or MSI) to the local APICs
+        that ``dest`` selects (8-bit destination; see ``lapic.deliver_message``)."""
+        deliver_message([vp.lapic for vp in self.vps], dest, vector, mode, level, trigger,
+                        logical)
 
     def read_memory(self, gpa: int, size: int) -> bytes:
         """Host read of guest-physical memory."""

@@ -21,6 +21,7 @@ from . import context as C
 from . import msr as M
 from .context import CpuContext, Segment
 from .delivery import KIND_EXCEPTION, KIND_EXTERNAL, Event
+from .lapic import LocalApic
 from .mmu import Mmu
 
 if TYPE_CHECKING:
@@ -74,8 +75,9 @@ class VirtualProcessor:
         self.source: InterruptSource | None = None
         self.pending: list[Event] = []
         self.tsc_offset = 0
-        self.apic_base = M.APIC_BASE_DEFAULT | M.APIC_BASE_ENABLE | (
-            M.APIC_BASE_BSP if index == 0 else 0)
+        #: This VP's local APIC (IA32_APIC_BASE lives in it).  It becomes the interrupt
+        #: source when the worker wires it with :meth:`set_interrupt_source`.
+        self.lapic = LocalApic(self)
         self.mtrr_def_type = 0
         self.mmu = Mmu(self.ctx, partition.memory)
         # Run-time bookkeeping for the slice in progress.
@@ -124,6 +126,8 @@ class VirtualProcessor:
     def _on_cpuid(self, uc: Any, _ud: object) -> int:
         leaf, subleaf = uc.reg_read_batch([X.UC_X86_REG_EAX, X.UC_X86_REG_ECX])
         a, b, c, d = self.partition.cpuid.lookup(leaf, subleaf, self.index)
+        if leaf & 0xFFFFFFFF == 1:
+            c, d = self.lapic.cpuid_leaf1(c, d)
         uc.reg_write_batch([(X.UC_X86_REG_RAX, a), (X.UC_X86_REG_RBX, b),
                             (X.UC_X86_REG_RCX, c), (X.UC_X86_REG_RDX, d)])
         return 1  # skip Unicorn's native CPUID
@@ -202,8 +206,12 @@ class VirtualProcessor:
         self.pending.clear()
         self.tsc_offset = 0
         self.mtrr_def_type = 0
-        self.apic_base = M.APIC_BASE_DEFAULT | M.APIC_BASE_ENABLE | (
-            M.APIC_BASE_BSP if self.index == 0 else 0)
+        self.lapic.power_on()
+
+    @property
+    def apic_base(self) -> int:
+        """IA32_APIC_BASE (kept by the local APIC)."""
+        return self.lapic.apic_base
 
     def _arm_svm(self) -> None:
         ctx = self.ctx
@@ -404,7 +412,7 @@ class VirtualProcessor:
 
     def save(self) -> dict[str, Any]:
         """Versioned VP state: registers with hidden segment state, control registers, MSRs,
-        SSE/x87 registers, halted flag and pending events."""
+        SSE/x87 registers, halted flag, pending events and the local APIC."""
         self._flush()
         ctx = self.ctx
         segs = {name: [s.selector, s.base, s.limit, s.flags] for name, s in
@@ -412,7 +420,7 @@ class VirtualProcessor:
                 + [(n, ctx.seg(n)) for n in ("ldt", "tr", "gdt", "idt")]}
         uc = self.uc
         return {
-            "device": "vp", "version": 1, "index": self.index,
+            "device": "vp", "version": 2, "index": self.index,
             "gprs": [ctx.gpr(i) for i in range(16)], "rip": ctx.rip, "rflags": ctx.rflags,
             "hflags": ctx.hflags, "hflags2": ctx.u32(C.OFF_HFLAGS2), "segs": segs,
             "cr": [ctx.cr(n) for n in range(5)], "efer": ctx.efer,
@@ -425,14 +433,14 @@ class VirtualProcessor:
             "st": [list(uc.reg_read(X.UC_X86_REG_FP0 + i)) for i in range(8)],
             "halted": self.halted,
             "pending": [[e.vector, e.kind, e.error_code] for e in self.pending],
-            "tsc_offset": self.tsc_offset, "apic_base": self.apic_base,
+            "tsc_offset": self.tsc_offset, "lapic": self.lapic.save(),
             "mtrr_def_type": self.mtrr_def_type,
         }
 
     def restore(self, state: dict[str, Any]) -> None:
         """Restore from :meth:`save` output."""
-        if state.get("device") != "vp" or state.get("version") != 1:
-            raise ValueError("not a version-1 VP state")
+        if state.get("device") != "vp" or state.get("version") != 2:
+            raise ValueError("not a version-2 VP state")
         self._flush()
         ctx = self.ctx
         ctx.load_snapshot(self._pristine)
@@ -467,6 +475,6 @@ class VirtualProcessor:
         self.halted = bool(state["halted"])
         self.pending = [Event(v, k, e) for v, k, e in state["pending"]]
         self.tsc_offset = state["tsc_offset"]
-        self.apic_base = state["apic_base"]
+        self.lapic.restore(state["lapic"])
         self.mtrr_def_type = state["mtrr_def_type"]
 
