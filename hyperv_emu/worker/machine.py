@@ -19,6 +19,7 @@ from hyperv_emu.firmware import build_bios
 from hyperv_emu.hypervisor.exits import RunExit
 from hyperv_emu.hypervisor.partition import Partition
 from hyperv_emu.vdev.ide import IdeChannel
+from hyperv_emu.vdev.ioapic import IOAPIC_BASE, IoApic
 from hyperv_emu.vdev.pci import PciBus
 from hyperv_emu.vdev.pic import Pic
 from hyperv_emu.vdev.piix import I440fxHost, Piix3Ide, Piix3Isa
@@ -121,7 +122,12 @@ class Machine:
         self._build_memory()
         self._build_devices()
         self.vp = self.partition.create_vp()
-        self.vp.set_interrupt_source(self.pic)
+        # The local APIC is the VP's interrupt source; the 8259 reaches it on LINT0 (ExtINT),
+        # and level-triggered EOIs are broadcast to the I/O APIC.
+        self.vp.lapic.extint = self.pic
+        self.vp.lapic.eoi_broadcast.append(self.ioapic.eoi)
+        self.vp.set_interrupt_source(self.vp.lapic)
+        self.partition.map_local_apic()
         self.partition.set_io_handler(self.board.io_read, self.board.io_write)
         if config.kernel is not None:
             self._plan_kernel(config.kernel)
@@ -146,7 +152,11 @@ class Machine:
         cfg, board, clock, ev = self.config, self.board, self.clock, self.log.emit
         self.pic = Pic(on_intr=self._on_intr, events=ev)
         board.add(self.pic)
-        board.connect_irqs(self.pic.set_irq)
+        board.connect_irqs(self._isa_irq)
+        self.ioapic = IoApic(self.partition.apic_deliver, events=ev)
+        board.add(self.ioapic)
+        self.partition.map_mmio(IOAPIC_BASE, 0x1000, self.ioapic.mmio_read,
+                                self.ioapic.mmio_write)
         self.pit = Pit(clock, board.irqs[0], ev)
         board.add(self.pit)
         board.add(Port61(self.pit, clock))
@@ -223,9 +233,19 @@ class Machine:
         return (end <= 0x9FC00) or (addr >= 0x100000 and end <= self.ram_size)
 
     # ---- device callbacks --------------------------------------------------------------
+    def _isa_irq(self, irq: int, level: bool) -> None:
+        """An ISA IRQ line goes to both the 8259s and the I/O APIC: IRQ0 on pin 2 (the
+        usual interrupt source override), IRQn on pin n; IRQ2 is the 8259 cascade."""
+        self.pic.set_irq(irq, level)
+        if irq != 2:
+            self.ioapic.set_irq(2 if irq == 0 else irq, level)
+
     def _on_intr(self, level: bool) -> None:
-        if level:
-            self.vp.notify_interrupt()
+        # The 8259's INT output: LINT0 of the local APIC and I/O APIC pin 0.
+        self.ioapic.set_irq(0, level)
+        vp = getattr(self, "vp", None)
+        if vp is not None:
+            vp.lapic.set_lint(0, level)
 
     def _on_exit(self, value: int) -> None:
         self._exit_code = value
