@@ -39,6 +39,10 @@ class Region:
     read: MmioRead | None = None
     write: MmioWrite | None = None
     engines: list[unicorn.Uc] = field(default_factory=list)
+    #: Keeps a foreign backing buffer alive when ``buf`` is a view into it (MapGpaPages).
+    owner: object = None
+    #: True for a hypervisor overlay page (see :meth:`GuestMemory.map_overlay`).
+    overlay: bool = False
 
     @property
     def end(self) -> int:
@@ -57,6 +61,8 @@ class GuestMemory:
         self.regions: list[Region] = []
         self._starts: list[int] = []
         self.engines: list[unicorn.Uc] = []
+        #: Overlay pages by page GPA, a stack each: the last one is what the guest sees.
+        self.overlays: dict[int, list[Region]] = {}
         #: Called with (gpa, length) after a host write, to drop stale translated code.
         self.invalidate: Callable[[int, int], None] = lambda gpa, n: None
 
@@ -97,10 +103,110 @@ class GuestMemory:
         self.engines.append(uc)
         for r in self.regions:
             self._map_into(uc, r)
+        for gpa, stack in self.overlays.items():
+            if self._under(gpa) is not None:
+                uc.mem_unmap(gpa, PAGE)
+            self._map_into(uc, stack[-1])
 
-    def map_ram(self, gpa: int, size: int) -> Region:
+    def map_ram(self, gpa: int, size: int,
+                backing: ctypes.Array[ctypes.c_char] | None = None, offset: int = 0) -> Region:
+        """Map zeroed RAM, or ``size`` bytes of a host buffer from ``offset`` (shared memory,
+        as the root partition's MapGpaPages does)."""
         _check_aligned(gpa, size)
-        return self._add(Region(gpa, size, "ram", ctypes.create_string_buffer(size)))
+        if backing is None:
+            return self._add(Region(gpa, size, "ram", ctypes.create_string_buffer(size)))
+        if offset < 0 or offset + size > ctypes.sizeof(backing):
+            raise ValueError("backing buffer too small")
+        view = (ctypes.c_char * size).from_address(ctypes.addressof(backing) + offset)
+        return self._add(Region(gpa, size, "ram", view, owner=backing))
+
+    def unmap(self, gpa: int, size: int) -> None:
+        """Remove RAM pages [gpa, gpa+size) (splitting regions); other kinds raise ValueError."""
+        _check_aligned(gpa, size)
+        end = gpa + size
+        hit = [r for r in self.regions if r.gpa < end and gpa < r.end]
+        if any(r.kind != "ram" for r in hit):
+            raise ValueError(f"unmap {gpa:#x}+{size:#x} covers non-RAM memory")
+        for r in hit:
+            i = self.regions.index(r)
+            del self.regions[i]
+            del self._starts[i]
+            lo, hi = max(gpa, r.gpa), min(end, r.end)
+            for uc in self.engines:
+                # Overlay pages are their own engine regions and stay; unmap the rest.
+                run = lo
+                while run < hi:
+                    if run in self.overlays:
+                        run += PAGE
+                        continue
+                    stop = run
+                    while stop < hi and stop not in self.overlays:
+                        stop += PAGE
+                    uc.mem_unmap(run, stop - run)
+                    run = stop
+            assert r.buf is not None
+            base = ctypes.addressof(r.buf)
+            for a, b in ((r.gpa, lo), (hi, r.end)):
+                if b > a:
+                    view = (ctypes.c_char * (b - a)).from_address(base + a - r.gpa)
+                    piece = Region(a, b - a, "ram", view, owner=r.owner or r.buf)
+                    j = bisect.bisect(self._starts, a)
+                    self.regions.insert(j, piece)
+                    self._starts.insert(j, a)
+        self.invalidate(gpa, size)
+
+    # ---- overlay pages -----------------------------------------------------------------------
+    def _under(self, gpa: int) -> Region | None:
+        i = bisect.bisect(self._starts, gpa) - 1
+        if i >= 0 and self.regions[i].gpa <= gpa < self.regions[i].end:
+            return self.regions[i]
+        return None
+
+    def map_overlay(self, gpa: int, data: bytes = b"") -> Region:
+        """Cover one page with a hypervisor-owned page (TLFS "overlay pages": hypercall page,
+        reference TSC page, SynIC pages) holding ``data``.  The guest reads and executes it;
+        its writes are dropped (ROM behaviour); the host writes it through :meth:`write`.
+        Whatever was underneath (RAM, or nothing) reappears on :meth:`unmap_overlay`."""
+        _check_aligned(gpa, PAGE)
+        under = self._under(gpa)
+        if under is not None and under.kind not in ("ram", "rom"):
+            raise ValueError(f"cannot overlay {under.kind} at {gpa:#x}")
+        buf = ctypes.create_string_buffer(PAGE)
+        ctypes.memmove(buf, data[:PAGE], min(len(data), PAGE))
+        region = Region(gpa, PAGE, "rom", buf, overlay=True)
+        stack = self.overlays.setdefault(gpa, [])
+        for uc in self.engines:
+            if stack or under is not None:
+                uc.mem_unmap(gpa, PAGE)
+            self._map_into(uc, region)
+        stack.append(region)
+        self.invalidate(gpa, PAGE)
+        return region
+
+    def unmap_overlay(self, region: Region) -> None:
+        """Remove an overlay page made by :meth:`map_overlay` (no-op if already removed)."""
+        stack = self.overlays.get(region.gpa)
+        if not stack or region not in stack:
+            return
+        top = stack[-1] is region
+        stack.remove(region)
+        if not stack:
+            del self.overlays[region.gpa]
+        if top:
+            under = stack[-1] if stack else self._under(region.gpa)
+            for uc in self.engines:
+                uc.mem_unmap(region.gpa, PAGE)
+                if under is None:
+                    continue
+                if under.overlay:
+                    self._map_into(uc, under)
+                else:
+                    assert under.buf is not None
+                    perms = unicorn.UC_PROT_ALL if under.kind == "ram" else (
+                        unicorn.UC_PROT_READ | unicorn.UC_PROT_EXEC)
+                    uc.mem_map_ptr(region.gpa, PAGE, perms, ctypes.addressof(under.buf)
+                                   + region.gpa - under.gpa)
+        self.invalidate(region.gpa, PAGE)
 
     def map_rom(self, gpa: int, data: bytes) -> Region:
         size = max(PAGE, -(-len(data) // PAGE) * PAGE)
@@ -119,10 +225,11 @@ class GuestMemory:
         return self._add(Region(gpa, size, "hidden", ctypes.create_string_buffer(size)))
 
     def find(self, gpa: int) -> Region | None:
-        i = bisect.bisect(self._starts, gpa) - 1
-        if i >= 0 and self.regions[i].gpa <= gpa < self.regions[i].end:
-            return self.regions[i]
-        return None
+        if self.overlays:
+            stack = self.overlays.get(gpa & ~(PAGE - 1))
+            if stack:
+                return stack[-1]
+        return self._under(gpa)
 
     # ---- host-side access -------------------------------------------------------------------
     def _pieces(self, gpa: int, size: int, write: bool) -> list[tuple[Region, int, int]]:
@@ -132,6 +239,8 @@ class GuestMemory:
             if r is None:
                 raise UnmappedAccess(gpa, write)
             n = min(size, r.end - gpa)
+            if self.overlays:
+                n = min(n, PAGE - (gpa & (PAGE - 1)))  # an overlay may cover the next page
             out.append((r, gpa - r.gpa, n))
             gpa += n
             size -= n

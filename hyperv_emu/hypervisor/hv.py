@@ -1,0 +1,208 @@
+"""The Hyper-V layer over partitions: the hypervisor object (partition ids, dispatch table,
+ports) and each partition's enlightenment state (privileges, CPUID leaves, synthetic MSRs,
+hooks for the SynIC and IPIs).
+
+Typical use (the worker): ``hv = install_hyperv(partition)`` for a guest partition, or
+``vid.RootPartition(hypervisor)`` for the parent's API, which creates child partitions through
+HvCallCreatePartition.  Later layers find a partition's state with :func:`hv_of`.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ..clock import VirtualClock
+from . import hvdef as H
+from . import msr as M
+from .hv_cpuid import ROOT_PRIVILEGES, HvCpuid, HvCpuidConfig
+from .hv_msr import SyntheticMsrs
+from .hypercall import HypercallTable, vmcall_front_end
+from .memory import GuestMemory
+from .ports import PortTable
+
+if TYPE_CHECKING:
+    from .partition import Partition
+    from .vp import VirtualProcessor
+
+EventSink = Callable[..., None]
+#: Partition -> its Hyper-V state (weak: a deleted partition drops out).
+_REGISTRY: weakref.WeakKeyDictionary[Partition, PartitionHv] = weakref.WeakKeyDictionary()
+
+
+def _no_events(kind: str, **fields: Any) -> None:
+    """Event sink that drops everything."""
+
+
+class SynicHook(Protocol):
+    """What PostMessage/SignalEvent hand to the SynIC (implemented by the SynIC layer).  The
+    dispatcher has validated the input layout; these return an HV_STATUS."""
+
+    def post_message(self, sender: PartitionHv, vp_index: int, connection_id: int,
+                     message_type: int, payload: bytes) -> int: ...
+
+    def signal_event(self, sender: PartitionHv, vp_index: int, connection_id: int,
+                     flag_number: int) -> int: ...
+
+
+class NoSynic:
+    """Default SynIC hook: no connection exists, so both calls fail as TLFS says for an
+    unknown connection id."""
+
+    def post_message(self, sender: PartitionHv, vp_index: int, connection_id: int,
+                     message_type: int, payload: bytes) -> int:
+        return H.HV_STATUS_INVALID_CONNECTION_ID
+
+    def signal_event(self, sender: PartitionHv, vp_index: int, connection_id: int,
+                     flag_number: int) -> int:
+        return H.HV_STATUS_INVALID_CONNECTION_ID
+
+
+def _no_ipi(vector: int, vp_set: frozenset[int]) -> None:
+    """Default IPI route: delivers nothing (the APIC layer replaces ``PartitionHv.send_ipi``)."""
+
+
+class PartitionHv:
+    """One partition's Hyper-V state.  ``partition`` is None for the root partition, whose
+    code is the host's Python (it has no VPs of its own)."""
+
+    def __init__(self, hypervisor: Hypervisor, partition: Partition | None, pid: int, *,
+                 root: bool, parent: int | None, config: HvCpuidConfig | None) -> None:
+        self.hypervisor = hypervisor
+        self.partition = partition
+        self.id = pid
+        self.is_root = root
+        self.parent = parent
+        if config is None:
+            config = HvCpuidConfig(privileges=ROOT_PRIVILEGES) if root else HvCpuidConfig()
+        self.cpuid = HvCpuid(config)
+        #: Partition properties set through Get/SetPartitionProperty.
+        self.properties: dict[int, int] = {}
+        #: Intercepts the parent installed: (type, access mask, parameter).
+        self.intercepts: list[tuple[int, int, int]] = []
+        #: Child partition state: "created" until the first CreateVp, then "active".
+        self.state = "created"
+        #: SynIC delivery hook (replaced by the SynIC layer).
+        self.synic: SynicHook = NoSynic()
+        #: Synthetic IPI route: ``send_ipi(vector, vp_set)`` (replaced by the APIC layer).
+        self.send_ipi: Callable[[int, frozenset[int]], None] = _no_ipi
+        #: This partition's guest-physical space (the root's: host memory, no VPs).
+        self.memory = partition.memory if partition is not None else GuestMemory()
+        self._msr_keys: set[int] = set()
+        self.msrs = SyntheticMsrs(self)
+        if partition is not None:
+            self.cpuid.install(partition.cpuid)
+            self.msrs.install()
+            partition.vmcall_handler = self.vmcall
+            _REGISTRY[partition] = self
+
+    # ---- identity and capabilities ---------------------------------------------------------
+    @property
+    def privileges(self) -> int:
+        """HV_PARTITION_PRIVILEGE_MASK (CPUID 0x40000003.EAX/EBX)."""
+        return self.cpuid.config.privileges
+
+    @property
+    def xmm_fast_input(self) -> bool:
+        return bool(self.cpuid.config.features & H.HV_FEATURE_XMM_HYPERCALL_INPUT_AVAILABLE)
+
+    def physical_address_bits(self) -> int:
+        """Guest physical address width (CPUID 0x80000008.EAX[7:0]; 36 if not reported)."""
+        if self.partition is None:
+            return 52
+        bits = self.partition.cpuid.lookup(0x80000008, 0)[0] & 0xFF
+        return bits or 36
+
+    def register_msr(self, index: int, read: M.MsrRead, write: M.MsrWrite) -> None:
+        """Add (or replace) an MSR of this partition: the SynIC layer's entry point too."""
+        if self.partition is not None:
+            self.partition.msr_handlers[index] = (read, write)
+            self._msr_keys.add(index)
+
+    def reinstall_msrs(self) -> None:
+        """Re-register the synthetic MSRs after the privilege mask changed."""
+        if self.partition is not None:
+            for index in self._msr_keys:
+                self.partition.msr_handlers.pop(index, None)
+            self._msr_keys.clear()
+            self.msrs.install()
+
+    # ---- VMCALL ------------------------------------------------------------------------------
+    def vmcall(self, vp: VirtualProcessor) -> bool:
+        """``Partition.vmcall_handler``: a hypercall, or False for #UD."""
+        return vmcall_front_end(self, vp)
+
+    def vp(self, index: int) -> VirtualProcessor | None:
+        part = self.partition
+        if part is None or not 0 <= index < len(part.vps):
+            return None
+        return part.vps[index]
+
+    # ---- state -------------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Partition reset (the worker calls this with its platform reset)."""
+        self.msrs.reset()
+
+    def save(self) -> dict[str, Any]:
+        return {"device": "hyperv", "version": 1, "id": self.id, "root": self.is_root,
+                "parent": self.parent, "cpuid": self.cpuid.config.to_dict(),
+                "properties": {str(k): v for k, v in self.properties.items()},
+                "intercepts": [list(i) for i in self.intercepts], "state": self.state,
+                "msrs": self.msrs.save()}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        if state.get("device") != "hyperv" or state.get("version") != 1:
+            raise ValueError("not a version-1 Hyper-V partition state")
+        self.cpuid.config = HvCpuidConfig.from_dict(state["cpuid"])
+        self.properties = {int(k): int(v) for k, v in state["properties"].items()}
+        self.intercepts = [(int(a), int(b), int(c)) for a, b, c in state["intercepts"]]
+        self.state = state["state"]
+        self.msrs.restore(state["msrs"])
+
+
+class Hypervisor:
+    """The hypervisor: partitions by id, the hypercall dispatch table, ports/connections."""
+
+    def __init__(self, clock: VirtualClock, events: EventSink | None = None) -> None:
+        from .hv_calls import register_guest_calls
+        from .hv_root import register_root_calls
+
+        self.clock = clock
+        self.events: EventSink = events or _no_events
+        self.hypercalls = HypercallTable()
+        self.ports = PortTable()
+        self.partitions: dict[int, PartitionHv] = {}
+        self._next_id = 1
+        register_guest_calls(self.hypercalls)
+        register_root_calls(self.hypercalls)
+
+    def add_partition(self, partition: Partition | None, *, root: bool = False,
+                      parent: int | None = None,
+                      config: HvCpuidConfig | None = None) -> PartitionHv:
+        """Give ``partition`` a partition id and its Hyper-V state."""
+        pid = self._next_id
+        self._next_id += 1
+        hv = PartitionHv(self, partition, pid, root=root, parent=parent, config=config)
+        self.partitions[pid] = hv
+        return hv
+
+    def remove_partition(self, pid: int) -> None:
+        hv = self.partitions.pop(pid, None)
+        if hv is not None:
+            self.ports.drop_partition(pid)
+
+
+def install_hyperv(partition: Partition, *, hypervisor: Hypervisor | None = None,
+                   config: HvCpuidConfig | None = None,
+                   events: EventSink | None = None) -> PartitionHv:
+    """Make ``partition`` a Hyper-V child partition: CPUID leaves, synthetic MSRs, hypercalls.
+    Without ``hypervisor`` a private one is created (a single-VM machine)."""
+    if hypervisor is None:
+        hypervisor = Hypervisor(partition.clock, events)
+    return hypervisor.add_partition(partition, config=config)
+
+
+def hv_of(partition: Partition) -> PartitionHv | None:
+    """The Hyper-V state of ``partition`` (None on a plain PC partition)."""
+    return _REGISTRY.get(partition)

@@ -1,0 +1,408 @@
+"""The hypercall interface: input-value decoder, dispatch table, register conventions.
+
+A guest VMCALL arrives through ``Partition.vmcall_handler`` (see hv.py) and is handled in
+three steps (HYPERV_FACTS.md section 3, TLFS hypercall-interface.md):
+
+1. :func:`vmcall_front_end` - #UD unless protected/long mode, CPL 0 and the hypercall page
+   enabled; picks the register convention (64-bit iff EFER.LMA and CS.L: RCX control, RDX input
+   GPA, R8 output GPA, RAX result; else EDX:EAX control, EBX:ECX input, EDI:ESI output, EDX:EAX
+   result) and builds a :class:`CallIo` for the memory or fast (register, XMM) form.
+2. :meth:`HypercallTable.dispatch` - validates the input value, privileges, rep fields, sizes and
+   GPAs, reads the input and runs the handler registered for the call code.
+3. The front end writes the result value (status, reps completed) or, when a rep call ran out
+   of its budget, the control value with the new rep start index, leaving RIP on the VMCALL so
+   the guest re-executes it (continuation).
+
+The root partition's typed API (``vid/``) calls step 2 directly with :class:`BytesIo`, so its
+calls pass the same checks and handlers as a guest's.
+
+Check order (a guest sees the first that fails): unknown code -> INVALID_HYPERCALL_CODE;
+reserved input-value bits or the nested bit -> INVALID_HYPERCALL_INPUT; missing privilege ->
+ACCESS_DENIED; rep count/start or variable header wrong for the call -> INVALID_HYPERCALL_INPUT;
+fast form not allowed or too much input/any output for registers -> INVALID_HYPERCALL_INPUT;
+input/output GPA misaligned, crossing a page or not RAM -> INVALID_ALIGNMENT (HYPERV_FACTS 3.4);
+input and output blocks overlapping -> INVALID_PARAMETER (TLFS requires disjoint blocks; the
+status is our choice).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from unicorn import x86_const as X
+
+from . import context as C
+from . import hvdef as H
+from .memory import PAGE
+
+if TYPE_CHECKING:
+    from .hv import PartitionHv
+    from .vp import VirtualProcessor
+
+_M64 = 0xFFFF_FFFF_FFFF_FFFF
+#: Bytes of fast input in general registers (RDX, R8 / EBX:ECX, EDI:ESI) and with XMM0-5.
+FAST_REG_BYTES = 16
+FAST_XMM_BYTES = 16 + 6 * 16
+#: Rep elements handled per VMCALL before the call is continued (the guest re-executes it),
+#: so a long rep call does not hold off interrupts.
+DEFAULT_REP_BUDGET = 64
+
+
+@dataclass(frozen=True)
+class Control:
+    """A decoded hypercall input value (HYPERV_FACTS 3.3)."""
+
+    code: int
+    fast: bool
+    var_header_qwords: int
+    nested: bool
+    rep_count: int
+    rep_start: int
+    reserved: int
+
+    @classmethod
+    def decode(cls, value: int) -> Control:
+        value &= _M64
+        return cls(code=value & 0xFFFF, fast=bool(value & H.HV_HYPERCALL_FAST_BIT),
+                   var_header_qwords=(value >> H.HV_HYPERCALL_VARHEAD_SHIFT) & 0x3FF,
+                   nested=bool(value & H.HV_HYPERCALL_NESTED),
+                   rep_count=(value >> H.HV_HYPERCALL_REP_COUNT_SHIFT) & H.HV_HYPERCALL_REP_MASK,
+                   rep_start=(value >> H.HV_HYPERCALL_REP_START_SHIFT) & H.HV_HYPERCALL_REP_MASK,
+                   reserved=value & H.HV_HYPERCALL_RSVD_MASK)
+
+
+def encode_control(code: int, *, fast: bool = False, rep_count: int = 0, rep_start: int = 0,
+                   var_header_qwords: int = 0) -> int:
+    """Build a hypercall input value."""
+    return ((code & 0xFFFF) | (H.HV_HYPERCALL_FAST_BIT if fast else 0)
+            | ((var_header_qwords & 0x3FF) << H.HV_HYPERCALL_VARHEAD_SHIFT)
+            | ((rep_count & 0xFFF) << H.HV_HYPERCALL_REP_COUNT_SHIFT)
+            | ((rep_start & 0xFFF) << H.HV_HYPERCALL_REP_START_SHIFT))
+
+
+def encode_result(status: int, reps_completed: int = 0) -> int:
+    """The hypercall result value: status in 15:0, reps completed in 43:32."""
+    return (status & 0xFFFF) | ((reps_completed & 0xFFF) << H.HV_HYPERCALL_REP_COMP_SHIFT)
+
+
+class CallIo(Protocol):
+    """Where a call's input comes from and its output goes (memory, registers or bytes)."""
+
+    fast: bool
+
+    def read_input(self, size: int) -> bytes | int:
+        """``size`` input bytes, or an HV_STATUS if they cannot be read."""
+
+    def check_output(self, size: int, input_size: int) -> int:
+        """HV_STATUS_SUCCESS if ``size`` output bytes can be written."""
+
+    def write_output(self, offset: int, data: bytes) -> None:
+        """Store output bytes at ``offset`` in the output block."""
+
+
+@dataclass
+class Call:
+    """One hypercall as a handler sees it."""
+
+    caller: PartitionHv
+    vp: VirtualProcessor | None
+    code: int
+    fast: bool
+    rep_count: int
+    rep_start: int
+    #: Fixed input header plus the variable header, then the rep elements, as separate fields.
+    input: bytes
+    var_header: bytes
+    elements: list[bytes]
+    output: bytearray
+    budget: int
+    rep_output: dict[int, bytes] = field(default_factory=dict)
+    reps_completed: int = 0
+
+    def reps(self) -> Iterator[int]:
+        """Rep indices to process, from rep start, stopping when the budget is spent.  Each
+        index counts as completed once the handler asks for the next one."""
+        i = self.rep_start
+        self.reps_completed = i
+        end = min(self.rep_count, i + max(1, self.budget))
+        while i < end:
+            yield i
+            i += 1
+            self.reps_completed = i
+
+
+Handler = Callable[[Call], int]
+
+
+@dataclass(frozen=True)
+class CallSpec:
+    """How one call code is validated and handled."""
+
+    code: int
+    name: str
+    handler: Handler
+    rep: bool = False
+    root_only: bool = False
+    privilege: int = 0
+    fast_ok: bool = True
+    input_size: int = 0
+    output_size: int = 0
+    rep_input_size: int = 0
+    rep_output_size: int = 0
+    variable_header: bool = False
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a dispatch produced: the status, reps completed, and for a continued rep call the
+    control value to put back (None when the call is finished)."""
+
+    status: int
+    reps_completed: int = 0
+    continue_control: int | None = None
+
+    @property
+    def result(self) -> int:
+        return encode_result(self.status, self.reps_completed)
+
+
+@dataclass(frozen=True)
+class HypercallRecord:
+    """One dispatched hypercall, for tracers."""
+
+    partition_id: int
+    vp: int | None
+    control: int
+    name: str
+    fast: bool
+    rep_count: int
+    rep_start: int
+    status: int
+    reps_completed: int
+    continued: bool
+
+
+class HypercallTable:
+    """The hypervisor's dispatch table: one :class:`CallSpec` per call code."""
+
+    def __init__(self) -> None:
+        self.specs: dict[int, CallSpec] = {}
+        self.rep_budget = DEFAULT_REP_BUDGET
+        #: Called with a :class:`HypercallRecord` after every dispatch (tracing).
+        self.listeners: list[Callable[[HypercallRecord], None]] = []
+
+    def register(self, code: int, handler: Handler, *, name: str | None = None,
+                 rep: bool = False, root_only: bool = False, privilege: int = 0,
+                 fast_ok: bool = True, input_size: int = 0, output_size: int = 0,
+                 rep_input_size: int = 0, rep_output_size: int = 0,
+                 variable_header: bool = False) -> None:
+        """Install (or replace) the handler for ``code``.  ``input_size``/``output_size`` are
+        the fixed header sizes in bytes, ``rep_*_size`` the per-element sizes of a rep call,
+        ``privilege`` partition-privilege bits the caller must hold."""
+        self.specs[code] = CallSpec(code, name or H.call_name(code), handler, rep, root_only,
+                                    privilege, fast_ok, input_size, output_size,
+                                    rep_input_size, rep_output_size, variable_header)
+
+    def dispatch(self, caller: PartitionHv, vp: VirtualProcessor | None, control: int,
+                 io: CallIo) -> Outcome:
+        """Validate and run one hypercall; never raises for guest-supplied values."""
+        out = self._dispatch(caller, vp, control & _M64, io)
+        if self.listeners:
+            c = Control.decode(control)
+            spec = self.specs.get(c.code)
+            rec = HypercallRecord(caller.id, None if vp is None else vp.index, control & _M64,
+                                  spec.name if spec else H.call_name(c.code), io.fast,
+                                  c.rep_count, c.rep_start, out.status, out.reps_completed,
+                                  out.continue_control is not None)
+            for listener in self.listeners:
+                listener(rec)
+        return out
+
+    def _dispatch(self, caller: PartitionHv, vp: VirtualProcessor | None, control: int,
+                  io: CallIo) -> Outcome:
+        c = Control.decode(control)
+        spec = self.specs.get(c.code)
+        if spec is None:
+            return Outcome(H.HV_STATUS_INVALID_HYPERCALL_CODE)
+        bad_input = Outcome(H.HV_STATUS_INVALID_HYPERCALL_INPUT)
+        if c.reserved or c.nested:
+            return bad_input  # not a nested hypervisor: the nested bit is reserved here
+        if (spec.root_only and not caller.is_root) or (
+                caller.privileges & spec.privilege) != spec.privilege:
+            return Outcome(H.HV_STATUS_ACCESS_DENIED)
+        if spec.rep:
+            if c.rep_count == 0 or c.rep_start >= c.rep_count:
+                return bad_input
+        elif c.rep_count or c.rep_start:
+            return bad_input
+        if c.var_header_qwords and not spec.variable_header:
+            return bad_input
+        header_size = spec.input_size + 8 * c.var_header_qwords
+        in_size = header_size + c.rep_count * spec.rep_input_size
+        out_size = spec.output_size + c.rep_count * spec.rep_output_size
+        if io.fast:
+            limit = FAST_XMM_BYTES if caller.xmm_fast_input else FAST_REG_BYTES
+            if not spec.fast_ok or in_size > limit or out_size:
+                return bad_input
+        status = io.check_output(out_size, in_size)
+        if status != H.HV_STATUS_SUCCESS:
+            return Outcome(status)
+        data = io.read_input(in_size)
+        if isinstance(data, int):
+            return Outcome(data)
+        elements = [data[header_size + i * spec.rep_input_size:
+                         header_size + (i + 1) * spec.rep_input_size]
+                    for i in range(c.rep_count)] if spec.rep else []
+        call = Call(caller, vp, c.code, io.fast, c.rep_count, c.rep_start,
+                    data[:spec.input_size], data[spec.input_size:header_size], elements,
+                    bytearray(spec.output_size), self.rep_budget)
+        status = spec.handler(call) & 0xFFFF
+        if spec.rep:
+            done = max(c.rep_start, min(call.reps_completed, c.rep_count))
+            for i in range(c.rep_start, done):
+                if i in call.rep_output:
+                    io.write_output(spec.output_size + i * spec.rep_output_size,
+                                    call.rep_output[i][:spec.rep_output_size]
+                                    .ljust(spec.rep_output_size, b"\0"))
+            if spec.output_size:
+                io.write_output(0, bytes(call.output))
+            if status == H.HV_STATUS_SUCCESS and done < c.rep_count:
+                cont = (control & ~(H.HV_HYPERCALL_REP_MASK << H.HV_HYPERCALL_REP_START_SHIFT)
+                        ) | (done << H.HV_HYPERCALL_REP_START_SHIFT)
+                return Outcome(status, done, cont)
+            return Outcome(status, done)
+        if status == H.HV_STATUS_SUCCESS and spec.output_size:
+            io.write_output(0, bytes(call.output))
+        return Outcome(status)
+
+
+# ---- front ends ----------------------------------------------------------------------------
+class BytesIo:
+    """Input from a byte string, output collected into ``output`` (the root's Python API)."""
+
+    fast = False
+
+    def __init__(self, data: bytes = b"", out_size: int = PAGE) -> None:
+        self.data = data
+        self.output = bytearray(out_size)
+
+    def read_input(self, size: int) -> bytes | int:
+        if size > PAGE or size > len(self.data):
+            # A memory-form input block must fit one page (TLFS); short data is the caller's
+            # mistake, reported the way a guest's page-crossing block is.
+            return H.HV_STATUS_INVALID_ALIGNMENT
+        return self.data[:size]
+
+    def check_output(self, size: int, input_size: int) -> int:
+        return H.HV_STATUS_SUCCESS if size <= PAGE else H.HV_STATUS_INVALID_ALIGNMENT
+
+    def write_output(self, offset: int, data: bytes) -> None:
+        self.output[offset:offset + len(data)] = data
+
+
+class MemoryIo:
+    """Memory form: input and output blocks at guest-physical addresses."""
+
+    fast = False
+
+    def __init__(self, vp: VirtualProcessor, in_gpa: int, out_gpa: int) -> None:
+        self.mem = vp.partition.memory
+        self.in_gpa = in_gpa
+        self.out_gpa = out_gpa
+
+    def _block_ok(self, gpa: int, size: int) -> bool:
+        if gpa & 7 or (gpa & (PAGE - 1)) + size > PAGE:
+            return False
+        region = self.mem.find(gpa)
+        return region is not None and region.kind in ("ram", "rom")
+
+    def read_input(self, size: int) -> bytes | int:
+        if size == 0:
+            return b""
+        if not self._block_ok(self.in_gpa, size):
+            return H.HV_STATUS_INVALID_ALIGNMENT
+        return self.mem.read(self.in_gpa, size)
+
+    def check_output(self, size: int, input_size: int) -> int:
+        if size == 0:
+            return H.HV_STATUS_SUCCESS
+        region = self.mem.find(self.out_gpa)
+        if not self._block_ok(self.out_gpa, size) or region is None or region.kind != "ram":
+            return H.HV_STATUS_INVALID_ALIGNMENT
+        if input_size and self.in_gpa < self.out_gpa + size and self.out_gpa < (
+                self.in_gpa + input_size):
+            return H.HV_STATUS_INVALID_PARAMETER
+        return H.HV_STATUS_SUCCESS
+
+    def write_output(self, offset: int, data: bytes) -> None:
+        self.mem.guest_write(self.out_gpa + offset, data)
+
+
+class FastIo:
+    """Fast form: input from two general registers, then XMM0-XMM5 (read only when needed)."""
+
+    fast = True
+
+    def __init__(self, vp: VirtualProcessor, first: int, second: int) -> None:
+        self.vp = vp
+        self.regs = struct.pack("<QQ", first & _M64, second & _M64)
+
+    def read_input(self, size: int) -> bytes | int:
+        data = self.regs
+        if size > len(data):
+            vp = self.vp
+            vp._flush()
+            xmm = [int(vp.uc.reg_read(X.UC_X86_REG_XMM0 + i)) for i in range(6)]
+            data += b"".join(v.to_bytes(16, "little") for v in xmm)
+        return data[:size]
+
+    def check_output(self, size: int, input_size: int) -> int:
+        return H.HV_STATUS_SUCCESS if size == 0 else H.HV_STATUS_INVALID_HYPERCALL_INPUT
+
+    def write_output(self, offset: int, data: bytes) -> None:
+        pass  # no XMM fast output (CPUID 0x40000003.EDX bit 15 is not advertised)
+
+
+def vmcall_front_end(hv: PartitionHv, vp: VirtualProcessor) -> bool:
+    """Handle a VMCALL/VMMCALL on ``vp``: False means #UD; True means done, RIP is then
+    advanced past the 3-byte instruction by the partition (so a continuation moves RIP back)."""
+    ctx = vp.ctx
+    if not ctx.protected or ctx.rflags & C.RFLAGS_VM or ctx.cpl != 0:
+        return False  # hypercalls are legal only at CPL 0 in protected/long mode (TLFS)
+    if not hv.msrs.hypercalls_enabled:
+        return False
+    long64 = bool(ctx.hflags & C.HF_CS64)
+    g = ctx.gpr
+    if long64:
+        control, in_val, out_val = g(1), g(2), g(8)
+    else:
+        lo = 0xFFFF_FFFF
+        control = ((g(2) & lo) << 32) | (g(0) & lo)
+        in_val = ((g(3) & lo) << 32) | (g(1) & lo)
+        out_val = ((g(7) & lo) << 32) | (g(6) & lo)
+    io: CallIo
+    if control & H.HV_HYPERCALL_FAST_BIT:
+        io = FastIo(vp, in_val, out_val)
+    else:
+        io = MemoryIo(vp, in_val, out_val)
+    outcome = hv.hypervisor.hypercalls.dispatch(hv, vp, control, io)
+    if outcome.continue_control is not None:
+        value = outcome.continue_control
+        if long64:
+            ctx.set_gpr(1, value)
+        else:
+            ctx.set_gpr(0, value & 0xFFFF_FFFF)
+            ctx.set_gpr(2, value >> 32)
+        ctx.rip = (ctx.rip - 3) & _M64  # re-execute the VMCALL (the partition adds 3)
+    else:
+        result = outcome.result
+        if long64:
+            ctx.set_gpr(0, result)
+        else:
+            ctx.set_gpr(0, result & 0xFFFF_FFFF)
+            ctx.set_gpr(2, result >> 32)
+    vp._dirty = True
+    return True
