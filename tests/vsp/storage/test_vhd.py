@@ -47,8 +47,9 @@ def qemu_io(img: Path, *cmds: str) -> None:
 
 
 def pattern(n: int, seed: int = 1) -> bytes:
-    """Deterministic non-repeating-looking bytes."""
-    return bytes((i * 31 + seed * 7 + (i >> 9)) & 0xFF for i in range(n))
+    """Deterministic bytes with a 4093-byte (prime) period, so no two sectors are alike."""
+    cycle = bytes((i * 31 + seed * 7 + (i >> 9)) & 0xFF for i in range(4093))
+    return (cycle * (n // 4093 + 1))[:n]
 
 
 # -- structures ------------------------------------------------------------------------------
