@@ -327,6 +327,9 @@ class VhdImage(BlockDevice):
             self._file.close()
             self._file = None
 
+    def __enter__(self) -> VhdImage:
+        return self
+
     def __repr__(self) -> str:
         mode = "ro" if self.read_only else "rw"
         kind = DISK_TYPE_NAMES.get(getattr(self, "disk_type", 0), "?")

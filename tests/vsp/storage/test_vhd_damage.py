@@ -187,8 +187,12 @@ def test_huge_bat_claim_costs_no_memory(tmp_path: Path) -> None:
     """A header claiming a 2040 GiB disk of 512-byte blocks must not read a 16 GiB BAT."""
     p = dynamic(tmp_path)
     edit_footers(p, lambda ft: setattr(ft, "current_size", 2040 * 1024 * MiB))
-    edit_header(p, lambda h: (setattr(h, "max_table_entries", 2040 * 2 * MiB),
-                              setattr(h, "block_size", 512)))
+
+    def tiny_blocks(h: DynamicHeader) -> None:
+        h.max_table_entries = 2040 * 2 * MiB
+        h.block_size = 512
+
+    edit_header(p, tiny_blocks)
     tracemalloc.start()
     try:
         refused(p, "BAT at 0x600 .* extends past the end")
@@ -209,7 +213,11 @@ def test_bad_disk_type_and_version(tmp_path: Path) -> None:
     p = dynamic(tmp_path)
     edit_footers(p, lambda ft: setattr(ft, "disk_type", 5))
     refused(p, "unknown disk type 5")
-    edit_footers(p, lambda ft: (setattr(ft, "disk_type", 3), setattr(ft, "version", 0x20000)))
+
+    def version_2(ft: Footer) -> None:
+        ft.disk_type, ft.version = 3, 0x20000
+
+    edit_footers(p, version_2)
     refused(p, "unsupported file format version 0x00020000")
 
 
