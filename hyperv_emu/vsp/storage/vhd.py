@@ -20,7 +20,6 @@ from hyperv_emu.vsp.storage.vhd_format import (
     BAT_UNUSED,
     DEFAULT_BLOCK_SIZE,
     DISK_DIFFERENCING,
-    DISK_DYNAMIC,
     DISK_FIXED,
     DISK_TYPE_NAMES,
     DYN_HEADER_SIZE,
@@ -32,7 +31,6 @@ from hyperv_emu.vsp.storage.vhd_format import (
     PLAT_W2RU,
     PLATFORM_NAMES,
     SECTOR,
-    VHD_EPOCH,
     DynamicHeader,
     Footer,
     ParentLocator,
@@ -220,6 +218,9 @@ class VhdImage(BlockDevice):
             return self._absent(base + off, length)
         bm = self._bitmap(blk)
         data_at = entry * SECTOR + self._bm_size
+        b0, b1 = off // SECTOR // 8, -(-(off + length) // SECTOR // 8)
+        if bm[b0:b1] == b"\xff" * (b1 - b0):  # common case: every sector present, one read
+            return self._pread(data_at + off, length)
         out = bytearray()
         pos, end = off, off + length
         while pos < end:
@@ -490,9 +491,7 @@ def vhd_info(path: str | os.PathLike[str]) -> VhdInfo:
     lay = _layout(path)
     ft, hdr = lay.footer, lay.header
     app = ft.creator_app.decode("latin-1")
-    host = PLATFORM_NAMES.get(ft.creator_os, f"0x{ft.creator_os:08x}")
-    if ft.creator_os == 0x4D616320:
-        host = "Mac "
+    host = PLATFORM_NAMES.get(ft.creator_os, f"0x{ft.creator_os:08x}")  # "Wi2k" or "Mac "
     info = VhdInfo(
         path=path,
         disk_type=DISK_TYPE_NAMES.get(ft.disk_type, f"unknown ({ft.disk_type})"),
@@ -541,5 +540,3 @@ def check_vhd(path: str | os.PathLike[str]) -> list[str]:
             out.append(str(exc))
     return out
 
-
-_ = (DISK_DYNAMIC, VHD_EPOCH)  # re-exported names used by callers of this module
