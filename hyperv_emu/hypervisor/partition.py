@@ -13,11 +13,19 @@ import time
 from collections.abc import Callable
 
 import unicorn
+from capstone.x86_const import (
+    X86_INS_HLT,
+    X86_INS_RDMSR,
+    X86_INS_RDTSC,
+    X86_INS_RDTSCP,
+    X86_INS_WRMSR,
+)
 
 from ..clock import VirtualClock
 from . import context as C
 from . import exits as E
 from . import msr as M
+from .blockmark import locate
 from .context import self_test
 from .cpuid import CpuidModel
 from .delivery import KIND_EXCEPTION, KIND_EXTERNAL, KIND_SOFTWARE, Event, TripleFault, deliver
@@ -49,6 +57,14 @@ HOST_SLICE_US = 10_000
 #: Hypervisor-private GPA for the SVM control block and MSR permission map, outside guest RAM.
 HIDDEN_GPA = 0x7F_0000_0000
 _VMCB_MSRPM_BASE = 0x48  # VMCB control area: MSRPM_BASE_PA (AMD APM Vol. 2, Table B-1)
+
+#: Which instructions each SVM intercept we use can come from (capstone ids).
+_INTERCEPTED_INSNS = {
+    SVM_EXIT_HLT: frozenset({X86_INS_HLT}),
+    SVM_EXIT_RDTSC: frozenset({X86_INS_RDTSC}),
+    SVM_EXIT_RDTSCP: frozenset({X86_INS_RDTSCP}),
+    SVM_EXIT_MSR: frozenset({X86_INS_RDMSR, X86_INS_WRMSR}),
+}
 
 _VMCALL = bytes((0x0F, 0x01, 0xC1))
 _VMMCALL = bytes((0x0F, 0x01, 0xD9))
@@ -264,6 +280,12 @@ class Partition:
             timeout_us = HOST_SLICE_US
             if deadline is not None:
                 timeout_us = max(100, min(timeout_us, (deadline - clock.now()) // 1000))
+        if ctx.u32(C.OFF_EXC_IS_INT):
+            # Unicorn sets EIP to exception_next_eip before UC_HOOK_INTR whenever
+            # exception_is_int is set, and an SVM exit leaves the flag of the last INT n:
+            # clear it so an intercepted HLT/RDMSR/RDTSC keeps its own RIP.
+            ctx.set_u32(C.OFF_EXC_IS_INT, 0)
+            vp._dirty = True
         vp._flush()
         cr2_before = ctx.cr(2)
         vp._hook_state = None
@@ -377,6 +399,17 @@ class Partition:
 
     def _svm_exit(self, vp: VirtualProcessor, code: int) -> RunExit | None:
         ctx = vp.ctx
+        # Unicorn left EIP stale (see blockmark.py): find the intercepted instruction in the
+        # block that was executing.
+        ids = _INTERCEPTED_INSNS.get(code)
+        if ids is not None:
+            bits = 64 if ctx.hflags & C.HF_CS64 else 32 if ctx.hflags & C.HF_CS32 else 16
+            cs_base = 0 if bits == 64 else ctx.seg(C.SEG_CS).base
+            linear = locate(vp.mmu.read, vp.blocks.last, bits, ids)
+            if linear is None:
+                return RunExit(E.FAULT, f"SVM exit {code:#x}: intercepted instruction not found "
+                               f"in the block at {vp.blocks.last:#x}", vp.index, ctx.rip)
+            ctx.rip = (linear - cs_base) & (0xFFFF_FFFF_FFFF_FFFF if bits == 64 else 0xFFFF_FFFF)
         if code == SVM_EXIT_HLT:
             ctx.rip = ctx.rip + 1
             vp.halted = True

@@ -1,0 +1,113 @@
+"""Recording the start of the translation block that is executing, at native speed.
+
+Unicorn 2.1.4 reports an SVM intercept (HLT, RDTSC, RDMSR/WRMSR) through UC_HOOK_INTR, but
+before calling the hook it overwrites EIP with ``exception_next_eip``, which for an intercept is
+stale (left over from the last INT n).  The intercepted instruction is found instead by decoding
+forward from the start of the block it sits in, so every block start must be known.  A Python
+UC_HOOK_BLOCK callback costs about 1 µs per block; this module registers a four-byte native
+callback (``mov [rcx], rsi; ret``: store the block address through ``user_data``) instead, placed
+in an executable page of our own.  Where that is impossible (not an x86-64 System V host, or the
+host forbids executable anonymous memory) a Python callback is used and the run is slower.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import platform
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import capstone
+import unicorn
+from unicorn.unicorn_py3.unicorn import uclib
+
+# SysV x86-64: rdi=uc, rsi=address, edx=size, rcx=user_data.
+_NATIVE_STORE = bytes((0x48, 0x89, 0x31, 0xC3))  # mov [rcx], rsi ; ret
+
+_HOOK_CODE_CFUNC = ctypes.CFUNCTYPE(
+    None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_void_p)
+
+_page: mmap.mmap | None = None
+_native: Any = None
+
+
+def _native_callback() -> Any:
+    """The shared native callback, or None where it cannot be made."""
+    global _page, _native
+    if _native is not None:
+        return _native
+    if platform.machine().lower() not in ("x86_64", "amd64") or sys.platform == "win32":
+        return None
+    try:
+        page = mmap.mmap(-1, mmap.PAGESIZE,
+                         prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+    except (OSError, ValueError, AttributeError):
+        return None
+    page.write(_NATIVE_STORE)
+    address = ctypes.addressof(ctypes.c_char.from_buffer(page))
+    _page = page
+    _native = _HOOK_CODE_CFUNC(address)
+    return _native
+
+
+class BlockMark:
+    """Keeps ``last`` = the guest address of the most recent block to start executing."""
+
+    def __init__(self, uc: Any) -> None:
+        self._cell = ctypes.c_uint64(0)
+        self.native = False
+        callback = _native_callback()
+        if callback is not None:
+            handle = ctypes.c_size_t()
+            status = uclib.uc_hook_add(
+                uc._uch, ctypes.byref(handle), unicorn.UC_HOOK_BLOCK, callback,
+                ctypes.cast(ctypes.byref(self._cell), ctypes.c_void_p),
+                ctypes.c_uint64(1), ctypes.c_uint64(0))
+            if status == unicorn.UC_ERR_OK:
+                self.native = True
+                self._keep = (callback, handle)
+                return
+        uc.hook_add(unicorn.UC_HOOK_BLOCK, self._on_block)
+
+    def _on_block(self, _uc: Any, address: int, _size: int, _ud: object) -> None:
+        self._cell.value = address
+
+    @property
+    def last(self) -> int:
+        """Start address (linear) of the block executing or last executed."""
+        return int(self._cell.value)
+
+    @last.setter
+    def last(self, value: int) -> None:
+        self._cell.value = value
+
+
+_CS_MODES = {16: capstone.CS_MODE_16, 32: capstone.CS_MODE_32, 64: capstone.CS_MODE_64}
+_disassemblers: dict[int, capstone.Cs] = {}
+#: Longest run of straight-line code a block can hold that we are willing to decode.
+_MAX_SCAN = 8192
+
+
+def locate(read: Callable[[int, int], bytes], block: int, bits: int,
+           insn_ids: frozenset[int]) -> int | None:
+    """Linear address of the first instruction in ``insn_ids`` (capstone ids) at or after the
+    block start ``block``: the one an intercept stopped, since a block is straight-line code and
+    an earlier match would have stopped it first.  None if it is not found."""
+    md = _disassemblers.get(bits)
+    if md is None:
+        md = _disassemblers[bits] = capstone.Cs(capstone.CS_ARCH_X86, _CS_MODES[bits])
+    data = b""
+    addr = block
+    while len(data) < _MAX_SCAN:
+        end = block + len(data)
+        try:
+            data += read(end, 0x1000 - (end & 0xFFF))
+        except Exception:  # noqa: BLE001 - the block's tail may run into unmapped memory
+            return None
+        for insn in md.disasm(data[addr - block:], addr):
+            if insn.id in insn_ids:
+                return int(insn.address)
+            addr = insn.address + insn.size
+    return None

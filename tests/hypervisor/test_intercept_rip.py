@@ -1,0 +1,41 @@
+"""Intercepted HLT/RDTSC/RDMSR resume at the right RIP even after an INT n in the same slice.
+
+Unicorn 2.1.4 reports SVM intercepts with EIP overwritten by the stale ``exception_next_eip``
+of the last INT n; the VP recovers the real address from the executing block (blockmark.py).
+"""
+
+from __future__ import annotations
+
+import struct
+
+from hv_helpers import FakePic, machine
+
+
+def _real_mode_guest(body: str):  # type: ignore[no-untyped-def]
+    m = machine()
+    for vector in (0x20, 0x21):
+        m.part.write_memory(vector * 4, struct.pack("<HH", 0x600, 0))
+    m.load(0x600, "iret", 16)
+    m.load(0x1000, "mov sp, 0x8000\nint 0x20\n" + body, 16)
+    m.vp.write_registers(cs=0, cs_base=0, rip=0x1000)
+    return m
+
+
+def test_hlt_after_int_resumes_after_the_hlt() -> None:
+    m = _real_mode_guest("nop\nsti\nhlt\nmov al, 1\nout 0x80, al\ncli\nhlt")
+    src = FakePic()
+    m.vp.set_interrupt_source(src)
+    m.clock.timer(lambda: src.queue.append(0x21)).arm(100_000)
+    ex = m.part.run(max_instructions=10_000)
+    assert ex.reason == "halted"
+    assert m.outs(0x80) == [1]
+    assert src.acks == [0x21]
+
+
+def test_rdtsc_and_rdmsr_after_int_resume_after_themselves() -> None:
+    m = _real_mode_guest(
+        "rdtsc\nmov al, 2\nout 0x80, al\nmov ecx, 0x1b\nrdmsr\nmov al, 3\nout 0x80, al\ncli\nhlt")
+    ex = m.part.run(max_instructions=10_000)
+    assert ex.reason == "halted"
+    assert m.outs(0x80) == [2, 3]
+    assert m.vp.read_registers()["rax"] & 0xFFFFF000 == 0xFEE00000
