@@ -92,7 +92,7 @@ class VirtualProcessor:
         # code) of the real event, so those fields are taken from this snapshot.
         self._hook_ctx = self.uc.context_save()
         self._hook_base = int(self._hook_ctx.context.value) + C.ENV_OFFSET
-        self._hook_state: tuple[int, int, int, int] | None = None
+        self._hook_state: tuple[int, int, int] | None = None
         partition.memory.attach(self.uc)
         self._install_hooks()
         #: Start of the block executing, to find intercepted instructions (see blockmark.py).
@@ -139,12 +139,9 @@ class VirtualProcessor:
         self._exit = ("intr", intno)
         uc.context_update(self._hook_ctx)
         b = self._hook_base
-        # Unicorn overwrites EIP with exception_next_eip after this hook returns; for SVM
-        # exits that field is stale (left by the last INT n), so keep the real EIP here.
         self._hook_state = (ctypes.c_uint64.from_address(b + C.OFF_CR + 16).value,
                             ctypes.c_uint32.from_address(b + C.OFF_ERROR_CODE).value,
-                            ctypes.c_uint32.from_address(b + C.OFF_EXC_IS_INT).value,
-                            ctypes.c_uint64.from_address(b + C.OFF_EIP).value)
+                            ctypes.c_uint32.from_address(b + C.OFF_EXC_IS_INT).value)
         self._stop()
 
     def _on_invalid(self, uc: unicorn.Uc, _ud: object) -> bool:
