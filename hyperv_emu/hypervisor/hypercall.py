@@ -370,6 +370,9 @@ def vmcall_front_end(hv: PartitionHv, vp: VirtualProcessor) -> bool:
     """Handle a VMCALL/VMMCALL on ``vp``: False means #UD; True means done, RIP is then
     advanced past the 3-byte instruction by the partition (so a continuation moves RIP back)."""
     ctx = vp.ctx
+    # Unicorn raised #UD internally for the VMCALL; a handled one must not count as the first
+    # of a double fault (the SVM shutdown exit otherwise follows a few VMCALLs later).
+    ctx.old_exception = -1
     if not ctx.protected or ctx.rflags & C.RFLAGS_VM or ctx.cpl != 0:
         return False  # hypercalls are legal only at CPL 0 in protected/long mode (TLFS)
     if not hv.msrs.hypercalls_enabled:

@@ -31,7 +31,7 @@ def hv_machine(long64: bool = True, config: HvCpuidConfig | None = None,
         w(GDT64, b"\0" * 8 + gdt_desc(0, 0xFFFFF, 0x9A, 0xA) + gdt_desc(0, 0xFFFFF, 0x92, 0xC)
           + gdt_desc(0, 0xFFFFF, 0xFA, 0xA) + gdt_desc(0, 0xFFFFF, 0xF2, 0xC))
         vp = m.vp
-        vp.write_registers(cr4=0x20)
+        vp.write_registers(cr4=0x220)  # PAE, OSFXSR (SSE for the XMM tests)
         vp.write_registers(cr3=PML4)
         vp.write_registers(efer=0x100)
         vp.write_registers(cr0=0x80000011)
