@@ -453,13 +453,18 @@ class VhdxImage(BlockDevice):
             raise BlockDeviceError(f"{self.path}: differencing disk opened without its parent")
         return self.parent
 
-    def _sector_bits(self, first: int, last: int) -> list[int]:
-        """Sector bitmap bits for virtual sectors [first, last) (all inside one chunk)."""
-        state, sb = self._bitmap(first // _SECTORS_PER_CHUNK)
+    def _present_bitmap(self, chunk: int) -> int:
+        """File offset of the sector bitmap block a partially present block relies on."""
+        state, sb = self._bitmap(chunk)
         if state != SB_BLOCK_PRESENT:
             raise BlockDeviceError(
-                f"{self.path}: partially present block has no sector bitmap block"
+                f"{self.path}: partially present block in chunk {chunk} has no sector bitmap block"
             )
+        return sb
+
+    def _sector_bits(self, first: int, last: int) -> list[int]:
+        """Sector bitmap bits for virtual sectors [first, last) (all inside one chunk)."""
+        sb = self._present_bitmap(first // _SECTORS_PER_CHUNK)
         b0, b1 = first % _SECTORS_PER_CHUNK, (last - 1) % _SECTORS_PER_CHUNK + 1
         raw = self._pread(sb + b0 // 8, (b1 - 1) // 8 + 1 - b0 // 8)
         base = b0 // 8 * 8
@@ -530,8 +535,9 @@ class VhdxImage(BlockDevice):
         first = (block * self.block_size + inblk) // self.sector_size
         last = first + n // self.sector_size
         if state == PAYLOAD_BLOCK_PARTIALLY_PRESENT:
+            sb = self._present_bitmap(first // _SECTORS_PER_CHUNK)
             self._pwrite(off + inblk, data, "data")
-            if self._set_bits(pages, first, last, self._bitmap(first // _SECTORS_PER_CHUNK)[1]):
+            if self._set_bits(pages, first, last, sb):
                 self._fsync("data")
                 self._commit(pages)
             return

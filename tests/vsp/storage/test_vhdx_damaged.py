@@ -221,6 +221,23 @@ def test_partially_present_without_parent(tmp_path: Path) -> None:
     assert any("invalid state 7" in m for m in check_vhdx(p))
 
 
+def test_partially_present_without_bitmap_block(tmp_path: Path) -> None:
+    base, _ = make(tmp_path)
+    child = tmp_path / "c.avhdx"
+    create_vhdx(child, 0, kind="differencing", parent=base, block_size=MiB)
+    with VhdxImage(child) as d:
+        d.write(0, b"\x99" * 512)  # block 0 partially present, chunk 0 bitmap allocated
+    # Differencing BAT: 4096 payload entries then the chunk's bitmap entry.
+    patch(child, BAT + 8 * 4096, struct.pack("<Q", 0))
+    for ro in (True, False):
+        with VhdxImage(child, read_only=ro) as d:
+            with pytest.raises(BlockDeviceError, match="chunk 0 has no sector bitmap block"):
+                d.read(0, 512)
+            if not ro:
+                with pytest.raises(BlockDeviceError, match="no sector bitmap block"):
+                    d.write(512, b"x" * 512)
+
+
 def test_corrupt_log_entry_is_not_replayed(tmp_path: Path) -> None:
     p, model = make(tmp_path)
     d = VhdxImage(p)
