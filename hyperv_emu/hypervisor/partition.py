@@ -114,7 +114,28 @@ class Partition:
     def map_mmio(self, gpa: int, size: int, read: MmioRead, write: MmioWrite) -> None:
         """Route guest accesses to [gpa, gpa+size) to ``read(offset, size)`` /
         ``write(offset, size, value)``."""
-        self.memory.map_mmio(gpa, size, read, write)
+        def rd(offset: int, size: int) -> int:
+            vp = self._running_vp
+            if vp is None:
+                return read(offset, size)
+            vp._in_access += 1  # see VirtualProcessor.notify_interrupt
+            try:
+                return read(offset, size)
+            finally:
+                vp._in_access -= 1
+
+        def wr(offset: int, size: int, value: int) -> None:
+            vp = self._running_vp
+            if vp is None:
+                write(offset, size, value)
+                return
+            vp._in_access += 1
+            try:
+                write(offset, size, value)
+            finally:
+                vp._in_access -= 1
+
+        self.memory.map_mmio(gpa, size, rd, wr)
 
     def map_local_apic(self, gpa: int = APIC_DEFAULT_BASE) -> None:
         """Map the xAPIC register page.  An access goes to the local APIC of the VP making
@@ -134,7 +155,7 @@ class Partition:
             if apic is not None:
                 apic.mmio_write(offset, size, value)
 
-        self.memory.map_mmio(gpa, 0x1000, read, write)
+        self.map_mmio(gpa, 0x1000, read, write)
 
     def apic_deliver(self, dest: int, vector: int, mode: int, level: bool, trigger: int,
                      logical: bool = False) -> None:

@@ -87,6 +87,7 @@ class VirtualProcessor:
         self._exit: tuple[Any, ...] | None = None
         self._stop_counter: int | None = None
         self._rom_undo: list[tuple[int, bytes]] = []
+        self._in_access = 0  # > 0 while an MMIO callback of this VP's access runs
         # State captured inside the INTR hook: at the end of emu_start Unicorn 2.1.4 probes the
         # page tables for ``until - 1``, which with paging on overwrites CR2 (and the error
         # code) of the real event, so those fields are taken from this snapshot.
@@ -331,7 +332,14 @@ class VirtualProcessor:
         if self._running:
             if self._exit is None:
                 self._exit = ("notify",)
-            self._stop()
+            if not self._in_access:
+                self._stop()
+            elif self._counting and self._stop_counter is None:
+                # Inside an MMIO callback emu_stop makes Unicorn run the (already performed)
+                # access again, so end the slice through its instruction budget instead, as
+                # for ROM writes.  Uncounted host-mode slices just run to their time limit.
+                self._stop_counter = self._counter.value
+                self._count_limit.value = self._counter.value
 
     def inject_exception(self, vector: int, error_code: int | None = None) -> None:
         """Queue an exception, delivered before the VP's next instruction."""

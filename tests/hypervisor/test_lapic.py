@@ -405,3 +405,35 @@ def test_save_restore_round_trip_with_armed_timer() -> None:
     assert irr(b, 0x30) and irr(b, 0x77)
     with pytest.raises(ValueError):
         b.restore({**state, "version": 99})
+
+
+def test_self_ipi_and_tpr_in_a_running_guest() -> None:
+    """An ICR write traps mid-slice: the IPI is taken right after the MOV; a TPR above the
+    vector's class holds it until the TPR is lowered."""
+    from hv_helpers import IDT32, flat32, gate32, machine
+
+    m = machine()
+    m.part.map_local_apic()
+    m.vp.set_interrupt_source(m.vp.lapic)
+    for vector, port, addr in ((0x41, 0x81, 0x3000), (0x42, 0x82, 0x3100)):
+        m.load(addr, f"out {port:#x}, al\nmov dword ptr [ebx+0xB0], 0\niretd\n", 32)
+        m.part.write_memory(IDT32 + 8 * vector, gate32(addr, 0x10))
+    m.load(0x2000, """
+        mov ebx, 0xFEE00000
+        mov dword ptr [ebx+0xF0], 0x1FF
+        sti
+        mov dword ptr [ebx+0x300], 0x40041
+        out 0x90, al
+        mov dword ptr [ebx+0x80], 0x50
+        mov dword ptr [ebx+0x300], 0x40042
+        out 0x91, al
+        mov dword ptr [ebx+0x80], 0
+        out 0x92, al
+        cli
+        hlt
+    """, 32)
+    flat32(m, 0x2000)
+    ex = m.part.run(max_instructions=10_000)
+    assert ex.reason == "halted"
+    assert [p for _, p, _, _, _ in m.io] == [0x81, 0x90, 0x91, 0x82, 0x92]
+    assert m.vp.lapic.isr == 0 and m.vp.lapic.irr == 0
