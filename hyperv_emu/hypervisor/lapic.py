@@ -16,6 +16,9 @@ Interrupt Controller (APIC)"; section names are cited where a choice was made.
   NMI is queued as vector 2 through the VP's pending events (no NMI blocking is modelled).
   The MMIO page is not relocatable: it answers at 0xFEE00000 only for a VP whose
   IA32_APIC_BASE still points there.  CR8 is not linked to the TPR.
+
+One chip, one module: the register file, priority logic, LVT and timer share all their state,
+which is why this file runs past 600 lines.
 """
 
 from __future__ import annotations
