@@ -334,6 +334,10 @@ class Partition:
                 ctx.set_u32(C.OFF_EXC_IS_INT, vp._hook_state[2])
             else:
                 ctx.set_cr(2, cr2_before)
+            # The probe of the non-canonical ``until`` also raises #GP/#DF inside Unicorn and
+            # leaves old_exception at 13 or 8; the next guest exception (a VMCALL's #UD, a #PF)
+            # would then become a double fault or an SVM shutdown exit.
+            ctx.old_exception = -1
             vp._dirty = True
             exit_ = vp._exit
             stop_at = vp._stop_counter
