@@ -1,0 +1,368 @@
+# syntax: att
+# guest: Hyper-V hypercall page (read/execute overlay) and every decoder status path from 64-bit long mode
+#
+# In real mode: enables the hypercall page (GUEST_OS_ID first: without it the enable bit stays
+# 0) and checks that VMCALL in real mode raises #UD.  Then enters long mode directly (PAE, LME,
+# PE+PG), checks the page holds VMCALL (0F 01 C1) RET and that a write leaves it unchanged, runs
+# every case of hv_cases.inc through the page with the 64-bit convention (RCX input value,
+# RDX/R8 GPAs or fast input, RAX result), checks the GetVpRegisters output, and checks that
+# VMCALL at CPL 3 raises #UD.  Output on COM1 (long mode has no BIOS):
+# Serial output:  hypercall page ok
+#                 25 cases ok
+#                 CPL3 #UD ok
+#                 PASS
+# Exit status 1 (PASS) or 3 (FAIL: reason, with the case number, result and expected value).
+
+.include "boot.inc"
+
+.set PML4, 0x1000
+.set PDPT, 0x2000
+.set PD, 0x3000
+.set IDT, 0x4000
+.set TSS, 0x5000
+.set UD_COUNT, VARS            # dword: #UD taken
+.set SAVED_RSP, VARS+8         # qword: ring-0 RSP while the CPL 3 test runs
+
+main:
+    cli
+    movw $0, (UD_COUNT)
+    movw $0, (UD_COUNT+2)
+    movw $rm_ud, (6*4)         # real-mode #UD handler in the IVT
+    movw $0, (6*4+2)
+    # The hypercall MSR before GUEST_OS_ID: the enable bit must stay clear.
+    movl $0x40000001, %ecx
+    movl $HV_HCPAGE+1, %eax
+    xorl %edx, %edx
+    wrmsr
+    rdmsr
+    testb $1, %al
+    jnz rm_fail_gating
+    movl $0x40000000, %ecx     # GUEST_OS_ID: open-source encoding, Linux
+    movl $0x1, %eax
+    movl $0x81000000, %edx
+    wrmsr
+    movl $0x40000001, %ecx
+    movl $HV_HCPAGE+1, %eax
+    xorl %edx, %edx
+    wrmsr
+    rdmsr
+    testb $1, %al
+    jz rm_fail_enable
+    vmcall                     # real mode: #UD, the handler skips it
+    cmpw $1, (UD_COUNT)
+    jne rm_fail_ud
+    # Zero the page tables, IDT and TSS (1000h-5FFFh) and build the identity map.
+    xorl %eax, %eax
+    movw $0x1000, %di
+    movl $0x1400, %ecx
+    rep stosl
+    movl $PDPT+7, (PML4)
+    movl $PD+7, (PDPT)
+    movl $0x87, (PD)           # 0-2 MiB, one user-accessible 2 MiB page
+    movl $0x6F00, (TSS+4)      # RSP0 for the CPL 3 test
+    lgdt gdt_ptr
+    movl %cr4, %eax
+    orl $0x20, %eax            # PAE
+    movl %eax, %cr4
+    movl $PML4, %eax
+    movl %eax, %cr3
+    movl $0xC0000080, %ecx     # EFER.LME
+    rdmsr
+    orl $0x100, %eax
+    wrmsr
+    movl %cr0, %eax
+    orl $0x80000001, %eax      # PE and PG at once
+    movl %eax, %cr0
+    .byte 0x66, 0xEA           # ljmp 08h:long_entry with a 32-bit offset
+    .long long_entry
+    .word 0x08
+
+rm_ud:
+    pushw %bp
+    movw %sp, %bp
+    addw $3, 2(%bp)            # skip the 3-byte VMCALL
+    popw %bp
+    incw (UD_COUNT)
+    iret
+
+rm_fail_gating:
+    movw $msg_gating, %si
+    call fail
+rm_fail_enable:
+    movw $msg_enable, %si
+    call fail
+rm_fail_ud:
+    movw $msg_rm_ud, %si
+    call fail
+
+.p2align 3, 0
+gdt:
+    .quad 0
+    .quad 0x00AF9A000000FFFF   # 08h 64-bit ring-0 code
+    .quad 0x00CF92000000FFFF   # 10h ring-0 data
+    .quad 0x00AFFA000000FFFF   # 18h 64-bit ring-3 code
+    .quad 0x00CFF2000000FFFF   # 20h ring-3 data
+    .quad 0x0000890050000067   # 28h 64-bit TSS at 5000h, limit 67h (low half)
+    .quad 0                    #     (high half)
+gdt_end:
+gdt_ptr:
+    .word gdt_end-gdt-1
+    .long gdt
+
+msg_gating:
+    .asciz "HYPERCALL enabled before GUEST_OS_ID"
+msg_enable:
+    .asciz "HYPERCALL enable bit did not stick"
+msg_rm_ud:
+    .asciz "VMCALL in real mode did not raise #UD"
+
+.code64
+long_entry:
+    movw $0x10, %ax
+    movw %ax, %ds
+    movw %ax, %es
+    movw %ax, %ss
+    movq $0x7C00, %rsp
+    movq $6, %rdi
+    movq $ud_handler, %rax
+    call set_gate
+    lidt idt_ptr64
+    movw $0x28, %ax
+    ltr %ax
+    # The hypercall page: VMCALL; RET, and the guest cannot change it.
+    movq $HV_HCPAGE, %rbx
+    movl (%rbx), %eax
+    cmpl $0xC3C1010F, %eax
+    jne fail_page
+    movl $0x90909090, (%rbx)
+    movl (%rbx), %eax
+    cmpl $0xC3C1010F, %eax
+    jne fail_page_write
+    movq $msg_page_ok, %rsi
+    call puts64
+    # Inputs at HV_IN: zero 3 pages, then the register-list header and the PostMessage.
+    movq $HV_IN, %rdi
+    xorl %eax, %eax
+    movl $0x600, %ecx
+    rep stosq
+    movq $HV_IN, %rbx
+    movq $-1, %rax
+    movq %rax, (%rbx)          # partition SELF
+    movl $0xFFFFFFFE, 8(%rbx)  # VP SELF
+    movl $0x20010, 0x10(%rbx)  # RIP
+    movl $0x90003, 0x14(%rbx)  # VP_INDEX
+    movl $1, 0x800(%rbx)       # PostMessage: connection 1, type 1, 4 bytes
+    movl $1, 0x808(%rbx)
+    movl $4, 0x80C(%rbx)
+    # The cases.
+    movq $hv_cases, %r12
+    xorl %r13d, %r13d
+case_loop:
+    movq (%r12), %rcx
+    movq 8(%r12), %rdx
+    movq 0x10(%r12), %r8
+    movq $0x5A5A5A5A, %rax
+    movq $HV_HCPAGE, %r11
+    call *%r11
+    cmpq 0x18(%r12), %rax
+    jne fail_case
+    incl %r13d
+    addq $0x20, %r12
+    cmpq $hv_cases_end, %r12
+    jb case_loop
+    # The last case read RIP (the VMCALL in the hypercall page) and VP_INDEX (0).
+    movq $HV_OUT, %rbx
+    cmpq $0, 0x10(%rbx)
+    jne fail_output
+    cmpq $HV_HCPAGE, (%rbx)
+    jne fail_output
+    movl %r13d, %eax
+    call hex8_64
+    movq $msg_cases_ok, %rsi
+    call puts64
+    # CPL 3: VMCALL must raise #UD and not run the hypercall.
+    movq $UD_COUNT, %rbx       # (a base register: keystone may make bare addresses
+    movl $0, (%rbx)            #  RIP-relative in 64-bit code)
+    movq $SAVED_RSP, %rbx
+    movq %rsp, (%rbx)
+    pushq $0x23
+    pushq $0x6000
+    pushq $2
+    pushq $0x1B
+    pushq $user_code
+    iretq
+user_code:
+    movq $0x5555, %rax
+    movq $0x10008, %rcx
+    vmcall
+    ud2                        # only reached if the VMCALL ran: RAX is 0 then
+after_user:
+    cmpq $0x5555, %rax
+    jne fail_cpl3
+    movq $msg_cpl3_ok, %rsi
+    call puts64
+    movq $msg_pass, %rsi
+    call puts64
+    movb $0, %al
+    outb %al, $EXIT_PORT
+    cli
+    hlt
+
+# set_gate: 64-bit interrupt gate for vector RDI -> handler RAX (selector 08h, DPL 0).
+set_gate:
+    shlq $4, %rdi
+    addq $IDT, %rdi
+    movw %ax, (%rdi)
+    movw $0x08, 2(%rdi)
+    movw $0x8E00, 4(%rdi)
+    shrq $0x10, %rax
+    movw %ax, 6(%rdi)
+    shrq $0x10, %rax
+    movl %eax, 8(%rdi)
+    movl $0, 0xC(%rdi)
+    ret
+
+ud_handler:
+    pushq %rbx
+    movq $UD_COUNT, %rbx
+    incl (%rbx)
+    popq %rbx
+    testb $3, 8(%rsp)          # CS of the interrupted code
+    jnz ud_from_user
+    addq $3, (%rsp)            # ring 0: skip the VMCALL
+    iretq
+ud_from_user:
+    movq $SAVED_RSP, %rsp      # abandon the ring-3 context
+    movq (%rsp), %rsp
+    jmp after_user
+
+# puts64: print the NUL-terminated string at RSI on COM1; putc64: AL.
+puts64:
+    pushq %rax
+puts64_loop:
+    lodsb
+    testb %al, %al
+    jz puts64_done
+    call putc64
+    jmp puts64_loop
+puts64_done:
+    popq %rax
+    ret
+putc64:
+    pushq %rdx
+    pushq %rax
+    movw $COM1+5, %dx
+putc64_wait:
+    inb %dx, %al
+    testb $0x20, %al
+    jz putc64_wait
+    popq %rax
+    movw $COM1, %dx
+    outb %al, %dx
+    popq %rdx
+    ret
+# hex64: print RAX as 16 hex digits; hex8_64: AL as 2.
+hex64:
+    pushq %rcx
+    movl $0x10, %ecx
+hex64_loop:
+    rolq $4, %rax
+    call hexdigit64
+    loop hex64_loop
+    popq %rcx
+    ret
+hex8_64:
+    pushq %rcx
+    shlq $0x38, %rax
+    movl $2, %ecx
+    jmp hex64_loop
+hexdigit64:
+    pushq %rax
+    andb $0x0F, %al
+    addb $0x30, %al
+    cmpb $0x39, %al
+    jbe hexdigit64_out
+    addb $7, %al
+hexdigit64_out:
+    call putc64
+    popq %rax
+    ret
+
+fail64:                        # RSI: reason
+    pushq %rsi
+    movq $msg_fail, %rsi
+    call puts64
+    popq %rsi
+    call puts64
+    movb $0x0D, %al
+    call putc64
+    movb $0x0A, %al
+    call putc64
+    movb $1, %al
+    outb %al, $EXIT_PORT
+    cli
+    hlt
+fail_page:
+    movq $msg_bad_page, %rsi
+    jmp fail64
+fail_page_write:
+    movq $msg_page_written, %rsi
+    jmp fail64
+fail_output:
+    movq $msg_bad_output, %rsi
+    jmp fail64
+fail_cpl3:
+    movq $msg_bad_cpl3, %rsi
+    jmp fail64
+fail_case:
+    movq %rax, %rbx
+    movq $msg_case, %rsi
+    call puts64
+    movl %r13d, %eax
+    call hex8_64
+    movq $msg_got, %rsi
+    call puts64
+    movq %rbx, %rax
+    call hex64
+    movq $msg_want, %rsi
+    call puts64
+    movq 0x18(%r12), %rax
+    call hex64
+    movq $msg_nl, %rsi
+    jmp fail64
+
+idt_ptr64:
+    .word 0xFFF
+    .quad IDT
+msg_page_ok:
+    .asciz "hypercall page ok\r\n"
+msg_cases_ok:
+    .asciz " cases ok\r\n"
+msg_cpl3_ok:
+    .asciz "CPL3 #UD ok\r\n"
+msg_pass:
+    .asciz "PASS\r\n"
+msg_fail:
+    .asciz "FAIL: "
+msg_bad_page:
+    .asciz "hypercall page is not VMCALL; RET"
+msg_page_written:
+    .asciz "a guest write changed the hypercall page"
+msg_bad_output:
+    .asciz "GetVpRegisters output wrong"
+msg_bad_cpl3:
+    .asciz "VMCALL at CPL 3 did not raise #UD"
+msg_case:
+    .asciz "case "
+msg_got:
+    .asciz " result "
+msg_want:
+    .asciz " expected "
+msg_nl:
+    .asciz ""
+
+.p2align 3, 0
+.include "hv_cases.inc"
+
+.code16
+.include "lib.inc"
