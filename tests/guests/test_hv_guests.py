@@ -35,3 +35,13 @@ def test_hv_detect() -> None:
 def test_hv_detect_fails_without_hyperv() -> None:
     status, text, _ = boot("hv_detect", hyperv=False)
     assert status == 3 and "FAIL: max hypervisor leaf out of range" in text
+
+
+@pytest.mark.parametrize("name", ["hv_hypercall", "hv_hypercall32"])
+def test_hypercall_guests(name: str) -> None:
+    status, text, hv = boot(name)
+    assert status == 1, text
+    assert "hypercall page ok" in text
+    assert "19 cases ok" in text  # 25 cases (hex, as the guest prints)
+    assert "CPL3 #UD ok" in text
+    assert hv is not None and hv.msrs.hypercalls_enabled
