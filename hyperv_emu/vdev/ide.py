@@ -7,6 +7,11 @@ and the 48-bit Address feature set.  Commands complete instantly in virtual time
 only ever seen while SRST is held.  DMA (READ/WRITE DMA and EXT, the ATA-6 9.7 DMA protocol)
 works once a bus-master engine is attached with :meth:`IdeChannel.attach_dma` (the PIIX IDE
 function does this); a channel without one is PIO only, and IDENTIFY says so.
+
+A device can instead be an ATAPI CD-ROM (attach a :class:`~hyperv_emu.vdev.atapi.CdromDrive`,
+or a BlockDevice with 2048-byte sectors, which gets one): the PACKET command feature set of
+ATA/ATAPI-6 (8.21 PACKET, 8.16 IDENTIFY PACKET DEVICE, 9.8 PACKET protocol for PIO and 9.9 for
+DMA, 9.12 signatures).  The SCSI/MMC commands inside the packets are :mod:`.atapi`'s.
 """
 
 from __future__ import annotations
@@ -14,6 +19,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from hyperv_emu.vdev.atapi import (
+    SENSE_ABORTED,
+    SENSE_INVALID_FIELD,
+    CdromDrive,
+    identify_packet_words,
+)
 from hyperv_emu.vdev.base import Device, EventSink, IrqLine, null_events
 from hyperv_emu.vsp.storage.blockdev import BlockDevice, BlockDeviceError
 
@@ -47,6 +58,18 @@ DMA_CHUNK = 128
 #: Power-on transfer mode (SET FEATURES 03h encoding): multiword DMA mode 2.
 DEFAULT_DMA_MODE = 0x22
 
+# ATAPI interrupt reason bits in the Sector Count register (ATA-6 8.21): CoD (command or data)
+# and IO (to the host); both set is the command-completion status phase.
+COD, IO = 0x01, 0x02
+#: The ATAPI signature in LBA Mid / LBA High (Cylinder Low / High) (ATA-6 9.12).
+ATAPI_SIG = (0x14, 0xEB)
+#: Command packet length (IDENTIFY PACKET DEVICE word 0 bits 1:0 = 00b).
+PACKET_SIZE = 12
+#: The sense-key nibble of the Error register after CHECK CONDITION (ATA-6 8.21.6).
+SENSE_KEY_SHIFT = 4
+#: Attach this to a channel position for a drive (ATA disk, CD-ROM drive, or nothing).
+Attachment = BlockDevice | CdromDrive | None
+
 
 def _ata_string(text: str, nbytes: int) -> bytes:
     """An ATA IDENTIFY string: space padded, first character in each word's high byte."""
@@ -60,8 +83,15 @@ def _ata_string(text: str, nbytes: int) -> bytes:
 class _Drive:
     """The per-device state of one ATA disk on the channel."""
 
-    def __init__(self, disk: BlockDevice | None, index: int, serial: str) -> None:
-        self.disk = disk
+    def __init__(self, disk: Attachment, index: int, serial: str) -> None:
+        # A CdromDrive, or a disk with 2048-byte sectors, is an ATAPI CD-ROM; anything else
+        # attached is an ATA disk.
+        if isinstance(disk, BlockDevice) and disk.sector_size == 2048:
+            disk = CdromDrive(disk)
+        self.cd = disk if isinstance(disk, CdromDrive) else None
+        self.disk = disk if isinstance(disk, BlockDevice) else None
+        self.present = disk is not None
+        disk = self.disk
         self.index = index
         self.serial = serial
         self.sectors = disk.size // SECTOR if disk is not None else 0
@@ -71,7 +101,10 @@ class _Drive:
 
     def power_on(self) -> None:
         """Power-on / hardware reset defaults."""
+        # PACKET devices keep DRDY clear after a reset until their next command (ATA-6 9.12).
         self.status = READY if self.disk is not None else 0
+        if self.cd is not None:
+            self.cd.power_on()
         self.error = 0x01  # diagnostic code: passed (ATA-6 9.10, table 26)
         self.intrq = False
         self.multiple = 0  # multiple mode disabled until SET MULTIPLE MODE
@@ -91,19 +124,22 @@ class _Drive:
         self.remaining = 0
         self.block = 1
         self.mode = "lba28"  # addressing of the current command: lba28, lba48 or chs
+        self.dma_packet = False  # PACKET with the DMA feature bit: data through the bus master
+        if self.cd is not None:
+            self.cd.end_transfer()
 
 
 class IdeChannel(Device):
     """An IDE channel: task file, master and slave ATA disks, and the channel's IRQ line."""
 
     name = "ide"
-    SAVE_VERSION = 2
+    SAVE_VERSION = 3
 
     def __init__(
         self,
         irq: IrqLine,
-        master: BlockDevice | None = None,
-        slave: BlockDevice | None = None,
+        master: Attachment = None,
+        slave: Attachment = None,
         *,
         command_base: int = 0x1F0,
         control_base: int = 0x3F6,
@@ -128,38 +164,54 @@ class IdeChannel(Device):
         for d in self.drives:
             d.power_on()
         self.devctl = 0
+        self.device = 0
         self._signature()
         self._update_irq()
 
     def _signature(self) -> None:
-        """The ATA post-reset / post-diagnostic signature (ATA-6 9.12): 01 01 00 00 00."""
+        """The post-reset / post-diagnostic signature (ATA-6 9.12): 01 01 00 00 for an ATA
+        device, 01 01 14 EB for a PACKET device.
+
+        Each device posts its own; the channel keeps one task file, so the signature shown
+        follows the Device register (:meth:`_show_signature`) until the host writes any other
+        Command Block register."""
         self.feature = [0, 0]
         self.nsect = [1, 0]  # [current, previous] (the 48-bit FIFO)
         self.lbal = [1, 0]
-        self.lbam = [0, 0]
-        self.lbah = [0, 0]
         self.device = 0
+        self._sig_pending = True
+        self._show_signature()
+
+    def _show_signature(self) -> None:
+        d = self._sel()
+        if not d.present:
+            d = self.drives[0]  # device 0 answers for an absent device 1 (ATA-6 9.16.1)
+        self.lbam, self.lbah = ([ATAPI_SIG[0], 0], [ATAPI_SIG[1], 0]) if d.cd else ([0, 0], [0, 0])
 
     @property
-    def master(self) -> BlockDevice | None:
-        """The disk attached as device 0."""
-        return self.drives[0].disk
+    def master(self) -> BlockDevice | CdromDrive | None:
+        """The disk (or CD-ROM drive) attached as device 0."""
+        return self.drives[0].disk or self.drives[0].cd
 
     @property
-    def slave(self) -> BlockDevice | None:
-        """The disk attached as device 1."""
-        return self.drives[1].disk
+    def slave(self) -> BlockDevice | CdromDrive | None:
+        """The disk (or CD-ROM drive) attached as device 1."""
+        return self.drives[1].disk or self.drives[1].cd
+
+    def cdrom(self, index: int = 0) -> CdromDrive | None:
+        """The CD-ROM drive at device ``index``, if that position holds one."""
+        return self.drives[index].cd
 
     def _sel(self) -> _Drive:
         return self.drives[1 if self.device & DEV1 else 0]
 
     def _present(self) -> bool:
-        return any(d.disk is not None for d in self.drives)
+        return any(d.present for d in self.drives)
 
     def _update_irq(self) -> None:
         # Only the selected device drives INTRQ, and only while nIEN is clear (ATA-6 5.2.9).
         d = self._sel()
-        self.irq.set_level(d.disk is not None and d.intrq and not self.devctl & NIEN)
+        self.irq.set_level(d.present and d.intrq and not self.devctl & NIEN)
 
     def _interrupt(self, d: _Drive) -> None:
         d.intrq = True
@@ -196,7 +248,7 @@ class IdeChannel(Device):
             return 0xFF  # empty channel: the data bus floats high
         d = self._sel()
         if reg == 1:
-            return d.error if d.disk is not None else 0
+            return d.error if d.present else 0
         if reg == 6:
             return self.device
         # With no drive selected, device 0 answers for the shadow task file (ATA-6 9.16.1).
@@ -209,7 +261,7 @@ class IdeChannel(Device):
             # lines float high.
             return 0x7F
         d = self._sel()
-        if d.disk is None:
+        if not d.present:
             # ATA-6 9.16.1: with device 1 absent, device 0 answers Status/Alternate Status
             # reads for it with 00h.
             return 0
@@ -233,8 +285,11 @@ class IdeChannel(Device):
             return
         if reg == 6:
             self.device = value
+            if self._sig_pending:
+                self._show_signature()
             self._update_irq()
             return
+        self._sig_pending = False
         fifo = {1: self.feature, 2: self.nsect, 3: self.lbal, 4: self.lbam, 5: self.lbah}[reg]
         fifo[1] = fifo[0]
         fifo[0] = value
@@ -247,15 +302,15 @@ class IdeChannel(Device):
             for d in self.drives:
                 d.stop()
                 d.intrq = False
-                if d.disk is not None:
+                if d.present:
                     d.status = BSY
             self._events("ide", op="srst", base=self.command_base)
         elif old & SRST and not value & SRST:
             # SRST released: reset completes at once; settings such as the multiple count are
             # kept (SET FEATURES 66h, "revert to power-on defaults", is not implemented).
             for d in self.drives:
-                if d.disk is not None:
-                    d.status = READY
+                if d.present:
+                    d.status = READY if d.cd is None else 0
                 d.error = 0x01
             self._signature()
         self._update_irq()
@@ -353,7 +408,7 @@ class IdeChannel(Device):
         d = self._sel()
         if self.devctl & SRST:
             return  # the devices are in reset
-        if d.disk is None:
+        if not d.present:
             # Commands to an absent device 1 are ignored, except EXECUTE DEVICE DIAGNOSTIC which
             # is addressed to both devices (ATA-6 8.11 and 9.16.1).
             if cmd == 0x90 and self._present():
@@ -368,7 +423,8 @@ class IdeChannel(Device):
             "ide", op="command", base=self.command_base, drive=d.index, command=cmd,
             feature=self.feature[0], count=self.nsect[0],
         )
-        handler = _COMMANDS.get(cmd)
+        self._sig_pending = False
+        handler = (_ATAPI_COMMANDS if d.cd is not None else _COMMANDS).get(cmd)
         if handler is None:
             self._abort(d)
         else:
@@ -430,7 +486,10 @@ class IdeChannel(Device):
         self._interrupt(d)
 
     def _in_block_done(self, d: _Drive) -> None:
-        if d.cmd == 0xEC:  # IDENTIFY DEVICE: one block, nothing after it
+        if d.cd is not None and d.cmd == 0xA0:
+            self._packet_in_done(d)
+            return
+        if d.cmd in (0xEC, 0xA1):  # IDENTIFY DEVICE: one block, nothing after it
             d.stop()
             d.status = READY
             return
@@ -470,6 +529,9 @@ class IdeChannel(Device):
         d.status = READY | DRQ
 
     def _out_block_done(self, d: _Drive) -> None:
+        if d.cd is not None:
+            self._packet_received(d)
+            return
         assert d.disk is not None
         n = len(d.buf) // SECTOR
         try:
@@ -583,8 +645,8 @@ class IdeChannel(Device):
         for d in self.drives:
             d.stop()
             d.intrq = False
-            if d.disk is not None:
-                d.status = READY
+            if d.present:
+                d.status = READY if d.cd is None else 0
             # 01h: device 0 passed, device 1 passed or not present (ATA-6 table 26).
             d.error = 0x01
         self._signature()
@@ -627,7 +689,7 @@ class IdeChannel(Device):
         # Word 93, hardware reset result: bit 14 set, device number by jumper (bits 2:1 / 10:9
         # = 01), diagnostics passed; device 0 notes DASP-/PDIAG- from a present device 1.
         if index == 0:
-            w[93] = 0x400B | (0x0030 if self.drives[1].disk is not None else 0)
+            w[93] = 0x400B | (0x0030 if self.drives[1].present else 0)
         else:
             w[93] = 0x4300
         for i in range(4):
@@ -705,6 +767,8 @@ class IdeChannel(Device):
         d = self._sel()
         if d.xfer not in (XFER_DMA_IN, XFER_DMA_OUT):
             return 0
+        if d.cd is not None:
+            return d.cd.pending()
         if d.xfer == XFER_DMA_IN:
             return d.remaining * SECTOR + len(d.buf) - d.pos
         return d.remaining * SECTOR - d.pos
@@ -715,6 +779,8 @@ class IdeChannel(Device):
         Fewer bytes come back only when the command ended (completed, or failed with UNC).
         """
         d = self._sel()
+        if d.cd is not None:
+            return self._packet_dma_read(d, limit)
         out = bytearray()
         while d.xfer == XFER_DMA_IN and len(out) < limit:
             if d.pos >= len(d.buf):
@@ -774,7 +840,142 @@ class IdeChannel(Device):
         """The bus master failed (bad PRD table, master abort): the command ends aborted."""
         d = self._sel()
         if d.xfer in (XFER_DMA_IN, XFER_DMA_OUT):
+            if d.cd is not None:
+                d.cd.sense = SENSE_ABORTED
+                self._packet_done(d, False)
+                return
             self._abort(d)
+
+    # ---- ATAPI: the PACKET command feature set (ATA-6 8.21, 9.8, 9.9) ----------------------
+    def _cmd_packet(self, d: _Drive, cmd: int) -> None:
+        """PACKET: take the 12-byte command packet by PIO (CoD=1, IO=0), without an interrupt
+        (IDENTIFY PACKET DEVICE word 0 announces accelerated DRQ)."""
+        d.dma_packet = bool(self.feature[0] & 0x01)
+        if d.dma_packet and not self.dma_capable:
+            self._packet_abort(d)  # DMA asked for but there is no bus master
+            return
+        # Byte count limit for PIO data blocks, from LBA Mid/High (Cylinder Low/High).
+        d.block = self.lbah[0] << 8 | self.lbam[0]
+        d.xfer = XFER_OUT
+        d.buf = bytearray(PACKET_SIZE)
+        d.pos = 0
+        self.nsect[0] = COD
+        d.status = READY | DRQ
+
+    def _packet_received(self, d: _Drive) -> None:
+        """The whole command packet is in: run it and start the data or status phase."""
+        assert d.cd is not None
+        cdb = bytes(d.buf)
+        d.xfer, d.buf, d.pos = XFER_NONE, bytearray(), 0
+        ok = d.cd.execute(cdb)
+        self._events("atapi", op="packet", base=self.command_base, drive=d.index,
+                     cdb=cdb.hex(), ok=ok, length=d.cd.pending())
+        if not ok or d.cd.pending() == 0:
+            self._packet_done(d, ok)
+        elif d.dma_packet and self._dma_request is not None:
+            d.xfer = XFER_DMA_IN
+            self.nsect[0] = IO
+            d.status = READY | DRQ
+            self._dma_request()
+        else:
+            self._packet_in_block(d)
+
+    def _packet_in_block(self, d: _Drive) -> None:
+        """Offer the next PIO data block (IO=1, CoD=0), its length in LBA Mid/High."""
+        assert d.cd is not None
+        # A limit of FFFFh is taken as FFFEh, and an odd limit is rounded down while more data
+        # follows, so that every block but the last is a whole number of words (ATA-6 8.21.4).
+        limit = min(d.block, 0xFFFE)
+        remaining = d.cd.pending()
+        n = remaining if remaining <= limit else limit & ~1
+        if n == 0:
+            # Byte count limit 0 (or 1 with more to come): no data block can be formed.
+            d.cd.end_transfer()
+            d.cd.sense = SENSE_INVALID_FIELD
+            self._packet_done(d, False)
+            return
+        data = d.cd.take(n)
+        if data is None:
+            self._packet_done(d, False)
+            return
+        # An odd last block is padded to a word; the byte count says how much is real.
+        d.buf = bytearray(data) + (b"\0" if len(data) & 1 else b"")
+        d.pos = 0
+        d.xfer = XFER_IN
+        self.lbam[0], self.lbah[0] = n & 0xFF, n >> 8
+        self.nsect[0] = IO
+        d.status = READY | DRQ
+        self._interrupt(d)
+
+    def _packet_in_done(self, d: _Drive) -> None:
+        assert d.cd is not None
+        if d.cd.pending():
+            self._packet_in_block(d)
+        else:
+            self._packet_done(d, True)
+
+    def _packet_dma_read(self, d: _Drive, limit: int) -> bytes:
+        assert d.cd is not None
+        if d.xfer != XFER_DMA_IN:
+            return b""
+        data = d.cd.take(limit)
+        if data is None:
+            self._packet_done(d, False)
+            return b""
+        if d.cd.pending() == 0:
+            self._packet_done(d, True)
+        return data
+
+    def _packet_done(self, d: _Drive, ok: bool) -> None:
+        """Status phase (IO=1, CoD=1): GOOD, or CHECK with the sense key in the Error register
+        (ABRT too when the command or a field was refused, ATA-6 8.21.6)."""
+        assert d.cd is not None
+        d.xfer, d.buf, d.pos = XFER_NONE, bytearray(), 0
+        self.nsect[0] = IO | COD
+        if ok:
+            d.error = 0
+            d.status = READY
+        else:
+            key = d.cd.sense[0]
+            d.error = key << SENSE_KEY_SHIFT | (ABRT if key in (0x05, 0x0B) else 0)
+            d.status = READY | ERR
+        self._interrupt(d)
+
+    def _packet_abort(self, d: _Drive) -> None:
+        self._abort(d)
+        self.nsect[0] = IO | COD
+
+    def _cmd_identify_packet(self, d: _Drive, cmd: int) -> None:
+        d.xfer = XFER_IN
+        d.buf = bytearray(self.identify_packet_data(d.index))
+        d.pos = 0
+        d.status = READY | DRQ
+        self._interrupt(d)
+
+    def identify_packet_data(self, index: int) -> bytes:
+        """The 512-byte IDENTIFY PACKET DEVICE response of drive ``index`` (ATA-6 8.16)."""
+        d = self.drives[index]
+        w = identify_packet_words(d.serial, self.dma_capable, d.dma_mode)
+        w[255] = 0x00A5
+        total = sum((x & 0xFF) + (x >> 8) for x in w) & 0xFF
+        w[255] |= ((-total) & 0xFF) << 8
+        return b"".join(x.to_bytes(2, "little") for x in w)
+
+    def _cmd_signature_abort(self, d: _Drive, cmd: int) -> None:
+        """IDENTIFY DEVICE or READ SECTORS to a PACKET device: abort and show the signature,
+        so a host can tell it is ATAPI (ATA-6 8.15.5)."""
+        self.nsect[0], self.lbal[0] = 1, 1
+        self.lbam[0], self.lbah[0] = ATAPI_SIG
+        self._abort(d)
+
+    def _cmd_device_reset(self, d: _Drive, cmd: int) -> None:
+        """DEVICE RESET: stop the command, post the signature, DRDY clear, no interrupt
+        (ATA-6 8.7)."""
+        d.stop()
+        d.error = 0x01
+        d.status = 0
+        self.nsect[0], self.lbal[0] = 1, 1
+        self.lbam[0], self.lbah[0] = ATAPI_SIG
 
     # ---- save / restore ----------------------------------------------------------------------
     def save(self) -> dict[str, Any]:
@@ -791,9 +992,12 @@ class IdeChannel(Device):
                     "dma_mode": d.dma_mode,
                     "buf": d.buf.hex(), "pos": d.pos, "cmd": d.cmd, "lba": d.lba,
                     "remaining": d.remaining, "block": d.block, "mode": d.mode,
+                    "dma_packet": d.dma_packet,
+                    "cd": d.cd.save() if d.cd is not None else None,
                 }
                 for d in self.drives
             ],
+            sig_pending=self._sig_pending,
         )
         return state
 
@@ -815,6 +1019,10 @@ class IdeChannel(Device):
             d.xfer, d.buf, d.pos = int(s["xfer"]), bytearray.fromhex(s["buf"]), int(s["pos"])
             d.cmd, d.lba, d.remaining = int(s["cmd"]), int(s["lba"]), int(s["remaining"])
             d.block, d.mode = int(s["block"]), str(s["mode"])
+            d.dma_packet = bool(s["dma_packet"])
+            if d.cd is not None and s["cd"] is not None:
+                d.cd.restore(s["cd"])
+        self._sig_pending = bool(state["sig_pending"])
         self._update_irq()
 
 
@@ -847,4 +1055,18 @@ _COMMANDS = {
     0xCA: IdeChannel._cmd_dma, 0xCB: IdeChannel._cmd_dma, 0x35: IdeChannel._cmd_dma,
     # Not listed, so aborted: NOP (00h, always aborts), IDENTIFY PACKET DEVICE (A1h) and PACKET
     # (A0h) on an ATA device, DEVICE RESET (08h), everything else.
+}
+
+#: The ATA commands a PACKET device takes (ATA-6 table 4, "PACKET command feature set" column).
+_ATAPI_COMMANDS = {
+    0xA0: IdeChannel._cmd_packet,
+    0xA1: IdeChannel._cmd_identify_packet,
+    0x08: IdeChannel._cmd_device_reset,
+    0x90: IdeChannel._cmd_diagnostic,
+    0xEC: IdeChannel._cmd_signature_abort,
+    0x20: IdeChannel._cmd_signature_abort, 0x21: IdeChannel._cmd_signature_abort,
+    0xEF: IdeChannel._cmd_set_features,
+    0xE5: IdeChannel._cmd_check_power,
+    0xE0: IdeChannel._cmd_ok, 0xE1: IdeChannel._cmd_ok, 0xE2: IdeChannel._cmd_ok,
+    0xE3: IdeChannel._cmd_ok,
 }
