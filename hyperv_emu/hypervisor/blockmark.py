@@ -88,6 +88,16 @@ _CS_MODES = {16: capstone.CS_MODE_16, 32: capstone.CS_MODE_32, 64: capstone.CS_M
 _disassemblers: dict[int, capstone.Cs] = {}
 #: Longest run of straight-line code a block can hold that we are willing to decode.
 _MAX_SCAN = 8192
+_CHUNK = 64
+#: (block start, mode) -> linear address of the intercepted instruction found there before.
+_found: dict[tuple[int, int], int] = {}
+
+
+def _disassembler(bits: int) -> capstone.Cs:
+    md = _disassemblers.get(bits)
+    if md is None:
+        md = _disassemblers[bits] = capstone.Cs(capstone.CS_ARCH_X86, _CS_MODES[bits])
+    return md
 
 
 def locate(read: Callable[[int, int], bytes], block: int, bits: int,
@@ -95,19 +105,29 @@ def locate(read: Callable[[int, int], bytes], block: int, bits: int,
     """Linear address of the first instruction in ``insn_ids`` (capstone ids) at or after the
     block start ``block``: the one an intercept stopped, since a block is straight-line code and
     an earlier match would have stopped it first.  None if it is not found."""
-    md = _disassemblers.get(bits)
-    if md is None:
-        md = _disassemblers[bits] = capstone.Cs(capstone.CS_ARCH_X86, _CS_MODES[bits])
+    md = _disassembler(bits)
+    cached = _found.get((block, bits))
+    if cached is not None:
+        # Re-check the one instruction: the guest may have rewritten its code since.
+        try:
+            insn = next(md.disasm(read(cached, 15), cached, 1), None)
+        except Exception:  # noqa: BLE001 - unmapped now: fall back to a full scan
+            insn = None
+        if insn is not None and insn.id in insn_ids:
+            return cached
     data = b""
     addr = block
     while len(data) < _MAX_SCAN:
         end = block + len(data)
         try:
-            data += read(end, 0x1000 - (end & 0xFFF))
+            data += read(end, _CHUNK - (end % _CHUNK))
         except Exception:  # noqa: BLE001 - the block's tail may run into unmapped memory
             return None
         for insn in md.disasm(data[addr - block:], addr):
             if insn.id in insn_ids:
+                if len(_found) > 65536:
+                    _found.clear()
+                _found[(block, bits)] = int(insn.address)
                 return int(insn.address)
             addr = insn.address + insn.size
     return None
