@@ -45,6 +45,7 @@ from hyperv_emu.vsp.storage.vhdx_format import (
     RegionEntry,
     VhdxCorrupt,
     VhdxHeader,
+    build_metadata_region,
     check_regions,
     guid_text,
     parse_guid_text,
@@ -613,6 +614,40 @@ class VhdxImage(BlockDevice):
                 self._pwrite(off, page, "apply")
             self._fsync("apply")
         self._bat_cache.clear()
+
+    def rewrite_metadata(
+        self,
+        params: DiskParameters,
+        *,
+        pages: dict[int, bytes] | None = None,
+        data_write_guid: uuid.UUID | None = None,
+    ) -> None:
+        """Replace the metadata items with ``params`` (plus other 4 KiB ``pages``) in one log entry.
+
+        For ``hyperv-emu disk expand`` and ``set-parent``. ``data_write_guid`` is the data
+        identity to record afterwards: None for a fresh one (the visible data changed, 2.2.2),
+        or the old one to keep children linked when only the description changed.
+        """
+        self._check_writable()
+        new = build_metadata_region(params)
+        meta = self._meta_region
+        if len(new) > meta.length:
+            raise BlockDeviceError(f"{self.path}: new metadata does not fit the metadata region")
+        self._begin_write()
+        work: dict[int, bytearray] = {off: bytearray(p) for off, p in (pages or {}).items()}
+        for rel in range(0, len(new), LOG_SECTOR):
+            at = meta.file_offset + rel
+            page = new[rel : rel + LOG_SECTOR].ljust(LOG_SECTOR, b"\0")
+            if self._pread(at, LOG_SECTOR) != page:
+                work[at] = bytearray(page)
+        if work:
+            self._commit(work)
+        self._update_header(data_write_guid=data_write_guid or uuid.uuid4())
+        self.params = params
+        self.size = params.virtual_size
+        self.has_parent = params.has_parent
+        self.geometry = BatGeometry(params.block_size, params.logical_sector_size,
+                                    params.virtual_size, params.has_parent)
 
     def flush(self) -> None:
         if self._fd >= 0 and not self.read_only:
