@@ -17,8 +17,10 @@ from typing import Any
 from hyperv_emu.clock import ClockMode, VirtualClock
 from hyperv_emu.firmware import build_bios
 from hyperv_emu.hypervisor.exits import RunExit
+from hyperv_emu.hypervisor.hv import install_hyperv
 from hyperv_emu.hypervisor.partition import Partition
-from hyperv_emu.vdev.ide import IdeChannel
+from hyperv_emu.vdev.atapi import CdromDrive
+from hyperv_emu.vdev.ide import Attachment, IdeChannel
 from hyperv_emu.vdev.ioapic import IOAPIC_BASE, IoApic
 from hyperv_emu.vdev.pci import PciBus
 from hyperv_emu.vdev.pic import Pic
@@ -63,6 +65,10 @@ _REASON_STATUS = {
     "timeout": EXIT_TIMEOUT,
     "fault": EXIT_GUEST_FAULT,
 }
+#: CMOS byte holding the BIOS boot sequence (firmware/services.inc, INT 19h): first device in
+#: bits 3:0, second in bits 7:4; 2 = hard disk 80h, 3 = CD-ROM E0h (El Torito), 0 = end.
+CMOS_BOOT_ORDER = 0x3D
+BOOT_ORDERS = {"c": 0x32, "d": 0x23}
 #: How many guest-requested resets one run follows before treating it as a reset loop.
 MAX_RESETS = 16
 
@@ -80,6 +86,11 @@ class MachineConfig:
     disk: BlockDevice | None = None
     #: Up to four IDE disks: primary master, primary slave, secondary master, secondary slave.
     disks: Sequence[BlockDevice | None] = ()
+    #: A CD image (2048-byte sectors, e.g. IsoImage) in an ATAPI CD-ROM drive on the secondary
+    #: master; ``disks[2]`` must then be empty.
+    cdrom: BlockDevice | None = None
+    #: Boot order written to CMOS 3Dh: "c" hard disk then CD-ROM, "d" CD-ROM then hard disk.
+    boot: str = "c"
     kernel: bytes | None = None
     append: str = ""
     initrds: Sequence[tuple[str, bytes]] = ()
@@ -88,6 +99,8 @@ class MachineConfig:
     serial_output: Callable[[bytes], None] | None = None
     serial_input: bytes = b""
     debugcon_output: Callable[[bytes], None] | None = None
+    #: Offer the Hyper-V interface (CPUID 0x40000000+, synthetic MSRs, hypercalls).
+    hyperv: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -111,6 +124,8 @@ class Machine:
                               f"not {config.memory_mib}")
         self.config = config
         self.disks = _ide_slots(config)
+        #: The CD-ROM drive (secondary master) when ``cdrom`` was given: eject()/insert().
+        self.cdrom = self.disks[2] if isinstance(self.disks[2], CdromDrive) else None
         self.ram_size = config.memory_mib * MiB
         self.clock = VirtualClock(config.clock_mode)
         self.log = EventLog(self.clock)
@@ -129,6 +144,9 @@ class Machine:
         self.vp.set_interrupt_source(self.vp.lapic)
         self.partition.map_local_apic()
         self.partition.set_io_handler(self.board.io_read, self.board.io_write)
+        # The Hyper-V interface (CPUID leaves, synthetic MSRs, hypercalls): this machine is a
+        # child partition of a single-VM hypervisor unless the user asked for a plain PC.
+        self.hv = install_hyperv(self.partition, events=self.log.emit) if config.hyperv else None
         if config.kernel is not None:
             self._plan_kernel(config.kernel)
 
@@ -164,6 +182,7 @@ class Machine:
         self.rtc = Rtc(clock, board.irqs[8], base_time, ev)
         self.rtc.set_memory_size(self.ram_size)
         self.rtc.set_equipment(0x06)  # math coprocessor present, 80x25 colour initial video
+        self.rtc.poke(CMOS_BOOT_ORDER, _boot_order(cfg))
         for drive in (0, 1):
             if self.disks[drive] is not None:
                 # User-defined type: the geometry comes from IDENTIFY.
@@ -274,6 +293,8 @@ class Machine:
         """A platform reset: every device and the VP to power-on state; RAM is kept."""
         self.board.reset()
         self.vp.reset()
+        if self.hv is not None:
+            self.hv.reset()
 
     # ---- running -----------------------------------------------------------------------
     def run(self, *, max_instructions: int | None = None,
@@ -309,16 +330,29 @@ class Machine:
         return self.vga.render_text()
 
 
-def _ide_slots(config: MachineConfig) -> list[BlockDevice | None]:
+def _ide_slots(config: MachineConfig) -> list[Attachment]:
     """The four IDE positions from ``disks``, with ``disk`` as the primary master."""
     if len(config.disks) > 4:
         raise ConfigError(f"at most 4 IDE disks, not {len(config.disks)}")
-    slots = list(config.disks) + [None] * (4 - len(config.disks))
+    slots: list[Attachment] = [*config.disks, *[None] * (4 - len(config.disks))]
     if config.disk is not None:
         if slots[0] is not None and slots[0] is not config.disk:
             raise ConfigError("two disks given as the primary master (disk and disks[0])")
         slots[0] = config.disk
+    if config.cdrom is not None:
+        if slots[2] is not None:
+            raise ConfigError("the CD-ROM drive is the secondary master, but disks[2] is "
+                              "given too")
+        slots[2] = CdromDrive(config.cdrom)
     return slots
+
+
+def _boot_order(config: MachineConfig) -> int:
+    order = BOOT_ORDERS.get(config.boot.lower())
+    if order is None:
+        raise ConfigError(f"boot device must be 'c' (hard disk) or 'd' (CD-ROM), "
+                          f"not {config.boot!r}")
+    return order
 
 
 def _discard(data: bytes) -> None:
