@@ -13,6 +13,7 @@ from hyperv_emu import __version__
 
 if TYPE_CHECKING:
     from hyperv_emu.vsp.storage.blockdev import BlockDevice
+    from hyperv_emu.worker.events import Event
 
 EXIT_USAGE = 2  # kept equal to machine.EXIT_USAGE; imported lazily there to keep start-up fast
 
@@ -112,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="RTC time at power-on (ISO-8601, default now)")
     run.add_argument("--clock", choices=("deterministic", "host"), default="deterministic",
                      help="virtual clock mode (default deterministic)")
+    run.add_argument("--no-hyperv", dest="hyperv", action="store_false",
+                     help="a plain PC: no Hyper-V CPUID leaves, synthetic MSRs or hypercalls")
     run.add_argument("-v", "--verbose", action="store_true",
                      help="trace machine events (POST codes, unclaimed ports) to standard error")
     run.set_defaults(func=cmd_run)
@@ -143,6 +146,17 @@ def _output(
         raise UsageError(f"cannot open {spec!r} for writing: {exc.strerror or exc}") from None
     opened.append(fh)
     return LineWriter(fh)
+
+
+def _report_guest_crash(event: Event) -> None:
+    """Show a Hyper-V crash notification (HV_X64_MSR_CRASH_CTL) the moment the guest makes it."""
+    if event.kind != "guest-crash":
+        return
+    f = event.fields
+    params = " ".join(f"{f.get(f'p{i}', 0):#x}" for i in range(5))
+    message = f' message: "{f["message"]}"' if f.get("message") else ""
+    print(f"hyperv-emu: guest crash on VP {f.get('vp', 0)}: P0..P4 = {params}{message}",
+          file=sys.stderr)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -186,13 +200,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         config = MachineConfig(
             memory_mib=args.memory, disk=disk, kernel=kernel, append=args.append,
             initrds=initrds, rtc_base=args.rtc_base, clock_mode=args.clock,
-            serial_output=serial, serial_input=serial_input, debugcon_output=debugcon)
+            serial_output=serial, serial_input=serial_input, debugcon_output=debugcon,
+            hyperv=args.hyperv)
         try:
             machine = Machine(config)
         except ConfigError as exc:
             raise UsageError(str(exc)) from None
         if args.verbose:
             machine.log.listeners.append(lambda e: print(e.describe(), file=sys.stderr))
+        machine.log.listeners.append(_report_guest_crash)
         try:
             result = machine.run(max_instructions=args.max_instructions, timeout=args.timeout)
         except KeyboardInterrupt:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from hyperv_emu.guests import build_guest
-from hyperv_emu.hypervisor.hv import PartitionHv, install_hyperv
+from hyperv_emu.hypervisor.hv import PartitionHv
 from hyperv_emu.vsp.storage.raw import MemoryImage
 from hyperv_emu.worker.machine import Machine, MachineConfig
 
@@ -15,11 +15,10 @@ from hyperv_emu.worker.machine import Machine, MachineConfig
 def boot(name: str, hyperv: bool = True) -> tuple[int, str, PartitionHv | None]:
     out = bytearray()
     cfg = MachineConfig(disk=MemoryImage(bytearray(build_guest(name))),
-                        serial_output=out.extend)
+                        serial_output=out.extend, hyperv=hyperv)
     m = Machine(cfg)
-    hv = install_hyperv(m.partition, events=m.log.emit) if hyperv else None
     ex = m.run(max_instructions=30_000_000)
-    return ex.status, out.decode("latin-1"), hv
+    return ex.status, out.decode("latin-1"), m.hv
 
 
 def test_hv_detect() -> None:
