@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import sys
 from collections.abc import Callable, Sequence
@@ -90,7 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="boot a tiny guest, a disk image or a Multiboot kernel")
     run.add_argument("guest", nargs="?", help="name of a shipped tiny guest (default: hello)")
-    run.add_argument("--disk", metavar="IMAGE", help="raw disk image as the first IDE disk")
+    run.add_argument("--disk", metavar="IMAGE[,readonly]", action="append", default=[],
+                     help="disk image (raw, VHD, VHDX, format from its headers) as the next IDE "
+                          "disk: primary master, primary slave, secondary master, secondary "
+                          "slave; repeatable up to 4 (3 with --cdrom)")
+    run.add_argument("--cdrom", metavar="FILE.iso",
+                     help="ISO 9660 image in an ATAPI CD-ROM drive on the secondary master")
+    run.add_argument("--boot", choices=("c", "d"), default="c",
+                     help="boot from the first hard disk (c, default) or the CD (d, needs --cdrom)")
     run.add_argument("--kernel", metavar="ELF", help="Multiboot (v1) kernel to start")
     run.add_argument("--append", metavar="CMDLINE", default="", help="kernel command line")
     run.add_argument("--initrd", metavar="FILE", action="append", default=[],
@@ -121,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     guests = sub.add_parser("guests", help="list the shipped tiny guests")
     guests.set_defaults(func=cmd_guests)
+    from hyperv_emu.cli_disk import add_disk_commands
+
+    add_disk_commands(sub)
     return parser
 
 
@@ -162,30 +173,32 @@ def _report_guest_crash(event: Event) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     """``hyperv-emu run``: build the machine, run it, report how it ended."""
     from hyperv_emu.guests import DEFAULT_GUEST, UnknownGuestError, build_guest
-    from hyperv_emu.vsp.storage.blockdev import BlockDeviceError
-    from hyperv_emu.vsp.storage.raw import MemoryImage, RawImage
+    from hyperv_emu.vsp.storage.raw import MemoryImage
     from hyperv_emu.worker.machine import ConfigError, Machine, MachineConfig
 
-    if args.guest and (args.disk or args.kernel):
-        raise UsageError("give a guest name or --disk/--kernel, not both")
-    disk: BlockDevice | None = None
+    if args.guest and args.kernel:
+        raise UsageError("give a guest name or --kernel, not both")
+    if args.guest and args.disk:
+        raise UsageError("give a guest name or --disk, not both")
+    if args.boot == "d" and not args.cdrom:
+        raise UsageError("--boot d boots from the CD: give --cdrom FILE.iso")
+    limit = 3 if args.cdrom else 4
+    if len(args.disk) > limit:
+        raise UsageError(
+            f"at most {limit} --disk images"
+            + (" with --cdrom (the CD-ROM drive is the secondary master)" if args.cdrom else ""))
+    disks, cdrom = _open_drives(args.disk, args.cdrom)
     kernel = None
-    if args.disk:
-        if not Path(args.disk).is_file():
-            raise UsageError(f"disk image {args.disk!r} does not exist or is not a file")
-        try:
-            disk = RawImage(args.disk)
-        except BlockDeviceError as exc:
-            raise UsageError(str(exc)) from None
     if args.kernel:
         kernel = _read_file(args.kernel, "kernel")
     elif args.append or args.initrd:
         raise UsageError("--append and --initrd need --kernel")
-    if disk is None and kernel is None:
+    if args.guest or (not args.disk and kernel is None and cdrom is None):
         try:
-            disk = MemoryImage(bytearray(build_guest(args.guest or DEFAULT_GUEST)))
+            guest = MemoryImage(bytearray(build_guest(args.guest or DEFAULT_GUEST)))
         except UnknownGuestError as exc:
             raise UsageError(str(exc.args[0] if exc.args else exc)) from None
+        disks.insert(0, guest)
     initrds = [(Path(p).name, _read_file(p, "initrd")) for p in args.initrd]
     serial_input = b""
     if args.serial_input == "-":
@@ -197,11 +210,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         serial = _output(args.serial, sys.stdout.buffer, opened)
         debugcon = _output(args.debugcon or "stderr", sys.stderr.buffer, opened)
+        drives: dict[str, object] = {}
+        if cdrom is not None or args.boot != "c":
+            if not {"cdrom", "boot"} <= {f.name for f in dataclasses.fields(MachineConfig)}:
+                raise UsageError("this build has no CD-ROM drive yet (--cdrom, --boot)")
+            drives = {"cdrom": cdrom, "boot": args.boot}
         config = MachineConfig(
-            memory_mib=args.memory, disk=disk, kernel=kernel, append=args.append,
+            memory_mib=args.memory, disks=disks, kernel=kernel, append=args.append,
             initrds=initrds, rtc_base=args.rtc_base, clock_mode=args.clock,
             serial_output=serial, serial_input=serial_input, debugcon_output=debugcon,
-            hyperv=args.hyperv)
+            hyperv=args.hyperv, **drives)  # type: ignore[arg-type]
         try:
             machine = Machine(config)
         except ConfigError as exc:
@@ -227,8 +245,54 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         for fh in opened:
             fh.close()
-        if disk is not None:
-            disk.close()
+        for d in [*disks, cdrom]:
+            if d is not None:
+                d.close()
+
+
+def _open_drives(
+    specs: list[str], cdrom_path: str | None
+) -> tuple[list[BlockDevice | None], BlockDevice | None]:
+    """Open every --disk (``FILE[,readonly]``) and the --cdrom; the CD-ROM drive takes the
+    secondary master's place, so a third disk becomes the secondary slave."""
+    from hyperv_emu.vsp.storage.blockdev import BlockDeviceError
+    from hyperv_emu.vsp.storage.detect import detect_format, open_image
+
+    opened: list[BlockDevice] = []
+    try:
+        for spec in specs:
+            path, read_only = spec, False
+            head, sep, opt = spec.rpartition(",")
+            if sep and opt in ("readonly", "ro") and not Path(spec).is_file():
+                path, read_only = head, True
+            elif sep and opt and not Path(spec).exists() and Path(head).is_file():
+                raise UsageError(f"--disk {spec!r}: unknown option {opt!r} (only 'readonly')")
+            if not Path(path).is_file():
+                raise UsageError(f"disk image {path!r} does not exist or is not a file")
+            try:
+                opened.append(open_image(path, read_only=read_only))
+            except BlockDeviceError as exc:
+                raise UsageError(str(exc)) from None
+        cdrom = None
+        if cdrom_path is not None:
+            if not Path(cdrom_path).is_file():
+                raise UsageError(f"CD image {cdrom_path!r} does not exist or is not a file")
+            try:
+                fmt = detect_format(cdrom_path)
+                if fmt != "iso":
+                    raise UsageError(f"{cdrom_path}: not an ISO 9660 image (no 'CD001' at byte "
+                                     f"0x8001; it looks like {fmt})")
+                cdrom = open_image(cdrom_path, read_only=True)
+            except BlockDeviceError as exc:
+                raise UsageError(str(exc)) from None
+    except BaseException:
+        for d in opened:
+            d.close()
+        raise
+    disks: list[BlockDevice | None] = list(opened)
+    if cdrom is not None and len(disks) > 2:
+        disks.insert(2, None)
+    return disks, cdrom
 
 
 def cmd_guests(args: argparse.Namespace) -> int:

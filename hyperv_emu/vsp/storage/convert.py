@@ -264,7 +264,8 @@ def image_info(path: str) -> dict[str, Any]:
         if x.has_parent:
             info["parent_locator"] = dict(x.parent_locator)
     elif fmt == "iso":
-        info.update(type="cdrom", virtual_size=file_size, block_size=2048, problems=[])
+        info.update(type="cdrom (ISO 9660)", virtual_size=file_size, block_size=2048,
+                    problems=[])
         info.update(_iso_details(path))
     else:
         info.update(type="raw", virtual_size=file_size, block_size=0, problems=[])
@@ -277,39 +278,22 @@ def image_info(path: str) -> dict[str, Any]:
 
 
 def _iso_details(path: str) -> dict[str, Any]:
-    """What the ISO 9660 reader says (volume id, boot catalog), if it is available."""
-    import importlib
+    """Volume fields, the El Torito boot entry and the file list of an ISO 9660 image."""
+    from hyperv_emu.vsp.storage.iso import iso_info
 
-    try:
-        iso = importlib.import_module("hyperv_emu.vsp.storage.iso")
-    except ImportError:
-        return {}
-    fn = getattr(iso, "iso_info", None)
-    if fn is None:
-        return {}
-    try:
-        res = fn(path)
-    except Exception as exc:  # a damaged ISO is described, not fatal, for `info`
-        return {"problems": [str(exc)]}
-    if isinstance(res, dict):
-        return {"iso": res}
-    fields = getattr(res, "__dataclass_fields__", None)
-    if fields:
-        return {"iso": {k: _plain(getattr(res, k)) for k in fields}}
-    return {"iso": str(res)}
-
-
-def _plain(v: object) -> object:
-    if isinstance(v, (str, int, float, bool)) or v is None:
-        return v
-    if isinstance(v, (list, tuple)):
-        return [_plain(i) for i in v]
-    if isinstance(v, dict):
-        return {str(k): _plain(i) for k, i in v.items()}
-    fields = getattr(v, "__dataclass_fields__", None)
-    if fields:
-        return {k: _plain(getattr(v, k)) for k in fields}
-    return str(v)
+    x = iso_info(path)
+    out: dict[str, Any] = {
+        "volume_id": x.volume_id, "system_id": x.system_id,
+        "application_id": x.application_id, "volume_size": x.volume_size,
+        "logical_block_size": x.logical_block_size, "created": x.created,
+        "files": [[f.path, f.size] for f in x.files],
+    }
+    if x.boot is not None:
+        b = x.boot
+        out["boot"] = {"platform": b.platform, "media": b.media, "bootable": b.bootable,
+                       "load_segment": b.load_segment, "sector_count": b.sector_count,
+                       "load_rba": b.load_rba, "catalog_rba": b.catalog_rba}
+    return {"iso": out}
 
 
 def check_image(path: str) -> list[str]:

@@ -82,6 +82,10 @@ def open_image(path: str | os.PathLike[str], *, read_only: bool = False) -> Bloc
         from hyperv_emu.vsp.storage.vhd import VhdImage
 
         return VhdImage(path, read_only=read_only)
+    if fmt == "iso":
+        from hyperv_emu.vsp.storage.iso import IsoImage
+
+        return IsoImage(path)
     from hyperv_emu.vsp.storage.raw import RawImage
 
     return RawImage(path, read_only=read_only)

@@ -1,0 +1,235 @@
+"""``hyperv-emu disk``: create, inspect, convert, compact, expand, merge, re-parent and check
+virtual disk files; each subcommand is a thin call into hyperv_emu.vsp.storage.convert.
+
+Exit status: 0 success; 1 ``check`` found problems; 2 bad command line or unusable input
+(one message on standard error, the files left as they were).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+KINDS = ("fixed", "dynamic", "differencing")
+FORMATS = ("vhd", "vhdx", "raw")
+
+
+def _size(text: str) -> int:
+    from hyperv_emu.vsp.storage.convert import parse_size
+
+    try:
+        value = parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return value
+
+
+def add_disk_commands(sub: Any) -> None:
+    """Add the ``disk`` subcommand group to the top-level subparsers ``sub``."""
+    disk = sub.add_parser("disk", help="create, inspect and edit VHD/VHDX/raw disk images",
+                          description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    dsub = disk.add_subparsers(dest="disk_command", metavar="ACTION",
+                               parser_class=type(disk))
+    disk.set_defaults(func=lambda _a: _usage(disk))
+
+    p = dsub.add_parser("create", help="make a new fixed, dynamic or differencing disk")
+    p.add_argument("file")
+    p.add_argument("--size", type=_size, help="virtual size: bytes or 64M, 2G, ... "
+                   "(differencing disks take the parent's)")
+    p.add_argument("--format", choices=FORMATS,
+                   help="default from the extension: .vhd/.avhd, .vhdx/.avhdx, .img/.raw")
+    p.add_argument("--type", choices=KINDS, default=None,
+                   help="default dynamic (differencing when --parent is given)")
+    p.add_argument("--parent", metavar="PARENT", help="parent of a differencing disk")
+    p.add_argument("--block-size", type=_size, metavar="SIZE",
+                   help="dynamic/differencing block size (VHD default 2M, VHDX 32M)")
+    p.set_defaults(func=cmd_create)
+
+    p = dsub.add_parser("info", help="format, type, sizes, allocation and parent chain")
+    p.add_argument("file")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_info)
+
+    p = dsub.add_parser("convert", help="copy a disk (a chain is flattened) into a new file "
+                        "of another format or type")
+    p.add_argument("src")
+    p.add_argument("dst")
+    p.add_argument("--format", choices=FORMATS, help="default from DST's extension")
+    p.add_argument("--type", choices=("fixed", "dynamic"),
+                   help="default: fixed stays fixed, anything else becomes dynamic")
+    p.add_argument("--block-size", type=_size, metavar="SIZE")
+    p.set_defaults(func=cmd_convert)
+
+    p = dsub.add_parser("compact", help="rewrite a dynamic or differencing disk without "
+                        "all-zero (or parent-equal) data")
+    p.add_argument("file")
+    p.set_defaults(func=cmd_compact)
+
+    p = dsub.add_parser("expand", help="grow a disk's virtual size")
+    p.add_argument("file")
+    p.add_argument("--size", type=_size, required=True, help="the new, larger size")
+    p.set_defaults(func=cmd_expand)
+
+    p = dsub.add_parser("merge", help="write a differencing disk's data into its parent")
+    p.add_argument("child")
+    p.add_argument("--keep", action="store_true",
+                   help="keep the child (re-pointed at the merged parent) instead of deleting it")
+    p.set_defaults(func=cmd_merge)
+
+    p = dsub.add_parser("set-parent", help="re-point a differencing disk at another parent")
+    p.add_argument("child")
+    p.add_argument("new_parent", metavar="NEWPARENT")
+    p.add_argument("--force", action="store_true",
+                   help="accept a parent whose identity differs from the recorded one")
+    p.set_defaults(func=cmd_set_parent)
+
+    p = dsub.add_parser("check", help="verify structure and checksums (exit 1 if problems)")
+    p.add_argument("file")
+    p.set_defaults(func=cmd_check)
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return 2
+
+
+def _guard(fn: Any, *args: Any, **kw: Any) -> Any:
+    """Turn the storage layer's errors into the CLI's one-line usage errors."""
+    from hyperv_emu.cli import UsageError
+    from hyperv_emu.vsp.storage.blockdev import BlockDeviceError
+
+    try:
+        return fn(*args, **kw)
+    except BlockDeviceError as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:
+        where = exc.filename or ""
+        raise UsageError(f"{where}: {exc.strerror or exc}".lstrip(": ")) from None
+
+
+def cmd_create(args: argparse.Namespace) -> int:
+    from hyperv_emu.vsp.storage import convert
+
+    kind = args.type or ("differencing" if args.parent else "dynamic")
+    _guard(convert.create_image, args.file, args.size, fmt=args.format, kind=kind,
+           parent=args.parent, block_size=args.block_size)
+    info = _guard(convert.image_info, args.file)
+    print(f"created {args.file}: {info['format']} {info['type']}, "
+          f"{_human(info['virtual_size'])}")
+    return 0
+
+
+def _human(n: int) -> str:
+    for unit, scale in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.4g} {unit} ({n} bytes)"
+    return f"{n} bytes"
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from hyperv_emu.vsp.storage import convert
+
+    info = _guard(convert.image_info, args.file)
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+        return 0
+    rows: list[tuple[str, str]] = [
+        ("file", info["path"]), ("format", info["format"]), ("type", info["type"]),
+        ("virtual size", _human(info["virtual_size"])),
+        ("file size", _human(info["file_size"])),
+    ]
+    if info.get("block_size"):
+        rows.append(("block size", _human(info["block_size"])))
+    if "total_blocks" in info:
+        rows.append(("allocation", f"{info['allocated_blocks']} of {info['total_blocks']} "
+                                   "blocks allocated"))
+    for key in ("unique_id", "page83", "data_write_guid", "creator", "created",
+                "logical_sector_size", "physical_sector_size", "log", "parent_uuid",
+                "parent_name"):
+        if key in info:
+            rows.append((key.replace("_", " "), str(info[key])))
+    for name, path in info.get("parent_locators", []):
+        rows.append((f"parent locator {name}", path))
+    for key, value in info.get("parent_locator", {}).items():
+        rows.append((f"parent {key}", value))
+    if "chain" in info:
+        rows.append(("parent chain", " -> ".join(info["chain"])))
+    if info.get("chain_error"):
+        rows.append(("chain problem", info["chain_error"]))
+    if isinstance(info.get("iso"), dict):
+        for key, value in info["iso"].items():
+            if key == "files":
+                rows.append(("iso files", str(len(value))))
+                rows.extend(("", f"{name} ({size} bytes)") for name, size in value[:20])
+            elif isinstance(value, dict):
+                rows.append((f"iso {key}", ", ".join(f"{k}={v}" for k, v in value.items())))
+            else:
+                rows.append((f"iso {key.replace('_', ' ')}", str(value)))
+    for problem in info.get("problems", []):
+        rows.append(("problem", problem))
+    width = max(len(k) for k, _v in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from hyperv_emu.vsp.storage import convert
+
+    n = _guard(convert.convert_image, args.src, args.dst, fmt=args.format, kind=args.type,
+               block_size=args.block_size)
+    info = _guard(convert.image_info, args.dst)
+    print(f"converted {args.src} -> {args.dst}: {info['format']} {info['type']}, "
+          f"{_human(n)} of data written")
+    return 0
+
+
+def cmd_compact(args: argparse.Namespace) -> int:
+    from hyperv_emu.vsp.storage import convert
+
+    before, after = _guard(convert.compact_image, args.file)
+    print(f"compacted {args.file}: {_human(before)} -> {_human(after)}")
+    return 0
+
+
+def cmd_expand(args: argparse.Namespace) -> int:
+    from hyperv_emu.vsp.storage import convert
+
+    rebuilt = _guard(convert.expand_image, args.file, args.size)
+    how = " (rebuilt: the block table had no room)" if rebuilt else ""
+    print(f"expanded {args.file} to {_human(args.size)}{how}")
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from hyperv_emu.vsp.storage import convert
+
+    parent = _guard(convert.merge_image, args.child, keep=args.keep)
+    what = "kept, now based on the merged parent" if args.keep else "removed"
+    print(f"merged {args.child} into {parent}; {args.child} {what}")
+    return 0
+
+
+def cmd_set_parent(args: argparse.Namespace) -> int:
+    from hyperv_emu.vsp.storage import convert
+
+    _guard(convert.set_parent, args.child, args.new_parent, force=args.force)
+    print(f"{args.child} now has parent {args.new_parent}")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from hyperv_emu.vsp.storage import convert
+
+    problems = _guard(convert.check_image, args.file)
+    for p in problems:
+        print(p)
+    if not problems:
+        print(f"{args.file}: no problems found")
+        return 0
+    print(f"{args.file}: {len(problems)} problem(s)", file=sys.stderr)
+    return 1
