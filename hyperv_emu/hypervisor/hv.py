@@ -21,6 +21,7 @@ from .hv_msr import SyntheticMsrs
 from .hypercall import HypercallTable, vmcall_front_end
 from .memory import GuestMemory
 from .ports import PortTable
+from .synic import Synic
 
 if TYPE_CHECKING:
     from .partition import Partition
@@ -83,8 +84,8 @@ class PartitionHv:
         self.intercepts: list[tuple[int, int, int]] = []
         #: Child partition state: "created" until the first CreateVp, then "active".
         self.state = "created"
-        #: SynIC delivery hook (replaced by the SynIC layer).
-        self.synic: SynicHook = NoSynic()
+        #: The SynIC (synic.py): per-VP SynIC state and the PostMessage/SignalEvent hook.
+        self.synic: Synic = Synic(self)
         #: Synthetic IPI route: ``send_ipi(vector, vp_set)`` (replaced by the APIC layer).
         self.send_ipi: Callable[[int, frozenset[int]], None] = _no_ipi
         #: This partition's guest-physical space (the root's: host memory, no VPs).
@@ -94,6 +95,7 @@ class PartitionHv:
         if partition is not None:
             self.cpuid.install(partition.cpuid)
             self.msrs.install()
+            self.synic.install_msrs()
             partition.vmcall_handler = self.vmcall
             _REGISTRY[partition] = self
 
@@ -127,6 +129,7 @@ class PartitionHv:
                 self.partition.msr_handlers.pop(index, None)
             self._msr_keys.clear()
             self.msrs.install()
+            self.synic.install_msrs()
 
     # ---- VMCALL ------------------------------------------------------------------------------
     def vmcall(self, vp: VirtualProcessor) -> bool:
@@ -143,13 +146,14 @@ class PartitionHv:
     def reset(self) -> None:
         """Partition reset (the worker calls this with its platform reset)."""
         self.msrs.reset()
+        self.synic.reset()
 
     def save(self) -> dict[str, Any]:
         return {"device": "hyperv", "version": 1, "id": self.id, "root": self.is_root,
                 "parent": self.parent, "cpuid": self.cpuid.config.to_dict(),
                 "properties": {str(k): v for k, v in self.properties.items()},
                 "intercepts": [list(i) for i in self.intercepts], "state": self.state,
-                "msrs": self.msrs.save()}
+                "msrs": self.msrs.save(), "synic": self.synic.save()}
 
     def restore(self, state: dict[str, Any]) -> None:
         if state.get("device") != "hyperv" or state.get("version") != 1:
@@ -159,6 +163,8 @@ class PartitionHv:
         self.intercepts = [(int(a), int(b), int(c)) for a, b, c in state["intercepts"]]
         self.state = state["state"]
         self.msrs.restore(state["msrs"])
+        if "synic" in state:
+            self.synic.restore(state["synic"])
 
 
 class Hypervisor:

@@ -162,18 +162,20 @@ class GuestMemory:
             return self.regions[i]
         return None
 
-    def map_overlay(self, gpa: int, data: bytes = b"") -> Region:
+    def map_overlay(self, gpa: int, data: bytes = b"", *, writable: bool = False) -> Region:
         """Cover one page with a hypervisor-owned page (TLFS "overlay pages": hypercall page,
         reference TSC page, SynIC pages) holding ``data``.  The guest reads and executes it;
-        its writes are dropped (ROM behaviour); the host writes it through :meth:`write`.
-        Whatever was underneath (RAM, or nothing) reappears on :meth:`unmap_overlay`."""
+        its writes are dropped (ROM behaviour) unless ``writable`` (the SIM and SIEF pages
+        "behave like RAM", TLFS inter-partition-communication.md); the host writes it through
+        :meth:`write`.  Whatever was underneath (RAM, or nothing) reappears on
+        :meth:`unmap_overlay`."""
         _check_aligned(gpa, PAGE)
         under = self._under(gpa)
         if under is not None and under.kind not in ("ram", "rom"):
             raise ValueError(f"cannot overlay {under.kind} at {gpa:#x}")
         buf = ctypes.create_string_buffer(PAGE)
         ctypes.memmove(buf, data[:PAGE], min(len(data), PAGE))
-        region = Region(gpa, PAGE, "rom", buf, overlay=True)
+        region = Region(gpa, PAGE, "ram" if writable else "rom", buf, overlay=True)
         stack = self.overlays.setdefault(gpa, [])
         for uc in self.engines:
             if stack or under is not None:
