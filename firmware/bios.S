@@ -25,6 +25,7 @@
 #   01 reset entry        02 IVT and BDA         03 PICs              04 PIT
 #   05 RTC                06 memory size         07 serial ports      08 video
 #   09 A20                0A interrupts on       0B banner printed    0C disk detection
+#   0D CD-ROM detection (firmware/cdrom.inc)
 #   19 INT 19h entered (the machine may take over here for a Multiboot kernel)
 #   1A boot sector loaded, jumping to 0000:7C00    18 INT 18h: no bootable device
 
@@ -98,6 +99,16 @@
 .equ EBDA_DISK_CYLS, 0x56       # word, BIOS geometry: cylinders (1..1024)
 .equ EBDA_EXT_KB, 0x60          # word, CMOS 30h/31h: KiB from 1 MiB (capped 0xFFFF)
 .equ EBDA_HI_64K, 0x62          # word, CMOS 34h/35h: 64 KiB blocks above 16 MiB
+.equ EBDA_CD_OK, 0x70           # 1 when an ATAPI CD-ROM was found (drive E0h)
+.equ EBDA_CD_DEV, 0x71          # its Device register value: A0h (device 0) or B0h (device 1)
+.equ EBDA_CD_BASE, 0x72         # word, its command block base: 1F0h or 170h
+.equ EBDA_CD_CDB, 0x74          # 12-byte ATAPI command packet being sent
+.equ EBDA_CD_BUF, 0x80          # 8-byte buffer (READ CAPACITY data)
+
+# CMOS byte with the boot sequence (as in the AT BIOSes of Bochs/QEMU lineage): first device
+# in bits 3-0, second in bits 7-4; 2 = hard disk 80h, 3 = CD-ROM E0h, 0 = end of the list
+# (1, diskette, is skipped: there is no diskette controller).  00h means hard disk only.
+.equ CMOS_BOOT_ORDER, 0x3d
 
 .equ SCRATCH, 0x7c00            # POST-time buffer for IDENTIFY (before the boot sector)
 
@@ -200,6 +211,10 @@ post_entry:
     movb $0x0c, %al
     outb %al, $POST_PORT
     call ata_init
+
+    movb $0x0d, %al
+    outb %al, $POST_PORT
+    call cd_init
 
     int $0x19
 post_hang:
@@ -590,6 +605,7 @@ int12_handler:
 
 .include "video.inc"
 .include "disk.inc"
+.include "cdrom.inc"
 .include "services.inc"
 
 # ---- tables ----------------------------------------------------------------------------
@@ -635,5 +651,17 @@ msg_no_sig:
     .asciz "Boot failed: no boot signature (55AA) on the hard disk\r\n"
 msg_no_boot:
     .asciz "No bootable device\r\n"
+msg_no_cd:
+    .asciz "Boot failed: no CD-ROM drive\r\n"
+msg_cd_not_ready:
+    .asciz "Boot failed: no disc in the CD-ROM drive\r\n"
+msg_cd_not_bootable:
+    .asciz "Boot failed: the CD is not bootable (no El Torito boot record)\r\n"
+msg_cd_bad_catalog:
+    .asciz "Boot failed: the CD's El Torito boot catalog is damaged\r\n"
+msg_cd_emulation:
+    .asciz "Boot failed: the CD boot image uses disk emulation (not supported)\r\n"
+msg_cd_read_fail:
+    .asciz "Boot failed: could not read the CD boot image\r\n"
 
 bios_end:

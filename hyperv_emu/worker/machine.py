@@ -182,7 +182,7 @@ class Machine:
         self.rtc = Rtc(clock, board.irqs[8], base_time, ev)
         self.rtc.set_memory_size(self.ram_size)
         self.rtc.set_equipment(0x06)  # math coprocessor present, 80x25 colour initial video
-        self.rtc.poke(CMOS_BOOT_ORDER, _boot_order(cfg))
+        self.rtc.poke(CMOS_BOOT_ORDER, _boot_order(cfg, self.disks))
         for drive in (0, 1):
             if self.disks[drive] is not None:
                 # User-defined type: the geometry comes from IDENTIFY.
@@ -347,12 +347,16 @@ def _ide_slots(config: MachineConfig) -> list[Attachment]:
     return slots
 
 
-def _boot_order(config: MachineConfig) -> int:
+def _boot_order(config: MachineConfig, slots: Sequence[Attachment]) -> int:
+    """The CMOS boot sequence byte; "c" on a machine without a CD-ROM drive is the hard disk
+    alone, so the BIOS does not report a missing drive nobody asked for."""
     order = BOOT_ORDERS.get(config.boot.lower())
     if order is None:
         raise ConfigError(f"boot device must be 'c' (hard disk) or 'd' (CD-ROM), "
                           f"not {config.boot!r}")
-    return order
+    has_cd = any(isinstance(s, CdromDrive)
+                 or (isinstance(s, BlockDevice) and s.sector_size == 2048) for s in slots)
+    return order if has_cd or order != BOOT_ORDERS["c"] else 0x02
 
 
 def _discard(data: bytes) -> None:
