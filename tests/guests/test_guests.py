@@ -4,6 +4,7 @@ its exit status, and the device state it leaves (screen, cursor, disk)."""
 from __future__ import annotations
 
 import datetime
+import pathlib
 import re
 from dataclasses import dataclass
 
@@ -178,3 +179,65 @@ def test_same_guest_twice_is_identical() -> None:
     assert first.serial == second.serial
     assert first.machine.clock.instructions == second.machine.clock.instructions
     assert first.machine.clock.now() == second.machine.clock.now()
+
+
+# A guest that clears nIEN (as an interrupt-driven driver would), unmasks IRQ14 and masks IRQ0,
+# then reads through INT 13h, whose BIOS driver polls with interrupts off: INTR rises inside the
+# IN of each sector's last REP INSW element (the next DRQ block's interrupt).
+_NIEN_INT13_GUEST = """# syntax: att
+# guest: INT 13h AH=42h reads with the drive's interrupt enabled (nIEN clear)
+.include "boot.inc"
+main:
+    movb $0x00, %al
+    movw $0x3F6, %dx
+    outb %al, %dx
+    inb $0xA1, %al
+    andb $0xBF, %al             # IRQ14 unmasked (its INT 76h handler EOIs)
+    outb %al, $0xA1
+    inb $0x21, %al
+    andb $0xFB, %al             # and the cascade;
+    orb $0x01, %al              # IRQ0 masked, so a pending tick cannot hold INTR high
+    outb %al, $0x21
+    movb $0x10, (VARS)
+    movb $0, (VARS+1)
+    movw $2, (VARS+2)
+    movw $0x1000, (VARS+4)
+    movw $0, (VARS+6)
+    movl $0, (VARS+8)
+    movl $0, (VARS+0xC)
+    movw $VARS, %si
+    movb $0x42, %ah
+    movb (BOOT_DRIVE), %dl
+    int $0x13
+    jc bad
+    movw $0x1000, %si
+    movw $0x7C00, %di
+    movw $0x200, %cx
+    repe cmpsw
+    jne bad
+    call pass
+bad:
+    movw $bad_msg, %si
+    call fail
+bad_msg:
+    .asciz "INT 13h data differs from the sectors the boot loaded"
+.include "lib.inc"
+"""
+
+
+@pytest.mark.xfail(reason="hypervisor: an interrupt line raised inside an IN callback during "
+                          "REP INSW re-executes that element after the slice stops, so one word "
+                          "per sector is lost (reproduced with tests/hypervisor helpers alone)",
+                   strict=False)
+def test_int13_read_with_drive_interrupts_enabled(monkeypatch: pytest.MonkeyPatch,
+                                                  tmp_path: pathlib.Path) -> None:
+    from hyperv_emu import guests
+
+    folder = tmp_path / "guests"
+    folder.mkdir()
+    for inc in ("boot.inc", "lib.inc"):
+        (folder / inc).write_text((guests.data_dir("guests") / inc).read_text())
+    (folder / "nien_int13.S").write_text(_NIEN_INT13_GUEST)
+    monkeypatch.setattr(guests, "data_dir", lambda name: folder)
+    run = boot("nien_int13")
+    assert_passed(run, ["PASS"])
