@@ -87,7 +87,7 @@ class VirtualProcessor:
         self._exit: tuple[Any, ...] | None = None
         self._stop_counter: int | None = None
         self._rom_undo: list[tuple[int, bytes]] = []
-        self._in_access = 0  # > 0 while an MMIO callback of this VP's access runs
+        self._in_access = 0  # > 0 while a port or MMIO callback of this VP's access runs
         # State captured inside the INTR hook: at the end of emu_start Unicorn 2.1.4 probes the
         # page tables for ``until - 1``, which with paging on overwrites CR2 (and the error
         # code) of the real event, so those fields are taken from this snapshot.
@@ -121,11 +121,21 @@ class VirtualProcessor:
             self._stop_counter = self._counter.value
         self.uc.emu_stop()
 
+    # Port callbacks count as accesses (see notify_interrupt): emu_stop inside one would make
+    # Unicorn repeat the current element of a REP INS/OUTS, losing or duplicating data.
     def _on_in(self, uc: unicorn.Uc, port: int, size: int, _ud: object) -> int:
-        return int(self.partition._io_read(port, size)) & ((1 << (8 * size)) - 1)
+        self._in_access += 1
+        try:
+            return int(self.partition._io_read(port, size)) & ((1 << (8 * size)) - 1)
+        finally:
+            self._in_access -= 1
 
     def _on_out(self, uc: unicorn.Uc, port: int, size: int, value: int, _ud: object) -> None:
-        self.partition._io_write(port, size, value & ((1 << (8 * size)) - 1))
+        self._in_access += 1
+        try:
+            self.partition._io_write(port, size, value & ((1 << (8 * size)) - 1))
+        finally:
+            self._in_access -= 1
 
     def _on_cpuid(self, uc: Any, _ud: object) -> int:
         leaf, subleaf = uc.reg_read_batch([X.UC_X86_REG_EAX, X.UC_X86_REG_ECX])

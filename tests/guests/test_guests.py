@@ -225,10 +225,6 @@ bad_msg:
 """
 
 
-@pytest.mark.xfail(reason="hypervisor: an interrupt line raised inside an IN callback during "
-                          "REP INSW re-executes that element after the slice stops, so one word "
-                          "per sector is lost (reproduced with tests/hypervisor helpers alone)",
-                   strict=False)
 def test_int13_read_with_drive_interrupts_enabled(monkeypatch: pytest.MonkeyPatch,
                                                   tmp_path: pathlib.Path) -> None:
     from hyperv_emu import guests

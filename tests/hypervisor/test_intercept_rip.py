@@ -39,3 +39,27 @@ def test_rdtsc_and_rdmsr_after_int_resume_after_themselves() -> None:
     assert ex.reason == "halted"
     assert m.outs(0x80) == [2, 3]
     assert m.vp.read_registers()["rax"] & 0xFFFFF000 == 0xFEE00000
+
+
+def test_interrupt_raised_inside_rep_insw_loses_no_element() -> None:
+    m = machine()
+    reads = [0]
+    src = FakePic()
+    m.vp.set_interrupt_source(src)
+
+    def rd(port: int, size: int) -> int:
+        reads[0] += 1
+        if reads[0] == 100:
+            src.queue.append(0x21)  # the line rises in the middle of the string transfer
+            m.vp.notify_interrupt()
+        return reads[0]
+
+    m.part.set_io_handler(rd, lambda port, size, value: None)
+    m.load(0x1000, "cli\nxor ax, ax\nmov es, ax\nmov di, 0x2000\nmov cx, 256\n"
+                   "mov dx, 0x1f0\nrep insw\nhlt", 16)
+    m.vp.write_registers(cs=0, cs_base=0, rip=0x1000)
+    ex = m.part.run(max_instructions=10_000)
+    assert ex.reason == "halted"
+    assert reads[0] == 256
+    words = struct.unpack("<256H", m.part.read_memory(0x2000, 512))
+    assert list(words) == list(range(1, 257))
