@@ -1,0 +1,102 @@
+# syntax: att
+# CD boot image for tests/guests/test_cdrom.py: the El Torito no-emulation boot image of an
+# ISO, assembled for 0000:7C00 and entered by the BIOS at 07C0:0000 with DL = E0h.
+#
+# Checks the BIOS's CD services on drive E0h: INT 13h AH=41h (extensions present, BX = AA55h),
+# AH=48h (2048 bytes per sector; prints the sector count), AH=42h reading blocks 10h-11h (the
+# primary volume descriptor, "\x01CD001", and the El Torito boot record, "\x00CD001") in one
+# call, and AH=43h refused (write protected, 03h).
+# Serial output:  cdboot: drive E0 sectors 000000xx
+#                 PASS
+# Exit status 1 (PASS) or 3 (FAIL: reason).
+
+.set COM1, 0x3F8
+.set EXIT_PORT, 0xF4
+.set BOOT_DRIVE, 0x0500
+.set BUF, 0x2000
+.set PARAMS, 0x0600
+
+.code16
+    .byte 0xEA                 # far jump to 0000:start (we were entered at 07C0:0000)
+    .word start, 0
+start:
+    cli
+    xorw %ax, %ax
+    movw %ax, %ds
+    movw %ax, %es
+    movw %ax, %ss
+    movw $0x7C00, %sp
+    sti
+    cld
+    movb %dl, (BOOT_DRIVE)
+    movw $msg_dl, %si
+    cmpb $0xE0, %dl
+    jne fail
+
+    movw $0x4100, %ax
+    movw $0x55AA, %bx
+    int $0x13
+    movw $msg_41, %si
+    jc fail
+    cmpw $0xAA55, %bx
+    jne fail
+
+    movw $PARAMS, %si
+    movw $0x1E, (%si)
+    movb $0x48, %ah
+    movb (BOOT_DRIVE), %dl
+    int $0x13
+    movw $msg_48, %si
+    jc fail
+    cmpw $0x0800, (PARAMS+0x18)
+    jne fail
+
+    movw $dap, %si
+    movb $0x42, %ah
+    movb (BOOT_DRIVE), %dl
+    int $0x13
+    movw $msg_42, %si
+    jc fail
+    cmpw $2, (dap+2)
+    jne fail
+    cmpl $0x30444301, (BUF)            # 01h "CD0"
+    jne fail
+    cmpl $0x30444300, (BUF+0x800)      # 00h "CD0"
+    jne fail
+
+    movw $dap, %si
+    movb $0x43, %ah
+    movb (BOOT_DRIVE), %dl
+    int $0x13
+    movw $msg_43, %si
+    jnc fail
+    cmpb $0x03, %ah
+    jne fail
+
+    movw $msg_ok, %si
+    call puts
+    movl (PARAMS+0x10), %eax
+    call hex32
+    call newline
+    jmp pass
+
+dap:
+    .byte 0x10, 0
+    .word 2
+    .word BUF, 0
+    .long 0x10, 0
+
+msg_dl:
+    .asciz "boot drive is not E0h"
+msg_41:
+    .asciz "INT 13h AH=41h"
+msg_48:
+    .asciz "INT 13h AH=48h"
+msg_42:
+    .asciz "INT 13h AH=42h"
+msg_43:
+    .asciz "INT 13h AH=43h not refused"
+msg_ok:
+    .asciz "cdboot: drive E0 sectors "
+
+.include "../../guests/lib.inc"
