@@ -9,8 +9,10 @@ its 16-bit rel32 jumps stay inside the segment, so both pass.)  A line may opt o
 trailing ``# ok66`` comment when the prefix is intended.
 
 Sources may pull in other files with ``.include "name"`` (resolved next to the including file)
-and may use AT&T syntax by starting with the line ``# syntax: att``.  Results are cached on disk,
-keyed by the expanded source, mode, base address and keystone version.
+and may use AT&T syntax by starting with the line ``# syntax: att``; keystone's AT&T parser
+reads every number as hexadecimal, so there a multi-digit decimal literal is a build error.
+Results are cached on disk, keyed by the expanded source, mode, base address and keystone
+version.
 """
 
 from __future__ import annotations
@@ -46,6 +48,10 @@ _NOT_SYMBOLS = {
     *(f"r{i}{s}" for i in range(8, 16) for s in ("", "d", "w", "b")),
     *(f"xmm{i}" for i in range(16)), *(f"st{i}" for i in range(8)),
 }
+# Measured: keystone 0.9.2's AT&T parser reads every number as hexadecimal ("$22" is 0x22,
+# ".byte 10" is 0x10), so AT&T sources must write numbers above 9 as 0x...
+_DECIMAL_RE = re.compile(r"(?<![\w.])(\d{2,})(?![\w.])")
+_STRING_RE = re.compile(r'"(?:[^"\\]|\\.)*"')
 _FILL_RE = re.compile(r"^\s*\.(?:fill|space|skip)\s+([^,]+)", re.I)
 _SEGMENT_PREFIXES = {0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0xF0, 0xF2, 0xF3}
 
@@ -169,6 +175,11 @@ def assemble(source: str, mode: int = 16, base: int = 0, *, lint: bool = True) -
     except OSError:
         pass
     for lineno, line in enumerate(source.splitlines(), 1):
+        if att:
+            number = _DECIMAL_RE.search(_STRING_RE.sub('""', line).split("#", 1)[0])
+            if number:
+                raise AsmError(f"line {lineno}: write {number.group(1)!r} in hex: keystone's AT&T "
+                               f"parser reads it as 0x{number.group(1)}: {line.strip()!r}")
         m = _FILL_RE.match(_strip_comment(line))
         if m and _IDENT_RE.search(re.sub(r"0x[0-9a-f]+", "", m.group(1), flags=re.I)):
             # Measured: keystone 0.9.2 never returns from .fill/.space counts that refer to

@@ -10,7 +10,6 @@ F000:FFFE; and a checksum byte at F000:FFFF making the 64 KiB sum to 0 mod 256.
 
 from __future__ import annotations
 
-import re
 from functools import lru_cache
 
 from hyperv_emu.asm import AsmError, assemble, data_dir, expand_includes
@@ -27,23 +26,6 @@ MODEL_OFFSET = 0xFFFE
 MODEL_BYTE = 0xFC
 CHECKSUM_OFFSET = 0xFFFF
 
-# keystone 0.9.2 reads numbers in AT&T sources as hex ("10" is 16, "012" is octal 10), so the
-# BIOS source writes every number as 0x..; a multi-digit decimal literal is a build error.
-_DECIMAL_RE = re.compile(r"(?<![\w.])(\d{2,})(?![\w.])")
-_STRING_RE = re.compile(r'"(?:[^"\\]|\\.)*"')
-
-
-def _check_numbers(source: str) -> None:
-    """Reject multi-digit decimal literals, which keystone's AT&T mode would misread."""
-    for lineno, line in enumerate(source.splitlines(), 1):
-        code = _STRING_RE.sub('""', line).split("#", 1)[0]
-        m = _DECIMAL_RE.search(code)
-        if m:
-            raise AsmError(
-                f"bios.S line {lineno}: write {m.group(1)!r} in hex: keystone's AT&T parser "
-                f"reads it as 0x{m.group(1)}"
-            )
-
 
 def assemble_bios_code() -> bytes:
     """The assembled BIOS code (offset 0 = F000:0000), without the fixed-address tail."""
@@ -52,7 +34,6 @@ def assemble_bios_code() -> bytes:
         source = expand_includes(path)
     except OSError as exc:
         raise AsmError(f"{path}: {exc.strerror or exc}") from None
-    _check_numbers(source)
     return assemble(source, mode=16, base=0)
 
 

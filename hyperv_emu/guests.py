@@ -31,10 +31,6 @@ _SIGNATURE_OFFSET = 510
 #: The loader reads to 0000:7E00 and must not wrap past the end of segment 0.
 _MAX_LOADED = (0x10000 - 0x7E00) // SECTOR
 _HEADER_RE = re.compile(r"^\s*#\s*guest:\s*(.+?)\s*$")
-# keystone 0.9.2 reads every number in an AT&T source as hex ("22" is 0x22, measured), so guest
-# sources write numbers above 9 as 0x..; a multi-digit decimal literal is a build error.
-_DECIMAL_RE = re.compile(r"(?<![\w.])(\d{2,})(?![\w.])")
-_STRING_RE = re.compile(r'"(?:[^"\\]|\\.)*"')
 
 
 class UnknownGuestError(LookupError):
@@ -79,16 +75,6 @@ def guest_path(name: str) -> Path:
     raise UnknownGuestError(f"unknown guest {name!r} (known guests: {known})")
 
 
-def _check_numbers(source: str, filename: str) -> None:
-    """Reject multi-digit decimal literals, which keystone's AT&T mode would read as hex."""
-    for line in source.splitlines():
-        code = _STRING_RE.sub('""', line).split("#", 1)[0]
-        m = _DECIMAL_RE.search(code)
-        if m:
-            raise AsmError(f"{filename}: write {m.group(1)!r} in hex (keystone's AT&T parser "
-                           f"reads it as 0x{m.group(1)}): {line.strip()!r}")
-
-
 def build_guest(name: str) -> bytes:
     """Assemble guest ``name`` and return its bootable raw disk image."""
     path = guest_path(name)
@@ -96,8 +82,6 @@ def build_guest(name: str) -> bytes:
         source = expand_includes(path)
     except OSError as exc:
         raise AsmError(f"{path.name}: {exc.strerror or exc}") from None
-    if source.lstrip().startswith("# syntax: att"):
-        _check_numbers(source, path.name)
     try:
         code = bytearray(assemble(source, 16, LOAD_BASE))
     except AsmError as exc:

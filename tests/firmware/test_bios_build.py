@@ -6,10 +6,9 @@ from __future__ import annotations
 import capstone
 import pytest
 
-from hyperv_emu.asm import AsmError
+from hyperv_emu.asm import AsmError, assemble
 from hyperv_emu.firmware import (
     BIOS_SIZE,
-    _check_numbers,
     assemble_bios_code,
     build_bios,
 )
@@ -77,8 +76,9 @@ def test_no_32bit_control_transfers(code: list[capstone.CsInsn]) -> None:
 
 
 def test_decimal_literals_are_rejected() -> None:
-    _check_numbers("    movw $0x10, %ax  # 10 in a comment is fine\n.ascii \"12345\"\n")
+    att = "# syntax: att\n"
+    assemble(att + "    movw $0x10, %ax  # 10 in a comment is fine\n.ascii \"12345\"\n", 16)
     with pytest.raises(AsmError, match="in hex"):
-        _check_numbers("    movw $10, %ax\n")
+        assemble(att + "    movw $10, %ax\n", 16)
     with pytest.raises(AsmError):
-        _check_numbers("    movb 16(%bp), %al\n")
+        assemble(att + "    movb 16(%bp), %al\n", 16)
