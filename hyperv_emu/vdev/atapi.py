@@ -275,11 +275,12 @@ class CdromDrive:
             if changeable:
                 return bytes([0x2A, 0x14]) + bytes(20)
             body = bytearray(20)
-            body[6] = 0x01 | (0x02 if self.prevent else 0) | 0x08 | 0x20
-            body[8:10] = _be16(2816)   # maximum read speed, kB/s ("16x")
-            body[10:12] = _be16(256)   # volume levels
-            body[12:14] = _be16(512)   # buffer size, KiB
-            body[14:16] = _be16(2816)  # current read speed
+            # body[i] is page byte i + 2.
+            body[4] = 0x01 | (0x02 if self.prevent else 0) | 0x08 | 0x20
+            body[6:8] = _be16(2816)    # maximum read speed, kB/s ("16x")
+            body[8:10] = _be16(256)    # volume levels
+            body[10:12] = _be16(512)   # buffer size, KiB
+            body[12:14] = _be16(2816)  # current read speed
             return bytes([0x2A, 0x14]) + bytes(body)
 
         if page == 0x01:
