@@ -33,6 +33,7 @@ from .exits import RunExit
 from .lapic import APIC_DEFAULT_BASE, LocalApic, deliver_message
 from .memory import GuestMemory, MmioRead, MmioWrite, UnmappedAccess
 from .mmu import GuestFault
+from .observe import Observers, hlt_event, interrupt_event, mmio_event, msr_event, traced_io
 from .vp import (
     EXCP_VMEXIT,
     SVM_EXIT_HLT,
@@ -91,8 +92,13 @@ class Partition:
         #: VMCALL/VMMCALL handler (hypercalls, a later layer): return True when handled (RIP
         #: is then advanced past the 3-byte instruction), False to raise #UD.
         self.vmcall_handler: VmcallHandler | None = None
-        self._io_read: IoRead = lambda port, size: (1 << (8 * size)) - 1
-        self._io_write: IoWrite = lambda port, size, value: None
+        #: Event subscribers (observe.py): tracers, steppers, breakpoints.
+        self.observers = Observers(self)
+        self.observers.on_change = self._wire_io
+        self._io_handlers: tuple[IoRead, IoWrite] = (
+            lambda port, size: (1 << (8 * size)) - 1, lambda port, size, value: None)
+        self._io_read: IoRead = self._io_handlers[0]
+        self._io_write: IoWrite = self._io_handlers[1]
         self._stop_reason: str | None = None
         self._running_vp: VirtualProcessor | None = None
         self.memory.map_hidden(HIDDEN_GPA, 0x3000)
@@ -120,7 +126,10 @@ class Partition:
                 return read(offset, size)
             vp._in_access += 1  # see VirtualProcessor.notify_interrupt
             try:
-                return read(offset, size)
+                value = read(offset, size)
+                if self.observers.mmio:
+                    self.observers.emit(mmio_event(vp, gpa + offset, size, False, value))
+                return value
             finally:
                 vp._in_access -= 1
 
@@ -132,6 +141,8 @@ class Partition:
             vp._in_access += 1
             try:
                 write(offset, size, value)
+                if self.observers.mmio:
+                    self.observers.emit(mmio_event(vp, gpa + offset, size, True, value))
             finally:
                 vp._in_access -= 1
 
@@ -187,8 +198,15 @@ class Partition:
     # ---- intercept routing -----------------------------------------------------------------
     def set_io_handler(self, read: IoRead, write: IoWrite) -> None:
         """Route guest port I/O (IN/OUT/INS/OUTS, one call per element) to the worker."""
-        self._io_read = read
-        self._io_write = write
+        self._io_handlers = (read, write)
+        self._wire_io()
+
+    def _wire_io(self) -> None:
+        # Traced wrappers only while someone observes I/O: the untraced path stays as fast.
+        read, write = self._io_handlers
+        if self.observers.io:
+            read, write = traced_io(self, read, write)
+        self._io_read, self._io_write = read, write
 
     def create_vp(self) -> VirtualProcessor:
         """Add a virtual processor in its reset state."""
@@ -257,6 +275,7 @@ class Partition:
         return bool(vp.pending) or self._interrupt_ready(vp)
 
     def _deliver(self, vp: VirtualProcessor, event: Event) -> RunExit | None:
+        observed = self.observers.base(vp) if self.observers.interrupt else None
         try:
             deliver(vp.ctx, vp.mmu, event)
         except TripleFault as exc:
@@ -267,6 +286,8 @@ class Partition:
                            vp.ctx.rip)
         vp._dirty = True
         vp.halted = False
+        if observed is not None:
+            self.observers.emit(interrupt_event(vp, event, observed))
         return None
 
     def _step(self, vp: VirtualProcessor, budget: int | None) -> RunExit | None:
@@ -281,7 +302,7 @@ class Partition:
             ex = self._deliver(vp, Event(vp.source.acknowledge() & 0xFF, KIND_EXTERNAL))
             if ex is not None:
                 return ex
-        if vp.halted:
+        if vp.halted or self._stop_reason is not None:
             return None
         clock = self.clock
         deterministic = clock.mode == "deterministic"
@@ -415,6 +436,8 @@ class Partition:
             return RunExit(E.FAULT, f"fetch: {exc}", vp.index, vp.ctx.rip)
         vp._dirty = True
         if insn in (_VMCALL, _VMMCALL) and self.vmcall_handler is not None:
+            if self.observers.before_hypercall and self.observers.check_before_vmcall(vp):
+                return None  # stopped before the hypercall: RIP stays on the VMCALL
             if self.vmcall_handler(vp):
                 vp.ctx.rip = vp.ctx.rip + 3
                 self._retire_one(vp)
@@ -436,6 +459,8 @@ class Partition:
                                f"in the block at {vp.blocks.last:#x}", vp.index, ctx.rip)
             ctx.rip = (linear - cs_base) & (0xFFFF_FFFF_FFFF_FFFF if bits == 64 else 0xFFFF_FFFF)
         if code == SVM_EXIT_HLT:
+            if self.observers.hlt:
+                self.observers.emit(hlt_event(vp))
             ctx.rip = ctx.rip + 1
             vp.halted = True
         elif code in (SVM_EXIT_RDTSC, SVM_EXIT_RDTSCP):
@@ -451,18 +476,26 @@ class Partition:
             write = ctx.u32(C.OFF_ERROR_CODE) & 1
             index = ctx.gpr(1) & 0xFFFF_FFFF
             vp._dirty = True
+            obs = self.observers
+            value = (ctx.gpr(0) & 0xFFFF_FFFF) | ((ctx.gpr(2) & 0xFFFF_FFFF) << 32)
+            if obs.before_msr and obs.check_before(
+                    msr_event(vp, bool(write), index, value if write else None, None)):
+                return None  # stopped before the access: RIP stays on RDMSR/WRMSR
             try:
                 if write:
-                    value = (ctx.gpr(0) & 0xFFFF_FFFF) | ((ctx.gpr(2) & 0xFFFF_FFFF) << 32)
                     M.msr_write(vp, index, value)
                 else:
                     value = M.msr_read(vp, index)
                     ctx.set_gpr(0, value & 0xFFFF_FFFF)
                     ctx.set_gpr(2, value >> 32)
             except GuestFault as fault:
+                if obs.msr:
+                    obs.emit(msr_event(vp, bool(write), index, value if write else None, "#GP"))
                 vp.pending.insert(0, Event(fault.vector, KIND_EXCEPTION, fault.error_code))
                 vp._dirty = True
                 return None
+            if obs.msr:
+                obs.emit(msr_event(vp, bool(write), index, value, "ok"))
             ctx.rip = ctx.rip + 2
         else:
             return RunExit(E.FAULT, f"unexpected SVM exit {code:#x}", vp.index, ctx.rip)

@@ -26,6 +26,7 @@ from .lapic import LocalApic
 from .mmu import Mmu
 
 if TYPE_CHECKING:
+    from .exits import RunExit
     from .partition import Partition
 
 #: ``until`` address for emu_start: non-canonical, so never reached (reaching it would show up
@@ -144,6 +145,9 @@ class VirtualProcessor:
             c, d = self.lapic.cpuid_leaf1(c, d)
         uc.reg_write_batch([(X.UC_X86_REG_RAX, a), (X.UC_X86_REG_RBX, b),
                             (X.UC_X86_REG_RCX, c), (X.UC_X86_REG_RDX, d)])
+        if self.partition.observers.cpuid:
+            from .observe import cpuid_event
+            self.partition.observers.emit(cpuid_event(self, leaf, subleaf, (a, b, c, d)))
         return 1  # skip Unicorn's native CPUID
 
     def _on_intr(self, uc: unicorn.Uc, intno: int, _ud: object) -> None:
@@ -350,6 +354,12 @@ class VirtualProcessor:
                 # for ROM writes.  Uncounted host-mode slices just run to their time limit.
                 self._stop_counter = self._counter.value
                 self._count_limit.value = self._counter.value
+
+    def step(self) -> RunExit:
+        """Run exactly one guest instruction through the partition's run loop (a pending
+        interrupt is delivered first, as at any instruction boundary; a halted VP waits for
+        its wake-up).  On a multi-VP partition every runnable VP moves one instruction."""
+        return self.partition.run(max_instructions=1)
 
     def inject_exception(self, vector: int, error_code: int | None = None) -> None:
         """Queue an exception, delivered before the VP's next instruction."""
