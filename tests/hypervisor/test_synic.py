@@ -344,3 +344,21 @@ def test_save_restore_round_trip_and_reset() -> None:
     bad = dict(saved["synic"], version=99)
     with pytest.raises(ValueError):
         hv.synic.restore(bad)
+
+
+def test_pages_over_mmio_or_the_hypercall_page_never_raise() -> None:
+    m, hv, state = synic_machine(enable=False)
+    m.part.map_local_apic()
+    m.vp.write_msr(H.HV_X64_MSR_SCONTROL, 1)
+    # Over MMIO the page is not accessible to the guest; the hypervisor keeps its contents.
+    m.vp.write_msr(H.HV_X64_MSR_SIMP, 0xFEE00000 | 1)
+    assert state.sim.region is None
+    m.vp.write_msr(SINT_MSR + 2, 0x52)
+    assert hv.synic.send_message(0, 2, 9, b"q") == 0
+    assert state.slot(2)[:5] == bytes([9, 0, 0, 0, 1])
+    # Overlapping the hypercall page is undefined (TLFS); it must still be harmless.
+    from hv_env import HC_PAGE
+    m.vp.write_msr(H.HV_X64_MSR_SIEFP, HC_PAGE | 1)
+    assert hv.synic.set_event_flag(0, 2, 0) == 0
+    m.vp.write_msr(H.HV_X64_MSR_SIEFP, 0)
+    assert m.part.read_memory(HC_PAGE, 3) == bytes((0x0F, 0x01, 0xC1))  # VMCALL again
