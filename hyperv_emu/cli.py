@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, NoReturn
 
@@ -15,6 +16,7 @@ from hyperv_emu import __version__
 if TYPE_CHECKING:
     from hyperv_emu.vsp.storage.blockdev import BlockDevice
     from hyperv_emu.worker.events import Event
+    from hyperv_emu.worker.machine import Machine, MachineExit
 
 EXIT_USAGE = 2  # kept equal to machine.EXIT_USAGE; imported lazily there to keep start-up fast
 
@@ -83,6 +85,43 @@ def _rtc_base(text: str) -> datetime.datetime:
     return value
 
 
+def _add_machine_options(p: argparse.ArgumentParser, serial_default: str = "stdout") -> None:
+    """The options that describe the machine and what it boots (run, trace, step)."""
+    p.add_argument("guest", nargs="?", help="name of a shipped tiny guest (default: hello)")
+    p.add_argument("--disk", metavar="IMAGE[,readonly]", action="append", default=[],
+                   help="disk image (raw, VHD, VHDX, format from its headers) as the next IDE "
+                        "disk: primary master, primary slave, secondary master, secondary "
+                        "slave; repeatable up to 4 (3 with --cdrom)")
+    p.add_argument("--cdrom", metavar="FILE.iso",
+                   help="ISO 9660 image in an ATAPI CD-ROM drive on the secondary master")
+    p.add_argument("--boot", choices=("c", "d"), default="c",
+                   help="boot from the first hard disk (c, default) or the CD (d, needs --cdrom)")
+    p.add_argument("--kernel", metavar="ELF", help="Multiboot (v1) kernel to start")
+    p.add_argument("--append", metavar="CMDLINE", default="", help="kernel command line")
+    p.add_argument("--initrd", metavar="FILE", action="append", default=[],
+                   help="Multiboot module (repeatable)")
+    p.add_argument("-m", "--memory", metavar="MiB", type=_positive_int, default=32,
+                   help="guest RAM in MiB (default 32)")
+    p.add_argument("--serial", default=serial_default, metavar="stdout|stderr|FILE|none",
+                   help=f"where COM1 output goes (default {serial_default})")
+    p.add_argument("--serial-input", metavar="FILE",
+                   help="bytes fed to COM1's receiver ('-' for standard input)")
+    p.add_argument("--debugcon", metavar="FILE",
+                   help="where port 0xE9 output goes (default standard error)")
+    p.add_argument("--max-instructions", metavar="N", type=_positive_int,
+                   help="end the run after N guest instructions (exit status 8)")
+    p.add_argument("--timeout", metavar="SECONDS", type=_positive_float,
+                   help="end the run after this much host time (exit status 10)")
+    p.add_argument("--rtc-base", metavar="now|DATETIME", type=_rtc_base, default="now",
+                   help="RTC time at power-on (ISO-8601, default now)")
+    p.add_argument("--clock", choices=("deterministic", "host"), default="deterministic",
+                   help="virtual clock mode (default deterministic)")
+    p.add_argument("--no-hyperv", dest="hyperv", action="store_false",
+                   help="a plain PC: no Hyper-V CPUID leaves, synthetic MSRs or hypercalls")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="trace machine events (POST codes, unclaimed ports) to standard error")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
     parser = _Parser(prog="hyperv-emu", description=__doc__)
@@ -90,42 +129,32 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     run = sub.add_parser("run", help="boot a tiny guest, a disk image or a Multiboot kernel")
-    run.add_argument("guest", nargs="?", help="name of a shipped tiny guest (default: hello)")
-    run.add_argument("--disk", metavar="IMAGE[,readonly]", action="append", default=[],
-                     help="disk image (raw, VHD, VHDX, format from its headers) as the next IDE "
-                          "disk: primary master, primary slave, secondary master, secondary "
-                          "slave; repeatable up to 4 (3 with --cdrom)")
-    run.add_argument("--cdrom", metavar="FILE.iso",
-                     help="ISO 9660 image in an ATAPI CD-ROM drive on the secondary master")
-    run.add_argument("--boot", choices=("c", "d"), default="c",
-                     help="boot from the first hard disk (c, default) or the CD (d, needs --cdrom)")
-    run.add_argument("--kernel", metavar="ELF", help="Multiboot (v1) kernel to start")
-    run.add_argument("--append", metavar="CMDLINE", default="", help="kernel command line")
-    run.add_argument("--initrd", metavar="FILE", action="append", default=[],
-                     help="Multiboot module (repeatable)")
-    run.add_argument("-m", "--memory", metavar="MiB", type=_positive_int, default=32,
-                     help="guest RAM in MiB (default 32)")
-    run.add_argument("--serial", default="stdout", metavar="stdout|FILE|none",
-                     help="where COM1 output goes (default stdout)")
-    run.add_argument("--serial-input", metavar="FILE",
-                     help="bytes fed to COM1's receiver ('-' for standard input)")
-    run.add_argument("--debugcon", metavar="FILE",
-                     help="where port 0xE9 output goes (default standard error)")
+    _add_machine_options(run)
     run.add_argument("--screen", action="store_true",
                      help="print the final 80x25 VGA text screen at exit")
-    run.add_argument("--max-instructions", metavar="N", type=_positive_int,
-                     help="end the run after N guest instructions (exit status 8)")
-    run.add_argument("--timeout", metavar="SECONDS", type=_positive_float,
-                     help="end the run after this much host time (exit status 10)")
-    run.add_argument("--rtc-base", metavar="now|DATETIME", type=_rtc_base, default="now",
-                     help="RTC time at power-on (ISO-8601, default now)")
-    run.add_argument("--clock", choices=("deterministic", "host"), default="deterministic",
-                     help="virtual clock mode (default deterministic)")
-    run.add_argument("--no-hyperv", dest="hyperv", action="store_false",
-                     help="a plain PC: no Hyper-V CPUID leaves, synthetic MSRs or hypercalls")
-    run.add_argument("-v", "--verbose", action="store_true",
-                     help="trace machine events (POST codes, unclaimed ports) to standard error")
     run.set_defaults(func=cmd_run)
+
+    trace = sub.add_parser(
+        "trace", help="run a guest and print one decoded line per hypercall, MSR access, "
+                      "CPUID, port/MMIO access, interrupt and HLT")
+    _add_machine_options(trace, serial_default="stderr")
+    for flag, what in (("--hypercalls", "hypercalls"), ("--msr", "MSR accesses"),
+                       ("--cpuid", "CPUID"), ("--io", "port I/O"), ("--mmio", "MMIO accesses"),
+                       ("--interrupts", "interrupt and exception delivery"),
+                       ("--hlt", "HLT")):
+        trace.add_argument(flag, action="store_true",
+                           help=f"trace {what} (no category flag: everything)")
+    trace.add_argument("--json", action="store_true", help="write JSON lines instead of text")
+    trace.add_argument("-o", "--output", metavar="FILE", help="write the trace to FILE")
+    trace.add_argument("--max-events", metavar="N", type=_positive_int,
+                       help="stop the guest after N traced events")
+    trace.set_defaults(func=cmd_trace)
+
+    step = sub.add_parser(
+        "step", help="interactive single-stepper (commands from standard input; 'help' lists "
+                     "them)")
+    _add_machine_options(step, serial_default="stderr")
+    step.set_defaults(func=cmd_step)
 
     guests = sub.add_parser("guests", help="list the shipped tiny guests")
     guests.set_defaults(func=cmd_guests)
@@ -170,8 +199,24 @@ def _report_guest_crash(event: Event) -> None:
           file=sys.stderr)
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    """``hyperv-emu run``: build the machine, run it, report how it ended."""
+class _Session:
+    """A machine built from the command line, with the files and writers it opened."""
+
+    def __init__(self, machine: Machine, writers: list[Callable[[bytes], None] | None]) -> None:
+        self.machine = machine
+        self.writers = writers
+
+    def flush(self) -> None:
+        """Flush the guest's console writers."""
+        for writer in self.writers:
+            if isinstance(writer, LineWriter):
+                writer.close()
+
+
+@contextlib.contextmanager
+def _machine_from_args(args: argparse.Namespace) -> Iterator[_Session]:
+    """Build the machine the options of ``run``/``trace``/``step`` describe; closes its disks
+    and output files on the way out.  Bad options raise UsageError."""
     from hyperv_emu.guests import DEFAULT_GUEST, UnknownGuestError, build_guest
     from hyperv_emu.vsp.storage.raw import MemoryImage
     from hyperv_emu.worker.machine import ConfigError, Machine, MachineConfig
@@ -188,26 +233,25 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"at most {limit} --disk images"
             + (" with --cdrom (the CD-ROM drive is the secondary master)" if args.cdrom else ""))
     disks, cdrom = _open_drives(args.disk, args.cdrom)
-    kernel = None
-    if args.kernel:
-        kernel = _read_file(args.kernel, "kernel")
-    elif args.append or args.initrd:
-        raise UsageError("--append and --initrd need --kernel")
-    if args.guest or (not args.disk and kernel is None and cdrom is None):
-        try:
-            guest = MemoryImage(bytearray(build_guest(args.guest or DEFAULT_GUEST)))
-        except UnknownGuestError as exc:
-            raise UsageError(str(exc.args[0] if exc.args else exc)) from None
-        disks.insert(0, guest)
-    initrds = [(Path(p).name, _read_file(p, "initrd")) for p in args.initrd]
-    serial_input = b""
-    if args.serial_input == "-":
-        serial_input = sys.stdin.buffer.read()
-    elif args.serial_input:
-        serial_input = _read_file(args.serial_input, "serial input")
-
     opened: list[IO[bytes]] = []
     try:
+        kernel = None
+        if args.kernel:
+            kernel = _read_file(args.kernel, "kernel")
+        elif args.append or args.initrd:
+            raise UsageError("--append and --initrd need --kernel")
+        if args.guest or (not args.disk and kernel is None and cdrom is None):
+            try:
+                guest = MemoryImage(bytearray(build_guest(args.guest or DEFAULT_GUEST)))
+            except UnknownGuestError as exc:
+                raise UsageError(str(exc.args[0] if exc.args else exc)) from None
+            disks.insert(0, guest)
+        initrds = [(Path(p).name, _read_file(p, "initrd")) for p in args.initrd]
+        serial_input = b""
+        if args.serial_input == "-":
+            serial_input = sys.stdin.buffer.read()
+        elif args.serial_input:
+            serial_input = _read_file(args.serial_input, "serial input")
         serial = _output(args.serial, sys.stdout.buffer, opened)
         debugcon = _output(args.debugcon or "stderr", sys.stderr.buffer, opened)
         drives: dict[str, object] = {}
@@ -227,27 +271,110 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.verbose:
             machine.log.listeners.append(lambda e: print(e.describe(), file=sys.stderr))
         machine.log.listeners.append(_report_guest_crash)
+        session = _Session(machine, [serial, debugcon])
         try:
-            result = machine.run(max_instructions=args.max_instructions, timeout=args.timeout)
-        except KeyboardInterrupt:
-            print("\nhyperv-emu: interrupted", file=sys.stderr)
-            return 130
-        for writer in (serial, debugcon):
-            if isinstance(writer, LineWriter):
-                writer.close()
-        if args.screen:
-            sys.stdout.write(machine.screen_text().rstrip("\n") + "\n")
-            sys.stdout.flush()
-        if result.reason != "exit":
-            print(f"hyperv-emu: {result.message} (exit status {result.status}, "
-                  f"{machine.clock.instructions} instructions)", file=sys.stderr)
-        return result.status
+            yield session
+        finally:
+            session.flush()
     finally:
         for fh in opened:
             fh.close()
         for d in [*disks, cdrom]:
             if d is not None:
                 d.close()
+
+
+def _report_end(machine: Machine, result: MachineExit) -> None:
+    if result.reason != "exit":
+        print(f"hyperv-emu: {result.message} (exit status {result.status}, "
+              f"{machine.clock.instructions} instructions)", file=sys.stderr)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """``hyperv-emu run``: build the machine, run it, report how it ended."""
+    with _machine_from_args(args) as session:
+        machine = session.machine
+        try:
+            result = machine.run(max_instructions=args.max_instructions, timeout=args.timeout)
+        except KeyboardInterrupt:
+            print("\nhyperv-emu: interrupted", file=sys.stderr)
+            return 130
+        session.flush()
+        if args.screen:
+            sys.stdout.write(machine.screen_text().rstrip("\n") + "\n")
+            sys.stdout.flush()
+        _report_end(machine, result)
+        return result.status
+
+
+_TRACE_FLAGS = (("hypercalls", "hypercall"), ("msr", "msr"), ("cpuid", "cpuid"), ("io", "io"),
+                ("mmio", "mmio"), ("interrupts", "interrupt"), ("hlt", "hlt"))
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    """``hyperv-emu trace``: run the machine with a tracer on the chosen event kinds."""
+    from hyperv_emu.debug.trace import Tracer
+
+    kinds = [kind for flag, kind in _TRACE_FLAGS if getattr(args, flag)] or None
+    out: IO[str] = sys.stdout
+    if args.output:
+        try:
+            out = open(args.output, "w", encoding="utf-8")  # noqa: SIM115 - closed below
+        except OSError as exc:
+            raise UsageError(f"cannot open {args.output!r} for writing: "
+                             f"{exc.strerror or exc}") from None
+    try:
+        with _machine_from_args(args) as session:
+            machine = session.machine
+            tracer = Tracer(machine.partition, lambda line: print(line, file=out), kinds,
+                            as_json=args.json, max_events=args.max_events)
+            try:
+                result = machine.run(max_instructions=args.max_instructions,
+                                     timeout=args.timeout)
+            except KeyboardInterrupt:
+                print("\nhyperv-emu: interrupted", file=sys.stderr)
+                return 130
+            finally:
+                tracer.close()
+                out.flush()
+            if tracer.limit_reached:
+                print(f"hyperv-emu: trace stopped after {tracer.count} events "
+                      f"({machine.clock.instructions} instructions)", file=sys.stderr)
+                return 0
+            _report_end(machine, result)
+            return result.status
+    finally:
+        if out is not sys.stdout:
+            out.close()
+
+
+def cmd_step(args: argparse.Namespace) -> int:
+    """``hyperv-emu step``: the interactive stepper; commands come from standard input (a
+    prompt is shown only on a terminal), so a script can drive it."""
+    from hyperv_emu.debug.step import Stepper, command_loop
+
+    if args.serial_input == "-":
+        raise UsageError("step reads its commands from standard input: give --serial-input a "
+                         "file")
+    interactive = sys.stdin.isatty()
+
+    def read_line() -> str | None:
+        if interactive:
+            try:
+                return input("(hv) ")
+            except EOFError:
+                return None
+        line = sys.stdin.readline()
+        return line if line else None
+
+    with _machine_from_args(args) as session:
+        stepper = Stepper(session.machine)
+        stepper.limit = args.max_instructions
+        try:
+            return command_loop(stepper, read_line, lambda text: print(text, flush=True))
+        except KeyboardInterrupt:
+            print("\nhyperv-emu: interrupted", file=sys.stderr)
+            return 130
 
 
 def _open_drives(

@@ -17,7 +17,7 @@ from typing import Any
 from hyperv_emu.clock import ClockMode, VirtualClock
 from hyperv_emu.firmware import build_bios
 from hyperv_emu.hypervisor.exits import RunExit
-from hyperv_emu.hypervisor.hv import install_hyperv
+from hyperv_emu.hypervisor.hv import Hypervisor, PartitionHv
 from hyperv_emu.hypervisor.partition import Partition
 from hyperv_emu.vdev.atapi import CdromDrive
 from hyperv_emu.vdev.ide import Attachment, IdeChannel
@@ -31,6 +31,7 @@ from hyperv_emu.vdev.rtc import Rtc
 from hyperv_emu.vdev.serial import Uart16550
 from hyperv_emu.vdev.system import I8042, DebugCon, ExitDevice, FastA20, PostCode
 from hyperv_emu.vdev.vga import VgaText
+from hyperv_emu.vid.root import ChildHandle, RootPartition
 from hyperv_emu.vsp.storage.blockdev import BlockDevice
 from hyperv_emu.worker import multiboot
 from hyperv_emu.worker.events import EventLog
@@ -129,14 +130,27 @@ class Machine:
         self.ram_size = config.memory_mib * MiB
         self.clock = VirtualClock(config.clock_mode)
         self.log = EventLog(self.clock)
-        self.partition = Partition(self.clock)
+        # Built the way Hyper-V builds a VM: the root partition (this process) creates the child
+        # partition and maps its RAM through the hypercall interface (vid/).  --no-hyperv gives
+        # a plain PC partition with no hypervisor interface at all.
+        self.root: RootPartition | None = None
+        self.child: ChildHandle | None = None
+        self.hv: PartitionHv | None = None
+        if config.hyperv:
+            self.root = RootPartition(Hypervisor(self.clock, self.log.emit))
+            self.root.add_memory(0, self.ram_size)  # guest RAM at identical root addresses
+            self.child = self.root.create_partition()
+            self.partition = self.child.partition
+            self.hv = self.child.hv
+        else:
+            self.partition = Partition(self.clock)
         self.board = Motherboard(self.log.emit)
         self._exit_code: int | None = None
         self._kernel_plan: multiboot.BootPlan | None = None
         self.resets = 0
         self._build_memory()
         self._build_devices()
-        self.vp = self.partition.create_vp()
+        self.vp = self.child.create_vp() if self.child else self.partition.create_vp()
         # The local APIC is the VP's interrupt source; the 8259 reaches it on LINT0 (ExtINT),
         # and level-triggered EOIs are broadcast to the I/O APIC.
         self.vp.lapic.extint = self.pic
@@ -144,27 +158,30 @@ class Machine:
         self.vp.set_interrupt_source(self.vp.lapic)
         self.partition.map_local_apic()
         self.partition.set_io_handler(self.board.io_read, self.board.io_write)
-        # The Hyper-V interface (CPUID leaves, synthetic MSRs, hypercalls): this machine is a
-        # child partition of a single-VM hypervisor unless the user asked for a plain PC.
-        self.hv = install_hyperv(self.partition, events=self.log.emit) if config.hyperv else None
         if config.kernel is not None:
             self._plan_kernel(config.kernel)
 
     # ---- construction ------------------------------------------------------------------
+    def _map_ram(self, gpa: int, size: int) -> None:
+        if self.child is not None:
+            self.child.map_gpa_pages(gpa, gpa, size)  # HvCallMapGpaPages from the root's RAM
+        else:
+            self.partition.map_ram(gpa, size)
+
     def _build_memory(self) -> None:
-        p = self.partition
         low = min(self.ram_size, VGA_WINDOW[0])
-        p.map_ram(0, low)
+        self._map_ram(0, low)
         # The VGA window is plain RAM (the text buffer is scanned, not trapped: UNICORN_NOTES),
         # and C0000-EFFFF is shadow RAM as a chipset's PAM registers would leave it.
-        p.map_ram(VGA_WINDOW[0], BIOS_BASE - VGA_WINDOW[0])
+        self._map_ram(VGA_WINDOW[0], BIOS_BASE - VGA_WINDOW[0])
         bios = build_bios()
         if len(bios) != BIOS_SIZE:
             raise ConfigError(f"BIOS image is {len(bios)} bytes, expected {BIOS_SIZE}")
-        p.map_rom(BIOS_BASE, bios)
-        p.map_rom(BIOS_HIGH_ALIAS, bios)
+        # The BIOS is the hypervisor's firmware image, mapped as ROM (guest writes ignored).
+        self.partition.map_rom(BIOS_BASE, bios)
+        self.partition.map_rom(BIOS_HIGH_ALIAS, bios)
         if self.ram_size > 0x100000:
-            p.map_ram(0x100000, self.ram_size - 0x100000)
+            self._map_ram(0x100000, self.ram_size - 0x100000)
 
     def _build_devices(self) -> None:
         cfg, board, clock, ev = self.config, self.board, self.clock, self.log.emit
@@ -324,6 +341,18 @@ class Machine:
             where = f" at RIP {ex.rip:#x}" if ex.rip is not None else ""
             detail = f": {ex.detail}" if ex.detail else ""
             return MachineExit(status, ex.reason, f"{ex.reason}{where}{detail}", None, ex)
+
+    def run_until(self, *, hypercall: int | bool | None = None, msr: int | bool | None = None,
+                  port: int | bool | None = None, interrupt: int | bool | None = None,
+                  address: int | None = None,
+                  max_instructions: int | None = None) -> Any:
+        """Run to the next hypercall/MSR access/port access/interrupt/address that matches
+        (a number, or True for any) and return its observed event, or None if the run ended
+        otherwise (see hyperv_emu/debug/step.py for where each kind stops)."""
+        from hyperv_emu.debug.step import run_until
+
+        return run_until(self, hypercall=hypercall, msr=msr, port=port, interrupt=interrupt,
+                         address=address, max_instructions=max_instructions)
 
     def screen_text(self) -> str:
         """The 80x25 VGA text screen as text, one line per row."""
