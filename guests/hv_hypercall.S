@@ -30,21 +30,11 @@ main:
     movw $rm_ud, (6*4)         # real-mode #UD handler in the IVT
     movw $0, (6*4+2)
     # The hypercall MSR before GUEST_OS_ID: the enable bit must stay clear.
-    movl $0x40000001, %ecx
-    movl $HV_HCPAGE+1, %eax
-    xorl %edx, %edx
-    wrmsr
+    call hv_write_hypercall_msr
     rdmsr
     testb $1, %al
     jnz rm_fail_gating
-    movl $0x40000000, %ecx     # GUEST_OS_ID: open-source encoding, Linux
-    movl $0x1, %eax
-    movl $0x81000000, %edx
-    wrmsr
-    movl $0x40000001, %ecx
-    movl $HV_HCPAGE+1, %eax
-    xorl %edx, %edx
-    wrmsr
+    call hv_enable_hypercall_page
     rdmsr
     testb $1, %al
     jz rm_fail_enable
@@ -61,21 +51,8 @@ main:
     movl $0x87, (PD)           # 0-2 MiB, one user-accessible 2 MiB page
     movl $0x6F00, (TSS+4)      # RSP0 for the CPL 3 test
     lgdt gdt_ptr
-    movl %cr4, %eax
-    orl $0x20, %eax            # PAE
-    movl %eax, %cr4
     movl $PML4, %eax
-    movl %eax, %cr3
-    movl $0xC0000080, %ecx     # EFER.LME
-    rdmsr
-    orl $0x100, %eax
-    wrmsr
-    movl %cr0, %eax
-    orl $0x80000001, %eax      # PE and PG at once
-    movl %eax, %cr0
-    .byte 0x66, 0xEA           # ljmp 08h:long_entry with a 32-bit offset
-    .long long_entry
-    .word 0x08
+    jmp hv_enter_long_mode
 
 rm_ud:
     pushw %bp
@@ -201,26 +178,7 @@ after_user:
     jne fail_cpl3
     movq $msg_cpl3_ok, %rsi
     call puts64
-    movq $msg_pass, %rsi
-    call puts64
-    movb $0, %al
-    outb %al, $EXIT_PORT
-    cli
-    hlt
-
-# set_gate: 64-bit interrupt gate for vector RDI -> handler RAX (selector 08h, DPL 0).
-set_gate:
-    shlq $4, %rdi
-    addq $IDT, %rdi
-    movw %ax, (%rdi)
-    movw $0x08, 2(%rdi)
-    movw $0x8E00, 4(%rdi)
-    shrq $0x10, %rax
-    movw %ax, 6(%rdi)
-    shrq $0x10, %rax
-    movl %eax, 8(%rdi)
-    movl $0, 0xC(%rdi)
-    ret
+    call pass64
 
 ud_handler:
     pushq %rbx
@@ -236,72 +194,6 @@ ud_from_user:
     movq (%rsp), %rsp
     jmp after_user
 
-# puts64: print the NUL-terminated string at RSI on COM1; putc64: AL.
-puts64:
-    pushq %rax
-puts64_loop:
-    lodsb
-    testb %al, %al
-    jz puts64_done
-    call putc64
-    jmp puts64_loop
-puts64_done:
-    popq %rax
-    ret
-putc64:
-    pushq %rdx
-    pushq %rax
-    movw $COM1+5, %dx
-putc64_wait:
-    inb %dx, %al
-    testb $0x20, %al
-    jz putc64_wait
-    popq %rax
-    movw $COM1, %dx
-    outb %al, %dx
-    popq %rdx
-    ret
-# hex64: print RAX as 16 hex digits; hex8_64: AL as 2.
-hex64:
-    pushq %rcx
-    movl $0x10, %ecx
-hex64_loop:
-    rolq $4, %rax
-    call hexdigit64
-    loop hex64_loop
-    popq %rcx
-    ret
-hex8_64:
-    pushq %rcx
-    shlq $0x38, %rax
-    movl $2, %ecx
-    jmp hex64_loop
-hexdigit64:
-    pushq %rax
-    andb $0x0F, %al
-    addb $0x30, %al
-    cmpb $0x39, %al
-    jbe hexdigit64_out
-    addb $7, %al
-hexdigit64_out:
-    call putc64
-    popq %rax
-    ret
-
-fail64:                        # RSI: reason
-    pushq %rsi
-    movq $msg_fail, %rsi
-    call puts64
-    popq %rsi
-    call puts64
-    movb $0x0D, %al
-    call putc64
-    movb $0x0A, %al
-    call putc64
-    movb $1, %al
-    outb %al, $EXIT_PORT
-    cli
-    hlt
 fail_page:
     movq $msg_bad_page, %rsi
     jmp fail64
@@ -323,11 +215,11 @@ fail_case:
     movq $msg_got, %rsi
     call puts64
     movq %rbx, %rax
-    call hex64
+    call hex64_64
     movq $msg_want, %rsi
     call puts64
     movq 0x18(%r12), %rax
-    call hex64
+    call hex64_64
     movq $msg_nl, %rsi
     jmp fail64
 
@@ -340,10 +232,6 @@ msg_cases_ok:
     .asciz " cases ok\r\n"
 msg_cpl3_ok:
     .asciz "CPL3 #UD ok\r\n"
-msg_pass:
-    .asciz "PASS\r\n"
-msg_fail:
-    .asciz "FAIL: "
 msg_bad_page:
     .asciz "hypercall page is not VMCALL; RET"
 msg_page_written:
@@ -364,5 +252,7 @@ msg_nl:
 .p2align 3, 0
 .include "hv_cases.inc"
 
-.code16
+.include "lib64.inc"
+.include "hv64.inc"
+.include "hv.inc"
 .include "lib.inc"

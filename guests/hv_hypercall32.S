@@ -21,14 +21,7 @@
 
 main:
     cli
-    movl $0x40000000, %ecx     # GUEST_OS_ID: open-source encoding, Linux
-    movl $0x1, %eax
-    movl $0x81000000, %edx
-    wrmsr
-    movl $0x40000001, %ecx     # the hypercall page, enabled
-    movl $HV_HCPAGE+1, %eax
-    xorl %edx, %edx
-    wrmsr
+    call hv_enable_hypercall_page
     xorl %eax, %eax            # zero the IDT and TSS (4000h-5FFFh)
     movw $IDT, %di
     movl $0x800, %ecx
@@ -142,12 +135,7 @@ after_user32:
     jne fail_cpl3
     movl $msg_cpl3_ok, %esi
     call puts32
-    movl $msg_pass32, %esi
-    call puts32
-    movb $0, %al
-    outb %al, $EXIT_PORT
-    cli
-    hlt
+    call pass32
 
 ud_handler32:
     incl (UD_COUNT)
@@ -162,70 +150,6 @@ ud_from_user32:
     movl (SAVED_ESP), %esp
     jmp after_user32
 
-puts32:
-    pushl %eax
-puts32_loop:
-    lodsb
-    testb %al, %al
-    jz puts32_done
-    call putc32
-    jmp puts32_loop
-puts32_done:
-    popl %eax
-    ret
-putc32:
-    pushl %edx
-    pushl %eax
-    movw $COM1+5, %dx
-putc32_wait:
-    inb %dx, %al
-    testb $0x20, %al
-    jz putc32_wait
-    popl %eax
-    movw $COM1, %dx
-    outb %al, %dx
-    popl %edx
-    ret
-hex32_32:                      # EAX as 8 hex digits
-    pushl %ecx
-    movl $8, %ecx
-hex32_loop:
-    roll $4, %eax
-    call hexdigit32
-    loop hex32_loop
-    popl %ecx
-    ret
-hex8_32:                       # AL as 2 hex digits
-    pushl %ecx
-    shll $0x18, %eax
-    movl $2, %ecx
-    jmp hex32_loop
-hexdigit32:
-    pushl %eax
-    andb $0x0F, %al
-    addb $0x30, %al
-    cmpb $0x39, %al
-    jbe hexdigit32_out
-    addb $7, %al
-hexdigit32_out:
-    call putc32
-    popl %eax
-    ret
-
-fail32:
-    pushl %esi
-    movl $msg_fail32, %esi
-    call puts32
-    popl %esi
-    call puts32
-    movb $0x0D, %al
-    call putc32
-    movb $0x0A, %al
-    call putc32
-    movb $1, %al
-    outb %al, $EXIT_PORT
-    cli
-    hlt
 fail_page:
     movl $msg_bad_page32, %esi
     jmp fail32
@@ -271,10 +195,6 @@ msg_cases_ok:
     .asciz " cases ok\r\n"
 msg_cpl3_ok:
     .asciz "CPL3 #UD ok\r\n"
-msg_pass32:
-    .asciz "PASS\r\n"
-msg_fail32:
-    .asciz "FAIL: "
 msg_bad_page32:
     .asciz "hypercall page is not VMCALL; RET"
 msg_page_written32:
@@ -295,5 +215,6 @@ msg_nl32:
 .p2align 3, 0
 .include "hv_cases.inc"
 
-.code16
+.include "lib32.inc"
+.include "hv.inc"
 .include "lib.inc"

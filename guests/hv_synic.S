@@ -34,8 +34,6 @@
 .set PD, 0x3000
 .set PD_HI, 0x4000             # 3-4 GiB: the xAPIC page
 .set IDT, 0x6000
-.set HCPAGE, 0x20000
-.set HV_IN, 0x21000
 .set SIMP, 0x22000
 .set SIEFP, 0x23000
 .set APIC, 0xFEE00000
@@ -55,14 +53,7 @@ main:
     movb $0xFF, %al            # mask both 8259s: only the local APIC interrupts
     outb %al, $0x21
     outb %al, $0xA1
-    movl $0x40000000, %ecx     # GUEST_OS_ID: open-source encoding, Linux
-    movl $0x1, %eax
-    movl $0x81000000, %edx
-    wrmsr
-    movl $0x40000001, %ecx     # the hypercall page
-    movl $HCPAGE+1, %eax
-    xorl %edx, %edx
-    wrmsr
+    call hv_enable_hypercall_page
     xorl %eax, %eax            # zero the page tables and IDT (1000h-6FFFh)
     movw $0x1000, %di
     movl $0x1800, %ecx
@@ -73,21 +64,8 @@ main:
     movl $0x83, (PD)           # 0-2 MiB
     movl $0xFEE00093, (PD_HI+0x1F7*8)  # 2 MiB page holding the xAPIC, cache-disabled
     lgdt gdt_ptr
-    movl %cr4, %eax
-    orl $0x20, %eax            # PAE
-    movl %eax, %cr4
     movl $PML4, %eax
-    movl %eax, %cr3
-    movl $0xC0000080, %ecx     # EFER.LME
-    rdmsr
-    orl $0x100, %eax
-    wrmsr
-    movl %cr0, %eax
-    orl $0x80000001, %eax      # PE and PG at once
-    movl %eax, %cr0
-    .byte 0x66, 0xEA           # ljmp 08h:long_entry with a 32-bit offset
-    .long long_entry
-    .word 0x08
+    jmp hv_enter_long_mode
 
 .p2align 3, 0
 gdt:
@@ -358,7 +336,7 @@ post_message:
     movq $0x5C, %rcx
     movq %rdi, %rdx
     xorl %r8d, %r8d
-    movq $HCPAGE, %rax
+    movq $HV_HCPAGE, %rax
     call *%rax
     ret
 
@@ -366,7 +344,7 @@ post_message:
 signal_event:
     movq $0x1005D, %rcx
     xorl %r8d, %r8d
-    movq $HCPAGE, %rax
+    movq $HV_HCPAGE, %rax
     call *%rax
     ret
 
@@ -380,20 +358,6 @@ wait_count:
     jmp wait_count
 wait_done:
     sti
-    ret
-
-# set_gate: 64-bit interrupt gate for vector RDI -> handler RAX (selector 08h).
-set_gate:
-    shlq $4, %rdi
-    addq $IDT, %rdi
-    movw %ax, (%rdi)
-    movw $0x08, 2(%rdi)
-    movw $0x8E00, 4(%rdi)
-    shrq $0x10, %rax
-    movw %ax, 6(%rdi)
-    shrq $0x10, %rax
-    movl %eax, 8(%rdi)
-    movl $0, 0xC(%rdi)
     ret
 
 isr52:
@@ -512,3 +476,5 @@ msg_oneshot_enable:
     .asciz "one-shot timer still enabled after expiring"
 
 .include "lib64.inc"
+.include "hv64.inc"
+.include "hv.inc"

@@ -24,8 +24,6 @@
 .include "boot.inc"
 
 .set IDT, 0x4000
-.set HCPAGE, 0x20000
-.set HV_IN, 0x21000
 .set SIMP, 0x22000
 .set SIEFP, 0x23000
 .set APIC, 0xFEE00000
@@ -46,14 +44,7 @@ main:
     movb $0xFF, %al            # mask both 8259s: only the local APIC interrupts
     outb %al, $0x21
     outb %al, $0xA1
-    movl $0x40000000, %ecx     # GUEST_OS_ID: open-source encoding, Linux
-    movl $0x1, %eax
-    movl $0x81000000, %edx
-    wrmsr
-    movl $0x40000001, %ecx     # the hypercall page
-    movl $HCPAGE+1, %eax
-    xorl %edx, %edx
-    wrmsr
+    call hv_enable_hypercall_page
     xorl %eax, %eax            # zero the IDT (4000h-47FFh) and the variables
     movw $IDT, %di
     movl $0x200, %ecx
@@ -325,7 +316,7 @@ signal_event:
 
 hypercall:
     pushl %ebp
-    movl $HCPAGE, %ebp
+    movl $HV_HCPAGE, %ebp
     call *%ebp
     popl %ebp
     ret
@@ -494,3 +485,4 @@ msg_oneshot_enable:
     .asciz "one-shot timer still enabled after expiring"
 
 .include "lib32.inc"
+.include "hv.inc"
