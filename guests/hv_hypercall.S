@@ -94,12 +94,7 @@ msg_rm_ud:
     .asciz "VMCALL in real mode did not raise #UD"
 
 .code64
-long_entry:
-    movw $0x10, %ax
-    movw %ax, %ds
-    movw %ax, %es
-    movw %ax, %ss
-    movq $0x7C00, %rsp
+long_entry:                    # data segments 10h, RSP 7C00h (hv64.inc)
     movq $6, %rdi
     movq $ud_handler, %rax
     call set_gate

@@ -29,12 +29,7 @@ main:
     movl $0x6F00, (TSS+4)      # ESP0
     movl $0x10, (TSS+8)        # SS0
     lgdt gdt_ptr32
-    movl %cr0, %eax
-    orl $1, %eax
-    movl %eax, %cr0
-    .byte 0x66, 0xEA           # ljmp 08h:pm_entry with a 32-bit offset
-    .long pm_entry
-    .word 0x08
+    jmp hv_enter_protected_mode
 
 .p2align 3, 0
 gdt32:
@@ -50,19 +45,10 @@ gdt_ptr32:
     .long gdt32
 
 .code32
-pm_entry:
-    movw $0x10, %ax
-    movw %ax, %ds
-    movw %ax, %es
-    movw %ax, %ss
-    movl $0x7C00, %esp
-    movl $IDT+6*8, %edi        # #UD: 32-bit interrupt gate, selector 08h
+pm_entry:                      # data segments 10h, ESP 7C00h (hv32.inc)
+    movl $6, %edi              # #UD
     movl $ud_handler32, %eax
-    movw %ax, (%edi)
-    movw $0x08, 2(%edi)
-    movw $0x8E00, 4(%edi)
-    shrl $0x10, %eax
-    movw %ax, 6(%edi)
+    call set_gate
     lidt idt_ptr32
     movw $0x28, %ax
     ltr %ax
@@ -216,5 +202,6 @@ msg_nl32:
 .include "hv_cases.inc"
 
 .include "lib32.inc"
+.include "hv32.inc"
 .include "hv.inc"
 .include "lib.inc"

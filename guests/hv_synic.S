@@ -78,12 +78,7 @@ gdt_ptr:
     .long gdt
 
 .code64
-long_entry:
-    movw $0x10, %ax
-    movw %ax, %ds
-    movw %ax, %es
-    movw %ax, %ss
-    movq $0x7C00, %rsp
+long_entry:                    # data segments 10h, RSP 7C00h (hv64.inc)
     movq $VARS, %r15
     movq %r15, %rdi
     xorl %eax, %eax

@@ -53,12 +53,7 @@ main:
     movl $0x10, %ecx
     rep stosl
     lgdt gdt_ptr32
-    movl %cr0, %eax
-    orl $1, %eax
-    movl %eax, %cr0
-    .byte 0x66, 0xEA           # ljmp 08h:pm_entry with a 32-bit offset
-    .long pm_entry
-    .word 0x08
+    jmp hv_enter_protected_mode
 
 .p2align 3, 0
 gdt32:
@@ -71,12 +66,7 @@ gdt_ptr32:
     .long gdt32
 
 .code32
-pm_entry:
-    movw $0x10, %ax
-    movw %ax, %ds
-    movw %ax, %es
-    movw %ax, %ss
-    movl $0x7C00, %esp
+pm_entry:                      # data segments 10h, ESP 7C00h (hv32.inc)
     movl $0xD, %edi
     movl $gp_handler, %eax
     call set_gate
@@ -372,16 +362,6 @@ wait_done:
     sti
     ret
 
-# set_gate: 32-bit interrupt gate for vector EDI -> handler EAX (selector 08h).
-set_gate:
-    leal IDT(,%edi,8), %edi
-    movw %ax, (%edi)
-    movw $0x08, 2(%edi)
-    movw $0x8E00, 4(%edi)
-    shrl $0x10, %eax
-    movw %ax, 6(%edi)
-    ret
-
 isr52:
     incl (N52)
     jmp apic_eoi
@@ -485,4 +465,5 @@ msg_oneshot_enable:
     .asciz "one-shot timer still enabled after expiring"
 
 .include "lib32.inc"
+.include "hv32.inc"
 .include "hv.inc"
