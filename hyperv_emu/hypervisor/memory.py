@@ -117,7 +117,22 @@ class GuestMemory:
             return self._add(Region(gpa, size, "ram", ctypes.create_string_buffer(size)))
         if offset < 0 or offset + size > ctypes.sizeof(backing):
             raise ValueError("backing buffer too small")
-        view = (ctypes.c_char * size).from_address(ctypes.addressof(backing) + offset)
+        start = ctypes.addressof(backing) + offset
+        # A mapping that continues the previous one in both address spaces joins it, so a
+        # large RAM mapped page run by page run (MapGpaPages moves at most one input page of
+        # elements per call) stays one engine region instead of thousands.
+        prev = self._under(gpa - PAGE) if gpa else None
+        if (prev is not None and prev.kind == "ram" and prev.end == gpa and not prev.overlay
+                and prev.owner is backing and prev.buf is not None
+                and ctypes.addressof(prev.buf) + prev.size == start
+                and not any(prev.gpa <= page < prev.end for page in self.overlays)):
+            i = self.regions.index(prev)
+            del self.regions[i]
+            del self._starts[i]
+            for uc in self.engines:
+                uc.mem_unmap(prev.gpa, prev.size)
+            gpa, size, start = prev.gpa, prev.size + size, ctypes.addressof(prev.buf)
+        view = (ctypes.c_char * size).from_address(start)
         return self._add(Region(gpa, size, "ram", view, owner=backing))
 
     def unmap(self, gpa: int, size: int) -> None:
