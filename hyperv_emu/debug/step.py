@@ -86,6 +86,8 @@ class Stepper:
         self.message = ""
         #: Instruction cap for :meth:`cont` when none is given (None: unbounded).
         self.limit: int | None = None
+        #: Linear addresses single steps started at (hints for disassembling before RIP).
+        self.history: list[int] = []
 
     # ---- breakpoints -------------------------------------------------------------------------
     def add_breakpoint(self, kind: str, value: int | None = None, *,
@@ -95,8 +97,11 @@ class Stepper:
             raise ValueError(f"unknown breakpoint kind {kind!r} (one of {', '.join(BREAK_KINDS)})")
         if kind == "address" and value is None:
             raise ValueError("an address breakpoint needs an address")
-        n = self._next
-        self._next += 1
+        if temporary:  # run_until's own: numbered apart from the user's
+            n = -1 - len([b for b in self.breakpoints if b < 0])
+        else:
+            n = self._next
+            self._next += 1
         self.breakpoints[n] = Breakpoint(n, kind, value, temporary)
         self._rewire()
         return n
@@ -189,6 +194,9 @@ class Stepper:
         try:
             for _ in range(count):
                 self._armed = False
+                rip, bits, cs_base, _ = self.partition.observers.where(self.vp)
+                self.history = [*self.history[-7:],
+                                rip if bits == 64 else (cs_base + rip) & 0xFFFF_FFFF]
                 self._run(1)
                 if self.hit is not None or self.finished:
                     break
@@ -271,7 +279,7 @@ class Stepper:
 
     def disassemble(self, address: int | None = None, count: int = 8) -> str:
         """``count`` instructions from a linear address, or around RIP (marked ``=>``)."""
-        return disassemble(self.vp, address, count)
+        return disassemble(self.vp, address, count, hints=self.history)
 
 
 # ---- formatting helpers ------------------------------------------------------------------
@@ -334,10 +342,12 @@ def hexdump(data: bytes, address: int) -> str:
     return "\n".join(out)
 
 
-def disassemble(vp: VirtualProcessor, address: int | None = None, count: int = 8) -> str:
+def disassemble(vp: VirtualProcessor, address: int | None = None, count: int = 8,
+                hints: list[int] | None = None) -> str:
     """Disassemble ``count`` instructions at linear ``address``, or around RIP: a few
     instructions before it (found by decoding forward from earlier start points until one
-    lands exactly on RIP) and the rest from RIP on."""
+    lands exactly on RIP; ``hints``, linear addresses known to hold instructions such as where
+    recent steps started, win over guesses) and the rest from RIP on."""
     ctx = vp.ctx
     bits = 64 if ctx.hflags & C.HF_CS64 else 32 if ctx.hflags & C.HF_CS32 else 16
     cs_base = 0 if bits == 64 else ctx.seg(C.SEG_CS).base
@@ -347,6 +357,10 @@ def disassemble(vp: VirtualProcessor, address: int | None = None, count: int = 8
     md = disassembler(bits)
     lines: list[str] = []
     if address is None:
+        # Every start point whose decoding lands exactly on RIP votes for the instruction
+        # before RIP; the most voted wins (ties: the longer instruction).
+        chains: dict[int, list[Any]] = {}
+        votes: dict[int, int] = {}
         for back in range(24, 0, -1):
             code = fetch(vp.mmu, (cs_base + rip - back) & mask, back)
             if len(code) != back:
@@ -354,10 +368,15 @@ def disassemble(vp: VirtualProcessor, address: int | None = None, count: int = 8
             insns = list(md.disasm(code, rip - back))
             if insns and insns[-1].address + insns[-1].size == rip and sum(
                     i.size for i in insns) == back:
-                for i in insns[-3:]:
-                    lines.append(f"   {_addr(i.address, bits, cs_base)}  "
-                                 f"{i.bytes.hex():<20} {i.mnemonic} {i.op_str}".rstrip())
-                break
+                last = insns[-1].address
+                known = any((cs_base + i.address) & mask in (hints or ()) for i in insns)
+                votes[last] = votes.get(last, 0) + (1000 if known else 1)
+                chains.setdefault(last, insns)
+        if votes:
+            best = min(votes, key=lambda a: (-votes[a], a))
+            for i in chains[best][-3:]:
+                lines.append(f"   {_addr(i.address, bits, cs_base)}  "
+                             f"{i.bytes.hex():<20} {i.mnemonic} {i.op_str}".rstrip())
     code = fetch(vp.mmu, (cs_base + start) & mask, 15 * count)
     shown = 0
     for i in md.disasm(code, start):
@@ -444,7 +463,8 @@ def run_command(stepper: Stepper, line: str, out: Callable[[str], None]) -> bool
             raise CommandError(f"no breakpoint {args[0]}")
         out(f"deleted breakpoint {args[0]}")
     elif cmd in ("i", "info"):
-        out("\n".join(b.describe() for b in stepper.breakpoints.values()) or "no breakpoints")
+        out("\n".join(b.describe() for b in stepper.breakpoints.values() if not b.temporary)
+            or "no breakpoints")
     elif cmd in ("r", "regs", "registers"):
         out(stepper.registers())
     elif cmd in ("x", "xp"):
