@@ -28,18 +28,13 @@
 # Exit status 1 (PASS) or 3 (FAIL: reason).
 
 .include "boot.inc"
+.include "hv_synic.inc"
 
 .set PML4, 0x1000
 .set PDPT, 0x2000
 .set PD, 0x3000
 .set PD_HI, 0x4000             # 3-4 GiB: the xAPIC page
 .set IDT, 0x6000
-.set SIMP, 0x22000
-.set SIEFP, 0x23000
-.set APIC, 0xFEE00000
-.set MSG_CONN, 0x1001
-.set EVT_CONN, 0x1002
-.set GEVT_CONN, 0x1004
 # Variables at VARS (addressed through R15): interrupt counts and scratch.
 .set N52, 0x00
 .set N53, 0x08
@@ -114,25 +109,7 @@ long_entry:                    # data segments 10h, RSP 7C00h (hv64.inc)
     cmpl $2, NGP(%r15)
     jne fail_gp
     # The SynIC.
-    xorl %edx, %edx
-    movl $0x40000083, %ecx     # SIMP
-    movl $SIMP+1, %eax
-    wrmsr
-    movl $0x40000082, %ecx     # SIEFP
-    movl $SIEFP+1, %eax
-    wrmsr
-    movl $0x40000092, %ecx     # SINT2: vector 52h
-    movl $0x52, %eax
-    wrmsr
-    movl $0x40000093, %ecx     # SINT3: vector 53h, AutoEOI
-    movl $0x20053, %eax
-    wrmsr
-    movl $0x40000094, %ecx     # SINT4: vector 54h
-    movl $0x54, %eax
-    wrmsr
-    movl $0x40000080, %ecx     # SCONTROL: enable
-    movl $1, %eax
-    wrmsr
+    hv_synic_enable SIMP, SIEFP
     movl $0x40000083, %ecx
     rdmsr
     cmpl $SIMP+1, %eax
@@ -427,48 +404,13 @@ fail_oneshot_enable:
 idt_ptr:
     .word 0xFFF
     .quad IDT
-msg_synic_ok:
-    .asciz "synic ok\r\n"
-msg_host_ok:
-    .asciz "host messages ok\r\n"
-msg_events_ok:
-    .asciz "events ok\r\n"
-msg_periodic_ok:
-    .asciz "periodic ok\r\n"
-msg_oneshot_ok:
-    .asciz "one-shot ok\r\n"
-msg_sversion:
-    .asciz "SVERSION is not 1"
 msg_gpf:
     .asciz "SVERSION write or SINT vector 5 did not raise #GP"
 msg_simp:
     .asciz "SIMP did not read back"
-msg_post:
-    .asciz "PostMessage to the host port failed"
-msg_host_type:
-    .asciz "host message: wrong type or size in the SINT2 slot"
-msg_host_payload:
-    .asciz "host message: wrong payload"
-msg_pending:
-    .asciz "host message: MessagePending flag wrong"
 msg_badconn:
     .asciz "unknown connection did not give INVALID_CONNECTION_ID"
-msg_signal:
-    .asciz "SignalEvent failed"
-msg_flag:
-    .asciz "event flag 11 of SINT4 not set"
-msg_edge:
-    .asciz "an already-set event flag interrupted again"
-msg_timer_msg:
-    .asciz "timer message: wrong type, size or index"
-msg_timer_time:
-    .asciz "timer message delivered before its expiration"
-msg_period:
-    .asciz "periodic timer expirations not one period apart"
-msg_oneshot:
-    .asciz "one-shot expiration time wrong"
-msg_oneshot_enable:
-    .asciz "one-shot timer still enabled after expiring"
+    hv_synic_messages
 
 .include "lib64.inc"
 .include "hv64.inc"

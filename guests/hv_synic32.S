@@ -22,14 +22,9 @@
 # Exit status 1 (PASS) or 3 (FAIL: reason).
 
 .include "boot.inc"
+.include "hv_synic.inc"
 
 .set IDT, 0x4000
-.set SIMP, 0x22000
-.set SIEFP, 0x23000
-.set APIC, 0xFEE00000
-.set MSG_CONN, 0x1001
-.set EVT_CONN, 0x1002
-.set GEVT_CONN, 0x1004
 .set N52, VARS
 .set N53, VARS+0x4
 .set N54, VARS+0x8
@@ -88,25 +83,7 @@ pm_entry:                      # data segments 10h, ESP 7C00h (hv32.inc)
     wrmsr
     cmpl $1, (NGP)
     jne fail_gp
-    xorl %edx, %edx
-    movl $0x40000083, %ecx     # SIMP
-    movl $SIMP+1, %eax
-    wrmsr
-    movl $0x40000082, %ecx     # SIEFP
-    movl $SIEFP+1, %eax
-    wrmsr
-    movl $0x40000092, %ecx     # SINT2: vector 52h
-    movl $0x52, %eax
-    wrmsr
-    movl $0x40000093, %ecx     # SINT3: vector 53h, AutoEOI
-    movl $0x20053, %eax
-    wrmsr
-    movl $0x40000094, %ecx     # SINT4: vector 54h
-    movl $0x54, %eax
-    wrmsr
-    movl $0x40000080, %ecx     # SCONTROL: enable
-    movl $1, %eax
-    wrmsr
+    hv_synic_enable SIMP, SIEFP
     movl $msg_synic_ok, %esi
     call puts32
     sti
@@ -425,44 +402,9 @@ fail_oneshot_enable:
 idt_ptr32:
     .word 0x7FF
     .long IDT
-msg_synic_ok:
-    .asciz "synic ok\r\n"
-msg_host_ok:
-    .asciz "host messages ok\r\n"
-msg_events_ok:
-    .asciz "events ok\r\n"
-msg_periodic_ok:
-    .asciz "periodic ok\r\n"
-msg_oneshot_ok:
-    .asciz "one-shot ok\r\n"
-msg_sversion:
-    .asciz "SVERSION is not 1"
 msg_gpf:
     .asciz "SVERSION write did not raise #GP"
-msg_post:
-    .asciz "PostMessage to the host port failed"
-msg_host_type:
-    .asciz "host message: wrong type or size in the SINT2 slot"
-msg_host_payload:
-    .asciz "host message: wrong payload"
-msg_pending:
-    .asciz "host message: MessagePending flag wrong"
-msg_signal:
-    .asciz "SignalEvent failed"
-msg_flag:
-    .asciz "event flag 11 of SINT4 not set"
-msg_edge:
-    .asciz "an already-set event flag interrupted again"
-msg_timer_msg:
-    .asciz "timer message: wrong type, size or index"
-msg_timer_time:
-    .asciz "timer message delivered before its expiration"
-msg_period:
-    .asciz "periodic timer expirations not one period apart"
-msg_oneshot:
-    .asciz "one-shot expiration time wrong"
-msg_oneshot_enable:
-    .asciz "one-shot timer still enabled after expiring"
+    hv_synic_messages
 
 .include "lib32.inc"
 .include "hv32.inc"
