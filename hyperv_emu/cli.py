@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import dataclasses
 import datetime
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -396,6 +397,10 @@ def _open_drives(
                 raise UsageError(f"--disk {spec!r}: unknown option {opt!r} (only 'readonly')")
             if not Path(path).is_file():
                 raise UsageError(f"disk image {path!r} does not exist or is not a file")
+            if not read_only and not os.access(path, os.W_OK):
+                # Issue 3: read-only "where asked or where the file is".
+                read_only = True
+                print(f"hyperv-emu: {path}: not writable; attached read-only", file=sys.stderr)
             try:
                 opened.append(open_image(path, read_only=read_only))
             except BlockDeviceError as exc:
