@@ -17,7 +17,6 @@
 
 .include "boot.inc"
 
-.set APIC, 0xFEE00000
 .set TIMER_VECTOR, 0x40
 .set TICKS, VARS               # word: timer interrupts
 .set SPURIOUS, VARS+2          # word: spurious-vector interrupts
@@ -155,44 +154,14 @@ tscdl_wait:
 fail_si:
     call fail
 
-# unreal: load FS with a flat 4 GiB data descriptor in protected mode, then return to real
-# mode; the descriptor cache keeps the limit, so %fs:(%ebx) reaches any 32-bit address.
-unreal:
-    pushl %eax
-    lgdtl unreal_gdtr
-    movl %cr0, %eax
-    orb $1, %al
-    movl %eax, %cr0
-    movw $0x08, %ax
-    movw %ax, %fs
-    movl %cr0, %eax
-    andb $0xFE, %al
-    movl %eax, %cr0
-    xorw %ax, %ax
-    movw %ax, %fs
-    popl %eax
-    ret
-
 timer_isr:
-    pushl %ebx
     incw (TICKS)
-    movl $APIC, %ebx
-    movl $0, %fs:0xB0(%ebx)        # EOI
-    popl %ebx
+    call apic_eoi
     iret
 
 spurious_isr:
     incw (SPURIOUS)                # no EOI for the spurious vector (SDM)
     iret
-
-    .p2align 3, 0
-unreal_gdt:
-    .long 0, 0
-    .word 0xFFFF, 0                # flat data: limit FFFFFh (4 KiB units), base 0
-    .byte 0, 0x92, 0x8F, 0
-unreal_gdtr:
-    .word 0x0F
-    .long unreal_gdt
 
 version_msg:
     .asciz "apic: version "
@@ -219,4 +188,5 @@ tscdl_msr_msg:
 counts_msg:
     .asciz "wrong interrupt counts"
 
+.include "apic.inc"
 .include "lib.inc"

@@ -20,7 +20,6 @@
 .include "boot.inc"
 
 .set IOAPIC, 0xFEC00000
-.set APIC, 0xFEE00000
 .set PIT_VECTOR, 0x50
 .set RTC_VECTOR, 0x58
 .set PIT_TICKS, VARS
@@ -160,30 +159,9 @@ wait_ticks:
 fail_si:
     call fail
 
-# unreal: load FS with a flat 4 GiB data descriptor in protected mode, then return to real
-# mode; the descriptor cache keeps the limit, so %fs:(%ebx) reaches any 32-bit address.
-unreal:
-    pushl %eax
-    lgdtl unreal_gdtr
-    movl %cr0, %eax
-    orb $1, %al
-    movl %eax, %cr0
-    movw $0x08, %ax
-    movw %ax, %fs
-    movl %cr0, %eax
-    andb $0xFE, %al
-    movl %eax, %cr0
-    xorw %ax, %ax
-    movw %ax, %fs
-    popl %eax
-    ret
-
 pit_isr:
-    pushl %ebx
     incw (PIT_TICKS)
-    movl $APIC, %ebx
-    movl $0, %fs:0xB0(%ebx)        # EOI (edge: no broadcast to the I/O APIC)
-    popl %ebx
+    call apic_eoi                  # edge: no broadcast to the I/O APIC
     iret
 
 rtc_isr:
@@ -207,8 +185,7 @@ rtc_isr:
     movb %al, (ISR_IN)
 rtc_counted:
     incw (RTC_TICKS)
-    movl $APIC, %ebx
-    movl $0, %fs:0xB0(%ebx)        # EOI: level-triggered, so Remote IRR of entry 8 clears
+    call apic_eoi                  # level-triggered, so Remote IRR of entry 8 clears
     popl %ebx
     popl %eax
     iret
@@ -221,15 +198,6 @@ legacy_isr:
     outb %al, $0x20
     popw %ax
     iret
-
-    .p2align 3, 0
-unreal_gdt:
-    .long 0, 0
-    .word 0xFFFF, 0                # flat data: limit FFFFFh (4 KiB units), base 0
-    .byte 0, 0x92, 0x8F, 0
-unreal_gdtr:
-    .word 0x0F
-    .long unreal_gdt
 
 version_msg:
     .asciz "ioapic: version "
@@ -252,4 +220,5 @@ legacy_fail_msg:
 rirr_fail_msg:
     .asciz "Remote IRR / ISR not as expected"
 
+.include "apic.inc"
 .include "lib.inc"
