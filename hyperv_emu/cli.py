@@ -339,7 +339,8 @@ def cmd_trace(args: argparse.Namespace) -> int:
                 tracer.close()
                 out.flush()
             if tracer.limit_reached:
-                print(f"hyperv-emu: trace stopped after {tracer.count} events "
+                plural = "" if tracer.count == 1 else "s"
+                print(f"hyperv-emu: trace stopped after {tracer.count} event{plural} "
                       f"({machine.clock.instructions} instructions)", file=sys.stderr)
                 return 0
             _report_end(machine, result)
