@@ -116,13 +116,7 @@ rm_ud_resume:
 
     # ---- to 32-bit protected mode
     cli
-    lgdt gdtr
-    movl %cr0, %eax
-    orl $1, %eax
-    movl %eax, %cr0
-    .byte 0x66, 0xEA           # jmp far SEL_CODE32:pm32
-    .long pm32
-    .word SEL_CODE32
+    jmp enter_pm32
 
 # rm_check: the last exception must be vector AX saved at IP BX; prints "<SI> ok".
 rm_check:
@@ -168,14 +162,7 @@ rm_common:
     iret
 
 .code32
-pm32:
-    movl $SEL_DATA, %eax
-    movl %eax, %ds
-    movl %eax, %es
-    movl %eax, %ss
-    movl %eax, %fs
-    movl %eax, %gs
-    movl $STACK_TOP, %esp
+pm32:                          # flat segments, ESP = STACK_TOP (modes.inc)
     xorl %ecx, %ecx            # every gate to pm_unexpected first
 pm_idt_loop:
     movl $pm_unexpected, %eax
@@ -267,22 +254,7 @@ pm_pf_resume:
     call pm_check
 
     # ---- to long mode
-    call build_pae_tables
-    movl %cr4, %eax
-    orl $0x20, %eax
-    movl %eax, %cr4
-    movl $PML4, %eax
-    movl %eax, %cr3
-    movl $0xC0000080, %ecx
-    rdmsr
-    orl $0x100, %eax
-    wrmsr
-    movl %cr0, %eax
-    orl $0x80000000, %eax
-    movl %eax, %cr0
-    .byte 0xEA                 # jmp far SEL_CODE64:lm64
-    .long lm64
-    .word SEL_CODE64
+    jmp enter_lm64
 
 pm_bad_cr2:
     movl $pm_bad_cr2_msg, %esi

@@ -36,27 +36,14 @@ main:
 
     cli
     movw %sp, (RM_SP)
-    lgdt gdtr
-    movl %cr0, %eax
-    orl $1, %eax
-    movl %eax, %cr0
-    .byte 0x66, 0xEA           # jmp far SEL_CODE32:pm32 with a 32-bit offset
-    .long pm32
-    .word SEL_CODE32
+    jmp enter_pm32
 
 no_long_mode:
     movw $no_lm_msg, %si
     call fail
 
 .code32
-pm32:
-    movl $SEL_DATA, %eax
-    movl %eax, %ds
-    movl %eax, %es
-    movl %eax, %ss
-    movl %eax, %fs
-    movl %eax, %gs
-    movl $STACK_TOP, %esp
+pm32:                          # flat segments, ESP = STACK_TOP (modes.inc)
     movl $pm32_msg, %esi
     call puts32
     movl $pm32_vga, %esi
@@ -66,22 +53,7 @@ pm32:
     testl $1, %eax
     jz bad_pm32
 
-    call build_pae_tables
-    movl %cr4, %eax
-    orl $0x20, %eax            # PAE
-    movl %eax, %cr4
-    movl $PML4, %eax
-    movl %eax, %cr3
-    movl $0xC0000080, %ecx     # IA32_EFER
-    rdmsr
-    orl $0x100, %eax           # LME
-    wrmsr
-    movl %cr0, %eax
-    orl $0x80000000, %eax      # PG: long mode becomes active (LMA)
-    movl %eax, %cr0
-    .byte 0xEA                 # jmp far SEL_CODE64:lm64
-    .long lm64
-    .word SEL_CODE64
+    jmp enter_lm64
 
 bad_pm32:
     movl $bad_pm32_msg, %esi
