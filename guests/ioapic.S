@@ -74,12 +74,8 @@ main:
     movl $0x8000+RTC_VECTOR, %fs:0x10(%ebx)   # level triggered
 
     # PIT channel 0: mode 2, 1 kHz.
-    movb $0x34, %al
-    outb %al, $0x43
-    movb $PIT_COUNT & 0xFF, %al
-    outb %al, $0x40
-    movb $PIT_COUNT >> 8, %al
-    outb %al, $0x40
+    movw $PIT_COUNT, %ax
+    call pit0_mode2
     # RTC: rate 6 (1024 Hz) in register A, PIE in register B, clear pending flags in C.
     movb $0x0A, %al
     outb %al, $0x70

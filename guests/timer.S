@@ -27,13 +27,10 @@ main:
     movb $0, (ISR_IN)
     movw $irq0_handler, (0x08*4)
     movw $0, (0x08*4+2)
-    # Control word 34h: channel 0, access lobyte/hibyte, mode 2, binary (8254 datasheet).
-    movb $0x34, %al
-    outb %al, $0x43
-    movb $PIT_COUNT & 0xFF, %al
-    outb %al, $0x40
-    movb $PIT_COUNT >> 8, %al
-    outb %al, $0x40
+    # Control word 34h: channel 0, access lobyte/hibyte, mode 2, binary, then the count
+    # (8254 datasheet; lib.inc pit0_mode2).
+    movw $PIT_COUNT, %ax
+    call pit0_mode2
     inb $0x21, %al             # OCW1: unmask IRQ0 only on top of what the BIOS set
     andb $0xFE, %al
     outb %al, $0x21
