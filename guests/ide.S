@@ -358,6 +358,15 @@ ata_cmd28:
     movb %cl, %al
     outb %al, %dx
     popl %eax
+    call ata_lba_out
+    shrl $8, %eax
+    andb $0x0F, %al
+    orb $0xE0, %al                     # LBA mode, device 0, LBA 27:24
+    jmp ata_device_command
+
+# ata_lba_out: write LBA 7:0, 15:8 and 23:16 (EAX) to ports 1F3h-1F5h; DX = 1F2h on entry,
+# 1F5h on return, and EAX is shifted right by 16 (LBA 31:16 in AX).
+ata_lba_out:
     incw %dx
     outb %al, %dx                      # LBA 7:0
     shrl $8, %eax
@@ -366,16 +375,6 @@ ata_cmd28:
     shrl $8, %eax
     incw %dx
     outb %al, %dx                      # LBA 23:16
-    shrl $8, %eax
-    andb $0x0F, %al
-    orb $0xE0, %al                     # LBA mode, device 0, LBA 27:24
-    incw %dx
-    outb %al, %dx
-    movb %bl, %al
-    incw %dx
-    outb %al, %dx
-    popw %dx
-    popl %eax
     ret
 
 # ata_cmd48: issue 48-bit command BL for CX sectors at LBA EAX (bits 47:32 zero).  Each
@@ -402,15 +401,9 @@ ata_cmd48:
     movb %cl, %al
     outb %al, %dx                      # count 7:0
     popl %eax
-    incw %dx
-    outb %al, %dx                      # LBA 7:0
-    shrl $8, %eax
-    incw %dx
-    outb %al, %dx                      # LBA 15:8
-    shrl $8, %eax
-    incw %dx
-    outb %al, %dx                      # LBA 23:16
+    call ata_lba_out
     movb $0x40, %al                    # LBA, device 0
+ata_device_command:                    # (ata_cmd28 too) device register AL, then command BL
     incw %dx
     outb %al, %dx
     movb %bl, %al
