@@ -221,29 +221,6 @@ fail_case:
 idt_ptr64:
     .word 0xFFF
     .quad IDT
-msg_page_ok:
-    .asciz "hypercall page ok\r\n"
-msg_cases_ok:
-    .asciz " cases ok\r\n"
-msg_cpl3_ok:
-    .asciz "CPL3 #UD ok\r\n"
-msg_bad_page:
-    .asciz "hypercall page is not VMCALL; RET"
-msg_page_written:
-    .asciz "a guest write changed the hypercall page"
-msg_bad_output:
-    .asciz "GetVpRegisters output wrong"
-msg_bad_cpl3:
-    .asciz "VMCALL at CPL 3 did not raise #UD"
-msg_case:
-    .asciz "case "
-msg_got:
-    .asciz " result "
-msg_want:
-    .asciz " expected "
-msg_nl:
-    .asciz ""
-
 .p2align 3, 0
 .include "hv_cases.inc"
 

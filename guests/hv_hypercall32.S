@@ -137,67 +137,44 @@ ud_from_user32:
     jmp after_user32
 
 fail_page:
-    movl $msg_bad_page32, %esi
+    movl $msg_bad_page, %esi
     jmp fail32
 fail_page_write:
-    movl $msg_page_written32, %esi
+    movl $msg_page_written, %esi
     jmp fail32
 fail_output:
-    movl $msg_bad_output32, %esi
+    movl $msg_bad_output, %esi
     jmp fail32
 fail_cpl3:
-    movl $msg_bad_cpl332, %esi
+    movl $msg_bad_cpl3, %esi
     jmp fail32
 fail_case:
     pushl %eax
     pushl %edx
-    movl $msg_case32, %esi
+    movl $msg_case, %esi
     call puts32
     movl %ebp, %eax
     subl $hv_cases, %eax
     shrl $5, %eax
     call hex8_32
-    movl $msg_got32, %esi
+    movl $msg_got, %esi
     call puts32
     popl %eax
     call hex32_32
     popl %eax
     call hex32_32
-    movl $msg_want32, %esi
+    movl $msg_want, %esi
     call puts32
     movl 0x1C(%ebp), %eax
     call hex32_32
     movl 0x18(%ebp), %eax
     call hex32_32
-    movl $msg_nl32, %esi
+    movl $msg_nl, %esi
     jmp fail32
 
 idt_ptr32:
     .word 0x7FF
     .long IDT
-msg_page_ok:
-    .asciz "hypercall page ok\r\n"
-msg_cases_ok:
-    .asciz " cases ok\r\n"
-msg_cpl3_ok:
-    .asciz "CPL3 #UD ok\r\n"
-msg_bad_page32:
-    .asciz "hypercall page is not VMCALL; RET"
-msg_page_written32:
-    .asciz "a guest write changed the hypercall page"
-msg_bad_output32:
-    .asciz "GetVpRegisters output wrong"
-msg_bad_cpl332:
-    .asciz "VMCALL at CPL 3 did not raise #UD"
-msg_case32:
-    .asciz "case "
-msg_got32:
-    .asciz " result "
-msg_want32:
-    .asciz " expected "
-msg_nl32:
-    .asciz ""
-
 .p2align 3, 0
 .include "hv_cases.inc"
 
