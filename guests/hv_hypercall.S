@@ -221,6 +221,7 @@ fail_case:
 idt_ptr64:
     .word 0xFFF
     .quad IDT
+
 .p2align 3, 0
 .include "hv_cases.inc"
 

@@ -175,6 +175,7 @@ fail_case:
 idt_ptr32:
     .word 0x7FF
     .long IDT
+
 .p2align 3, 0
 .include "hv_cases.inc"
 
