@@ -11,6 +11,12 @@ trailing ``# ok66`` comment when the prefix is intended.
 Sources may pull in other files with ``.include "name"`` (resolved next to the including file)
 and may use AT&T syntax by starting with the line ``# syntax: att``; keystone's AT&T parser
 reads every number as hexadecimal, so there a multi-digit decimal literal is a build error.
+
+Other keystone 0.9.2 traps measured while writing the firmware and guests (not checked here):
+in AT&T syntax ``.align``/``.balign`` emit nothing (``.p2align N, 0`` works), 64-bit
+``movq (0x600), %rax`` comes out RIP-relative, and inside a macro without parameters ``$0``..``$9``
+are read as macro arguments (so ``$0x40000083`` loses digits); ``bound`` cannot be assembled;
+``.fill`` counts that refer to labels hang (refused above) and ``.space`` emits nothing.
 Results are cached on disk, keyed by the expanded source, mode, base address and keystone
 version.
 """
