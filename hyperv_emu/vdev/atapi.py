@@ -1,9 +1,10 @@
 """The SCSI/MMC side of an ATAPI CD-ROM drive: command descriptor blocks in, data and sense out.
 
-:class:`CdromDrive` is the logical unit behind the IDE channel's PACKET command (the ATA side,
-with the command packet, byte count and interrupt reason, lives in :mod:`hyperv_emu.vdev.ide`).
-It executes a 12-byte CDB and leaves either a data-in transfer to be drained in pieces, GOOD
-status, or CHECK CONDITION with sense data the host fetches with REQUEST SENSE.
+:class:`CdromDrive` is the logical unit behind the IDE channel's PACKET command (the ATA
+side, with the command packet, byte count and interrupt reason, lives in
+:mod:`hyperv_emu.vdev.ide_packet`).  It executes a 12-byte CDB and leaves either a data-in
+transfer to be drained in pieces, GOOD status, or CHECK CONDITION with sense data the host
+fetches with REQUEST SENSE.
 
 Sources: SPC-3 (T10/1416-D) for TEST UNIT READY, REQUEST SENSE (fixed format, 4.5.3), INQUIRY
 (6.4), MODE SENSE(6/10) headers (7.4.3), PREVENT ALLOW MEDIUM REMOVAL and unit attention
@@ -464,7 +465,7 @@ _HANDLERS: dict[int, Callable[[CdromDrive, bytes], None]] = {
 }
 
 
-def _ata_words(text: str, nbytes: int) -> list[int]:
+def ata_words(text: str, nbytes: int) -> list[int]:
     """An IDENTIFY string as words: space padded, first character in each word's high byte."""
     raw = text.encode("ascii", "replace")[:nbytes].ljust(nbytes, b" ")
     return [raw[i] << 8 | raw[i + 1] for i in range(0, nbytes, 2)]
@@ -476,9 +477,9 @@ def identify_packet_words(serial: str, dma: bool, dma_mode: int) -> list[int]:
     # Word 0: ATAPI (10b), device type 05h (CD-ROM), removable, accelerated DRQ (10b: DRQ
     # within 50 us of PACKET, no interrupt for the command packet), 12-byte packets.
     w[0] = 0x8000 | 0x0500 | 0x0080 | 0x0040
-    w[10:20] = _ata_words(serial, 20)
-    w[23:27] = _ata_words(REVISION, 8)
-    w[27:47] = _ata_words(f"{VENDOR} {PRODUCT}", 40)
+    w[10:20] = ata_words(serial, 20)
+    w[23:27] = ata_words(REVISION, 8)
+    w[27:47] = ata_words(f"{VENDOR} {PRODUCT}", 40)
     w[49] = 0x0200 | 0x0800 | (0x0100 if dma else 0)  # LBA (shall be 1), IORDY, DMA
     w[53] = 0x0006  # words 64-70 and 88 valid
     w[64] = 0x0003  # PIO modes 3 and 4

@@ -9,7 +9,7 @@ Both commands use the PIO data-in protocol (ATA-6 9.5) with one data block.
 from __future__ import annotations
 
 # The IDENTIFY string encoding is shared with the IDENTIFY PACKET DEVICE words.
-from hyperv_emu.vdev.atapi import _ata_words, identify_packet_words
+from hyperv_emu.vdev.atapi import ata_words, identify_packet_words
 from hyperv_emu.vdev.ide_taskfile import MAX_MULTIPLE, IdeDrive, IdeTaskFile
 
 
@@ -37,9 +37,9 @@ class IdeIdentifyMixin(IdeTaskFile):
         w = [0] * 256
         w[0] = 0x0040  # ATA device, not removable
         w[1], w[3], w[6] = d.def_cyls, 16, 63
-        w[10:20] = _ata_words(d.serial, 20)
-        w[23:27] = _ata_words("1.0", 8)
-        w[27:47] = _ata_words("Virtual HD", 40)
+        w[10:20] = ata_words(d.serial, 20)
+        w[23:27] = ata_words("1.0", 8)
+        w[27:47] = ata_words("Virtual HD", 40)
         w[47] = 0x8000 | MAX_MULTIPLE  # bits 15:8 are 80h
         w[49] = 0x0A00  # LBA supported, IORDY supported (DMA: _identify_dma)
         w[50] = 0x4000  # bit 14 shall be one
