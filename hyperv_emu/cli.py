@@ -432,9 +432,11 @@ def cmd_guests(args: argparse.Namespace) -> int:
     """``hyperv-emu guests``: one line per shipped tiny guest."""
     from hyperv_emu.guests import DEFAULT_GUEST, list_guests
 
-    for info in list_guests():
+    guests = list_guests()
+    width = max((len(g.name) for g in guests), default=0)
+    for info in guests:
         mark = " (default)" if info.name == DEFAULT_GUEST else ""
-        print(f"{info.name:<12} {info.summary}{mark}")
+        print(f"{info.name:<{width}}  {info.summary}{mark}")
     return 0
 
 
