@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from ..clock import VirtualClock
 from . import hvdef as H
@@ -36,34 +36,6 @@ def _no_events(kind: str, **fields: Any) -> None:
     """Event sink that drops everything."""
 
 
-class SynicHook(Protocol):
-    """What PostMessage/SignalEvent hand to the SynIC (implemented by the SynIC layer).  The
-    dispatcher has validated the input layout; these return an HV_STATUS."""
-
-    def post_message(self, sender: PartitionHv, vp_index: int, connection_id: int,
-                     message_type: int, payload: bytes) -> int: ...
-
-    def signal_event(self, sender: PartitionHv, vp_index: int, connection_id: int,
-                     flag_number: int) -> int: ...
-
-
-class NoSynic:
-    """Default SynIC hook: no connection exists, so both calls fail as TLFS says for an
-    unknown connection id."""
-
-    def post_message(self, sender: PartitionHv, vp_index: int, connection_id: int,
-                     message_type: int, payload: bytes) -> int:
-        return H.HV_STATUS_INVALID_CONNECTION_ID
-
-    def signal_event(self, sender: PartitionHv, vp_index: int, connection_id: int,
-                     flag_number: int) -> int:
-        return H.HV_STATUS_INVALID_CONNECTION_ID
-
-
-def _no_ipi(vector: int, vp_set: frozenset[int]) -> None:
-    """Default IPI route: delivers nothing (the APIC layer replaces ``PartitionHv.send_ipi``)."""
-
-
 class PartitionHv:
     """One partition's Hyper-V state.  ``partition`` is None for the root partition, whose
     code is the host's Python (it has no VPs of its own)."""
@@ -86,8 +58,9 @@ class PartitionHv:
         self.state = "created"
         #: The SynIC (synic.py): per-VP SynIC state and the PostMessage/SignalEvent hook.
         self.synic: Synic = Synic(self)
-        #: Synthetic IPI route: ``send_ipi(vector, vp_set)`` (replaced by the APIC layer).
-        self.send_ipi: Callable[[int, frozenset[int]], None] = _no_ipi
+        #: Synthetic IPI route: ``send_ipi(vector, vp_set)``; by default fixed interrupts into
+        #: the target VPs' local APICs (a test or a nested setup may replace it).
+        self.send_ipi: Callable[[int, frozenset[int]], None] = self._apic_ipi
         #: This partition's guest-physical space (the root's: host memory, no VPs).
         self.memory = partition.memory if partition is not None else GuestMemory()
         self._msr_keys: set[int] = set()
@@ -141,6 +114,15 @@ class PartitionHv:
         if part is None or not 0 <= index < len(part.vps):
             return None
         return part.vps[index]
+
+    def _apic_ipi(self, vector: int, vp_set: frozenset[int]) -> None:
+        """HvCallSendSyntheticClusterIpi's effect: a fixed, edge-triggered interrupt at each
+        target VP's local APIC (one the guest software-disabled drops it, as the APIC would)."""
+        if self.partition is None:
+            return
+        for vp in self.partition.vps:
+            if vp.index in vp_set:
+                vp.lapic.request_interrupt(vector)
 
     # ---- state -------------------------------------------------------------------------------
     def reset(self) -> None:

@@ -506,7 +506,7 @@ class Synic:
             return H.HV_STATUS_INVALID_VP_INDEX
         return state.set_flag(sint, flag)
 
-    # ---- the hypercall hook (SynicHook) -------------------------------------------------------
+    # ---- the hypercall hook (PostMessage/SignalEvent) ------------------------------------
     def _route(self, sender: PartitionHv, connection_id: int,
                port_type: int) -> tuple[Port, Synic] | int:
         found = sender.hypervisor.ports.lookup(sender.id, connection_id)

@@ -342,3 +342,16 @@ def test_register_custom_handler() -> None:
     assert call64(m, 0x777, IN_PAGE, OUT_PAGE) == 0
     assert seen == [b"abcdefgh"] and m.part.read_memory(OUT_PAGE, 8) == b"\x99" * 8
     assert call64(m, 0x777 | 1 << 16, 1, 2) == S.HV_STATUS_INVALID_HYPERCALL_INPUT
+
+
+def test_synthetic_cluster_ipi_reaches_the_local_apic(env) -> None:  # type: ignore[no-untyped-def]
+    from hyperv_emu.hypervisor.lapic import REG_SVR
+
+    m, _hv, call = env
+    lapic = m.vp.lapic
+    m.part.write_memory(IN_PAGE, struct.pack("<IBBHQ", 0x31, 0, 0, 0, 1))
+    assert call(encode_control(H.HvCallSendSyntheticClusterIpi), IN_PAGE) == 0
+    assert not lapic.has_interrupt()  # software-disabled APIC drops fixed interrupts (SDM)
+    lapic.write_register(REG_SVR, 0x1FF)
+    assert call(encode_control(H.HvCallSendSyntheticClusterIpi), IN_PAGE) == 0
+    assert lapic.has_interrupt() and lapic.acknowledge() == 0x31
