@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import hvdef as H
 from . import msr as M
+from .lapic import REG_TPR
 from .memory import PAGE, Region
 from .mmu import GuestFault
 
@@ -40,6 +41,16 @@ def gp() -> GuestFault:
 
 def _read_only(vp: VirtualProcessor, value: int) -> None:
     raise gp()
+
+
+def _write_only_read(vp: VirtualProcessor) -> int:
+    raise gp()
+
+
+def _write_tpr(vp: VirtualProcessor, value: int) -> None:
+    if value >> 8:
+        raise gp()  # only the 8-bit task priority exists
+    vp.lapic.write_register(REG_TPR, value)
 
 
 class SyntheticMsrs:
@@ -79,6 +90,13 @@ class SyntheticMsrs:
                 self._write_reference_tsc)
             # IA32_TSC writes move the guest TSC, so the TSC page must follow (VP 0's TSC).
             reg(M.IA32_TSC, lambda vp: vp.tsc(), self._write_ia32_tsc)
+        if priv & H.HV_MSR_APIC_ACCESS_AVAILABLE:
+            # TLFS "Synthetic MSRs for APIC access": the EOI/ICR/TPR registers of the VP's own
+            # local APIC through MSRs, so an enlightened guest avoids the MMIO page.
+            reg(H.HV_X64_MSR_EOI, _write_only_read, lambda vp, value: vp.lapic.eoi())
+            reg(H.HV_X64_MSR_ICR, lambda vp: vp.lapic.read_icr(),
+                lambda vp, value: vp.lapic.write_icr(value))
+            reg(H.HV_X64_MSR_TPR, lambda vp: vp.lapic.read_register(REG_TPR), _write_tpr)
         if priv & H.HV_MSR_RESET_AVAILABLE:
             reg(H.HV_X64_MSR_RESET, lambda vp: 0, self._write_reset)
         if priv & H.HV_ACCESS_FREQUENCY_MSRS and (

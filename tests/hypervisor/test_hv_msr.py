@@ -212,3 +212,24 @@ def test_save_restore_and_reset() -> None:
     hv.reset()
     assert m.vp.read_msr(H.HV_X64_MSR_HYPERCALL) == 0
     assert m.part.read_memory(HC_PAGE, 4) == b"\0\0\0\0"
+
+
+def test_apic_access_msrs_reach_the_local_apic() -> None:
+    from hyperv_emu.hypervisor.lapic import REG_SVR, REG_TPR
+
+    m, _hv = hv_machine()
+    lapic = m.vp.lapic
+    lapic.write_register(REG_SVR, 0x1FF)  # software-enable the APIC
+    m.vp.write_msr(H.HV_X64_MSR_TPR, 0x20)
+    assert lapic.read_register(REG_TPR) == 0x20
+    assert m.vp.read_msr(H.HV_X64_MSR_TPR) == 0x20
+    gp_on(m.vp.write_msr, H.HV_X64_MSR_TPR, 0x100)
+    m.vp.write_msr(H.HV_X64_MSR_TPR, 0)
+    # A fixed self-IPI through the ICR MSR (shorthand "self", vector 0x45), taken, then EOI.
+    m.vp.write_msr(H.HV_X64_MSR_ICR, (1 << 18) | 0x45)
+    assert m.vp.read_msr(H.HV_X64_MSR_ICR) & 0xFF == 0x45
+    assert lapic.has_interrupt() and lapic.acknowledge() == 0x45
+    assert lapic.read_register(0x100 + 0x10 * (0x45 // 32)) & (1 << (0x45 % 32))  # in ISR
+    m.vp.write_msr(H.HV_X64_MSR_EOI, 0)
+    assert not lapic.read_register(0x100 + 0x10 * (0x45 // 32)) & (1 << (0x45 % 32))
+    gp_on(m.vp.read_msr, H.HV_X64_MSR_EOI)  # write-only
