@@ -33,6 +33,11 @@ OFF_TR = 352
 OFF_GDT = 376
 OFF_IDT = 400
 OFF_CR = 424  # cr[0..4], 8 bytes each
+#: int32 a20_mask: ANDed into every physical address the CPU forms (QEMU's A20M# model);
+#: all ones with A20 on, bit 20 clear while the A20 gate is masked.
+OFF_A20_MASK = 496
+A20_MASK_ON = 0xFFFF_FFFF
+A20_MASK_OFF = 0xFFEF_FFFF
 OFF_EFER = 592
 OFF_ERROR_CODE = 5384
 OFF_EXC_IS_INT = 5388
@@ -295,6 +300,8 @@ def self_test() -> None:
         raise LayoutError("GDTR not at its expected context offset")
     if ctx.old_exception != -1:
         raise LayoutError("old_exception not at its expected context offset")
+    if ctx.u32(OFF_A20_MASK) != A20_MASK_ON:
+        raise LayoutError(f"a20_mask not at context offset {OFF_A20_MASK}")
     # Edit a hidden segment base and the flags and read them back through the API.
     ctx.set_u64(OFF_SEGS + 24 * SEG_FS + 8, 0xABC000)
     ctx.set_u64(OFF_EFLAGS, 0x202)

@@ -3,6 +3,12 @@
 RAM and ROM live in host buffers mapped into each VP's Unicorn engine with ``mem_map_ptr``, so
 all VPs see one memory; MMIO is ``mmio_map``'d into every engine with the same callbacks.  Host
 writes invalidate translated code (UNICORN_NOTES.md, "Known Unicorn defects").
+
+The A20 gate (:meth:`GuestMemory.set_a20`): while it is masked, the accesses made through this
+object on the CPU's behalf (and the host's plain reads and writes) have physical address bit 20
+forced to 0, as the CPU's A20M# input does; ``physical=True`` reads/writes bypass the gate, as a
+bus master's DMA does.  The engines' own accesses are masked by the partition, not here (see
+``Partition.set_a20``).
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ from dataclasses import dataclass, field
 import unicorn
 
 PAGE = 0x1000
+#: Physical address bit 20, which the A20 gate forces to 0 while it is masked.
+A20_BIT = 1 << 20
 MmioRead = Callable[[int, int], int]
 MmioWrite = Callable[[int, int, int], None]
 
@@ -65,6 +73,14 @@ class GuestMemory:
         self.overlays: dict[int, list[Region]] = {}
         #: Called with (gpa, length) after a host write, to drop stale translated code.
         self.invalidate: Callable[[int, int], None] = lambda gpa, n: None
+        #: False while the A20 gate masks address bit 20 (see :meth:`set_a20`).
+        self.a20 = True
+
+    def set_a20(self, enabled: bool) -> None:
+        """Open (True) or mask (False) the A20 gate for the accesses made through this object:
+        masked, every address has bit 20 forced to 0 (0x100000-0x1FFFFF reads 0x0-0xFFFFF,
+        0x300000 reads 0x200000, ...) whatever is mapped there, RAM, ROM, MMIO or overlay."""
+        self.a20 = bool(enabled)
 
     # ---- mapping --------------------------------------------------------------------------
     def _add(self, region: Region) -> Region:
@@ -241,7 +257,10 @@ class GuestMemory:
         _check_aligned(gpa, size)
         return self._add(Region(gpa, size, "hidden", ctypes.create_string_buffer(size)))
 
-    def find(self, gpa: int) -> Region | None:
+    def find(self, gpa: int, *, physical: bool = False) -> Region | None:
+        """The region the CPU reaches at ``gpa`` (through the A20 gate unless ``physical``)."""
+        if not (self.a20 or physical):
+            gpa &= ~A20_BIT
         if self.overlays:
             stack = self.overlays.get(gpa & ~(PAGE - 1))
             if stack:
@@ -249,10 +268,13 @@ class GuestMemory:
         return self._under(gpa)
 
     # ---- host-side access -------------------------------------------------------------------
-    def _pieces(self, gpa: int, size: int, write: bool) -> list[tuple[Region, int, int]]:
+    def _pieces(self, gpa: int, size: int, write: bool,
+                physical: bool = False) -> list[tuple[Region, int, int]]:
+        if not (self.a20 or physical):
+            return self._masked_pieces(gpa, size, write)
         out = []
         while size > 0:
-            r = self.find(gpa)
+            r = self.find(gpa, physical=True)
             if r is None:
                 raise UnmappedAccess(gpa, write)
             n = min(size, r.end - gpa)
@@ -263,10 +285,26 @@ class GuestMemory:
             size -= n
         return out
 
-    def read(self, gpa: int, size: int) -> bytes:
-        """Host read of RAM/ROM (MMIO reads go to the device, one byte at a time)."""
+    def _masked_pieces(self, gpa: int, size: int,
+                       write: bool) -> list[tuple[Region, int, int]]:
+        """:meth:`_pieces` with the A20 gate masked: each megabyte-aligned run of the access
+        goes to its address with bit 20 clear (an access crossing 0x100000 wraps to 0)."""
+        out = []
+        while size > 0:
+            n = min(size, A20_BIT - (gpa & (A20_BIT - 1)))
+            try:
+                out += self._pieces(gpa & ~A20_BIT, n, write, physical=True)
+            except UnmappedAccess as exc:
+                raise UnmappedAccess(gpa + exc.gpa - (gpa & ~A20_BIT), write) from None
+            gpa += n
+            size -= n
+        return out
+
+    def read(self, gpa: int, size: int, *, physical: bool = False) -> bytes:
+        """Host read of RAM/ROM (MMIO reads go to the device, one byte at a time); through
+        the A20 gate unless ``physical`` (a bus master's view)."""
         out = bytearray()
-        for r, off, n in self._pieces(gpa, size, False):
+        for r, off, n in self._pieces(gpa, size, False, physical):
             if r.buf is not None:
                 out += ctypes.string_at(ctypes.addressof(r.buf) + off, n)
             else:
@@ -274,18 +312,22 @@ class GuestMemory:
                 out += bytes(r.read(off + i, 1) & 0xFF for i in range(n))
         return bytes(out)
 
-    def write(self, gpa: int, data: bytes) -> None:
-        """Host write (ROM included: the host loads it); drops stale translated code."""
+    def write(self, gpa: int, data: bytes, *, physical: bool = False) -> None:
+        """Host write (ROM included: the host loads it), through the A20 gate unless
+        ``physical``; drops stale translated code."""
         pos = 0
-        for r, off, n in self._pieces(gpa, len(data), True):
+        for r, off, n in self._pieces(gpa, len(data), True, physical):
             if r.buf is not None:
                 ctypes.memmove(ctypes.addressof(r.buf) + off, data[pos:pos + n], n)
+                if not self.a20:
+                    self.invalidate(r.gpa + off, n)
             else:
                 assert r.write is not None
                 for i in range(n):
                     r.write(off + i, 1, data[pos + i])
             pos += n
-        self.invalidate(gpa, len(data))
+        if self.a20:
+            self.invalidate(gpa, len(data))
 
     # ---- accesses the hypervisor makes on the guest's behalf (interrupt delivery) -----------
     def guest_read(self, gpa: int, size: int) -> bytes:

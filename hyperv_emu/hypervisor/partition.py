@@ -101,6 +101,8 @@ class Partition:
         self._io_write: IoWrite = self._io_handlers[1]
         self._stop_reason: str | None = None
         self._running_vp: VirtualProcessor | None = None
+        #: Indices of the VPs whose engine has not yet taken the current A20 gate state.
+        self._a20_sync: set[int] = set()
         self.memory.map_hidden(HIDDEN_GPA, 0x3000)
         self._vmcb_gpa = HIDDEN_GPA
         # MSR permission map: every bit set, so every RDMSR/WRMSR exits (AMD APM 15.11).
@@ -182,6 +184,43 @@ class Partition:
     def write_memory(self, gpa: int, data: bytes) -> None:
         """Host write of guest-physical memory; drops translated code for the range."""
         self.memory.write(gpa, data)
+
+    def set_a20(self, enabled: bool) -> None:
+        """Drive the CPUs' A20M# input: False forces physical address bit 20 to 0 for every
+        CPU access (code, data, page walks; RAM, ROM, MMIO alike) and for the hypervisor's and
+        host's accesses through :attr:`memory` (except ``physical=True`` ones, i.e. DMA).
+
+        Each engine masks through its own CPU state (``a20_mask``, applied where QEMU's TCG
+        computes every physical address), so the memory map stays as it is: toggling costs
+        the same at any RAM size, later mappings and overlays need no aliases, and nothing
+        changes while A20 is on.  Called from a port-I/O callback, it ends the slice after the
+        current instruction, so the next one already sees the new gate."""
+        enabled = bool(enabled)
+        if enabled == self.memory.a20:
+            return
+        self.memory.set_a20(enabled)
+        self._a20_sync.update(vp.index for vp in self.vps)
+        vp = self._running_vp
+        if vp is not None and vp._running:
+            vp.notify_interrupt()
+            if not vp._counting and vp._in_access:
+                vp._stop()  # host-mode slices have no budget to lower (see notify_interrupt)
+
+    def _apply_a20(self, vp: VirtualProcessor) -> None:
+        """Make ``vp``'s engine mask address bit 20 as :attr:`memory` does (run loop, before a
+        slice); a VP reset reloads a20_mask = all ones, so this also runs while A20 is off."""
+        self._a20_sync.discard(vp.index)
+        want = C.A20_MASK_ON if self.memory.a20 else C.A20_MASK_OFF
+        ctx = vp.ctx
+        if ctx.u32(C.OFF_A20_MASK) == want:
+            return
+        ctx.set_u32(C.OFF_A20_MASK, want)
+        vp._dirty = True
+        vp._flush()
+        # The engine's TLB and translated blocks hold physical addresses computed with the old
+        # mask (context_restore flushes neither).
+        vp.uc.ctl(unicorn.UC_CTL_TLB_FLUSH, unicorn.UC_CTL_IO_WRITE)
+        vp.uc.ctl_flush_tb()
 
     def _invalidate(self, gpa: int, length: int) -> None:
         # ctl_remove_cache translates its range through the current MMU, so it is only exact
@@ -328,6 +367,8 @@ class Partition:
             # clear it so an intercepted HLT/RDMSR/RDTSC keeps its own RIP.
             ctx.set_u32(C.OFF_EXC_IS_INT, 0)
             vp._dirty = True
+        if self._a20_sync or not self.memory.a20:
+            self._apply_a20(vp)
         vp._flush()
         cr2_before = ctx.cr(2)
         vp._hook_state = None

@@ -29,7 +29,7 @@ from hyperv_emu.vdev.pit import Pit
 from hyperv_emu.vdev.port61 import Port61
 from hyperv_emu.vdev.rtc import Rtc
 from hyperv_emu.vdev.serial import Uart16550
-from hyperv_emu.vdev.system import I8042, DebugCon, ExitDevice, FastA20, PostCode
+from hyperv_emu.vdev.system import I8042, OUT_A20, DebugCon, ExitDevice, FastA20, PostCode
 from hyperv_emu.vdev.vga import VgaText
 from hyperv_emu.vid.root import ChildHandle, RootPartition
 from hyperv_emu.vsp.storage.blockdev import BlockDevice
@@ -72,6 +72,36 @@ CMOS_BOOT_ORDER = 0x3D
 BOOT_ORDERS = {"c": 0x32, "d": 0x23}
 #: How many guest-requested resets one run follows before treating it as a reset loop.
 MAX_RESETS = 16
+
+
+class A20Gate:
+    """The chipset's A20 gate: A20 is on while either source enables it, the 8042's output
+    port bit 1 or port 92h bit 1 (Intel PIIX4 datasheet: A20M# is asserted only when both
+    A20GATE and Port 92h bit 1 are 0); ``output(enabled)`` drives the CPUs' A20M# input."""
+
+    def __init__(self, output: Callable[[bool], None]) -> None:
+        self.output = output
+        # Power-on values: port 92h bit 1 = 0, 8042 output port CFh (A20 on).
+        self.port92 = False
+        self.kbc = True
+        output(self.enabled)
+
+    @property
+    def enabled(self) -> bool:
+        return self.port92 or self.kbc
+
+    def set_port92(self, on: bool) -> None:
+        self.port92 = bool(on)
+        self.output(self.enabled)
+
+    def set_kbc(self, on: bool) -> None:
+        self.kbc = bool(on)
+        self.output(self.enabled)
+
+    def load(self, port92: bool, kbc: bool) -> None:
+        """Take both source bits at once (reset, restore)."""
+        self.port92, self.kbc = bool(port92), bool(kbc)
+        self.output(self.enabled)
 
 
 class ConfigError(ValueError):
@@ -214,8 +244,12 @@ class Machine:
         self._build_pci()
         self.vga = VgaText(clock, self.partition.read_memory, ev)
         board.add(self.vga)
-        board.add(FastA20(self._on_reset_request, events=ev))
-        board.add(I8042(self._on_reset_request, irq1=board.irqs[1], events=ev))
+        self.a20 = A20Gate(self.partition.set_a20)
+        self.port92 = FastA20(self._on_reset_request, on_a20=self.a20.set_port92, events=ev)
+        board.add(self.port92)
+        self.i8042 = I8042(self._on_reset_request, on_a20=self.a20.set_kbc, irq1=board.irqs[1],
+                           events=ev)
+        board.add(self.i8042)
         board.add(PostCode(self._on_post))
         board.add(DebugCon(cfg.debugcon_output or _discard))
         board.add(ExitDevice(self._on_exit, ev))
@@ -227,8 +261,9 @@ class Machine:
         board.add(self.pci)
         self.host_bridge = I440fxHost()
         self.piix_isa = Piix3Isa()
-        self.piix_ide = Piix3Ide(board.irqs[14], board.irqs[15], self.partition.read_memory,
-                                 self.partition.write_memory, dma_ok=self._is_dma_ram, events=ev)
+        # Bus-master DMA bypasses the A20 gate, which is an input of the CPU (A20M#).
+        self.piix_ide = Piix3Ide(board.irqs[14], board.irqs[15], self._dma_read,
+                                 self._dma_write, dma_ok=self._is_dma_ram, events=ev)
         for function, (dev, fn) in ((self.host_bridge, (0, 0)), (self.piix_isa, (1, 0)),
                                     (self.piix_ide, (1, 1))):
             board.add(function)
@@ -257,6 +292,12 @@ class Machine:
             ranges.append((0x100000, self.ram_size - 0x100000, 1))
         ranges.append((BIOS_HIGH_ALIAS, BIOS_SIZE, 2))
         return ranges
+
+    def _dma_read(self, addr: int, size: int) -> bytes:
+        return self.partition.memory.read(addr, size, physical=True)
+
+    def _dma_write(self, addr: int, data: bytes) -> None:
+        self.partition.memory.write(addr, data, physical=True)
 
     def _is_dma_ram(self, addr: int, size: int) -> bool:
         """Whether a bus master may use this range: RAM (640 KiB + the VGA/shadow window, and
@@ -312,6 +353,13 @@ class Machine:
         self.vp.reset()
         if self.hv is not None:
             self.hv.reset()
+        self.sync_a20()
+
+    def sync_a20(self) -> None:
+        """Make the A20 gate follow its two sources' current register values (after a reset
+        or a device restore, which do not call the devices' ``on_a20``)."""
+        self.a20.load(bool(self.port92.value & OUT_A20),
+                      bool(self.i8042.output_port & OUT_A20))
 
     # ---- running -----------------------------------------------------------------------
     def run(self, *, max_instructions: int | None = None,
