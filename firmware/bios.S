@@ -396,17 +396,55 @@ cmos_write:
     outb %al, $0x71
     ret
 
-# a20_enable / a20_disable: port 92h bit 1, never setting bit 0 (fast reset).
+# a20_enable / a20_disable: the chipset ORs two A20 sources, port 92h bit 1 and the 8042's
+# output port bit 1, so both are driven: port 92h (never setting bit 0, fast reset) and the
+# 8042 commands DFh (A20 on) / DDh (A20 off).  Clobbers AX and CX.
 a20_enable:
     inb $0x92, %al
     orb $0x02, %al
     andb $0xfe, %al
     outb %al, $0x92
-    ret
+    movb $0xdf, %ah
+    jmp kbc_command
 a20_disable:
     inb $0x92, %al
     andb $0xfc, %al
     outb %al, $0x92
+    movb $0xdd, %ah
+# kbc_command: send the 8042 command in AH once its input buffer is empty (status bit 1),
+# waiting a bounded number of polls.
+kbc_command:
+    movw $0xffff, %cx
+kbc_wait:
+    inb $0x64, %al
+    testb $0x02, %al
+    loopnz kbc_wait
+    movb %ah, %al
+    outb %al, $0x64
+    ret
+
+# a20_test: AL = 1 if A20 is on, 0 if masked, found as real BIOSes do: whether 0000:0500 and
+# FFFF:0510 (physical 100500h) are the same byte.  Both bytes are restored.
+a20_test:
+    pushw %ds
+    pushw %es
+    pushw %cx
+    xorw %ax, %ax
+    movw %ax, %ds
+    decw %ax
+    movw %ax, %es
+    movb (0x0500), %cl
+    movb %es:(0x0510), %ch
+    movb $0x00, (0x0500)
+    movb $0xff, %es:(0x0510)
+    movb (0x0500), %al
+    movb %ch, %es:(0x0510)
+    movb %cl, (0x0500)
+    notb %al
+    andb $0x01, %al
+    popw %cx
+    popw %es
+    popw %ds
     ret
 
 # print_str: CS:SI -> NUL-terminated string, printed with INT 10h teletype.

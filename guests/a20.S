@@ -7,8 +7,9 @@
 # 0), and after each step prints what FS:0610 showed: "masked" (5Ah, the wrap) or "on" (A5h).
 # The 8042 is driven with command D1h (write output port: CDh masks, CFh enables; bit 0 stays 1,
 # since 0 resets the CPU) and with DDh/DFh.  A store through FS:0611 while masked must land at
-# 0601h.  INT 15h AX=2400h/2401h/2402h/2403h are the BIOS's A20 services, which use port 92h
-# only: with the 8042 enabling A20, AX=2400h leaves A20 on and AX=2402h still reports 0.
+# 0601h.  INT 15h AX=2400h/2401h/2402h/2403h are the BIOS's A20 services: they drive both
+# sources (so AX=2400h masks A20 even after the 8042 enabled it) and AX=2402h reports the gate
+# found by a wrap test.
 # Serial output:  A20 after the BIOS: on
 #                 8042 D1h CDh, port 92h on: on (output port CD)
 #                 port 92h off: masked
@@ -20,7 +21,7 @@
 #                 INT 15h AX=2400h: masked, AX=2402h AL=00
 #                 INT 15h AX=2401h: on, AX=2402h AL=01
 #                 INT 15h AX=2403h BX=0002
-#                 8042 DFh, INT 15h AX=2400h: on, AX=2402h AL=00
+#                 8042 DFh, INT 15h AX=2400h: masked, AX=2402h AL=00
 #                 PASS
 # Exit status 1 (PASS) or 3 (FAIL: reason).
 
@@ -125,12 +126,12 @@ main:
     cmpw $0x0002, %bx
     jne bad_int15
 
-    # The 8042 enables A20, so the BIOS's port-92h-only AX=2400h leaves it on.
+    # The 8042 enables A20; AX=2400h turns off both sources, so A20 is masked again.
     movb $0xDF, %al
     call kbc_command
     movw $0x2400, %ax
     movw $int15_kbc_msg, %si
-    movw $0x0000, %dx          # expect on, AL=00
+    movw $0x0100, %dx          # expect masked, AL=00
     call int15_step
     call pass
 

@@ -21,7 +21,7 @@ EXPECTED = [
     "INT 15h AX=2400h: masked, AX=2402h AL=00",
     "INT 15h AX=2401h: on, AX=2402h AL=01",
     "INT 15h AX=2403h BX=0002",
-    "8042 DFh, INT 15h AX=2400h: on, AX=2402h AL=00",
+    "8042 DFh, INT 15h AX=2400h: masked, AX=2402h AL=00",
     "PASS",
 ]
 
@@ -43,13 +43,14 @@ def test_a20_guest() -> None:
     assert status == 1, "\n".join(lines)
     assert lines[0] == "hyperv-emu BIOS"
     assert lines[1:] == EXPECTED
-    # Last step: the 8042 enables A20 (output port CFh), port 92h bit 1 is clear.
-    assert m.i8042.output_port == 0xCF and m.port92.value & 0x02 == 0
-    assert (m.a20.port92, m.a20.kbc) == (False, True)
-    assert m.partition.memory.a20
+    # Last step: INT 15h AX=2400h turned both sources off (8042 output port CDh, port 92h bit 1
+    # clear), so the gate masks.
+    assert m.i8042.output_port == 0xCD and m.port92.value & 0x02 == 0
+    assert (m.a20.port92, m.a20.kbc) == (False, False)
+    assert not m.partition.memory.a20
     # The store made through the wrap is at 0601h; 100601h kept its 0.
-    assert m.partition.read_memory(0x600, 2) == b"\x5a\x77"
-    assert m.partition.read_memory(0x100600, 2) == b"\xa5\x00"
+    assert m.partition.memory.read(0x600, 2, physical=True) == b"\x5a\x77"
+    assert m.partition.memory.read(0x100600, 2, physical=True) == b"\xa5\x00"
 
 
 def test_a20_guest_without_the_hypervisor_interface() -> None:
