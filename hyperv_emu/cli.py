@@ -125,7 +125,8 @@ def _add_machine_options(p: argparse.ArgumentParser, serial_default: str = "stdo
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
-    parser = _Parser(prog="hyperv-emu", description=__doc__)
+    parser = _Parser(prog="hyperv-emu", description=(
+        "Run x86 guest code in an emulated machine built the way Hyper-V is built."))
     parser.add_argument("--version", action="version", version=f"hyperv-emu {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
