@@ -10,7 +10,6 @@ bytes into the ``uc_context`` buffer.  The offsets below were found by probing t
 from __future__ import annotations
 
 import ctypes
-import struct
 from dataclasses import dataclass
 
 import unicorn
@@ -324,6 +323,3 @@ def self_test() -> None:
     del ctx
     uc.mem_unmap(0x1000, 0x1000)
 
-
-def pack_u64(value: int) -> bytes:
-    return struct.pack("<Q", value & 0xFFFFFFFFFFFFFFFF)

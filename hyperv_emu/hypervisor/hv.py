@@ -2,9 +2,10 @@
 ports) and each partition's enlightenment state (privileges, CPUID leaves, synthetic MSRs,
 hooks for the SynIC and IPIs).
 
-Typical use (the worker): ``hv = install_hyperv(partition)`` for a guest partition, or
-``vid.RootPartition(hypervisor)`` for the parent's API, which creates child partitions through
-HvCallCreatePartition.  Later layers find a partition's state with :func:`hv_of`.
+Typical use: the worker builds a VM through ``vid.RootPartition(hypervisor)``, the parent's
+API, which creates child partitions through HvCallCreatePartition; ``install_hyperv(partition)``
+gives an existing partition the interface directly (tests, single-partition tools).  Later layers
+find a partition's state with :func:`hv_of`.
 """
 
 from __future__ import annotations

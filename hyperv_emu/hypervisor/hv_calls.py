@@ -6,7 +6,6 @@ the SynIC hook).  Input layouts from HYPERV_FACTS.md 3.7 (TLFS hypercalls/*.md).
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from unicorn import x86_const as X
@@ -170,8 +169,6 @@ def signal_event(call: Call) -> int:
 
 
 # ---- VP registers -----------------------------------------------------------------------------
-RegGet = Callable[["VirtualProcessor"], bytes]
-RegSet = Callable[["VirtualProcessor", bytes], None]
 _MSR_REGISTERS = {
     H.HV_X64_REGISTER_TSC: M.IA32_TSC, H.HV_X64_REGISTER_EFER: M.IA32_EFER,
     H.HV_X64_REGISTER_KERNEL_GS_BASE: M.IA32_KERNEL_GS_BASE,

@@ -29,7 +29,15 @@ from hyperv_emu.vdev.pit import Pit
 from hyperv_emu.vdev.port61 import Port61
 from hyperv_emu.vdev.rtc import Rtc
 from hyperv_emu.vdev.serial import Uart16550
-from hyperv_emu.vdev.system import I8042, OUT_A20, DebugCon, ExitDevice, FastA20, PostCode
+from hyperv_emu.vdev.system import (
+    I8042,
+    OUT_A20,
+    DebugCon,
+    ExitDevice,
+    FastA20,
+    PostCode,
+    exit_status,
+)
 from hyperv_emu.vdev.vga import VgaText
 from hyperv_emu.vid.root import ChildHandle, RootPartition
 from hyperv_emu.vsp.storage.blockdev import BlockDevice
@@ -299,15 +307,19 @@ class Machine:
     def _dma_write(self, addr: int, data: bytes) -> None:
         self.partition.memory.write(addr, data, physical=True)
 
+    def _in_ram(self, addr: int, size: int, low_end: int) -> bool:
+        """Whether [addr, addr+size) lies below ``low_end`` or in RAM above 1 MiB."""
+        end = addr + size
+        return end <= low_end or (addr >= 0x100000 and end <= self.ram_size)
+
     def _is_dma_ram(self, addr: int, size: int) -> bool:
         """Whether a bus master may use this range: RAM (640 KiB + the VGA/shadow window, and
         above 1 MiB), not the BIOS ROM or unmapped space."""
-        end = addr + size
-        return (end <= BIOS_BASE) or (addr >= 0x100000 and end <= self.ram_size)
+        return self._in_ram(addr, size, BIOS_BASE)
 
     def _is_ram(self, addr: int, size: int) -> bool:
-        end = addr + size
-        return (end <= 0x9FC00) or (addr >= 0x100000 and end <= self.ram_size)
+        """Usable RAM as the memory map reports it (below the EBDA, or above 1 MiB)."""
+        return self._in_ram(addr, size, 0x9FC00)
 
     # ---- device callbacks --------------------------------------------------------------
     def _isa_irq(self, irq: int, level: bool) -> None:
@@ -372,7 +384,7 @@ class Machine:
             ex = self.partition.run(max_instructions=left, timeout=timeout)
             if ex.reason == "stop" and ex.detail == "exit":
                 code = self._exit_code if self._exit_code is not None else 0
-                return MachineExit((code << 1) | 1, "exit",
+                return MachineExit(exit_status(code), "exit",
                                    f"guest wrote {code:#x} to the exit port", code, ex)
             if ex.reason == "stop" and ex.detail == "kernel-entry":
                 self._enter_kernel()
