@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import dataclasses
 import datetime
+import math
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -20,35 +21,108 @@ if TYPE_CHECKING:
     from hyperv_emu.worker.machine import Machine, MachineExit
 
 EXIT_USAGE = 2  # kept equal to machine.EXIT_USAGE; imported lazily there to keep start-up fast
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command that Ctrl-C ended
+#: A reader closed our standard output (``| head``): end quietly with the status a shell shows
+#: for a command that SIGPIPE ended (128 + 13), as coreutils do.
+EXIT_BROKEN_PIPE = 141
+#: The stand-in for the guest's time of day in deterministic mode (``--rtc-base`` not given),
+#: so that a run repeats exactly; host mode (and ``--rtc-base now``) read the host's clock.
+DETERMINISTIC_RTC_BASE = datetime.datetime(2026, 1, 1)
 
 
 class UsageError(Exception):
     """A bad command line or unusable input file: one message, exit status 2."""
 
 
+class OutputError(Exception):
+    """An output (standard output, a --serial FILE, a trace file) cannot be written: one
+    message, exit status 2.  A closed pipe is not this: it stays a BrokenPipeError."""
+
+    def __init__(self, name: str, exc: OSError | None = None) -> None:
+        why = "it is closed" if exc is None else (exc.strerror or str(exc))
+        super().__init__(f"cannot write to {name}: {why}")
+        self.name = name
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        # No prefix matching: "-hda" must never be read as "-h" plus "da", nor "--mem" as
+        # "--memory"; every accepted spelling is declared explicitly.
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"hyperv-emu: {message} (see '{self.prog} --help')\n")
 
 
 class LineWriter:
     """Writes guest console bytes to a stream, flushing at each newline so output interleaves
-    sensibly with standard error."""
+    sensibly with standard error.  A write that fails raises OutputError naming ``name``
+    (a closed pipe stays a BrokenPipeError, which ends the command quietly)."""
 
-    def __init__(self, stream: IO[bytes]) -> None:
+    def __init__(self, stream: IO[bytes], name: str = "standard output") -> None:
         self.stream = stream
+        self.name = name
 
     def __call__(self, data: bytes) -> None:
-        self.stream.write(data)
-        if b"\n" in data:
+        try:
+            self.stream.write(data)
+            if b"\n" in data:
+                self.stream.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise OutputError(self.name, exc) from None
+
+    def flush(self) -> None:
+        """Write out what is buffered; raises like a write."""
+        try:
             self.stream.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise OutputError(self.name, exc) from None
 
     def close(self) -> None:
-        """Flush what is left."""
+        """Flush what is left, on a path that is already ending (errors were reported)."""
         try:
             self.stream.flush()
         except (OSError, ValueError):
             pass
+
+
+def say(text: str = "", file: IO[str] | None = None, name: str = "standard output", *,
+        flush: bool = False) -> None:
+    """Print one line of a command's result on ``file`` (standard output by default); a failed
+    write raises OutputError naming ``name`` (a closed pipe: BrokenPipeError)."""
+    stream = sys.stdout if file is None else file
+    if stream is None:  # started with standard output closed (">&-")
+        raise OutputError(name)
+    try:
+        print(text, file=stream, flush=flush)
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise OutputError(name, exc) from None
+
+
+def say_flush(file: IO[str] | None = None, name: str = "standard output") -> None:
+    """Flush what :func:`say` buffered, raising as it does."""
+    stream = sys.stdout if file is None else file
+    if stream is None:
+        return
+    try:
+        stream.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise OutputError(name, exc) from None
+
+
+def _stdout_buffer() -> IO[bytes]:
+    if sys.stdout is None:  # started with standard output closed (">&-")
+        raise OutputError("standard output")
+    return sys.stdout.buffer
 
 
 def _positive_int(text: str) -> int:
@@ -66,14 +140,50 @@ def _positive_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive, finite number: {text!r}")
     return value
+
+
+def _memory_mib(text: str) -> int:
+    """Guest RAM as QEMU's ``-m`` takes it: a plain number is MiB; ``512M``, ``2G`` (binary
+    units, a whole number of MiB) give the unit."""
+    if text.strip().isdigit():
+        return _positive_int(text)
+    from hyperv_emu.vsp.storage.convert import parse_size
+
+    try:
+        size = parse_size(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a memory size: {text!r} (MiB, or a number with M or G)") from None
+    if size <= 0 or size % (1 << 20):
+        raise argparse.ArgumentTypeError(f"not a positive whole number of MiB: {text!r}")
+    return size >> 20
+
+
+def _boot_order(text: str) -> str:
+    """``c`` or ``d``; QEMU's spellings ``order=dc``, ``cd``, ``dc`` name the first device."""
+    order = text.lower().removeprefix("order=")
+    if order not in ("c", "d", "cd", "dc"):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: boot from c (the hard disk) or d (the CD-ROM)")
+    return order[0]
+
+
+def _serial_spec(text: str) -> str:
+    """``--serial``'s value, with QEMU's ``-serial`` spellings: ``stdio`` is standard output,
+    ``null`` is none, ``file:PATH`` is PATH."""
+    if text == "stdio":
+        return "stdout"
+    if text == "null":
+        return "none"
+    return text.removeprefix("file:")
 
 
 def _rtc_base(text: str) -> datetime.datetime:
     if text == "now":
-        return datetime.datetime.now().replace(microsecond=0)
+        return _now()
     try:
         value = datetime.datetime.fromisoformat(text)
     except ValueError:
@@ -86,25 +196,42 @@ def _rtc_base(text: str) -> datetime.datetime:
     return value
 
 
+def _now() -> datetime.datetime:
+    return datetime.datetime.now().replace(microsecond=0)
+
+
+_IDE_POSITIONS = ("primary master", "primary slave", "secondary master", "secondary slave")
+
+
 def _add_machine_options(p: argparse.ArgumentParser, serial_default: str = "stdout") -> None:
     """The options that describe the machine and what it boots (run, trace, step)."""
     p.add_argument("guest", nargs="?", help="name of a shipped tiny guest (default: hello)")
     p.add_argument("--disk", metavar="IMAGE[,readonly]", action="append", default=[],
-                   help="disk image (raw, VHD, VHDX, format from its headers) as the next IDE "
-                        "disk: primary master, primary slave, secondary master, secondary "
-                        "slave; repeatable up to 4 (3 with --cdrom)")
-    p.add_argument("--cdrom", metavar="FILE.iso",
+                   help="disk image (raw, VHD, VHDX, format from its headers) as the next free "
+                        "IDE position: primary master, primary slave, secondary master, "
+                        "secondary slave; repeatable up to 4 (3 with --cdrom)")
+    for letter, where in zip("abcd", _IDE_POSITIONS, strict=True):
+        p.add_argument(f"-hd{letter}", dest=f"hd{letter}", metavar="IMAGE[,readonly]",
+                       help=f"disk image as the {where} (QEMU spelling)")
+    p.add_argument("--cdrom", "-cdrom", metavar="FILE.iso",
                    help="ISO 9660 image in an ATAPI CD-ROM drive on the secondary master")
-    p.add_argument("--boot", choices=("c", "d"), default="c",
+    p.add_argument("--boot", "-boot", type=_boot_order, default="c", metavar="c|d",
                    help="boot from the first hard disk (c, default) or the CD (d, needs --cdrom)")
-    p.add_argument("--kernel", metavar="ELF", help="Multiboot (v1) kernel to start")
-    p.add_argument("--append", metavar="CMDLINE", default="", help="kernel command line")
-    p.add_argument("--initrd", metavar="FILE", action="append", default=[],
+    p.add_argument("--kernel", "-kernel", metavar="ELF", help="Multiboot (v1) kernel to start")
+    p.add_argument("--append", "-append", metavar="CMDLINE", default="",
+                   help="kernel command line (after the kernel's path, as QEMU passes it)")
+    p.add_argument("--initrd", "-initrd", metavar="FILE", action="append", default=[],
                    help="Multiboot module (repeatable)")
-    p.add_argument("-m", "--memory", metavar="MiB", type=_positive_int, default=32,
-                   help="guest RAM in MiB (default 32)")
-    p.add_argument("--serial", default=serial_default, metavar="stdout|stderr|FILE|none",
-                   help=f"where COM1 output goes (default {serial_default})")
+    p.add_argument("-m", "--memory", metavar="SIZE", type=_memory_mib, default=32,
+                   help="guest RAM: MiB, or with a unit as in 512M, 2G (default 32)")
+    p.add_argument("--serial", "-serial", type=_serial_spec, default=serial_default,
+                   metavar="stdout|stderr|FILE|none",
+                   help=f"where COM1 output goes (default {serial_default}; QEMU's stdio, "
+                        "null and file:FILE are understood)")
+    p.add_argument("-nographic", action="store_true",
+                   help="accepted for QEMU habits: there is no window to turn off")
+    p.add_argument("-display", choices=("none",),
+                   help="accepted for QEMU habits (only 'none': there is no window)")
     p.add_argument("--serial-input", metavar="FILE",
                    help="bytes fed to COM1's receiver ('-' for standard input)")
     p.add_argument("--debugcon", metavar="FILE",
@@ -113,12 +240,18 @@ def _add_machine_options(p: argparse.ArgumentParser, serial_default: str = "stdo
                    help="end the run after N guest instructions (exit status 8)")
     p.add_argument("--timeout", metavar="SECONDS", type=_positive_float,
                    help="end the run after this much host time (exit status 10)")
-    p.add_argument("--rtc-base", metavar="now|DATETIME", type=_rtc_base, default="now",
-                   help="RTC time at power-on (ISO-8601, default now)")
+    p.add_argument("--rtc-base", metavar="now|DATETIME", type=_rtc_base,
+                   help="RTC time at power-on (ISO-8601 or now; default "
+                        f"{DETERMINISTIC_RTC_BASE.isoformat()} with the deterministic clock, "
+                        "now with the host clock)")
     p.add_argument("--clock", choices=("deterministic", "host"), default="deterministic",
                    help="virtual clock mode (default deterministic)")
     p.add_argument("--no-hyperv", dest="hyperv", action="store_false",
                    help="a plain PC: no Hyper-V CPUID leaves, synthetic MSRs or hypercalls")
+    p.add_argument("--exit-code", choices=("qemu", "plain"), default="qemu",
+                   help="how the guest's exit-port value v becomes the exit status: qemu "
+                        "(default, isa-debug-exit): (v << 1) | 1, so PASS is 1; plain: v, so "
+                        "PASS is 0")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="trace machine events (POST codes, unclaimed ports) to standard error")
 
@@ -173,21 +306,21 @@ def _read_file(path: str, what: str) -> bytes:
         raise UsageError(f"cannot read {what} {path!r}: {exc.strerror or exc}") from None
 
 
-def _output(
-    spec: str, default: IO[bytes], opened: list[IO[bytes]]
-) -> Callable[[bytes], None] | None:
+def _output(spec: str, opened: list[IO[bytes]]) -> Callable[[bytes], None] | None:
+    """The writer for a ``--serial``/``--debugcon`` value: stdout (or -), stderr, none or a
+    file, opened here and added to ``opened``."""
     if spec == "none":
         return None
     if spec in ("stdout", "-"):
-        return LineWriter(default)
+        return LineWriter(_stdout_buffer(), "standard output")
     if spec == "stderr":
-        return LineWriter(sys.stderr.buffer)
+        return LineWriter(sys.stderr.buffer, "standard error")
     try:
         fh = open(spec, "wb")  # noqa: SIM115 - closed by cmd_run
     except OSError as exc:
         raise UsageError(f"cannot open {spec!r} for writing: {exc.strerror or exc}") from None
     opened.append(fh)
-    return LineWriter(fh)
+    return LineWriter(fh, spec)
 
 
 def _report_guest_crash(event: Event) -> None:
@@ -209,7 +342,13 @@ class _Session:
         self.writers = writers
 
     def flush(self) -> None:
-        """Flush the guest's console writers."""
+        """Flush the guest's console writers; a write that fails raises."""
+        for writer in self.writers:
+            if isinstance(writer, LineWriter):
+                writer.flush()
+
+    def close(self) -> None:
+        """Flush what the writers can still write, on the way out."""
         for writer in self.writers:
             if isinstance(writer, LineWriter):
                 writer.close()
@@ -225,16 +364,12 @@ def _machine_from_args(args: argparse.Namespace) -> Iterator[_Session]:
 
     if args.guest and args.kernel:
         raise UsageError("give a guest name or --kernel, not both")
-    if args.guest and args.disk:
+    slots = _disk_slots(args)
+    if args.guest and any(slots):
         raise UsageError("give a guest name or --disk, not both")
     if args.boot == "d" and not args.cdrom:
         raise UsageError("--boot d boots from the CD: give --cdrom FILE.iso")
-    limit = 3 if args.cdrom else 4
-    if len(args.disk) > limit:
-        raise UsageError(
-            f"at most {limit} --disk images"
-            + (" with --cdrom (the CD-ROM drive is the secondary master)" if args.cdrom else ""))
-    disks, cdrom = _open_drives(args.disk, args.cdrom)
+    disks, cdrom = _open_drives(slots, args.cdrom)
     opened: list[IO[bytes]] = []
     try:
         kernel = None
@@ -242,28 +377,34 @@ def _machine_from_args(args: argparse.Namespace) -> Iterator[_Session]:
             kernel = _read_file(args.kernel, "kernel")
         elif args.append or args.initrd:
             raise UsageError("--append and --initrd need --kernel")
-        if args.guest or (not args.disk and kernel is None and cdrom is None):
+        if args.guest or (not any(disks) and kernel is None and cdrom is None):
             try:
                 guest = MemoryImage(bytearray(build_guest(args.guest or DEFAULT_GUEST)))
             except UnknownGuestError as exc:
                 raise UsageError(str(exc.args[0] if exc.args else exc)) from None
-            disks.insert(0, guest)
+            disks[0] = guest
         initrds = [(Path(p).name, _read_file(p, "initrd")) for p in args.initrd]
         serial_input = b""
         if args.serial_input == "-":
             serial_input = sys.stdin.buffer.read()
         elif args.serial_input:
             serial_input = _read_file(args.serial_input, "serial input")
-        serial = _output(args.serial, sys.stdout.buffer, opened)
-        debugcon = _output(args.debugcon or "stderr", sys.stderr.buffer, opened)
+        serial = _output(args.serial, opened)
+        debugcon = _output(args.debugcon or "stderr", opened)
         drives: dict[str, object] = {}
         if cdrom is not None or args.boot != "c":
             if not {"cdrom", "boot"} <= {f.name for f in dataclasses.fields(MachineConfig)}:
                 raise UsageError("this build has no CD-ROM drive yet (--cdrom, --boot)")
             drives = {"cdrom": cdrom, "boot": args.boot}
+        rtc_base = args.rtc_base or (
+            DETERMINISTIC_RTC_BASE if args.clock == "deterministic" else _now())
+        # QEMU hands a Multiboot kernel "<kernel path> <append>" as its command line (the
+        # path is argv[0] to the kernel), so kernels written for QEMU find their options
+        # after the first word.
+        append = f"{args.kernel} {args.append}" if kernel is not None else ""
         config = MachineConfig(
-            memory_mib=args.memory, disks=disks, kernel=kernel, append=args.append,
-            initrds=initrds, rtc_base=args.rtc_base, clock_mode=args.clock,
+            memory_mib=args.memory, disks=disks, kernel=kernel, append=append,
+            initrds=initrds, rtc_base=rtc_base, clock_mode=args.clock,
             serial_output=serial, serial_input=serial_input, debugcon_output=debugcon,
             hyperv=args.hyperv, **drives)  # type: ignore[arg-type]
         try:
@@ -277,7 +418,7 @@ def _machine_from_args(args: argparse.Namespace) -> Iterator[_Session]:
         try:
             yield session
         finally:
-            session.flush()
+            session.close()
     finally:
         for fh in opened:
             fh.close()
@@ -286,27 +427,40 @@ def _machine_from_args(args: argparse.Namespace) -> Iterator[_Session]:
                 d.close()
 
 
-def _report_end(machine: Machine, result: MachineExit) -> None:
+def _instructions(machine: Machine, args: argparse.Namespace) -> str:
+    """``N instructions`` for an end report, or "" where nothing counted them: with the host
+    clock and no --max-instructions the VP runs Unicorn without an instruction count."""
+    if machine.clock.mode == "host" and args.max_instructions is None:
+        return ""
+    return f"{machine.clock.instructions} instructions"
+
+
+def _report_end(machine: Machine, result: MachineExit, args: argparse.Namespace) -> None:
     if result.reason != "exit":
-        print(f"hyperv-emu: {result.message} (exit status {result.status}, "
-              f"{machine.clock.instructions} instructions)", file=sys.stderr)
+        count = _instructions(machine, args)
+        print(f"hyperv-emu: {result.message} (exit status {result.status}"
+              f"{', ' + count if count else ''})", file=sys.stderr)
+
+
+def _status(result: MachineExit, args: argparse.Namespace) -> int:
+    """The process exit status: the machine's (QEMU's isa-debug-exit convention for the
+    guest's own exit), or with ``--exit-code plain`` the guest's exit value itself (the
+    operating system keeps its low 8 bits)."""
+    if args.exit_code == "plain" and result.reason == "exit" and result.guest_code is not None:
+        return result.guest_code & 0xFF
+    return result.status
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     """``hyperv-emu run``: build the machine, run it, report how it ended."""
     with _machine_from_args(args) as session:
         machine = session.machine
-        try:
-            result = machine.run(max_instructions=args.max_instructions, timeout=args.timeout)
-        except KeyboardInterrupt:
-            print("\nhyperv-emu: interrupted", file=sys.stderr)
-            return 130
+        result = machine.run(max_instructions=args.max_instructions, timeout=args.timeout)
         session.flush()
         if args.screen:
-            sys.stdout.write(machine.screen_text().rstrip("\n") + "\n")
-            sys.stdout.flush()
-        _report_end(machine, result)
-        return result.status
+            say(machine.screen_text().rstrip("\n"))
+        _report_end(machine, result, args)
+        return _status(result, args)
 
 
 _TRACE_FLAGS = (("hypercalls", "hypercall"), ("msr", "msr"), ("cpuid", "cpuid"), ("io", "io"),
@@ -318,7 +472,10 @@ def cmd_trace(args: argparse.Namespace) -> int:
     from hyperv_emu.debug.trace import Tracer
 
     kinds = [kind for flag, kind in _TRACE_FLAGS if getattr(args, flag)] or None
+    if sys.stdout is None and not args.output:
+        raise OutputError("standard output")
     out: IO[str] = sys.stdout
+    name = args.output or "standard output"
     if args.output:
         try:
             out = open(args.output, "w", encoding="utf-8")  # noqa: SIM115 - closed below
@@ -328,27 +485,26 @@ def cmd_trace(args: argparse.Namespace) -> int:
     try:
         with _machine_from_args(args) as session:
             machine = session.machine
-            tracer = Tracer(machine.partition, lambda line: print(line, file=out), kinds,
+            tracer = Tracer(machine.partition, lambda line: say(line, out, name), kinds,
                             as_json=args.json, max_events=args.max_events)
             try:
                 result = machine.run(max_instructions=args.max_instructions,
                                      timeout=args.timeout)
-            except KeyboardInterrupt:
-                print("\nhyperv-emu: interrupted", file=sys.stderr)
-                return 130
             finally:
                 tracer.close()
-                out.flush()
+            say_flush(out, name)
             if tracer.limit_reached:
                 plural = "" if tracer.count == 1 else "s"
-                print(f"hyperv-emu: trace stopped after {tracer.count} event{plural} "
-                      f"({machine.clock.instructions} instructions)", file=sys.stderr)
+                count = _instructions(machine, args)
+                print(f"hyperv-emu: trace stopped after {tracer.count} event{plural}"
+                      f"{f' ({count})' if count else ''}", file=sys.stderr)
                 return 0
-            _report_end(machine, result)
-            return result.status
+            _report_end(machine, result, args)
+            return _status(result, args)
     finally:
         if out is not sys.stdout:
-            out.close()
+            with contextlib.suppress(OSError):  # reported by say_flush on the normal path
+                out.close()
 
 
 def cmd_step(args: argparse.Namespace) -> int:
@@ -373,24 +529,41 @@ def cmd_step(args: argparse.Namespace) -> int:
     with _machine_from_args(args) as session:
         stepper = Stepper(session.machine)
         stepper.limit = args.max_instructions
-        try:
-            return command_loop(stepper, read_line, lambda text: print(text, flush=True))
-        except KeyboardInterrupt:
-            print("\nhyperv-emu: interrupted", file=sys.stderr)
-            return 130
+        return command_loop(stepper, read_line, lambda text: say(text, flush=True))
+
+
+def _disk_slots(args: argparse.Namespace) -> list[str | None]:
+    """The four IDE positions' ``FILE[,readonly]`` specs: ``-hda``..``-hdd`` name their
+    position; each ``--disk`` takes the next free one, skipping the secondary master when the
+    CD-ROM drive sits there."""
+    slots: list[str | None] = [getattr(args, f"hd{letter}") for letter in "abcd"]
+    if args.cdrom and slots[2] is not None:
+        raise UsageError("-hdc and --cdrom both name the secondary master")
+    free = [i for i in range(4) if slots[i] is None and not (args.cdrom and i == 2)]
+    if len(args.disk) > len(free):
+        limit = 3 if args.cdrom else 4
+        raise UsageError(
+            f"at most {limit} disk images"
+            + (" with --cdrom (the CD-ROM drive is the secondary master)" if args.cdrom else ""))
+    for i, spec in zip(free, args.disk, strict=False):
+        slots[i] = spec
+    return slots
 
 
 def _open_drives(
-    specs: list[str], cdrom_path: str | None
+    slots: list[str | None], cdrom_path: str | None
 ) -> tuple[list[BlockDevice | None], BlockDevice | None]:
-    """Open every --disk (``FILE[,readonly]``) and the --cdrom; the CD-ROM drive takes the
-    secondary master's place, so a third disk becomes the secondary slave."""
+    """Open the disk in each IDE position (``FILE[,readonly]`` or None) and the --cdrom."""
     from hyperv_emu.vsp.storage.blockdev import BlockDeviceError
     from hyperv_emu.vsp.storage.detect import detect_format, open_image
 
     opened: list[BlockDevice] = []
+    disks: list[BlockDevice | None] = []
     try:
-        for spec in specs:
+        for spec in slots:
+            if spec is None:
+                disks.append(None)
+                continue
             path, read_only = spec, False
             head, sep, opt = spec.rpartition(",")
             if sep and opt in ("readonly", "ro") and not Path(spec).is_file():
@@ -399,6 +572,8 @@ def _open_drives(
                 raise UsageError(f"--disk {spec!r}: unknown option {opt!r} (only 'readonly')")
             if not Path(path).is_file():
                 raise UsageError(f"disk image {path!r} does not exist or is not a file")
+            if not os.access(path, os.R_OK):
+                raise UsageError(f"{path}: not readable (permission denied)")
             if not read_only and not os.access(path, os.W_OK):
                 # Issue 3: read-only "where asked or where the file is".
                 read_only = True
@@ -407,6 +582,7 @@ def _open_drives(
                 opened.append(open_image(path, read_only=read_only))
             except BlockDeviceError as exc:
                 raise UsageError(str(exc)) from None
+            disks.append(opened[-1])
         cdrom = None
         if cdrom_path is not None:
             if not Path(cdrom_path).is_file():
@@ -423,9 +599,6 @@ def _open_drives(
         for d in opened:
             d.close()
         raise
-    disks: list[BlockDevice | None] = list(opened)
-    if cdrom is not None and len(disks) > 2:
-        disks.insert(2, None)
     return disks, cdrom
 
 
@@ -437,22 +610,50 @@ def cmd_guests(args: argparse.Namespace) -> int:
     width = max((len(g.name) for g in guests), default=0)
     for info in guests:
         mark = " (default)" if info.name == DEFAULT_GUEST else ""
-        print(f"{info.name:<{width}}  {info.summary}{mark}")
+        say(f"{info.name:<{width}}  {info.summary}{mark}")
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the console script; returns the process exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return EXIT_USAGE
+def _silence_stdout() -> None:
+    """Point file descriptor 1 at /dev/null after a write to it failed, so that the
+    interpreter's last flush of what is still buffered does not fail (and print) again."""
     try:
-        return int(args.func(args))
-    except UsageError as exc:
+        fd = sys.stdout.fileno()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
+    except (AttributeError, OSError, ValueError):
+        pass  # no real standard output (closed, or replaced by a test's capture)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the process exit status.
+
+    Ending as a shell command should: a closed pipe ends it quietly with status 141, as
+    SIGPIPE ends coreutils; Ctrl-C with one line and status 130; an output that cannot be
+    written with one line and status 2."""
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return EXIT_USAGE
+        status = int(args.func(args))
+        say_flush()  # what is still buffered fails here, not in the interpreter's exit
+        return status
+    except (UsageError, OutputError) as exc:
+        if isinstance(exc, OutputError) and exc.name == "standard output":
+            _silence_stdout()
         print(f"hyperv-emu: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
+    except KeyboardInterrupt:
+        # On a terminal the ^C echo leaves the cursor mid-line: start the message afresh.
+        lead = "\n" if sys.stderr.isatty() else ""
+        print(f"{lead}hyperv-emu: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except Exception:  # a host exception here is a bug in hyperv-emu, not the user's fault
         import traceback
 

@@ -1,19 +1,30 @@
-"""``hyperv-emu disk``: create, inspect, convert, compact, expand, merge, re-parent and check
-virtual disk files; each subcommand is a thin call into hyperv_emu.vsp.storage.convert.
-
-Exit status: 0 success; 1 ``check`` found problems; 2 bad command line or unusable input
-(one message on standard error, the files left as they were).
-"""
+"""``hyperv-emu disk``: the subcommands that create, inspect and edit disk image files; each
+parses its options and calls the matching operation of hyperv_emu.vsp.storage.convert."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
-from typing import Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from hyperv_emu.vsp.storage.convert import Progress
 
 KINDS = ("fixed", "dynamic", "differencing")
 FORMATS = ("vhd", "vhdx", "raw")
+
+#: What ``hyperv-emu disk --help`` tells a user (the module docstring is for programmers).
+DESCRIPTION = """\
+Create, inspect, convert, compact, expand, merge, re-parent and check virtual disk files:
+VHD (.vhd, .avhd), VHDX (.vhdx, .avhdx) and raw images. Sizes take K, M, G or T (binary
+units). Rewrites go to a temporary file beside the target, so an interrupted command leaves
+the old file. Long copies show a progress bar when standard error is a terminal.
+
+Exit status: 0 done; 1 'check' found problems; 2 bad command line or unusable input (one
+message on standard error, the files left as they were); 130 interrupted (Ctrl-C)."""
 
 
 def _size(text: str) -> int:
@@ -31,13 +42,13 @@ def _size(text: str) -> int:
 def add_disk_commands(sub: Any) -> None:
     """Add the ``disk`` subcommand group to the top-level subparsers ``sub``."""
     disk = sub.add_parser("disk", help="create, inspect and edit VHD/VHDX/raw disk images",
-                          description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+                          description=DESCRIPTION, formatter_class=argparse.RawTextHelpFormatter)
     dsub = disk.add_subparsers(dest="disk_command", metavar="ACTION",
                                parser_class=type(disk))
     disk.set_defaults(func=lambda _a: _usage(disk))
 
     p = dsub.add_parser("create", help="make a new fixed, dynamic or differencing disk")
-    p.add_argument("file")
+    p.add_argument("file", metavar="FILE", help="the new disk (must not exist)")
     p.add_argument("--size", type=_size, help="virtual size: bytes or 64M, 2G, ... "
                    "(differencing disks take the parent's)")
     p.add_argument("--format", choices=FORMATS,
@@ -50,45 +61,48 @@ def add_disk_commands(sub: Any) -> None:
     p.set_defaults(func=cmd_create)
 
     p = dsub.add_parser("info", help="format, type, sizes, allocation and parent chain")
-    p.add_argument("file")
+    p.add_argument("file", metavar="FILE", help="a VHD, VHDX, raw or ISO image")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_info)
 
     p = dsub.add_parser("convert", help="copy a disk (a chain is flattened) into a new file "
                         "of another format or type")
-    p.add_argument("src")
-    p.add_argument("dst")
+    p.add_argument("src", metavar="SRC", help="the disk to copy (any format; it is not changed)")
+    p.add_argument("dst", metavar="DST", help="the new file (must not exist)")
     p.add_argument("--format", choices=FORMATS, help="default from DST's extension")
     p.add_argument("--type", choices=("fixed", "dynamic"),
                    help="default: fixed stays fixed, anything else becomes dynamic")
-    p.add_argument("--block-size", type=_size, metavar="SIZE")
+    p.add_argument("--block-size", type=_size, metavar="SIZE",
+                   help="block size of a dynamic DST (default: SRC's if it has the same format, "
+                        "else VHD 2M, VHDX 32M)")
     p.set_defaults(func=cmd_convert)
 
     p = dsub.add_parser("compact", help="rewrite a dynamic or differencing disk without "
                         "all-zero (or parent-equal) data")
-    p.add_argument("file")
+    p.add_argument("file", metavar="FILE", help="a dynamic or differencing VHD/VHDX")
     p.set_defaults(func=cmd_compact)
 
     p = dsub.add_parser("expand", help="grow a disk's virtual size")
-    p.add_argument("file")
+    p.add_argument("file", metavar="FILE", help="the disk to grow (VHD, VHDX or raw)")
     p.add_argument("--size", type=_size, required=True, help="the new, larger size")
     p.set_defaults(func=cmd_expand)
 
     p = dsub.add_parser("merge", help="write a differencing disk's data into its parent")
-    p.add_argument("child")
+    p.add_argument("child", metavar="CHILD", help="the differencing disk to merge")
     p.add_argument("--keep", action="store_true",
                    help="keep the child (re-pointed at the merged parent) instead of deleting it")
     p.set_defaults(func=cmd_merge)
 
     p = dsub.add_parser("set-parent", help="re-point a differencing disk at another parent")
-    p.add_argument("child")
-    p.add_argument("new_parent", metavar="NEWPARENT")
+    p.add_argument("child", metavar="CHILD", help="the differencing disk to change")
+    p.add_argument("new_parent", metavar="NEWPARENT",
+                   help="its new parent (same format and size)")
     p.add_argument("--force", action="store_true",
                    help="accept a parent whose identity differs from the recorded one")
     p.set_defaults(func=cmd_set_parent)
 
     p = dsub.add_parser("check", help="verify structure and checksums (exit 1 if problems)")
-    p.add_argument("file")
+    p.add_argument("file", metavar="FILE", help="the disk to check (and its parent chain)")
     p.set_defaults(func=cmd_check)
 
 
@@ -111,15 +125,62 @@ def _guard(fn: Any, *args: Any, **kw: Any) -> Any:
         raise UsageError(f"{where}: {exc.strerror or exc}".lstrip(": ")) from None
 
 
+class _Bar:
+    """A rich progress bar on standard error, drawn from the first progress report on (so an
+    operation that turns out not to copy, such as an in-place expand, shows none)."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.bar: Any = None
+        self.task: Any = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+            )
+
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(),
+                                DownloadColumn(binary_units=True), TimeRemainingColumn(),
+                                console=Console(stderr=True), transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task(self.what, total=total)
+        self.bar.update(self.task, completed=done, total=total)
+
+    def stop(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+@contextlib.contextmanager
+def _progress(what: str) -> Iterator[Progress | None]:
+    """A progress callback for a long copy: a bar when standard error is a terminal, else
+    nothing (a script's log gets no bar characters)."""
+    if not (sys.stderr is not None and sys.stderr.isatty()):
+        yield None
+        return
+    bar = _Bar(what)
+    try:
+        yield bar
+    finally:
+        bar.stop()
+
+
 def cmd_create(args: argparse.Namespace) -> int:
+    from hyperv_emu.cli import say
     from hyperv_emu.vsp.storage import convert
 
     kind = args.type or ("differencing" if args.parent else "dynamic")
     _guard(convert.create_image, args.file, args.size, fmt=args.format, kind=kind,
            parent=args.parent, block_size=args.block_size)
     info = _guard(convert.image_info, args.file)
-    print(f"created {args.file}: {info['format']} {info['type']}, "
-          f"{_human(info['virtual_size'])}")
+    say(f"created {args.file}: {convert.describe(info['format'], info['type'])}, "
+        f"{_human(info['virtual_size'])}")
     return 0
 
 
@@ -131,11 +192,12 @@ def _human(n: int) -> str:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    from hyperv_emu.cli import say
     from hyperv_emu.vsp.storage import convert
 
     info = _guard(convert.image_info, args.file)
     if args.json:
-        print(json.dumps(info, indent=2, default=str))
+        say(json.dumps(info, indent=2, default=str))
         return 0
     rows: list[tuple[str, str]] = [
         ("file", info["path"]), ("format", info["format"]), ("type", info["type"]),
@@ -173,63 +235,73 @@ def cmd_info(args: argparse.Namespace) -> int:
         rows.append(("problem", problem))
     width = max(len(k) for k, _v in rows)
     for k, v in rows:
-        print(f"{k:<{width}}  {v}")
+        say(f"{k:<{width}}  {v}")
     return 0
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
+    from hyperv_emu.cli import say
     from hyperv_emu.vsp.storage import convert
 
-    n = _guard(convert.convert_image, args.src, args.dst, fmt=args.format, kind=args.type,
-               block_size=args.block_size)
+    with _progress(f"convert {args.src}") as progress:
+        n = _guard(convert.convert_image, args.src, args.dst, fmt=args.format,
+                   kind=args.type, block_size=args.block_size, progress=progress)
     info = _guard(convert.image_info, args.dst)
-    print(f"converted {args.src} -> {args.dst}: {info['format']} {info['type']}, "
-          f"{_human(n)} of data written")
+    say(f"converted {args.src} -> {args.dst}: {convert.describe(info['format'], info['type'])}"
+        f", {_human(n)} of data written")
     return 0
 
 
 def cmd_compact(args: argparse.Namespace) -> int:
+    from hyperv_emu.cli import say
     from hyperv_emu.vsp.storage import convert
 
-    before, after = _guard(convert.compact_image, args.file)
-    print(f"compacted {args.file}: {_human(before)} -> {_human(after)}")
+    with _progress(f"compact {args.file}") as progress:
+        before, after = _guard(convert.compact_image, args.file, progress=progress)
+    say(f"compacted {args.file}: {_human(before)} -> {_human(after)}")
     return 0
 
 
 def cmd_expand(args: argparse.Namespace) -> int:
+    from hyperv_emu.cli import say
     from hyperv_emu.vsp.storage import convert
 
-    rebuilt = _guard(convert.expand_image, args.file, args.size)
+    with _progress(f"expand {args.file}") as progress:
+        rebuilt = _guard(convert.expand_image, args.file, args.size, progress=progress)
     how = " (rebuilt: the block table had no room)" if rebuilt else ""
-    print(f"expanded {args.file} to {_human(args.size)}{how}")
+    say(f"expanded {args.file} to {_human(args.size)}{how}")
     return 0
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
+    from hyperv_emu.cli import say
     from hyperv_emu.vsp.storage import convert
 
-    parent = _guard(convert.merge_image, args.child, keep=args.keep)
+    with _progress(f"merge {args.child}") as progress:
+        parent = _guard(convert.merge_image, args.child, keep=args.keep, progress=progress)
     what = "kept, now based on the merged parent" if args.keep else "removed"
-    print(f"merged {args.child} into {parent}; {args.child} {what}")
+    say(f"merged {args.child} into {parent}; {args.child} {what}")
     return 0
 
 
 def cmd_set_parent(args: argparse.Namespace) -> int:
+    from hyperv_emu.cli import say
     from hyperv_emu.vsp.storage import convert
 
     _guard(convert.set_parent, args.child, args.new_parent, force=args.force)
-    print(f"{args.child} now has parent {args.new_parent}")
+    say(f"{args.child} now has parent {args.new_parent}")
     return 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from hyperv_emu.cli import say
     from hyperv_emu.vsp.storage import convert
 
     problems = _guard(convert.check_image, args.file)
     for p in problems:
-        print(p)
+        say(p)
     if not problems:
-        print(f"{args.file}: no problems found")
+        say(f"{args.file}: no problems found")
         return 0
     print(f"{args.file}: {len(problems)} problem(s)", file=sys.stderr)
     return 1

@@ -84,7 +84,7 @@ def test_kernel_runs_and_exits(capsys: pytest.CaptureFixture[str], tmp_path: Pat
     assert status == 1, err
     lines = out.splitlines()
     assert "multiboot ok" in lines
-    assert "quiet debug" in lines
+    assert f"{path} quiet debug" in lines  # QEMU's "<kernel path> <append>"
     assert f"{(32 << 20) // 1024 - 1024:08x}" in lines
     assert "00000001" in lines
     assert "initrd.bin" in lines

@@ -31,7 +31,7 @@ def test_create_info_json(capsys: pytest.CaptureFixture[str], tmp_path: Path) ->
     p = tmp_path / "a.vhdx"
     status, out, _ = run_cli(capsys, "disk", "create", str(p), "--size", "64M",
                              "--block-size", "1M")
-    assert status == 0 and "vhdx dynamic" in out
+    assert status == 0 and "dynamic VHDX" in out
     status, out, _ = run_cli(capsys, "disk", "info", str(p), "--json")
     info = json.loads(out)
     assert status == 0
@@ -45,7 +45,7 @@ def test_create_info_json(capsys: pytest.CaptureFixture[str], tmp_path: Path) ->
     assert "differencing" in out and "parent chain" in out and "a.vhdx" in out
     v = tmp_path / "f.vhd"
     status, out, _ = run_cli(capsys, "disk", "create", str(v), "--size", "2M", "--type", "fixed")
-    assert status == 0 and "vhd fixed" in out
+    assert status == 0 and "fixed VHD" in out
     assert os.path.getsize(v) == 2 * MiB + 512
 
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from hyperv_emu.vsp.storage.blockdev import BlockDevice, BlockDeviceError
-from hyperv_emu.vsp.storage.detect import detect_format, open_image
+from hyperv_emu.vsp.storage.detect import detect_format, open_image, require_file
 from hyperv_emu.vsp.storage.raw import RawImage
 from hyperv_emu.vsp.storage.vhd import VhdImage, check_vhd, create_vhd, vhd_info
 from hyperv_emu.vsp.storage.vhd_format import BAT_UNUSED, DISK_FIXED, SECTOR
@@ -32,6 +32,9 @@ KINDS = ("fixed", "dynamic", "differencing")
 _EXTENSIONS = {".vhd": "vhd", ".avhd": "vhd", ".vhdx": "vhdx", ".avhdx": "vhdx",
                ".img": "raw", ".raw": "raw", ".bin": "raw"}
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+#: A long operation's progress report: called with (bytes done, bytes in all) as it copies.
+Progress = Callable[[int, int], None]
 
 
 def parse_size(text: str) -> int:
@@ -192,10 +195,14 @@ def chain_runs(img: BlockDevice) -> list[tuple[int, int]]:
 
 
 def _copy(src: BlockDevice, dst: BlockDevice, runs: list[tuple[int, int]],
-          skip: Callable[[int, bytes], bool]) -> int:
+          skip: Callable[[int, bytes], bool], progress: Progress | None = None) -> int:
     """Copy ``runs`` from ``src`` to ``dst`` in CHUNK-aligned pieces, leaving out the pieces
-    ``skip(offset, data)`` rejects; returns the bytes written."""
-    written = 0
+    ``skip(offset, data)`` rejects; returns the bytes written.  ``progress`` hears of every
+    piece looked at, written or not."""
+    written = done = 0
+    total = sum(b - a for a, b in runs)
+    if progress is not None:
+        progress(0, total)
     for a, b in runs:
         pos = a
         while pos < b:
@@ -204,6 +211,9 @@ def _copy(src: BlockDevice, dst: BlockDevice, runs: list[tuple[int, int]],
             if not skip(pos, data):
                 dst.write(pos, data)
                 written += len(data)
+            done += end - pos
+            if progress is not None:
+                progress(done, total)
             pos = end
     dst.flush()
     return written
@@ -233,10 +243,18 @@ def _chain_of(path: str) -> tuple[list[str], str | None]:
         img.close()
 
 
+def describe(fmt: str, kind: str) -> str:
+    """A format and type as a reader says them: "dynamic VHDX", "fixed VHD", "raw image"."""
+    if fmt == "raw":
+        return "raw image"
+    if fmt == "iso":
+        return "ISO 9660 CD image"
+    return f"{kind} {fmt.upper()}"
+
+
 def image_info(path: str) -> dict[str, Any]:
     """A description of any image: format, type, sizes, allocation, parent chain."""
-    if not os.path.isfile(path):
-        raise BlockDeviceError(f"{path}: no such file")
+    require_file(path)
     fmt = detect_format(path)
     file_size = os.path.getsize(path)
     info: dict[str, Any] = {"path": path, "format": fmt, "file_size": file_size}
@@ -299,8 +317,7 @@ def _iso_details(path: str) -> dict[str, Any]:
 def check_image(path: str) -> list[str]:
     """Every problem in a VHD/VHDX file (and its chain); raw and ISO images have no structure
     to check beyond their size."""
-    if not os.path.isfile(path):
-        raise BlockDeviceError(f"{path}: no such file")
+    require_file(path)
     fmt = detect_format(path)
     if fmt == "vhd":
         return check_vhd(path)
@@ -334,9 +351,21 @@ def _format_of(img: BlockDevice) -> str:
     return "vhd" if isinstance(img, VhdImage) else "vhdx" if isinstance(img, VhdxImage) else "raw"
 
 
-def _build(tmp: str, fmt: str, kind: str, size: int, *, parent: str | None = None,
-           like: BlockDevice | None = None, block_size: int | None = None) -> BlockDevice:
-    """Create ``tmp`` and open it read-write (block and sector sizes copied from ``like``)."""
+def _build(tmp: str, target: str, fmt: str, kind: str, size: int, *,
+           parent: str | None = None, like: BlockDevice | None = None,
+           block_size: int | None = None) -> BlockDevice:
+    """Create ``tmp`` and open it read-write (block and sector sizes copied from ``like``).
+
+    The temporary file is ours, not the user's: a refusal names ``target`` instead."""
+    try:
+        return _build_file(tmp, fmt, kind, size, parent=parent, like=like,
+                           block_size=block_size)
+    except BlockDeviceError as exc:
+        raise BlockDeviceError(str(exc).replace(tmp, target)) from None
+
+
+def _build_file(tmp: str, fmt: str, kind: str, size: int, *, parent: str | None,
+                like: BlockDevice | None, block_size: int | None) -> BlockDevice:
     if fmt == "raw":
         with open(tmp, "xb") as f:
             f.truncate(size)
@@ -361,20 +390,23 @@ def _build(tmp: str, fmt: str, kind: str, size: int, *, parent: str | None = Non
 
 
 def convert_image(src: str, dst: str, *, fmt: str | None = None, kind: str | None = None,
-                  block_size: int | None = None) -> int:
+                  block_size: int | None = None, progress: Progress | None = None) -> int:
     """Copy ``src`` (any format; a chain is flattened) into a new ``dst``; returns bytes written."""
     fmt = _target_format(dst, fmt, ("vhd", "vhdx", "raw"))
     _require_new(dst)
     if kind not in (None, "fixed", "dynamic"):
         raise BlockDeviceError(f"{dst}: convert makes fixed or dynamic disks, not {kind!r}")
+    require_file(src)
     with open_image(src, read_only=True) as img:
+        if img.size == 0:
+            raise BlockDeviceError(f"{src}: empty (0 bytes): there is no disk to convert")
         if kind is None:
             kind = "fixed" if _kind_of(img) == "fixed" else "dynamic"
         tmp = _temp_beside(dst)
         try:
-            out = _build(tmp, fmt, kind, img.size, like=img, block_size=block_size)
+            out = _build(tmp, dst, fmt, kind, img.size, like=img, block_size=block_size)
             with out:
-                n = _copy(img, out, chain_runs(img), _is_zero)
+                n = _copy(img, out, chain_runs(img), _is_zero, progress)
             os.replace(tmp, dst)
         except BaseException:
             _discard(tmp)
@@ -382,7 +414,8 @@ def convert_image(src: str, dst: str, *, fmt: str | None = None, kind: str | Non
     return n
 
 
-def _rewrite(path: str, new_size: int | None = None) -> tuple[int, int]:
+def _rewrite(path: str, new_size: int | None = None,
+             progress: Progress | None = None) -> tuple[int, int]:
     """Rebuild a dynamic or differencing VHD/VHDX without redundant blocks, optionally larger,
     keeping its identity so children stay linked; returns (old, new) file sizes."""
     old_file = os.path.getsize(path)
@@ -392,7 +425,7 @@ def _rewrite(path: str, new_size: int | None = None) -> tuple[int, int]:
         if fmt == "raw" or kind == "fixed" and new_size is None:
             raise BlockDeviceError(
                 f"{path}: only dynamic and differencing VHD/VHDX disks can be compacted "
-                f"(this is a {kind} {fmt})")
+                f"(this is a {describe(fmt, kind)})")
         parent: BlockDevice | None = getattr(img, "parent", None)
         ppath = getattr(parent, "path", None)
         skip: Callable[[int, bytes], bool] = _is_zero
@@ -400,9 +433,9 @@ def _rewrite(path: str, new_size: int | None = None) -> tuple[int, int]:
             skip = _never if new_size is not None else _same_as(parent)
         tmp = _temp_beside(path)
         try:
-            out = _build(tmp, fmt, kind, new_size or img.size, parent=ppath, like=img)
+            out = _build(tmp, path, fmt, kind, new_size or img.size, parent=ppath, like=img)
             with out:
-                _copy(img, out, list(layer_runs(img)), skip)
+                _copy(img, out, list(layer_runs(img)), skip, progress)
             if isinstance(img, VhdImage):
                 from hyperv_emu.vsp.storage import vhd_edit
 
@@ -431,19 +464,17 @@ def _same_as(parent: BlockDevice) -> Callable[[int, bytes], bool]:
     return lambda pos, data: parent.read(pos, len(data)) == data
 
 
-def compact_image(path: str) -> tuple[int, int]:
+def compact_image(path: str, progress: Progress | None = None) -> tuple[int, int]:
     """Rewrite a dynamic/differencing disk without all-zero (or parent-equal) data; atomic."""
-    if not os.path.isfile(path):
-        raise BlockDeviceError(f"{path}: no such file")
-    return _rewrite(path)
+    require_file(path)
+    return _rewrite(path, progress=progress)
 
 
-def expand_image(path: str, new_size: int) -> bool:
+def expand_image(path: str, new_size: int, progress: Progress | None = None) -> bool:
     """Grow the virtual size; in place where the format allows, else by an atomic rebuild.
 
     Returns True when the file was rebuilt."""
-    if not os.path.isfile(path):
-        raise BlockDeviceError(f"{path}: no such file")
+    require_file(path)
     fmt = detect_format(path)
     if fmt == "raw":
         size = os.path.getsize(path)
@@ -463,9 +494,16 @@ def expand_image(path: str, new_size: int) -> bool:
         raise BlockDeviceError(f"{path}: a {fmt} image cannot be expanded")
     with open_image(path):
         pass  # validates the file, its chain and writability before anything is written
+    if fmt == "vhdx":
+        # Opening a VHDX reads its BAT lazily; a damaged one (an entry past the end of the
+        # file, say) must be refused before the in-place edit, as check reports it.
+        problems = check_vhdx(path)
+        if problems:
+            raise BlockDeviceError(
+                f"{problems[0]}; not expanded (damaged: 'disk check' lists every problem)")
     if edit.expand_in_place(path, new_size):
         return False
-    _rewrite(path, new_size)
+    _rewrite(path, new_size, progress)
     return True
 
 
@@ -475,8 +513,7 @@ def expand_image(path: str, new_size: int) -> bool:
 def set_parent(child: str, new_parent: str, *, force: bool = False) -> None:
     """Re-point differencing disk ``child`` at ``new_parent`` (same format, same size)."""
     for p in (child, new_parent):
-        if not os.path.isfile(p):
-            raise BlockDeviceError(f"{p}: no such file")
+        require_file(p)
     fmt, pfmt = detect_format(child), detect_format(new_parent)
     if fmt not in ("vhd", "vhdx"):
         raise BlockDeviceError(f"{child}: not a differencing VHD or VHDX (it is {fmt})")
@@ -497,14 +534,13 @@ def set_parent(child: str, new_parent: str, *, force: bool = False) -> None:
         vhdx_edit.set_parent(child, new_parent, force=force)
 
 
-def merge_image(child: str, *, keep: bool = False) -> str:
+def merge_image(child: str, *, keep: bool = False, progress: Progress | None = None) -> str:
     """Write a differencing disk's own sectors into its parent; returns the parent's path.
 
     The child is deleted afterwards, or with ``keep`` re-pointed at the changed parent (whose
     identity changed: VHD modification time, VHDX DataWriteGuid) so it still opens.
     """
-    if not os.path.isfile(child):
-        raise BlockDeviceError(f"{child}: no such file")
+    require_file(child)
     with open_image(child, read_only=True) as img:
         parent = getattr(img, "parent", None)
         if parent is None:
@@ -515,7 +551,7 @@ def merge_image(child: str, *, keep: bool = False) -> str:
         parent.close()
         setattr(img, "parent", None)  # noqa: B010 - VhdImage and VhdxImage both have it
         with open_image(ppath) as dst:
-            _copy(img, dst, runs, _never)
+            _copy(img, dst, runs, _never, progress)
     if keep:
         set_parent(child, ppath, force=True)
     else:
@@ -524,6 +560,7 @@ def merge_image(child: str, *, keep: bool = False) -> str:
 
 
 __all__ = [
-    "check_image", "compact_image", "convert_image", "create_image", "expand_image",
-    "format_from_name", "image_info", "layer_runs", "merge_image", "parse_size", "set_parent",
+    "Progress", "check_image", "compact_image", "convert_image", "create_image", "describe",
+    "expand_image", "format_from_name", "image_info", "layer_runs", "merge_image", "parse_size",
+    "set_parent",
 ]

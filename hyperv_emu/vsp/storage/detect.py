@@ -8,6 +8,7 @@ place, and :func:`open_image` hands the file to the matching parser.
 from __future__ import annotations
 
 import os
+import stat
 
 from hyperv_emu.vsp.storage.blockdev import BlockDevice, BlockDeviceError
 
@@ -54,26 +55,39 @@ def detect_format(path: str | os.PathLike[str]) -> str:
     return "raw"
 
 
+def require_file(path: str | os.PathLike[str]) -> None:
+    """BlockDeviceError unless ``path`` is a regular file, saying what it is instead."""
+    path = os.fspath(path)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise BlockDeviceError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise BlockDeviceError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if stat.S_ISREG(mode):
+        return
+    what = ("a directory" if stat.S_ISDIR(mode) else "a character device"
+            if stat.S_ISCHR(mode) else "a block device" if stat.S_ISBLK(mode) else "a FIFO"
+            if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "not a file")
+    raise BlockDeviceError(f"{path}: is {what}, not a disk image file")
+
+
 def open_image(path: str | os.PathLike[str], *, read_only: bool = False) -> BlockDevice:
     """Open a disk image of any supported format; differencing parents open read-only.
 
     An ISO 9660 image always opens read-only (it is a CD). Any other file the user cannot write
-    is refused unless ``read_only`` was asked, with a message saying how to ask for it.
+    is refused unless ``read_only`` was asked (how to ask is the caller's to say: ``run`` has
+    ``,readonly``, a ``disk`` edit has no such thing).
     """
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise BlockDeviceError(f"{path}: no such file")
-    if not os.path.isfile(path):
-        raise BlockDeviceError(f"{path}: not a regular file")
-    fmt = detect_format(path)
+    require_file(path)
     if not os.access(path, os.R_OK):
         raise BlockDeviceError(f"{path}: not readable (permission denied)")
+    fmt = detect_format(path)
     if fmt == "iso":
         read_only = True
     if not read_only and not os.access(path, os.W_OK):
-        raise BlockDeviceError(
-            f"{path}: not writable (permission denied); add ',readonly' to attach it read-only"
-        )
+        raise BlockDeviceError(f"{path}: not writable (permission denied)")
     if fmt == "vhdx":
         from hyperv_emu.vsp.storage.vhdx import VhdxImage
 

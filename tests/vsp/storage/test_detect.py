@@ -109,8 +109,9 @@ def test_unwritable_file_needs_readonly(tmp_path: Path, monkeypatch: pytest.Monk
     # The suite may run as root, for whom every file is writable: simulate the permission.
     monkeypatch.setattr(detect.os, "access",
                         lambda path, mode: False if mode == os.W_OK else real(path, mode))
-    with pytest.raises(BlockDeviceError, match=r"ro.img.*not writable.*,readonly"):
+    with pytest.raises(BlockDeviceError, match=r"ro.img.*not writable") as info:
         open_image(p)
+    assert ",readonly" not in str(info.value)  # only `run` has that option: it says so itself
     with open_image(p, read_only=True) as img:
         assert img.read_only and img.read(0, 512) == bytes(512)
 
@@ -118,7 +119,7 @@ def test_unwritable_file_needs_readonly(tmp_path: Path, monkeypatch: pytest.Monk
 def test_missing_directory_and_damaged(tmp_path: Path) -> None:
     with pytest.raises(BlockDeviceError, match="nope.vhd: no such file"):
         open_image(tmp_path / "nope.vhd")
-    with pytest.raises(BlockDeviceError, match="not a regular file"):
+    with pytest.raises(BlockDeviceError, match="is a directory"):
         open_image(tmp_path)
     with pytest.raises(BlockDeviceError, match="is a directory"):
         detect_format(tmp_path)
