@@ -8,6 +8,7 @@ import dataclasses
 import datetime
 import math
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -52,6 +53,11 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
 
     def error(self, message: str) -> NoReturn:
+        # argparse reads an unknown "-hde" as the flag -h with "de" glued on; say what it is.
+        glued = re.fullmatch(r"argument (-\w)(?:/\S+)?: ignored explicit argument '(.*)'",
+                             message)
+        if glued:
+            message = f"unrecognized option '{glued[1]}{glued[2]}'"
         self.exit(EXIT_USAGE, f"hyperv-emu: {message} (see '{self.prog} --help')\n")
 
 
@@ -634,7 +640,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     written with one line and status 2."""
     try:
         parser = build_parser()
-        args = parser.parse_args(argv)
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit:  # --help, --version, a usage error: flush what they printed here
+            say_flush()
+            raise
         if not getattr(args, "func", None):
             parser.print_help()
             return EXIT_USAGE
