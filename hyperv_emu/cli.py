@@ -154,8 +154,9 @@ def _positive_float(text: str) -> float:
 def _memory_mib(text: str) -> int:
     """Guest RAM as QEMU's ``-m`` takes it: a plain number is MiB; ``512M``, ``2G`` (binary
     units, a whole number of MiB) give the unit."""
-    if text.strip().isdigit():
-        return _positive_int(text)
+    with contextlib.suppress(ValueError):
+        int(text, 0)
+        return _positive_int(text)  # a number (decimal, 0x...) of MiB
     from hyperv_emu.vsp.storage.convert import parse_size
 
     try:
