@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -243,7 +244,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from hyperv_emu.cli import say
     from hyperv_emu.vsp.storage import convert
 
-    with _progress(f"convert {args.src}") as progress:
+    with _progress(f"convert {os.path.basename(args.src)}") as progress:
         n = _guard(convert.convert_image, args.src, args.dst, fmt=args.format,
                    kind=args.type, block_size=args.block_size, progress=progress)
     info = _guard(convert.image_info, args.dst)
@@ -256,7 +257,7 @@ def cmd_compact(args: argparse.Namespace) -> int:
     from hyperv_emu.cli import say
     from hyperv_emu.vsp.storage import convert
 
-    with _progress(f"compact {args.file}") as progress:
+    with _progress(f"compact {os.path.basename(args.file)}") as progress:
         before, after = _guard(convert.compact_image, args.file, progress=progress)
     say(f"compacted {args.file}: {_human(before)} -> {_human(after)}")
     return 0
@@ -266,7 +267,7 @@ def cmd_expand(args: argparse.Namespace) -> int:
     from hyperv_emu.cli import say
     from hyperv_emu.vsp.storage import convert
 
-    with _progress(f"expand {args.file}") as progress:
+    with _progress(f"expand {os.path.basename(args.file)}") as progress:
         rebuilt = _guard(convert.expand_image, args.file, args.size, progress=progress)
     how = " (rebuilt: the block table had no room)" if rebuilt else ""
     say(f"expanded {args.file} to {_human(args.size)}{how}")
@@ -277,7 +278,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     from hyperv_emu.cli import say
     from hyperv_emu.vsp.storage import convert
 
-    with _progress(f"merge {args.child}") as progress:
+    with _progress(f"merge {os.path.basename(args.child)}") as progress:
         parent = _guard(convert.merge_image, args.child, keep=args.keep, progress=progress)
     what = "kept, now based on the merged parent" if args.keep else "removed"
     say(f"merged {args.child} into {parent}; {args.child} {what}")
