@@ -241,8 +241,8 @@ def _add_machine_options(p: argparse.ArgumentParser, serial_default: str = "stdo
                    help="accepted for QEMU habits (only 'none': there is no window)")
     p.add_argument("--serial-input", metavar="FILE",
                    help="bytes fed to COM1's receiver ('-' for standard input)")
-    p.add_argument("--debugcon", metavar="FILE",
-                   help="where port 0xE9 output goes (default standard error)")
+    p.add_argument("--debugcon", metavar="stdout|stderr|FILE|none",
+                   help="where port 0xE9 output goes (default stderr)")
     p.add_argument("--max-instructions", metavar="N", type=_positive_int,
                    help="end the run after N guest instructions (exit status 8)")
     p.add_argument("--timeout", metavar="SECONDS", type=_positive_float,

@@ -139,3 +139,16 @@ def test_unreadable_disk_gets_one_true_message(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert proc.stderr.decode().splitlines() == [
         f"hyperv-emu: {img}: not readable (permission denied)"]
+
+
+@pytest.mark.parametrize("spec,stream", [("stdout", "out"), ("stderr", "err"), ("-", "out")])
+def test_debugcon_goes_where_it_says(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                     spec: str, stream: str) -> None:
+    # Port 0xE9 output: "--debugcon stdout" used to land on standard error.
+    disk = boot_image(tmp_path / "e9.img", "mov al, 0x44\nout 0xe9, al\nmov al, 10\n"
+                                           "out 0xe9, al\nmov al, 0\nout 0xf4, al\nhlt")
+    status, out, err = run_cli(capsys, "run", "--disk", str(disk), "--serial", "none",
+                               "--debugcon", spec)
+    assert status == 1, err
+    assert {"out": out, "err": err}[stream] == "D\n"
+    assert {"out": err, "err": out}[stream] == ""
