@@ -424,11 +424,14 @@ def _machine_from_args(args: argparse.Namespace) -> Iterator[_Session]:
         session = _Session(machine, [serial, debugcon])
         try:
             yield session
-        finally:
+        except BaseException:
             session.close()
+            raise
+        session.flush()  # a failing output is reported on the normal path, as one line
     finally:
         for fh in opened:
-            fh.close()
+            with contextlib.suppress(OSError):  # already reported, or ending for another reason
+                fh.close()
         for d in [*disks, cdrom]:
             if d is not None:
                 d.close()

@@ -87,11 +87,14 @@ def test_full_output_is_one_line_and_status_2(tmp_path: Path, argv: list[str]) -
     assert lines == ["hyperv-emu: cannot write to standard output: No space left on device"]
 
 
-def test_trace_file_that_cannot_be_written(tmp_path: Path) -> None:
+@pytest.mark.parametrize("argv", [["trace", "--serial", "none", "-o", "/dev/full"],
+                                  ["run", "--serial", "/dev/full"],
+                                  ["trace", "timer", "--io", "--serial", "/dev/full"]])
+def test_output_file_that_cannot_be_written(argv: list[str]) -> None:
     if not os.path.exists("/dev/full"):
         pytest.skip("no /dev/full on this system")
-    proc = subprocess.run(cli("trace", "--serial", "none", "-o", "/dev/full"),
-                          capture_output=True, env=cli_env(), timeout=300)
+    proc = subprocess.run(cli(*argv), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          env=cli_env(), timeout=300)
     assert proc.returncode == 2
     assert proc.stderr.decode().splitlines() == [
         "hyperv-emu: cannot write to /dev/full: No space left on device"]
