@@ -665,7 +665,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
         # On a terminal the ^C echo leaves the cursor mid-line: start the message afresh.
-        lead = "\n" if sys.stderr.isatty() else ""
+        lead = "\n" if sys.stderr is not None and sys.stderr.isatty() else ""
         print(f"{lead}hyperv-emu: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception:  # a host exception here is a bug in hyperv-emu, not the user's fault
