@@ -16,6 +16,7 @@ from hyperv_emu import __version__
 
 if TYPE_CHECKING:
     from hyperv_emu.vsp.storage.blockdev import BlockDevice
+    from hyperv_emu.vsp.storage.lock import ImageInUseError
     from hyperv_emu.worker.events import Event
     from hyperv_emu.worker.machine import Machine, MachineExit
 
@@ -89,11 +90,14 @@ def _rtc_base(text: str) -> datetime.datetime:
 def _add_machine_options(p: argparse.ArgumentParser, serial_default: str = "stdout") -> None:
     """The options that describe the machine and what it boots (run, trace, step)."""
     p.add_argument("guest", nargs="?", help="name of a shipped tiny guest (default: hello)")
-    p.add_argument("--disk", metavar="IMAGE[,readonly]", action="append", default=[],
+    p.add_argument("--disk", metavar="IMAGE[,readonly[,force-share]]", action="append",
+                   default=[],
                    help="disk image (raw, VHD, VHDX, format from its headers) as the next IDE "
                         "disk: primary master, primary slave, secondary master, secondary "
-                        "slave; repeatable up to 4 (3 with --cdrom)")
-    p.add_argument("--cdrom", metavar="FILE.iso",
+                        "slave; repeatable up to 4 (3 with --cdrom). Locked while in use: "
+                        "one writer or any number of readers; 'force-share' reads a "
+                        "read-only disk another process is writing")
+    p.add_argument("--cdrom", metavar="FILE.iso[,force-share]",
                    help="ISO 9660 image in an ATAPI CD-ROM drive on the secondary master")
     p.add_argument("--boot", choices=("c", "d"), default="c",
                    help="boot from the first hard disk (c, default) or the CD (d, needs --cdrom)")
@@ -387,16 +391,17 @@ def _open_drives(
     secondary master's place, so a third disk becomes the secondary slave."""
     from hyperv_emu.vsp.storage.blockdev import BlockDeviceError
     from hyperv_emu.vsp.storage.detect import detect_format, open_image
+    from hyperv_emu.vsp.storage.lock import ImageInUseError, force_share
 
     opened: list[BlockDevice] = []
     try:
         for spec in specs:
-            path, read_only = spec, False
-            head, sep, opt = spec.rpartition(",")
-            if sep and opt in ("readonly", "ro") and not Path(spec).is_file():
-                path, read_only = head, True
-            elif sep and opt and not Path(spec).exists() and Path(head).is_file():
-                raise UsageError(f"--disk {spec!r}: unknown option {opt!r} (only 'readonly')")
+            path, opts = _drive_options(spec, "--disk", ("readonly", "ro", "force-share"))
+            read_only = bool(opts & {"readonly", "ro"})
+            shared = "force-share" in opts
+            if shared and not read_only:
+                raise UsageError(f"--disk {spec!r}: force-share is for read-only disks only "
+                                 "(add ',readonly')")
             if not Path(path).is_file():
                 raise UsageError(f"disk image {path!r} does not exist or is not a file")
             if not read_only and not os.access(path, os.W_OK):
@@ -404,11 +409,15 @@ def _open_drives(
                 read_only = True
                 print(f"hyperv-emu: {path}: not writable; attached read-only", file=sys.stderr)
             try:
-                opened.append(open_image(path, read_only=read_only))
+                with force_share() if shared else contextlib.nullcontext():
+                    opened.append(open_image(path, read_only=read_only))
+            except ImageInUseError as exc:
+                raise UsageError(_in_use_hint(exc, "',readonly,force-share'")) from None
             except BlockDeviceError as exc:
                 raise UsageError(str(exc)) from None
         cdrom = None
         if cdrom_path is not None:
+            cdrom_path, opts = _drive_options(cdrom_path, "--cdrom", ("force-share",))
             if not Path(cdrom_path).is_file():
                 raise UsageError(f"CD image {cdrom_path!r} does not exist or is not a file")
             try:
@@ -416,7 +425,10 @@ def _open_drives(
                 if fmt != "iso":
                     raise UsageError(f"{cdrom_path}: not an ISO 9660 image (no 'CD001' at byte "
                                      f"0x8001; it looks like {fmt})")
-                cdrom = open_image(cdrom_path, read_only=True)
+                with force_share() if opts else contextlib.nullcontext():
+                    cdrom = open_image(cdrom_path, read_only=True)
+            except ImageInUseError as exc:
+                raise UsageError(_in_use_hint(exc, "',force-share'")) from None
             except BlockDeviceError as exc:
                 raise UsageError(str(exc)) from None
     except BaseException:
@@ -427,6 +439,29 @@ def _open_drives(
     if cdrom is not None and len(disks) > 2:
         disks.insert(2, None)
     return disks, cdrom
+
+
+def _drive_options(spec: str, flag: str, known: tuple[str, ...]) -> tuple[str, set[str]]:
+    """Split ``FILE[,OPTION...]`` into the file and its options; a name that is itself an
+    existing file keeps its commas."""
+    path, opts = spec, set()
+    while not Path(path).exists():
+        head, sep, opt = path.rpartition(",")
+        if not sep:
+            break
+        if opt not in known:
+            if Path(head).exists() or "," in head:
+                raise UsageError(f"{flag} {spec!r}: unknown option {opt!r} (known: "
+                                 f"{', '.join(k for k in known if k != 'ro')})")
+            break
+        path = head
+        opts.add(opt)
+    return path, opts
+
+
+def _in_use_hint(exc: ImageInUseError, option: str) -> str:
+    """The lock conflict's message, with how to read the image anyway for a reader."""
+    return str(exc) if exc.write else f"{exc}; add {option} to read it anyway"
 
 
 def cmd_guests(args: argparse.Namespace) -> int:

@@ -8,8 +8,10 @@ Exit status: 0 success; 1 ``check`` found problems; 2 bad command line or unusab
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 KINDS = ("fixed", "dynamic", "differencing")
@@ -52,6 +54,7 @@ def add_disk_commands(sub: Any) -> None:
     p = dsub.add_parser("info", help="format, type, sizes, allocation and parent chain")
     p.add_argument("file")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_force_share(p)
     p.set_defaults(func=cmd_info)
 
     p = dsub.add_parser("convert", help="copy a disk (a chain is flattened) into a new file "
@@ -62,6 +65,7 @@ def add_disk_commands(sub: Any) -> None:
     p.add_argument("--type", choices=("fixed", "dynamic"),
                    help="default: fixed stays fixed, anything else becomes dynamic")
     p.add_argument("--block-size", type=_size, metavar="SIZE")
+    _add_force_share(p)
     p.set_defaults(func=cmd_convert)
 
     p = dsub.add_parser("compact", help="rewrite a dynamic or differencing disk without "
@@ -89,7 +93,31 @@ def add_disk_commands(sub: Any) -> None:
 
     p = dsub.add_parser("check", help="verify structure and checksums (exit 1 if problems)")
     p.add_argument("file")
+    _add_force_share(p)
     p.set_defaults(func=cmd_check)
+
+
+def _add_force_share(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-U", "--force-share", action="store_true",
+                   help="read the image even while another process has it open for writing "
+                        "(takes no lock; the data may be changing)")
+
+
+@contextlib.contextmanager
+def _reader(args: argparse.Namespace) -> Iterator[None]:
+    """Around a command that only reads its image(s): honour --force-share, and say how to
+    read an image that a writer holds."""
+    from hyperv_emu.cli import UsageError
+    from hyperv_emu.vsp.storage.lock import ImageInUseError, force_share
+
+    try:
+        with force_share() if args.force_share else contextlib.nullcontext():
+            yield
+    except UsageError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, ImageInUseError) and not cause.write:
+            raise UsageError(f"{exc}; add --force-share to read it anyway") from None
+        raise
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:
@@ -101,9 +129,12 @@ def _guard(fn: Any, *args: Any, **kw: Any) -> Any:
     """Turn the storage layer's errors into the CLI's one-line usage errors."""
     from hyperv_emu.cli import UsageError
     from hyperv_emu.vsp.storage.blockdev import BlockDeviceError
+    from hyperv_emu.vsp.storage.lock import ImageInUseError
 
     try:
         return fn(*args, **kw)
+    except ImageInUseError as exc:
+        raise UsageError(str(exc)) from exc  # the cause tells _reader to add its hint
     except BlockDeviceError as exc:
         raise UsageError(str(exc)) from None
     except OSError as exc:
@@ -133,7 +164,8 @@ def _human(n: int) -> str:
 def cmd_info(args: argparse.Namespace) -> int:
     from hyperv_emu.vsp.storage import convert
 
-    info = _guard(convert.image_info, args.file)
+    with _reader(args):
+        info = _guard(convert.image_info, args.file)
     if args.json:
         print(json.dumps(info, indent=2, default=str))
         return 0
@@ -180,8 +212,9 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_convert(args: argparse.Namespace) -> int:
     from hyperv_emu.vsp.storage import convert
 
-    n = _guard(convert.convert_image, args.src, args.dst, fmt=args.format, kind=args.type,
-               block_size=args.block_size)
+    with _reader(args):
+        n = _guard(convert.convert_image, args.src, args.dst, fmt=args.format, kind=args.type,
+                   block_size=args.block_size)
     info = _guard(convert.image_info, args.dst)
     print(f"converted {args.src} -> {args.dst}: {info['format']} {info['type']}, "
           f"{_human(n)} of data written")
@@ -225,7 +258,8 @@ def cmd_set_parent(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     from hyperv_emu.vsp.storage import convert
 
-    problems = _guard(convert.check_image, args.file)
+    with _reader(args):
+        problems = _guard(convert.check_image, args.file)
     for p in problems:
         print(p)
     if not problems:
