@@ -7,10 +7,11 @@ import contextlib
 import dataclasses
 import datetime
 import os
+import stat
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, NoReturn
+from typing import IO, TYPE_CHECKING, BinaryIO, NoReturn
 
 from hyperv_emu import __version__
 
@@ -110,7 +111,11 @@ def _add_machine_options(p: argparse.ArgumentParser, serial_default: str = "stdo
     p.add_argument("--serial", default=serial_default, metavar="stdout|stderr|FILE|none",
                    help=f"where COM1 output goes (default {serial_default})")
     p.add_argument("--serial-input", metavar="FILE",
-                   help="bytes fed to COM1's receiver ('-' for standard input)")
+                   help="bytes fed to COM1's receiver ('-' for standard input), read as the "
+                        "guest takes them: each byte waits until the receiver has room")
+    p.add_argument("--serial-input-after", metavar="TEXT",
+                   help="start sending --serial-input only once the guest has written TEXT "
+                        "to COM1 (e.g. its prompt)")
     p.add_argument("--debugcon", metavar="FILE",
                    help="where port 0xE9 output goes (default standard error)")
     p.add_argument("--max-instructions", metavar="N", type=_positive_int,
@@ -170,11 +175,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _read_file(path: str, what: str) -> bytes:
+def _read_bounded(path: str, what: str, limit: int, memory_mib: int) -> bytes:
+    """The whole file, refused without reading it if it is larger than ``limit`` bytes (its
+    size from stat; a pipe or device is read to at most limit + 1 bytes), so a huge or endless
+    file costs no memory."""
+    too_big = (f"{what} {path!r} does not fit in guest RAM ({memory_mib} MiB"
+               f"{'' if what == 'kernel' else ' with the kernel and modules before it'}; "
+               "raise -m)")
     try:
-        return Path(path).read_bytes()
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            if stat.S_ISDIR(st.st_mode):
+                raise UsageError(f"cannot read {what} {path!r}: it is a directory")
+            if stat.S_ISREG(st.st_mode) and st.st_size > limit:
+                raise UsageError(f"{too_big}: it is {st.st_size} bytes")
+            data = f.read(max(limit, 0) + 1)
     except OSError as exc:
         raise UsageError(f"cannot read {what} {path!r}: {exc.strerror or exc}") from None
+    if len(data) > limit:
+        raise UsageError(f"{too_big}: it is larger")
+    return data
+
+
+def _open_input(path: str, opened: list[IO[bytes]]) -> BinaryIO:
+    """``--serial-input FILE``, opened unbuffered (read as the guest takes it)."""
+    try:
+        if Path(path).is_dir():
+            raise UsageError(f"cannot read serial input {path!r}: it is a directory")
+        fh = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by _machine_from_args
+    except OSError as exc:
+        raise UsageError(f"cannot read serial input {path!r}: {exc.strerror or exc}") from None
+    opened.append(fh)
+    return fh
 
 
 def _output(
@@ -242,8 +274,9 @@ def _machine_from_args(args: argparse.Namespace) -> Iterator[_Session]:
     opened: list[IO[bytes]] = []
     try:
         kernel = None
+        ram = args.memory << 20
         if args.kernel:
-            kernel = _read_file(args.kernel, "kernel")
+            kernel = _read_bounded(args.kernel, "kernel", ram, args.memory)
         elif args.append or args.initrd:
             raise UsageError("--append and --initrd need --kernel")
         if args.guest or (not args.disk and kernel is None and cdrom is None):
@@ -252,12 +285,21 @@ def _machine_from_args(args: argparse.Namespace) -> Iterator[_Session]:
             except UnknownGuestError as exc:
                 raise UsageError(str(exc.args[0] if exc.args else exc)) from None
             disks.insert(0, guest)
-        initrds = [(Path(p).name, _read_file(p, "initrd")) for p in args.initrd]
-        serial_input = b""
+        initrds: list[tuple[str, bytes]] = []
+        room = ram - len(kernel or b"")  # each module must fit beside what comes before it
+        for p in args.initrd:
+            data = _read_bounded(p, "initrd", room, args.memory)
+            room -= len(data)
+            initrds.append((Path(p).name, data))
+        serial_input: bytes | BinaryIO = b""
+        if args.serial_input_after is not None and not args.serial_input:
+            raise UsageError("--serial-input-after needs --serial-input")
+        if args.serial_input_after == "":
+            raise UsageError("--serial-input-after needs a non-empty TEXT")
         if args.serial_input == "-":
-            serial_input = sys.stdin.buffer.read()
+            serial_input = sys.stdin.buffer
         elif args.serial_input:
-            serial_input = _read_file(args.serial_input, "serial input")
+            serial_input = _open_input(args.serial_input, opened)
         serial = _output(args.serial, sys.stdout.buffer, opened)
         debugcon = _output(args.debugcon or "stderr", sys.stderr.buffer, opened)
         drives: dict[str, object] = {}
@@ -269,6 +311,7 @@ def _machine_from_args(args: argparse.Namespace) -> Iterator[_Session]:
             memory_mib=args.memory, disks=disks, kernel=kernel, append=args.append,
             initrds=initrds, rtc_base=args.rtc_base, clock_mode=args.clock,
             serial_output=serial, serial_input=serial_input, debugcon_output=debugcon,
+            serial_input_after=os.fsencode(args.serial_input_after or ""),
             hyperv=args.hyperv, **drives)  # type: ignore[arg-type]
         try:
             machine = Machine(config)
