@@ -337,6 +337,10 @@ def _report_end(machine: Machine, result: MachineExit) -> None:
     if result.reason != "exit":
         print(f"hyperv-emu: {result.message} (exit status {result.status}, "
               f"{machine.clock.instructions} instructions)", file=sys.stderr)
+    source = machine.serial_input
+    if source is not None and source.error is not None:
+        print(f"hyperv-emu: serial input ended early: {source.error.strerror or source.error}",
+              file=sys.stderr)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
