@@ -117,6 +117,7 @@ def test_disk_commands_refused_while_a_vm_writes(
     ran = cli("run", "--disk", f"{img},readonly,force-share", "--max-instructions", "1000")
     assert ran.returncode == 8, ran.stderr  # it booted and hit the instruction limit
     assert_refused(cli("run", "--disk", f"{img},force-share"), "read-only disks only")
+    assert_refused(cli("run", "--disk", f"{img},readonly,shared"), "unknown option 'shared'")
     assert img.read_bytes() == before
 
 
