@@ -2,7 +2,9 @@
 set-parent and check, on raw, VHD and VHDX files (what Hyper-V's Edit Virtual Hard Disk offers).
 
 Whole-file rewrites (convert, compact, a rebuilding expand) build a temporary file beside the
-target and rename it over it, so the target is either the old file or the new one. Every
+target and rename it over it, so the target is either the old file or the new one. Every file
+is locked while an operation uses it (lock.py: exclusive for the files it changes, shared for
+those it only reads), and a rewrite keeps its lock on the old file until the rename. Every
 failure is a BlockDeviceError whose message names the file and what is wrong.
 """
 
