@@ -507,7 +507,11 @@ def _drive_options(spec: str, flag: str, known: tuple[str, ...]) -> tuple[str, s
 
 
 def _in_use_hint(exc: ImageInUseError, option: str) -> str:
-    """The lock conflict's message, with how to read the image anyway for a reader."""
+    """The lock conflict's message, with how to read the image anyway for a reader; an image
+    this VM has already opened is named as given twice."""
+    if exc.held_here:
+        return (f"{exc.path}: given twice (this VM already has it open, as a --disk, the "
+                "--cdrom or a differencing parent of one)")
     return str(exc) if exc.write else f"{exc}; add {option} to read it anyway"
 
 

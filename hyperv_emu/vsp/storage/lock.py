@@ -57,11 +57,19 @@ _force_share: contextvars.ContextVar[bool] = contextvars.ContextVar("force_share
 class ImageInUseError(BlockDeviceError):
     """Another open (in this or another process) holds a conflicting lock on the image."""
 
-    def __init__(self, message: str, path: str, write: bool) -> None:
+    def __init__(self, message: str, path: str, write: bool,
+                 holders: tuple[Holder, ...] = ()) -> None:
         super().__init__(message)
         self.path = path
         #: Whether the refused open wanted to write (a reader may retry with force-share).
         self.write = write
+        #: The holders found in /proc (may be empty).
+        self.holders = holders
+
+    @property
+    def held_here(self) -> bool:
+        """Whether this very process holds the conflicting lock (the image opened twice)."""
+        return any(h.pid == os.getpid() for h in self.holders)
 
 
 @dataclass(frozen=True)
@@ -170,7 +178,8 @@ def _in_use(fd: int, path: str, write: bool, holder_writes: bool | None) -> Imag
     else:
         who = "another process"
     mode = {True: "writing", False: "reading", None: "use"}[holder_writes]
-    return ImageInUseError(f"{path}: image is in use by {who} (locked for {mode})", path, write)
+    return ImageInUseError(f"{path}: image is in use by {who} (locked for {mode})", path, write,
+                           tuple(holders))
 
 
 def _describe(h: Holder) -> str:

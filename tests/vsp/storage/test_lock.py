@@ -136,12 +136,19 @@ def test_same_image_twice_in_one_run(tmp_path: Path) -> None:
     img = spinning_disk(tmp_path / "twice.img", "fixed")
     before = img.read_bytes()
     assert_refused(cli("run", "--disk", img, "--disk", img, "--max-instructions", "1000"),
-                   "in use by this process", "locked for writing")
-    # Also through another name for the same file.
+                   f"{img}: given twice")
+    # Also through another name for the same file, or as a differencing parent.
     link = tmp_path / "link.img"
     os.link(img, link)
     assert_refused(cli("run", "--disk", img, "--disk", f"{link},readonly"),
-                   "in use by this process")
+                   f"{link}: given twice")
+    base = spinning_disk(tmp_path / "base.vhd")
+    child = tmp_path / "child.vhd"
+    convert.create_image(str(child), None, kind="differencing", parent=str(base))
+    assert_refused(cli("run", "--disk", child, "--disk", base), f"{base}: given twice")
+    with pytest.raises(ImageInUseError, match="in use by this process"):
+        with open_image(str(img)), open_image(str(link), read_only=True):
+            pass
     assert img.read_bytes() == before
 
 
