@@ -249,3 +249,15 @@ def test_open_follows_a_rename_over_the_image(
         assert os.pread(fd, 3, 0) == b"new"
     finally:
         os.close(fd)
+
+
+def test_a_vm_cannot_start_on_an_image_a_disk_operation_holds(tmp_path: Path) -> None:
+    """The other direction: while this (test) process holds an image for writing, as
+    ``disk compact`` does during its rewrite, ``run`` is refused and names this process."""
+    img = spinning_disk(tmp_path / "busy.vhdx")
+    with open_image(str(img)):
+        before = img.read_bytes()
+        result = cli("run", "--disk", img, "--max-instructions", "1000")
+        assert_refused(result, f"pid {os.getpid()}: ", "locked for writing")
+        assert_refused(cli("run", "--disk", f"{img},readonly"), "',readonly,force-share'")
+        assert img.read_bytes() == before
