@@ -177,9 +177,9 @@ def _in_use(fd: int, path: str, write: bool, holder_writes: bool | None) -> Imag
         who = "; ".join(_describe(h) for h in holders[:3])
     else:
         who = "another process"
-    mode = {True: "writing", False: "reading", None: "use"}[holder_writes]
-    return ImageInUseError(f"{path}: image is in use by {who} (locked for {mode})", path, write,
-                           tuple(holders))
+    mode = {True: " (locked for writing)", False: " (locked for reading)", None: ""}
+    return ImageInUseError(f"{path}: image is in use by {who}{mode[holder_writes]}", path,
+                           write, tuple(holders))
 
 
 def _describe(h: Holder) -> str:
