@@ -9,15 +9,17 @@ import datetime
 import math
 import os
 import re
+import stat
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, NoReturn
+from typing import IO, TYPE_CHECKING, BinaryIO, NoReturn
 
 from hyperv_emu import __version__
 
 if TYPE_CHECKING:
     from hyperv_emu.vsp.storage.blockdev import BlockDevice
+    from hyperv_emu.vsp.storage.lock import ImageInUseError
     from hyperv_emu.worker.events import Event
     from hyperv_emu.worker.machine import Machine, MachineExit
 
@@ -213,14 +215,17 @@ _IDE_POSITIONS = ("primary master", "primary slave", "secondary master", "second
 def _add_machine_options(p: argparse.ArgumentParser, serial_default: str = "stdout") -> None:
     """The options that describe the machine and what it boots (run, trace, step)."""
     p.add_argument("guest", nargs="?", help="name of a shipped tiny guest (default: hello)")
-    p.add_argument("--disk", metavar="IMAGE[,readonly]", action="append", default=[],
+    p.add_argument("--disk", metavar="IMAGE[,readonly[,force-share]]", action="append",
+                   default=[],
                    help="disk image (raw, VHD, VHDX, format from its headers) as the next free "
                         "IDE position: primary master, primary slave, secondary master, "
-                        "secondary slave; repeatable up to 4 (3 with --cdrom)")
+                        "secondary slave; repeatable up to 4 (3 with --cdrom). Locked while in "
+                        "use: one writer or any number of readers; 'force-share' reads a "
+                        "read-only disk another process is writing")
     for letter, where in zip("abcd", _IDE_POSITIONS, strict=True):
         p.add_argument(f"-hd{letter}", dest=f"hd{letter}", metavar="IMAGE[,readonly]",
                        help=f"disk image as the {where} (QEMU spelling)")
-    p.add_argument("--cdrom", "-cdrom", metavar="FILE.iso",
+    p.add_argument("--cdrom", "-cdrom", metavar="FILE.iso[,force-share]",
                    help="ISO 9660 image in an ATAPI CD-ROM drive on the secondary master")
     p.add_argument("--boot", "-boot", type=_boot_order, default="c", metavar="c|d",
                    help="boot from the first hard disk (c, default) or the CD (d, needs --cdrom)")
@@ -240,7 +245,11 @@ def _add_machine_options(p: argparse.ArgumentParser, serial_default: str = "stdo
     p.add_argument("-display", choices=("none",),
                    help="accepted for QEMU habits (only 'none': there is no window)")
     p.add_argument("--serial-input", metavar="FILE",
-                   help="bytes fed to COM1's receiver ('-' for standard input)")
+                   help="bytes fed to COM1's receiver ('-' for standard input), read as the "
+                        "guest takes them: each byte waits until the receiver has room")
+    p.add_argument("--serial-input-after", metavar="TEXT",
+                   help="start sending --serial-input only once the guest has written TEXT "
+                        "to COM1 (e.g. its prompt)")
     p.add_argument("--debugcon", metavar="stdout|stderr|FILE|none",
                    help="where port 0xE9 output goes (default stderr)")
     p.add_argument("--max-instructions", metavar="N", type=_positive_int,
@@ -306,11 +315,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _read_file(path: str, what: str) -> bytes:
+def _read_bounded(path: str, what: str, limit: int, memory_mib: int) -> bytes:
+    """The whole file, refused without reading it if it is larger than ``limit`` bytes (its
+    size from stat; a pipe or device is read to at most limit + 1 bytes), so a huge or endless
+    file costs no memory."""
+    too_big = (f"{what} {path!r} does not fit in guest RAM ({memory_mib} MiB"
+               f"{'' if what == 'kernel' else ' with the kernel and modules before it'}; "
+               "raise -m)")
     try:
-        return Path(path).read_bytes()
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            if stat.S_ISDIR(st.st_mode):
+                raise UsageError(f"cannot read {what} {path!r}: it is a directory")
+            if stat.S_ISREG(st.st_mode) and st.st_size > limit:
+                raise UsageError(f"{too_big}: it is {st.st_size} bytes")
+            data = f.read(max(limit, 0) + 1)
     except OSError as exc:
         raise UsageError(f"cannot read {what} {path!r}: {exc.strerror or exc}") from None
+    if len(data) > limit:
+        raise UsageError(f"{too_big}: it is larger")
+    return data
+
+
+def _open_input(path: str, opened: list[IO[bytes]]) -> BinaryIO:
+    """``--serial-input FILE``, opened unbuffered (read as the guest takes it)."""
+    try:
+        if Path(path).is_dir():
+            raise UsageError(f"cannot read serial input {path!r}: it is a directory")
+        fh = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by _machine_from_args
+    except OSError as exc:
+        raise UsageError(f"cannot read serial input {path!r}: {exc.strerror or exc}") from None
+    opened.append(fh)
+    return fh
 
 
 def _output(spec: str, opened: list[IO[bytes]]) -> Callable[[bytes], None] | None:
@@ -380,8 +416,9 @@ def _machine_from_args(args: argparse.Namespace) -> Iterator[_Session]:
     opened: list[IO[bytes]] = []
     try:
         kernel = None
+        ram = args.memory << 20
         if args.kernel:
-            kernel = _read_file(args.kernel, "kernel")
+            kernel = _read_bounded(args.kernel, "kernel", ram, args.memory)
         elif args.append or args.initrd:
             raise UsageError("--append and --initrd need --kernel")
         if args.guest or (not any(disks) and kernel is None and cdrom is None):
@@ -390,12 +427,21 @@ def _machine_from_args(args: argparse.Namespace) -> Iterator[_Session]:
             except UnknownGuestError as exc:
                 raise UsageError(str(exc.args[0] if exc.args else exc)) from None
             disks[0] = guest
-        initrds = [(Path(p).name, _read_file(p, "initrd")) for p in args.initrd]
-        serial_input = b""
+        initrds: list[tuple[str, bytes]] = []
+        room = ram - len(kernel or b"")  # each module must fit beside what comes before it
+        for p in args.initrd:
+            data = _read_bounded(p, "initrd", room, args.memory)
+            room -= len(data)
+            initrds.append((Path(p).name, data))
+        serial_input: bytes | BinaryIO = b""
+        if args.serial_input_after is not None and not args.serial_input:
+            raise UsageError("--serial-input-after needs --serial-input")
+        if args.serial_input_after == "":
+            raise UsageError("--serial-input-after needs a non-empty TEXT")
         if args.serial_input == "-":
-            serial_input = sys.stdin.buffer.read()
+            serial_input = sys.stdin.buffer
         elif args.serial_input:
-            serial_input = _read_file(args.serial_input, "serial input")
+            serial_input = _open_input(args.serial_input, opened)
         serial = _output(args.serial, opened)
         debugcon = _output(args.debugcon or "stderr", opened)
         drives: dict[str, object] = {}
@@ -413,6 +459,7 @@ def _machine_from_args(args: argparse.Namespace) -> Iterator[_Session]:
             memory_mib=args.memory, disks=disks, kernel=kernel, append=append,
             initrds=initrds, rtc_base=rtc_base, clock_mode=args.clock,
             serial_output=serial, serial_input=serial_input, debugcon_output=debugcon,
+            serial_input_after=os.fsencode(args.serial_input_after or ""),
             hyperv=args.hyperv, **drives)  # type: ignore[arg-type]
         try:
             machine = Machine(config)
@@ -450,6 +497,10 @@ def _report_end(machine: Machine, result: MachineExit, args: argparse.Namespace)
         count = _instructions(machine, args)
         print(f"hyperv-emu: {result.message} (exit status {result.status}"
               f"{', ' + count if count else ''})", file=sys.stderr)
+    source = machine.serial_input
+    if source is not None and source.error is not None:
+        print(f"hyperv-emu: serial input ended early: {source.error.strerror or source.error}",
+              file=sys.stderr)
 
 
 def _status(result: MachineExit, args: argparse.Namespace) -> int:
@@ -566,6 +617,7 @@ def _open_drives(
     """Open the disk in each IDE position (``FILE[,readonly]`` or None) and the --cdrom."""
     from hyperv_emu.vsp.storage.blockdev import BlockDeviceError
     from hyperv_emu.vsp.storage.detect import detect_format, open_image
+    from hyperv_emu.vsp.storage.lock import ImageInUseError, force_share
 
     opened: list[BlockDevice] = []
     disks: list[BlockDevice | None] = []
@@ -574,12 +626,12 @@ def _open_drives(
             if spec is None:
                 disks.append(None)
                 continue
-            path, read_only = spec, False
-            head, sep, opt = spec.rpartition(",")
-            if sep and opt in ("readonly", "ro") and not Path(spec).is_file():
-                path, read_only = head, True
-            elif sep and opt and not Path(spec).exists() and Path(head).is_file():
-                raise UsageError(f"--disk {spec!r}: unknown option {opt!r} (only 'readonly')")
+            path, opts = _drive_options(spec, "--disk", ("readonly", "ro", "force-share"))
+            read_only = bool(opts & {"readonly", "ro"})
+            shared = "force-share" in opts
+            if shared and not read_only:
+                raise UsageError(f"--disk {spec!r}: force-share is for read-only disks only "
+                                 "(add ',readonly')")
             if not Path(path).is_file():
                 raise UsageError(f"disk image {path!r} does not exist or is not a file")
             if not os.access(path, os.R_OK):
@@ -589,12 +641,16 @@ def _open_drives(
                 read_only = True
                 print(f"hyperv-emu: {path}: not writable; attached read-only", file=sys.stderr)
             try:
-                opened.append(open_image(path, read_only=read_only))
+                with force_share() if shared else contextlib.nullcontext():
+                    opened.append(open_image(path, read_only=read_only))
+            except ImageInUseError as exc:
+                raise UsageError(_in_use_hint(exc, "',readonly,force-share'")) from None
             except BlockDeviceError as exc:
                 raise UsageError(str(exc)) from None
             disks.append(opened[-1])
         cdrom = None
         if cdrom_path is not None:
+            cdrom_path, opts = _drive_options(cdrom_path, "--cdrom", ("force-share",))
             if not Path(cdrom_path).is_file():
                 raise UsageError(f"CD image {cdrom_path!r} does not exist or is not a file")
             try:
@@ -602,7 +658,10 @@ def _open_drives(
                 if fmt != "iso":
                     raise UsageError(f"{cdrom_path}: not an ISO 9660 image (no 'CD001' at byte "
                                      f"0x8001; it looks like {fmt})")
-                cdrom = open_image(cdrom_path, read_only=True)
+                with force_share() if opts else contextlib.nullcontext():
+                    cdrom = open_image(cdrom_path, read_only=True)
+            except ImageInUseError as exc:
+                raise UsageError(_in_use_hint(exc, "',force-share'")) from None
             except BlockDeviceError as exc:
                 raise UsageError(str(exc)) from None
     except BaseException:
@@ -610,6 +669,33 @@ def _open_drives(
             d.close()
         raise
     return disks, cdrom
+
+
+def _drive_options(spec: str, flag: str, known: tuple[str, ...]) -> tuple[str, set[str]]:
+    """Split ``FILE[,OPTION...]`` into the file and its options; a name that is itself an
+    existing file keeps its commas."""
+    path, opts = spec, set()
+    while not Path(path).exists():
+        head, sep, opt = path.rpartition(",")
+        if not sep:
+            break
+        if opt not in known:
+            if Path(head).exists() or "," in head:
+                raise UsageError(f"{flag} {spec!r}: unknown option {opt!r} (known: "
+                                 f"{', '.join(k for k in known if k != 'ro')})")
+            break
+        path = head
+        opts.add(opt)
+    return path, opts
+
+
+def _in_use_hint(exc: ImageInUseError, option: str) -> str:
+    """The lock conflict's message, with how to read the image anyway for a reader; an image
+    this VM has already opened is named as given twice."""
+    if exc.held_here:
+        return (f"{exc.path}: given twice (this VM already has it open, as a --disk, the "
+                "--cdrom or a differencing parent of one)")
+    return str(exc) if exc.write else f"{exc}; add {option} to read it anyway"
 
 
 def cmd_guests(args: argparse.Namespace) -> int:

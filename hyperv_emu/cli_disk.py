@@ -64,6 +64,7 @@ def add_disk_commands(sub: Any) -> None:
     p = dsub.add_parser("info", help="format, type, sizes, allocation and parent chain")
     p.add_argument("file", metavar="FILE", help="a VHD, VHDX, raw or ISO image")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_force_share(p)
     p.set_defaults(func=cmd_info)
 
     p = dsub.add_parser("convert", help="copy a disk (a chain is flattened) into a new file "
@@ -76,6 +77,7 @@ def add_disk_commands(sub: Any) -> None:
     p.add_argument("--block-size", type=_size, metavar="SIZE",
                    help="block size of a dynamic DST (default: SRC's if it has the same format, "
                         "else VHD 2M, VHDX 32M)")
+    _add_force_share(p)
     p.set_defaults(func=cmd_convert)
 
     p = dsub.add_parser("compact", help="rewrite a dynamic or differencing disk without "
@@ -104,7 +106,31 @@ def add_disk_commands(sub: Any) -> None:
 
     p = dsub.add_parser("check", help="verify structure and checksums (exit 1 if problems)")
     p.add_argument("file", metavar="FILE", help="the disk to check (and its parent chain)")
+    _add_force_share(p)
     p.set_defaults(func=cmd_check)
+
+
+def _add_force_share(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-U", "--force-share", action="store_true",
+                   help="read the image even while another process has it open for writing "
+                        "(takes no lock; the data may be changing)")
+
+
+@contextlib.contextmanager
+def _reader(args: argparse.Namespace) -> Iterator[None]:
+    """Around a command that only reads its image(s): honour --force-share, and say how to
+    read an image that a writer holds."""
+    from hyperv_emu.cli import UsageError
+    from hyperv_emu.vsp.storage.lock import ImageInUseError, force_share
+
+    try:
+        with force_share() if args.force_share else contextlib.nullcontext():
+            yield
+    except UsageError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, ImageInUseError) and not cause.write:
+            raise UsageError(f"{exc}; add --force-share to read it anyway") from None
+        raise
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:
@@ -116,9 +142,12 @@ def _guard(fn: Any, *args: Any, **kw: Any) -> Any:
     """Turn the storage layer's errors into the CLI's one-line usage errors."""
     from hyperv_emu.cli import UsageError
     from hyperv_emu.vsp.storage.blockdev import BlockDeviceError
+    from hyperv_emu.vsp.storage.lock import ImageInUseError
 
     try:
         return fn(*args, **kw)
+    except ImageInUseError as exc:
+        raise UsageError(str(exc)) from exc  # the cause tells _reader to add its hint
     except BlockDeviceError as exc:
         raise UsageError(str(exc)) from None
     except OSError as exc:
@@ -196,7 +225,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     from hyperv_emu.cli import say
     from hyperv_emu.vsp.storage import convert
 
-    info = _guard(convert.image_info, args.file)
+    with _reader(args):
+        info = _guard(convert.image_info, args.file)
     if args.json:
         say(json.dumps(info, indent=2, default=str))
         return 0
@@ -244,7 +274,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from hyperv_emu.cli import say
     from hyperv_emu.vsp.storage import convert
 
-    with _progress(f"convert {os.path.basename(args.src)}") as progress:
+    with _reader(args), _progress(f"convert {os.path.basename(args.src)}") as progress:
         n = _guard(convert.convert_image, args.src, args.dst, fmt=args.format,
                    kind=args.type, block_size=args.block_size, progress=progress)
     info = _guard(convert.image_info, args.dst)
@@ -298,7 +328,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     from hyperv_emu.cli import say
     from hyperv_emu.vsp.storage import convert
 
-    problems = _guard(convert.check_image, args.file)
+    with _reader(args):
+        problems = _guard(convert.check_image, args.file)
     for p in problems:
         say(p)
     if not problems:

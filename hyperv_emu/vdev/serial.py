@@ -5,6 +5,24 @@ Transmit is instantaneous: a byte written to THR goes to ``output`` at once and 
 enters the receiver one character time apart on the virtual clock, so overruns and the FIFO
 character-timeout interrupt happen at the virtual times the divisor and LCR imply.
 
+Host input can also come from a flow-controlled sender (:meth:`attach_input`), the way a terminal
+with hardware handshaking talks to a PC: it pulls one byte at a time from a source and puts it
+on the line only when the receiver can take it, so the guest never sees an overrun from it and a
+stream of any length needs no buffer. Precisely, the next character starts when all hold:
+
+* the line has been set up: the divisor latch has been written since power-on (the datasheet
+  leaves it undefined until then, so the baud rate means nothing) and DLAB is 0 again;
+* the receiver has room (16450 mode: RBR empty, LSR.DR = 0; FIFO mode: fewer than 16 characters
+  in the receive FIFO);
+* the UART is not in loopback (the serial input pin is disconnected and the modem outputs read
+  inactive to the far end);
+* no :meth:`feed` character is still queued (one line, in order); and
+* the sender has been started: at once, or (``after=TEXT``) once the guest has transmitted TEXT.
+
+The character then arrives one character time later, at the divisor and LCR in force when it
+started; a sender that found the receiver full starts again at the moment the guest reads RBR or
+the FIFO is reset.
+
 The IRQ line follows "interrupt pending" gated by MCR.OUT2, as on the PC where OUT2 enables the
 IRQ driver; in loopback the datasheet forces OUT2 inactive, so no IRQ reaches the ISA line.
 """
@@ -90,7 +108,7 @@ class Uart16550(Device):
     """One 16550A COM port at ``base`` (8 ports)."""
 
     name = "uart16550"
-    SAVE_VERSION = 1
+    SAVE_VERSION = 2
 
     def __init__(
         self,
@@ -107,6 +125,7 @@ class Uart16550(Device):
         self._output = output
         self._events = events
         self._rx_timer = clock.timer(self._on_rx_char, f"uart{base:x}.rx")
+        self._flow_timer = clock.timer(self._on_flow_char, f"uart{base:x}.rx-flow")
         self._cti_timer = clock.timer(self._on_timeout, f"uart{base:x}.timeout")
         # The datasheet leaves the divisor and scratch register undefined at power-on and does
         # not touch them on master reset; start at 9600 baud.
@@ -117,6 +136,15 @@ class Uart16550(Device):
         self._rx_next_ns = 0
         #: Modem inputs from the host side as MSR bits 4-7 (connected: CTS, DSR, DCD).
         self._modem_in = MSR_CTS | MSR_DSR | MSR_DCD
+        # The flow-controlled sender (attach_input): its source, whether it has started, what
+        # it waits to see transmitted first (and the last bytes transmitted, to spot it), the
+        # character on the line, and whether the guest has programmed the divisor latch.
+        self._source: Callable[[], int | None] | None = None
+        self._source_started = False
+        self._start_after = b""
+        self._tx_tail = b""
+        self._flow_char: int | None = None
+        self._line_programmed = False
         self._master_reset()
 
     def _master_reset(self) -> None:
@@ -133,6 +161,7 @@ class Uart16550(Device):
         self._timeout_pending = False
         self._cti_timer.cancel()
         self._update_irq()
+        self._pump()
 
     # ---- derived state --------------------------------------------------------------
     @property
@@ -241,6 +270,46 @@ class Uart16550(Device):
         if self._host_rx:
             self._rx_next_ns = when + self.char_time_ns()
             self._rx_timer.arm(self._rx_next_ns)
+        else:
+            self._pump()
+
+    # ---- the flow-controlled sender -------------------------------------------------
+    def _receiver_ready(self) -> bool:
+        """Whether the flow-controlled sender may start a character now (see the module)."""
+        if self._loop or self._lcr & LCR_DLAB or not self._line_programmed:
+            return False
+        if self._host_rx or self._rx_timer.armed:
+            return False
+        return len(self._rx) < FIFO_SIZE if self._fifo else not self._rx
+
+    def _pump(self) -> None:
+        """Start the sender's next character if it has one and the receiver can take it."""
+        if (self._source is None or not self._source_started or self._flow_char is not None
+                or not self._receiver_ready()):
+            return
+        byte = self._source()
+        if byte is None:
+            self._source = None  # end of input
+            return
+        self._flow_char = byte & 0xFF
+        self._flow_timer.arm_in(self.char_time_ns())
+
+    def _on_flow_char(self) -> None:
+        byte, self._flow_char = self._flow_char, None
+        if byte is not None and not self._loop:
+            self._receive(byte, 0, self._clock.now())
+        self._pump()
+
+    def _watch_output(self, byte: int) -> None:
+        """Start the sender once the guest has transmitted the text it waits for."""
+        if self._source_started or not self._start_after:
+            return
+        self._tx_tail = (self._tx_tail + bytes([byte]))[-len(self._start_after):]
+        if self._tx_tail == self._start_after:
+            self._source_started = True
+            self._tx_tail = b""
+            self._events("uart.input-start", base=self.base)
+            self._pump()
 
     def _on_timeout(self) -> None:
         if self._fifo and self._rx:
@@ -263,12 +332,14 @@ class Uart16550(Device):
         else:
             self._cti_timer.cancel()
         self._update_irq()
+        self._pump()
         return byte
 
     def _clear_rx_fifo(self) -> None:
         self._rx.clear()
         self._timeout_pending = False
         self._cti_timer.cancel()
+        self._pump()
 
     # ---- host side ------------------------------------------------------------------
     def feed(self, data: bytes) -> None:
@@ -289,6 +360,23 @@ class Uart16550(Device):
         if not self._rx_timer.armed:
             self._rx_next_ns = self._clock.now() + self.char_time_ns()
             self._rx_timer.arm(self._rx_next_ns)
+
+    def attach_input(self, source: Callable[[], int | None], after: bytes = b"") -> None:
+        """Receive host input through the flow-controlled sender: ``source()`` gives the next
+        byte, or None at the end of the input, and is called only when that byte can go on
+        the line (so it may read a file or block on a pipe). With ``after``, nothing is sent
+        until the guest has transmitted those bytes on this port. To resume a saved state,
+        attach the input first, then :meth:`restore` (which keeps whether it had started)."""
+        self._source = source
+        self._start_after = after
+        self._source_started = not after
+        self._tx_tail = b""
+        self._pump()
+
+    @property
+    def input_started(self) -> bool:
+        """Whether the flow-controlled sender has started (see ``after``)."""
+        return self._source is not None and self._source_started
 
     @property
     def pending_input(self) -> int:
@@ -372,11 +460,13 @@ class Uart16550(Device):
         if off == RBR_THR_DLL:
             if dlab:
                 self._divisor = (self._divisor & 0xFF00) | value
+                self._line_programmed = True
             else:
                 self._transmit(value)
         elif off == IER_DLM:
             if dlab:
                 self._divisor = (self._divisor & 0x00FF) | value << 8
+                self._line_programmed = True
             else:
                 old = self._ier
                 self._ier = value & 0x0F
@@ -387,11 +477,13 @@ class Uart16550(Device):
             self._write_fcr(value)
         elif off == LCR:
             self._lcr = value
+            self._pump()
         elif off == MCR:
             old_inputs = self._msr_inputs()
             self._mcr = value & 0x1F
             self._note_input_change(old_inputs, self._msr_inputs())
             self._update_irq()
+            self._pump()
         elif off == SCR:
             self._scr = value
         # LSR and MSR writes: factory test only on the 16550; ignored.
@@ -418,13 +510,14 @@ class Uart16550(Device):
             self._events("uart.tx", base=self.base, byte=byte)
             if self._output is not None:
                 self._output(bytes([byte]))
+            self._watch_output(byte)
         # ...and the instantaneous transmission empties THR again, raising it anew.
         self._thre_pending = True
         self._update_irq()
 
     # ---- reset and saved state ------------------------------------------------------
     def reset(self) -> None:
-        """Master reset (divisor, scratch and queued host input survive)."""
+        """Master reset (divisor, scratch, queued host input and the sender survive)."""
         self._master_reset()
 
     def save(self) -> dict[str, Any]:
@@ -449,6 +542,12 @@ class Uart16550(Device):
             rx_next_ns=self._rx_next_ns,
             rx_deadline=self._rx_timer.deadline,
             cti_deadline=self._cti_timer.deadline,
+            # The sender's state; its source is host-side (a file position), not saved.
+            line_programmed=self._line_programmed,
+            source_started=self._source_started,
+            tx_tail=self._tx_tail.hex(),
+            flow_char=self._flow_char,
+            flow_deadline=self._flow_timer.deadline,
         )
         return state
 
@@ -470,7 +569,13 @@ class Uart16550(Device):
         self._timeout_pending = bool(state["timeout_pending"])
         self._host_rx = deque((int(b), int(e)) for b, e in state["host_rx"])
         self._rx_next_ns = int(state["rx_next_ns"])
-        for timer, key in ((self._rx_timer, "rx_deadline"), (self._cti_timer, "cti_deadline")):
+        self._line_programmed = bool(state["line_programmed"])
+        self._source_started = bool(state["source_started"])
+        self._tx_tail = bytes.fromhex(state["tx_tail"])
+        flow = state["flow_char"]
+        self._flow_char = None if flow is None else int(flow)
+        for timer, key in ((self._rx_timer, "rx_deadline"), (self._cti_timer, "cti_deadline"),
+                           (self._flow_timer, "flow_deadline")):
             timer.cancel()
             if state[key] is not None:
                 timer.arm(int(state[key]))

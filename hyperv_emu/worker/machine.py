@@ -12,7 +12,7 @@ import datetime
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 
 from hyperv_emu.clock import ClockMode, VirtualClock
 from hyperv_emu.firmware import build_bios
@@ -44,6 +44,7 @@ from hyperv_emu.vsp.storage.blockdev import BlockDevice
 from hyperv_emu.worker import multiboot
 from hyperv_emu.worker.events import EventLog
 from hyperv_emu.worker.motherboard import Motherboard
+from hyperv_emu.worker.serial_input import StreamInput
 
 MiB = 1 << 20
 BIOS_BASE = 0xF0000
@@ -136,7 +137,11 @@ class MachineConfig:
     rtc_base: datetime.datetime | None = None
     clock_mode: ClockMode = "deterministic"
     serial_output: Callable[[bytes], None] | None = None
-    serial_input: bytes = b""
+    #: Host input for COM1 (bytes, or a binary file read a chunk at a time as the guest takes
+    #: it), sent flow-controlled: only when the receiver has room (see Uart16550.attach_input).
+    serial_input: bytes | BinaryIO = b""
+    #: Start sending serial_input only once the guest has written these bytes to COM1.
+    serial_input_after: bytes = b""
     debugcon_output: Callable[[bytes], None] | None = None
     #: Offer the Hyper-V interface (CPUID 0x40000000+, synthetic MSRs, hypercalls).
     hyperv: bool = True
@@ -245,8 +250,10 @@ class Machine:
         board.add(self.rtc)
         self.com1 = Uart16550(0x3F8, board.irqs[4], clock, cfg.serial_output, ev)
         self.com2 = Uart16550(0x2F8, board.irqs[3], clock, None, ev)
+        self.serial_input: StreamInput | None = None
         if cfg.serial_input:
-            self.com1.feed(cfg.serial_input)
+            self.serial_input = StreamInput(cfg.serial_input)
+            self.com1.attach_input(self.serial_input, after=cfg.serial_input_after)
         board.add(self.com1)
         board.add(self.com2)
         self._build_pci()

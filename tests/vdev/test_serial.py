@@ -423,7 +423,7 @@ def test_restore_rejects_wrong_state() -> None:
     p = Port()
     state = p.uart.save()
     with pytest.raises(SaveStateError):
-        p.uart.restore({**state, "version": 2})
+        p.uart.restore({**state, "version": Uart16550.SAVE_VERSION + 1})
     with pytest.raises(SaveStateError):
         p.uart.restore({**state, "device": "mc146818"})
 
@@ -456,3 +456,152 @@ def test_random_guest_accesses_never_raise_and_state_round_trips(seed: int) -> N
     state = p.uart.save()
     p.uart.restore(state)
     assert p.uart.save() == state
+
+
+# ---- the flow-controlled sender (attach_input) --------------------------------------------
+
+
+class Source:
+    """A byte source that records when the UART asked for each byte."""
+
+    def __init__(self, port: Port, data: bytes) -> None:
+        self.port, self.data, self.asked = port, data, []  # type: list[int]
+        self.pos = 0
+
+    def __call__(self) -> int | None:
+        self.asked.append(self.port.clock.now())
+        if self.pos >= len(self.data):
+            return None
+        self.pos += 1
+        return self.data[self.pos - 1]
+
+
+def test_flow_input_waits_for_the_divisor_and_dlab_off() -> None:
+    p = Port()
+    src = Source(p, b"xy")
+    p.uart.attach_input(src)
+    p.run_until(10 * CHAR_8N1_DIV1)
+    assert src.asked == [] and p.r(LSR) & 0x01 == 0  # divisor never programmed: nothing sent
+    p.w(LCR, 0x83)
+    p.w(RBR, 0x01)
+    p.run_until(20 * CHAR_8N1_DIV1)
+    assert src.asked == []  # DLAB still set: the guest is still programming the line
+    p.w(LCR, 0x03)
+    assert src.asked == [20 * CHAR_8N1_DIV1]
+    p.run_until(21 * CHAR_8N1_DIV1 - 1)
+    assert p.r(LSR) & 0x01 == 0
+    p.run_until(21 * CHAR_8N1_DIV1)
+    assert p.r(LSR) == 0x61 and p.r(RBR) == ord("x")
+
+
+def test_flow_input_16450_mode_one_character_at_a_time_no_overrun() -> None:
+    p = Port()
+    p.set_divisor(1)
+    src = Source(p, b"abc")
+    p.uart.attach_input(src)
+    ct = CHAR_8N1_DIV1
+    p.run_until(10 * ct)
+    # RBR full after the first character: the sender waits instead of overrunning it.
+    assert src.asked == [0]
+    assert p.r(LSR) == 0x61
+    p.run_until(10 * ct + 5)
+    assert p.r(RBR) == ord("a")  # frees RBR: the next character starts now
+    assert src.asked == [0, 10 * ct + 5]
+    p.run_until(11 * ct + 4)
+    assert p.r(LSR) == 0x60
+    p.run_until(11 * ct + 5)
+    assert (p.r(LSR), p.r(RBR)) == (0x61, ord("b"))
+    p.run_until(20 * ct)
+    assert (p.r(LSR), p.r(RBR)) == (0x61, ord("c"))
+    p.run_until(30 * ct)
+    assert p.r(LSR) == 0x60 and len(src.asked) == 4  # the fourth call found the end
+
+
+def test_flow_input_fills_the_fifo_to_16_at_the_character_rate_then_waits() -> None:
+    p = Port()
+    p.set_divisor(2, lcr=0x1B)  # 8E1 at 57600 baud: 11 bits a character
+    p.w(IIR, 0x01)
+    ct = p.uart.char_time_ns()
+    data = bytes(range(0x40, 0x40 + 40))
+    src = Source(p, data)
+    p.uart.attach_input(src)
+    p.run_until(100 * ct)
+    assert src.asked == [i * ct for i in range(16)]  # back to back until the FIFO is full
+    assert p.r(LSR) == 0x61  # no OE
+    got = [p.r(RBR) for _ in range(3)]  # three places free: three more come, one at a time
+    t = p.clock.now()
+    assert src.asked[16:] == [t]
+    p.run_until(t + 3 * ct)
+    assert src.asked[16:] == [t, t + ct, t + 2 * ct]
+    while p.r(LSR) & 0x01 or p.uart.pending_input:
+        got.append(p.r(RBR))
+        p.run_until(p.clock.now() + ct)
+    assert bytes(got) == data
+    assert p.r(LSR) == 0x60
+
+
+def test_flow_input_fifo_reset_loses_what_was_received() -> None:
+    p = Port()
+    p.set_divisor(1)
+    p.w(IIR, 0x01)
+    p.uart.attach_input(Source(p, bytes(range(20))))
+    p.run_until(30 * CHAR_8N1_DIV1)
+    p.w(IIR, 0x03)  # RX FIFO reset: the 16 characters waiting are gone, as on the chip
+    p.run_until(60 * CHAR_8N1_DIV1)
+    assert [p.r(RBR) for _ in range(4)] == [16, 17, 18, 19]
+
+
+def test_flow_input_held_in_loopback() -> None:
+    p = Port()
+    p.set_divisor(1)
+    p.w(MCR, 0x10)
+    src = Source(p, b"q")
+    p.uart.attach_input(src)
+    p.run_until(5 * CHAR_8N1_DIV1)
+    assert src.asked == []
+    p.w(MCR, 0x00)
+    p.run_until(7 * CHAR_8N1_DIV1)
+    assert p.r(RBR) == ord("q")
+
+
+def test_flow_input_after_text_starts_when_the_guest_writes_it() -> None:
+    p = Port()
+    p.set_divisor(1)
+    src = Source(p, b"k")
+    p.uart.attach_input(src, after=b"ab> ")
+    for i, ch in enumerate(b"aab>ab> "):  # a partial match first, then the text
+        p.run_until(i * 1000)
+        p.w(RBR, ch)
+        assert p.uart.input_started == (i == 7)
+    assert src.asked == [7000]
+    p.run_until(7000 + CHAR_8N1_DIV1)
+    assert p.r(RBR) == ord("k")
+
+
+def test_flow_input_interrupt_still_gated_by_out2() -> None:
+    p = Port()
+    p.set_divisor(1)
+    p.w(IER, 0x01)
+    p.uart.attach_input(Source(p, b"i"))
+    p.run_until(CHAR_8N1_DIV1)
+    assert p.r(IIR) == 0x04 and not p.irq.level  # the datasheet's PC wiring, not QEMU's
+    p.w(MCR, 0x08)
+    assert p.irq.level
+
+
+def test_flow_input_state_round_trips_mid_character() -> None:
+    p = Port()
+    p.set_divisor(1)
+    p.uart.attach_input(Source(p, b"mn"), after=b"!")
+    p.w(RBR, ord("!"))
+    p.run_until(CHAR_8N1_DIV1 // 2)
+    state = p.uart.save()
+    q = Port()
+    q.clock.restore(p.clock.save())
+    q.uart.attach_input(Source(q, b"n"), after=b"!")  # the same input, where p's has got to
+    q.uart.restore(state)
+    assert q.uart.save() == state and q.uart.input_started
+    q.run_until(2 * CHAR_8N1_DIV1)
+    assert q.r(RBR) == ord("m")
+    q.run_until(4 * CHAR_8N1_DIV1)
+    assert q.r(RBR) == ord("n")

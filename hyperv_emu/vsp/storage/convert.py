@@ -2,12 +2,15 @@
 set-parent and check, on raw, VHD and VHDX files (what Hyper-V's Edit Virtual Hard Disk offers).
 
 Whole-file rewrites (convert, compact, a rebuilding expand) build a temporary file beside the
-target and rename it over it, so the target is either the old file or the new one. Every
+target and rename it over it, so the target is either the old file or the new one. Every file
+is locked while an operation uses it (lock.py: exclusive for the files it changes, shared for
+those it only reads), and a rewrite keeps its lock on the old file until the rename. Every
 failure is a BlockDeviceError whose message names the file and what is wrong.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import uuid
@@ -16,6 +19,7 @@ from typing import Any
 
 from hyperv_emu.vsp.storage.blockdev import BlockDevice, BlockDeviceError
 from hyperv_emu.vsp.storage.detect import detect_format, open_image, require_file
+from hyperv_emu.vsp.storage.lock import ImageInUseError, open_locked
 from hyperv_emu.vsp.storage.raw import RawImage
 from hyperv_emu.vsp.storage.vhd import VhdImage, check_vhd, create_vhd, vhd_info
 from hyperv_emu.vsp.storage.vhd_format import BAT_UNUSED, DISK_FIXED, SECTOR
@@ -107,7 +111,7 @@ def create_image(path: str, size: int | None, *, fmt: str | None = None, kind: s
             raise BlockDeviceError(f"{path}: a raw image cannot be differencing")
         if size is None or size <= 0 or size % SECTOR:
             raise BlockDeviceError(f"{path}: size {size} must be a positive multiple of 512")
-        with open(path, "xb") as f:
+        with os.fdopen(open_locked(path, write=True, create=True), "wb") as f:
             f.truncate(size)
         return
     if fmt == "vhd":
@@ -184,13 +188,19 @@ def _vhdx_runs(img: VhdxImage) -> Iterator[tuple[int, int]]:
             yield from _bit_runs(bits, base, ss, img.size)
 
 
+def _chain_nodes(img: BlockDevice) -> Iterator[BlockDevice]:
+    """``img``, its parent, the parent's parent, ... (the images opened with it)."""
+    node: BlockDevice | None = img
+    while node is not None:
+        yield node
+        node = getattr(node, "parent", None)
+
+
 def chain_runs(img: BlockDevice) -> list[tuple[int, int]]:
     """Ranges any file of ``img``'s differencing chain holds (the rest reads as zeros)."""
     runs: list[tuple[int, int]] = []
-    node: BlockDevice | None = img
-    while node is not None:
+    for node in _chain_nodes(img):
         runs.extend(layer_runs(node))
-        node = getattr(node, "parent", None)
     return list(_merge(iter(sorted(runs))))
 
 
@@ -230,15 +240,12 @@ def _chain_of(path: str) -> tuple[list[str], str | None]:
     """Paths of the differencing chain from ``path`` down, and why it stops early (if it does)."""
     try:
         img = open_image(path, read_only=True)
+    except ImageInUseError:
+        raise  # the chain is fine as far as we know; someone is writing to part of it
     except BlockDeviceError as exc:
         return [path], str(exc)
     try:
-        out: list[str] = []
-        node: BlockDevice | None = img
-        while node is not None:
-            out.append(getattr(node, "path", path))
-            node = getattr(node, "parent", None)
-        return out, None
+        return [getattr(node, "path", path) for node in _chain_nodes(img)], None
     finally:
         img.close()
 
@@ -250,11 +257,20 @@ def describe(fmt: str, kind: str) -> str:
     if fmt == "iso":
         return "ISO 9660 CD image"
     return f"{kind} {fmt.upper()}"
+def _reading(path: str) -> contextlib.AbstractContextManager[Any]:
+    """Hold a shared (reader's) lock on ``path`` for a whole multi-step read, so no writer can
+    change it between the steps; the steps' own opens share it."""
+    return contextlib.closing(os.fdopen(open_locked(path, write=False), "rb"))
 
 
 def image_info(path: str) -> dict[str, Any]:
     """A description of any image: format, type, sizes, allocation, parent chain."""
     require_file(path)
+    with _reading(path):
+        return _image_info(path)
+
+
+def _image_info(path: str) -> dict[str, Any]:
     fmt = detect_format(path)
     file_size = os.path.getsize(path)
     info: dict[str, Any] = {"path": path, "format": fmt, "file_size": file_size}
@@ -318,6 +334,11 @@ def check_image(path: str) -> list[str]:
     """Every problem in a VHD/VHDX file (and its chain); raw and ISO images have no structure
     to check beyond their size."""
     require_file(path)
+    with _reading(path):
+        return _check_image(path)
+
+
+def _check_image(path: str) -> list[str]:
     fmt = detect_format(path)
     if fmt == "vhd":
         return check_vhd(path)
@@ -367,7 +388,7 @@ def _build(tmp: str, target: str, fmt: str, kind: str, size: int, *,
 def _build_file(tmp: str, fmt: str, kind: str, size: int, *, parent: str | None,
                 like: BlockDevice | None, block_size: int | None) -> BlockDevice:
     if fmt == "raw":
-        with open(tmp, "xb") as f:
+        with os.fdopen(open_locked(tmp, write=True, create=True), "wb") as f:
             f.truncate(size)
         return RawImage(tmp)
     if fmt == "vhd":
@@ -418,9 +439,9 @@ def _rewrite(path: str, new_size: int | None = None,
              progress: Progress | None = None) -> tuple[int, int]:
     """Rebuild a dynamic or differencing VHD/VHDX without redundant blocks, optionally larger,
     keeping its identity so children stay linked; returns (old, new) file sizes."""
-    old_file = os.path.getsize(path)
-    st = os.stat(path)
     with open_image(path) as img:  # read-write: refuses what the user could not rewrite
+        old_file = os.path.getsize(path)  # now that no other writer can change it
+        st = os.stat(path)
         fmt, kind = _format_of(img), _kind_of(img)
         if fmt == "raw" or kind == "fixed" and new_size is None:
             raise BlockDeviceError(
@@ -445,10 +466,12 @@ def _rewrite(path: str, new_size: int | None = None,
 
                 dwg = img.header.data_write_guid if new_size is None else uuid.uuid4()
                 vhdx_edit.set_identity(tmp, img.params.page83, dwg)
+            # Renamed while the old file is still open and locked, so no other writer can slip
+            # in between our last read of it and its replacement (lock.py).
+            os.replace(tmp, path)
         except BaseException:
             _discard(tmp)
             raise
-    os.replace(tmp, path)
     if new_size is None:
         # Same data, same identity: keep the time stamp differencing children check (VHD).
         os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
@@ -481,10 +504,9 @@ def expand_image(path: str, new_size: int, progress: Progress | None = None) -> 
         from hyperv_emu.vsp.storage.vhd_edit import check_new_size
 
         check_new_size(path, size, new_size, 1 << 62, SECTOR)
-        with open_image(path):
-            pass  # the writability and format checks of an ordinary open
-        with open(path, "r+b") as f:
-            f.truncate(new_size)
+        with open_image(path) as img:  # the writability, format and lock checks of an open
+            assert isinstance(img, RawImage)
+            img.resize(new_size)
         return False
     if fmt == "vhd":
         from hyperv_emu.vsp.storage import vhd_edit as edit
@@ -524,6 +546,13 @@ def set_parent(child: str, new_parent: str, *, force: bool = False) -> None:
         raise BlockDeviceError(f"{child}: a disk cannot be its own parent")
     if not os.access(child, os.W_OK):
         raise BlockDeviceError(f"{child}: not writable (permission denied)")
+    # Before the edit locks the child for writing: the new parent's chain is opened (read-only)
+    # here, which would meet that lock if the child were part of it.
+    with open_image(new_parent, read_only=True) as par:
+        chain = {os.path.realpath(getattr(n, "path", new_parent)) for n in _chain_nodes(par)}
+    if os.path.realpath(child) in chain:
+        raise BlockDeviceError(
+            f"{child}: {new_parent} has {child} in its own chain (would make a loop)")
     if fmt == "vhd":
         from hyperv_emu.vsp.storage import vhd_edit
 
@@ -541,7 +570,9 @@ def merge_image(child: str, *, keep: bool = False, progress: Progress | None = N
     identity changed: VHD modification time, VHDX DataWriteGuid) so it still opens.
     """
     require_file(child)
-    with open_image(child, read_only=True) as img:
+    # Opened for writing (an exclusive lock) though only read: the merge deletes or re-points
+    # it, so nobody may be using it meanwhile.
+    with open_image(child) as img:
         parent = getattr(img, "parent", None)
         if parent is None:
             raise BlockDeviceError(f"{child}: not a differencing disk, nothing to merge")
@@ -552,10 +583,10 @@ def merge_image(child: str, *, keep: bool = False, progress: Progress | None = N
         setattr(img, "parent", None)  # noqa: B010 - VhdImage and VhdxImage both have it
         with open_image(ppath) as dst:
             _copy(img, dst, runs, _never, progress)
+        if not keep:
+            os.unlink(child)  # still locked: nobody opened it in between
     if keep:
         set_parent(child, ppath, force=True)
-    else:
-        os.unlink(child)
     return ppath
 
 

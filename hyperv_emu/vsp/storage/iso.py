@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from hyperv_emu.vsp.storage.blockdev import BlockDevice, BlockDeviceError
+from hyperv_emu.vsp.storage.lock import open_locked
 
 SECTOR_SIZE = 2048
 #: The first sector of the volume descriptor set (ECMA-119 6.2.1: after the system area).
@@ -224,7 +225,7 @@ def _boot_entry(f: BinaryIO, path: str, file_size: int, brvd: bytes) -> BootEntr
 def _open(path: str | os.PathLike[str]) -> tuple[BinaryIO, str, int]:
     p = os.fspath(path)
     try:
-        f = open(p, "rb")  # noqa: SIM115 - closed by the callers
+        f = os.fdopen(open_locked(p, write=False), "rb")  # closed by the callers
     except OSError as exc:
         raise IsoError(f"{p}: cannot open ({exc.strerror})") from exc
     return f, p, os.fstat(f.fileno()).st_size

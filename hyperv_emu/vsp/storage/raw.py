@@ -6,6 +6,7 @@ import os
 from typing import BinaryIO
 
 from hyperv_emu.vsp.storage.blockdev import BlockDevice, BlockDeviceError
+from hyperv_emu.vsp.storage.lock import open_locked
 
 SECTOR_SIZE = 512
 
@@ -18,14 +19,15 @@ def _check_size(size: int, what: str) -> None:
 
 
 class RawImage(BlockDevice):
-    """A disk whose sectors are the bytes of a host file, in order."""
+    """A disk whose sectors are the bytes of a host file, in order (locked while open: see
+    lock.py)."""
 
     def __init__(self, path: str | os.PathLike[str], read_only: bool = False) -> None:
         self.path = os.fspath(path)
         self.sector_size = SECTOR_SIZE
         self.read_only = read_only
         try:
-            self._file: BinaryIO | None = open(self.path, "rb" if read_only else "r+b")  # noqa: SIM115
+            fd = open_locked(self.path, write=not read_only)
         except PermissionError as exc:
             # The caller (the CLI) decides whether to fall back to read-only.
             raise BlockDeviceError(
@@ -34,7 +36,8 @@ class RawImage(BlockDevice):
             ) from exc
         except OSError as exc:
             raise BlockDeviceError(f"{self.path}: cannot open ({exc.strerror})") from exc
-        size = os.fstat(self._file.fileno()).st_size
+        self._file: BinaryIO | None = os.fdopen(fd, "rb" if read_only else "r+b")
+        size = os.fstat(fd).st_size
         try:
             _check_size(size, self.path)
         except BlockDeviceError:
@@ -62,6 +65,14 @@ class RawImage(BlockDevice):
         f = self._f()
         f.seek(offset)
         f.write(data)
+
+    def resize(self, new_size: int) -> None:
+        """Grow or shrink the file (and the disk) to ``new_size`` bytes, a whole number of
+        sectors; the new space reads as zeros."""
+        self._check_writable()
+        _check_size(new_size, self.path)
+        self._f().truncate(new_size)
+        self.size = new_size
 
     def flush(self) -> None:
         if self._file is not None and not self.read_only:

@@ -16,6 +16,7 @@ from datetime import datetime, timedelta, timezone
 from typing import BinaryIO
 
 from hyperv_emu.vsp.storage.blockdev import BlockDevice, BlockDeviceError
+from hyperv_emu.vsp.storage.lock import ImageInUseError, open_locked
 from hyperv_emu.vsp.storage.vhd_format import (
     BAT_UNUSED,
     DEFAULT_BLOCK_SIZE,
@@ -48,8 +49,10 @@ MAX_CHAIN_DEPTH = 256  # far beyond any real chain; only stops runaway recursion
 
 
 def _open_file(path: str, read_only: bool) -> BinaryIO:
+    """The file, locked shared for reading or exclusive for writing (lock.py)."""
     try:
-        return open(path, "rb" if read_only else "r+b")  # noqa: SIM115
+        fd = open_locked(path, write=not read_only)
+        return os.fdopen(fd, "rb" if read_only else "r+b")
     except PermissionError as exc:
         raise BlockDeviceError(
             f"{path}: cannot open for writing ({exc.strerror}); open it read-only instead"
@@ -401,7 +404,7 @@ def create_vhd(
         data_offset=NO_DATA_OFFSET if dtype == DISK_FIXED else FOOTER_SIZE,
     )
     try:
-        f = open(path, "xb")  # noqa: SIM115
+        f = os.fdopen(open_locked(path, write=True, create=True), "wb")
     except OSError as exc:
         raise BlockDeviceError(f"{path}: cannot create ({exc.strerror})") from exc
     try:
@@ -523,6 +526,8 @@ def check_vhd(path: str | os.PathLike[str]) -> list[str]:
     path = os.fspath(path)
     try:
         lay = _layout(path)
+    except ImageInUseError:
+        raise  # not a problem of the file: the caller cannot check it now
     except BlockDeviceError as exc:
         return [str(exc)]
     out = [f"{path}: {p}" for p in lay.problems + lay.warnings]
@@ -536,6 +541,8 @@ def check_vhd(path: str | os.PathLike[str]) -> list[str]:
     if not lay.problems and lay.footer.disk_type == DISK_DIFFERENCING:
         try:
             VhdImage(path, read_only=True).close()
+        except ImageInUseError:
+            raise
         except BlockDeviceError as exc:
             out.append(str(exc))
     return out

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import BinaryIO
 
 from hyperv_emu.vsp.storage.blockdev import BlockDeviceError
+from hyperv_emu.vsp.storage.lock import ImageInUseError, open_locked
 from hyperv_emu.vsp.storage.vhd import VhdImage, _locator_paths
 from hyperv_emu.vsp.storage.vhd_format import (
     BAT_UNUSED,
@@ -34,7 +35,9 @@ from hyperv_emu.vsp.storage.vhd_layout import Layout, parse_layout
 
 def _open_rw(path: str) -> BinaryIO:
     try:
-        return open(path, "r+b")  # noqa: SIM115
+        return os.fdopen(open_locked(path, write=True), "r+b")
+    except ImageInUseError:
+        raise
     except OSError as exc:
         raise BlockDeviceError(f"{path}: cannot open for writing ({exc.strerror})") from None
 
@@ -167,8 +170,9 @@ def set_parent(child: str | os.PathLike[str], new_parent: str | os.PathLike[str]
                *, force: bool = False) -> None:
     """Point differencing disk ``child`` at ``new_parent``: parent id, time stamp, locators.
 
-    Refuses a parent of another size, one whose chain includes the child, and (unless
-    ``force``) one whose unique id differs from the one the child recorded.
+    Refuses a parent of another size and (unless ``force``) one whose unique id differs from
+    the one the child recorded. A parent whose chain includes the child cannot even be opened
+    here (the child is locked for writing): convert.set_parent refuses that loop first.
     """
     child = os.fspath(child)
     with _open_rw(child) as f:
@@ -177,9 +181,6 @@ def set_parent(child: str | os.PathLike[str], new_parent: str | os.PathLike[str]
         if lay.footer.disk_type != DISK_DIFFERENCING or hdr is None:
             raise BlockDeviceError(f"{child}: not a differencing disk")
         with VhdImage(new_parent, read_only=True) as par:
-            if os.path.realpath(child) in {os.path.realpath(p) for p in par.chain}:
-                raise BlockDeviceError(
-                    f"{child}: {par.path} has {child} in its own chain (would make a loop)")
             if par.size != lay.footer.current_size:
                 raise BlockDeviceError(
                     f"{child}: new parent {par.path} is {par.size} bytes, the child "

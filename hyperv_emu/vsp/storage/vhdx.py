@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Callable
 
 from hyperv_emu.vsp.storage.blockdev import BlockDevice, BlockDeviceError
+from hyperv_emu.vsp.storage.lock import open_locked
 from hyperv_emu.vsp.storage.vhdx_format import (
     BAT_OFFSET_MASK,
     BAT_STATE_MASK,
@@ -96,7 +97,7 @@ class VhdxImage(BlockDevice):
         self.io_hook: Callable[[str], None] | None = None
         self.log_only = False
         try:
-            self._fd = os.open(self.path, os.O_RDONLY if read_only else os.O_RDWR)
+            self._fd = open_locked(self.path, write=not read_only)
         except PermissionError as exc:
             raise BlockDeviceError(
                 f"{self.path}: cannot open for writing ({exc.strerror}); open it read-only instead"

@@ -11,6 +11,7 @@ import struct
 from dataclasses import dataclass, field
 
 from hyperv_emu.vsp.storage.blockdev import BlockDeviceError
+from hyperv_emu.vsp.storage.lock import ImageInUseError, open_locked
 from hyperv_emu.vsp.storage.vhdx_format import (
     BAT_OFFSET_MASK,
     BAT_RESERVED_MASK,
@@ -118,7 +119,7 @@ def check_vhdx(path: str | os.PathLike[str]) -> list[str]:
     """Every structural problem found in the file (an empty list means it is sound)."""
     path = os.fspath(path)
     try:
-        f = open(path, "rb")  # noqa: SIM115
+        f = os.fdopen(open_locked(path, write=False), "rb")  # a reader: shared lock
     except OSError as exc:
         return [f"{path}: cannot open ({exc.strerror})"]
     with f:
@@ -307,5 +308,7 @@ class _Checker:
 
         try:
             VhdxImage(self.path, read_only=True).close()
+        except ImageInUseError:
+            raise  # not a problem of the file: the caller cannot check it now
         except BlockDeviceError as exc:
             self.problems.append(f"parent: {exc}")

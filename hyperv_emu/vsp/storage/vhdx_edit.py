@@ -77,8 +77,10 @@ def set_parent(child: str | os.PathLike[str], new_parent: str | os.PathLike[str]
                *, force: bool = False) -> None:
     """Point differencing VHDX ``child`` at ``new_parent`` (parent locator, 2.6.2.6).
 
-    Refuses a parent of another size or sector size, one whose chain includes the child, and
-    (unless ``force``) one whose DataWriteGuid is not the recorded parent_linkage.
+    Refuses a parent of another size or sector size and (unless ``force``) one whose
+    DataWriteGuid is not the recorded parent_linkage. A parent whose chain includes the child
+    cannot even be opened here (the child is locked for writing): convert.set_parent refuses
+    that loop first.
     """
     child = os.fspath(child)
     with VhdxImage(child, _open_parent=False) as img:
@@ -88,14 +90,6 @@ def set_parent(child: str | os.PathLike[str], new_parent: str | os.PathLike[str]
             raise BlockDeviceError(f"{child}: not a differencing disk")
         with VhdxImage(new_parent, read_only=True) as par:
             assert isinstance(par, VhdxImage)
-            chain: list[str] = []
-            node: VhdxImage | None = par
-            while node is not None:
-                chain.append(os.path.realpath(node.path))
-                node = node.parent
-            if os.path.realpath(child) in chain:
-                raise BlockDeviceError(
-                    f"{child}: {par.path} has {child} in its own chain (would make a loop)")
             if par.size != img.size or par.sector_size != img.sector_size:
                 raise BlockDeviceError(
                     f"{child}: new parent {par.path} is {par.size} bytes / {par.sector_size}-"
