@@ -219,7 +219,8 @@ class _Session:
 def _machine_from_args(args: argparse.Namespace) -> Iterator[_Session]:
     """Build the machine the options of ``run``/``trace``/``step`` describe; closes its disks
     and output files on the way out.  Bad options raise UsageError."""
-    from hyperv_emu.guests import DEFAULT_GUEST, UnknownGuestError, build_guest
+    from hyperv_emu.guest_needs import GuestNeedError, PreparedGuest, prepare_guest
+    from hyperv_emu.guests import DEFAULT_GUEST, UnknownGuestError
     from hyperv_emu.vsp.storage.raw import MemoryImage
     from hyperv_emu.worker.machine import ConfigError, Machine, MachineConfig
 
@@ -242,12 +243,20 @@ def _machine_from_args(args: argparse.Namespace) -> Iterator[_Session]:
             kernel = _read_file(args.kernel, "kernel")
         elif args.append or args.initrd:
             raise UsageError("--append and --initrd need --kernel")
+        prepared: PreparedGuest | None = None
         if args.guest or (not args.disk and kernel is None and cdrom is None):
+            # A shipped guest comes with what its catalog entry says it needs (its test CD,
+            # host ports), so `run NAME` alone passes.
             try:
-                guest = MemoryImage(bytearray(build_guest(args.guest or DEFAULT_GUEST)))
-            except UnknownGuestError as exc:
+                prepared = prepare_guest(args.guest or DEFAULT_GUEST)
+            except (UnknownGuestError, GuestNeedError) as exc:
                 raise UsageError(str(exc.args[0] if exc.args else exc)) from None
-            disks.insert(0, guest)
+            if prepared.cdrom is not None:
+                if cdrom is not None:
+                    raise UsageError(f"guest {prepared.name} brings its own test CD: drop "
+                                     "--cdrom")
+                cdrom = prepared.cdrom
+            disks.insert(0, MemoryImage(prepared.image))
         initrds = [(Path(p).name, _read_file(p, "initrd")) for p in args.initrd]
         serial_input = b""
         if args.serial_input == "-":
@@ -270,6 +279,11 @@ def _machine_from_args(args: argparse.Namespace) -> Iterator[_Session]:
             machine = Machine(config)
         except ConfigError as exc:
             raise UsageError(str(exc)) from None
+        if prepared is not None:
+            try:
+                prepared.attach(machine)
+            except GuestNeedError as exc:
+                raise UsageError(f"guest {prepared.name}: {exc}") from None
         if args.verbose:
             machine.log.listeners.append(lambda e: print(e.describe(), file=sys.stderr))
         machine.log.listeners.append(_report_guest_crash)
@@ -431,12 +445,17 @@ def _open_drives(
 
 def cmd_guests(args: argparse.Namespace) -> int:
     """``hyperv-emu guests``: one line per shipped tiny guest."""
+    from hyperv_emu.guest_needs import NEEDS
     from hyperv_emu.guests import DEFAULT_GUEST, list_guests
 
     guests = list_guests()
     width = max((len(g.name) for g in guests), default=0)
     for info in guests:
         mark = " (default)" if info.name == DEFAULT_GUEST else ""
+        # `run NAME` attaches these itself; the listing says so.
+        brings = "; ".join(NEEDS.get(need, need) for need in info.needs)
+        if brings:
+            mark += f" [run attaches {brings}]"
         print(f"{info.name:<{width}}  {info.summary}{mark}")
     return 0
 
