@@ -1,5 +1,6 @@
 # syntax: att
 # guest: ATAPI CD-ROM on the secondary master through PIO PACKET commands, self-checking
+# needs: test-cd
 #
 # Drives the CD-ROM at 170h-177h / 376h (device 0) with polling (the BIOS leaves nIEN set):
 # DEVICE RESET (08h) and the ATAPI signature 14h/EBh, IDENTIFY PACKET DEVICE (A1h, word 0 =
@@ -13,8 +14,11 @@
 #   GET CONFIGURATION (current profile 0008h); START STOP UNIT eject -> TEST UNIT READY not ready
 #   (error 20h) -> REQUEST SENSE 02/3A/00 -> load -> UNIT ATTENTION -> good; an invalid opcode
 #   (05/20/00), READ(10) past the end (05/21/00) and a byte count limit of 0 (05/24/00).
-# DATA.BIN's first block is patched in by the test (the dword after the "CDLBA:" marker); its
-# blocks start with "CDTEST00" and "CDTEST01".
+# The disc is the catalog's test CD (need test-cd, hyperv_emu/guest_needs.py), which also patches
+# DATA.BIN's first block into the dword after the "CDLBA:" marker; its blocks start with
+# "CDTEST00" and "CDTEST01".  With no drive on the channel Status reads 7Fh (ATA-6 requires a
+# host pull-down on DD7, the other lines float high) or FFh: the guest then fails with "no
+# CD-ROM drive on the secondary master" rather than misreading the floating bus.
 # Serial output:  atapi: signature 14 EB identify 85C0
 #                 atapi: <command> st SS err EE n NNNN blocks BB     (one line per command)
 #                 atapi: capacity <last LBA>, atapi: read10 sum <word>, atapi: read12 sum
@@ -36,11 +40,19 @@
 .set IDBUF, 0x3000
 
 main:
-    # DEVICE RESET: signature in LBA Mid/High, DRDY clear.
     movw $CMDB+6, %dx
     movb $0xA0, %al
     outb %al, %dx
+    # An empty channel floats: Status 7Fh or FFh (a device never shows BSY and DRDY..ERR all
+    # set together).
     movw $CMDB+7, %dx
+    inb %dx, %al
+    orb $0x80, %al
+    movw $msg_no_drive, %si
+    cmpb $0xFF, %al
+    je fail
+    # DEVICE RESET: signature in LBA Mid/High, and DRDY clear: a PACKET device keeps DRDY
+    # clear after a reset until its next command (ATA/ATAPI-6 9.12).
     movb $0x08, %al
     outb %al, %dx
     call wait_idle
@@ -503,6 +515,8 @@ data_lba:
 
 msg_reset:
     .asciz "DEVICE RESET left DRDY set"
+msg_no_drive:
+    .asciz "no CD-ROM drive on the secondary master (Status reads 7Fh/FFh)"
 msg_sig:
     .asciz "atapi: signature "
 msg_sig_bad:

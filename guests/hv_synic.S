@@ -1,5 +1,6 @@
 # syntax: att
 # guest: Hyper-V SynIC from 64-bit long mode: SIM/SIEF pages, SINTs through the local APIC, host messages with EOM/pending, PostMessage/SignalEvent, synthetic timers
+# needs: host-ports
 #
 # Enables the hypercall page in real mode, masks the 8259s and enters long mode (0-2 MiB and
 # the xAPIC page identity mapped).  Then, with the local APIC software-enabled:

@@ -1,5 +1,6 @@
 # syntax: att
 # guest: Hyper-V SynIC from 32-bit protected mode (EDX:EAX hypercall convention): host messages with EOM/pending, PostMessage/SignalEvent, synthetic timers
+# needs: host-ports
 #
 # The essentials of hv_synic.S in flat 32-bit protected mode without paging, hypercalls with
 # the 32-bit convention (EDX:EAX input value, EBX:ECX input GPA or fast input, EDI:ESI output,

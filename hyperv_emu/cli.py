@@ -401,7 +401,8 @@ class _Session:
 def _machine_from_args(args: argparse.Namespace) -> Iterator[_Session]:
     """Build the machine the options of ``run``/``trace``/``step`` describe; closes its disks
     and output files on the way out.  Bad options raise UsageError."""
-    from hyperv_emu.guests import DEFAULT_GUEST, UnknownGuestError, build_guest
+    from hyperv_emu.guest_needs import GuestNeedError, PreparedGuest, prepare_guest
+    from hyperv_emu.guests import DEFAULT_GUEST, UnknownGuestError
     from hyperv_emu.vsp.storage.raw import MemoryImage
     from hyperv_emu.worker.machine import ConfigError, Machine, MachineConfig
 
@@ -421,12 +422,20 @@ def _machine_from_args(args: argparse.Namespace) -> Iterator[_Session]:
             kernel = _read_bounded(args.kernel, "kernel", ram, args.memory)
         elif args.append or args.initrd:
             raise UsageError("--append and --initrd need --kernel")
+        prepared: PreparedGuest | None = None
         if args.guest or (not any(disks) and kernel is None and cdrom is None):
+            # A shipped guest comes with what its catalog entry says it needs (its test CD,
+            # host ports), so `run NAME` alone passes.
             try:
-                guest = MemoryImage(bytearray(build_guest(args.guest or DEFAULT_GUEST)))
-            except UnknownGuestError as exc:
+                prepared = prepare_guest(args.guest or DEFAULT_GUEST)
+            except (UnknownGuestError, GuestNeedError) as exc:
                 raise UsageError(str(exc.args[0] if exc.args else exc)) from None
-            disks[0] = guest
+            if prepared.cdrom is not None:
+                if cdrom is not None:
+                    raise UsageError(f"guest {prepared.name} brings its own test CD: drop "
+                                     "--cdrom")
+                cdrom = prepared.cdrom
+            disks[0] = MemoryImage(prepared.image)
         initrds: list[tuple[str, bytes]] = []
         room = ram - len(kernel or b"")  # each module must fit beside what comes before it
         for p in args.initrd:
@@ -465,6 +474,11 @@ def _machine_from_args(args: argparse.Namespace) -> Iterator[_Session]:
             machine = Machine(config)
         except ConfigError as exc:
             raise UsageError(str(exc)) from None
+        if prepared is not None:
+            try:
+                prepared.attach(machine)
+            except GuestNeedError as exc:
+                raise UsageError(f"guest {prepared.name}: {exc}") from None
         if args.verbose:
             machine.log.listeners.append(lambda e: print(e.describe(), file=sys.stderr))
         machine.log.listeners.append(_report_guest_crash)
@@ -700,12 +714,17 @@ def _in_use_hint(exc: ImageInUseError, option: str) -> str:
 
 def cmd_guests(args: argparse.Namespace) -> int:
     """``hyperv-emu guests``: one line per shipped tiny guest."""
+    from hyperv_emu.guest_needs import NEEDS
     from hyperv_emu.guests import DEFAULT_GUEST, list_guests
 
     guests = list_guests()
     width = max((len(g.name) for g in guests), default=0)
     for info in guests:
         mark = " (default)" if info.name == DEFAULT_GUEST else ""
+        # `run NAME` attaches these itself; the listing says so.
+        brings = "; ".join(NEEDS.get(need, need) for need in info.needs)
+        if brings:
+            mark += f" [run attaches {brings}]"
         say(f"{info.name:<{width}}  {info.summary}{mark}")
     return 0
 

@@ -30,7 +30,7 @@ _TOTAL_OFFSET = 0x18
 _SIGNATURE_OFFSET = 510
 #: The loader reads to 0000:7E00 and must not wrap past the end of segment 0.
 _MAX_LOADED = (0x10000 - 0x7E00) // SECTOR
-_HEADER_RE = re.compile(r"^\s*#\s*guest:\s*(.+?)\s*$")
+_HEADER_RE = re.compile(r"^\s*#\s*(guest|needs):\s*(.+?)\s*$")
 
 
 class UnknownGuestError(LookupError):
@@ -39,15 +39,20 @@ class UnknownGuestError(LookupError):
 
 @dataclass(frozen=True)
 class GuestInfo:
-    """One guest: its name (the source's stem), the header's one-line summary, its source."""
+    """One guest: its name (the source's stem), the header's one-line summary, its source and
+    what it needs besides its disk (the header's ``# needs:`` words, provided by
+    :mod:`hyperv_emu.guest_needs`)."""
 
     name: str
     summary: str
     path: Path
+    needs: tuple[str, ...] = ()
 
 
-def _summary(path: Path) -> str:
-    """The ``# guest: ...`` line of the source's leading comment block ("" when absent)."""
+def _header(path: Path) -> tuple[str, tuple[str, ...]]:
+    """The ``# guest: ...`` summary and the ``# needs: ...`` words of the source's leading
+    comment block ("" and () when absent)."""
+    summary, needs = "", ()
     for line in path.read_text().splitlines():
         stripped = line.strip()
         if not stripped:
@@ -55,24 +60,35 @@ def _summary(path: Path) -> str:
         if not stripped.startswith("#"):
             break
         m = _HEADER_RE.match(stripped)
-        if m:
-            return m.group(1)
-    return ""
+        if m and m.group(1) == "guest" and not summary:
+            summary = m.group(2)
+        elif m and m.group(1) == "needs":
+            needs = tuple(m.group(2).split())
+    return summary, needs
 
 
 def list_guests() -> list[GuestInfo]:
     """Every guest source in ``guests/``, sorted by name."""
     folder = data_dir("guests")
-    return [GuestInfo(p.stem, _summary(p), p) for p in sorted(folder.glob("*.S"))]
+    infos = []
+    for path in sorted(folder.glob("*.S")):
+        summary, needs = _header(path)
+        infos.append(GuestInfo(path.stem, summary, path, needs))
+    return infos
+
+
+def guest_info(name: str) -> GuestInfo:
+    """Guest ``name``'s catalog entry; UnknownGuestError naming the known guests if none."""
+    for info in list_guests():
+        if info.name == name:
+            return info
+    known = ", ".join(g.name for g in list_guests()) or "none"
+    raise UnknownGuestError(f"unknown guest {name!r} (known guests: {known})")
 
 
 def guest_path(name: str) -> Path:
     """The source file of guest ``name``; UnknownGuestError naming the known guests if none."""
-    for info in list_guests():
-        if info.name == name:
-            return info.path
-    known = ", ".join(g.name for g in list_guests()) or "none"
-    raise UnknownGuestError(f"unknown guest {name!r} (known guests: {known})")
+    return guest_info(name).path
 
 
 def build_guest(name: str) -> bytes:

@@ -85,11 +85,14 @@ def _fake_guests(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 def test_summary_header_and_padding(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     folder = _fake_guests(monkeypatch, tmp_path)
     (folder / "tiny.S").write_text(
-        '# syntax: att\n# guest: the smallest guest\n.include "boot.inc"\nmain:\n'
-        "    call pass\n.include \"lib.inc\"\n")
+        '# syntax: att\n# guest: the smallest guest\n# needs: test-cd host-ports\n'
+        '.include "boot.inc"\nmain:\n    call pass\n.include "lib.inc"\n# needs: late\n')
     (folder / "bare.S").write_text('# syntax: att\n.include "boot.inc"\nmain:\n    hlt\n')
     infos = {g.name: g.summary for g in list_guests()}
     assert infos == {"bare": "", "tiny": "the smallest guest"}
+    # Only the leading comment block counts.
+    needs = {g.name: g.needs for g in list_guests()}
+    assert needs == {"bare": (), "tiny": ("test-cd", "host-ports")}
     image = build_guest("bare")
     assert len(image) == MIN_SECTORS * 512
     assert struct.unpack_from("<H", image, 0x0A)[0] == 1

@@ -14,17 +14,18 @@ import pycdlib
 import pytest
 
 from hyperv_emu.asm import assemble_file
+from hyperv_emu.guest_needs import CD_BLOCK0, CD_BLOCK1, prepare_guest
 from hyperv_emu.guests import build_guest
 from hyperv_emu.vsp.storage import MemoryImage
-from hyperv_emu.vsp.storage.iso import IsoImage
+from hyperv_emu.vsp.storage.iso import IsoImage, iso_info
 from hyperv_emu.worker.machine import ConfigError, Machine, MachineConfig
 
 HERE = Path(__file__).resolve().parent
 RTC_BASE = datetime.datetime(2021, 6, 1, 12, 0, 0)
 pytestmark = pytest.mark.skipif(shutil.which("xorriso") is None, reason="xorriso not installed")
 
-BLOCK0 = b"CDTEST00".ljust(2048, b"\x11")
-BLOCK1 = b"CDTEST01" + bytes(range(256)) * 7 + bytes(2040 - 256 * 7)
+# DATA.BIN's blocks, as on the catalog's test CD; here also written by a second ISO maker.
+BLOCK0, BLOCK1 = CD_BLOCK0, CD_BLOCK1
 
 
 def mkisofs(out: Path, root: Path, *args: str) -> Path:
@@ -55,13 +56,9 @@ def data_iso(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
     return iso_path, lba
 
 
-def test_atapi_guest_drives_the_cdrom(data_iso: tuple[Path, int]) -> None:
-    iso_path, lba = data_iso
-    image = bytearray(build_guest("atapi"))
-    at = image.find(b"CDLBA:") + 6
-    image[at:at + 4] = lba.to_bytes(4, "little")
+def check_atapi_run(image: bytearray, cd: IsoImage | MemoryImage) -> Machine:
+    """Run the atapi guest with ``cd`` in the drive and check every line it printed."""
     out = bytearray()
-    cd = IsoImage(iso_path)
     m = Machine(MachineConfig(disk=MemoryImage(image), cdrom=cd, serial_output=out.extend,
                               rtc_base=RTC_BASE))
     result = m.run(max_instructions=5_000_000)
@@ -104,6 +101,28 @@ def test_atapi_guest_drives_the_cdrom(data_iso: tuple[Path, int]) -> None:
         in lines
     assert lines[-1] == "PASS"
     assert m.cdrom is not None and m.cdrom.media is cd  # loaded again by the guest
+    return m
+
+
+def test_atapi_guest_drives_the_cdrom(data_iso: tuple[Path, int]) -> None:
+    """With an ISO from xorriso, DATA.BIN's block number patched in as the catalog does."""
+    iso_path, lba = data_iso
+    image = bytearray(build_guest("atapi"))
+    at = image.find(b"CDLBA:") + 6
+    image[at:at + 4] = lba.to_bytes(4, "little")
+    check_atapi_run(image, IsoImage(iso_path))
+
+
+def test_atapi_guest_with_the_catalogs_test_cd(tmp_path: Path) -> None:
+    """The catalog's own CD (pycdlib, in memory): what `hyperv-emu run atapi` attaches."""
+    guest = prepare_guest("atapi")
+    assert isinstance(guest.cdrom, MemoryImage) and guest.cdrom.sector_size == 2048
+    copy = tmp_path / "catalog.iso"
+    copy.write_bytes(guest.cdrom.read(0, guest.cdrom.size))
+    info = iso_info(copy)
+    assert info.volume_id == "ATAPITEST"
+    assert {f.path: f.size for f in info.files} == {"/DATA.BIN;1": 2 * 2048}
+    check_atapi_run(guest.image, guest.cdrom)
 
 
 @pytest.fixture(scope="module")
