@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import bisect
 import ctypes
+import mmap
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -23,6 +25,9 @@ import unicorn
 PAGE = 0x1000
 #: Physical address bit 20, which the A20 gate forces to 0 while it is masked.
 A20_BIT = 1 << 20
+#: Linux's MAP_NORESERVE (the mmap module does not export it): RAM larger than the host's free
+#: memory plus swap is fine as long as the guest does not touch all of it, as with QEMU.
+_MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000 if sys.platform == "linux" else 0)
 MmioRead = Callable[[int, int], int]
 MmioWrite = Callable[[int, int, int], None]
 
@@ -55,6 +60,16 @@ class Region:
     @property
     def end(self) -> int:
         return self.gpa + self.size
+
+
+def zeroed_buffer(size: int) -> ctypes.Array[ctypes.c_char]:
+    """``size`` bytes of zeroed host memory for guest RAM, from a private anonymous mapping:
+    the kernel supplies zero pages on first touch, so nothing is written (or made resident)
+    until the guest or the host uses a page.  ``create_string_buffer`` would zero-fill, i.e.
+    touch, every page up front (seconds and gigabytes for a large guest).  The ctypes array
+    keeps the mapping alive."""
+    mapping = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_NORESERVE)
+    return (ctypes.c_char * size).from_buffer(mapping)
 
 
 def _check_aligned(gpa: int, size: int) -> None:
@@ -130,7 +145,7 @@ class GuestMemory:
         as the root partition's MapGpaPages does)."""
         _check_aligned(gpa, size)
         if backing is None:
-            return self._add(Region(gpa, size, "ram", ctypes.create_string_buffer(size)))
+            return self._add(Region(gpa, size, "ram", zeroed_buffer(size)))
         if offset < 0 or offset + size > ctypes.sizeof(backing):
             raise ValueError("backing buffer too small")
         start = ctypes.addressof(backing) + offset
@@ -192,6 +207,11 @@ class GuestMemory:
         if i >= 0 and self.regions[i].gpa <= gpa < self.regions[i].end:
             return self.regions[i]
         return None
+
+    def next_start(self, gpa: int) -> int | None:
+        """The start of the first region above ``gpa`` (None if there is none)."""
+        i = bisect.bisect(self._starts, gpa)
+        return self._starts[i] if i < len(self._starts) else None
 
     def map_overlay(self, gpa: int, data: bytes = b"", *, writable: bool = False) -> Region:
         """Cover one page with a hypervisor-owned page (TLFS "overlay pages": hypercall page,

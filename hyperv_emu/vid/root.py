@@ -5,6 +5,8 @@ of HYPERV_FACTS.md 3.7) and issue them as the root partition through
 from __future__ import annotations
 
 import struct
+import sys
+from array import array
 from collections.abc import Iterable
 
 from hyperv_emu.clock import VirtualClock
@@ -148,9 +150,12 @@ class ChildHandle:
         pages = -(-size // PAGE)
         for first in range(0, pages, _MAP_BATCH):
             n = min(_MAP_BATCH, pages - first)
-            elems = b"".join(struct.pack("<Q", spa // PAGE + first + i) for i in range(n))
+            elems = array("Q", range(spa // PAGE + first, spa // PAGE + first + n))
+            if sys.byteorder != "little":
+                elems.byteswap()
             self.root.hypercall(H.HvCallMapGpaPages,
-                                struct.pack("<QQQ", self.id, gpa // PAGE + first, flags) + elems,
+                                struct.pack("<QQQ", self.id, gpa // PAGE + first, flags)
+                                + elems.tobytes(),
                                 rep_count=n)
 
     def unmap_gpa_pages(self, gpa: int, size: int) -> None:
