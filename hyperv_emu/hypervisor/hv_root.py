@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import ctypes
 import struct
-import sys
-from array import array
 from typing import TYPE_CHECKING
 
 from . import hvdef as H
 from .hv_calls import resolve_partition
 from .hv_msr import TSC_HZ
 from .hypercall import Call, HypercallTable
-from .memory import PAGE, GuestMemory
+from .memory import PAGE, GuestMemory, page_run_bytes
 from .ports import Connection, Port, parse_port_info
 
 if TYPE_CHECKING:
@@ -135,15 +133,13 @@ def map_gpa_pages(call: Call) -> int:
         return target
     if flags & ~H.HV_MAP_GPA_FLAGS_MASK or not flags & H.HV_MAP_GPA_READABLE:
         return BAD
-    src_pages = array("Q", call.elements.raw)
-    if sys.byteorder != "little":
-        src_pages.byteswap()
+    raw = call.elements.raw
     i = call.reps_completed = call.rep_start
     end = min(call.rep_count, i + max(1, call.budget))
     while i < end:
-        n, status = _valid_run(call.caller.memory, target.memory, src_pages, i, end, base + i)
+        n, status = _valid_run(call.caller.memory, target.memory, raw, i, end, base + i)
         if n:
-            src_gpa, dst_gpa = src_pages[i] * PAGE, (base + i) * PAGE
+            src_gpa, dst_gpa = _page(raw, i) * PAGE, (base + i) * PAGE
             region = call.caller.memory.find(src_gpa)
             assert region is not None and region.buf is not None
             backing = region.owner if region.owner is not None else region.buf
@@ -156,17 +152,21 @@ def map_gpa_pages(call: Call) -> int:
     return OK
 
 
-def _valid_run(src_mem: GuestMemory, dst_mem: GuestMemory, src_pages: array[int], i: int,
+def _page(raw: bytes, i: int) -> int:
+    return int.from_bytes(raw[8 * i:8 * i + 8], "little")
+
+
+def _valid_run(src_mem: GuestMemory, dst_mem: GuestMemory, raw: bytes, i: int,
                end: int, dst: int) -> tuple[int, int]:
     """How many rep elements from ``i`` (target page ``dst``) can be mapped as one run: source
     pages consecutive, inside one RAM region of the caller with no overlay page, target pages
     below the GPN limit and not mapped yet.  Returns (count, status): a count short of ``end``
     with status OK just ends the run; a failure status names the element at ``i + count``."""
-    src = src_pages[i]
+    src = _page(raw, i)
     want = end - i
-    if src_pages[i:end] != array("Q", range(src, src + want)):
+    if src + want > 1 << 64 or raw[8 * i:8 * end] != page_run_bytes(src, want):
         want = 1
-        while i + want < end and src_pages[i + want] == src + want:
+        while i + want < end and _page(raw, i + want) == src + want:
             want += 1
     n = min(want, max(0, _GPN_LIMIT - src), max(0, _GPN_LIMIT - dst))
     if n == 0:

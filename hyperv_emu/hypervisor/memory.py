@@ -19,6 +19,7 @@ import mmap
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import unicorn
 
@@ -48,7 +49,9 @@ class Region:
     gpa: int
     size: int
     kind: str  # "ram", "rom", "mmio", "hidden"
-    buf: ctypes.Array[ctypes.c_char] | None = None
+    #: The host memory behind RAM/ROM: only its address is used (``ctypes.addressof``).  A
+    #: view into a larger buffer is a ``c_char`` at its first byte (see :meth:`map_ram`).
+    buf: ctypes.Array[ctypes.c_char] | ctypes.c_char | None = None
     read: MmioRead | None = None
     write: MmioWrite | None = None
     engines: list[unicorn.Uc] = field(default_factory=list)
@@ -70,6 +73,23 @@ def zeroed_buffer(size: int) -> ctypes.Array[ctypes.c_char]:
     keeps the mapping alive."""
     mapping = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_NORESERVE)
     return (ctypes.c_char * size).from_buffer(mapping)
+
+
+@lru_cache(maxsize=8)
+def _run_terms(count: int) -> tuple[int, int]:
+    """(sum of 2**(64k), sum of k * 2**(64k)) for k < count: see :func:`page_run_bytes`."""
+    ones = sum(1 << (64 * k) for k in range(count))
+    return ones, sum(k << (64 * k) for k in range(count))
+
+
+def page_run_bytes(first: int, count: int) -> bytes:
+    """The little-endian u64 list first, first+1, ... (``count`` of them), as MapGpaPages rep
+    elements carry page numbers.  Built as one integer (first * sum 2**64k + sum k * 2**64k:
+    no element carries into the next while every value is below 2**64), which is many times
+    faster than packing each element; comparing against it tells whether a list is such a
+    run without a Python loop."""
+    ones, ramp = _run_terms(count)
+    return (first * ones + ramp).to_bytes(8 * count, "little")
 
 
 def _check_aligned(gpa: int, size: int) -> None:
@@ -163,7 +183,9 @@ class GuestMemory:
             for uc in self.engines:
                 uc.mem_unmap(prev.gpa, prev.size)
             gpa, size, start = prev.gpa, prev.size + size, ctypes.addressof(prev.buf)
-        view = (ctypes.c_char * size).from_address(start)
+        # A sized array type per mapping would be a new ctypes type per size (15 µs each,
+        # thousands of times for a large guest mapped batch by batch): the first byte will do.
+        view = ctypes.c_char.from_address(start)
         return self._add(Region(gpa, size, "ram", view, owner=backing))
 
     def unmap(self, gpa: int, size: int) -> None:
@@ -194,7 +216,7 @@ class GuestMemory:
             base = ctypes.addressof(r.buf)
             for a, b in ((r.gpa, lo), (hi, r.end)):
                 if b > a:
-                    view = (ctypes.c_char * (b - a)).from_address(base + a - r.gpa)
+                    view = ctypes.c_char.from_address(base + a - r.gpa)
                     piece = Region(a, b - a, "ram", view, owner=r.owner or r.buf)
                     j = bisect.bisect(self._starts, a)
                     self.regions.insert(j, piece)

@@ -13,13 +13,6 @@ import time
 from collections.abc import Callable
 
 import unicorn
-from capstone.x86_const import (
-    X86_INS_HLT,
-    X86_INS_RDMSR,
-    X86_INS_RDTSC,
-    X86_INS_RDTSCP,
-    X86_INS_WRMSR,
-)
 
 from ..clock import VirtualClock
 from . import context as C
@@ -59,12 +52,13 @@ HOST_SLICE_US = 10_000
 HIDDEN_GPA = 0x7F_0000_0000
 _VMCB_MSRPM_BASE = 0x48  # VMCB control area: MSRPM_BASE_PA (AMD APM Vol. 2, Table B-1)
 
-#: Which instructions each SVM intercept we use can come from (capstone ids).
+#: Which instructions each SVM intercept we use can come from (capstone mnemonics: matching
+#: by name keeps capstone out of start-up, see blockmark.locate).
 _INTERCEPTED_INSNS = {
-    SVM_EXIT_HLT: frozenset({X86_INS_HLT}),
-    SVM_EXIT_RDTSC: frozenset({X86_INS_RDTSC}),
-    SVM_EXIT_RDTSCP: frozenset({X86_INS_RDTSCP}),
-    SVM_EXIT_MSR: frozenset({X86_INS_RDMSR, X86_INS_WRMSR}),
+    SVM_EXIT_HLT: frozenset({"hlt"}),
+    SVM_EXIT_RDTSC: frozenset({"rdtsc"}),
+    SVM_EXIT_RDTSCP: frozenset({"rdtscp"}),
+    SVM_EXIT_MSR: frozenset({"rdmsr", "wrmsr"}),
 }
 
 _VMCALL = bytes((0x0F, 0x01, 0xC1))

@@ -5,15 +5,13 @@ of HYPERV_FACTS.md 3.7) and issue them as the root partition through
 from __future__ import annotations
 
 import struct
-import sys
-from array import array
 from collections.abc import Iterable
 
 from hyperv_emu.clock import VirtualClock
 from hyperv_emu.hypervisor import hvdef as H
 from hyperv_emu.hypervisor.hv import Hypervisor, PartitionHv
 from hyperv_emu.hypervisor.hypercall import BytesIo, encode_control
-from hyperv_emu.hypervisor.memory import PAGE
+from hyperv_emu.hypervisor.memory import PAGE, page_run_bytes
 from hyperv_emu.hypervisor.partition import Partition
 from hyperv_emu.hypervisor.vp import VirtualProcessor
 
@@ -150,12 +148,10 @@ class ChildHandle:
         pages = -(-size // PAGE)
         for first in range(0, pages, _MAP_BATCH):
             n = min(_MAP_BATCH, pages - first)
-            elems = array("Q", range(spa // PAGE + first, spa // PAGE + first + n))
-            if sys.byteorder != "little":
-                elems.byteswap()
+            elems = page_run_bytes(spa // PAGE + first, n)
             self.root.hypercall(H.HvCallMapGpaPages,
                                 struct.pack("<QQQ", self.id, gpa // PAGE + first, flags)
-                                + elems.tobytes(),
+                                + elems,
                                 rep_count=n)
 
     def unmap_gpa_pages(self, gpa: int, size: int) -> None:
