@@ -51,7 +51,8 @@ def main() -> None:
         rows = [
             ("python -c pass", [py, "-c", "pass"]),
             ("import unicorn", [py, "-c", "import unicorn"]),
-            ("import unicorn, capstone, keystone", [py, "-c", "import unicorn, capstone, keystone"]),
+            ("import unicorn, capstone, keystone",
+             [py, "-c", "import unicorn, capstone, keystone"]),
             ("hyperv-emu run (default guest)", [py, "-m", "hyperv_emu", "run", *RTC]),
             ("hyperv-emu run -m 32 hello", [py, "-m", "hyperv_emu", "run", "-m", "32", *RTC,
                                             "hello"]),
