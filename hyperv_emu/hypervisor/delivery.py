@@ -179,11 +179,15 @@ def _code_segment(ctx: CpuContext, mmu: Mmu, selector: int, ext: int) -> tuple[S
     return descriptor_segment((selector & 0xFFFC) | new_cpl, lo, hi), new_cpl
 
 
+_FRAME_FORMAT = {2: "H", 4: "I", 8: "Q"}
+
+
 def _push(mmu: Mmu, ss_base: int, sp: int, mask: int, values: list[int], width: int,
           user: bool) -> int:
     """Push ``values`` (first value pushed first) and return the new stack pointer."""
-    fmt = {2: "<H", 4: "<I", 8: "<Q"}[width]
-    data = b"".join(struct.pack(fmt, v & ((1 << (8 * width)) - 1)) for v in reversed(values))
+    wmask = (1 << (8 * width)) - 1
+    data = struct.pack(f"<{len(values)}{_FRAME_FORMAT[width]}",
+                       *[v & wmask for v in reversed(values)])
     new_sp = (sp - len(data)) & mask
     mmu.write((ss_base + new_sp) & (0xFFFF_FFFF if mask != (1 << 64) - 1 else mask), data, user)
     return new_sp

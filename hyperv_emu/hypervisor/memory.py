@@ -59,6 +59,8 @@ class Region:
     owner: object = None
     #: True for a hypervisor overlay page (see :meth:`GuestMemory.map_overlay`).
     overlay: bool = False
+    #: A byte view of RAM/ROM, made on first use by :meth:`GuestMemory.ram_page`.
+    view: memoryview | None = field(default=None, repr=False, compare=False)
 
     @property
     def end(self) -> int:
@@ -110,6 +112,12 @@ class GuestMemory:
         self.invalidate: Callable[[int, int], None] = lambda gpa, n: None
         #: False while the A20 gate masks address bit 20 (see :meth:`set_a20`).
         self.a20 = True
+        #: Called with (gpa, length, linear address, engine) after the hypervisor stored to
+        #: guest memory on a VP's behalf (see :meth:`code_written`); None: use ``invalidate``.
+        self.invalidate_at: Callable[[int, int, int, object], None] | None = None
+        #: Page GPA -> (view of its region, offset of the page in it, writable): the fast path
+        #: of :meth:`ram_page`, emptied whenever the map changes.
+        self._page_views: dict[int, tuple[memoryview, int, bool]] = {}
 
     def set_a20(self, enabled: bool) -> None:
         """Open (True) or mask (False) the A20 gate for the accesses made through this object:
@@ -127,6 +135,7 @@ class GuestMemory:
         i = bisect.bisect(self._starts, region.gpa)
         self.regions.insert(i, region)
         self._starts.insert(i, region.gpa)
+        self._page_views.clear()
         for uc in self.engines:
             self._map_into(uc, region)
         return region
@@ -191,6 +200,7 @@ class GuestMemory:
     def unmap(self, gpa: int, size: int) -> None:
         """Remove RAM pages [gpa, gpa+size) (splitting regions); other kinds raise ValueError."""
         _check_aligned(gpa, size)
+        self._page_views.clear()
         end = gpa + size
         hit = [r for r in self.regions if r.gpa < end and gpa < r.end]
         if any(r.kind != "ram" for r in hit):
@@ -250,6 +260,7 @@ class GuestMemory:
         ctypes.memmove(buf, data[:PAGE], min(len(data), PAGE))
         region = Region(gpa, PAGE, "ram" if writable else "rom", buf, overlay=True)
         stack = self.overlays.setdefault(gpa, [])
+        self._page_views.clear()
         for uc in self.engines:
             if stack or under is not None:
                 uc.mem_unmap(gpa, PAGE)
@@ -265,6 +276,7 @@ class GuestMemory:
             return
         top = stack[-1] is region
         stack.remove(region)
+        self._page_views.clear()
         if not stack:
             del self.overlays[region.gpa]
         if top:
@@ -372,6 +384,34 @@ class GuestMemory:
             self.invalidate(gpa, len(data))
 
     # ---- accesses the hypervisor makes on the guest's behalf (interrupt delivery) -----------
+    def ram_page(self, gpa: int) -> tuple[memoryview, int, bool] | None:
+        """Direct access to the RAM or ROM page the CPU reaches at ``gpa`` (through the A20
+        gate): (a byte view of its region, the offset of ``gpa`` in that view, writable), or
+        None for MMIO and unmapped pages.  The hypervisor's hot paths (interrupt delivery's
+        gate, descriptor and stack accesses) use it instead of :meth:`guest_read` and
+        :meth:`guest_write`: a dictionary hit and a slice instead of a region search."""
+        if not self.a20:
+            gpa &= ~A20_BIT
+        page = gpa & ~(PAGE - 1)
+        hit = self._page_views.get(page)
+        if hit is None:
+            r = self.find(page, physical=True)
+            if r is None or r.buf is None or r.kind not in ("ram", "rom"):
+                return None
+            if r.view is None:
+                r.view = memoryview((ctypes.c_char * r.size).from_address(
+                    ctypes.addressof(r.buf))).cast("B")
+            hit = self._page_views[page] = (r.view, page - r.gpa, r.kind == "ram")
+        return hit[0], hit[1] + (gpa & (PAGE - 1)), hit[2]
+
+    def code_written(self, gpa: int, length: int, linear: int, engine: object) -> None:
+        """The hypervisor stored ``length`` bytes at ``gpa`` (one page) for the VP running on
+        ``engine``, which reaches it at ``linear``: drop translated code for it."""
+        if self.invalidate_at is not None:
+            self.invalidate_at(gpa, length, linear, engine)
+        else:
+            self.invalidate(gpa, length)
+
     def guest_read(self, gpa: int, size: int) -> bytes:
         """A guest-initiated read: MMIO goes to the device with the access size."""
         pieces = self._pieces(gpa, size, False)

@@ -63,9 +63,10 @@ class Mmu:
         """The guest-physical address for linear ``lin``; raises GuestFault(#PF) as the CPU
         would, with CR2 and the error code."""
         ctx = self.ctx
-        cr0, cr4, efer = ctx.cr(0), ctx.cr(4), ctx.efer
+        cr0 = ctx.cr(0)
         if not cr0 & CR0_PG:
-            return lin & (0xFFFF_FFFF_FFFF_FFFF if efer & EFER_LMA else 0xFFFF_FFFF)
+            return lin & 0xFFFF_FFFF  # long mode needs paging: linear addresses are 32 bits
+        cr4, efer = ctx.cr(4), ctx.efer
         err = (PF_W if write else 0) | (PF_U if user else 0)
         if fetch and efer & EFER_NXE:
             err |= PF_I
@@ -143,6 +144,11 @@ class Mmu:
 
     def read(self, lin: int, size: int, user: bool = False, fetch: bool = False) -> bytes:
         """Read ``size`` bytes at a linear address (page crossings handled)."""
+        if (lin & 0xFFF) + size <= 0x1000:
+            hit = self.mem.ram_page(self.translate(lin, False, user, fetch))
+            if hit is not None:  # RAM or ROM: straight from its view
+                view, off, _ = hit
+                return bytes(view[off:off + size])
         out = bytearray()
         while size > 0:
             n = min(size, 0x1000 - (lin & 0xFFF))
@@ -153,6 +159,17 @@ class Mmu:
 
     def write(self, lin: int, data: bytes, user: bool = False) -> None:
         """Write at a linear address; every page is translated before any byte is stored."""
+        n = len(data)
+        if (lin & 0xFFF) + n <= 0x1000:
+            gpa = self.translate(lin, True, user)
+            hit = self.mem.ram_page(gpa)
+            if hit is not None:  # RAM (or ROM, which ignores the store) through its view
+                view, off, writable = hit
+                if writable:
+                    view[off:off + n] = data
+                    # The engine can name the page by its linear address, paging or not.
+                    self.mem.code_written(gpa, n, lin, self.ctx.uc)
+                return
         pieces = []
         pos = 0
         while pos < len(data):

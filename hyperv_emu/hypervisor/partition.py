@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 import unicorn
 
@@ -78,6 +79,7 @@ class Partition:
         self.name = name
         self.memory = GuestMemory()
         self.memory.invalidate = self._invalidate
+        self.memory.invalidate_at = self._invalidate_at
         self.cpuid = CpuidModel()
         self.vps: list[VirtualProcessor] = []
         #: Extra/overriding MSRs: index -> (read(vp) -> value, write(vp, value)).  Raise
@@ -220,11 +222,29 @@ class Partition:
         # ctl_remove_cache translates its range through the current MMU, so it is only exact
         # while paging is off; with paging on, drop every translation block instead.
         for vp in self.vps:
+            self._invalidate_one(vp, gpa, length)
+
+    @staticmethod
+    def _invalidate_one(vp: VirtualProcessor, gpa: int, length: int) -> None:
+        try:
+            if vp.ctx.cr(0) & C.CR0_PG:
+                vp.uc.ctl_flush_tb()
+            else:
+                vp.uc.ctl_remove_cache(gpa, gpa + length)
+        except unicorn.UcError:
+            vp.uc.ctl_flush_tb()
+
+    def _invalidate_at(self, gpa: int, length: int, linear: int, engine: Any) -> None:
+        """Drop translated code after the hypervisor stored to one page for the VP on
+        ``engine`` (a stack frame during delivery).  That engine is given the linear address,
+        which Unicorn translates through the engine's own MMU, so it stays exact with paging
+        on instead of flushing every block; the other VPs as :meth:`_invalidate` does."""
+        for vp in self.vps:
+            if vp.uc is not engine:
+                self._invalidate_one(vp, gpa, length)
+                continue
             try:
-                if vp.ctx.cr(0) & C.CR0_PG:
-                    vp.uc.ctl_flush_tb()
-                else:
-                    vp.uc.ctl_remove_cache(gpa, gpa + length)
+                vp.uc.ctl_remove_cache(linear, linear + length)
             except unicorn.UcError:
                 vp.uc.ctl_flush_tb()
 
