@@ -118,6 +118,9 @@ class GuestMemory:
         #: Page GPA -> (view of its region, offset of the page in it, writable): the fast path
         #: of :meth:`ram_page`, emptied whenever the map changes.
         self._page_views: dict[int, tuple[memoryview, int, bool]] = {}
+        #: Bumped whenever the map changes (with :attr:`_page_views` emptied), so views taken
+        #: from :meth:`ram_page` and kept (the MMU's remembered walks) can be checked.
+        self.generation = 0
 
     def set_a20(self, enabled: bool) -> None:
         """Open (True) or mask (False) the A20 gate for the accesses made through this object:
@@ -135,7 +138,7 @@ class GuestMemory:
         i = bisect.bisect(self._starts, region.gpa)
         self.regions.insert(i, region)
         self._starts.insert(i, region.gpa)
-        self._page_views.clear()
+        self._forget_views()
         for uc in self.engines:
             self._map_into(uc, region)
         return region
@@ -200,7 +203,7 @@ class GuestMemory:
     def unmap(self, gpa: int, size: int) -> None:
         """Remove RAM pages [gpa, gpa+size) (splitting regions); other kinds raise ValueError."""
         _check_aligned(gpa, size)
-        self._page_views.clear()
+        self._forget_views()
         end = gpa + size
         hit = [r for r in self.regions if r.gpa < end and gpa < r.end]
         if any(r.kind != "ram" for r in hit):
@@ -260,7 +263,7 @@ class GuestMemory:
         ctypes.memmove(buf, data[:PAGE], min(len(data), PAGE))
         region = Region(gpa, PAGE, "ram" if writable else "rom", buf, overlay=True)
         stack = self.overlays.setdefault(gpa, [])
-        self._page_views.clear()
+        self._forget_views()
         for uc in self.engines:
             if stack or under is not None:
                 uc.mem_unmap(gpa, PAGE)
@@ -276,7 +279,7 @@ class GuestMemory:
             return
         top = stack[-1] is region
         stack.remove(region)
-        self._page_views.clear()
+        self._forget_views()
         if not stack:
             del self.overlays[region.gpa]
         if top:
@@ -384,6 +387,10 @@ class GuestMemory:
             self.invalidate(gpa, len(data))
 
     # ---- accesses the hypervisor makes on the guest's behalf (interrupt delivery) -----------
+    def _forget_views(self) -> None:
+        self._page_views.clear()
+        self.generation += 1
+
     def ram_page(self, gpa: int) -> tuple[memoryview, int, bool] | None:
         """Direct access to the RAM or ROM page the CPU reaches at ``gpa`` (through the A20
         gate): (a byte view of its region, the offset of ``gpa`` in that view, writable), or

@@ -28,6 +28,7 @@ from .lapic import APIC_DEFAULT_BASE, LocalApic, deliver_message
 from .memory import GuestMemory, MmioRead, MmioWrite, UnmappedAccess
 from .mmu import GuestFault
 from .observe import Observers, hlt_event, interrupt_event, mmio_event, msr_event, traced_io
+from .tbcache import remove_cache
 from .vp import (
     EXCP_VMEXIT,
     SVM_EXIT_HLT,
@@ -230,7 +231,7 @@ class Partition:
             if vp.ctx.cr(0) & C.CR0_PG:
                 vp.uc.ctl_flush_tb()
             else:
-                vp.uc.ctl_remove_cache(gpa, gpa + length)
+                remove_cache(vp.uc, gpa, gpa + length)
         except unicorn.UcError:
             vp.uc.ctl_flush_tb()
 
@@ -244,7 +245,7 @@ class Partition:
                 self._invalidate_one(vp, gpa, length)
                 continue
             try:
-                vp.uc.ctl_remove_cache(linear, linear + length)
+                remove_cache(vp.uc, linear, linear + length)
             except unicorn.UcError:
                 vp.uc.ctl_flush_tb()
 
