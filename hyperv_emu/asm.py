@@ -17,22 +17,26 @@ in AT&T syntax ``.align``/``.balign`` emit nothing (``.p2align N, 0`` works), 64
 ``movq (0x600), %rax`` comes out RIP-relative, and inside a macro without parameters ``$0``..``$9``
 are read as macro arguments (so ``$0x40000083`` loses digits); ``bound`` cannot be assembled;
 ``.fill`` counts that refer to labels hang (refused above) and ``.space`` emits nothing.
-Results are cached on disk, keyed by the expanded source, mode, base address and keystone
-version.
+Results are cached on disk, keyed by the expanded source, mode, base address and the installed
+keystone (found without importing it, so a cache hit never loads keystone).
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import re
 import tempfile
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import keystone
+if TYPE_CHECKING:
+    import keystone
 
-_MODES = {16: keystone.KS_MODE_16, 32: keystone.KS_MODE_32, 64: keystone.KS_MODE_64}
+_MODES = (16, 32, 64)
 _CACHE_VERSION = "1"
 
 _DIRECTIVE_RE = re.compile(r"^\s*\.(code16|code32|code64)\b")
@@ -75,6 +79,40 @@ class Program:
     mode: int
 
 
+def _keystone() -> Any:
+    """The keystone module, imported on the first cache miss only: loading it costs more than
+    a tiny guest's whole run, and firmware and guests normally come from the cache."""
+    import keystone
+
+    return keystone
+
+
+def _ks(bits: int, att: bool) -> keystone.Ks:
+    ks_mod = _keystone()
+    modes = {16: ks_mod.KS_MODE_16, 32: ks_mod.KS_MODE_32, 64: ks_mod.KS_MODE_64}
+    ks = ks_mod.Ks(ks_mod.KS_ARCH_X86, modes[bits])
+    if att:
+        ks.syntax = ks_mod.KS_OPT_SYNTAX_ATT
+    return ks
+
+
+@lru_cache(maxsize=1)
+def _assembler_fingerprint() -> str:
+    """What identifies the installed keystone without importing it, for the cache key: its
+    distribution's version (the dist-info folder next to the package) and the size and time of
+    its native library, so an upgrade or a rebuild misses the cache."""
+    spec = importlib.util.find_spec("keystone")
+    if spec is None or spec.origin is None:
+        return "no-keystone"
+    package = Path(spec.origin).parent
+    parts = sorted(p.name for p in package.parent.glob("keystone_engine-*.dist-info"))
+    for lib in sorted(package.glob("*keystone*")):
+        if lib.suffix in (".so", ".dylib", ".dll"):
+            st = lib.stat()
+            parts.append(f"{lib.name}:{st.st_size}:{st.st_mtime_ns}")
+    return ",".join(parts)
+
+
 def _cache_dir() -> Path:
     root = os.environ.get("HYPERV_EMU_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "hyperv-emu"
@@ -108,13 +146,11 @@ def _strip_comment(line: str) -> str:
 def _lint(source: str, mode: int, att: bool) -> None:
     """Raise AsmError for lines whose encoding carries a 0x66/0x67 prefix they did not ask for."""
     engines: dict[int, keystone.Ks] = {}
+    ks_error = _keystone().KsError
 
     def engine(bits: int) -> keystone.Ks:
         if bits not in engines:
-            ks = keystone.Ks(keystone.KS_ARCH_X86, _MODES[bits])
-            if att:
-                ks.syntax = keystone.KS_OPT_SYNTAX_ATT
-            engines[bits] = ks
+            engines[bits] = _ks(bits, att)
         return engines[bits]
 
     bits = mode
@@ -137,7 +173,7 @@ def _lint(source: str, mode: int, att: bool) -> None:
         mnemonic = text.split(None, 1)[0].lower()
         try:
             enc, _ = engine(bits).asm(probe, 0x1000)
-        except keystone.KsError:
+        except ks_error:
             continue  # the whole-source assembly reports real syntax errors with context
         if not enc:
             continue
@@ -172,7 +208,7 @@ def assemble(source: str, mode: int = 16, base: int = 0, *, lint: bool = True) -
         raise AsmError(f"mode must be 16, 32 or 64, not {mode}")
     att = source.lstrip().startswith("# syntax: att")
     key = hashlib.sha256(
-        f"{_CACHE_VERSION}|{keystone.__version__ if hasattr(keystone, '__version__') else ''}|"
+        f"{_CACHE_VERSION}|{_assembler_fingerprint()}|"
         f"{mode}|{base}|{lint}|{att}\n{source}".encode()
     ).hexdigest()
     cache = _cache_dir() / f"{key}.bin"
@@ -195,12 +231,10 @@ def assemble(source: str, mode: int = 16, base: int = 0, *, lint: bool = True) -
             raise AsmError(f"line {lineno}: keystone ignores .space; use .fill")
     if lint:
         _lint(source, mode, att)
-    ks = keystone.Ks(keystone.KS_ARCH_X86, _MODES[mode])
-    if att:
-        ks.syntax = keystone.KS_OPT_SYNTAX_ATT
+    ks = _ks(mode, att)
     try:
         enc, _ = ks.asm(source, base)
-    except keystone.KsError as exc:
+    except _keystone().KsError as exc:
         raise AsmError(f"keystone: {exc}") from None
     code = bytes(enc or b"")
     try:

@@ -19,7 +19,6 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-import capstone
 import unicorn
 from unicorn.unicorn_py3.unicorn import uclib
 
@@ -84,8 +83,7 @@ class BlockMark:
         self._cell.value = value
 
 
-_CS_MODES = {16: capstone.CS_MODE_16, 32: capstone.CS_MODE_32, 64: capstone.CS_MODE_64}
-_disassemblers: dict[int, capstone.Cs] = {}
+_disassemblers: dict[int, Any] = {}
 #: Longest run of straight-line code a block can hold that we are willing to decode.
 _MAX_SCAN = 8192
 _CHUNK = 64
@@ -93,27 +91,34 @@ _CHUNK = 64
 _found: dict[tuple[int, int], int] = {}
 
 
-def _disassembler(bits: int) -> capstone.Cs:
+def _disassembler(bits: int) -> Any:
+    """A capstone disassembler for ``bits``-bit code.  Capstone is imported here, on the first
+    intercept that needs it, not with the module: it takes longer to load than a tiny guest
+    takes to run."""
     md = _disassemblers.get(bits)
     if md is None:
-        md = _disassemblers[bits] = capstone.Cs(capstone.CS_ARCH_X86, _CS_MODES[bits])
+        import capstone
+
+        modes = {16: capstone.CS_MODE_16, 32: capstone.CS_MODE_32, 64: capstone.CS_MODE_64}
+        md = _disassemblers[bits] = capstone.Cs(capstone.CS_ARCH_X86, modes[bits])
     return md
 
 
 def locate(read: Callable[[int, int], bytes], block: int, bits: int,
-           insn_ids: frozenset[int]) -> int | None:
-    """Linear address of the first instruction in ``insn_ids`` (capstone ids) at or after the
-    block start ``block``: the one an intercept stopped, since a block is straight-line code and
-    an earlier match would have stopped it first.  None if it is not found."""
+           mnemonics: frozenset[str]) -> int | None:
+    """Linear address of the first instruction whose mnemonic (capstone's spelling, e.g.
+    ``"rdmsr"``) is in ``mnemonics`` at or after the block start ``block``: the one an
+    intercept stopped, since a block is straight-line code and an earlier match would have
+    stopped it first.  None if it is not found."""
     md = _disassembler(bits)
     cached = _found.get((block, bits))
     if cached is not None:
         # Re-check the one instruction: the guest may have rewritten its code since.
         try:
-            insn = next(md.disasm(read(cached, 15), cached, 1), None)
+            insn = next(md.disasm_lite(read(cached, 15), cached, 1), None)
         except Exception:  # noqa: BLE001 - unmapped now: fall back to a full scan
             insn = None
-        if insn is not None and insn.id in insn_ids:
+        if insn is not None and insn[2] in mnemonics:
             return cached
     data = b""
     addr = block
@@ -123,11 +128,11 @@ def locate(read: Callable[[int, int], bytes], block: int, bits: int,
             data += read(end, _CHUNK - (end % _CHUNK))
         except Exception:  # noqa: BLE001 - the block's tail may run into unmapped memory
             return None
-        for insn in md.disasm(data[addr - block:], addr):
-            if insn.id in insn_ids:
+        for address, size, mnemonic, _ops in md.disasm_lite(data[addr - block:], addr):
+            if mnemonic in mnemonics:
                 if len(_found) > 65536:
                     _found.clear()
-                _found[(block, bits)] = int(insn.address)
-                return int(insn.address)
-            addr = insn.address + insn.size
+                _found[(block, bits)] = int(address)
+                return int(address)
+            addr = address + size
     return None

@@ -10,6 +10,7 @@ bytes into the ``uc_context`` buffer.  The offsets below were found by probing t
 from __future__ import annotations
 
 import ctypes
+import struct
 from dataclasses import dataclass
 
 import unicorn
@@ -98,6 +99,15 @@ RFLAGS_VM = 1 << 17
 RFLAGS_AC = 1 << 18
 
 
+_U32 = struct.Struct("<I")
+_I32 = struct.Struct("<i")
+_U64 = struct.Struct("<Q")
+#: A segment-cache entry: selector u32, 4 padding bytes, base u64, limit u32, flags u32.
+_SEG = struct.Struct("<I4xQII")
+_M32 = 0xFFFF_FFFF
+_M64 = 0xFFFF_FFFF_FFFF_FFFF
+
+
 class LayoutError(RuntimeError):
     """This Unicorn build's CPU context does not have the layout the hypervisor relies on."""
 
@@ -117,6 +127,11 @@ class Segment:
         return (self.flags >> DESC_DPL_SHIFT) & 3
 
 
+_SEG_OFFSETS: dict[int | str, int] = {
+    **{n: OFF_SEGS + 24 * n for n in range(6)},
+    "ldt": OFF_LDT, "tr": OFF_TR, "gdt": OFF_GDT, "idt": OFF_IDT}
+
+
 class CpuContext:
     """One VP's saved Unicorn context, with typed accessors for the fields the hypervisor edits."""
 
@@ -124,6 +139,10 @@ class CpuContext:
         self.uc = uc
         self._ctx = uc.context_save()
         self.base = int(self._ctx.context.value) + ENV_OFFSET
+        #: The env image as bytes, for the accessors below: struct on a memoryview costs a
+        #: fraction of a ctypes object per field, and interrupt delivery reads dozens.
+        self.view = memoryview((ctypes.c_char * (CONTEXT_SIZE - ENV_OFFSET)).from_address(
+            self.base)).cast("B")
 
     # ---- moving state between the engine and the buffer --------------------------------
     def save(self) -> None:
@@ -146,16 +165,16 @@ class CpuContext:
 
     # ---- raw fields ------------------------------------------------------------------------
     def u32(self, off: int) -> int:
-        return ctypes.c_uint32.from_address(self.base + off).value
+        return int(_U32.unpack_from(self.view, off)[0])
 
     def set_u32(self, off: int, value: int) -> None:
-        ctypes.c_uint32.from_address(self.base + off).value = value & 0xFFFFFFFF
+        _U32.pack_into(self.view, off, value & _M32)
 
     def u64(self, off: int) -> int:
-        return ctypes.c_uint64.from_address(self.base + off).value
+        return int(_U64.unpack_from(self.view, off)[0])
 
     def set_u64(self, off: int, value: int) -> None:
-        ctypes.c_uint64.from_address(self.base + off).value = value & 0xFFFFFFFFFFFFFFFF
+        _U64.pack_into(self.view, off, value & _M64)
 
     # ---- architectural registers -----------------------------------------------------------
     def gpr(self, index: int) -> int:
@@ -207,22 +226,16 @@ class CpuContext:
         self.set_u64(OFF_EFER, value)
 
     def _seg_off(self, which: int | str) -> int:
-        if isinstance(which, str):
-            return {"ldt": OFF_LDT, "tr": OFF_TR, "gdt": OFF_GDT, "idt": OFF_IDT}[which]
-        return OFF_SEGS + 24 * which
+        return _SEG_OFFSETS[which]
 
     def seg(self, which: int | str) -> Segment:
         """Segment register ``which`` (SEG_* index, or 'ldt'/'tr'/'gdt'/'idt')."""
-        o = self._seg_off(which)
-        return Segment(self.u32(o), self.u64(o + 8), self.u32(o + 16), self.u32(o + 20))
+        return Segment(*_SEG.unpack_from(self.view, _SEG_OFFSETS[which]))
 
     def set_seg(self, which: int | str, seg: Segment) -> None:
         """Load a segment register's visible and hidden parts (hflags are not touched)."""
-        o = self._seg_off(which)
-        self.set_u32(o, seg.selector & 0xFFFF)
-        self.set_u64(o + 8, seg.base)
-        self.set_u32(o + 16, seg.limit)
-        self.set_u32(o + 20, seg.flags)
+        _SEG.pack_into(self.view, _SEG_OFFSETS[which], seg.selector & 0xFFFF, seg.base & _M64,
+                       seg.limit & _M32, seg.flags & _M32)
 
     @property
     def long_mode(self) -> bool:
@@ -235,33 +248,39 @@ class CpuContext:
     def update_seg_hflags(self) -> None:
         """Recompute the hflags bits that follow from CS/SS/DS/ES and CR0 after segment loads,
         as the CPU's segment cache would (CPL from SS.DPL, CS32/CS64/SS32, ADDSEG)."""
-        hf = self.hflags & ~(HF_CPL_MASK | HF_CS32 | HF_SS32 | HF_CS64 | HF_ADDSEG)
-        cs, ss = self.seg(SEG_CS), self.seg(SEG_SS)
-        if self.protected and not (self.rflags & RFLAGS_VM):
-            hf |= ss.dpl
-        elif self.rflags & RFLAGS_VM:
+        view = self.view
+        hf = _U32.unpack_from(view, OFF_HFLAGS)[0] & ~(
+            HF_CPL_MASK | HF_CS32 | HF_SS32 | HF_CS64 | HF_ADDSEG)
+        cs_flags = _U32.unpack_from(view, OFF_SEGS + 24 * SEG_CS + 20)[0]
+        _, ss_base, _, ss_flags = _SEG.unpack_from(view, OFF_SEGS + 24 * SEG_SS)
+        vm = _U64.unpack_from(view, OFF_EFLAGS)[0] & RFLAGS_VM
+        protected = _U64.unpack_from(view, OFF_CR)[0] & CR0_PE
+        if protected and not vm:
+            hf |= (ss_flags >> DESC_DPL_SHIFT) & 3
+        elif vm:
             hf |= 3
-        if (hf & HF_LMA) and (cs.flags & DESC_L):
+        if (hf & HF_LMA) and (cs_flags & DESC_L):
             hf |= HF_CS32 | HF_CS64
-        elif cs.flags & DESC_B:
+        elif cs_flags & DESC_B:
             hf |= HF_CS32
-        if ss.flags & DESC_B:
+        if ss_flags & DESC_B:
             hf |= HF_SS32
         if hf & HF_CS64:
             pass  # DS/ES/SS bases are ignored in 64-bit mode
-        elif not self.protected or (self.rflags & RFLAGS_VM) or not (hf & HF_CS32):
+        elif not protected or vm or not (hf & HF_CS32):
             hf |= HF_ADDSEG
-        elif self.seg(SEG_DS).base | self.seg(SEG_ES).base | ss.base:
+        elif (_U64.unpack_from(view, OFF_SEGS + 24 * SEG_DS + 8)[0]
+              | _U64.unpack_from(view, OFF_SEGS + 24 * SEG_ES + 8)[0] | ss_base):
             hf |= HF_ADDSEG
-        self.hflags = hf
+        _U32.pack_into(view, OFF_HFLAGS, hf)
 
     @property
     def old_exception(self) -> int:
-        return ctypes.c_int32.from_address(self.base + OFF_OLD_EXCEPTION).value
+        return int(_I32.unpack_from(self.view, OFF_OLD_EXCEPTION)[0])
 
     @old_exception.setter
     def old_exception(self, value: int) -> None:
-        ctypes.c_int32.from_address(self.base + OFF_OLD_EXCEPTION).value = value
+        _I32.pack_into(self.view, OFF_OLD_EXCEPTION, value)
 
 
 def self_test() -> None:

@@ -16,6 +16,7 @@ import struct
 from dataclasses import dataclass
 
 from .context import (
+    CR0_PE,
     DESC_A,
     DESC_B,
     DESC_C,
@@ -26,7 +27,19 @@ from .context import (
     DESC_P,
     DESC_S,
     DESC_W,
+    HF_CPL_MASK,
     HF_INHIBIT_IRQ,
+    HF_LMA,
+    OFF_CR,
+    OFF_EFLAGS,
+    OFF_EIP,
+    OFF_GDT,
+    OFF_HFLAGS,
+    OFF_IDT,
+    OFF_LDT,
+    OFF_REGS,
+    OFF_SEGS,
+    OFF_TR,
     RFLAGS_AC,
     RFLAGS_IF,
     RFLAGS_NT,
@@ -105,99 +118,133 @@ def deliver(ctx: CpuContext, mmu: Mmu, event: Event) -> None:
 
 
 def _deliver_once(ctx: CpuContext, mmu: Mmu, ev: Event) -> None:
-    if not ctx.protected:
+    view = ctx.view
+    if not _U64.unpack_from(view, OFF_CR)[0] & CR0_PE:
         _deliver_real(ctx, mmu, ev)
-    elif ctx.long_mode:
+    elif _U32.unpack_from(view, OFF_HFLAGS)[0] & HF_LMA:
         _deliver_long(ctx, mmu, ev)
     else:
         _deliver_protected(ctx, mmu, ev)
 
 
+# The delivery paths read and write the saved context through ``ctx.view`` with these layouts
+# (one struct call per segment instead of a Segment per field): they run once per interrupt
+# and exception, and their cost is what the guest sees as interrupt latency.
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+_SEG = struct.Struct("<I4xQII")  # selector, base, limit, flags (a segment-cache entry)
+_RSP = OFF_REGS + 8 * 4
+_CS = OFF_SEGS + 24 * SEG_CS
+_SS = OFF_SEGS + 24 * SEG_SS
+_IVT_ENTRY = struct.Struct("<HH")
+_GATE32 = struct.Struct("<II")
+_GATE64 = struct.Struct("<IIII")
+_REAL_FRAME = struct.Struct("<HHH")
+_M32 = 0xFFFF_FFFF
+_M64 = 0xFFFF_FFFF_FFFF_FFFF
+
+
 def _deliver_real(ctx: CpuContext, mmu: Mmu, ev: Event) -> None:
     """Real-address mode: FLAGS, CS, IP on the stack; CS:IP from the IVT (SDM Vol. 3B 20.1.4)."""
-    idt = ctx.seg("idt")
-    if ev.vector * 4 + 3 > idt.limit:
+    view = ctx.view
+    _, idt_base, idt_limit, _ = _SEG.unpack_from(view, OFF_IDT)
+    if ev.vector * 4 + 3 > idt_limit:
         raise GuestFault(13, None)
-    ip, cs_sel = struct.unpack("<HH", mmu.read(idt.base + ev.vector * 4, 4))
-    ss = ctx.seg(SEG_SS)
-    sp = ctx.gpr(4)
-    wide = bool(ss.flags & DESC_B)  # "big" real-mode stack keeps ESP
+    ip, cs_sel = _IVT_ENTRY.unpack(mmu.read(idt_base + ev.vector * 4, 4))
+    _, ss_base, _, ss_flags = _SEG.unpack_from(view, _SS)
+    sp = _U64.unpack_from(view, _RSP)[0]
+    wide = bool(ss_flags & DESC_B)  # "big" real-mode stack keeps ESP
     mask = 0xFFFF_FFFF if wide else 0xFFFF
-    cs = ctx.seg(SEG_CS)
+    cs_old, _, cs_limit, cs_flags = _SEG.unpack_from(view, _CS)
+    rip = _U64.unpack_from(view, OFF_EIP)[0]
+    flags = _U64.unpack_from(view, OFF_EFLAGS)[0]
     new_sp = (sp - 6) & mask
-    frame = struct.pack("<HHH", ctx.rip & 0xFFFF, cs.selector, ctx.rflags & 0xFFFF)
-    # Push one word at a time: the stack may wrap at 64 KiB.
-    for i in range(3):
-        mmu.write(ss.base + ((new_sp + 2 * i) & mask), frame[2 * i:2 * i + 2])
-    ctx.set_gpr(4, (sp & ~mask) | new_sp)
-    ctx.rflags = ctx.rflags & ~(RFLAGS_IF | RFLAGS_TF | RFLAGS_AC | RFLAGS_RF)
-    ctx.set_seg(SEG_CS, Segment(cs_sel, cs_sel << 4, cs.limit, cs.flags))
-    ctx.rip = ip
+    frame = _REAL_FRAME.pack(rip & 0xFFFF, cs_old & 0xFFFF, flags & 0xFFFF)
+    if new_sp + 6 <= mask + 1:
+        mmu.write(ss_base + new_sp, frame)
+    else:  # the stack wraps at the segment's end: one word at a time
+        for i in range(3):
+            mmu.write(ss_base + ((new_sp + 2 * i) & mask), frame[2 * i:2 * i + 2])
+    _U64.pack_into(view, _RSP, (sp & ~mask & _M64) | new_sp)
+    _U64.pack_into(view, OFF_EFLAGS,
+                   (flags & ~(RFLAGS_IF | RFLAGS_TF | RFLAGS_AC | RFLAGS_RF)) | 2)
+    _SEG.pack_into(view, _CS, cs_sel, cs_sel << 4, cs_limit, cs_flags)
+    _U64.pack_into(view, OFF_EIP, ip)
 
 
 def _read_gate(mmu: Mmu, ctx: CpuContext, ev: Event, size: int) -> bytes:
-    idt = ctx.seg("idt")
+    _, idt_base, idt_limit, _ = _SEG.unpack_from(ctx.view, OFF_IDT)
     ext = 0 if ev.kind == KIND_SOFTWARE else 1
-    if ev.vector * size + size - 1 > idt.limit:
+    if ev.vector * size + size - 1 > idt_limit:
         raise GuestFault(13, ev.vector * 8 + 2 + ext)
-    return mmu.read(idt.base + ev.vector * size, size)
+    return mmu.read(idt_base + ev.vector * size, size)
 
 
 def load_descriptor(ctx: CpuContext, mmu: Mmu, selector: int, err: int) -> tuple[int, int]:
     """The (low, high) dwords of the GDT/LDT descriptor for ``selector``; #GP(err) when it
     lies beyond the table limit."""
-    table = ctx.seg("ldt") if selector & 4 else ctx.seg("gdt")
+    _, base, limit, _ = _SEG.unpack_from(ctx.view, OFF_LDT if selector & 4 else OFF_GDT)
     index = selector & ~7
-    if index + 7 > table.limit:
+    if index + 7 > limit:
         raise GuestFault(13, err)
-    lo, hi = struct.unpack("<II", mmu.read(table.base + index, 8))
+    lo, hi = _GATE32.unpack(mmu.read(base + index, 8))
     return lo, hi
 
 
-def descriptor_segment(selector: int, lo: int, hi: int) -> Segment:
-    """A segment-cache entry from a code/data descriptor."""
+def _descriptor_fields(selector: int, lo: int, hi: int) -> tuple[int, int, int, int]:
+    """(selector, base, limit, flags) of a segment-cache entry from a code/data descriptor."""
     base = (lo >> 16) | ((hi & 0xFF) << 16) | (hi & 0xFF00_0000)
     limit = (lo & 0xFFFF) | (hi & 0xF_0000)
     if hi & DESC_G:
         limit = (limit << 12) | 0xFFF
-    return Segment(selector, base, limit, hi | DESC_A)
+    return selector, base, limit, hi | DESC_A
 
 
-def _code_segment(ctx: CpuContext, mmu: Mmu, selector: int, ext: int) -> tuple[Segment, int]:
-    """Check and load the handler's code segment; returns it and the new CPL."""
+def descriptor_segment(selector: int, lo: int, hi: int) -> Segment:
+    """A segment-cache entry from a code/data descriptor."""
+    return Segment(*_descriptor_fields(selector, lo, hi))
+
+
+def _code_segment(ctx: CpuContext, mmu: Mmu, selector: int, ext: int,
+                  cpl: int) -> tuple[tuple[int, int, int, int], int]:
+    """Check and load the handler's code segment; returns its segment-cache entry and the new
+    CPL."""
     if selector & ~3 == 0:
         raise GuestFault(13, ext)
     err = (selector & 0xFFFC) + ext
     lo, hi = load_descriptor(ctx, mmu, selector, err)
     dpl = (hi >> DESC_DPL_SHIFT) & 3
-    cpl = ctx.cpl
     if not (hi & DESC_S) or not (hi & DESC_CS) or dpl > cpl:
         raise GuestFault(13, err)
     if not hi & DESC_P:
         raise GuestFault(11, err)
     new_cpl = cpl if hi & DESC_C else dpl
-    return descriptor_segment((selector & 0xFFFC) | new_cpl, lo, hi), new_cpl
+    return _descriptor_fields((selector & 0xFFFC) | new_cpl, lo, hi), new_cpl
+
+
+_FRAME_FORMAT = {2: "H", 4: "I", 8: "Q"}
 
 
 def _push(mmu: Mmu, ss_base: int, sp: int, mask: int, values: list[int], width: int,
           user: bool) -> int:
     """Push ``values`` (first value pushed first) and return the new stack pointer."""
-    fmt = {2: "<H", 4: "<I", 8: "<Q"}[width]
-    data = b"".join(struct.pack(fmt, v & ((1 << (8 * width)) - 1)) for v in reversed(values))
+    wmask = (1 << (8 * width)) - 1
+    data = struct.pack(f"<{len(values)}{_FRAME_FORMAT[width]}",
+                       *[v & wmask for v in reversed(values)])
     new_sp = (sp - len(data)) & mask
-    mmu.write((ss_base + new_sp) & (0xFFFF_FFFF if mask != (1 << 64) - 1 else mask), data, user)
+    mmu.write((ss_base + new_sp) & (_M32 if mask != _M64 else mask), data, user)
     return new_sp
 
 
-def _gate_common(ctx: CpuContext, ev: Event, hi: int) -> tuple[int, int]:
+def _gate_common(ev: Event, hi: int, cpl: int, long_mode: bool) -> tuple[int, int]:
     """Gate type and DPL checks shared by protected and long mode; returns (type, ext)."""
     ext = 0 if ev.kind == KIND_SOFTWARE else 1
     gtype = (hi >> 8) & 0x1F
     dpl = (hi >> DESC_DPL_SHIFT) & 3
     err = ev.vector * 8 + 2 + ext
-    if ev.kind == KIND_SOFTWARE and dpl < ctx.cpl:
+    if ev.kind == KIND_SOFTWARE and dpl < cpl:
         raise GuestFault(13, ev.vector * 8 + 2)
-    if gtype not in (0x06, 0x07, 0x0E, 0x0F) or (ctx.long_mode and gtype not in (0x0E, 0x0F)):
+    if gtype not in (0x06, 0x07, 0x0E, 0x0F) or (long_mode and gtype not in (0x0E, 0x0F)):
         raise GuestFault(13, err)  # task gates are not modelled
     if not hi & DESC_P:
         raise GuestFault(11, err)
@@ -206,21 +253,25 @@ def _gate_common(ctx: CpuContext, ev: Event, hi: int) -> tuple[int, int]:
 
 def _deliver_protected(ctx: CpuContext, mmu: Mmu, ev: Event) -> None:
     """32-bit protected mode through an interrupt or trap gate (SDM Vol. 3A 6.12.1)."""
-    if ctx.rflags & RFLAGS_VM:
+    view = ctx.view
+    flags = _U64.unpack_from(view, OFF_EFLAGS)[0]
+    if flags & RFLAGS_VM:
         raise GuestFault(13, 0)  # virtual-8086 mode is not modelled
-    lo, hi = struct.unpack("<II", _read_gate(mmu, ctx, ev, 8))
-    gtype, ext = _gate_common(ctx, ev, hi)
+    cpl = _U32.unpack_from(view, OFF_HFLAGS)[0] & HF_CPL_MASK
+    lo, hi = _GATE32.unpack(_read_gate(mmu, ctx, ev, 8))
+    gtype, ext = _gate_common(ev, hi, cpl, False)
     offset = (lo & 0xFFFF) | (hi & 0xFFFF_0000)
-    cs_new, new_cpl = _code_segment(ctx, mmu, lo >> 16, ext)
+    cs_new, new_cpl = _code_segment(ctx, mmu, lo >> 16, ext, cpl)
     width = 4 if gtype & 0x8 else 2
     if width == 2:
         offset &= 0xFFFF
-    old_cs, old_ss = ctx.seg(SEG_CS), ctx.seg(SEG_SS)
-    old_sp, flags = ctx.gpr(4), ctx.rflags
-    frame = [flags, old_cs.selector, ctx.rip]
+    old_cs = _U32.unpack_from(view, _CS)[0]
+    old_ss, ss_base, _, ss_flags = _SEG.unpack_from(view, _SS)
+    old_sp = _U64.unpack_from(view, _RSP)[0]
+    frame = [flags, old_cs, _U64.unpack_from(view, OFF_EIP)[0]]
     if ev.kind == KIND_EXCEPTION and ev.vector in ERROR_CODE_VECTORS:
         frame.append(ev.error_code or 0)
-    if new_cpl < ctx.cpl:
+    if new_cpl < cpl:
         tr = ctx.seg("tr")
         tss32 = (tr.flags >> 8) & 0xF in (0x9, 0xB)
         err_ts = (tr.selector & 0xFFFC) + ext
@@ -243,69 +294,73 @@ def _deliver_protected(ctx: CpuContext, mmu: Mmu, ev: Event) -> None:
             raise GuestFault(10, (ss_sel & 0xFFFC) + ext)
         if not shi & DESC_P:
             raise GuestFault(12, (ss_sel & 0xFFFC) + ext)
-        ss_new = descriptor_segment(ss_sel, slo, shi)
+        ss_new = _descriptor_fields(ss_sel, slo, shi)
         mask = 0xFFFF_FFFF if shi & DESC_B else 0xFFFF
-        frame = [old_ss.selector, old_sp] + frame
-        new_sp = _push(mmu, ss_new.base, sp, mask, frame, width, False)
-        ctx.set_seg(SEG_SS, ss_new)
+        frame = [old_ss, old_sp] + frame
+        new_sp = _push(mmu, ss_new[1], sp, mask, frame, width, False)
+        _SEG.pack_into(view, _SS, *ss_new)
     else:
-        mask = 0xFFFF_FFFF if old_ss.flags & DESC_B else 0xFFFF
-        new_sp = _push(mmu, old_ss.base, old_sp, mask, frame, width, ctx.cpl == 3)
+        mask = 0xFFFF_FFFF if ss_flags & DESC_B else 0xFFFF
+        new_sp = _push(mmu, ss_base, old_sp, mask, frame, width, cpl == 3)
         sp = old_sp
-    ctx.set_gpr(4, (sp & ~mask & 0xFFFF_FFFF) | new_sp)
-    ctx.set_seg(SEG_CS, cs_new)
-    ctx.rip = offset
+    _U64.pack_into(view, _RSP, (sp & ~mask & 0xFFFF_FFFF) | new_sp)
+    _SEG.pack_into(view, _CS, *cs_new)
+    _U64.pack_into(view, OFF_EIP, offset)
     clear = RFLAGS_TF | RFLAGS_NT | RFLAGS_RF | RFLAGS_VM
     if not gtype & 1:
         clear |= RFLAGS_IF  # interrupt gate (trap gates leave IF alone)
-    ctx.rflags = flags & ~clear
+    _U64.pack_into(view, OFF_EFLAGS, (flags & ~clear) | 2)
     ctx.update_seg_hflags()
 
 
 def _deliver_long(ctx: CpuContext, mmu: Mmu, ev: Event) -> None:
     """IA-32e mode through a 16-byte gate (SDM Vol. 3A 6.14)."""
-    lo, hi, hi2, _ = struct.unpack("<IIII", _read_gate(mmu, ctx, ev, 16))
-    gtype, ext = _gate_common(ctx, ev, hi)
+    view = ctx.view
+    cpl = _U32.unpack_from(view, OFF_HFLAGS)[0] & HF_CPL_MASK
+    lo, hi, hi2, _ = _GATE64.unpack(_read_gate(mmu, ctx, ev, 16))
+    gtype, ext = _gate_common(ev, hi, cpl, True)
     offset = (lo & 0xFFFF) | (hi & 0xFFFF_0000) | (hi2 << 32)
-    cs_new, new_cpl = _code_segment(ctx, mmu, lo >> 16, ext)
-    if not (cs_new.flags & DESC_L) or cs_new.flags & DESC_B:
-        raise GuestFault(13, (cs_new.selector & 0xFFFC) + ext)
+    cs_new, new_cpl = _code_segment(ctx, mmu, lo >> 16, ext, cpl)
+    if not (cs_new[3] & DESC_L) or cs_new[3] & DESC_B:
+        raise GuestFault(13, (cs_new[0] & 0xFFFC) + ext)
     if not canonical(offset):
         raise GuestFault(13, 0)
     ist = hi & 7
-    old_cs, old_ss = ctx.seg(SEG_CS), ctx.seg(SEG_SS)
-    old_sp, flags = ctx.gpr(4), ctx.rflags
-    tr = ctx.seg("tr")
-    err_ts = (tr.selector & 0xFFFC) + ext
+    old_cs, _, _, old_cs_flags = _SEG.unpack_from(view, _CS)
+    old_ss = _U32.unpack_from(view, _SS)[0]
+    old_sp = _U64.unpack_from(view, _RSP)[0]
+    flags = _U64.unpack_from(view, OFF_EFLAGS)[0]
     if ist:
         pos = 0x24 + (ist - 1) * 8
-    elif new_cpl < ctx.cpl:
+    elif new_cpl < cpl:
         pos = 4 + new_cpl * 8
     else:
         pos = -1
     if pos >= 0:
-        if pos + 7 > tr.limit:
-            raise GuestFault(10, err_ts)
-        sp = struct.unpack("<Q", mmu.read(tr.base + pos, 8))[0]
+        tr_sel, tr_base, tr_limit, _ = _SEG.unpack_from(view, OFF_TR)
+        if pos + 7 > tr_limit:
+            raise GuestFault(10, (tr_sel & 0xFFFC) + ext)
+        sp = _U64.unpack(mmu.read(tr_base + pos, 8))[0]
     else:
-        sp = old_sp if old_cs.flags & DESC_L else old_sp & 0xFFFF_FFFF
+        sp = old_sp if old_cs_flags & DESC_L else old_sp & 0xFFFF_FFFF
     if not canonical(sp):
-        raise GuestFault(12 if pos < 0 else 10, 0 if pos < 0 else err_ts)
+        if pos < 0:
+            raise GuestFault(12, 0)
+        raise GuestFault(10, (_U32.unpack_from(view, OFF_TR)[0] & 0xFFFC) + ext)
     sp &= ~0xF  # the CPU aligns the new stack to 16 bytes (SDM 6.14.2)
-    frame = [old_ss.selector, old_sp, flags, old_cs.selector, ctx.rip]
+    frame = [old_ss, old_sp, flags, old_cs, _U64.unpack_from(view, OFF_EIP)[0]]
     if ev.kind == KIND_EXCEPTION and ev.vector in ERROR_CODE_VECTORS:
         frame.append(ev.error_code or 0)
-    mask = (1 << 64) - 1
-    user = ctx.cpl == 3 and new_cpl == 3
-    new_sp = _push(mmu, 0, sp, mask, frame, 8, user)
-    if new_cpl != ctx.cpl:
+    user = cpl == 3 and new_cpl == 3
+    new_sp = _push(mmu, 0, sp, _M64, frame, 8, user)
+    if new_cpl != cpl:
         # A privilege change loads SS with a NULL selector whose RPL is the new CPL.
-        ctx.set_seg(SEG_SS, Segment(new_cpl, 0, 0, new_cpl << DESC_DPL_SHIFT))
-    ctx.set_gpr(4, new_sp)
-    ctx.set_seg(SEG_CS, cs_new)
-    ctx.rip = offset
+        _SEG.pack_into(view, _SS, new_cpl, 0, 0, new_cpl << DESC_DPL_SHIFT)
+    _U64.pack_into(view, _RSP, new_sp)
+    _SEG.pack_into(view, _CS, *cs_new)
+    _U64.pack_into(view, OFF_EIP, offset)
     clear = RFLAGS_TF | RFLAGS_NT | RFLAGS_RF | RFLAGS_VM
     if not gtype & 1:
         clear |= RFLAGS_IF
-    ctx.rflags = flags & ~clear
+    _U64.pack_into(view, OFF_EFLAGS, (flags & ~clear) | 2)
     ctx.update_seg_hflags()

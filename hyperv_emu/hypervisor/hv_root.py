@@ -18,7 +18,7 @@ from . import hvdef as H
 from .hv_calls import resolve_partition
 from .hv_msr import TSC_HZ
 from .hypercall import Call, HypercallTable
-from .memory import PAGE
+from .memory import PAGE, GuestMemory, page_run_bytes
 from .ports import Connection, Port, parse_port_info
 
 if TYPE_CHECKING:
@@ -123,42 +123,67 @@ def set_partition_property(call: Call) -> int:
 def map_gpa_pages(call: Call) -> int:
     """HvCallMapGpaPages (rep): u64 TargetPartitionId, u64 TargetGpaBase (page number),
     u64 MapFlags; rep elements are the caller's source page numbers.  Runs of consecutive
-    source pages become one shared mapping.  Approximation: every mapping is read/write/execute
-    (the flags must name at least read access)."""
+    source pages become one shared mapping, checked and mapped a run at a time (a root maps
+    gigabytes of RAM this way at start-up).  The reps before a failing element stay mapped and
+    are reported as completed.  Approximation: every mapping is read/write/execute (the flags
+    must name at least read access)."""
     pid, base, flags = struct.unpack_from("<QQQ", call.input)
     target = _child(call, pid)
     if isinstance(target, int):
         return target
     if flags & ~H.HV_MAP_GPA_FLAGS_MASK or not flags & H.HV_MAP_GPA_READABLE:
         return BAD
-    src_mem = call.caller.memory
-    dst_mem = target.memory
-    runs: list[list[int]] = []  # [target gpa, source gpa, pages]
-    for i in call.reps():
-        src = int.from_bytes(call.elements[i], "little")
-        dst = base + i
-        if src >= _GPN_LIMIT or dst >= _GPN_LIMIT:
-            return BAD
-        region = src_mem.find(src * PAGE)
-        if region is None or region.kind != "ram" or region.overlay:
-            return BAD
-        if dst_mem.find(dst * PAGE) is not None and not dst_mem.overlays.get(dst * PAGE):
-            return H.HV_STATUS_INVALID_PARAMETER  # already mapped
-        last = runs[-1] if runs else None
-        if (last is not None and last[0] + last[2] * PAGE == dst * PAGE
-                and last[1] + last[2] * PAGE == src * PAGE
-                and src_mem.find(last[1]) is region):
-            last[2] += 1
-        else:
-            runs.append([dst * PAGE, src * PAGE, 1])
-    for dst_gpa, src_gpa, pages in runs:
-        region = src_mem.find(src_gpa)
-        assert region is not None and region.buf is not None
-        backing = region.owner if region.owner is not None else region.buf
-        offset = (ctypes.addressof(region.buf) - ctypes.addressof(backing)  # type: ignore
-                  + src_gpa - region.gpa)
-        dst_mem.map_ram(dst_gpa, pages * PAGE, backing, offset)  # type: ignore[arg-type]
+    raw = call.elements.raw
+    i = call.reps_completed = call.rep_start
+    end = min(call.rep_count, i + max(1, call.budget))
+    while i < end:
+        n, status = _valid_run(call.caller.memory, target.memory, raw, i, end, base + i)
+        if n:
+            src_gpa, dst_gpa = _page(raw, i) * PAGE, (base + i) * PAGE
+            region = call.caller.memory.find(src_gpa)
+            assert region is not None and region.buf is not None
+            backing = region.owner if region.owner is not None else region.buf
+            offset = (ctypes.addressof(region.buf) - ctypes.addressof(backing)  # type: ignore
+                      + src_gpa - region.gpa)
+            target.memory.map_ram(dst_gpa, n * PAGE, backing, offset)  # type: ignore[arg-type]
+            i = call.reps_completed = i + n
+        if status != OK:
+            return status
     return OK
+
+
+def _page(raw: bytes, i: int) -> int:
+    return int.from_bytes(raw[8 * i:8 * i + 8], "little")
+
+
+def _valid_run(src_mem: GuestMemory, dst_mem: GuestMemory, raw: bytes, i: int,
+               end: int, dst: int) -> tuple[int, int]:
+    """How many rep elements from ``i`` (target page ``dst``) can be mapped as one run: source
+    pages consecutive, inside one RAM region of the caller with no overlay page, target pages
+    below the GPN limit and not mapped yet.  Returns (count, status): a count short of ``end``
+    with status OK just ends the run; a failure status names the element at ``i + count``."""
+    src = _page(raw, i)
+    want = end - i
+    if src + want > 1 << 64 or raw[8 * i:8 * end] != page_run_bytes(src, want):
+        want = 1
+        while i + want < end and _page(raw, i + want) == src + want:
+            want += 1
+    n = min(want, max(0, _GPN_LIMIT - src), max(0, _GPN_LIMIT - dst))
+    if n == 0:
+        return 0, BAD
+    region = src_mem.find(src * PAGE)
+    if region is None or region.kind != "ram" or region.overlay:
+        return 0, BAD
+    n = min(n, (region.end - src * PAGE) // PAGE)
+    for page in src_mem.overlays:  # an overlay page ends the run before it
+        if src * PAGE < page < (src + n) * PAGE:
+            n = (page - src * PAGE) // PAGE
+    if dst_mem._under(dst * PAGE) is not None:
+        return 0, H.HV_STATUS_INVALID_PARAMETER  # already mapped
+    nxt = dst_mem.next_start(dst * PAGE)
+    if nxt is not None:
+        n = min(n, (nxt - dst * PAGE) // PAGE)
+    return n, OK
 
 
 def unmap_gpa_pages(call: Call) -> int:

@@ -28,7 +28,7 @@ status is our choice).
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -103,6 +103,34 @@ class CallIo(Protocol):
         """Store output bytes at ``offset`` in the output block."""
 
 
+class RepElements(Sequence[bytes]):
+    """A rep call's input elements, sliced from the input block on demand: a root MapGpaPages
+    call carries 509 elements, and cutting them all up front cost more than the call itself.
+    ``raw`` is the element area as one byte string, for handlers that read it in bulk."""
+
+    __slots__ = ("_data", "_start", "_size", "_count")
+
+    def __init__(self, data: bytes, start: int, size: int, count: int) -> None:
+        self._data, self._start, self._size, self._count = data, start, size, count
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __getitem__(self, i):  # type: ignore[no-untyped-def,override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self._count))]
+        if i < 0:
+            i += self._count
+        if not 0 <= i < self._count:
+            raise IndexError("rep element index out of range")
+        at = self._start + i * self._size
+        return self._data[at:at + self._size]
+
+    @property
+    def raw(self) -> bytes:
+        return self._data[self._start:self._start + self._count * self._size]
+
+
 @dataclass
 class Call:
     """One hypercall as a handler sees it."""
@@ -116,7 +144,7 @@ class Call:
     #: Fixed input header plus the variable header, then the rep elements, as separate fields.
     input: bytes
     var_header: bytes
-    elements: list[bytes]
+    elements: RepElements
     output: bytearray
     budget: int
     rep_output: dict[int, bytes] = field(default_factory=dict)
@@ -253,17 +281,19 @@ class HypercallTable:
         data = io.read_input(in_size)
         if isinstance(data, int):
             return Outcome(data)
-        elements = [data[header_size + i * spec.rep_input_size:
-                         header_size + (i + 1) * spec.rep_input_size]
-                    for i in range(c.rep_count)] if spec.rep else []
+        elements = RepElements(data, header_size, spec.rep_input_size,
+                               c.rep_count if spec.rep else 0)
+        # The rep budget bounds how long a VP's VMCALL holds off its interrupts; the root's
+        # own calls (no VP: this Python process) have nothing to hold off and run to the end.
+        budget = self.rep_budget if vp is not None else c.rep_count
         call = Call(caller, vp, c.code, io.fast, c.rep_count, c.rep_start,
                     data[:spec.input_size], data[spec.input_size:header_size], elements,
-                    bytearray(spec.output_size), self.rep_budget)
+                    bytearray(spec.output_size), budget)
         status = spec.handler(call) & 0xFFFF
         if spec.rep:
             done = max(c.rep_start, min(call.reps_completed, c.rep_count))
-            for i in range(c.rep_start, done):
-                if i in call.rep_output:
+            for i in sorted(call.rep_output):
+                if c.rep_start <= i < done:
                     io.write_output(spec.output_size + i * spec.rep_output_size,
                                     call.rep_output[i][:spec.rep_output_size]
                                     .ljust(spec.rep_output_size, b"\0"))

@@ -15,14 +15,20 @@ from __future__ import annotations
 
 import bisect
 import ctypes
+import mmap
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import unicorn
 
 PAGE = 0x1000
 #: Physical address bit 20, which the A20 gate forces to 0 while it is masked.
 A20_BIT = 1 << 20
+#: Linux's MAP_NORESERVE (the mmap module does not export it): RAM larger than the host's free
+#: memory plus swap is fine as long as the guest does not touch all of it, as with QEMU.
+_MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000 if sys.platform == "linux" else 0)
 MmioRead = Callable[[int, int], int]
 MmioWrite = Callable[[int, int, int], None]
 
@@ -43,7 +49,9 @@ class Region:
     gpa: int
     size: int
     kind: str  # "ram", "rom", "mmio", "hidden"
-    buf: ctypes.Array[ctypes.c_char] | None = None
+    #: The host memory behind RAM/ROM: only its address is used (``ctypes.addressof``).  A
+    #: view into a larger buffer is a ``c_char`` at its first byte (see :meth:`map_ram`).
+    buf: ctypes.Array[ctypes.c_char] | ctypes.c_char | None = None
     read: MmioRead | None = None
     write: MmioWrite | None = None
     engines: list[unicorn.Uc] = field(default_factory=list)
@@ -51,10 +59,39 @@ class Region:
     owner: object = None
     #: True for a hypervisor overlay page (see :meth:`GuestMemory.map_overlay`).
     overlay: bool = False
+    #: A byte view of RAM/ROM, made on first use by :meth:`GuestMemory.ram_page`.
+    view: memoryview | None = field(default=None, repr=False, compare=False)
 
     @property
     def end(self) -> int:
         return self.gpa + self.size
+
+
+def zeroed_buffer(size: int) -> ctypes.Array[ctypes.c_char]:
+    """``size`` bytes of zeroed host memory for guest RAM, from a private anonymous mapping:
+    the kernel supplies zero pages on first touch, so nothing is written (or made resident)
+    until the guest or the host uses a page.  ``create_string_buffer`` would zero-fill, i.e.
+    touch, every page up front (seconds and gigabytes for a large guest).  The ctypes array
+    keeps the mapping alive."""
+    mapping = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_NORESERVE)
+    return (ctypes.c_char * size).from_buffer(mapping)
+
+
+@lru_cache(maxsize=8)
+def _run_terms(count: int) -> tuple[int, int]:
+    """(sum of 2**(64k), sum of k * 2**(64k)) for k < count: see :func:`page_run_bytes`."""
+    ones = sum(1 << (64 * k) for k in range(count))
+    return ones, sum(k << (64 * k) for k in range(count))
+
+
+def page_run_bytes(first: int, count: int) -> bytes:
+    """The little-endian u64 list first, first+1, ... (``count`` of them), as MapGpaPages rep
+    elements carry page numbers.  Built as one integer (first * sum 2**64k + sum k * 2**64k:
+    no element carries into the next while every value is below 2**64), which is many times
+    faster than packing each element; comparing against it tells whether a list is such a
+    run without a Python loop."""
+    ones, ramp = _run_terms(count)
+    return (first * ones + ramp).to_bytes(8 * count, "little")
 
 
 def _check_aligned(gpa: int, size: int) -> None:
@@ -75,6 +112,15 @@ class GuestMemory:
         self.invalidate: Callable[[int, int], None] = lambda gpa, n: None
         #: False while the A20 gate masks address bit 20 (see :meth:`set_a20`).
         self.a20 = True
+        #: Called with (gpa, length, linear address, engine) after the hypervisor stored to
+        #: guest memory on a VP's behalf (see :meth:`code_written`); None: use ``invalidate``.
+        self.invalidate_at: Callable[[int, int, int, object], None] | None = None
+        #: Page GPA -> (view of its region, offset of the page in it, writable): the fast path
+        #: of :meth:`ram_page`, emptied whenever the map changes.
+        self._page_views: dict[int, tuple[memoryview, int, bool]] = {}
+        #: Bumped whenever the map changes (with :attr:`_page_views` emptied), so views taken
+        #: from :meth:`ram_page` and kept (the MMU's remembered walks) can be checked.
+        self.generation = 0
 
     def set_a20(self, enabled: bool) -> None:
         """Open (True) or mask (False) the A20 gate for the accesses made through this object:
@@ -92,6 +138,7 @@ class GuestMemory:
         i = bisect.bisect(self._starts, region.gpa)
         self.regions.insert(i, region)
         self._starts.insert(i, region.gpa)
+        self._forget_views()
         for uc in self.engines:
             self._map_into(uc, region)
         return region
@@ -130,7 +177,7 @@ class GuestMemory:
         as the root partition's MapGpaPages does)."""
         _check_aligned(gpa, size)
         if backing is None:
-            return self._add(Region(gpa, size, "ram", ctypes.create_string_buffer(size)))
+            return self._add(Region(gpa, size, "ram", zeroed_buffer(size)))
         if offset < 0 or offset + size > ctypes.sizeof(backing):
             raise ValueError("backing buffer too small")
         start = ctypes.addressof(backing) + offset
@@ -148,12 +195,15 @@ class GuestMemory:
             for uc in self.engines:
                 uc.mem_unmap(prev.gpa, prev.size)
             gpa, size, start = prev.gpa, prev.size + size, ctypes.addressof(prev.buf)
-        view = (ctypes.c_char * size).from_address(start)
+        # A sized array type per mapping would be a new ctypes type per size (15 µs each,
+        # thousands of times for a large guest mapped batch by batch): the first byte will do.
+        view = ctypes.c_char.from_address(start)
         return self._add(Region(gpa, size, "ram", view, owner=backing))
 
     def unmap(self, gpa: int, size: int) -> None:
         """Remove RAM pages [gpa, gpa+size) (splitting regions); other kinds raise ValueError."""
         _check_aligned(gpa, size)
+        self._forget_views()
         end = gpa + size
         hit = [r for r in self.regions if r.gpa < end and gpa < r.end]
         if any(r.kind != "ram" for r in hit):
@@ -179,7 +229,7 @@ class GuestMemory:
             base = ctypes.addressof(r.buf)
             for a, b in ((r.gpa, lo), (hi, r.end)):
                 if b > a:
-                    view = (ctypes.c_char * (b - a)).from_address(base + a - r.gpa)
+                    view = ctypes.c_char.from_address(base + a - r.gpa)
                     piece = Region(a, b - a, "ram", view, owner=r.owner or r.buf)
                     j = bisect.bisect(self._starts, a)
                     self.regions.insert(j, piece)
@@ -192,6 +242,11 @@ class GuestMemory:
         if i >= 0 and self.regions[i].gpa <= gpa < self.regions[i].end:
             return self.regions[i]
         return None
+
+    def next_start(self, gpa: int) -> int | None:
+        """The start of the first region above ``gpa`` (None if there is none)."""
+        i = bisect.bisect(self._starts, gpa)
+        return self._starts[i] if i < len(self._starts) else None
 
     def map_overlay(self, gpa: int, data: bytes = b"", *, writable: bool = False) -> Region:
         """Cover one page with a hypervisor-owned page (TLFS "overlay pages": hypercall page,
@@ -208,6 +263,7 @@ class GuestMemory:
         ctypes.memmove(buf, data[:PAGE], min(len(data), PAGE))
         region = Region(gpa, PAGE, "ram" if writable else "rom", buf, overlay=True)
         stack = self.overlays.setdefault(gpa, [])
+        self._forget_views()
         for uc in self.engines:
             if stack or under is not None:
                 uc.mem_unmap(gpa, PAGE)
@@ -223,6 +279,7 @@ class GuestMemory:
             return
         top = stack[-1] is region
         stack.remove(region)
+        self._forget_views()
         if not stack:
             del self.overlays[region.gpa]
         if top:
@@ -330,6 +387,38 @@ class GuestMemory:
             self.invalidate(gpa, len(data))
 
     # ---- accesses the hypervisor makes on the guest's behalf (interrupt delivery) -----------
+    def _forget_views(self) -> None:
+        self._page_views.clear()
+        self.generation += 1
+
+    def ram_page(self, gpa: int) -> tuple[memoryview, int, bool] | None:
+        """Direct access to the RAM or ROM page the CPU reaches at ``gpa`` (through the A20
+        gate): (a byte view of its region, the offset of ``gpa`` in that view, writable), or
+        None for MMIO and unmapped pages.  The hypervisor's hot paths (interrupt delivery's
+        gate, descriptor and stack accesses) use it instead of :meth:`guest_read` and
+        :meth:`guest_write`: a dictionary hit and a slice instead of a region search."""
+        if not self.a20:
+            gpa &= ~A20_BIT
+        page = gpa & ~(PAGE - 1)
+        hit = self._page_views.get(page)
+        if hit is None:
+            r = self.find(page, physical=True)
+            if r is None or r.buf is None or r.kind not in ("ram", "rom"):
+                return None
+            if r.view is None:
+                r.view = memoryview((ctypes.c_char * r.size).from_address(
+                    ctypes.addressof(r.buf))).cast("B")
+            hit = self._page_views[page] = (r.view, page - r.gpa, r.kind == "ram")
+        return hit[0], hit[1] + (gpa & (PAGE - 1)), hit[2]
+
+    def code_written(self, gpa: int, length: int, linear: int, engine: object) -> None:
+        """The hypervisor stored ``length`` bytes at ``gpa`` (one page) for the VP running on
+        ``engine``, which reaches it at ``linear``: drop translated code for it."""
+        if self.invalidate_at is not None:
+            self.invalidate_at(gpa, length, linear, engine)
+        else:
+            self.invalidate(gpa, length)
+
     def guest_read(self, gpa: int, size: int) -> bytes:
         """A guest-initiated read: MMIO goes to the device with the access size."""
         pieces = self._pieces(gpa, size, False)

@@ -18,6 +18,8 @@ from .context import (
     CR4_PSE,
     EFER_LMA,
     EFER_NXE,
+    OFF_CR,
+    OFF_EFER,
     CpuContext,
 )
 from .memory import GuestMemory
@@ -27,6 +29,13 @@ PF_W = 2
 PF_U = 4
 PF_I = 16
 _ADDR_MASK = 0x000F_FFFF_FFFF_F000
+_Q = struct.Struct("<Q")
+_D = struct.Struct("<I")
+_CRS = struct.Struct("<Q16xQQ")  # cr[0], (cr[1], cr[2]), cr[3], cr[4]
+#: A paging-structure entry read during a walk: its format, the view and offset it was read
+#: from, and its value.
+_Entry = tuple[struct.Struct, memoryview, int, int]
+_MAX_WALKS = 64
 
 
 class GuestFault(Exception):
@@ -51,21 +60,63 @@ class Mmu:
     def __init__(self, ctx: CpuContext, mem: GuestMemory) -> None:
         self.ctx = ctx
         self.mem = mem
+        #: Translations walked before: (linear page, write, user, fetch) -> (control state,
+        #: physical page, the paging-structure entries read).  A hit is used only when the
+        #: control registers and memory map are the same and every entry still holds the value
+        #: it had (re-read in place), so a guest that edits its page tables, with or without
+        #: INVLPG, never gets a stale translation; what is saved is the walk's logic.
+        self._walks: dict[tuple[int, bool, bool, bool],
+                          tuple[tuple[int, ...], int, tuple[_Entry, ...]]] = {}
+        self._trail: list[_Entry] | None = None
 
     def _q(self, gpa: int) -> int:
-        return int(struct.unpack("<Q", self.mem.guest_read(gpa, 8))[0])
+        hit = self.mem.ram_page(gpa)  # page tables live in RAM: read them in place
+        if hit is not None and not gpa & 7:
+            value = int(_Q.unpack_from(hit[0], hit[1])[0])
+            if self._trail is not None:
+                self._trail.append((_Q, hit[0], hit[1], value))
+            return value
+        self._trail = None  # an entry outside RAM: do not remember this walk
+        return int(_Q.unpack(self.mem.guest_read(gpa, 8))[0])
 
     def _d(self, gpa: int) -> int:
-        return int(struct.unpack("<I", self.mem.guest_read(gpa, 4))[0])
+        hit = self.mem.ram_page(gpa)
+        if hit is not None and not gpa & 3:
+            value = int(_D.unpack_from(hit[0], hit[1])[0])
+            if self._trail is not None:
+                self._trail.append((_D, hit[0], hit[1], value))
+            return value
+        self._trail = None
+        return int(_D.unpack(self.mem.guest_read(gpa, 4))[0])
 
     def translate(self, lin: int, write: bool = False, user: bool = False,
                   fetch: bool = False) -> int:
         """The guest-physical address for linear ``lin``; raises GuestFault(#PF) as the CPU
         would, with CR2 and the error code."""
+        view = self.ctx.view
+        cr0, cr3, cr4 = _CRS.unpack_from(view, OFF_CR)
+        if not cr0 & CR0_PG:
+            return lin & 0xFFFF_FFFF  # long mode needs paging: linear addresses are 32 bits
+        state = (cr0, cr3, cr4, _Q.unpack_from(view, OFF_EFER)[0], self.mem.generation,
+                 self.mem.a20)
+        key = (lin >> 12, write, user, fetch)
+        known = self._walks.get(key)
+        if known is not None and known[0] == state and all(
+                fmt.unpack_from(v, off)[0] == value for fmt, v, off, value in known[2]):
+            return known[1] | (lin & 0xFFF)
+        self._trail = []
+        phys = self._walk(lin, write, user, fetch)
+        if self._trail is not None:
+            if len(self._walks) >= _MAX_WALKS:
+                self._walks.clear()
+            self._walks[key] = (state, phys & ~0xFFF, tuple(self._trail))
+            self._trail = None
+        return phys
+
+    def _walk(self, lin: int, write: bool, user: bool, fetch: bool) -> int:
+        """The page walk behind :meth:`translate` (paging on)."""
         ctx = self.ctx
         cr0, cr4, efer = ctx.cr(0), ctx.cr(4), ctx.efer
-        if not cr0 & CR0_PG:
-            return lin & (0xFFFF_FFFF_FFFF_FFFF if efer & EFER_LMA else 0xFFFF_FFFF)
         err = (PF_W if write else 0) | (PF_U if user else 0)
         if fetch and efer & EFER_NXE:
             err |= PF_I
@@ -143,6 +194,11 @@ class Mmu:
 
     def read(self, lin: int, size: int, user: bool = False, fetch: bool = False) -> bytes:
         """Read ``size`` bytes at a linear address (page crossings handled)."""
+        if (lin & 0xFFF) + size <= 0x1000:
+            hit = self.mem.ram_page(self.translate(lin, False, user, fetch))
+            if hit is not None:  # RAM or ROM: straight from its view
+                view, off, _ = hit
+                return bytes(view[off:off + size])
         out = bytearray()
         while size > 0:
             n = min(size, 0x1000 - (lin & 0xFFF))
@@ -153,6 +209,17 @@ class Mmu:
 
     def write(self, lin: int, data: bytes, user: bool = False) -> None:
         """Write at a linear address; every page is translated before any byte is stored."""
+        n = len(data)
+        if (lin & 0xFFF) + n <= 0x1000:
+            gpa = self.translate(lin, True, user)
+            hit = self.mem.ram_page(gpa)
+            if hit is not None:  # RAM (or ROM, which ignores the store) through its view
+                view, off, writable = hit
+                if writable:
+                    view[off:off + n] = data
+                    # The engine can name the page by its linear address, paging or not.
+                    self.mem.code_written(gpa, n, lin, self.ctx.uc)
+                return
         pieces = []
         pos = 0
         while pos < len(data):

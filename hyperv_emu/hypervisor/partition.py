@@ -11,15 +11,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 import unicorn
-from capstone.x86_const import (
-    X86_INS_HLT,
-    X86_INS_RDMSR,
-    X86_INS_RDTSC,
-    X86_INS_RDTSCP,
-    X86_INS_WRMSR,
-)
 
 from ..clock import VirtualClock
 from . import context as C
@@ -34,6 +28,7 @@ from .lapic import APIC_DEFAULT_BASE, LocalApic, deliver_message
 from .memory import GuestMemory, MmioRead, MmioWrite, UnmappedAccess
 from .mmu import GuestFault
 from .observe import Observers, hlt_event, interrupt_event, mmio_event, msr_event, traced_io
+from .tbcache import remove_cache
 from .vp import (
     EXCP_VMEXIT,
     SVM_EXIT_HLT,
@@ -59,12 +54,13 @@ HOST_SLICE_US = 10_000
 HIDDEN_GPA = 0x7F_0000_0000
 _VMCB_MSRPM_BASE = 0x48  # VMCB control area: MSRPM_BASE_PA (AMD APM Vol. 2, Table B-1)
 
-#: Which instructions each SVM intercept we use can come from (capstone ids).
+#: Which instructions each SVM intercept we use can come from (capstone mnemonics: matching
+#: by name keeps capstone out of start-up, see blockmark.locate).
 _INTERCEPTED_INSNS = {
-    SVM_EXIT_HLT: frozenset({X86_INS_HLT}),
-    SVM_EXIT_RDTSC: frozenset({X86_INS_RDTSC}),
-    SVM_EXIT_RDTSCP: frozenset({X86_INS_RDTSCP}),
-    SVM_EXIT_MSR: frozenset({X86_INS_RDMSR, X86_INS_WRMSR}),
+    SVM_EXIT_HLT: frozenset({"hlt"}),
+    SVM_EXIT_RDTSC: frozenset({"rdtsc"}),
+    SVM_EXIT_RDTSCP: frozenset({"rdtscp"}),
+    SVM_EXIT_MSR: frozenset({"rdmsr", "wrmsr"}),
 }
 
 _VMCALL = bytes((0x0F, 0x01, 0xC1))
@@ -84,6 +80,7 @@ class Partition:
         self.name = name
         self.memory = GuestMemory()
         self.memory.invalidate = self._invalidate
+        self.memory.invalidate_at = self._invalidate_at
         self.cpuid = CpuidModel()
         self.vps: list[VirtualProcessor] = []
         #: Extra/overriding MSRs: index -> (read(vp) -> value, write(vp, value)).  Raise
@@ -226,11 +223,29 @@ class Partition:
         # ctl_remove_cache translates its range through the current MMU, so it is only exact
         # while paging is off; with paging on, drop every translation block instead.
         for vp in self.vps:
+            self._invalidate_one(vp, gpa, length)
+
+    @staticmethod
+    def _invalidate_one(vp: VirtualProcessor, gpa: int, length: int) -> None:
+        try:
+            if vp.ctx.cr(0) & C.CR0_PG:
+                vp.uc.ctl_flush_tb()
+            else:
+                remove_cache(vp.uc, gpa, gpa + length)
+        except unicorn.UcError:
+            vp.uc.ctl_flush_tb()
+
+    def _invalidate_at(self, gpa: int, length: int, linear: int, engine: Any) -> None:
+        """Drop translated code after the hypervisor stored to one page for the VP on
+        ``engine`` (a stack frame during delivery).  That engine is given the linear address,
+        which Unicorn translates through the engine's own MMU, so it stays exact with paging
+        on instead of flushing every block; the other VPs as :meth:`_invalidate` does."""
+        for vp in self.vps:
+            if vp.uc is not engine:
+                self._invalidate_one(vp, gpa, length)
+                continue
             try:
-                if vp.ctx.cr(0) & C.CR0_PG:
-                    vp.uc.ctl_flush_tb()
-                else:
-                    vp.uc.ctl_remove_cache(gpa, gpa + length)
+                remove_cache(vp.uc, linear, linear + length)
             except unicorn.UcError:
                 vp.uc.ctl_flush_tb()
 

@@ -11,7 +11,7 @@ from hyperv_emu.clock import VirtualClock
 from hyperv_emu.hypervisor import hvdef as H
 from hyperv_emu.hypervisor.hv import Hypervisor, PartitionHv
 from hyperv_emu.hypervisor.hypercall import BytesIo, encode_control
-from hyperv_emu.hypervisor.memory import PAGE
+from hyperv_emu.hypervisor.memory import PAGE, page_run_bytes
 from hyperv_emu.hypervisor.partition import Partition
 from hyperv_emu.hypervisor.vp import VirtualProcessor
 
@@ -148,9 +148,10 @@ class ChildHandle:
         pages = -(-size // PAGE)
         for first in range(0, pages, _MAP_BATCH):
             n = min(_MAP_BATCH, pages - first)
-            elems = b"".join(struct.pack("<Q", spa // PAGE + first + i) for i in range(n))
+            elems = page_run_bytes(spa // PAGE + first, n)
             self.root.hypercall(H.HvCallMapGpaPages,
-                                struct.pack("<QQQ", self.id, gpa // PAGE + first, flags) + elems,
+                                struct.pack("<QQQ", self.id, gpa // PAGE + first, flags)
+                                + elems,
                                 rep_count=n)
 
     def unmap_gpa_pages(self, gpa: int, size: int) -> None:

@@ -48,13 +48,18 @@ def test_create_child_map_memory_and_run_it() -> None:
     assert exc.value.status == H.HV_STATUS_INVALID_PARAMETER
 
 
-def test_map_large_range_uses_rep_continuation() -> None:
+def test_map_large_range_in_page_sized_batches() -> None:
     root, records = make_root()
     root.add_memory(0, 0x400000)
     child = root.create_partition()
-    child.map_gpa_pages(0x800000, 0, 0x400000)  # 1024 pages: 3 batches, each continued
-    assert all(r.name == "MapGpaPages" for r in records[1:])
-    assert any(r.continued for r in records)
+    child.map_gpa_pages(0x800000, 0, 0x400000)  # 1024 pages: input blocks of 509 elements
+    # The root has no VP whose interrupts a long rep call could hold off: each call runs to
+    # its end (a guest's VMCALL is continued after the rep budget instead).
+    assert [(r.name, r.rep_count, r.reps_completed, r.continued) for r in records[1:]] == [
+        ("MapGpaPages", 509, 509, False), ("MapGpaPages", 509, 509, False),
+        ("MapGpaPages", 6, 6, False)]
+    # One engine region, not 1024.
+    assert [r.size for r in child.partition.memory.regions if r.kind == "ram"] == [0x400000]
     root.write_memory(0x3FF000, b"end")
     assert child.partition.read_memory(0xBFF000, 3) == b"end"
     with pytest.raises(HypercallError) as exc:
@@ -62,6 +67,36 @@ def test_map_large_range_uses_rep_continuation() -> None:
     assert exc.value.status == H.HV_STATUS_INVALID_PARAMETER
     with pytest.raises(HypercallError):
         child.map_gpa_pages(0, 0x900000, 0x1000)  # root has no memory there
+
+
+def map_pages(root: RootPartition, child_id: int, gpn: int,
+              source_pages: list[int]) -> tuple[int, int]:
+    """One raw MapGpaPages call: (status, reps completed)."""
+    data = struct.pack("<QQQ", child_id, gpn, H.HV_MAP_GPA_READABLE | H.HV_MAP_GPA_WRITABLE)
+    data += b"".join(struct.pack("<Q", p) for p in source_pages)
+    status, reps, _ = root.hypercall(H.HvCallMapGpaPages, data, rep_count=len(source_pages),
+                                     check=False)
+    return status, reps
+
+
+def test_map_scattered_pages_and_stop_at_the_failing_element() -> None:
+    root, _ = make_root()
+    root.add_memory(0, 0x8000)
+    for page in range(8):
+        root.write_memory(page * 0x1000, bytes([0xA0 + page]) * 4)
+    child = root.create_partition()
+    # Out of order, with a run of three: each target page shows its own source page.
+    assert map_pages(root, child.id, 0x10, [5, 6, 7, 1, 0]) == (H.HV_STATUS_SUCCESS, 5)
+    assert [child.partition.read_memory(0x10000 + i * 0x1000, 1)[0] for i in range(5)] == [
+        0xA5, 0xA6, 0xA7, 0xA1, 0xA0]
+    # Target page 0x16 is already mapped below: the two before it are mapped and reported.
+    assert map_pages(root, child.id, 0x16, [2]) == (H.HV_STATUS_SUCCESS, 1)
+    assert map_pages(root, child.id, 0x14 + 0x100, [3, 4, 9]) == (
+        H.HV_STATUS_INVALID_PARAMETER, 2)  # source page 9 is not the root's memory
+    assert child.partition.read_memory(0x115000, 1) == b"\xa4"
+    assert map_pages(root, child.id, 0x20, [3, 4]) == (H.HV_STATUS_SUCCESS, 2)
+    assert map_pages(root, child.id, 0x1E, [0, 1, 2]) == (H.HV_STATUS_INVALID_PARAMETER, 2)
+    assert child.partition.read_memory(0x1F000, 1) == b"\xa1"
 
 
 def test_properties_vp_registers_intercepts() -> None:
