@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from functools import partial
 
 import unicorn
 from capstone.x86_const import (
@@ -43,6 +44,7 @@ from .vp import (
     UNTIL,
     VirtualProcessor,
 )
+from .watchdog import WATCHDOG, end_slice
 
 IoRead = Callable[[int, int], int]
 IoWrite = Callable[[int, int, int], None]
@@ -268,9 +270,26 @@ class Partition:
             timeout: float | None = None) -> RunExit:
         """Run the VPs until a stop request, all halted for good, a fault, the instruction
         limit (retired instructions) or ``timeout`` host seconds."""
+        if timeout is None:
+            return self._run(max_instructions, None, None)
+        # The watchdog ends whatever slice is running when the time is up, however long the
+        # slice would be (watchdog.py), so the loop below sees the deadline promptly.
+        t_end = time.monotonic() + timeout
+        WATCHDOG.arm(self, t_end, self._end_running_slice)
+        try:
+            return self._run(max_instructions, timeout, t_end)
+        finally:
+            WATCHDOG.disarm(self)
+
+    def _end_running_slice(self, attempt: int) -> None:
+        vp = self._running_vp
+        if vp is not None:
+            end_slice(vp, attempt)
+
+    def _run(self, max_instructions: int | None, timeout: float | None,
+             t_end: float | None) -> RunExit:
         clock = self.clock
         start = clock.instructions
-        t_end = None if timeout is None else time.monotonic() + timeout
         while True:
             if self._stop_reason is not None:
                 reason, self._stop_reason = self._stop_reason, None
@@ -301,6 +320,10 @@ class Partition:
                 return RunExit(E.HALTED, "all VPs halted with nothing that can wake them",
                                None if vp0 is None else vp0.index,
                                None if vp0 is None else vp0.ctx.rip)
+            if t_end is not None and clock.mode == "host":
+                # Host mode sleeps until the deadline: not past the run's end.
+                left_ns = max(0, int((t_end - time.monotonic()) * 1e9))
+                deadline = min(deadline, clock.now() + left_ns)
             clock.skip_to(deadline)
             clock.run_due()
 
@@ -381,12 +404,17 @@ class Partition:
         probe = (lambda: max(0, counter.value - 1)) if count else (lambda: 0)
         error: unicorn.UcError | None = None
         clock.begin_slice(probe)
+        if timeout_us:
+            # Not emu_start(timeout=): Unicorn's single stop can be lost (watchdog.py).
+            WATCHDOG.arm(vp, time.monotonic() + timeout_us / 1e6, partial(end_slice, vp))
         try:
-            vp.uc.emu_start(ctx.rip, UNTIL, timeout_us, count)
+            vp.uc.emu_start(ctx.rip, UNTIL, 0, count)
         except unicorn.UcError as exc:
             error = exc
         finally:
             vp._running = False
+            WATCHDOG.disarm(vp)  # also waits out a run-deadline alarm firing right now
+            vp.blocks.clear_stop()
             self._running_vp = None
             ctx.save()
             # Undo Unicorn's end-of-run page-table probe (see VirtualProcessor._hook_ctx).
