@@ -26,6 +26,7 @@ from ..clock import VirtualClock
 from . import context as C
 from . import exits as E
 from . import msr as M
+from . import romwrite
 from .blockmark import locate
 from .context import self_test
 from .cpuid import CpuidModel
@@ -384,6 +385,14 @@ class Partition:
             timeout_us = HOST_SLICE_US
             if deadline is not None:
                 timeout_us = max(100, min(timeout_us, (deadline - clock.now()) // 1000))
+        until, step = UNTIL, vp._rom_step
+        if step is not None:
+            # Complete an instruction that its own ROM store kept restarting (romwrite.py).
+            if ctx.rip == step.rip:
+                until, count = step.until, romwrite.STEP_BUDGET
+            else:
+                step = vp._rom_step = None
+        vp._rom_state = None
         if ctx.u32(C.OFF_EXC_IS_INT):
             # Unicorn sets EIP to exception_next_eip before UC_HOOK_INTR whenever
             # exception_is_int is set, and an SVM exit leaves the flag of the last INT n:
@@ -408,7 +417,7 @@ class Partition:
             # Not emu_start(timeout=): Unicorn's single stop can be lost (watchdog.py).
             WATCHDOG.arm(vp, time.monotonic() + timeout_us / 1e6, partial(end_slice, vp))
         try:
-            vp.uc.emu_start(ctx.rip, UNTIL, 0, count)
+            vp.uc.emu_start(ctx.rip, until, 0, count)
         except unicorn.UcError as exc:
             error = exc
         finally:
@@ -441,11 +450,16 @@ class Partition:
             else:
                 c = counter.value
                 retired = count if c > count else max(0, c - 1)
-            clock.end_slice(max(0, retired))
+            if step is not None:
+                retired, exit_ = romwrite.finish(vp, step, exit_)
+                vp._rom_step = None
             if vp._rom_undo:
                 for gpa, old in reversed(vp._rom_undo):
                     self.memory.write(gpa, old)
                 vp._rom_undo.clear()
+                if step is None and romwrite.check(vp, vp._rom_state):
+                    retired -= 1  # counted as the slice's last, but it restarted (romwrite.py)
+            clock.end_slice(max(0, retired))
         return self._handle_exit(vp, exit_, error)
 
     def _retire_one(self, vp: VirtualProcessor) -> None:
