@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import unicorn
@@ -19,6 +20,7 @@ from ..clock import VirtualClock
 from . import context as C
 from . import exits as E
 from . import msr as M
+from . import romwrite
 from .blockmark import locate
 from .context import self_test
 from .cpuid import CpuidModel
@@ -38,6 +40,7 @@ from .vp import (
     UNTIL,
     VirtualProcessor,
 )
+from .watchdog import WATCHDOG, end_slice
 
 IoRead = Callable[[int, int], int]
 IoWrite = Callable[[int, int, int], None]
@@ -283,9 +286,26 @@ class Partition:
             timeout: float | None = None) -> RunExit:
         """Run the VPs until a stop request, all halted for good, a fault, the instruction
         limit (retired instructions) or ``timeout`` host seconds."""
+        if timeout is None:
+            return self._run(max_instructions, None, None)
+        # The watchdog ends whatever slice is running when the time is up, however long the
+        # slice would be (watchdog.py), so the loop below sees the deadline promptly.
+        t_end = time.monotonic() + timeout
+        WATCHDOG.arm(self, t_end, self._end_running_slice)
+        try:
+            return self._run(max_instructions, timeout, t_end)
+        finally:
+            WATCHDOG.disarm(self)
+
+    def _end_running_slice(self, attempt: int) -> None:
+        vp = self._running_vp
+        if vp is not None:
+            end_slice(vp, attempt)
+
+    def _run(self, max_instructions: int | None, timeout: float | None,
+             t_end: float | None) -> RunExit:
         clock = self.clock
         start = clock.instructions
-        t_end = None if timeout is None else time.monotonic() + timeout
         while True:
             if self._stop_reason is not None:
                 reason, self._stop_reason = self._stop_reason, None
@@ -316,6 +336,10 @@ class Partition:
                 return RunExit(E.HALTED, "all VPs halted with nothing that can wake them",
                                None if vp0 is None else vp0.index,
                                None if vp0 is None else vp0.ctx.rip)
+            if t_end is not None and clock.mode == "host":
+                # Host mode sleeps until the deadline: not past the run's end.
+                left_ns = max(0, int((t_end - time.monotonic()) * 1e9))
+                deadline = min(deadline, clock.now() + left_ns)
             clock.skip_to(deadline)
             clock.run_due()
 
@@ -376,6 +400,14 @@ class Partition:
             timeout_us = HOST_SLICE_US
             if deadline is not None:
                 timeout_us = max(100, min(timeout_us, (deadline - clock.now()) // 1000))
+        until, step = UNTIL, vp._rom_step
+        if step is not None:
+            # Complete an instruction that its own ROM store kept restarting (romwrite.py).
+            if ctx.rip == step.rip:
+                until, count = step.until, romwrite.STEP_BUDGET
+            else:
+                step = vp._rom_step = None
+        vp._rom_state = None
         if ctx.u32(C.OFF_EXC_IS_INT):
             # Unicorn sets EIP to exception_next_eip before UC_HOOK_INTR whenever
             # exception_is_int is set, and an SVM exit leaves the flag of the last INT n:
@@ -396,12 +428,17 @@ class Partition:
         probe = (lambda: max(0, counter.value - 1)) if count else (lambda: 0)
         error: unicorn.UcError | None = None
         clock.begin_slice(probe)
+        if timeout_us:
+            # Not emu_start(timeout=): Unicorn's single stop can be lost (watchdog.py).
+            WATCHDOG.arm(vp, time.monotonic() + timeout_us / 1e6, partial(end_slice, vp))
         try:
-            vp.uc.emu_start(ctx.rip, UNTIL, timeout_us, count)
+            vp.uc.emu_start(ctx.rip, until, 0, count)
         except unicorn.UcError as exc:
             error = exc
         finally:
             vp._running = False
+            WATCHDOG.disarm(vp)  # also waits out a run-deadline alarm firing right now
+            vp.blocks.clear_stop()
             self._running_vp = None
             ctx.save()
             # Undo Unicorn's end-of-run page-table probe (see VirtualProcessor._hook_ctx).
@@ -428,11 +465,16 @@ class Partition:
             else:
                 c = counter.value
                 retired = count if c > count else max(0, c - 1)
-            clock.end_slice(max(0, retired))
+            if step is not None:
+                retired, exit_ = romwrite.finish(vp, step, exit_)
+                vp._rom_step = None
             if vp._rom_undo:
                 for gpa, old in reversed(vp._rom_undo):
                     self.memory.write(gpa, old)
                 vp._rom_undo.clear()
+                if step is None and romwrite.check(vp, vp._rom_state):
+                    retired -= 1  # counted as the slice's last, but it restarted (romwrite.py)
+            clock.end_slice(max(0, retired))
         return self._handle_exit(vp, exit_, error)
 
     def _retire_one(self, vp: VirtualProcessor) -> None:

@@ -88,6 +88,10 @@ class VirtualProcessor:
         self._exit: tuple[Any, ...] | None = None
         self._stop_counter: int | None = None
         self._rom_undo: list[tuple[int, bytes]] = []
+        # Registers when the slice's first ROM store began, and the one-instruction step that
+        # completes an instruction whose ROM store restarted it (romwrite.py).
+        self._rom_state: tuple[int, ...] | None = None
+        self._rom_step: Any = None
         self._in_access = 0  # > 0 while a port or MMIO callback of this VP's access runs
         # State captured inside the INTR hook: at the end of emu_start Unicorn 2.1.4 probes the
         # page tables for ``until - 1``, which with paging on overwrites CR2 (and the error
@@ -185,11 +189,19 @@ class VirtualProcessor:
             return False
         # ROM ignores guest writes: let Unicorn store, then put the old bytes back right after
         # the instruction.  emu_stop here would make Unicorn restart the instruction, so the
-        # slice is ended by lowering its instruction budget to "this one" instead.
+        # slice is ended by lowering its instruction budget to "this one" instead.  A store into
+        # the executing block restarts the instruction; romwrite.py completes it.
         self._rom_undo.append((address, self.partition.memory.read(address, size)))
-        if self._counting and self._stop_counter is None:
+        if self._rom_state is None:
+            from .romwrite import snap
+            self._rom_state = snap(uc)
+        if self._counting and self._stop_counter is None and self._rom_step is None:
             self._stop_counter = self._counter.value
             self._count_limit.value = self._counter.value
+        elif not self._counting:
+            # A host-mode slice has no budget: end it at the next block start instead (the
+            # rest of this block may still see the stored value until the undo).
+            self.blocks.request_stop()
         return True
 
     # ---- public API -------------------------------------------------------------------------

@@ -8,8 +8,10 @@ the documented exit status.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
@@ -384,11 +386,16 @@ class Machine:
     def run(self, *, max_instructions: int | None = None,
             timeout: float | None = None) -> MachineExit:
         """Run until the guest exits or another end; returns the documented exit status."""
+        # One deadline for the whole run, across guest resets and the kernel hand-off.
+        t_end = None if timeout is None else time.monotonic() + timeout
         while True:
             left = None
             if max_instructions is not None:
                 left = max(0, max_instructions - self.clock.instructions)
-            ex = self.partition.run(max_instructions=left, timeout=timeout)
+            left_s = None if t_end is None else max(0.0, t_end - time.monotonic())
+            ex = self.partition.run(max_instructions=left, timeout=left_s)
+            if ex.reason == "timeout":
+                ex = dataclasses.replace(ex, detail=f"{timeout} s")
             if ex.reason == "stop" and ex.detail == "exit":
                 code = self._exit_code if self._exit_code is not None else 0
                 return MachineExit(exit_status(code), "exit",
