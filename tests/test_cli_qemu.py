@@ -155,3 +155,16 @@ def test_exit_code_plain_keeps_the_other_ends(capsys: pytest.CaptureFixture[str]
     assert status == 0  # `hyperv-emu run --exit-code plain && echo ok` prints ok
     status, _out, err = run_cli(capsys, "trace", "hello", "--exit-code", "plain", "--hlt")
     assert status == 0, err
+
+
+@pytest.mark.parametrize("spec,where", [("stdio", "out"), ("mon:stdio", "out"),
+                                        ("stderr", "err"), ("null", None), ("none", None),
+                                        ("file:{d}/com1.txt", "file"), ("{d}/com1.txt", "file")])
+def test_serial_spellings(capsys: pytest.CaptureFixture[str], tmp_path: Path, spec: str,
+                          where: str | None) -> None:
+    status, out, err = run_cli(capsys, "run", "-serial", spec.format(d=tmp_path))
+    assert status == 1, err
+    com1 = tmp_path / "com1.txt"
+    text = {"out": out, "err": err, "file": com1.read_text() if com1.exists() else ""}
+    for place, value in text.items():
+        assert ("PASS" in value.splitlines()) == (place == where), (place, value)
