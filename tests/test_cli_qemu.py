@@ -91,13 +91,13 @@ def test_kernel_path_is_the_first_word_of_the_command_line(
     kernel = tmp_path / "kernel.elf"
     kernel.write_bytes(build_kernel())
     argv = [a.format(k=kernel) for a in spelling]
-    status, out, err = run_cli(capsys, "run", *argv, "-m", "2G")
+    status, out, err = run_cli(capsys, "run", *argv, "-m", "96M")
     assert status == 1, err
     lines = out.splitlines()
     # The test kernel prints the command line, then mem_upper: RAM above 1 MiB in KiB.
     i = lines.index("multiboot ok")
     assert lines[i + 1] == f"{kernel} quiet debug"
-    assert lines[i + 2] == f"{(2048 - 1) * 1024:08x}"
+    assert lines[i + 2] == f"{(96 - 1) * 1024:08x}"
 
 
 def test_kernel_without_append_gets_its_path_and_a_space(
