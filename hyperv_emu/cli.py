@@ -181,9 +181,10 @@ def _boot_order(text: str) -> str:
 
 
 def _serial_spec(text: str) -> str:
-    """``--serial``'s value, with QEMU's ``-serial`` spellings: ``stdio`` is standard output,
-    ``null`` is none, ``file:PATH`` is PATH."""
-    if text == "stdio":
+    """``--serial``'s value, with QEMU's ``-serial`` spellings: ``stdio`` (and ``mon:stdio``,
+    there being no monitor to multiplex) is standard output, ``null`` is none, ``file:PATH``
+    is PATH."""
+    if text in ("stdio", "mon:stdio"):
         return "stdout"
     if text == "null":
         return "none"

@@ -91,13 +91,13 @@ def test_kernel_path_is_the_first_word_of_the_command_line(
     kernel = tmp_path / "kernel.elf"
     kernel.write_bytes(build_kernel())
     argv = [a.format(k=kernel) for a in spelling]
-    status, out, err = run_cli(capsys, "run", *argv, "-m", "2G")
+    status, out, err = run_cli(capsys, "run", *argv, "-m", "96M")
     assert status == 1, err
     lines = out.splitlines()
     # The test kernel prints the command line, then mem_upper: RAM above 1 MiB in KiB.
     i = lines.index("multiboot ok")
     assert lines[i + 1] == f"{kernel} quiet debug"
-    assert lines[i + 2] == f"{(2048 - 1) * 1024:08x}"
+    assert lines[i + 2] == f"{(96 - 1) * 1024:08x}"
 
 
 def test_kernel_without_append_gets_its_path_and_a_space(
@@ -155,3 +155,16 @@ def test_exit_code_plain_keeps_the_other_ends(capsys: pytest.CaptureFixture[str]
     assert status == 0  # `hyperv-emu run --exit-code plain && echo ok` prints ok
     status, _out, err = run_cli(capsys, "trace", "hello", "--exit-code", "plain", "--hlt")
     assert status == 0, err
+
+
+@pytest.mark.parametrize("spec,where", [("stdio", "out"), ("mon:stdio", "out"),
+                                        ("stderr", "err"), ("null", None), ("none", None),
+                                        ("file:{d}/com1.txt", "file"), ("{d}/com1.txt", "file")])
+def test_serial_spellings(capsys: pytest.CaptureFixture[str], tmp_path: Path, spec: str,
+                          where: str | None) -> None:
+    status, out, err = run_cli(capsys, "run", "-serial", spec.format(d=tmp_path))
+    assert status == 1, err
+    com1 = tmp_path / "com1.txt"
+    text = {"out": out, "err": err, "file": com1.read_text() if com1.exists() else ""}
+    for place, value in text.items():
+        assert ("PASS" in value.splitlines()) == (place == where), (place, value)
