@@ -9,7 +9,7 @@ import struct
 from dataclasses import dataclass, field
 
 import pytest
-from hv_helpers import IDT32, FakePic, Machine, flat32, gate32, machine
+from hv_helpers import IDT32, FakePic, Machine, flat32, gate32, gdt_desc, machine
 
 from hyperv_emu.hypervisor.stringio import decode_rep_string_io
 
@@ -95,7 +95,7 @@ def run_both(setup, lo: int, hi: int, **kw):  # type: ignore[no-untyped-def]
         m, dev = build(block, **kw)
         setup(m)
         ex = m.part.run(max_instructions=200_000)
-        assert ex.reason == "halted", ex.message
+        assert ex.reason == "halted", ex
         results.append(outcome(m, dev, lo, hi))
         if block:
             assert m.part.block_io is not None and m.part.block_io.elements > 0
@@ -231,3 +231,40 @@ def test_string_over_its_own_code_page_goes_element_by_element() -> None:
     assert m.part.run(max_instructions=10_000).reason == "halted"
     assert m.part.block_io is not None and m.part.block_io.elements == 0
     assert dev.produced == 100
+
+
+def _long_mode(m: Machine, entry: int) -> None:
+    """Long mode with 0-2 MiB identity mapped by one 2 MiB page (as test_longmode.py)."""
+    pml4, pdpt, pd, gdt = 0x60000, 0x61000, 0x62000, 0x63000
+    w = m.part.write_memory
+    w(pml4, struct.pack("<Q", pdpt | 3))
+    w(pdpt, struct.pack("<Q", pd | 3))
+    w(pd, struct.pack("<Q", 0x83))
+    w(gdt, b"\0" * 8 + gdt_desc(0, 0xFFFFF, 0x9A, 0xA) + gdt_desc(0, 0xFFFFF, 0x92, 0xC))
+    vp = m.vp
+    vp.write_registers(cr4=0x20)
+    vp.write_registers(cr3=pml4)
+    vp.write_registers(efer=0x100)
+    vp.write_registers(cr0=0x80000011)
+    vp.write_registers(gdtr_base=gdt, gdtr_limit=0x17, cs=0x08, ds=0x10, es=0x10, ss=0x10,
+                       rsp=0x8000, rip=entry)
+
+
+@pytest.mark.parametrize("addr32", [False, True], ids=["rdi", "edi"])
+def test_rep_insw_and_outsw_64bit(addr32: bool) -> None:
+    # With 0x67 the string uses EDI and ECX: their upper halves are ignored, and the results
+    # are written back zero-extended.
+    prefix = ".byte 0x67\n" if addr32 else ""
+    high = 0xABCD_0000_0000 if addr32 else 0
+
+    def setup(m: Machine) -> None:
+        m.part.write_memory(0x30000, b"".join(struct.pack("<H", 0x7000 + i) for i in range(300)))
+        m.load(0x4000, f"mov rdi, {high + 0x10000}\nmov rcx, {high + 300}\nmov dx, {PORT}\n"
+                       f"{prefix}rep insw # ok66\nmov rsi, 0x30000\nmov ecx, 300\n"
+                       f"rep outsw # ok66\nhlt\n", 64)
+        _long_mode(m, 0x4000)
+
+    mem, rcx, rdi, rsi, _, produced, taken, _ = run_both(setup, 0x10000, 0x10000 + 600)
+    assert struct.unpack("<300H", mem) == tuple(range(0x1000, 0x1000 + 300))
+    assert taken == list(range(0x7000, 0x7000 + 300)) and produced == 300
+    assert (rcx, rdi, rsi) == (0, 0x10000 + 600, 0x30000 + 600)
