@@ -1,8 +1,9 @@
 """Start-up: process start to the default tiny guest's exit, and a large guest's start-up cost.
 
-Runs each command several times as a fresh process and reports the median wall time and the
-peak resident size (``wait4``'s ru_maxrss), next to baselines measured in the same run on the
-same (noisy, shared) machine:
+Runs each command several times as a fresh process and reports the median wall time, the
+median CPU time (user + system: steadier than wall time on a loaded machine) and the peak
+resident size (``wait4``'s ru_usage), next to baselines measured in the same run on the same
+(noisy, shared) machine:
 
 * ``python -c pass`` (bare interpreter start-up) and ``python -c "import unicorn"`` (the one
   native engine a run needs), plus the three engines hyperv-emu used to load at start-up;
@@ -28,19 +29,20 @@ RUNS = 7
 RTC = ["--rtc-base", "2026-11-28T12:00:00"]
 
 
-def once(argv: list[str], env: dict[str, str]) -> tuple[float, int]:
-    """Wall seconds and peak RSS (KiB) of one run of ``argv``."""
+def once(argv: list[str], env: dict[str, str]) -> tuple[float, float, int]:
+    """Wall seconds, CPU seconds (user + system) and peak RSS (KiB) of one run of ``argv``."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     _, _, usage = os.wait4(proc.pid, 0)
     proc.returncode = 0  # reaped by wait4
-    return time.perf_counter() - t0, usage.ru_maxrss
+    return time.perf_counter() - t0, usage.ru_utime + usage.ru_stime, usage.ru_maxrss
 
 
-def median(argv: list[str], env: dict[str, str]) -> tuple[float, int]:
+def median(argv: list[str], env: dict[str, str]) -> tuple[float, float, int]:
     once(argv, env)
     runs = [once(argv, env) for _ in range(RUNS)]
-    return statistics.median(r[0] for r in runs), max(r[1] for r in runs)
+    return (statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs),
+            max(r[2] for r in runs))
 
 
 def main() -> None:
@@ -60,14 +62,16 @@ def main() -> None:
                                               "hello"]),
         ]
         results = {name: median(argv, env) for name, argv in rows}
-    bare = results["python -c pass"][0]
-    uc = results["import unicorn"][0]
-    print(f"{'':36s} {'wall ms':>8s} {'x bare':>7s} {'x unicorn':>9s} {'peak RSS':>9s}")
-    for name, (secs, rss) in results.items():
+    bare, bare_cpu = results["python -c pass"][:2]
+    uc, uc_cpu = results["import unicorn"][:2]
+    print(f"{'':36s} {'wall ms':>8s} {'x bare':>7s} {'x unicorn':>9s} {'cpu ms':>8s} "
+          f"{'x bare':>7s} {'peak RSS':>9s}")
+    for name, (secs, cpu, rss) in results.items():
         print(f"{name:36s} {secs * 1000:8.1f} {secs / bare:7.2f} {secs / uc:9.2f} "
-              f"{rss / 1024:7.1f} MB")
+              f"{cpu * 1000:8.1f} {cpu / bare_cpu:7.2f} {rss / 1024:7.1f} MB")
     small, large = results["hyperv-emu run -m 32 hello"], results["hyperv-emu run -m 3584 hello"]
-    print(f"-m 3584 / -m 32: wall {large[0] / small[0]:.2f}x, peak RSS {large[1] / small[1]:.2f}x")
+    print(f"-m 3584 / -m 32: wall {large[0] / small[0]:.2f}x, cpu {large[1] / small[1]:.2f}x, "
+          f"peak RSS {large[2] / small[2]:.2f}x")
 
 
 if __name__ == "__main__":

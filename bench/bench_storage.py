@@ -2,7 +2,8 @@
 
 Guest side: a one-sector real-mode guest (assembled here with hyperv_emu.asm, booted by the
 BIOS from a raw image on the primary master) issues N transfers of 8 sectors through IDE PIO
-(READ/WRITE SECTORS, ``rep insd``/``rep outsd`` per sector) or bus-master DMA (READ/WRITE DMA
+(READ/WRITE SECTORS, ``rep insd``/``rep outsd`` per sector; PIOW the same with
+``rep insw``/``rep outsw``) or bus-master DMA (READ/WRITE DMA
 with a one-entry PRD table), polling with interrupts off, then exits through port 0xF4. The
 wall time of an N = 0 run (BIOS POST and boot) is subtracted.
 
@@ -32,7 +33,7 @@ from hyperv_emu.worker.machine import Machine, MachineConfig
 KiB, MiB = 1 << 10, 1 << 20
 BLOCK = 4 * KiB
 GUEST_BLOCKS = 4096  # 16 MiB of 4 KiB slots the guest addresses (a power of two)
-GUEST_OPS = {"pio": 384, "dma": 2048}  # transfers per guest run
+GUEST_OPS = {"pio": 384, "piow": 384, "dma": 2048}  # transfers per guest run
 HOST_SIZE = 64 * MiB
 HOST_OPS = 8192  # 32 MiB per host pattern
 
@@ -154,8 +155,8 @@ drq:
     jz drq
     push cx
     mov dx, 0x1F0
-    mov cx, 128
-    rep {op}  # ok66: 32-bit string I/O on purpose
+    mov cx, {elements}
+    rep {op}  # ok66: 32-bit string I/O on purpose (PIO), 16-bit (PIOW)
     pop cx
     loop sector
     mov dx, 0x1F7
@@ -171,9 +172,12 @@ def guest_image(mode: str, op: str, pattern: str, count: int) -> bytes:
     if mode == "dma":
         transfer = _DMA.format(dir=8 if op == "read" else 0, cmd=0xC8 if op == "read" else 0xCA)
     else:
+        wide = mode == "pio"  # PIO: REP INSD/OUTSD; PIOW: REP INSW/OUTSW
         transfer = _PIO.format(cmd=0x20 if op == "read" else 0x30,
                                reg="di" if op == "read" else "si",
-                               op="insd" if op == "read" else "outsd")
+                               op=("insd" if wide else "insw") if op == "read"
+                               else ("outsd" if wide else "outsw"),
+                               elements=128 if wide else 256)
     src = _GUEST.format(count=count, pick=_PICK[pattern], mask=GUEST_BLOCKS - 1,
                         transfer=transfer)
     code = assemble(src, 16, 0x7C00)
@@ -204,7 +208,7 @@ def guest_figures(tmp: str) -> list[tuple[str, float]]:
         f.truncate((GUEST_BLOCKS + 2) * BLOCK)
     base = min(guest_run(path, "pio", "read", "seq", 0) for _ in range(2))
     out = []
-    for mode in ("pio", "dma"):
+    for mode in ("pio", "piow", "dma"):
         n = GUEST_OPS[mode]
         for op in ("read", "write"):
             for pattern in ("seq", "random"):

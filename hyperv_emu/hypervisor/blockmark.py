@@ -118,8 +118,9 @@ _disassemblers: dict[int, Any] = {}
 #: Longest run of straight-line code a block can hold that we are willing to decode.
 _MAX_SCAN = 8192
 _CHUNK = 64
-#: (block start, mode) -> linear address of the intercepted instruction found there before.
-_found: dict[tuple[int, int], int] = {}
+#: (block start, mode) -> (linear address, bytes, mnemonic) of the intercepted instruction
+#: found there before.
+_found: dict[tuple[int, int], tuple[int, bytes, str]] = {}
 
 
 def _disassembler(bits: int) -> Any:
@@ -141,16 +142,16 @@ def locate(read: Callable[[int, int], bytes], block: int, bits: int,
     ``"rdmsr"``) is in ``mnemonics`` at or after the block start ``block``: the one an
     intercept stopped, since a block is straight-line code and an earlier match would have
     stopped it first.  None if it is not found."""
-    md = _disassembler(bits)
     cached = _found.get((block, bits))
-    if cached is not None:
-        # Re-check the one instruction: the guest may have rewritten its code since.
+    if cached is not None and cached[2] in mnemonics:
+        # Re-check the one instruction: the guest may have rewritten its code since.  Same
+        # bytes at the same address are the same instruction, without decoding it again.
         try:
-            insn = next(md.disasm_lite(read(cached, 15), cached, 1), None)
-        except Exception:  # noqa: BLE001 - unmapped now: fall back to a full scan
-            insn = None
-        if insn is not None and insn[2] in mnemonics:
-            return cached
+            if read(cached[0], len(cached[1])) == cached[1]:
+                return cached[0]
+        except Exception:  # noqa: BLE001, S110 - unmapped now: fall back to a full scan
+            pass
+    md = _disassembler(bits)
     data = b""
     addr = block
     while len(data) < _MAX_SCAN:
@@ -163,7 +164,8 @@ def locate(read: Callable[[int, int], bytes], block: int, bits: int,
             if mnemonic in mnemonics:
                 if len(_found) > 65536:
                     _found.clear()
-                _found[(block, bits)] = int(address)
+                start = address - block
+                _found[(block, bits)] = (int(address), data[start:start + size], mnemonic)
                 return int(address)
             addr = address + size
     return None

@@ -105,11 +105,13 @@ class Mmu:
                 fmt.unpack_from(v, off)[0] == value for fmt, v, off, value in known[2]):
             return known[1] | (lin & 0xFFF)
         self._trail = []
-        phys = self._walk(lin, write, user, fetch)
-        if self._trail is not None:
-            if len(self._walks) >= _MAX_WALKS:
-                self._walks.clear()
-            self._walks[key] = (state, phys & ~0xFFF, tuple(self._trail))
+        try:
+            phys = self._walk(lin, write, user, fetch)
+            if self._trail is not None:
+                if len(self._walks) >= _MAX_WALKS:
+                    self._walks.clear()
+                self._walks[key] = (state, phys & ~0xFFF, tuple(self._trail))
+        finally:
             self._trail = None
         return phys
 

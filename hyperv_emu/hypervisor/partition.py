@@ -30,6 +30,7 @@ from .lapic import APIC_DEFAULT_BASE, LocalApic, deliver_message
 from .memory import GuestMemory, MmioRead, MmioWrite, UnmappedAccess
 from .mmu import GuestFault
 from .observe import Observers, hlt_event, interrupt_event, mmio_event, msr_event, traced_io
+from .stringio import BlockIo, OffersBlock, ReadBlock, WriteBlock
 from .tbcache import remove_cache
 from .vp import (
     EXCP_VMEXIT,
@@ -99,6 +100,8 @@ class Partition:
             lambda port, size: (1 << (8 * size)) - 1, lambda port, size, value: None)
         self._io_read: IoRead = self._io_handlers[0]
         self._io_write: IoWrite = self._io_handlers[1]
+        #: Block transfers for REP INS/OUTS (stringio.py), when the worker offers them.
+        self.block_io: BlockIo | None = None
         self._stop_reason: str | None = None
         self._running_vp: VirtualProcessor | None = None
         #: Indices of the VPs whose engine has not yet taken the current A20 gate state.
@@ -257,6 +260,12 @@ class Partition:
         """Route guest port I/O (IN/OUT/INS/OUTS, one call per element) to the worker."""
         self._io_handlers = (read, write)
         self._wire_io()
+
+    def set_io_block_handler(self, offers: OffersBlock, read: ReadBlock,
+                             write: WriteBlock) -> None:
+        """Let REP INS/OUTS on ports where ``offers(port)`` move whole runs of elements
+        through ``read(port, size, count)``/``write(port, size, data)`` (see stringio.py)."""
+        self.block_io = BlockIo(offers, read, write)
 
     def _wire_io(self) -> None:
         # Traced wrappers only while someone observes I/O: the untraced path stays as fast.

@@ -131,6 +131,11 @@ class VirtualProcessor:
     def _on_in(self, uc: unicorn.Uc, port: int, size: int, _ud: object) -> int:
         self._in_access += 1
         try:
+            block = self.partition.block_io
+            if block is not None and block.offers(port):
+                value = block.rep_in(self, port, size)  # a whole REP INS run (stringio.py)
+                if value is not None:
+                    return value
             return int(self.partition._io_read(port, size)) & ((1 << (8 * size)) - 1)
         finally:
             self._in_access -= 1
@@ -138,7 +143,12 @@ class VirtualProcessor:
     def _on_out(self, uc: unicorn.Uc, port: int, size: int, value: int, _ud: object) -> None:
         self._in_access += 1
         try:
-            self.partition._io_write(port, size, value & ((1 << (8 * size)) - 1))
+            value &= (1 << (8 * size)) - 1
+            block = self.partition.block_io
+            if block is not None and block.offers(port) and block.rep_out(self, port, size,
+                                                                           value):
+                return
+            self.partition._io_write(port, size, value)
         finally:
             self._in_access -= 1
 

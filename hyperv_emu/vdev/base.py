@@ -86,6 +86,25 @@ class Device:
     def io_write(self, port: int, size: int, value: int) -> None:
         """A guest OUT of ``value`` (``size`` bytes) to ``port``."""
 
+    # Block transfers for string I/O (REP INS/OUTS on a data port).  A device that moves data
+    # through a port in bursts (an ATA data port: one DRQ block) may offer them, so the
+    # hypervisor moves a whole run of elements in one call instead of one call per element.
+    # Each must behave exactly as the same number of io_read/io_write calls would.
+    def offers_block(self, port: int) -> bool:
+        """Whether :meth:`io_read_block`/:meth:`io_write_block` may move data at ``port``."""
+        return False
+
+    def io_read_block(self, port: int, size: int, count: int) -> bytes:
+        """Up to ``count`` IN elements of ``size`` bytes, little-endian, concatenated: as
+        many as the device has ready in one burst (possibly none), each consumed as an
+        :meth:`io_read` would consume it."""
+        return b""
+
+    def io_write_block(self, port: int, size: int, data: bytes) -> int:
+        """Take OUT elements of ``size`` bytes from ``data``, as many as the device accepts
+        in one burst (possibly none), each as an :meth:`io_write`; returns how many."""
+        return 0
+
     def mmio_read(self, offset: int, size: int) -> int:
         """A guest read at ``offset`` into the device's MMIO range."""
         return (1 << (8 * size)) - 1

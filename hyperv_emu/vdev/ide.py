@@ -214,6 +214,41 @@ class IdeChannel(IdeDmaMixin, IdeNonDataMixin, IdeIdentifyMixin):
         else:
             self._word_out(value & (0xFF if size == 1 else 0xFFFF))
 
+    def offers_block(self, port: int) -> bool:
+        return port == self.command_base
+
+    def io_read_block(self, port: int, size: int, count: int) -> bytes:
+        """The rest of the current DRQ block (at most ``count`` 16- or 32-bit elements), as
+        that many reads of the data register would return it."""
+        d = self._sel()
+        if port != self.command_base or size not in (2, 4) or d.xfer != XFER_IN:
+            return b""
+        n = min(count * size, len(d.buf) - d.pos)
+        n -= n % size
+        if n <= 0:
+            return b""
+        data = bytes(d.buf[d.pos:d.pos + n])
+        d.pos += n
+        if d.pos >= len(d.buf):
+            self._in_block_done(d)
+        return data
+
+    def io_write_block(self, port: int, size: int, data: bytes) -> int:
+        """Fill the rest of the current DRQ block from ``data`` (16- or 32-bit elements), as
+        that many writes of the data register would."""
+        d = self._sel()
+        if port != self.command_base or size not in (2, 4) or d.xfer != XFER_OUT:
+            return 0
+        n = min(len(data), len(d.buf) - d.pos)
+        n -= n % size
+        if n <= 0:
+            return 0
+        d.buf[d.pos:d.pos + n] = data[:n]
+        d.pos += n
+        if d.pos >= len(d.buf):
+            self._out_block_done(d)
+        return n // size
+
     def _word_in(self) -> int:
         d = self._sel()
         if d.xfer != XFER_IN:

@@ -203,6 +203,8 @@ class Machine:
         self.vp.set_interrupt_source(self.vp.lapic)
         self.partition.map_local_apic()
         self.partition.set_io_handler(self.board.io_read, self.board.io_write)
+        self.partition.set_io_block_handler(self.board.offers_block, self.board.io_read_block,
+                                            self.board.io_write_block)
         if config.kernel is not None:
             self._plan_kernel(config.kernel)
 

@@ -100,6 +100,32 @@ class Motherboard:
             return
         device.io_write(port, size, value & ((1 << (8 * size)) - 1))
 
+    # ---- block transfers for string I/O (see Device.offers_block) --------------------------
+    def _owner(self, port: int) -> Device | None:
+        device = self._ports.get(port)
+        return device if device is not None else self._dyn_ports.get(port)
+
+    def offers_block(self, port: int) -> bool:
+        """Whether the device at ``port`` moves REP INS/OUTS data in bursts there."""
+        device = self._owner(port)
+        return device is not None and device.offers_block(port)
+
+    def io_read_block(self, port: int, size: int, count: int) -> bytes:
+        """Up to ``count`` IN elements from the device at ``port`` in one burst."""
+        device = self._owner(port)
+        if device is None:
+            return b""
+        data = device.io_read_block(port, size, count)
+        n = min(len(data), count * size)
+        return data[:n - n % size]
+
+    def io_write_block(self, port: int, size: int, data: bytes) -> int:
+        """OUT elements to the device at ``port`` in one burst; how many it took."""
+        device = self._owner(port)
+        if device is None:
+            return 0
+        return max(0, min(device.io_write_block(port, size, data), len(data) // size))
+
     # ---- saved state -------------------------------------------------------------------
     def reset(self) -> None:
         """Reset every device to its power-on state."""
