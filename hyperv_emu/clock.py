@@ -83,6 +83,9 @@ class VirtualClock:
         self._host_origin = time.monotonic_ns()
         self._slice_probe: Callable[[], int] | None = None
         self._heap: list[tuple[int, int, int, Timer]] = []
+        #: Called with the deadline whenever a timer is armed, so a running slice can end
+        #: in time for it (the partition's run loop listens).
+        self.arm_listeners: list[Callable[[int], None]] = []
         self._seq = itertools.count()
 
     # ---- reading time -------------------------------------------------------------------
@@ -142,6 +145,8 @@ class VirtualClock:
         timer._token += 1
         timer.deadline = deadline
         heapq.heappush(self._heap, (deadline, next(self._seq), timer._token, timer))
+        for listener in self.arm_listeners:
+            listener(deadline)
 
     def _prune(self) -> None:
         heap = self._heap

@@ -19,9 +19,10 @@ from unicorn import x86_const as X
 
 from . import context as C
 from . import msr as M
-from .blockmark import BlockMark
 from .context import CpuContext, Segment
 from .delivery import KIND_EXCEPTION, KIND_EXTERNAL, Event
+from .engine import open_engine
+from .gate import BlockGate
 from .lapic import LocalApic
 from .mmu import Mmu
 
@@ -67,12 +68,16 @@ class VirtualProcessor:
         self.partition = partition
         self.index = index
         # Typed as Any: the binding's x86 subclass (UcIntel) adds methods the stubs lack.
-        self.uc: Any = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_64)
+        self.uc: Any = open_engine()
         self.ctx = CpuContext(self.uc)
         self._pristine = self.ctx.snapshot()
         self._counter = ctypes.c_uint64.from_address(int(self.uc._uch.value) + C.UCH_EMU_COUNTER)
         self._count_limit = ctypes.c_uint64.from_address(int(self.uc._uch.value) + C.UCH_EMU_COUNT)
         self._counting = False
+        #: The engine's live RAX..R15 (valid inside hooks, where the saved context is stale).
+        self._live_regs = (ctypes.c_uint64 * 16).from_address(C.env_address(self.uc))
+        self._count_engine = False  # Unicorn's counting hook is installed
+        self._one_counted = False  # run the next slice as one counted instruction
         self.halted = False
         self.source: InterruptSource | None = None
         self.pending: list[Event] = []
@@ -97,8 +102,9 @@ class VirtualProcessor:
         self._hook_state: tuple[int, int, int] | None = None
         partition.memory.attach(self.uc)
         self._install_hooks()
-        #: Start of the block executing, to find intercepted instructions (see blockmark.py).
-        self.blocks = BlockMark(self.uc)
+        #: The native block gate: start of the block executing (to find intercepted
+        #: instructions, see blockmark.py), exact instruction counts and slice ends (gate.py).
+        self.blocks = BlockGate(self.uc)
         self.reset()
 
     # ---- hooks ------------------------------------------------------------------------------
@@ -117,10 +123,31 @@ class VirtualProcessor:
         del part
 
     def _stop(self) -> None:
-        """Stop the running slice after the current instruction (called from hooks)."""
-        if self._stop_counter is None:
+        """Stop the running slice before the next instruction.  Inside a port or MMIO
+        callback Unicorn 2.1.1's RIP is stale (the block's start) and emu_stop would resume
+        there, so those end the slice through its budget instead (:meth:`_end_slice_soon`)."""
+        if self._in_access:
+            self._end_slice_soon()
+            return
+        if self._counting and self._stop_counter is None:
             self._stop_counter = self._counter.value
         self.uc.emu_stop()
+
+    def _end_slice_soon(self) -> None:
+        """End the running slice without emu_stop, which inside a port-I/O or MMIO callback
+        would make Unicorn repeat the access: a counted slice ends after this instruction
+        (its budget drops to "this one"), a gated slice at the next block entry."""
+        if self._counting and self._stop_counter is None:
+            self._stop_counter = self._counter.value
+            self._count_limit.value = self._counter.value
+        self.blocks.state.limit = 0
+
+    def slice_retired(self) -> int:
+        """Instructions the running slice has retired so far: exact in a counted slice; in a
+        gated slice, those before the translated block now executing (the clock's rule)."""
+        if self._counting:
+            return max(0, self._counter.value - 1)  # the counter includes the current one
+        return self.blocks.before_block()
 
     # Port callbacks count as accesses (see notify_interrupt): emu_stop inside one would make
     # Unicorn repeat the current element of a REP INS/OUTS, losing or duplicating data.
@@ -139,12 +166,14 @@ class VirtualProcessor:
             self._in_access -= 1
 
     def _on_cpuid(self, uc: Any, _ud: object) -> int:
-        leaf, subleaf = uc.reg_read_batch([X.UC_X86_REG_EAX, X.UC_X86_REG_ECX])
+        # The live register file, edited in place (the 2.1.1 binding's *_batch are stubs).
+        regs = self._live_regs
+        leaf, subleaf = regs[0] & 0xFFFF_FFFF, regs[1] & 0xFFFF_FFFF
         a, b, c, d = self.partition.cpuid.lookup(leaf, subleaf, self.index)
-        if leaf & 0xFFFFFFFF == 1:
+        if leaf == 1:
             c, d = self.lapic.cpuid_leaf1(c, d)
-        uc.reg_write_batch([(X.UC_X86_REG_RAX, a), (X.UC_X86_REG_RBX, b),
-                            (X.UC_X86_REG_RCX, c), (X.UC_X86_REG_RDX, d)])
+        regs[0], regs[3], regs[1], regs[2] = (a & 0xFFFF_FFFF, b & 0xFFFF_FFFF,
+                                              c & 0xFFFF_FFFF, d & 0xFFFF_FFFF)
         if self.partition.observers.cpuid:
             from .observe import cpuid_event
             self.partition.observers.emit(cpuid_event(self, leaf, subleaf, (a, b, c, d)))
@@ -183,13 +212,16 @@ class VirtualProcessor:
         if region is None or region.kind != "rom":
             self._exit = ("bad-access", f"write to read-only GPA {address:#x} (size {size})")
             return False
+        if not self._counting:
+            # A gated slice cannot end right after this instruction: refuse the store (the
+            # fault leaves RIP on the instruction) and let the run loop re-run it counted.
+            self._exit = ("rom-write",)
+            return False
         # ROM ignores guest writes: let Unicorn store, then put the old bytes back right after
         # the instruction.  emu_stop here would make Unicorn restart the instruction, so the
         # slice is ended by lowering its instruction budget to "this one" instead.
         self._rom_undo.append((address, self.partition.memory.read(address, size)))
-        if self._counting and self._stop_counter is None:
-            self._stop_counter = self._counter.value
-            self._count_limit.value = self._counter.value
+        self._end_slice_soon()
         return True
 
     # ---- public API -------------------------------------------------------------------------
@@ -348,12 +380,10 @@ class VirtualProcessor:
                 self._exit = ("notify",)
             if not self._in_access:
                 self._stop()
-            elif self._counting and self._stop_counter is None:
-                # Inside an MMIO callback emu_stop makes Unicorn run the (already performed)
-                # access again, so end the slice through its instruction budget instead, as
-                # for ROM writes.  Uncounted host-mode slices just run to their time limit.
-                self._stop_counter = self._counter.value
-                self._count_limit.value = self._counter.value
+            else:
+                # Inside a port or MMIO callback emu_stop makes Unicorn run the (already
+                # performed) access again, so end the slice through its budget instead.
+                self._end_slice_soon()
 
     def step(self) -> RunExit:
         """Run exactly one guest instruction through the partition's run loop (a pending
