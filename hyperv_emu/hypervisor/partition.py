@@ -3,7 +3,7 @@
 The run loop executes each VP in slices.  A slice is gated (gate.py): a native callback at
 every translated block's entry counts retired instructions exactly and ends the slice at the
 first block entry at or after the next timer deadline (deterministic mode: the deadline in
-instructions; host mode: a watchdog on the host's clock), or, while an interrupt is pending
+instructions; host mode: a watchdog thread on the host's clock, watchdog.py), or, while an interrupt is pending
 but masked, where IF becomes 1.  A timer armed or moved during the slice lowers its limit
 (:meth:`Partition._deadline_moved`).  The last :data:`COUNTED_TAIL` instructions of an
 instruction budget run as ``emu_start(count=N)`` so the budget ends on the exact instruction.
@@ -36,6 +36,7 @@ from .delivery import KIND_EXCEPTION, KIND_EXTERNAL, KIND_SOFTWARE, Event, Tripl
 from .engine import flush_tb, flush_tlb
 from .exits import RunExit
 from .gate import NO_LIMIT
+from .watchdog import SliceWatchdog
 from .lapic import APIC_DEFAULT_BASE, LocalApic, deliver_message
 from .memory import GuestMemory, MmioRead, MmioWrite, UnmappedAccess
 from .mmu import GuestFault
@@ -117,6 +118,7 @@ class Partition:
         #: Deterministic mode: virtual time at the start of the running slice.
         self._slice_base_ns = 0
         clock.arm_listeners.append(self._deadline_moved)
+        self._watchdog = SliceWatchdog()
         self.memory.map_hidden(HIDDEN_GPA, 0x3000)
         self._vmcb_gpa = HIDDEN_GPA
         # MSR permission map: every bit set, so every RDMSR/WRMSR exits (AMD APM 15.11).
@@ -365,8 +367,14 @@ class Partition:
         masked = vp.source is not None and vp.source.has_interrupt()
         count = 0
         limit = NO_LIMIT
-        if vp._one_counted or budget is not None and budget <= COUNTED_TAIL:
-            count = 1 if vp._one_counted else budget
+        # Counted slices where an exact instruction boundary matters more than speed: the end
+        # of a budget, a refused ROM store re-run alone, and while observers take events from
+        # inside port/MMIO/CPUID hooks (Unicorn's RIP there is only exact when counting).
+        obs = self.observers
+        if (vp._one_counted or budget is not None and budget <= COUNTED_TAIL
+                or obs.io or obs.mmio or obs.cpuid):
+            count = 1 if vp._one_counted else MAX_SLICE if budget is None else min(
+                MAX_SLICE, budget)
             vp._one_counted = False
             if deterministic and deadline is not None:
                 count = min(count, max(1, clock.insns_until(deadline)))
@@ -410,10 +418,14 @@ class Partition:
         error: unicorn.UcError | None = None
         clock.begin_slice(vp.slice_retired)
         try:
-            vp.uc.emu_start(ctx.rip, UNTIL, timeout_us, count)
+            if timeout_us:
+                self._watchdog.arm(vp.blocks.state, timeout_us)
+            vp.uc.emu_start(ctx.rip, UNTIL, 0, count)
         except unicorn.UcError as exc:
             error = exc
         finally:
+            if timeout_us:
+                self._watchdog.disarm()
             vp._running = False
             self._running_vp = None
             ctx.save()
@@ -449,6 +461,8 @@ class Partition:
         stop_at = vp._stop_counter
         if stop_at is None:
             c = vp._counter.value
+            if exit_ is None and not vp.blocks.state.cur and not vp.blocks.state.limit:
+                return c  # the watchdog's gate stop, before a block: no instruction running
             return count if c > count else max(0, c - 1)
         completes = not (exit_ is not None and exit_[0] in ("bad-access", "invalid") or (
             exit_ is not None and exit_[0] == "intr" and (
