@@ -145,9 +145,10 @@ def _native_callback() -> Any:
 
 
 class BlockGate:
-    """One engine's block gate (see the module docstring)."""
+    """One engine's block gate (see the module docstring); ``native=False`` forces the
+    Python callback."""
 
-    def __init__(self, uc: Any) -> None:
+    def __init__(self, uc: Any, *, native: bool = True) -> None:
         self._uc = uc
         self.state = GateState()
         s = self.state
@@ -164,7 +165,7 @@ class BlockGate:
         self._miss_cb = _HOOK_BLOCK_CFUNC(self._on_miss)
         s.miss_fn = ctypes.cast(self._miss_cb, ctypes.c_void_p).value
         self.native = False
-        callback = _native_callback()
+        callback = _native_callback() if native else None
         handle = ctypes.c_size_t()
         if callback is not None:
             status = uclib.uc_hook_add(

@@ -113,8 +113,6 @@ class Partition:
         self._running_vp: VirtualProcessor | None = None
         #: Indices of the VPs whose engine has not yet taken the current A20 gate state.
         self._a20_sync: set[int] = set()
-        #: Host mode: the host-clock time (ns) at which the running slice's watchdog fires.
-        self._slice_end_ns = 0
         #: Deterministic mode: virtual time at the start of the running slice.
         self._slice_base_ns = 0
         clock.arm_listeners.append(self._deadline_moved)
@@ -390,7 +388,6 @@ class Partition:
             timeout_us = HOST_SLICE_US
             if deadline is not None:
                 timeout_us = max(100, min(timeout_us, (deadline - clock.now()) // 1000))
-            self._slice_end_ns = clock.now() + timeout_us * 1000
         self._slice_base_ns = clock.now()
         if ctx.u32(C.OFF_EXC_IS_INT):
             # Unicorn sets EIP to exception_next_eip before UC_HOOK_INTR whenever
@@ -506,7 +503,9 @@ class Partition:
                     vp._count_limit.value = max(want, vp._counter.value)
             elif want < vp.blocks.state.limit:
                 vp.blocks.state.limit = want
-        elif deadline < self._slice_end_ns:
+        else:
+            # The watchdog's time may already have passed while Python held the engine (it
+            # needs the GIL): end here, the run loop re-arms it for the earliest deadline.
             vp._end_slice_soon()
 
     def _retire_one(self, vp: VirtualProcessor) -> None:
