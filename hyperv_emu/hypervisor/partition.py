@@ -3,8 +3,8 @@
 The run loop executes each VP in slices.  A slice is gated (gate.py): a native callback at
 every translated block's entry counts retired instructions exactly and ends the slice at the
 first block entry at or after the next timer deadline (deterministic mode: the deadline in
-instructions; host mode: a watchdog thread on the host's clock, watchdog.py), or, while an interrupt is pending
-but masked, where IF becomes 1.  A timer armed or moved during the slice lowers its limit
+instructions; host mode: a watchdog thread on the host's clock, watchdog.py), or, while an
+interrupt is pending but masked, where IF becomes 1.  A timer armed or moved during the slice lowers its limit
 (:meth:`Partition._deadline_moved`).  The last :data:`COUNTED_TAIL` instructions of an
 instruction budget run as ``emu_start(count=N)`` so the budget ends on the exact instruction.
 Events (interrupts, exceptions, HLT, MSR and RDTSC intercepts) stop the slice and are handled
@@ -36,7 +36,6 @@ from .delivery import KIND_EXCEPTION, KIND_EXTERNAL, KIND_SOFTWARE, Event, Tripl
 from .engine import flush_tb, flush_tlb
 from .exits import RunExit
 from .gate import NO_LIMIT
-from .watchdog import SliceWatchdog
 from .lapic import APIC_DEFAULT_BASE, LocalApic, deliver_message
 from .memory import GuestMemory, MmioRead, MmioWrite, UnmappedAccess
 from .mmu import GuestFault
@@ -50,6 +49,7 @@ from .vp import (
     UNTIL,
     VirtualProcessor,
 )
+from .watchdog import SliceWatchdog
 
 IoRead = Callable[[int, int], int]
 IoWrite = Callable[[int, int, int], None]
@@ -411,7 +411,6 @@ class Partition:
         vp._counting = bool(count)
         vp.blocks.begin(NO_LIMIT if count else limit, masked and not count)
         self._running_vp = vp
-        counter = vp._counter
         error: unicorn.UcError | None = None
         clock.begin_slice(vp.slice_retired)
         try:

@@ -50,7 +50,7 @@ def test_python_fallback_counts_the_same() -> None:
     engines = [_loop_engine(500) for _ in range(2)]
     gates = [BlockGate(engines[0][0]), BlockGate(engines[1][0], native=False)]
     assert gates[0].native and not gates[1].native
-    for gate, (uc, end) in zip(gates, engines):
+    for gate, (uc, end) in zip(gates, engines, strict=True):
         gate.begin(1000, False)
         uc.emu_start(0x1000, end)
     assert gates[0].state.retired == gates[1].state.retired == 1003
