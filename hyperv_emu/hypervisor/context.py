@@ -1,10 +1,11 @@
 """The saved Unicorn CPU context as a typed, editable view of x86 CPU state.
 
-Unicorn 2.1.4 cannot load hidden segment state, change CPL or reset its ``old_exception`` through
+Unicorn cannot load hidden segment state, change CPL or reset its ``old_exception`` through
 ``reg_write`` (UNICORN_NOTES.md, "Interrupt and exception delivery is the host's job"), so the
-hypervisor keeps one saved context per VP and edits its bytes: the ``CPUX86State`` image starts 40
-bytes into the ``uc_context`` buffer.  The offsets below were found by probing this build;
-:func:`self_test` re-checks them at start-up and refuses a different build with a clear message.
+hypervisor keeps one saved context per VP and edits its bytes: the ``CPUX86State`` image starts
+:data:`ENV_OFFSET` bytes into the ``uc_context`` buffer.  The offsets below were found by probing
+the pinned build (unicorn 2.1.1; docs/ENGINE.md lists them, and why that build); :func:`self_test`
+re-checks them at start-up and refuses a different build with a clear message.
 """
 
 from __future__ import annotations

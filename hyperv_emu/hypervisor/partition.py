@@ -5,10 +5,10 @@ every translated block's entry counts retired instructions exactly and ends the 
 first block entry at or after the next timer deadline (deterministic mode: the deadline in
 instructions; host mode: a watchdog thread on the host's clock, watchdog.py), or, while an
 interrupt is pending but masked, where IF becomes 1.  A timer armed or moved during the
-slice lowers its limit (:meth:`Partition._deadline_moved`).  The last :data:`COUNTED_TAIL` instructions of an
-instruction budget run as ``emu_start(count=N)`` so the budget ends on the exact instruction.
-Events (interrupts, exceptions, HLT, MSR and RDTSC intercepts) stop the slice and are handled
-here in Python, between ``emu_start`` calls.
+slice lowers its limit (:meth:`Partition._deadline_moved`).  The last :data:`COUNTED_TAIL`
+instructions of an instruction budget run as ``emu_start(count=N)``, so the budget ends on
+the exact instruction.  Events (interrupts, exceptions, HLT, MSR and RDTSC intercepts) stop
+the slice and are handled here in Python, between ``emu_start`` calls.
 """
 
 from __future__ import annotations
