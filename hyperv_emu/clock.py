@@ -7,9 +7,15 @@ the other (DESIGN.md, "One clock").
 Two modes:
 
 * ``deterministic`` (default): time advances with retired guest instructions at a fixed rate of
-  :data:`DEFAULT_NS_PER_INSN` nanoseconds per instruction (a 100 MIPS virtual CPU).  While every
-  VP is halted the clock jumps straight to the next timer deadline, as QEMU's
-  ``-icount ...,sleep=off`` does, so the same guest with the same input runs the same way twice.
+  :data:`DEFAULT_NS_PER_INSN` nanoseconds per instruction (a 100 MIPS virtual CPU).  The count
+  is taken at translated-block boundaries (hypervisor/gate.py): an instruction reads the time
+  at which its block started (10 ns x the instructions retired before that block), and a timer
+  fires at the first block boundary at or after its deadline — blocks end at every branch, at
+  STI/POPF/IRET and after at most 512 instructions, so a spinning guest sees its interrupt
+  within a few instructions.  A slice that stops inside a block (an exception, INT n, an
+  intercept) counts exactly the instructions that ran.  While every VP is halted the clock
+  jumps straight to the next timer deadline, as QEMU's ``-icount ...,sleep=off`` does.  The
+  same guest with the same input runs the same way twice, instruction for instruction.
 * ``host``: time is the host's monotonic clock since the clock was created; faster (no
   instruction counting) but not repeatable.
 """
@@ -83,6 +89,9 @@ class VirtualClock:
         self._host_origin = time.monotonic_ns()
         self._slice_probe: Callable[[], int] | None = None
         self._heap: list[tuple[int, int, int, Timer]] = []
+        #: Called with the deadline whenever a timer is armed, so a running slice can end
+        #: in time for it (the partition's run loop listens).
+        self.arm_listeners: list[Callable[[int], None]] = []
         self._seq = itertools.count()
 
     # ---- reading time -------------------------------------------------------------------
@@ -103,8 +112,8 @@ class VirtualClock:
     # ---- driving time (hypervisor side) --------------------------------------------------
     def begin_slice(self, probe: Callable[[], int]) -> None:
         """Called by a VP before it runs guest code: ``probe()`` returns the instructions the
-        running slice has retired so far, so a device read in the middle of a slice sees exact
-        time."""
+        running slice has retired before the block now executing, so a device read in the
+        middle of a slice sees the exact time the rule above gives."""
         self._slice_probe = probe
 
     def end_slice(self, retired: int) -> None:
@@ -142,6 +151,8 @@ class VirtualClock:
         timer._token += 1
         timer.deadline = deadline
         heapq.heappush(self._heap, (deadline, next(self._seq), timer._token, timer))
+        for listener in self.arm_listeners:
+            listener(deadline)
 
     def _prune(self) -> None:
         heap = self._heap

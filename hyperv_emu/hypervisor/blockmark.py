@@ -1,118 +1,16 @@
-"""Recording the start of the translation block that is executing, at native speed.
+"""Finding instructions inside the translation block that was executing.
 
-Unicorn 2.1.4 reports an SVM intercept (HLT, RDTSC, RDMSR/WRMSR) through UC_HOOK_INTR, but
-before calling the hook it overwrites EIP with ``exception_next_eip``, which for an intercept is
-stale (left over from the last INT n).  The intercepted instruction is found instead by decoding
-forward from the start of the block it sits in, so every block start must be known.  A Python
-UC_HOOK_BLOCK callback costs about 1 µs per block; this module registers a 13-byte native
-callback instead, placed in an executable page of our own.  Where that is impossible (not an
-x86-64 System V host, or the host forbids executable anonymous memory) a Python callback is
-used and the run is slower.
-
-The same callback is where another thread ends a slice cleanly (:meth:`BlockMark.request_stop`):
-with the stop flag set it tail-calls ``uc_emu_stop`` on the vCPU's own thread at the start of the
-next block, an instruction boundary with no port or MMIO access half done, and after Unicorn's
-vCPU loop has started, where a stop cannot be lost (see watchdog.py).  Each iteration of a REP
-string instruction is a block of its own, so a REP INSW stops between elements: measured on a
-bare engine, 54 such stops at random times inside a 60,000-element REP INSW made exactly 60,000
-port reads and stored every word in order.
+Unicorn reports an SVM intercept (HLT, RDTSC, RDMSR/WRMSR) through UC_HOOK_INTR, but before
+calling the hook it overwrites EIP with ``exception_next_eip``, which for an intercept is stale
+(left over from the last INT n).  The intercepted instruction is found instead by decoding
+forward from the start of the block it sits in, which the block gate records (gate.py).  The
+same decoding tells how many instructions of a block ran before a slice stopped inside it.
 """
 
 from __future__ import annotations
 
-import ctypes
-import mmap
-import platform
-import sys
 from collections.abc import Callable
 from typing import Any
-
-import unicorn
-from unicorn.unicorn_py3.unicorn import uclib
-
-# SysV x86-64: rdi=uc, rsi=address, edx=size, rcx=user_data (a _Cell).
-_NATIVE_STORE = bytes((
-    0x48, 0x89, 0x31,        # mov [rcx], rsi           ; cell.last = address
-    0x80, 0x79, 0x08, 0x00,  # cmp byte [rcx+8], 0      ; cell.stop?
-    0x75, 0x01,              # jne +1
-    0xC3,                    # ret
-    0xFF, 0x61, 0x10,        # jmp [rcx+16]             ; uc_emu_stop(uc): rdi is still uc
-))
-
-
-class _Cell(ctypes.Structure):
-    _fields_ = [("last", ctypes.c_uint64), ("stop", ctypes.c_uint64),
-                ("emu_stop", ctypes.c_void_p)]
-
-_HOOK_CODE_CFUNC = ctypes.CFUNCTYPE(
-    None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_void_p)
-
-_page: mmap.mmap | None = None
-_native: Any = None
-
-
-def _native_callback() -> Any:
-    """The shared native callback, or None where it cannot be made."""
-    global _page, _native
-    if _native is not None:
-        return _native
-    if platform.machine().lower() not in ("x86_64", "amd64") or sys.platform == "win32":
-        return None
-    try:
-        page = mmap.mmap(-1, mmap.PAGESIZE,
-                         prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
-    except (OSError, ValueError, AttributeError):
-        return None
-    page.write(_NATIVE_STORE)
-    address = ctypes.addressof(ctypes.c_char.from_buffer(page))
-    _page = page
-    _native = _HOOK_CODE_CFUNC(address)
-    return _native
-
-
-class BlockMark:
-    """Keeps ``last`` = the guest address of the most recent block to start executing."""
-
-    def __init__(self, uc: Any) -> None:
-        self._cell = _Cell(0, 0, ctypes.cast(uclib.uc_emu_stop, ctypes.c_void_p).value)
-        self._uc = uc
-        self.native = False
-        callback = _native_callback()
-        if callback is not None:
-            handle = ctypes.c_size_t()
-            status = uclib.uc_hook_add(
-                uc._uch, ctypes.byref(handle), unicorn.UC_HOOK_BLOCK, callback,
-                ctypes.cast(ctypes.byref(self._cell), ctypes.c_void_p),
-                ctypes.c_uint64(1), ctypes.c_uint64(0))
-            if status == unicorn.UC_ERR_OK:
-                self.native = True
-                self._keep = (callback, handle)
-                return
-        uc.hook_add(unicorn.UC_HOOK_BLOCK, self._on_block)
-
-    def _on_block(self, uc: Any, address: int, _size: int, _ud: object) -> None:
-        self._cell.last = address
-        if self._cell.stop:
-            uc.emu_stop()
-
-    @property
-    def last(self) -> int:
-        """Start address (linear) of the block executing or last executed."""
-        return int(self._cell.last)
-
-    @last.setter
-    def last(self, value: int) -> None:
-        self._cell.last = value
-
-    def request_stop(self) -> None:
-        """End the running ``emu_start`` at the next block start (safe from any thread); it
-        stays requested, stopping every later ``emu_start`` at once, until :meth:`clear_stop`."""
-        self._cell.stop = 1
-
-    def clear_stop(self) -> None:
-        """Withdraw :meth:`request_stop` (before the next slice)."""
-        self._cell.stop = 0
-
 
 _disassemblers: dict[int, Any] = {}
 #: Longest run of straight-line code a block can hold that we are willing to decode.
@@ -169,3 +67,38 @@ def locate(read: Callable[[int, int], bytes], block: int, bits: int,
                 return int(address)
             addr = address + size
     return None
+
+
+#: (block start, mode, target) -> instructions from the block start to the target.
+_counted: dict[tuple[int, int, int], int] = {}
+
+
+def count_insns(read: Callable[[int, int], bytes], block: int, bits: int,
+                target: int) -> int | None:
+    """How many instructions lie from the block start ``block`` up to (not including) the
+    linear address ``target`` in the same straight-line block; None if decoding from the
+    block start does not land on ``target``."""
+    key = (block, bits, target)
+    known = _counted.get(key)
+    if known is not None:
+        return known
+    if target == block:
+        return 0
+    try:
+        data = read(block, target - block)
+    except Exception:  # noqa: BLE001 - unreadable now: the caller counts the whole block
+        return None
+    n = 0
+    addr = block
+    for address, size, _mnemonic, _ops in _disassembler(bits).disasm_lite(data, block):
+        addr = address + size
+        n += 1
+        if addr >= target:
+            break
+    if addr != target:
+        return None
+    if len(_counted) > 65536:
+        _counted.clear()
+    _counted[key] = n
+    return n
+

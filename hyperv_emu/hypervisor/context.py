@@ -1,15 +1,18 @@
 """The saved Unicorn CPU context as a typed, editable view of x86 CPU state.
 
-Unicorn 2.1.4 cannot load hidden segment state, change CPL or reset its ``old_exception`` through
+Unicorn cannot load hidden segment state, change CPL or reset its ``old_exception`` through
 ``reg_write`` (UNICORN_NOTES.md, "Interrupt and exception delivery is the host's job"), so the
-hypervisor keeps one saved context per VP and edits its bytes: the ``CPUX86State`` image starts 40
-bytes into the ``uc_context`` buffer.  The offsets below were found by probing this build;
-:func:`self_test` re-checks them at start-up and refuses a different build with a clear message.
+hypervisor keeps one saved context per VP and edits its bytes: the ``CPUX86State`` image starts
+:data:`ENV_OFFSET` bytes into the ``uc_context`` buffer.  The offsets below were found by probing
+the pinned build (unicorn 2.1.1; docs/ENGINE.md lists them, and why that build); :func:`self_test`
+re-checks them at start-up and refuses a different build with a clear message.
 """
 
 from __future__ import annotations
 
 import ctypes
+import importlib.metadata
+import os
 import struct
 from dataclasses import dataclass
 
@@ -17,9 +20,11 @@ import unicorn
 from unicorn import x86_const as X
 
 #: The Unicorn build whose internal layout these offsets describe.
-EXPECTED_UNICORN = "2.1.4"
-ENV_OFFSET = 40
-CONTEXT_SIZE = 5608
+EXPECTED_UNICORN = "2.1.1"
+#: What that build reports as ``unicorn.__version__`` (the 2.1.1 wheel still says 2.1.0).
+EXPECTED_UNICORN_REPORTS = "2.1.0"
+ENV_OFFSET = 20  # uc_context header: size_t size, int mode, int arch, int snapshot_level
+CONTEXT_SIZE = 5552
 
 # CPUX86State offsets (bytes into the env image).
 OFF_REGS = 0
@@ -35,23 +40,26 @@ OFF_IDT = 400
 OFF_CR = 424  # cr[0..4], 8 bytes each
 #: int32 a20_mask: ANDed into every physical address the CPU forms (QEMU's A20M# model);
 #: all ones with A20 on, bit 20 clear while the A20 gate is masked.
-OFF_A20_MASK = 496
+OFF_A20_MASK = 464
 A20_MASK_ON = 0xFFFF_FFFF
 A20_MASK_OFF = 0xFFEF_FFFF
-OFF_EFER = 592
-OFF_ERROR_CODE = 5384
-OFF_EXC_IS_INT = 5388
-OFF_EXC_NEXT_EIP = 5392
-OFF_OLD_EXCEPTION = 5496
-OFF_VM_VMCB = 5504
-OFF_TSC_OFFSET = 5512
-OFF_INTERCEPT = 5520
-OFF_INTERCEPT_CR_READ = 5528
-OFF_INTERCEPT_EXCEPTIONS = 5536
+OFF_EFER = 560
+OFF_ERROR_CODE = 5352
+OFF_EXC_IS_INT = 5356
+OFF_EXC_NEXT_EIP = 5360
+OFF_OLD_EXCEPTION = 5464
+OFF_VM_VMCB = 5472
+OFF_TSC_OFFSET = 5480
+OFF_INTERCEPT = 5488
+OFF_INTERCEPT_CR_READ = 5496
+OFF_INTERCEPT_EXCEPTIONS = 5504
 
 # uc_struct offsets of the instruction counter that emu_start(count=...) maintains.
-UCH_EMU_COUNTER = 1368
-UCH_EMU_COUNT = 1376
+UCH_EMU_COUNTER = 1344
+UCH_EMU_COUNT = 1352
+#: uc_struct->cpu (the CPUState pointer) and where CPUX86State sits inside that X86CPU.
+UCH_CPU = 416
+CPU_ENV = 35408
 
 SEG_ES, SEG_CS, SEG_SS, SEG_DS, SEG_FS, SEG_GS = range(6)
 SEG_NAMES = ("es", "cs", "ss", "ds", "fs", "gs")
@@ -283,18 +291,35 @@ class CpuContext:
         _I32.pack_into(self.view, OFF_OLD_EXCEPTION, value)
 
 
+def installed_unicorn() -> str:
+    """The installed unicorn distribution's version (the wheel's own ``__version__`` can lag)."""
+    try:
+        return importlib.metadata.version("unicorn")
+    except importlib.metadata.PackageNotFoundError:
+        return str(unicorn.__version__)
+
+
+def env_address(uc: unicorn.Uc) -> int:
+    """Address of the engine's live ``CPUX86State`` (what the native block gate reads)."""
+    cpu = ctypes.c_uint64.from_address(int(uc._uch.value) + UCH_CPU).value
+    return int(cpu) + CPU_ENV
+
+
 def self_test() -> None:
     """Check that this Unicorn build has the context and counter layout the hypervisor edits.
 
     Raises :class:`LayoutError` naming the mismatch.  Runs a scratch engine: registers written
     through the API must appear at the expected offsets, an edited context must read back
-    through the API, and ``emu_start(count=K)`` must leave the counter at K+1.
+    through the API, ``emu_start(count=K)`` must leave the counter at K+1, the live CPU state
+    must sit where :func:`env_address` says, an ``INT n`` must leave its flag and return
+    address where the delivery code reads them, and the SVM intercept fields must route HLT.
     """
-    version = unicorn.__version__
-    if not version.startswith(EXPECTED_UNICORN):
+    version = installed_unicorn()
+    if version != EXPECTED_UNICORN or not str(unicorn.__version__).startswith(
+            EXPECTED_UNICORN_REPORTS):
         raise LayoutError(
             f"hyperv-emu needs unicorn=={EXPECTED_UNICORN} (it edits Unicorn's internal CPU "
-            f"state); found {version}"
+            f"state); found {version} (reporting itself as {unicorn.__version__})"
         )
     uc = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_64)
     ctx = CpuContext(uc)
@@ -339,6 +364,61 @@ def self_test() -> None:
             f"Unicorn's emu_counter/emu_count not at uc_struct+{UCH_EMU_COUNTER}/"
             f"+{UCH_EMU_COUNT} (read {counter}/{count} after count={k})"
         )
+    _check_env_pointer(uc)
+    _check_exception_fields()
     del ctx
     uc.mem_unmap(0x1000, 0x1000)
+
+
+def _check_env_pointer(uc: unicorn.Uc) -> None:
+    """uc_struct->cpu + CPU_ENV must be the live register file.  Read through /proc/self/mem
+    (where there is one) so a wrong offset is an error, not a crash."""
+    magic = (0x5EC0_DE5E_C0DE_1111, 0x5EC0_DE5E_C0DE_2222)
+    uc.reg_write(X.UC_X86_REG_RAX, magic[0])
+    uc.reg_write(X.UC_X86_REG_RCX, magic[1])
+    want = magic[0].to_bytes(8, "little") + magic[1].to_bytes(8, "little")
+    try:
+        fd = os.open("/proc/self/mem", os.O_RDONLY)
+    except OSError:
+        return  # no safe way to probe: the gate is only used natively on Linux anyway
+    try:
+        cpu = int.from_bytes(os.pread(fd, 8, int(uc._uch.value) + UCH_CPU), "little")
+        got = os.pread(fd, 16, cpu + CPU_ENV) if cpu else b""
+    except OSError:
+        got = b""
+    finally:
+        os.close(fd)
+    if got != want:
+        raise LayoutError(f"the live CPU state is not at uc_struct->cpu (+{UCH_CPU}) + {CPU_ENV}")
+
+
+def _check_exception_fields() -> None:
+    """INT 0x80 must set exception_is_int and exception_next_eip; with the SVM guest bit, a
+    VMCB address and the HLT intercept bit at their offsets, HLT must exit as 0x100 + 0x78."""
+    uc = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_64)
+    ctx = CpuContext(uc)
+    uc.mem_map(0x1000, 0x2000)
+    uc.mem_write(0x1000, b"\xcd\x80\xf4\xf4")  # int 0x80 ; hlt
+    seen: list[tuple[int, int, int]] = []
+    probe = uc.context_save()
+    base = int(probe.context.value) + ENV_OFFSET
+
+    def on_intr(engine: unicorn.Uc, intno: int, _ud: object) -> None:
+        engine.context_update(probe)
+        seen.append((intno, ctypes.c_uint32.from_address(base + OFF_EXC_IS_INT).value,
+                     ctypes.c_uint64.from_address(base + OFF_EXC_NEXT_EIP).value))
+        engine.emu_stop()
+
+    uc.hook_add(unicorn.UC_HOOK_INTR, on_intr)
+    uc.emu_start(0x1000, 1 << 63, count=4)
+    ctx.save()
+    ctx.set_u32(OFF_EXC_IS_INT, 0)
+    ctx.hflags = ctx.hflags | HF_GUEST
+    ctx.set_u64(OFF_VM_VMCB, 0x2000)
+    ctx.set_u64(OFF_INTERCEPT, 1 << (0x78 - 0x60))
+    ctx.rip = 0x1002
+    ctx.restore()
+    uc.emu_start(0x1002, 1 << 63, count=4)
+    if len(seen) != 2 or seen[0] != (0x80, 1, 0x1002) or seen[1][0] != 0x178:
+        raise LayoutError(f"exception/SVM fields not at their expected offsets (saw {seen})")
 

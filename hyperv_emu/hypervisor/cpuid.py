@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import unicorn
 from unicorn import x86_const as X
+
+from .engine import open_engine
 
 Leaf = tuple[int, int, int, int]
 HvLeafProvider = Callable[[int, int], "Leaf | None"]
@@ -27,7 +28,7 @@ class _NativeCpuid:
     """Runs CPUID in a private scratch engine to learn what Unicorn's CPU model reports."""
 
     def __init__(self) -> None:
-        self._uc = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_64)
+        self._uc = open_engine()
         self._uc.mem_map(0x1000, 0x1000)
         self._uc.mem_write(0x1000, b"\x0f\xa2")  # cpuid
         self._cache: dict[tuple[int, int], Leaf] = {}

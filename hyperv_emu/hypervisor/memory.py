@@ -33,6 +33,23 @@ MmioRead = Callable[[int, int], int]
 MmioWrite = Callable[[int, int, int], None]
 
 
+def _map_buffer(uc: unicorn.Uc, gpa: int, size: int, kind: str, host: int) -> None:
+    """Map ``size`` bytes of host memory at ``host`` as guest RAM or ROM at ``gpa``.
+
+    ROM is mapped without write permission and then given the same permissions again through
+    ``mem_protect``: Unicorn 2.1.1 creates ``mem_map_ptr`` regions without QEMU's read-only
+    flag, and ``mem_protect`` sets it.  With it, a guest store into ROM that the hypervisor's
+    write-protection hook lets through is dropped by QEMU itself (``TLB_DISCARD_WRITE``), as a
+    ROM chip ignores the write cycle: the instruction completes, nothing is written, and no
+    self-modifying-code check runs, even when the store hits the block being executed."""
+    if kind == "ram":
+        uc.mem_map_ptr(gpa, size, unicorn.UC_PROT_ALL, host)
+        return
+    perms = unicorn.UC_PROT_READ | unicorn.UC_PROT_EXEC
+    uc.mem_map_ptr(gpa, size, perms, host)
+    uc.mem_protect(gpa, size, perms)
+
+
 class UnmappedAccess(Exception):
     """A guest access (made by the hypervisor on the guest's behalf) hit unmapped memory."""
 
@@ -146,9 +163,7 @@ class GuestMemory:
     def _map_into(self, uc: unicorn.Uc, r: Region) -> None:
         if r.kind in ("ram", "rom"):
             assert r.buf is not None
-            perms = unicorn.UC_PROT_ALL if r.kind == "ram" else (
-                unicorn.UC_PROT_READ | unicorn.UC_PROT_EXEC)
-            uc.mem_map_ptr(r.gpa, r.size, perms, ctypes.addressof(r.buf))
+            _map_buffer(uc, r.gpa, r.size, r.kind, ctypes.addressof(r.buf))
         elif r.kind == "hidden":
             uc.mem_map_ptr(r.gpa, r.size, unicorn.UC_PROT_READ | unicorn.UC_PROT_WRITE,
                            ctypes.addressof(r.buf))  # type: ignore[arg-type]
@@ -292,10 +307,8 @@ class GuestMemory:
                     self._map_into(uc, under)
                 else:
                     assert under.buf is not None
-                    perms = unicorn.UC_PROT_ALL if under.kind == "ram" else (
-                        unicorn.UC_PROT_READ | unicorn.UC_PROT_EXEC)
-                    uc.mem_map_ptr(region.gpa, PAGE, perms, ctypes.addressof(under.buf)
-                                   + region.gpa - under.gpa)
+                    _map_buffer(uc, region.gpa, PAGE, under.kind,
+                                ctypes.addressof(under.buf) + region.gpa - under.gpa)
         self.invalidate(region.gpa, PAGE)
 
     def map_rom(self, gpa: int, data: bytes) -> Region:

@@ -24,6 +24,7 @@ import unicorn
 
 from . import context as C
 from . import hvdef as H
+from .engine import flush_tb
 from .hypercall import FAST_XMM_BYTES, Control, FastIo, HypercallRecord
 from .memory import PAGE
 from .mmu import Mmu
@@ -287,14 +288,14 @@ class Observers:
                     self._stop_before_insn(vp)
             bp.hooks.append((vp, vp.uc.hook_add(unicorn.UC_HOOK_CODE, hook, None, linear,
                                                 linear)))
-            vp.uc.ctl_flush_tb()  # blocks translated before the hook lack its call
+            flush_tb(vp.uc)  # blocks translated before the hook lack its call
         self._code.append(bp)
         return bp
 
     def remove_code_breakpoint(self, bp: CodeBreakpoint) -> None:
         for vp, handle in bp.hooks:
             vp.uc.hook_del(handle)
-            vp.uc.ctl_flush_tb()
+            flush_tb(vp.uc)
         bp.hooks.clear()
         if bp in self._code:
             self._code.remove(bp)
@@ -305,7 +306,8 @@ class Observers:
             part._stop_reason = "breakpoint"
         if vp._exit is None:
             vp._exit = ("notify",)
-        # Unicorn's instruction counter already includes the instruction about to run.
+        # Unicorn's instruction counter already includes the instruction about to run.  (A
+        # gated slice finds the instructions retired from the exact RIP of the code hook.)
         if vp._counting and vp._stop_counter is None:
             vp._stop_counter = max(0, vp._counter.value - 1)
         vp.uc.emu_stop()
@@ -369,8 +371,8 @@ def _base(vp: VirtualProcessor) -> dict[str, Any]:
     rip, bits, cs_base, insn = vp.partition.observers.where(vp)
     clock = vp.partition.clock
     done = clock.instructions
-    if vp._running and vp._counting:
-        done += max(0, vp._counter.value - 1)  # the counter includes the current instruction
+    if vp._running:
+        done += vp.slice_retired()
     return {"vp": vp.index, "rip": rip, "bits": bits, "cs_base": cs_base, "insn": insn,
             "instructions": done, "time_ns": clock.now()}
 

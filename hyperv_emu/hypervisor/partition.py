@@ -1,10 +1,14 @@
 """A partition: guest memory, CPUID/MSR policy, its virtual processors and the run loop.
 
-The run loop executes each VP in slices.  In deterministic clock mode a slice is
-``emu_start(count=N)`` with N the instructions left until the next timer deadline (capped), and
-the clock's probe reads Unicorn's running instruction counter so a device sees exact time in
-the middle of a slice.  Events (interrupts, exceptions, HLT, MSR and RDTSC intercepts) stop the
-slice and are handled here in Python, between ``emu_start`` calls.
+The run loop executes each VP in slices.  A slice is gated (gate.py): a native callback at
+every translated block's entry counts retired instructions exactly and ends the slice at the
+first block entry at or after the next timer deadline (deterministic mode: the deadline in
+instructions; host mode: a watchdog thread on the host's clock, watchdog.py), or, while an
+interrupt is pending but masked, where IF becomes 1.  A timer armed or moved during the
+slice lowers its limit (:meth:`Partition._deadline_moved`).  The last :data:`COUNTED_TAIL`
+instructions of an instruction budget run as ``emu_start(count=N)``, so the budget ends on
+the exact instruction.  Events (interrupts, exceptions, HLT, MSR and RDTSC intercepts) stop
+the slice and are handled here in Python, between ``emu_start`` calls.
 """
 
 from __future__ import annotations
@@ -20,16 +24,18 @@ from ..clock import VirtualClock
 from . import context as C
 from . import exits as E
 from . import msr as M
-from . import romwrite
-from .blockmark import locate
+from .blockmark import count_insns, locate
 from .context import self_test
 from .cpuid import CpuidModel
 from .delivery import KIND_EXCEPTION, KIND_EXTERNAL, KIND_SOFTWARE, Event, TripleFault, deliver
+from .engine import flush_tb, flush_tlb
 from .exits import RunExit
+from .gate import NO_LIMIT
 from .lapic import APIC_DEFAULT_BASE, LocalApic, deliver_message
 from .memory import GuestMemory, MmioRead, MmioWrite, UnmappedAccess
 from .mmu import GuestFault
 from .observe import Observers, hlt_event, interrupt_event, mmio_event, msr_event, traced_io
+from .sigint import SigintGuard
 from .stringio import BlockIo, OffersBlock, ReadBlock, WriteBlock
 from .tbcache import remove_cache
 from .vp import (
@@ -47,11 +53,17 @@ IoRead = Callable[[int, int], int]
 IoWrite = Callable[[int, int, int], None]
 VmcallHandler = Callable[[VirtualProcessor], bool]
 
-#: Longest deterministic slice, in instructions.
+#: Longest counted slice, in instructions.
 MAX_SLICE = 1_000_000
-#: Slice length while an interrupt is pending but masked (IF=0): bounds the delivery latency
-#: after the guest re-enables interrupts mid-slice.
+#: Longest gated slice, in instructions (well under a second): the run loop, and with it
+#: Ctrl-C (sigint.py), gets control back even from a guest spinning with no timer armed.
+MAX_GATED_SLICE = 100_000_000
+#: Counted-slice length while an interrupt is pending but masked (IF=0); gated slices watch IF
+#: at block entries instead.
 MASKED_SLICE = 1_000
+#: The end of an instruction budget runs counted: a gated slice can overshoot its limit by up to
+#: one translated block (at most 512 instructions in QEMU's TCG).
+COUNTED_TAIL = 512
 #: Longest host-mode slice, in microseconds.
 HOST_SLICE_US = 10_000
 #: Hypervisor-private GPA for the SVM control block and MSR permission map, outside guest RAM.
@@ -106,6 +118,10 @@ class Partition:
         self._running_vp: VirtualProcessor | None = None
         #: Indices of the VPs whose engine has not yet taken the current A20 gate state.
         self._a20_sync: set[int] = set()
+        #: Deterministic mode: virtual time at the start of the running slice.
+        self._slice_base_ns = 0
+        clock.arm_listeners.append(self._deadline_moved)
+        self._sigint = SigintGuard(self._slice_running, self._interrupt_slice)
         self.memory.map_hidden(HIDDEN_GPA, 0x3000)
         self._vmcb_gpa = HIDDEN_GPA
         # MSR permission map: every bit set, so every RDMSR/WRMSR exits (AMD APM 15.11).
@@ -222,8 +238,8 @@ class Partition:
         vp._flush()
         # The engine's TLB and translated blocks hold physical addresses computed with the old
         # mask (context_restore flushes neither).
-        vp.uc.ctl(unicorn.UC_CTL_TLB_FLUSH, unicorn.UC_CTL_IO_WRITE)
-        vp.uc.ctl_flush_tb()
+        flush_tlb(vp.uc)
+        flush_tb(vp.uc)
 
     def _invalidate(self, gpa: int, length: int) -> None:
         # ctl_remove_cache translates its range through the current MMU, so it is only exact
@@ -235,11 +251,11 @@ class Partition:
     def _invalidate_one(vp: VirtualProcessor, gpa: int, length: int) -> None:
         try:
             if vp.ctx.cr(0) & C.CR0_PG:
-                vp.uc.ctl_flush_tb()
+                flush_tb(vp.uc)
             else:
                 remove_cache(vp.uc, gpa, gpa + length)
         except unicorn.UcError:
-            vp.uc.ctl_flush_tb()
+            flush_tb(vp.uc)
 
     def _invalidate_at(self, gpa: int, length: int, linear: int, engine: Any) -> None:
         """Drop translated code after the hypervisor stored to one page for the VP on
@@ -253,7 +269,7 @@ class Partition:
             try:
                 remove_cache(vp.uc, linear, linear + length)
             except unicorn.UcError:
-                vp.uc.ctl_flush_tb()
+                flush_tb(vp.uc)
 
     # ---- intercept routing -----------------------------------------------------------------
     def set_io_handler(self, read: IoRead, write: IoWrite) -> None:
@@ -295,16 +311,26 @@ class Partition:
             timeout: float | None = None) -> RunExit:
         """Run the VPs until a stop request, all halted for good, a fault, the instruction
         limit (retired instructions) or ``timeout`` host seconds."""
-        if timeout is None:
-            return self._run(max_instructions, None, None)
-        # The watchdog ends whatever slice is running when the time is up, however long the
-        # slice would be (watchdog.py), so the loop below sees the deadline promptly.
-        t_end = time.monotonic() + timeout
-        WATCHDOG.arm(self, t_end, self._end_running_slice)
-        try:
-            return self._run(max_instructions, timeout, t_end)
-        finally:
-            WATCHDOG.disarm(self)
+        with self._sigint:
+            if timeout is None:
+                return self._run(max_instructions, None, None)
+            # The watchdog ends whatever slice is running when the time is up, however long
+            # the slice would be (watchdog.py), so the loop below sees the deadline promptly.
+            t_end = time.monotonic() + timeout
+            WATCHDOG.arm(self, t_end, self._end_running_slice)
+            try:
+                return self._run(max_instructions, timeout, t_end)
+            finally:
+                WATCHDOG.disarm(self)
+
+    def _slice_running(self) -> bool:
+        vp = self._running_vp
+        return vp is not None and vp._running
+
+    def _interrupt_slice(self) -> None:
+        vp = self._running_vp
+        if vp is not None and vp._running:
+            vp._end_slice_soon()
 
     def _end_running_slice(self, attempt: int) -> None:
         vp = self._running_vp
@@ -330,6 +356,7 @@ class Partition:
                 return RunExit(E.TIMEOUT, f"{timeout} s")
             for vp in self.vps:
                 ex = self._step(vp, budget)
+                self._sigint.check()
                 if ex is not None:
                     return ex
                 if self._stop_reason is not None:
@@ -393,30 +420,35 @@ class Partition:
             return None
         clock = self.clock
         deterministic = clock.mode == "deterministic"
-        count = 0
-        timeout_us = 0
         deadline = clock.next_deadline()
-        if deterministic or budget is not None:
-            count = MAX_SLICE
+        # An interrupt is pending but IF=0 or an STI/MOV SS shadow holds it (a deliverable one
+        # was delivered above): the slice ends where it becomes deliverable.
+        masked = vp.source is not None and vp.source.has_interrupt()
+        count = 0
+        limit = NO_LIMIT
+        # Counted slices where an exact instruction boundary matters more than speed: the end
+        # of a budget, and while observers take events from inside port/MMIO/CPUID hooks
+        # (Unicorn's RIP there is only exact when counting).
+        obs = self.observers
+        if (budget is not None and budget <= COUNTED_TAIL
+                or obs.io or obs.mmio or obs.cpuid):
+            count = MAX_SLICE if budget is None else min(MAX_SLICE, budget)
             if deterministic and deadline is not None:
                 count = min(count, max(1, clock.insns_until(deadline)))
-            if budget is not None:
-                count = min(count, max(1, budget))
-            if vp.source is not None and vp.source.has_interrupt():
-                # Masked or shadowed: re-check soon (one instruction for the STI/MOV SS shadow).
+            if masked:
                 count = min(count, 1 if ctx.hflags & C.HF_INHIBIT_IRQ else MASKED_SLICE)
+        else:
+            limit = MAX_GATED_SLICE
+            if deterministic and deadline is not None:
+                limit = min(limit, max(1, clock.insns_until(deadline)))
+            if budget is not None:
+                limit = min(limit, budget - COUNTED_TAIL)
+        timeout_us = 0
         if not deterministic:
             timeout_us = HOST_SLICE_US
             if deadline is not None:
                 timeout_us = max(100, min(timeout_us, (deadline - clock.now()) // 1000))
-        until, step = UNTIL, vp._rom_step
-        if step is not None:
-            # Complete an instruction that its own ROM store kept restarting (romwrite.py).
-            if ctx.rip == step.rip:
-                until, count = step.until, romwrite.STEP_BUDGET
-            else:
-                step = vp._rom_step = None
-        vp._rom_state = None
+        self._slice_base_ns = clock.now()
         if ctx.u32(C.OFF_EXC_IS_INT):
             # Unicorn sets EIP to exception_next_eip before UC_HOOK_INTR whenever
             # exception_is_int is set, and an SVM exit leaves the flag of the last INT n:
@@ -425,6 +457,11 @@ class Partition:
             vp._dirty = True
         if self._a20_sync or not self.memory.a20:
             self._apply_a20(vp)
+        if count and not vp._count_engine:
+            # Unicorn adds its counting hook without retranslating: blocks translated for
+            # gated slices would not count.  (Leaving counted mode, Unicorn flushes itself.)
+            flush_tb(vp.uc)
+        vp._count_engine = bool(count)
         vp._flush()
         cr2_before = ctx.cr(2)
         vp._hook_state = None
@@ -432,22 +469,21 @@ class Partition:
         vp._stop_counter = None
         vp._running = True
         vp._counting = bool(count)
+        vp.blocks.begin(NO_LIMIT if count else limit, masked and not count)
         self._running_vp = vp
-        counter = vp._counter
-        probe = (lambda: max(0, counter.value - 1)) if count else (lambda: 0)
         error: unicorn.UcError | None = None
-        clock.begin_slice(probe)
+        clock.begin_slice(vp.slice_retired)
         if timeout_us:
-            # Not emu_start(timeout=): Unicorn's single stop can be lost (watchdog.py).
+            # Not emu_start(timeout=): Unicorn's own stop can be lost (watchdog.py).
             WATCHDOG.arm(vp, time.monotonic() + timeout_us / 1e6, partial(end_slice, vp))
         try:
-            vp.uc.emu_start(ctx.rip, until, 0, count)
+            vp.uc.emu_start(ctx.rip, UNTIL, 0, count)
         except unicorn.UcError as exc:
             error = exc
         finally:
             vp._running = False
-            WATCHDOG.disarm(vp)  # also waits out a run-deadline alarm firing right now
-            vp.blocks.clear_stop()
+            if timeout_us:
+                WATCHDOG.disarm(vp)  # also waits out an alarm firing right now
             self._running_vp = None
             ctx.save()
             # Undo Unicorn's end-of-run page-table probe (see VirtualProcessor._hook_ctx).
@@ -463,28 +499,70 @@ class Partition:
             ctx.old_exception = -1
             vp._dirty = True
             exit_ = vp._exit
-            stop_at = vp._stop_counter
-            completes = not (exit_ is not None and exit_[0] in ("bad-access", "invalid") or (
-                exit_ is not None and exit_[0] == "intr" and (
-                    exit_[1] >= EXCP_VMEXIT or not ctx.u32(C.OFF_EXC_IS_INT))))
-            if not count:
-                retired = 0  # host mode without a budget: Unicorn does not count
-            elif stop_at is not None:
-                retired = stop_at if completes else stop_at - 1
+            if count:
+                retired = self._counted_retired(vp, exit_, count)
             else:
-                c = counter.value
-                retired = count if c > count else max(0, c - 1)
-            if step is not None:
-                retired, exit_ = romwrite.finish(vp, step, exit_)
-                vp._rom_step = None
-            if vp._rom_undo:
-                for gpa, old in reversed(vp._rom_undo):
-                    self.memory.write(gpa, old)
-                vp._rom_undo.clear()
-                if step is None and romwrite.check(vp, vp._rom_state):
-                    retired -= 1  # counted as the slice's last, but it restarted (romwrite.py)
+                retired = self._gated_retired(vp, exit_)
             clock.end_slice(max(0, retired))
         return self._handle_exit(vp, exit_, error)
+
+    @staticmethod
+    def _counted_retired(vp: VirtualProcessor, exit_: tuple | None, count: int) -> int:
+        """Instructions a counted slice retired, from Unicorn's counter (which includes the
+        instruction running when a hook stopped the slice)."""
+        ctx = vp.ctx
+        stop_at = vp._stop_counter
+        if stop_at is None:
+            c = vp._counter.value
+            if exit_ is None and not vp.blocks.state.cur and not vp.blocks.state.limit:
+                return c  # the watchdog's gate stop, before a block: no instruction running
+            return count if c > count else max(0, c - 1)
+        completes = not (exit_ is not None and exit_[0] in ("bad-access", "invalid") or (
+            exit_ is not None and exit_[0] == "intr" and (
+                exit_[1] >= EXCP_VMEXIT or not ctx.u32(C.OFF_EXC_IS_INT))))
+        return stop_at if completes else stop_at - 1
+
+    def _gated_retired(self, vp: VirtualProcessor, exit_: tuple | None) -> int:
+        """Instructions a gated slice retired: the blocks it entered, less the part of the
+        last one not executed.  A slice that stopped inside a block (an exception, INT n, an
+        intercept, a breakpoint) resumes at an exact RIP (for an SVM intercept, at the
+        instruction found in the block), so the block's executed part is the instructions
+        from its start to there."""
+        gate = vp.blocks
+        before = gate.before_block()
+        cur = int(gate.state.cur)
+        if not cur:
+            return before  # stopped at a block entry, or nothing ran
+        ctx = vp.ctx
+        bits = 64 if ctx.hflags & C.HF_CS64 else 32 if ctx.hflags & C.HF_CS32 else 16
+        last, size = gate.last, int(gate.state.size)
+        target: int | None = vp.linear_rip()
+        if exit_ is not None and exit_[0] == "intr" and exit_[1] >= EXCP_VMEXIT:
+            ids = _INTERCEPTED_INSNS.get(exit_[1] - EXCP_VMEXIT)
+            target = None if ids is None else locate(vp.mmu.read, last, bits, ids)
+        if target is None or not last <= target < last + size:
+            return before + cur
+        k = count_insns(vp.mmu.read, last, bits, target)
+        return before + (cur if k is None else min(k, cur))
+
+    def _deadline_moved(self, deadline: int) -> None:
+        """A timer was armed for ``deadline`` (clock listener): if a slice is running past
+        it, lower the slice's limit so it ends at the first block entry at or after it."""
+        vp = self._running_vp
+        if vp is None or not vp._running:
+            return
+        clock = self.clock
+        if clock.mode == "deterministic":
+            want = max(0, -(-(deadline - self._slice_base_ns) // clock.ns_per_insn))
+            if vp._counting:
+                if want < vp._count_limit.value:
+                    vp._count_limit.value = max(want, vp._counter.value)
+            elif want < vp.blocks.state.limit:
+                vp.blocks.state.limit = want
+        else:
+            # The watchdog's time may already have passed while Python held the engine (it
+            # needs the GIL): end here, the run loop re-arms it for the earliest deadline.
+            vp._end_slice_soon()
 
     def _retire_one(self, vp: VirtualProcessor) -> None:
         """Account one instruction the hypervisor emulated (HLT, RDTSC, RDMSR, ...); it also
@@ -510,11 +588,15 @@ class Partition:
         vp._dirty = True
         if intno >= EXCP_VMEXIT:
             return self._svm_exit(vp, intno - EXCP_VMEXIT)
+        if intno == 6 and not ctx.u32(C.OFF_EXC_IS_INT):
+            # Unicorn 2.1.1 raises some invalid opcodes (VMCALL among them) as a plain #UD
+            # through UC_HOOK_INTR rather than UC_HOOK_INSN_INVALID: same handling.
+            return self._invalid_opcode(vp)
         if ctx.u32(C.OFF_EXC_IS_INT):
             # INT n is CD ib; INT3 (CC) and INTO (CE) are one byte.
             length = 2
             try:
-                if intno in (3, 4) and vp.mmu.read(self._linear_rip(vp) - 1, 1)[0] in (
+                if intno in (3, 4) and vp.mmu.read(vp.linear_rip() - 1, 1)[0] in (
                         0xCC, 0xCE):
                     length = 1
             except (GuestFault, UnmappedAccess):
@@ -524,11 +606,6 @@ class Partition:
             err = ctx.u32(C.OFF_ERROR_CODE) if intno in (8, 10, 11, 12, 13, 14, 17, 21) else None
             vp.pending.insert(0, Event(intno, KIND_EXCEPTION, err))
         return None
-
-    @staticmethod
-    def _linear_rip(vp: VirtualProcessor) -> int:
-        ctx = vp.ctx
-        return ctx.rip if ctx.hflags & C.HF_CS64 else ctx.seg(C.SEG_CS).base + ctx.rip
 
     def _invalid_opcode(self, vp: VirtualProcessor) -> RunExit | None:
         try:

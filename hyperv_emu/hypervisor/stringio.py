@@ -22,12 +22,19 @@ instruction's current iteration itself:
   page is not present or not writable (for a user-mode string, not user-accessible), is not
   RAM (MMIO goes element by element), or holds the instruction itself; Unicorn then reaches
   that element with RCX/RDI/RSI on it and raises the #PF itself.  An interrupt the device
-  raises during the block (the DRQ block done) ends the slice after this iteration through
-  the instruction budget, as for any port access, and is delivered with the count left.
+  raises during the block (the DRQ block done) ends the slice at the next block entry (the
+  next iteration: each iteration of a REP string instruction enters a block of its own), as
+  for any port access, and is delivered with the count left.
+* The instruction is decoded at the engine's RIP, which inside a port callback Unicorn 2.1.1
+  leaves at the start of the translated block (docs/ENGINE.md).  A REP INS/OUTS ends its
+  block and each of its iterations after the first starts one, so a REP at that RIP is the
+  instruction making the access; a REP after other instructions in its block is collapsed
+  from its second element on.  RCX and RDI/RSI are written in the engine's live register
+  file (the binding's batch register calls do nothing in this build).
 
 Not collapsed (element by element, as before): REPNE-prefixed and non-REP forms, byte-sized
 elements when the device does not offer them, I/O being traced by an observer.  Instruction
-accounting counts the collapsed iterations as one.
+accounting counts the collapsed iterations as one (the block gate counts blocks entered).
 """
 
 from __future__ import annotations
@@ -265,7 +272,8 @@ class BlockIo:
             return
         bits = plan.op.addr_bits
         step = -plan.op.size if plan.df else plan.op.size
-        reg = X.UC_X86_REG_RDI if plan.reg == 7 else X.UC_X86_REG_RSI
-        vp.uc.reg_write_batch([(X.UC_X86_REG_RCX, _step_reg(plan.rcx, -(k - 1), bits)),
-                               (reg, _step_reg(plan.ptr, (k - 1) * step, bits))])
+        # The engine's live register file (the pinned binding's reg_write_batch is a stub).
+        regs = vp._live_regs
+        regs[1] = _step_reg(plan.rcx, -(k - 1), bits)
+        regs[plan.reg] = _step_reg(plan.ptr, (k - 1) * step, bits)
         self.elements += k - 1

@@ -19,9 +19,10 @@ from unicorn import x86_const as X
 
 from . import context as C
 from . import msr as M
-from .blockmark import BlockMark
 from .context import CpuContext, Segment
 from .delivery import KIND_EXCEPTION, KIND_EXTERNAL, Event
+from .engine import open_engine
+from .gate import BlockGate
 from .lapic import LocalApic
 from .mmu import Mmu
 
@@ -67,12 +68,15 @@ class VirtualProcessor:
         self.partition = partition
         self.index = index
         # Typed as Any: the binding's x86 subclass (UcIntel) adds methods the stubs lack.
-        self.uc: Any = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_64)
+        self.uc: Any = open_engine()
         self.ctx = CpuContext(self.uc)
         self._pristine = self.ctx.snapshot()
         self._counter = ctypes.c_uint64.from_address(int(self.uc._uch.value) + C.UCH_EMU_COUNTER)
         self._count_limit = ctypes.c_uint64.from_address(int(self.uc._uch.value) + C.UCH_EMU_COUNT)
         self._counting = False
+        #: The engine's live RAX..R15 (valid inside hooks, where the saved context is stale).
+        self._live_regs = (ctypes.c_uint64 * 16).from_address(C.env_address(self.uc))
+        self._count_engine = False  # Unicorn's counting hook is installed
         self.halted = False
         self.source: InterruptSource | None = None
         self.pending: list[Event] = []
@@ -87,11 +91,6 @@ class VirtualProcessor:
         self._running = False
         self._exit: tuple[Any, ...] | None = None
         self._stop_counter: int | None = None
-        self._rom_undo: list[tuple[int, bytes]] = []
-        # Registers when the slice's first ROM store began, and the one-instruction step that
-        # completes an instruction whose ROM store restarted it (romwrite.py).
-        self._rom_state: tuple[int, ...] | None = None
-        self._rom_step: Any = None
         self._in_access = 0  # > 0 while a port or MMIO callback of this VP's access runs
         # State captured inside the INTR hook: at the end of emu_start Unicorn 2.1.4 probes the
         # page tables for ``until - 1``, which with paging on overwrites CR2 (and the error
@@ -101,8 +100,9 @@ class VirtualProcessor:
         self._hook_state: tuple[int, int, int] | None = None
         partition.memory.attach(self.uc)
         self._install_hooks()
-        #: Start of the block executing, to find intercepted instructions (see blockmark.py).
-        self.blocks = BlockMark(self.uc)
+        #: The native block gate: start of the block executing (to find intercepted
+        #: instructions, see blockmark.py), exact instruction counts and slice ends (gate.py).
+        self.blocks = BlockGate(self.uc)
         self.reset()
 
     # ---- hooks ------------------------------------------------------------------------------
@@ -121,10 +121,31 @@ class VirtualProcessor:
         del part
 
     def _stop(self) -> None:
-        """Stop the running slice after the current instruction (called from hooks)."""
-        if self._stop_counter is None:
+        """Stop the running slice before the next instruction.  Inside a port or MMIO
+        callback Unicorn 2.1.1's RIP is stale (the block's start) and emu_stop would resume
+        there, so those end the slice through its budget instead (:meth:`_end_slice_soon`)."""
+        if self._in_access:
+            self._end_slice_soon()
+            return
+        if self._counting and self._stop_counter is None:
             self._stop_counter = self._counter.value
         self.uc.emu_stop()
+
+    def _end_slice_soon(self) -> None:
+        """End the running slice without emu_stop, which inside a port-I/O or MMIO callback
+        would make Unicorn repeat the access: a counted slice ends after this instruction
+        (its budget drops to "this one"), a gated slice at the next block entry."""
+        if self._counting and self._stop_counter is None:
+            self._stop_counter = self._counter.value
+            self._count_limit.value = self._counter.value
+        self.blocks.state.limit = 0
+
+    def slice_retired(self) -> int:
+        """Instructions the running slice has retired so far: exact in a counted slice; in a
+        gated slice, those before the translated block now executing (the clock's rule)."""
+        if self._counting:
+            return max(0, self._counter.value - 1)  # the counter includes the current one
+        return self.blocks.before_block()
 
     # Port callbacks count as accesses (see notify_interrupt): emu_stop inside one would make
     # Unicorn repeat the current element of a REP INS/OUTS, losing or duplicating data.
@@ -153,12 +174,14 @@ class VirtualProcessor:
             self._in_access -= 1
 
     def _on_cpuid(self, uc: Any, _ud: object) -> int:
-        leaf, subleaf = uc.reg_read_batch([X.UC_X86_REG_EAX, X.UC_X86_REG_ECX])
+        # The live register file, edited in place (the 2.1.1 binding's *_batch are stubs).
+        regs = self._live_regs
+        leaf, subleaf = regs[0] & 0xFFFF_FFFF, regs[1] & 0xFFFF_FFFF
         a, b, c, d = self.partition.cpuid.lookup(leaf, subleaf, self.index)
-        if leaf & 0xFFFFFFFF == 1:
+        if leaf == 1:
             c, d = self.lapic.cpuid_leaf1(c, d)
-        uc.reg_write_batch([(X.UC_X86_REG_RAX, a), (X.UC_X86_REG_RBX, b),
-                            (X.UC_X86_REG_RCX, c), (X.UC_X86_REG_RDX, d)])
+        regs[0], regs[3], regs[1], regs[2] = (a & 0xFFFF_FFFF, b & 0xFFFF_FFFF,
+                                              c & 0xFFFF_FFFF, d & 0xFFFF_FFFF)
         if self.partition.observers.cpuid:
             from .observe import cpuid_event
             self.partition.observers.emit(cpuid_event(self, leaf, subleaf, (a, b, c, d)))
@@ -197,21 +220,8 @@ class VirtualProcessor:
         if region is None or region.kind != "rom":
             self._exit = ("bad-access", f"write to read-only GPA {address:#x} (size {size})")
             return False
-        # ROM ignores guest writes: let Unicorn store, then put the old bytes back right after
-        # the instruction.  emu_stop here would make Unicorn restart the instruction, so the
-        # slice is ended by lowering its instruction budget to "this one" instead.  A store into
-        # the executing block restarts the instruction; romwrite.py completes it.
-        self._rom_undo.append((address, self.partition.memory.read(address, size)))
-        if self._rom_state is None:
-            from .romwrite import snap
-            self._rom_state = snap(uc)
-        if self._counting and self._stop_counter is None and self._rom_step is None:
-            self._stop_counter = self._counter.value
-            self._count_limit.value = self._counter.value
-        elif not self._counting:
-            # A host-mode slice has no budget: end it at the next block start instead (the
-            # rest of this block may still see the stored value until the undo).
-            self.blocks.request_stop()
+        # ROM ignores guest writes and the CPU goes on: allowed here, the store is then dropped
+        # by the engine itself, so the slice runs on (memory.py, _map_buffer).
         return True
 
     # ---- public API -------------------------------------------------------------------------
@@ -370,12 +380,10 @@ class VirtualProcessor:
                 self._exit = ("notify",)
             if not self._in_access:
                 self._stop()
-            elif self._counting and self._stop_counter is None:
-                # Inside an MMIO callback emu_stop makes Unicorn run the (already performed)
-                # access again, so end the slice through its instruction budget instead, as
-                # for ROM writes.  Uncounted host-mode slices just run to their time limit.
-                self._stop_counter = self._counter.value
-                self._count_limit.value = self._counter.value
+            else:
+                # Inside a port or MMIO callback emu_stop makes Unicorn run the (already
+                # performed) access again, so end the slice through its budget instead.
+                self._end_slice_soon()
 
     def step(self) -> RunExit:
         """Run exactly one guest instruction through the partition's run loop (a pending
@@ -452,11 +460,14 @@ class VirtualProcessor:
     def _engine_msr_write(self, index: int, value: int) -> None:
         self._engine_msrs(lambda uc: uc.msr_write(index, value))
 
+    def linear_rip(self) -> int:
+        """The linear address of CS:RIP."""
+        ctx = self.ctx
+        return ctx.rip if ctx.hflags & C.HF_CS64 else ctx.seg(C.SEG_CS).base + ctx.rip
+
     def fetch_bytes(self, n: int) -> bytes:
         """The ``n`` instruction bytes at CS:RIP (through the guest's page tables)."""
-        cs = self.ctx.seg(C.SEG_CS)
-        lin = self.ctx.rip if self.ctx.hflags & C.HF_CS64 else cs.base + self.ctx.rip
-        return self.mmu.read(lin, n, fetch=True)
+        return self.mmu.read(self.linear_rip(), n, fetch=True)
 
     # ---- saved state ------------------------------------------------------------------------
     _MSRS = (M.IA32_STAR, M.IA32_LSTAR, M.IA32_CSTAR, M.IA32_FMASK, M.IA32_KERNEL_GS_BASE,

@@ -1,22 +1,31 @@
 """A host-time watchdog that ends a running ``emu_start`` at a deadline, whatever the guest does.
 
-Why not ``emu_start(timeout=...)``: Unicorn 2.1.4's own timer thread calls ``uc_emu_stop`` once.
-That sets ``stop_request`` and ``cpu_exit`` (exit_request, icount_decr.high), but when it lands
-before the vCPU loop has started, ``resume_all_vcpus`` clears ``exit_request`` and
-``cpu_handle_interrupt`` clears ``icount_decr.high``; ``stop_request`` is only looked at after
-``cpu_exec`` returns, which a guest in ``cli; jmp $`` never makes it do.  The stop is lost and the
-slice runs forever.  Seen as ``run --timeout 5 --clock host`` not stopping in 2 of 54 runs;
-measured on a bare 2.1.4 engine running ``jmp $`` in 100 us ``emu_start(timeout=...)`` slices,
-three such loops at once on two cores: about 40 of every 3,000 slices never returned until
-``emu_stop`` was called again.  A stop from another thread has a second flaw: landing between a
-port read and the store of a REP INS element it makes Unicorn repeat the read (a lost word; the
-BIOS then saw no 55AAh on the boot sector in host mode).
+Two things need it: host-clock slices (each ends after at most ``HOST_SLICE_US`` or at the next
+timer deadline) and ``--timeout`` (the whole run ends at a host deadline in either clock mode,
+however long the running slice would otherwise be: a deterministic slice with no timer armed
+has no instruction limit at all).
 
-So the watchdog does not stop the engine itself: at the deadline :func:`end_slice` asks the
-vCPU thread to stop at its next instruction boundary (the instruction budget of a counted slice,
-or the native block hook's stop flag: blockmark.py), and it asks again every :data:`RETRY`
-seconds until the caller disarms the alarm.  One daemon thread serves every partition in the
-process; each alarm is keyed by its owner.
+Why not ``emu_start(timeout=...)``: Unicorn's own timer thread calls ``uc_emu_stop`` once, from
+outside the engine.  When that lands before the vCPU loop has started, ``resume_all_vcpus``
+clears ``exit_request`` and ``cpu_handle_interrupt`` clears ``icount_decr.high``;
+``stop_request`` is only looked at after ``cpu_exec`` returns, which a guest in ``cli; jmp $``
+never makes it do, so the stop is lost and the slice runs forever (seen as ``run --timeout 5
+--clock host`` not stopping in 2 of 54 runs; on a bare engine running ``jmp $`` in 100 µs
+``emu_start(timeout=...)`` slices, three such loops at once on two cores, about 40 of every
+3,000 slices never returned).  When it does land, it can land in the middle of a translated
+block, where Unicorn 2.1.1's RIP is stale (seen as spurious #DB exits), or between a port read
+and the store of a REP INS element, making Unicorn repeat the read (a lost word).
+
+So the watchdog does not stop the engine itself.  At the deadline :func:`end_slice` lowers the
+running slice's block-gate limit to 0 (gate.py): the native gate then calls ``uc_emu_stop`` on
+the vCPU's own thread at the next translated block's entry, an exact instruction boundary with
+no access half done, and keeps calling it at every later block entry until the slice has
+ended, so no stop can be lost.  Each iteration of a REP string instruction enters a block of
+its own, so a REP INSW stops between elements.  An alarm fires again every :data:`RETRY`
+seconds until its owner disarms it (a limit the run loop itself rewrote in the same instant is
+lowered again).  One daemon thread serves every partition in the process; each alarm is keyed
+by its owner, and ``fire`` runs with the watchdog's lock held, so once :meth:`Watchdog.disarm`
+returns the alarm is not running and will not run.
 """
 
 from __future__ import annotations
@@ -46,8 +55,7 @@ class _Alarm:
 
 class Watchdog:
     """Calls each armed alarm's ``fire`` at its (``time.monotonic``) deadline, and again every
-    :data:`RETRY` seconds, until it is disarmed.  ``fire`` runs on the watchdog thread with the
-    watchdog's lock held, so once :meth:`disarm` returns it is not running and will not run."""
+    :data:`RETRY` seconds, until it is disarmed."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
@@ -95,19 +103,10 @@ WATCHDOG = Watchdog()
 
 
 def end_slice(vp: VirtualProcessor, attempt: int) -> None:
-    """End ``vp``'s running slice from the watchdog thread (an alarm's ``fire``).
-
-    A counted slice gets its instruction budget lowered to "this instruction", so Unicorn's
-    own count hook stops it at the next instruction boundary with exact accounting, as for a
-    ROM write.  An uncounted (host-mode) slice is stopped by the native block hook at the next
-    block start (blockmark.py), never by ``emu_stop`` from this thread: that can be lost, and
-    landing between a port read and the store of a REP INS element makes Unicorn repeat the read
-    (UNICORN_NOTES).  Repeated every RETRY seconds until disarmed; the run loop clears the
-    block-stop request after the slice."""
-    del attempt  # both ways are reliable; repeating only covers a slice that had not begun
-    if not vp._running:
-        return
-    if vp._counting:
-        vp._count_limit.value = vp._counter.value
-    else:
-        vp.blocks.request_stop()
+    """End ``vp``'s running slice from the watchdog thread (an alarm's ``fire``): its gate
+    stops it at the next block entry, counted or gated alike, with exact accounting (the
+    run loop sees a stop at a block entry).  Repeated every RETRY seconds until disarmed;
+    the next slice's ``BlockGate.begin`` sets a fresh limit."""
+    del attempt  # every attempt does the same; repeating covers a limit rewritten meanwhile
+    if vp._running:
+        vp.blocks.state.limit = 0

@@ -408,8 +408,11 @@ def test_save_restore_round_trip_with_armed_timer() -> None:
 
 
 def test_self_ipi_and_tpr_in_a_running_guest() -> None:
-    """An ICR write traps mid-slice: the IPI is taken right after the MOV; a TPR above the
-    vector's class holds it until the TPR is lowered."""
+    """An ICR write traps mid-slice: the IPI is taken at the next translated-block boundary
+    (here right after the MOV, which sits alone in the block after STI's shadow); a TPR above
+    the vector's class holds it until the TPR is lowered, then it is taken at the branch that
+    follows (an interrupt raised by an access is taken where the block ends, as in QEMU's TCG).
+    """
     from hv_helpers import IDT32, flat32, gate32, machine
 
     m = machine()
@@ -428,6 +431,8 @@ def test_self_ipi_and_tpr_in_a_running_guest() -> None:
         mov dword ptr [ebx+0x300], 0x40042
         out 0x91, al
         mov dword ptr [ebx+0x80], 0
+        jmp lowered
+    lowered:
         out 0x92, al
         cli
         hlt

@@ -1,6 +1,7 @@
 """Guest stores into ROM are discarded and the storing instruction completes (issue 8, item 6),
 also when the store hits the ROM page, even the very bytes, the guest is executing from
-(hypervisor/romwrite.py)."""
+(ROM is mapped read-only in the engine, which drops the store: hypervisor/memory.py,
+_map_buffer)."""
 
 from __future__ import annotations
 

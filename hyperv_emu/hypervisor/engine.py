@@ -1,0 +1,54 @@
+"""Opening engines, and engine controls that the pinned Unicorn build's binding gets wrong.
+
+The 2.1.1 binding encodes every ``uc_ctl`` request through a helper that asserts at least one
+argument, so the argument-less requests (``ctl_flush_tb``, a TLB flush) raise ``AssertionError``
+before reaching the library.  These functions encode the request themselves (op in bits 30-31,
+argument count in bits 26-29, as ``unicorn.h``'s ``UC_CTL`` macro does) and call ``uc_ctl``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from typing import Any
+
+import unicorn
+from unicorn import x86_const as X
+from unicorn.unicorn_py3.unicorn import uclib
+
+#: Size of each engine's translated-code buffer.  Unicorn 2.1.1 reserves 1 GiB by default and
+#: its first translation-cache flush touches every page of it (1 GiB resident per VP, ~0.5 s);
+#: QEMU flushes by itself when a smaller buffer fills.
+TCG_BUFFER_SIZE = 32 << 20
+#: The CPU model every engine emulates.
+CPU_MODEL = X.UC_CPU_X86_HASWELL
+
+
+def open_engine() -> Any:
+    """A new x86 engine in UC_MODE_64 emulating :data:`CPU_MODEL`, with a
+    :data:`TCG_BUFFER_SIZE` code buffer."""
+    uc = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_64)
+    # Must precede anything that initialises the engine (UC_CTL_TCG_BUFFER_SIZE, one arg).
+    status = uclib.uc_ctl(uc._uch, (unicorn.UC_CTL_IO_WRITE << 30) | (1 << 26)
+                          | unicorn.UC_CTL_TCG_BUFFER_SIZE, ctypes.c_uint32(TCG_BUFFER_SIZE))
+    if status != unicorn.UC_ERR_OK:
+        raise unicorn.UcError(status)
+    # The guest's CPU is an Intel Haswell, whatever the build's default model (2.1.1's is
+    # qemu64, with AMD's vendor string, which would change the hypercall page's instruction).
+    uc.ctl_set_cpu_model(CPU_MODEL)
+    return uc
+
+
+def _ctl_write_no_args(uc: Any, ctl: int) -> None:
+    status = uclib.uc_ctl(uc._uch, (unicorn.UC_CTL_IO_WRITE << 30) | ctl)
+    if status != unicorn.UC_ERR_OK:
+        raise unicorn.UcError(status)
+
+
+def flush_tb(uc: Any) -> None:
+    """Drop every translated block of ``uc``."""
+    _ctl_write_no_args(uc, unicorn.UC_CTL_TB_FLUSH)
+
+
+def flush_tlb(uc: Any) -> None:
+    """Drop ``uc``'s TLB (its cached guest-virtual to host translations)."""
+    _ctl_write_no_args(uc, unicorn.UC_CTL_TLB_FLUSH)
