@@ -368,6 +368,7 @@ class Partition:
             ex = self._deliver(vp, Event(vp.source.acknowledge() & 0xFF, KIND_EXTERNAL))
             if ex is not None:
                 return ex
+            vp._delivered_ns = self.clock.now()
         if vp.halted or self._stop_reason is not None:
             return None
         clock = self.clock
@@ -398,9 +399,11 @@ class Partition:
                 limit = min(limit, budget - COUNTED_TAIL)
         # Host mode: time runs on while Python delivers an interrupt (far slower than a CPU
         # does), so with a fast periodic timer the next interrupt would be waiting at every
-        # IRET and the interrupted code would never run again.  There a masked interrupt is
-        # taken at the end of a slice of at most HOST_MIN_SLICE_US instead of where IF=1.
-        watch_if = masked and not count and deterministic
+        # IRET and the interrupted code would never run again.  So within HOST_SLICE_US of
+        # host time after a delivery, a masked interrupt is taken at the end of a slice of at
+        # most HOST_MIN_SLICE_US instead of where IF becomes 1.
+        watch_if = masked and not count and (
+            deterministic or clock.now() - vp._delivered_ns >= HOST_SLICE_US * 1000)
         timeout_us = 0
         if not deterministic:
             timeout_us = HOST_SLICE_US

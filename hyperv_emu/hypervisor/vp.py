@@ -78,6 +78,7 @@ class VirtualProcessor:
         self._live_regs = (ctypes.c_uint64 * 16).from_address(C.env_address(self.uc))
         self._count_engine = False  # Unicorn's counting hook is installed
         self._one_counted = False  # run the next slice as one counted instruction
+        self._delivered_ns = -(1 << 62)  # clock time of the last external interrupt delivered
         self.halted = False
         self.source: InterruptSource | None = None
         self.pending: list[Event] = []
