@@ -2,7 +2,7 @@
 accesses/s through the whole path (VMCALL/RDMSR -> Unicorn trap -> Partition run loop ->
 decoder/dispatch table or MSR table -> handler -> result), each against a bare Unicorn trap of
 the same instruction in the same run (an UC_HOOK_INSN_INVALID callback that skips the VMCALL;
-for RDMSR, which Unicorn 2.1.4 cannot hook, raw Unicorn executing it untrapped).
+for RDMSR, which Unicorn 2.1.x cannot hook, raw Unicorn executing it untrapped).
 
 Run: ``python bench/bench_hypercall.py`` (a few seconds on a 2-core machine).
 """

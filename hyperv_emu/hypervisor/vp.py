@@ -95,7 +95,7 @@ class VirtualProcessor:
         self._stop_counter: int | None = None
         self._rom_undo: list[tuple[int, bytes]] = []
         self._in_access = 0  # > 0 while a port or MMIO callback of this VP's access runs
-        # State captured inside the INTR hook: at the end of emu_start Unicorn 2.1.4 probes the
+        # State captured inside the INTR hook: at the end of emu_start Unicorn 2.1.x probes the
         # page tables for ``until - 1``, which with paging on overwrites CR2 (and the error
         # code) of the real event, so those fields are taken from this snapshot.
         self._hook_ctx = self.uc.context_save()
