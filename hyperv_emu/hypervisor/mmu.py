@@ -1,7 +1,7 @@
 """Linear-to-physical translation for the accesses the hypervisor makes on the guest's behalf.
 
 Interrupt delivery reads the IDT, GDT and TSS and pushes onto the guest stack; those are linear
-addresses, so the hypervisor walks the guest's page tables itself (Unicorn 2.1.4 has no
+addresses, so the hypervisor walks the guest's page tables itself (Unicorn 2.1.x has no
 virtual-memory read API).  Paging structures per Intel SDM Vol. 3A, chapter 4: 32-bit paging
 (with PSE 4 MiB pages), PAE paging and 4-level paging.  Not modelled: accessed/dirty bit
 updates, reserved-bit checks, SMEP/SMAP, protection keys, 5-level paging.

@@ -1,6 +1,6 @@
 """The MSRs the hypervisor answers when the guest executes RDMSR/WRMSR.
 
-Unicorn 2.1.4 cannot hook RDMSR/WRMSR, so they reach the hypervisor through the SVM MSR
+Unicorn 2.1.x cannot hook RDMSR/WRMSR, so they reach the hypervisor through the SVM MSR
 intercept (exit 0x7C, UNICORN_NOTES.md).  Architectural MSRs Unicorn implements itself are passed
 to its ``msr_read``/``msr_write``; the rest live here.  ``Partition.msr_handlers`` lets later
 layers (Hyper-V synthetic MSRs) add or override indices.  Anything else raises #GP(0), as the

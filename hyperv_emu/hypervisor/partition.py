@@ -13,6 +13,7 @@ the slice and are handled here in Python, between ``emu_start`` calls.
 
 from __future__ import annotations
 
+import ctypes
 import time
 from collections.abc import Callable
 from functools import partial
@@ -66,6 +67,8 @@ MASKED_SLICE = 1_000
 COUNTED_TAIL = 512
 #: Longest host-mode slice, in microseconds.
 HOST_SLICE_US = 10_000
+#: Shortest host-mode slice ended by a timer, in microseconds.
+HOST_MIN_SLICE_US = 100
 #: Hypervisor-private GPA for the SVM control block and MSR permission map, outside guest RAM.
 HIDDEN_GPA = 0x7F_0000_0000
 _VMCB_MSRPM_BASE = 0x48  # VMCB control area: MSRPM_BASE_PA (AMD APM Vol. 2, Table B-1)
@@ -242,26 +245,36 @@ class Partition:
         flush_tb(vp.uc)
 
     def _invalidate(self, gpa: int, length: int) -> None:
-        # ctl_remove_cache translates its range through the current MMU, so it is only exact
-        # while paging is off; with paging on, drop every translation block instead.
+        """Drop translated code for guest-physical [gpa, gpa+length) (a host write)."""
+        # ctl_remove_cache translates its start through the engine's MMU, which is the identity
+        # only while paging is off: clear CR0.PG in the live CPU state around the call (with
+        # TLB flushes, since the TLB holds paged translations).  A whole-cache flush instead
+        # would cost milliseconds per host write on Unicorn 2.1.1 (docs/ENGINE.md).
         for vp in self.vps:
             self._invalidate_one(vp, gpa, length)
 
     @staticmethod
     def _invalidate_one(vp: VirtualProcessor, gpa: int, length: int) -> None:
+        cr0 = ctypes.c_uint64.from_address(C.env_address(vp.uc) + C.OFF_CR)
+        paging = cr0.value & C.CR0_PG
         try:
-            if vp.ctx.cr(0) & C.CR0_PG:
-                flush_tb(vp.uc)
-            else:
+            if paging:
+                flush_tlb(vp.uc)
+                cr0.value &= ~C.CR0_PG
+            try:
                 remove_cache(vp.uc, gpa, gpa + length)
+            finally:
+                if paging:
+                    cr0.value |= C.CR0_PG
+                    flush_tlb(vp.uc)
         except unicorn.UcError:
             flush_tb(vp.uc)
 
     def _invalidate_at(self, gpa: int, length: int, linear: int, engine: Any) -> None:
         """Drop translated code after the hypervisor stored to one page for the VP on
         ``engine`` (a stack frame during delivery).  That engine is given the linear address,
-        which Unicorn translates through the engine's own MMU, so it stays exact with paging
-        on instead of flushing every block; the other VPs as :meth:`_invalidate` does."""
+        which Unicorn translates through the engine's own MMU (no TLB flushes); the other VPs
+        as :meth:`_invalidate` does."""
         for vp in self.vps:
             if vp.uc is not engine:
                 self._invalidate_one(vp, gpa, length)
@@ -416,6 +429,7 @@ class Partition:
             ex = self._deliver(vp, Event(vp.source.acknowledge() & 0xFF, KIND_EXTERNAL))
             if ex is not None:
                 return ex
+            vp._delivered_ns = self.clock.now()
         if vp.halted or self._stop_reason is not None:
             return None
         clock = self.clock
@@ -443,11 +457,21 @@ class Partition:
                 limit = min(limit, max(1, clock.insns_until(deadline)))
             if budget is not None:
                 limit = min(limit, budget - COUNTED_TAIL)
+        # Host mode: time runs on while Python delivers an interrupt (far slower than a CPU
+        # does), so with a fast periodic timer the next interrupt would be waiting at every
+        # IRET and the interrupted code would never run again.  So within HOST_SLICE_US of
+        # host time after a delivery, a masked interrupt is taken at the end of a slice of at
+        # most HOST_MIN_SLICE_US instead of where IF becomes 1.
+        watch_if = masked and not count and (
+            deterministic or clock.now() - vp._delivered_ns >= HOST_SLICE_US * 1000)
         timeout_us = 0
         if not deterministic:
             timeout_us = HOST_SLICE_US
             if deadline is not None:
-                timeout_us = max(100, min(timeout_us, (deadline - clock.now()) // 1000))
+                timeout_us = max(HOST_MIN_SLICE_US,
+                                 min(timeout_us, (deadline - clock.now()) // 1000))
+            if masked and not watch_if:
+                timeout_us = HOST_MIN_SLICE_US
         self._slice_base_ns = clock.now()
         if ctx.u32(C.OFF_EXC_IS_INT):
             # Unicorn sets EIP to exception_next_eip before UC_HOOK_INTR whenever
@@ -469,7 +493,7 @@ class Partition:
         vp._stop_counter = None
         vp._running = True
         vp._counting = bool(count)
-        vp.blocks.begin(NO_LIMIT if count else limit, masked and not count)
+        vp.blocks.begin(NO_LIMIT if count else limit, watch_if)
         self._running_vp = vp
         error: unicorn.UcError | None = None
         clock.begin_slice(vp.slice_retired)

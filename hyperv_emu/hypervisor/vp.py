@@ -77,6 +77,7 @@ class VirtualProcessor:
         #: The engine's live RAX..R15 (valid inside hooks, where the saved context is stale).
         self._live_regs = (ctypes.c_uint64 * 16).from_address(C.env_address(self.uc))
         self._count_engine = False  # Unicorn's counting hook is installed
+        self._delivered_ns = -(1 << 62)  # clock time of the last external interrupt delivered
         self.halted = False
         self.source: InterruptSource | None = None
         self.pending: list[Event] = []
@@ -92,7 +93,7 @@ class VirtualProcessor:
         self._exit: tuple[Any, ...] | None = None
         self._stop_counter: int | None = None
         self._in_access = 0  # > 0 while a port or MMIO callback of this VP's access runs
-        # State captured inside the INTR hook: at the end of emu_start Unicorn 2.1.4 probes the
+        # State captured inside the INTR hook: at the end of emu_start Unicorn 2.1.x probes the
         # page tables for ``until - 1``, which with paging on overwrites CR2 (and the error
         # code) of the real event, so those fields are taken from this snapshot.
         self._hook_ctx = self.uc.context_save()

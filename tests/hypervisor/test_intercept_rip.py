@@ -1,7 +1,7 @@
 """Intercepted HLT/RDTSC/RDMSR resume at the right RIP even after an INT n in the same slice.
 
-Unicorn 2.1.4 reports SVM intercepts with EIP overwritten by the stale ``exception_next_eip``
-of the last INT n; the VP recovers the real address from the executing block (blockmark.py).
+Unicorn 2.1.x reports SVM intercepts with EIP overwritten by the stale ``exception_next_eip`` of
+the last INT n; the VP recovers the real address from the executing block (blockmark.py).
 """
 
 from __future__ import annotations
