@@ -104,6 +104,7 @@ class Partition:
         self.block_io: BlockIo | None = None
         self._stop_reason: str | None = None
         self._running_vp: VirtualProcessor | None = None
+        self._deadline_armed = False  # run(timeout=...) has a watchdog alarm (watchdog.py)
         #: Indices of the VPs whose engine has not yet taken the current A20 gate state.
         self._a20_sync: set[int] = set()
         self.memory.map_hidden(HIDDEN_GPA, 0x3000)
@@ -301,10 +302,14 @@ class Partition:
         # slice would be (watchdog.py), so the loop below sees the deadline promptly.
         t_end = time.monotonic() + timeout
         WATCHDOG.arm(self, t_end, self._end_running_slice)
+        self._deadline_armed = True
         try:
             return self._run(max_instructions, timeout, t_end)
         finally:
             WATCHDOG.disarm(self)
+            self._deadline_armed = False
+            for vp in self.vps:
+                vp.blocks.clear_stop()
 
     def _end_running_slice(self, attempt: int) -> None:
         vp = self._running_vp
@@ -446,8 +451,9 @@ class Partition:
             error = exc
         finally:
             vp._running = False
-            WATCHDOG.disarm(vp)  # also waits out a run-deadline alarm firing right now
-            vp.blocks.clear_stop()
+            if timeout_us or self._deadline_armed:
+                WATCHDOG.disarm(vp)  # also waits out a run-deadline alarm firing right now
+                vp.blocks.clear_stop()
             self._running_vp = None
             ctx.save()
             # Undo Unicorn's end-of-run page-table probe (see VirtualProcessor._hook_ctx).
