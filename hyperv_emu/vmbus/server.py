@@ -238,8 +238,9 @@ class VmbusServer:
             self.guest_error(f"INITIATE_CONTACT target_vcpu {vp} is not a VP")
             ok, vp = False, 0
         if not ok:
-            self.guest_error(f"INITIATE_CONTACT version {P.version_name(v)} on connection "
-                             f"{conn} refused")
+            # An ordinary step of the guest's version fallback, not an error.
+            self.child.hypervisor.events("vmbus-version-refused", partition=self.child.id,
+                                         version=v, connection=conn)
             sint = sint if sint < 16 else P.VMBUS_MESSAGE_SINT
         resp = P.vmbus_channel_version_response(
             version_supported=int(ok), connection_state=P.CONNECTION_STATE_OK,
