@@ -1,0 +1,262 @@
+"""The channel manager (vmbus/server.py) driven by the Python VSC through a real partition:
+version negotiation with fallback and connection-id rules, offers, GPADLs, open/close,
+teardown, rescind, unload, modify, message queueing with MessagePending/EOM, and what the
+guest gets for bad input (never a host exception)."""
+
+from __future__ import annotations
+
+import struct
+import uuid
+
+import pytest
+from vmbus_env import bus
+
+from hyperv_emu.hypervisor import hvdef as H
+from hyperv_emu.vmbus import channel_protocol as P
+from hyperv_emu.vmbus.ring_protocol import VM_PKT_DATA_INBAND, Packet
+from hyperv_emu.vmbus.server import SUPPORTED_VERSIONS
+from hyperv_emu.vsc.client import VscError
+from hyperv_emu.vsp.framework import Offer, VmbusDevice
+from hyperv_emu.vsp.ic import ic_protocol as I
+
+
+class Echo(VmbusDevice):
+    """A device that answers every in-band packet with a completion echoing its payload."""
+
+    def __init__(self, n: int = 0) -> None:
+        super().__init__()
+        self.offer = Offer(uuid.UUID(int=0x1000 + n), uuid.UUID(int=0x2000 + n), f"echo{n}")
+        self.packets: list[bytes] = []
+        self.closed = 0
+
+    def on_packet(self, packet):  # type: ignore[no-untyped-def]
+        self.packets.append(packet.payload)
+        self.complete(packet.trans_id, packet.payload)
+
+    def close(self) -> None:
+        self.closed += 1
+        super().close()
+
+
+def test_version_fallback_over_every_version() -> None:
+    b = bus()
+    # The host takes WIN8..5.3: COPPER is refused and the VSC falls back to 5.3.
+    assert b.vsc.connect() == P.VERSION_WIN10_V5_3
+    assert b.vsc.msg_conn_id == P.VMBUS_MESSAGE_CONNECTION_ID
+    for v in SUPPORTED_VERSIONS:
+        # A host limited to one version: every newer one is refused, in order.
+        b2 = bus(versions=[v])
+        assert b2.vsc.connect() == v
+    b3 = bus(versions=[P.VERSION_WIN8])
+    with pytest.raises(VscError):
+        b3.vsc.connect([P.VERSION_WIN7, P.VERSION_WS2008])
+
+
+def test_linux_61_version_sequence_and_ic_offers() -> None:
+    from hyperv_emu.vsp.ic.heartbeat import Heartbeat
+
+    b = bus([Heartbeat()])
+    linux = (P.VERSION_WIN10_V5_3, P.VERSION_WIN10_V5_2, P.VERSION_WIN10_V5_1,
+             P.VERSION_WIN10_V5, P.VERSION_WIN10_V4_1, P.VERSION_WIN10, P.VERSION_WIN8_1,
+             P.VERSION_WIN8)
+    assert b.vsc.connect(linux) == P.VERSION_WIN10_V5_3
+    (offer,) = b.vsc.request_offers()
+    assert P.guid_of(offer.if_type) == I.HEARTBEAT_GUID
+    assert offer.chn_flags & P.VMBUS_CHANNEL_NAMED_PIPE_MODE
+    assert bytes(offer.user_def)[:4] == struct.pack("<I", P.VMBUS_PIPE_TYPE_MESSAGE)
+
+
+def test_connection_id_rules() -> None:
+    b = bus()
+    v5 = P.vmbus_channel_initiate_contact(vmbus_version_requested=P.VERSION_WIN10_V5,
+                                          interrupt_page=2)
+    assert b.vsc.post(v5.pack(), P.VMBUS_MESSAGE_CONNECTION_ID) == 0
+    assert not b.vsc.expect(P.vmbus_channel_version_response).version_supported
+    v4 = P.vmbus_channel_initiate_contact(vmbus_version_requested=P.VERSION_WIN10)
+    assert b.vsc.post(v4.pack(), P.VMBUS_MESSAGE_CONNECTION_ID_4) == 0
+    assert not b.vsc.expect(P.vmbus_channel_version_response).version_supported
+    assert b.vsc.post(v4.pack(), P.VMBUS_MESSAGE_CONNECTION_ID) == 0
+    resp = b.vsc.expect(P.vmbus_channel_version_response)
+    assert resp.version_supported and resp.msg_conn_id == 0
+    assert b.vsc.post(v4.pack(), 0x77) == H.HV_STATUS_INVALID_CONNECTION_ID
+
+
+def test_offers_in_stable_order_with_message_pending_and_eom() -> None:
+    devices = [Echo(n) for n in range(6)]
+    b = bus(devices)
+    b.vsc.connect()
+    offers = b.vsc.request_offers()
+    assert [o.child_relid for o in offers] == [1, 2, 3, 4, 5, 6]
+    assert [P.guid_of(o.if_instance) for o in offers] == [uuid.UUID(int=0x2000 + n)
+                                                         for n in range(6)]
+    assert [o.connection_id for o in offers] == [0x2001 + n for n in range(6)]
+    assert all(o.is_dedicated_interrupt == 1 and o.monitor_allocated == 0 for o in offers)
+    # Seven messages went to one SIM slot: each of the first six left MessagePending set,
+    # so the guest wrote EOM six times to get the rest.
+    assert b.vsc.eoms == 6
+
+
+def test_gpadl_open_packets_close_teardown() -> None:
+    dev = Echo()
+    b = bus([dev])
+    b.vsc.connect()
+    b.vsc.request_offers()
+    ch = b.vsc.open(1)
+    assert dev.channel is not None
+    for i in range(20):
+        assert ch.send(b"hello %d" % i, trans_id=i)
+    got = ch.wait_packets()
+    assert [p.trans_id for p in got] == list(range(20))
+    assert dev.packets[3][:7] == b"hello 3"
+    b.vsc.close(ch)
+    assert dev.closed == 1 and not b.server.errors
+    assert b.vsc.signal(ch.connection_id) == H.HV_STATUS_INVALID_CONNECTION_ID
+
+
+def test_big_gpadl_needs_bodies() -> None:
+    b = bus([Echo()])
+    b.vsc.connect()
+    b.vsc.request_offers()
+    handle = b.vsc.create_gpadl(1, 0x180000, 100 * 4096)
+    assert b.server.gpadls[handle].pfns() == list(range(0x180, 0x180 + 100))
+    b.vsc.teardown_gpadl(1, handle)
+    assert handle not in b.server.gpadls
+
+
+def test_rescind_relid_released_unload() -> None:
+    dev = Echo()
+    b = bus([dev, Echo(1)])
+    b.vsc.connect()
+    b.vsc.request_offers()
+    ch = b.vsc.open(1)
+    b.server.rescind(1)
+    b.m.part.run(max_instructions=10)  # the run loop drains the deferred work
+    assert b.vsc.expect(P.vmbus_channel_rescind_offer).child_relid == 1
+    b.vsc.close(ch)
+    b.vsc.send(P.vmbus_channel_relid_released(child_relid=1))
+    b.vsc.unload()
+    assert 1 not in b.server.channels and b.server.version is None
+    b.vsc.connect()
+    assert [o.child_relid for o in b.vsc.request_offers()] == [2]
+
+
+def test_modifychannel_response_from_5_3() -> None:
+    b = bus([Echo()])
+    b.vsc.connect()
+    b.vsc.request_offers()
+    b.vsc.open(1)
+    b.vsc.send(P.vmbus_channel_modifychannel(child_relid=1, target_vp=0))
+    assert b.vsc.expect(P.vmbus_channel_modifychannel_response).status == 0
+    b.vsc.send(P.vmbus_channel_modifychannel(child_relid=1, target_vp=5))
+    assert b.vsc.expect(P.vmbus_channel_modifychannel_response).status != 0
+
+
+# ---- bad input -----------------------------------------------------------------------------
+def connected(n: int = 1):  # type: ignore[no-untyped-def]
+    b = bus([Echo(i) for i in range(n)])
+    b.vsc.connect()
+    b.vsc.request_offers()
+    return b
+
+
+@pytest.mark.parametrize("payload", [
+    b"", b"\x0e\0\0", struct.pack("<II", P.CHANNELMSG_OPENCHANNEL, 0) + b"\0" * 20,  # short
+    struct.pack("<II", 99, 0),  # unknown type
+    struct.pack("<II", P.CHANNELMSG_OFFERCHANNEL, 0) + b"\0" * 188,  # a host -> guest type
+])
+def test_short_unknown_and_wrong_direction_messages_are_dropped(payload: bytes) -> None:
+    b = connected()
+    assert b.vsc.post(payload) == 0
+    assert b.vsc.no_message() and len(b.server.errors) == 1
+    assert b.vsc.post(b"\0" * 241) == H.HV_STATUS_INVALID_PARAMETER  # oversized post
+    b.vsc.open(1)  # the bus still works
+
+
+def test_bad_relids() -> None:
+    b = connected()
+    for msg in (P.vmbus_channel_close_channel(child_relid=9),
+                P.vmbus_channel_relid_released(child_relid=1),
+                P.vmbus_channel_open_channel(child_relid=7, ringbuffer_gpadlhandle=1)):
+        b.vsc.send(msg)
+    assert b.vsc.no_message() and len(b.server.errors) == 3
+    with pytest.raises(VscError, match="creation status"):
+        b.vsc.create_gpadl(42, 0x180000, 4096)  # no channel 42
+
+
+def test_gpadl_counts_that_overflow_or_do_not_match() -> None:
+    b = connected()
+    bad = P.vmbus_channel_gpadl_header(child_relid=1, gpadl=9, range_buflen=24,
+                                       rangecount=1).pack() + struct.pack(
+        "<IIQQ", 0xFFFF_FFFF, 4095, 0x180, 0x181)
+    assert b.vsc.post(bad) == 0
+    created = b.vsc.expect(P.vmbus_channel_gpadl_created)
+    assert (created.gpadl, created.creation_status) == (9, P.STATUS_UNSUCCESSFUL)
+    # Body overshoot: the header announces 2 PFNs in 2 messages, the body brings 3.
+    head = P.vmbus_channel_gpadl_header(child_relid=1, gpadl=10, range_buflen=24,
+                                        rangecount=1).pack() + struct.pack("<II", 8192, 0)
+    assert b.vsc.post(head) == 0
+    body = P.vmbus_channel_gpadl_body(gpadl=10).pack() + struct.pack("<3Q", 1, 2, 3)
+    assert b.vsc.post(body) == 0
+    assert b.vsc.expect(P.vmbus_channel_gpadl_created).creation_status == (
+        P.STATUS_UNSUCCESSFUL)
+    assert not b.server.gpadls and not b.server.building
+    # A body for a GPADL nobody started is dropped.
+    assert b.vsc.post(body) == 0 and b.vsc.no_message()
+
+
+def test_open_with_bad_ring_layout_fails() -> None:
+    b = connected()
+    handle = b.vsc.create_gpadl(1, 0x180000, 3 * 4096)
+    for offset in (1, 2, 3):  # each ring needs a header and a data page
+        b.vsc.send(P.vmbus_channel_open_channel(child_relid=1, openid=1,
+                                                ringbuffer_gpadlhandle=handle,
+                                                downstream_ringbuffer_pageoffset=offset))
+        assert b.vsc.expect(P.vmbus_channel_open_result).status == P.STATUS_UNSUCCESSFUL
+    b.vsc.send(P.vmbus_channel_open_channel(child_relid=1, openid=1,
+                                            ringbuffer_gpadlhandle=0x999,
+                                            downstream_ringbuffer_pageoffset=2))
+    assert b.vsc.expect(P.vmbus_channel_open_result).status == P.STATUS_UNSUCCESSFUL
+
+
+def test_corrupt_ring_indices_and_lengths_stop_the_channel() -> None:
+    dev = Echo()
+    b = connected()
+    b.server.channels[1].device = dev
+    ch = b.vsc.open(1)
+    ring = ch.out
+    struct.pack_into("<I", ring.header, 0, 13)  # write_index unaligned
+    assert b.vsc.signal(ch.connection_id) == 0
+    b.m.part.run(max_instructions=10)
+    assert "ring corrupt" in b.server.errors[-1] and b.server.channels[1].broken
+    b.vsc.close(ch)  # closing still works, and a new open starts clean
+    ch = b.vsc.open(1)
+    ch.out.write(Packet(VM_PKT_DATA_INBAND, 1, b"x" * 16).encode())  # not signalled yet
+    struct.pack_into("<H", ch.out.data.pages[0], 4, 500)  # len8 past the written data
+    ch.client.signal(ch.connection_id)
+    b.m.part.run(max_instructions=10)
+    assert "runs past" in b.server.errors[-1]
+    assert dev.packets == []
+
+
+def test_ring_gpadl_torn_down_while_open() -> None:
+    dev = Echo()
+    b = connected()
+    b.server.channels[1].device = dev
+    ch = b.vsc.open(1)
+    b.vsc.send(P.vmbus_channel_gpadl_teardown(child_relid=1, gpadl=ch.gpadl))
+    assert b.vsc.no_message()  # held back while the ring is in use
+    ch.send(b"still works", trans_id=5)
+    assert [p.trans_id for p in ch.wait_packets()] == [5]
+    b.vsc.send(P.vmbus_channel_close_channel(child_relid=1))
+    assert b.vsc.expect(P.vmbus_channel_gpadl_torndown).gpadl == ch.gpadl
+    assert ch.gpadl not in b.server.gpadls
+
+
+def test_messages_before_contact_and_port_buffers() -> None:
+    b = bus([Echo()])
+    b.vsc.send(P.vmbus_channel_request_offers())
+    assert b.vsc.no_message() and "before INITIATE_CONTACT" in b.server.errors[0]
+    # Sixteen unprocessed messages fill the port's buffers; the seventeenth is refused.
+    b.server.queue.drain = lambda: 0  # type: ignore[method-assign]
+    statuses = [b.vsc.post(P.vmbus_channel_request_offers().pack()) for _ in range(17)]
+    assert statuses == [0] * 16 + [H.HV_STATUS_INSUFFICIENT_BUFFERS]
