@@ -48,12 +48,15 @@ def answer(packet: Packet, service: int) -> bytes | None:
     return I.IcMessage(hdr, body).encode()
 
 
+def serve_one(channel: VscChannel, packet: Packet, service: int) -> bool:
+    """Answer one host IC packet on ``channel``; False if it could not be decoded."""
+    reply = answer(packet, service)
+    if reply is None:
+        return False
+    channel.send(reply, packet_type=VM_PKT_DATA_INBAND, trans_id=packet.trans_id)
+    return True
+
+
 def serve(channel: VscChannel, service: int) -> int:
     """Answer every IC request waiting on ``channel``; returns how many."""
-    n = 0
-    for packet in channel.receive():
-        reply = answer(packet, service)
-        if reply is not None:
-            channel.send(reply, packet_type=VM_PKT_DATA_INBAND, trans_id=packet.trans_id)
-            n += 1
-    return n
+    return sum(serve_one(channel, p, service) for p in channel.receive())
