@@ -21,8 +21,8 @@ from . import exits as E
 from . import msr as M
 from .blockmark import locate
 from .context import self_test
-from .deferred import drain_deferred
 from .cpuid import CpuidModel
+from .deferred import drain_deferred
 from .delivery import KIND_EXCEPTION, KIND_EXTERNAL, KIND_SOFTWARE, Event, TripleFault, deliver
 from .exits import RunExit
 from .lapic import APIC_DEFAULT_BASE, LocalApic, deliver_message

@@ -306,7 +306,7 @@ def decode_as(cls: type[M], payload: bytes) -> M:
     return msg
 
 
-def guid_bytes(value: uuid.UUID) -> GUID:
+def guid_bytes(value: uuid.UUID) -> ctypes.Array[ctypes.c_uint8]:
     """A GUID field value from a UUID (wire form: Microsoft mixed-endian)."""
     return GUID.from_buffer_copy(value.bytes_le)
 

@@ -110,8 +110,7 @@ class VmbusServer:
         self.channels[relid] = ch
         self.root.create_port(self.port_base + relid, H.HV_PORT_TYPE_EVENT,
                               connection_partition=self.child.id, flag_count=1)
-        self.root.hv.synic.listen_events(self.port_base + relid,
-                                         lambda ev, ch=ch: self._on_event(ch, ev))
+        self.root.hv.synic.listen_events(self.port_base + relid, self._event_listener(ch))
         if self.version is not None:
             self.defer(lambda: self._offer(ch))
         return ch
@@ -154,8 +153,10 @@ class VmbusServer:
         self.defer(self._handle_next)
         return None
 
-    def _on_event(self, ch: Channel, ev: HostEvent) -> None:
-        self.defer(ch.on_guest_signal)
+    def _event_listener(self, ch: Channel) -> Callable[[HostEvent], None]:
+        def on_event(ev: HostEvent) -> None:
+            self.defer(ch.on_guest_signal)
+        return on_event
 
     def _handle_next(self) -> None:
         conn, payload = self.inbox.popleft()

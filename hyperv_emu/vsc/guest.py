@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import struct
 
-from hyperv_emu.hypervisor.exits import RunExit
 from hyperv_emu.hypervisor.vp import VirtualProcessor
 
 _CALL_RBX_HLT = bytes((0xFF, 0xD3, 0xF4))  # call rbx; hlt
