@@ -24,9 +24,13 @@ sets MessagePending and the guest's EOM delivers the next).  Protocol per HYPERV
   (MODIFYCHANNEL_RESPONSE from 5.3 on).
 * Malformed guest messages (short, unknown type, host-to-guest types, a bad relid or GPADL
   handle, anything before the bus is connected) are dropped: the post itself succeeded, as on
-  Hyper-V, and :attr:`VmbusServer.errors` records why.  Only the versions from WIN8 on are
-  offered, as per-channel event flags are the only signalling implemented (Linux dropped WIN7
-  and WS2008 too).
+  Hyper-V, and :attr:`VmbusServer.errors` records why.
+* Signalling (HYPERV_FACTS 5.6): from WIN8 on the guest signals a channel's own connection and
+  the host sets event flag ``relid`` of the message SINT on the channel's target VP.  Before
+  WIN8 (WS2008, WIN7) the guest's interrupt page (INITIATE_CONTACT.interrupt_page, which must
+  then be RAM) carries the relids: the host sets bit relid in its first half and event flag 0
+  of SINT 2 on VP 0; a WS2008 guest sets bit relid in the second half and signals the shared
+  connection 2 (VMBUS_EVENT_CONNECTION_ID), a WIN7 guest signals the channel's connection.
 """
 
 from __future__ import annotations
@@ -49,10 +53,11 @@ from .channel import Channel
 from .gpadl import Gpadl, GpadlBuilder, GpadlError
 from .ring import RingReader, RingWriter
 
-#: Versions this host accepts (WIN8 .. WIN10_V5_3): per-channel event flags.
-SUPPORTED_VERSIONS = (P.VERSION_WIN10_V5_3, P.VERSION_WIN10_V5_2, P.VERSION_WIN10_V5_1,
-                      P.VERSION_WIN10_V5, P.VERSION_WIN10_V4_1, P.VERSION_WIN10,
-                      P.VERSION_WIN8_1, P.VERSION_WIN8)
+#: Versions this host accepts: every Windows host version (Copper is OpenVMM's own, with
+#: feature-flag fields this host does not fill).
+SUPPORTED_VERSIONS = tuple(v for v in P.ALL_VERSIONS if v != P.VERSION_COPPER)
+#: Half of the pre-WIN8 interrupt page: host -> guest relid bits first, guest -> host after.
+INTERRUPT_HALF = PAGE // 2
 #: Channel connection ids: relid | SINT 2 << 12, as OpenVMM numbers them (never 1-4).
 CHANNEL_CONNECTION_BASE = P.VMBUS_MESSAGE_SINT << 12
 #: GPADLs a guest may hold (complete or being built) before creation fails.
@@ -97,6 +102,14 @@ class VmbusServer:
         for conn in (P.VMBUS_MESSAGE_CONNECTION_ID, P.VMBUS_MESSAGE_CONNECTION_ID_4):
             root.connect_port(child.id, conn, self.port_base)
         root.hv.synic.listen_messages(self.port_base, self._on_message)
+        # The WS2008 guests' shared event connection (the relid is in the interrupt page).
+        shared = self.port_base + 0xFFF
+        root.create_port(shared, H.HV_PORT_TYPE_EVENT, connection_partition=child.id,
+                         flag_count=1)
+        root.connect_port(child.id, P.VMBUS_EVENT_CONNECTION_ID, shared,
+                          port_type=H.HV_PORT_TYPE_EVENT)
+        root.hv.synic.listen_events(shared, lambda ev: self.defer(self._shared_signal))
+        self.interrupt_page = 0
         for device in devices:
             self.add_device(device)
 
@@ -211,8 +224,32 @@ class VmbusServer:
         self._pump()
 
     def signal_guest(self, ch: Channel) -> None:
-        """Host -> guest interrupt for ``ch``: event flag relid of the message SINT."""
+        """Host -> guest interrupt for ``ch``: event flag relid of the message SINT (before
+        WIN8: bit relid of the interrupt page, then flag 0 on VP 0)."""
+        if self.version is not None and self.version < P.VERSION_WIN8:
+            at = self.interrupt_page + ch.relid // 8
+            byte = self.partition.memory.read(at, 1)[0]
+            self.partition.memory.write(at, bytes((byte | 1 << (ch.relid % 8),)))
+            self.child.synic.set_event_flag(0, P.VMBUS_MESSAGE_SINT, 0)
+            return
         self.child.synic.set_event_flag(ch.target_vp, self.sint, ch.relid)
+
+    def _shared_signal(self) -> None:
+        """A WS2008 guest signalled connection 2: take the relid bits from the second half of
+        its interrupt page (test and clear, as the guest sets them) and service each."""
+        if self.version is None or self.version >= P.VERSION_WIN8:
+            return
+        mem = self.partition.memory
+        base = self.interrupt_page + INTERRUPT_HALF
+        bits = bytearray(mem.read(base, INTERRUPT_HALF))
+        if not any(bits):
+            return
+        mem.write(base, bytes(INTERRUPT_HALF))
+        for i, byte in enumerate(bits):
+            for b in range(8):
+                ch = self.channels.get(i * 8 + b) if byte >> b & 1 else None
+                if ch is not None:
+                    ch.on_guest_signal()
 
     # ---- connection -------------------------------------------------------------------------
     def _reset(self) -> None:
@@ -235,6 +272,10 @@ class VmbusServer:
         vp = int(msg.target_vcpu) if v >= P.VERSION_WIN8_1 else 0
         sint = msg.msg_sint if modern else P.VMBUS_MESSAGE_SINT
         ok = v in self.versions and conn == want_conn and sint < 16
+        if v < P.VERSION_WIN8 and not self._is_ram_page(int(msg.interrupt_page)):
+            self.guest_error(f"INITIATE_CONTACT interrupt page {int(msg.interrupt_page):#x} "
+                             f"is not a RAM page")
+            ok = False
         if vp >= len(self.partition.vps):
             self.guest_error(f"INITIATE_CONTACT target_vcpu {vp} is not a VP")
             ok, vp = False, 0
@@ -248,6 +289,7 @@ class VmbusServer:
             msg_conn_id=P.VMBUS_MESSAGE_CONNECTION_ID if ok and modern else 0)
         if ok:
             self.version, self.target_vp, self.sint = v, vp, sint
+            self.interrupt_page = 0 if modern else int(msg.interrupt_page)
             self.monitor_pages = (int(msg.monitor_page1), int(msg.monitor_page2))
         self._send(resp, vp=vp, sint=sint)
 
@@ -264,7 +306,8 @@ class VmbusServer:
             if_type=P.guid_bytes(offer.interface_type),
             if_instance=P.guid_bytes(offer.interface_instance), chn_flags=offer.chn_flags(),
             mmio_megabytes=offer.mmio_megabytes, sub_channel_index=offer.sub_channel_index,
-            child_relid=ch.relid, monitorid=0, monitor_allocated=0, is_dedicated_interrupt=1,
+            child_relid=ch.relid, monitorid=0, monitor_allocated=0,
+            is_dedicated_interrupt=int(self.version != P.VERSION_WS2008),
             connection_id=ch.connection_id)
         m.user_def[:] = list(offer.user_def())
         self._send(m)
@@ -398,6 +441,10 @@ class VmbusServer:
         if split < 2 or n - split < 2:
             return f"downstream offset {split} in a {n}-page ring GPADL"
         return None
+
+    def _is_ram_page(self, gpa: int) -> bool:
+        hit = self.partition.memory.ram_page(gpa)
+        return gpa % PAGE == 0 and hit is not None and hit[2]
 
     def _ring_pages(self, gpadl: Gpadl) -> list[memoryview] | None:
         out = []

@@ -63,6 +63,9 @@ class VmbusClient:
         self.simp = alloc.pages(1)
         self.siefp = alloc.pages(1)
         self.input_page = alloc.pages(1)
+        #: The pre-5.0 interrupt page (relid bits; used for signalling before WIN8).
+        self.interrupt_page = alloc.pages(1)
+        self.part.write_memory(self.interrupt_page, bytes(PAGE))
         self.version: int | None = None
         self.msg_conn_id = P.VMBUS_MESSAGE_CONNECTION_ID
         self.offers: dict[int, P.vmbus_channel_offer_channel] = {}
@@ -105,9 +108,35 @@ class VmbusClient:
             self.cpu.wrmsr(H.HV_X64_MSR_EOM, 0)
         return payload
 
+    @property
+    def shared_interrupts(self) -> bool:
+        """Before WIN8 channels are signalled through the interrupt page."""
+        return self.version is not None and self.version < P.VERSION_WIN8
+
     def take_event(self, flag: int) -> bool:
         """Test and clear event flag ``flag`` of the SINT in the SIEF page."""
-        at = self.siefp + 256 * self.sint + flag // 8
+        return self._test_and_clear(self.siefp + 256 * self.sint, flag)
+
+    def take_channel_event(self, relid: int) -> bool:
+        """Has channel ``relid`` been signalled?  Before WIN8: flag 0, then bit relid in the
+        first half of the interrupt page (Linux's ISR), else the SIEF flag relid."""
+        if self.shared_interrupts:
+            self.take_event(0)
+            return self._test_and_clear(self.interrupt_page, relid)
+        return self.take_event(relid)
+
+    def signal_channel(self, relid: int, connection_id: int) -> int:
+        """Tell the host channel ``relid`` has data or room (WS2008: bit relid in the second
+        half of the interrupt page and the shared connection 2)."""
+        if self.version == P.VERSION_WS2008:
+            at = self.interrupt_page + PAGE // 2 + relid // 8
+            byte = self.part.read_memory(at, 1)[0]
+            self.part.write_memory(at, bytes((byte | 1 << (relid % 8),)))
+            return self.signal(P.VMBUS_EVENT_CONNECTION_ID)
+        return self.signal(connection_id)
+
+    def _test_and_clear(self, base: int, flag: int) -> bool:
+        at = base + flag // 8
         byte = self.part.read_memory(at, 1)[0]
         bit = 1 << (flag % 8)
         if not byte & bit:
@@ -156,8 +185,8 @@ class VmbusClient:
             conn = P.VMBUS_MESSAGE_CONNECTION_ID_4 if modern else P.VMBUS_MESSAGE_CONNECTION_ID
             msg = P.vmbus_channel_initiate_contact(vmbus_version_requested=v,
                                                    target_vcpu=target_vcpu)
-            if modern:
-                msg.interrupt_page = self.sint  # msg_sint in byte 16, msg_vtl 0
+            # From 5.0 on the field is msg_sint (byte 16) and msg_vtl 0; before, the page.
+            msg.interrupt_page = self.sint if modern else self.interrupt_page
             status = self.post(msg.pack(), conn)
             if status == H.HV_STATUS_INVALID_CONNECTION_ID:
                 continue  # a host without connection 4: try the next version at once
@@ -269,12 +298,12 @@ class VscChannel:
         if signal is None:
             return False
         if signal:
-            self.client.signal(self.connection_id)
+            self.client.signal_channel(self.relid, self.connection_id)
         return True
 
     def receive(self) -> list[Packet]:
         """Every packet the host has written (clears the channel's event flag first)."""
-        self.client.take_event(self.relid)
+        self.client.take_channel_event(self.relid)
         out = []
         while True:
             raw = self.inp.read()
@@ -282,7 +311,7 @@ class VscChannel:
                 break
             out.append(Packet.decode(raw))
         if self.inp.commit():
-            self.client.signal(self.connection_id)
+            self.client.signal_channel(self.relid, self.connection_id)
         return out
 
     def wait_packets(self, waits: int = 8) -> list[Packet]:

@@ -40,7 +40,7 @@ class Echo(VmbusDevice):
 
 def test_version_fallback_over_every_version() -> None:
     b = bus()
-    # The host takes WIN8..5.3: COPPER is refused and the VSC falls back to 5.3.
+    # The host takes WS2008..5.3: COPPER is refused and the VSC falls back to 5.3.
     assert b.vsc.connect() == P.VERSION_WIN10_V5_3
     assert b.vsc.msg_conn_id == P.VMBUS_MESSAGE_CONNECTION_ID
     for v in SUPPORTED_VERSIONS:
@@ -260,3 +260,32 @@ def test_messages_before_contact_and_port_buffers() -> None:
     b.server.queue.drain = lambda: 0  # type: ignore[method-assign]
     statuses = [b.vsc.post(P.vmbus_channel_request_offers().pack()) for _ in range(17)]
     assert statuses == [0] * 16 + [H.HV_STATUS_INSUFFICIENT_BUFFERS]
+
+
+@pytest.mark.parametrize("version", [P.VERSION_WIN7, P.VERSION_WS2008, P.VERSION_WIN8])
+def test_packets_with_each_signalling_scheme(version: int) -> None:
+    """WS2008: interrupt page + connection 2; WIN7: interrupt page + the channel's connection;
+    WIN8 on: per-channel event flags."""
+    dev = Echo()
+    b = bus([dev])
+    assert b.vsc.connect([version]) == version
+    (offer,) = b.vsc.request_offers()
+    assert offer.is_dedicated_interrupt == (version != P.VERSION_WS2008)
+    ch = b.vsc.open(1)
+    for round_ in range(3):
+        assert ch.send(b"ping", trans_id=round_)
+        assert [p.trans_id for p in ch.wait_packets()] == [round_]
+    state = b.hv.synic.vp(0)
+    assert state is not None
+    flags = state.event_flags(P.VMBUS_MESSAGE_SINT)
+    # The relid flag is used from WIN8 on; before, flag 0 and the interrupt page.
+    assert flags in (0, 1) if version < P.VERSION_WIN8 else not flags & 1
+    assert len(dev.packets) == 3 and not b.server.errors
+
+
+def test_pre_win8_contact_needs_an_interrupt_page() -> None:
+    b = bus()
+    msg = P.vmbus_channel_initiate_contact(vmbus_version_requested=P.VERSION_WIN7,
+                                           interrupt_page=0x7FFF_F000)
+    assert b.vsc.post(msg.pack(), P.VMBUS_MESSAGE_CONNECTION_ID) == 0
+    assert not b.vsc.expect(P.vmbus_channel_version_response).version_supported
