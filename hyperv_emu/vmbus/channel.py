@@ -173,5 +173,4 @@ class Channel:
     def save(self) -> dict[str, Any]:
         return {"relid": self.relid, "rescinded": self.rescinded, "open": self.open_state,
                 "target_vp": self.target_vp, "broken": self.broken,
-                "backlog": [b.hex() for b in self.backlog],
-                "cursor": None, "device": self.device.save()}
+                "backlog": [b.hex() for b in self.backlog], "device": self.device.save()}

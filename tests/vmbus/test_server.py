@@ -289,3 +289,30 @@ def test_pre_win8_contact_needs_an_interrupt_page() -> None:
                                            interrupt_page=0x7FFF_F000)
     assert b.vsc.post(msg.pack(), P.VMBUS_MESSAGE_CONNECTION_ID) == 0
     assert not b.vsc.expect(P.vmbus_channel_version_response).version_supported
+
+
+def test_save_restore_of_an_open_channel_with_packets_in_flight() -> None:
+    from hyperv_emu.vmbus.server import VmbusServer
+
+    dev = Echo()
+    b = bus([dev, Echo(1)])
+    b.vsc.connect()
+    b.vsc.request_offers()
+    ch = b.vsc.open(1)
+    handle = b.vsc.create_gpadl(2, 0x1C0000, 4 * 4096)  # a GPADL outside any ring
+    dev.channel.send(b"host packet", trans_id=70)  # type: ignore[union-attr]
+    for i in range(3):  # guest packets written but not yet seen by the host
+        ch.out.write(Packet(VM_PKT_DATA_INBAND, i, b"in flight %d" % i).encode())
+    state = b.server.save()
+    b.server.shutdown()
+    dev2 = Echo()
+    server = VmbusServer(b.root, b.hv, [dev2, Echo(1)])
+    server.restore(state)
+    assert server.version == b.server.version and handle in server.gpadls
+    assert dev2.channel is not None
+    assert b.vsc.signal(ch.connection_id) == 0  # the restored event port answers
+    got = ch.wait_packets()
+    assert [p.trans_id for p in got] == [70, 0, 1, 2]
+    assert [p[:11] for p in dev2.packets] == [b"in flight %d" % i for i in range(3)]
+    b.vsc.close(ch)
+    assert not server.errors
