@@ -39,6 +39,11 @@ def answer(packet: Packet, service: int) -> bytes | None:
             body = I.negotiate_body((), ())
         else:
             body = I.negotiate_body((fw,), (ver,))
+    elif hdr.icmsgtype == I.ICMSGTYPE_SHUTDOWN:
+        # Linux: shutdown (0/1) and restart (2/3) are accepted, hibernate (4/5) only with
+        # hibernation support, which this guest does not claim; anything else fails.
+        flags = int.from_bytes(body[8:12], "little") if len(body) >= 12 else -1
+        hdr.status = I.S_OK if flags in (0, 1, 2, 3) else I.E_FAIL
     elif hdr.icmsgtype == I.ICMSGTYPE_HEARTBEAT:
         seq = int.from_bytes(body[:8], "little")
         body = ((seq + 1) & 0xFFFF_FFFF_FFFF_FFFF).to_bytes(8, "little") + body[8:]

@@ -67,11 +67,25 @@ class heartbeat_msg_data(ctypes.LittleEndianStructure):  # noqa: N801
     _fields_ = [("seq_num", _u64), ("reserved", _u32 * 8)]
 
 
+class shutdown_msg_data(ctypes.LittleEndianStructure):  # noqa: N801
+    _pack_ = 1
+    _fields_ = [("reason_code", _u32), ("timeout_seconds", _u32), ("flags", _u32),
+                ("display_message", _u8 * 2048)]
+
+
+# shutdown_msg_data.flags: bit 0 force, bit 1 restart, bit 2 hibernate.
+SHUTDOWN_FLAG_FORCE = 1 << 0
+SHUTDOWN_FLAG_RESTART = 1 << 1
+SHUTDOWN_FLAG_HIBERNATE = 1 << 2
+#: SHTDN_REASON_FLAG_PLANNED, the reason OpenVMM sends.
+SHTDN_REASON_FLAG_PLANNED = 0x8000_0000
+
 PIPE_HDR_SIZE = ctypes.sizeof(vmbuspipe_hdr)
 ICMSG_HDR_SIZE = ctypes.sizeof(icmsg_hdr)
 #: Offset of the body in the packet payload (Linux ICMSG_HDR).
 ICMSG_BODY = PIPE_HDR_SIZE + ICMSG_HDR_SIZE
-assert (PIPE_HDR_SIZE, ICMSG_HDR_SIZE, ctypes.sizeof(heartbeat_msg_data)) == (8, 20, 40)
+assert (PIPE_HDR_SIZE, ICMSG_HDR_SIZE, ctypes.sizeof(heartbeat_msg_data),
+        ctypes.sizeof(shutdown_msg_data)) == (8, 20, 40, 2060)
 
 Version = tuple[int, int]
 #: Framework versions the host offers, newest first (OpenVMM offers 3.0 and 1.0).
