@@ -34,6 +34,8 @@ from .ring_protocol import (
 )
 
 _U32 = struct.Struct("<I")
+_INDICES = struct.Struct("<II")  # write_index, read_index (adjacent: WRITE_INDEX is 0)
+assert READ_INDEX == WRITE_INDEX + 4
 
 
 class RingError(Exception):
@@ -51,6 +53,9 @@ class PageRun:
         self.size = len(pages) * PAGE
 
     def read(self, offset: int, size: int) -> bytes:
+        page, at = divmod(offset, PAGE)
+        if at + size <= PAGE:  # the common case: inside one page
+            return bytes(self.pages[page][at:at + size])
         out = bytearray()
         while size > 0:
             page, at = divmod(offset, PAGE)
@@ -61,6 +66,10 @@ class PageRun:
         return bytes(out)
 
     def write(self, offset: int, data: bytes) -> None:
+        page, at = divmod(offset, PAGE)
+        if at + len(data) <= PAGE:
+            self.pages[page][at:at + len(data)] = data
+            return
         pos = 0
         size = len(data)
         while pos < size:
@@ -129,7 +138,11 @@ class Ring:
 
     def indices(self) -> tuple[int, int]:
         """(write_index, read_index), checked."""
-        return self._index(WRITE_INDEX, "write_index"), self._index(READ_INDEX, "read_index")
+        write, read = _INDICES.unpack_from(self.header, WRITE_INDEX)
+        if write >= self.size or read >= self.size or (write | read) & 7:
+            self._index(WRITE_INDEX, "write_index")
+            self._index(READ_INDEX, "read_index")
+        return write, read
 
     def used(self, write: int, read: int) -> int:
         return (write - read) % self.size
@@ -201,14 +214,15 @@ class RingReader(Ring):
             return None
         if avail < DESCRIPTOR.size + TRAILER.size:
             raise RingError(f"{avail} bytes in the ring: less than a descriptor and trailer")
-        _type, offset8, len8, _flags, _tid = DESCRIPTOR.unpack(self.data_read(cursor, 16))
+        head = self.data_read(cursor, 16)
+        _type, offset8, len8, _flags, _tid = DESCRIPTOR.unpack(head)
         length = len8 * 8
         if not 2 <= offset8 <= len8:
             raise RingError(f"descriptor offset8 {offset8} / len8 {len8} at {cursor:#x}")
         if length + TRAILER.size > avail:
             raise RingError(f"packet of {length} bytes at {cursor:#x} runs past the "
                             f"{avail} bytes written")
-        packet = self.data_read(cursor, length)
+        packet = head + self.data_read((cursor + 16) % self.size, length - 16)
         self._cursor = (cursor + length + TRAILER.size) % self.size
         return packet
 
