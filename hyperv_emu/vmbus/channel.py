@@ -104,7 +104,9 @@ class Channel:
             self._break(str(exc))
             return False
         if signal is None:
-            self.backlog.appendleft(data) if self.backlog else self.backlog.append(data)
+            # Back at the head: it was either the first in the backlog or the backlog was
+            # empty.
+            self.backlog.appendleft(data)
             ring.block(len(data) + TRAILER.size)
             return False
         if signal:

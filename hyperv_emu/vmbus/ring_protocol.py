@@ -132,6 +132,8 @@ class Packet:
 
     def gpa_ranges(self) -> list[GpaRange]:
         """The ranges of a GPA-direct packet (ValueError if they do not fit its extra data)."""
+        if len(self.extra) < 8:
+            raise ValueError("GPA-direct packet without its range count")
         reserved, count = struct.unpack_from("<II", self.extra)
         pos = 8
         out = []

@@ -152,8 +152,8 @@ class VmbusClient:
             msg = self.poll_message()
             if msg is not None:
                 return msg
-            if not self.cpu.wait() and not self.part.read_memory(
-                    self.simp + 256 * self.sint, 4) != b"\0\0\0\0":
+            took = self.cpu.wait()
+            if not took and self.part.read_memory(self.simp + 256 * self.sint, 4) == bytes(4):
                 break  # nothing could wake the guest and nothing arrived
         raise VscError("no message from the host")
 

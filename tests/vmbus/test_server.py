@@ -5,13 +5,17 @@ guest gets for bad input (never a host exception)."""
 
 from __future__ import annotations
 
+import functools
 import struct
 import uuid
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from vmbus_env import bus
 
 from hyperv_emu.hypervisor import hvdef as H
+from hyperv_emu.hypervisor.synic import HostMessage
 from hyperv_emu.vmbus import channel_protocol as P
 from hyperv_emu.vmbus.ring_protocol import VM_PKT_DATA_INBAND, Packet
 from hyperv_emu.vmbus.server import SUPPORTED_VERSIONS
@@ -316,3 +320,45 @@ def test_save_restore_of_an_open_channel_with_packets_in_flight() -> None:
     assert [p[:11] for p in dev2.packets] == [b"in flight %d" % i for i in range(3)]
     b.vsc.close(ch)
     assert not server.errors
+
+
+def test_gpa_direct_packets_with_bad_ranges_are_dropped() -> None:
+    from hyperv_emu.vmbus.ring_protocol import VM_PKT_DATA_USING_GPA_DIRECT, GpaRange
+    from hyperv_emu.vmbus.ring_protocol import gpa_direct_extra as extra
+
+    dev = Echo()
+    b = connected()
+    b.server.channels[1].device = dev
+    ch = b.vsc.open(1)
+    good = extra([GpaRange(100, 10, (0x180,))])
+    for ex in (b"", struct.pack("<II", 0, 3) + good[8:], struct.pack("<IIII", 0, 1, 9000, 4095)
+               + b"\0" * 8, good):
+        ch.send(b"data", packet_type=VM_PKT_DATA_USING_GPA_DIRECT, trans_id=len(ex), extra=ex)
+        b.m.part.run(max_instructions=10)
+    ch.send(b"sync", packet_type=0x1, trans_id=1)  # VM_PKT_SYNCH: not accepted from a guest
+    b.m.part.run(max_instructions=10)
+    assert len(dev.packets) == 1 and len(b.server.errors) == 4
+    assert not b.server.channels[1].broken
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.sampled_from([1, 4]), st.integers(0, 30), st.binary(max_size=232)),
+                max_size=12))
+def test_random_messages_never_raise(msgs: list[tuple[int, int, bytes]]) -> None:
+    """Whatever the guest posts, the server answers or drops it: never a host exception."""
+    b = fuzz_bus()
+    for conn, mtype, body in msgs:
+        payload = struct.pack("<II", mtype, 0) + body
+        b.server._on_message(HostMessage(b.hv.id, 0, conn, b.server.port_base, 1, payload))
+        b.server.queue.drain()
+    while b.vsc.poll_message() is not None:
+        pass
+
+
+@functools.cache
+def fuzz_bus():  # type: ignore[no-untyped-def]
+    """One connected bus shared by the examples (building one per example is slow)."""
+    b = bus([Echo(0), Echo(1)])
+    b.vsc.connect()
+    return b
