@@ -4,8 +4,11 @@ of a 64-bit partition, so every hypercall, MSR write and SynIC interrupt goes th
 hypervisor exactly as a guest's would.
 
 The caller gives a long-mode VP whose low memory is identity mapped, with an IDT, a stack and
-the hypercall page enabled; :class:`GuestCpu` writes its stubs at ``code_gpa`` and points the
-SINT vector's IDT gate at an IRETQ (the SINT uses AutoEOI, as Linux does by default).
+the hypercall page enabled, and its local APIC software-enabled and wired as the VP's
+interrupt source; :class:`GuestCpu` writes its stubs at ``code_gpa`` and points the SINT
+vector's IDT gate at an IRETQ (the SINT uses AutoEOI, as Linux does by default).  The stubs run
+with interrupts off except while waiting: a message that arrives meanwhile stays pending in the
+APIC and is taken by the next wait.
 """
 
 from __future__ import annotations

@@ -362,3 +362,29 @@ def fuzz_bus():  # type: ignore[no-untyped-def]
     b = bus([Echo(0), Echo(1)])
     b.vsc.connect()
     return b
+
+
+@pytest.mark.parametrize("version,answered_on", [(P.VERSION_WIN8, 0), (P.VERSION_WIN8_1, 1),
+                                                 (P.VERSION_WIN10_V5_3, 1)])
+def test_version_response_goes_to_target_vcpu_from_win8_1(version: int,
+                                                          answered_on: int) -> None:
+    b = bus()
+    vp1 = b.m.part.create_vp()
+    vp1.halted = True  # parked (IF=0 from reset): only its SynIC matters here
+    simp1 = 0x1F0000
+    vp1.write_msr(H.HV_X64_MSR_SIMP, simp1 | 1)  # VP 1's own SynIC, set up from the host
+    vp1.write_msr(H.HV_X64_MSR_SCONTROL, 1)
+    modern = version >= P.VERSION_WIN10_V5
+    msg = P.vmbus_channel_initiate_contact(
+        vmbus_version_requested=version, target_vcpu=1,
+        interrupt_page=P.VMBUS_MESSAGE_SINT if modern else b.vsc.interrupt_page)
+    conn = P.VMBUS_MESSAGE_CONNECTION_ID_4 if modern else P.VMBUS_MESSAGE_CONNECTION_ID
+    assert b.vsc.post(msg.pack(), conn) == 0
+    slot1 = b.m.part.read_memory(simp1 + 256 * P.VMBUS_MESSAGE_SINT, 256)
+    if answered_on == 1:
+        assert struct.unpack_from("<I", slot1)[0] == P.VMBUS_MESSAGE_TYPE
+        resp = P.decode_as(P.vmbus_channel_version_response, slot1[16:32])
+        assert resp.version_supported and b.server.target_vp == 1
+    else:
+        assert struct.unpack_from("<I", slot1)[0] == 0
+        assert b.vsc.expect(P.vmbus_channel_version_response).version_supported
