@@ -513,6 +513,13 @@ class VmbusServer:
                 child_relid=relid, status=P.STATUS_SUCCESS if ok else P.STATUS_UNSUCCESSFUL))
 
     # ---- state ---------------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Machine reset: the guest that connected is gone, so is everything it set up
+        (channels closed, GPADLs and queued messages dropped, rescinded offers released)."""
+        self._reset()
+        self.inbox.clear()
+        self.outbox.clear()
+
     def save(self) -> dict[str, Any]:
         """Versioned bus state: the connection, every channel (with its device's state and
         the packets waiting for ring room), GPADLs complete and in progress, and the messages

@@ -397,3 +397,14 @@ def test_more_offers_than_the_sint_queue_holds() -> None:
     b.vsc.connect()
     assert [o.child_relid for o in b.vsc.request_offers()] == list(range(1, 41))
     assert not b.server.outbox and not b.server.errors
+
+
+def test_machine_reset_forgets_the_bus() -> None:
+    dev = Echo()
+    b = connected()
+    b.server.channels[1].device = dev
+    b.vsc.open(1)
+    b.server.reset()
+    assert dev.closed == 1 and b.server.version is None and not b.server.gpadls
+    b.vsc.send(P.vmbus_channel_request_offers())
+    assert b.vsc.no_message() and "before INITIATE_CONTACT" in b.server.errors[-1]
