@@ -24,6 +24,7 @@ from . import romwrite
 from .blockmark import locate
 from .context import self_test
 from .cpuid import CpuidModel
+from .deferred import drain_deferred
 from .delivery import KIND_EXCEPTION, KIND_EXTERNAL, KIND_SOFTWARE, Event, TripleFault, deliver
 from .exits import RunExit
 from .lapic import APIC_DEFAULT_BASE, LocalApic, deliver_message
@@ -340,6 +341,7 @@ class Partition:
                 if self._stop_reason is not None:
                     break
             clock.run_due()
+            drain_deferred(self)  # deferred work (VMBus messages, ...) between slices: deferred.py
             if self._stop_reason is not None or not all(vp.halted for vp in self.vps):
                 continue
             if any(self._wakeable_now(vp) for vp in self.vps):
