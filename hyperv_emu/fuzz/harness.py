@@ -391,6 +391,9 @@ class ChipsetTarget(Target):
                 claims.ports, gen = bench.ports(), bench.board.generation
             start = r.pos
             op = O.decode_one(r, claims)
+            if trace is not None:  # before running it, so a failing step is listed last
+                text = op.describe(names)
+                trace.append((start, text))
             try:
                 result = bench.apply(op)
             except Finding:
@@ -401,9 +404,8 @@ class ChipsetTarget(Target):
                 raise host_finding(exc, op.describe(names)) from None
             if bench.violation is not None:
                 raise bench.violation
-            if trace is not None:
-                text = op.describe(names)
-                trace.append((start, text if result is None else f"{text} -> {_show(result)}"))
+            if trace is not None and result is not None:
+                trace[-1] = (start, f"{text} -> {_show(result)}")
 
     def _check_save_restore(self, bench: Bench) -> None:
         try:
