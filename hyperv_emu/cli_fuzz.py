@@ -291,4 +291,5 @@ class _Display:
         line = f"crash: {path}: {summary}"
         if self._live is not None:
             self._live.console.print(line)
-        print(line, flush=True) if not self.tty else None
+        if not self.tty:
+            print(line, flush=True)

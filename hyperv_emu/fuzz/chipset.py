@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import datetime
+
 from hyperv_emu.fuzz.harness import Bench, ChipsetTarget
 from hyperv_emu.hypervisor.lapic import LocalApic
 from hyperv_emu.hypervisor.mmu import GuestFault

@@ -44,7 +44,7 @@ from hyperv_emu.worker.motherboard import Motherboard
 
 #: Timer callbacks one input may run; past it, clock steps stop at the last deadline reached
 #: (a fast periodic timer is legitimate, it just costs time).
-FIRE_BUDGET = 4000
+FIRE_BUDGET = 256
 #: Timer callbacks at one virtual instant that count as a hang (time never advances).
 SAME_INSTANT_LIMIT = 1000
 #: Host seconds one input may take before the watchdog calls it a hang.

@@ -58,7 +58,8 @@ class Op:
         if k == CFG_READ:
             return f"config read{self.size * 8:<2} {label} reg {self.offset:#04x}"
         if k == CFG_WRITE:
-            return f"config write{self.size * 8:<2} {label} reg {self.offset:#04x} <- {self.value:#x}"
+            return (f"config write{self.size * 8:<2} {label} reg {self.offset:#04x} "
+                    f"<- {self.value:#x}")
         if k == CLOCK:
             return f"clock +{self.value} ns"
         if k == MEM:
