@@ -79,26 +79,36 @@ class _Watchdog(BaseException):
     """Raised by SIGALRM; a BaseException so no device's ``except Exception`` can swallow it."""
 
 
+_armed = False
+
+
 def _on_alarm(signum: int, frame: FrameType | None) -> None:
-    raise _Watchdog
+    if _armed:
+        raise _Watchdog
 
 
 @contextmanager
 def watchdog(seconds: float) -> Iterator[None]:
-    """Raise :class:`Finding` ("hang") if the body runs longer than ``seconds`` (main thread)."""
+    """Raise :class:`Finding` ("hang") if the body runs longer than ``seconds`` (main thread).
+
+    The SIGALRM handler is installed once and stays (setting it per input would cost more
+    than a small input takes); an alarm outside a watched body is ignored by it."""
     if seconds <= 0 or threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGALRM, _on_alarm)
+    global _armed
+    if signal.getsignal(signal.SIGALRM) is not _on_alarm:
+        signal.signal(signal.SIGALRM, _on_alarm)
     signal.setitimer(signal.ITIMER_REAL, seconds)
+    _armed = True
     try:
         yield
     except _Watchdog:
         raise Finding("hang", f"one input ran longer than {seconds:g} s",
                       traceback.format_exc()) from None
     finally:
+        _armed = False
         signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 class FuzzClock(VirtualClock):
@@ -413,19 +423,20 @@ class ChipsetTarget(Target):
         except Exception as exc:
             raise _state_finding(exc, "save") from None
         try:
-            text = json.dumps(state, sort_keys=True)
+            text = json.dumps(state)
         except (TypeError, ValueError) as exc:
             raise Finding("save-restore", f"saved state is not JSON data: {exc}") from None
         twin = self.new_bench()
         try:
             twin.clock.restore(bench.clock.save())
-            twin.restore(json.loads(text))
+            twin.restore(json.loads(text))  # what a state file gives back: lists, str keys
             again = twin.save()
         except Exception as exc:
             raise _state_finding(exc, "restore") from None
-        if json.dumps(again, sort_keys=True) != text:
+        # Equal as Python data, or failing that as JSON data (a tuple saved, a list restored).
+        if again != state and json.loads(json.dumps(again)) != json.loads(text):
             raise Finding("save-restore", "restored state saves differently: "
-                          + _first_difference(json.loads(text), again))
+                          + _first_difference(state, again))
         if twin.clock.armed() != bench.clock.armed():
             raise Finding("save-restore", f"restored timers {twin.clock.armed()} differ from "
                                           f"{bench.clock.armed()}")

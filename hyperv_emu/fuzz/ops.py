@@ -12,7 +12,7 @@ the end of the input yields zeros, so every input decodes; decoding stops after
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 #: The operation budget of one input.
 MAX_OPS: Final = 512
@@ -30,8 +30,7 @@ OPCODES: Final = (IO_WRITE, IO_WRITE, IO_WRITE, IO_READ, IO_READ, MMIO_WRITE, MM
 SIZES: Final = (1, 2, 4)
 
 
-@dataclass(frozen=True, slots=True)
-class Op:
+class Op(NamedTuple):
     """One decoded operation.  Field meaning depends on ``kind`` (see :meth:`describe`)."""
 
     kind: str

@@ -23,6 +23,11 @@ from typing import ClassVar
 from hyperv_emu.fuzz import ops as O
 from hyperv_emu.fuzz.harness import Finding, Target, host_finding, watchdog
 from hyperv_emu.vsp.storage.blockdev import BlockDevice, BlockDeviceError
+from hyperv_emu.vsp.storage.iso import IsoImage, boot_entry, iso_info, list_files
+from hyperv_emu.vsp.storage.vhd import VhdImage, check_vhd, create_vhd, vhd_info
+from hyperv_emu.vsp.storage.vhdx import VhdxImage
+from hyperv_emu.vsp.storage.vhdx_check import check_vhdx, vhdx_info
+from hyperv_emu.vsp.storage.vhdx_create import create_vhdx
 
 MiB = 1 << 20
 PAGE = 4096
@@ -151,16 +156,12 @@ class VhdTarget(FileTarget):
     suffix = ".vhd"
 
     def make_base(self, path: str) -> None:
-        from hyperv_emu.vsp.storage.vhd import VhdImage, create_vhd
-
         create_vhd(path, 2 * MiB, "dynamic", block_size=MiB // 2)
         with VhdImage(path) as disk:
             disk.write(0, b"boot" * 128)
             disk.write(MiB + 4096, b"data" * 256)
 
     def exercise(self, path: str, data: bytes) -> None:
-        from hyperv_emu.vsp.storage.vhd import VhdImage, check_vhd, vhd_info
-
         vhd_info(path)
         check_vhd(path)
         with VhdImage(path, read_only=True) as disk:
@@ -176,9 +177,6 @@ class VhdxTarget(FileTarget):
     suffix = ".vhdx"
 
     def make_base(self, path: str) -> None:
-        from hyperv_emu.vsp.storage.vhdx import VhdxImage
-        from hyperv_emu.vsp.storage.vhdx_create import create_vhdx
-
         create_vhdx(path, 4 * MiB, block_size=MiB)
         disk = VhdxImage(path)
         disk.write(0, b"boot" * 128)
@@ -188,9 +186,6 @@ class VhdxTarget(FileTarget):
         disk.close()
 
     def exercise(self, path: str, data: bytes) -> None:
-        from hyperv_emu.vsp.storage.vhdx import VhdxImage
-        from hyperv_emu.vsp.storage.vhdx_check import check_vhdx, vhdx_info
-
         vhdx_info(path)
         check_vhdx(path)
         with VhdxImage(path, read_only=True) as disk:
@@ -219,8 +214,6 @@ class IsoTarget(FileTarget):
         iso.close()
 
     def exercise(self, path: str, data: bytes) -> None:
-        from hyperv_emu.vsp.storage.iso import IsoImage, boot_entry, iso_info, list_files
-
         iso_info(path)
         boot_entry(path)
         list_files(path)
