@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from hyperv_emu.fuzz.chipset import CHIPSET_TARGETS
 from hyperv_emu.fuzz.harness import Target
+from hyperv_emu.fuzz.hypercalls import HypercallTarget
 from hyperv_emu.fuzz.parsers import PARSER_TARGETS
 
-TARGETS: dict[str, type[Target]] = {t.name: t for t in (*CHIPSET_TARGETS, *PARSER_TARGETS)}
+TARGETS: dict[str, type[Target]] = {
+    t.name: t for t in (*CHIPSET_TARGETS, HypercallTarget, *PARSER_TARGETS)
+}
 
 
 def make_target(name: str) -> Target:
