@@ -7,9 +7,8 @@ from hyperv_emu.fuzz.harness import Target
 from hyperv_emu.fuzz.hypercalls import HypercallTarget
 from hyperv_emu.fuzz.parsers import PARSER_TARGETS
 
-TARGETS: dict[str, type[Target]] = {
-    t.name: t for t in (*CHIPSET_TARGETS, HypercallTarget, *PARSER_TARGETS)
-}
+_ALL: tuple[type[Target], ...] = (*CHIPSET_TARGETS, HypercallTarget, *PARSER_TARGETS)
+TARGETS: dict[str, type[Target]] = {t.name: t for t in _ALL}
 
 
 def make_target(name: str) -> Target:
