@@ -71,24 +71,36 @@ class Op(NamedTuple):
         return f"{label}({self.value:#x})"
 
 
+#: Zero bytes appended to an input so that one operation never reads past the buffer (the
+#: longest operation, a memory write, takes 36 bytes).
+_PAD = bytes(64)
+
+
 class Reader:
     """Little-endian fields from the input; past the end, every field reads as zero."""
 
-    __slots__ = ("data", "pos")
+    __slots__ = ("data", "pos", "end")
 
     def __init__(self, data: bytes) -> None:
-        self.data = data
+        self.data = bytes(data) + _PAD
+        self.end = len(data)
         self.pos = 0
 
     @property
     def done(self) -> bool:
-        """True once every byte was consumed."""
-        return self.pos >= len(self.data)
+        """True once every byte of the input was consumed."""
+        return self.pos >= self.end
+
+    def _refill(self) -> None:
+        # A long read near the end: make sure the padding still covers it.
+        if self.pos + 64 > len(self.data):
+            self.data += _PAD
 
     def u8(self) -> int:
+        self._refill()
         pos = self.pos
         self.pos = pos + 1
-        return self.data[pos] if pos < len(self.data) else 0
+        return self.data[pos]
 
     def u16(self) -> int:
         return self.uint(2)
@@ -99,9 +111,10 @@ class Reader:
         return int.from_bytes(self.data[pos:pos + n], "little")
 
     def take(self, n: int) -> bytes:
+        """``n`` bytes (zeros past the end of the input)."""
         pos = self.pos
         self.pos = pos + n
-        return self.data[pos:pos + n]
+        return self.data[pos:pos + n].ljust(n, b"\0")
 
 
 @dataclass(slots=True)
@@ -122,18 +135,28 @@ class Claims:
 
 def decode_one(r: Reader, c: Claims) -> Op:
     """Decode the operation at the reader's position against the claims ``c``."""
-    kind = OPCODES[r.u8() & 0xF]
+    data, pos = r.data, r.pos
+    if pos + 64 > len(data):
+        r._refill()
+        data = r.data
+    kind = OPCODES[data[pos] & 0xF]
     if kind in (MMIO_READ, MMIO_WRITE) and not c.mmio:
         kind = IO_READ if kind == MMIO_READ else IO_WRITE
     if kind in (CFG_READ, CFG_WRITE) and not c.pci:
         kind = IO_READ if kind == CFG_READ else IO_WRITE
     if kind == EXTRA and not c.extras:
         kind = IRQ
-    if kind in (IO_READ, IO_WRITE):
-        port = c.ports[r.u16() % len(c.ports)] if c.ports else 0
-        size = SIZES[r.u8() % 3]
-        value = r.uint(size) if kind == IO_WRITE else 0
-        return Op(kind, port, 0, size, value)
+    if kind is IO_WRITE or kind is IO_READ:
+        # The hot path, read in place: port index (2 bytes), size, value.
+        ports = c.ports
+        port = ports[(data[pos + 1] | data[pos + 2] << 8) % len(ports)] if ports else 0
+        size = SIZES[data[pos + 3] % 3]
+        if kind is IO_READ:
+            r.pos = pos + 4
+            return Op(kind, port, 0, size, 0)
+        r.pos = pos + 4 + size
+        return Op(kind, port, 0, size, int.from_bytes(data[pos + 4:pos + 4 + size], "little"))
+    r.pos = pos + 1
     if kind in (MMIO_READ, MMIO_WRITE):
         region = r.u8() % len(c.mmio)
         size = SIZES[r.u8() % 3]
