@@ -3,6 +3,7 @@ each time; the CLI lists, runs, reproduces and refuses bad input."""
 
 from __future__ import annotations
 
+import importlib.util
 import random
 import subprocess
 from pathlib import Path
@@ -76,3 +77,17 @@ def test_cli_bad_input_is_one_line_and_status_2(args: list[str], message: str) -
                          timeout=60)
     assert res.returncode == 2
     assert message in res.stderr and "Traceback" not in res.stderr
+
+
+@pytest.mark.skipif(importlib.util.find_spec("atheris") is None, reason="atheris not installed")
+def test_cli_campaign_with_libfuzzer_reports_coverage(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    res = subprocess.run(cli("fuzz", "uart", str(corpus), "--runs", "400", "--artifacts",
+                             str(tmp_path)),
+                         env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "coverage off" not in res.stderr
+    status = [line for line in res.stderr.splitlines() if line.startswith("uart: ")]
+    assert status and " cov " in status[-1]
+    assert any(corpus.iterdir())  # libFuzzer kept the inputs that reached new coverage
