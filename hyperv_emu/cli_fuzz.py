@@ -153,7 +153,7 @@ def _mutation_campaign(args: argparse.Namespace) -> int:
             stats = campaign.run(runs=args.runs, seconds=args.time, progress=display.update)
         return 1 if stats.crashes else 0
     share = None if args.runs is None else -(-args.runs // args.jobs)
-    stats = Stats(corpus=len(corpus))
+    stats = Stats(corpus=len(corpus or make_target(args.target).seeds()))
     crashes: list[Crash] = []
     with display, ProcessPoolExecutor(args.jobs) as pool:
         futures = [pool.submit(_mutation_job, args.target, corpus, args.seed + i, share,
