@@ -315,8 +315,10 @@ def build_parser() -> argparse.ArgumentParser:
     guests = sub.add_parser("guests", help="list the shipped tiny guests")
     guests.set_defaults(func=cmd_guests)
     from hyperv_emu.cli_disk import add_disk_commands
+    from hyperv_emu.cli_fuzz import add_fuzz_commands
 
     add_disk_commands(sub)
+    add_fuzz_commands(sub)
     return parser
 
 
