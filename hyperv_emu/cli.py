@@ -9,11 +9,13 @@ import datetime
 import math
 import os
 import re
+import signal
 import stat
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, BinaryIO, NoReturn
+from types import FrameType
+from typing import IO, TYPE_CHECKING, BinaryIO, NoReturn, TypeVar
 
 from hyperv_emu import __version__
 
@@ -22,6 +24,8 @@ if TYPE_CHECKING:
     from hyperv_emu.vsp.storage.lock import ImageInUseError
     from hyperv_emu.worker.events import Event
     from hyperv_emu.worker.machine import Machine, MachineExit
+
+_T = TypeVar("_T")
 
 EXIT_USAGE = 2  # kept equal to machine.EXIT_USAGE; imported lazily there to keep start-up fast
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command that Ctrl-C ended
@@ -311,8 +315,10 @@ def build_parser() -> argparse.ArgumentParser:
     guests = sub.add_parser("guests", help="list the shipped tiny guests")
     guests.set_defaults(func=cmd_guests)
     from hyperv_emu.cli_disk import add_disk_commands
+    from hyperv_emu.cli_fuzz import add_fuzz_commands
 
     add_disk_commands(sub)
+    add_fuzz_commands(sub)
     return parser
 
 
@@ -378,12 +384,94 @@ def _report_guest_crash(event: Event) -> None:
           file=sys.stderr)
 
 
+def _in_guest_code(frame: FrameType | None) -> bool:
+    """Whether Python was called back from inside Unicorn's ``emu_start`` (a hook runs)."""
+    while frame is not None:
+        if frame.f_code.co_name == "emu_start":
+            return True
+        frame = frame.f_back
+    return False
+
+
+class RunGuard:
+    """Keeps the command's own failures out of Unicorn's hooks while guest code runs.
+
+    Unicorn carries an exception raised in a hook back out of ``emu_start``, but an IN hook
+    must return the port's value: when it raises instead, ctypes prints a second traceback of
+    its own.  So a failing output (a closed pipe, a full disk) and a Ctrl-C that arrive while
+    guest code runs only record themselves here and ask the partition to stop at the next
+    instruction boundary; :meth:`check` raises them once the run has returned."""
+
+    def __init__(self) -> None:
+        self.machine: Machine | None = None
+        self.error: BaseException | None = None
+
+    def fail(self, exc: BaseException) -> None:
+        """Record ``exc`` (the first one wins) and end the run."""
+        if self.error is None:
+            self.error = exc
+        if self.machine is not None:
+            self.machine.partition.request_stop("host")
+
+    def check(self) -> None:
+        """Raise what :meth:`fail` recorded, if anything."""
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+
+    def wrap(self, write: Callable[[_T], None]) -> Callable[[_T], None]:
+        """``write`` as called during the run: a failure is recorded, not raised, and once an
+        output failed the rest is dropped."""
+
+        def guarded(data: _T) -> None:
+            if self.error is None:
+                try:
+                    write(data)
+                except (BrokenPipeError, OutputError) as exc:
+                    self.fail(exc)
+
+        return guarded
+
+    @contextlib.contextmanager
+    def interrupts(self) -> Iterator[None]:
+        """While inside: Ctrl-C in guest code stops the run (:meth:`check` then raises
+        KeyboardInterrupt); anywhere else it raises KeyboardInterrupt at once, as usual."""
+        if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+            yield  # ignored (a background job) or someone else's handler: leave it alone
+            return
+
+        def on_sigint(_signum: int, frame: FrameType | None) -> None:
+            if _in_guest_code(frame):
+                self.fail(KeyboardInterrupt())
+            else:
+                raise KeyboardInterrupt
+
+        try:
+            signal.signal(signal.SIGINT, on_sigint)
+        except ValueError:  # not the main thread (an embedding program): leave Ctrl-C alone
+            yield
+            return
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 class _Session:
     """A machine built from the command line, with the files and writers it opened."""
 
-    def __init__(self, machine: Machine, writers: list[Callable[[bytes], None] | None]) -> None:
+    def __init__(self, machine: Machine, writers: list[Callable[[bytes], None] | None],
+                 guard: RunGuard) -> None:
         self.machine = machine
         self.writers = writers
+        self.guard = guard
+
+    def run(self, args: argparse.Namespace) -> MachineExit:
+        """Run the machine with the command line's limits; a failed output or Ctrl-C during
+        the run is raised here, after it."""
+        result = self.machine.run(max_instructions=args.max_instructions, timeout=args.timeout)
+        self.guard.check()
+        return result
 
     def flush(self) -> None:
         """Flush the guest's console writers; a write that fails raises."""
@@ -454,6 +542,7 @@ def _machine_from_args(args: argparse.Namespace) -> Iterator[_Session]:
             serial_input = _open_input(args.serial_input, opened)
         serial = _output(args.serial, opened)
         debugcon = _output(args.debugcon or "stderr", opened)
+        guard = RunGuard()
         drives: dict[str, object] = {}
         if cdrom is not None or args.boot != "c":
             if not {"cdrom", "boot"} <= {f.name for f in dataclasses.fields(MachineConfig)}:
@@ -468,7 +557,8 @@ def _machine_from_args(args: argparse.Namespace) -> Iterator[_Session]:
         config = MachineConfig(
             memory_mib=args.memory, disks=disks, kernel=kernel, append=append,
             initrds=initrds, rtc_base=rtc_base, clock_mode=args.clock,
-            serial_output=serial, serial_input=serial_input, debugcon_output=debugcon,
+            serial_output=guard.wrap(serial) if serial else None, serial_input=serial_input,
+            debugcon_output=guard.wrap(debugcon) if debugcon else None,
             serial_input_after=os.fsencode(args.serial_input_after or ""),
             hyperv=args.hyperv, **drives)  # type: ignore[arg-type]
         try:
@@ -483,9 +573,11 @@ def _machine_from_args(args: argparse.Namespace) -> Iterator[_Session]:
         if args.verbose:
             machine.log.listeners.append(lambda e: print(e.describe(), file=sys.stderr))
         machine.log.listeners.append(_report_guest_crash)
-        session = _Session(machine, [serial, debugcon])
+        guard.machine = machine
+        session = _Session(machine, [serial, debugcon], guard)
         try:
-            yield session
+            with guard.interrupts():
+                yield session
         except BaseException:
             session.close()
             raise
@@ -531,7 +623,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     """``hyperv-emu run``: build the machine, run it, report how it ended."""
     with _machine_from_args(args) as session:
         machine = session.machine
-        result = machine.run(max_instructions=args.max_instructions, timeout=args.timeout)
+        result = session.run(args)
         session.flush()
         if args.screen:
             say(machine.screen_text().rstrip("\n"))
@@ -561,11 +653,11 @@ def cmd_trace(args: argparse.Namespace) -> int:
     try:
         with _machine_from_args(args) as session:
             machine = session.machine
-            tracer = Tracer(machine.partition, lambda line: say(line, out, name), kinds,
+            tracer = Tracer(machine.partition,
+                            session.guard.wrap(lambda line: say(line, out, name)), kinds,
                             as_json=args.json, max_events=args.max_events)
             try:
-                result = machine.run(max_instructions=args.max_instructions,
-                                     timeout=args.timeout)
+                result = session.run(args)
             finally:
                 tracer.close()
             say_flush(out, name)
@@ -592,8 +684,11 @@ def cmd_step(args: argparse.Namespace) -> int:
         raise UsageError("step reads its commands from standard input: give --serial-input a "
                          "file")
     interactive = sys.stdin.isatty()
+    guard: RunGuard | None = None
 
     def read_line() -> str | None:
+        if guard is not None:
+            guard.check()  # Ctrl-C or a failed output during the last command's run
         if interactive:
             try:
                 return input("(hv) ")
@@ -602,10 +697,18 @@ def cmd_step(args: argparse.Namespace) -> int:
         line = sys.stdin.readline()
         return line if line else None
 
+    def write(text: str) -> None:
+        if guard is not None:
+            guard.check()
+        say(text, flush=True)
+
     with _machine_from_args(args) as session:
+        guard = session.guard
         stepper = Stepper(session.machine)
         stepper.limit = args.max_instructions
-        return command_loop(stepper, read_line, lambda text: say(text, flush=True))
+        status = command_loop(stepper, read_line, write)
+        guard.check()
+        return status
 
 
 def _disk_slots(args: argparse.Namespace) -> list[str | None]:

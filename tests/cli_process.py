@@ -27,6 +27,20 @@ again:
     jmp again
 """
 
+#: A boot sector that says "p" on COM1, then reads the UART's line status register for ever:
+#: the VP spends its time in Unicorn's IN hook, which must return a value to the CPU.
+POLL_SOURCE = """
+    mov dx, 0x3f8
+    mov al, 0x70
+    out dx, al
+    mov al, 10
+    out dx, al
+    mov dx, 0x3fd
+again:
+    in al, dx
+    jmp again
+"""
+
 
 def cli(*args: str) -> list[str]:
     """The argv of ``hyperv-emu ARGS`` run from this tree."""

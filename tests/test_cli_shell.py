@@ -3,15 +3,23 @@ be written (``>/dev/full``, ``>&-``) and Ctrl-C, with real pipes, descriptors an
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from .cli_process import YES_SOURCE, boot_image, cli, cli_env
+from hyperv_emu.cli import RunGuard, say
+from hyperv_emu.debug.trace import format_event
+from hyperv_emu.hypervisor.observe import IoEvent
+from hyperv_emu.vsp.storage.raw import RawImage
+from hyperv_emu.worker.machine import Machine, MachineConfig
+
+from .cli_process import POLL_SOURCE, YES_SOURCE, boot_image, cli, cli_env
 
 #: What a shell shows for a command that SIGPIPE ended: the documented status of a closed pipe.
 BROKEN_PIPE = 141
@@ -20,6 +28,11 @@ BROKEN_PIPE = 141
 @pytest.fixture
 def yes_disk(tmp_path: Path) -> Path:
     return boot_image(tmp_path / "yes.img", YES_SOURCE)
+
+
+@pytest.fixture
+def poll_disk(tmp_path: Path) -> Path:
+    return boot_image(tmp_path / "poll.img", POLL_SOURCE)
 
 
 def read_one_line_then_close(argv: list[str], stdin: Path | None = None,
@@ -40,15 +53,17 @@ def read_one_line_then_close(argv: list[str], stdin: Path | None = None,
     ["run", "--disk", "{yes}", "--clock", "host", "--debugcon", "none"],
     ["trace", "--disk", "{yes}", "--io", "--serial", "none"],
     ["trace", "--disk", "{yes}", "--io", "--json", "--serial", "none"],
+    # Every event an IN: the closed pipe is met inside Unicorn's IN hook.
+    ["trace", "--disk", "{poll}", "--io", "--serial", "none"],
     ["step", "--disk", "{yes}", "--serial", "none"],
 ])
 def test_reader_that_goes_away_ends_the_command_quietly(
-        yes_disk: Path, tmp_path: Path, argv: list[str]) -> None:
+        yes_disk: Path, poll_disk: Path, tmp_path: Path, argv: list[str]) -> None:
     # The guest prints (and the tracer/stepper reports) without end, so the command must
     # notice the closed pipe to stop at all; the timeout only turns a hang into a failure.
     commands = tmp_path / "commands"
     commands.write_text("r\n" * 100_000)  # the stepper's register dumps, far beyond a pipe
-    args = [a.format(yes=yes_disk) for a in argv]
+    args = [a.format(yes=yes_disk, poll=poll_disk) for a in argv]
     line, status, err = read_one_line_then_close(cli(*args, "--timeout", "120"), commands)
     assert line  # it did write before the reader left
     assert status == BROKEN_PIPE, err.decode()
@@ -139,14 +154,107 @@ def test_ctrl_c_during_disk_convert_leaves_no_temporary_file(tmp_path: Path) -> 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.img"]  # no DST, no *.tmp
 
 
-def test_ctrl_c_during_run(yes_disk: Path) -> None:
-    proc = subprocess.Popen(cli("run", "--disk", str(yes_disk), "--debugcon", "none"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env())
+@pytest.mark.parametrize("guest,line,clock", [
+    ("yes", b"y\n", "deterministic"),
+    # Ctrl-C lands in Unicorn's IN hook, which cannot raise without a second traceback.
+    ("poll", b"p\n", "deterministic"), ("poll", b"p\n", "host"),
+])
+def test_ctrl_c_during_run(tmp_path: Path, guest: str, line: bytes, clock: str) -> None:
+    disk = boot_image(tmp_path / f"{guest}.img", {"yes": YES_SOURCE, "poll": POLL_SOURCE}[guest])
+    proc = subprocess.Popen(cli("run", "--disk", str(disk), "--debugcon", "none", "--clock",
+                                clock), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=cli_env())
     assert proc.stdout is not None and proc.stderr is not None
-    while proc.stdout.readline() != b"y\n":  # the BIOS's banner, then the guest runs
+    while proc.stdout.readline() != line:  # the BIOS's banner, then the guest runs
         pass
     proc.send_signal(signal.SIGINT)
     err = proc.stderr.read()
     proc.stdout.close()
     assert proc.wait(timeout=300) == 130
     assert err.decode().splitlines() == ["hyperv-emu: interrupted"]
+
+
+def poll_machine(tmp_path: Path, interrupt: bool = True) -> tuple[Machine, list[int]]:
+    """The polling guest on a machine whose every read of port 3FDh (inside Unicorn's IN
+    hook) is counted; from the 50th one on, each such read sends this process a real SIGINT
+    (with ``interrupt``)."""
+    disk = RawImage(str(boot_image(tmp_path / "poll.img", POLL_SOURCE)))
+    machine = Machine(MachineConfig(disk=disk))
+    reads: list[int] = []
+
+    def on_io(event: IoEvent) -> None:
+        if event.port == 0x3FD and not event.write:
+            reads.append(event.port)
+            if interrupt and len(reads) >= 50:
+                signal.raise_signal(signal.SIGINT)
+
+    machine.partition.observers.add(["io"], on_io)
+    return machine, reads
+
+
+@pytest.fixture
+def unraisable(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """What Python would print as "Exception ignored ..." (ctypes' complaint about a callback
+    that returned no value goes there)."""
+    seen: list[str] = []
+    monkeypatch.setattr(sys, "unraisablehook",
+                        lambda u: seen.append(f"{u.err_msg}: {u.exc_type.__name__}"))
+    return seen
+
+
+def test_ctrl_c_inside_an_in_hook_stops_the_run_without_a_second_traceback(
+        capfd: pytest.CaptureFixture[str], unraisable: list[str], tmp_path: Path) -> None:
+    machine, reads = poll_machine(tmp_path)
+    guard = RunGuard()
+    guard.machine = machine
+    with guard.interrupts():
+        result = machine.run(max_instructions=50_000_000)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+    assert len(reads) == 50  # the run stopped at the next instruction boundary
+    assert result.reason == "stop"
+    with pytest.raises(KeyboardInterrupt):
+        guard.check()
+    assert capfd.readouterr().err == ""
+    assert unraisable == []
+
+
+def test_ctrl_c_inside_an_in_hook_unguarded_prints_a_ctypes_traceback(
+        unraisable: list[str], tmp_path: Path) -> None:
+    # Why RunGuard exists: Python's own handler raises inside the hook, and the IN hook then
+    # returns no value, which ctypes reports on standard error before Unicorn re-raises.
+    machine, _reads = poll_machine(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        machine.run(max_instructions=50_000_000)
+    assert len(unraisable) == 1
+    assert "converting result of ctypes callback" in unraisable[0]
+
+
+@pytest.mark.parametrize("guarded", [True, False])
+def test_closed_pipe_met_inside_an_in_hook(unraisable: list[str], tmp_path: Path,
+                                           guarded: bool) -> None:
+    # Each port read is written, as the tracer does, to a real pipe whose reader is gone: the
+    # first write fails inside the IN hook.
+    machine, reads = poll_machine(tmp_path, interrupt=False)
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    pipe = open(write_end, "w", buffering=1)  # noqa: SIM115 - closed below
+    guard = RunGuard()
+    guard.machine = machine
+
+    def write(event: IoEvent) -> None:
+        if not event.write:
+            say(format_event(event), pipe, "the pipe")
+
+    machine.partition.observers.add(["io"], guard.wrap(write) if guarded else write)
+    try:
+        with pytest.raises(BrokenPipeError):
+            machine.run(max_instructions=50_000_000)
+            guard.check()
+    finally:
+        with contextlib.suppress(BrokenPipeError):
+            pipe.close()
+    assert not reads  # the BIOS's first port read already met the closed pipe
+    if guarded:
+        assert unraisable == []
+    else:
+        assert len(unraisable) == 1 and "ctypes callback" in unraisable[0]

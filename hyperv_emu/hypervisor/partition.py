@@ -28,6 +28,7 @@ from . import msr as M
 from .blockmark import count_insns, locate
 from .context import self_test
 from .cpuid import CpuidModel
+from .deferred import drain_deferred
 from .delivery import KIND_EXCEPTION, KIND_EXTERNAL, KIND_SOFTWARE, Event, TripleFault, deliver
 from .engine import flush_tb, flush_tlb
 from .exits import RunExit
@@ -375,6 +376,7 @@ class Partition:
                 if self._stop_reason is not None:
                     break
             clock.run_due()
+            drain_deferred(self)  # deferred work (VMBus messages, ...) between slices: deferred.py
             if self._stop_reason is not None or not all(vp.halted for vp in self.vps):
                 continue
             if any(self._wakeable_now(vp) for vp in self.vps):

@@ -343,22 +343,17 @@ class Piix3Ide(PciDevice):
         self.config[STATUS + 1] |= STATUS_RECEIVED_MASTER_ABORT >> 8
         raise _DmaFault(f"master abort at {gpa:#x}")
 
+    # Guest memory is reached only after ``dma_ok`` accepted the range, so a failure of the
+    # memory callbacks is a host bug and propagates; it is never turned into a master abort.
     def _mem_read(self, gpa: int, size: int) -> bytes:
         self._mem_check(gpa, size)
-        try:
-            data = self._read_memory(gpa, size)
-        except Exception:  # the hypervisor's unmapped-access error: no target answered
-            self._master_abort(gpa)
-        return data
+        return self._read_memory(gpa, size)
 
     def _mem_write(self, gpa: int, data: bytes) -> None:
         if not data:
             return
         self._mem_check(gpa, len(data))
-        try:
-            self._write_memory(gpa, data)
-        except Exception:  # the hypervisor's unmapped-access error: no target answered
-            self._master_abort(gpa)
+        self._write_memory(gpa, data)
 
     # ---- Device ------------------------------------------------------------------------
     def reset(self) -> None:

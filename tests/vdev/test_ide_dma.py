@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import struct
 
+import pytest
+
 from hyperv_emu.vdev.base import IrqLine
 from hyperv_emu.vdev.ide import IdeChannel
 from hyperv_emu.vdev.pci import PciBus
@@ -263,8 +265,19 @@ def test_region_outside_memory_is_a_master_abort() -> None:
     assert r.inp(BM_STATUS) == ERROR | INTR and r.inp(ERR_REG) == ABRT
 
 
-def test_memory_callables_raising_are_contained() -> None:
-    r = Rig()  # no dma_ok: the partition's unmapped-access error is the only signal
+def test_memory_callables_failing_are_host_bugs_not_master_aborts() -> None:
+    # Guest memory is reached only after dma_ok; a failing memory callable is a host bug and
+    # must surface (issue 13: no `except Exception` turning host bugs into master aborts).
+    r = Rig()  # no dma_ok: every range is the bus master's to use
+    r.prd([(MEM - 512, 1024)])
+    r.lba28(0, 2, 0xC8)
+    with pytest.raises(LookupError):
+        r.out(BM_CMD, START | TO_MEMORY)
+
+
+def test_ranges_outside_ram_are_master_aborts() -> None:
+    r = Rig()
+    r.fn._dma_ok = lambda gpa, size: gpa + size <= MEM
     r.prd([(MEM - 512, 1024)])
     r.lba28(0, 2, 0xC8)
     r.out(BM_CMD, START | TO_MEMORY)

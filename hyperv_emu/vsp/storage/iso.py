@@ -245,11 +245,14 @@ def list_files(path: str | os.PathLike[str]) -> list[IsoFile]:
     import pycdlib
     from pycdlib.pycdlibexception import PyCdlibException
 
+    # pycdlib reports a damaged tree with its own exception, or with the lookup error of its
+    # extent table (a directory record naming an extent no record describes: KeyError).
+    pycdlib_errors = (PyCdlibException, OSError, ValueError, LookupError, struct.error)
     p = os.fspath(path)
     iso = pycdlib.PyCdlib()
     try:
         iso.open(p)
-    except (PyCdlibException, OSError, ValueError, struct.error) as exc:
+    except pycdlib_errors as exc:
         raise IsoError(f"{p}: cannot read the directory tree: {exc}") from None
     try:
         if iso.has_rock_ridge():
@@ -265,7 +268,7 @@ def list_files(path: str | os.PathLike[str]) -> list[IsoFile]:
                 rec = iso.get_record(**{kind: full})
                 out.append(IsoFile(full, int(rec.get_data_length())))
         return sorted(out, key=lambda x: x.path)
-    except (PyCdlibException, OSError, ValueError, struct.error) as exc:
+    except pycdlib_errors as exc:
         raise IsoError(f"{p}: cannot read the directory tree: {exc}") from None
     finally:
         iso.close()

@@ -1,0 +1,227 @@
+"""The chipset targets: each core device built on a bench the way the worker builds the machine
+(hyperv_emu/worker/machine.py), with the host-side actions that reach it as extras."""
+
+from __future__ import annotations
+
+import datetime
+
+from hyperv_emu.fuzz.harness import Bench, ChipsetTarget
+from hyperv_emu.hypervisor.lapic import LocalApic
+from hyperv_emu.hypervisor.mmu import GuestFault
+from hyperv_emu.vdev.atapi import BLOCK, CdromDrive
+from hyperv_emu.vdev.ide import IdeChannel
+from hyperv_emu.vdev.ioapic import PINS, IoApic
+from hyperv_emu.vdev.pic import Pic
+from hyperv_emu.vdev.piix import PRD_EOT, PRD_TABLE_REGION, I440fxHost, Piix3Ide, Piix3Isa
+from hyperv_emu.vdev.pit import Pit
+from hyperv_emu.vdev.port61 import Port61
+from hyperv_emu.vdev.rtc import Rtc
+from hyperv_emu.vdev.serial import Uart16550
+from hyperv_emu.vdev.vga import VgaText
+from hyperv_emu.vsp.storage.raw import MemoryImage
+
+#: A fixed wall-clock origin for the RTC, so runs repeat.
+RTC_BASE = datetime.datetime(2026, 1, 2, 3, 4, 5)
+
+
+class PicTarget(ChipsetTarget):
+    name = "pic"
+    summary = "8259A pair (20h/A0h, ELCR 4D0h) with ISA IRQ inputs and INTA"
+
+    def build(self, bench: Bench) -> None:
+        intr = [False]
+
+        def on_intr(level: bool) -> None:
+            intr[0] = level
+
+        pic = Pic(on_intr=on_intr)
+        bench.add(pic)
+        bench.board.connect_irqs(pic.set_irq)
+        irqs = bench.board.irqs
+        bench.extra("irq-raise", lambda a: irqs[a % 16].raise_())
+        bench.extra("irq-lower", lambda a: irqs[a % 16].lower())
+        # The CPU runs INTA only while INTR is asserted.
+        bench.extra("inta", lambda a: pic.acknowledge() if pic.has_interrupt() else None)
+        bench.line("intr", lambda: intr[0])
+
+
+class PitTarget(ChipsetTarget):
+    name = "pit"
+    summary = "8254 PIT (40h-43h) and port 61h (counter 2 gate, speaker), OUT0 on IRQ0"
+
+    def build(self, bench: Bench) -> None:
+        pit = Pit(bench.clock, bench.board.irqs[0])
+        bench.add(pit)
+        bench.add(Port61(pit, bench.clock))
+
+
+class RtcTarget(ChipsetTarget):
+    name = "rtc"
+    summary = "MC146818 RTC and CMOS (70h/71h) with its update, alarm and periodic timers"
+
+    def build(self, bench: Bench) -> None:
+        rtc = Rtc(bench.clock, bench.board.irqs[8], RTC_BASE)
+        rtc.set_memory_size(16 << 20)
+        bench.add(rtc)
+
+
+class UartTarget(ChipsetTarget):
+    name = "uart"
+    summary = "16550A UART at 3F8h on IRQ4, with host input, breaks, line errors and modem lines"
+
+    def build(self, bench: Bench) -> None:
+        uart = Uart16550(0x3F8, bench.board.irqs[4], bench.clock, lambda data: None)
+        bench.add(uart)
+        bench.extra("host-rx", lambda a: uart.feed(bytes([a & 0xFF]) * (1 + (a >> 8) % 20)))
+        bench.extra("host-break", lambda a: uart.feed_break())
+        bench.extra("host-rx-error",
+                    lambda a: uart.feed_error(a & 0xFF, parity=bool(a & 0x100),
+                                              framing=bool(a & 0x200)))
+        bench.extra("modem-inputs", lambda a: uart.set_modem_inputs(
+            cts=bool(a & 1), dsr=bool(a & 2), ri=bool(a & 4), dcd=bool(a & 8)))
+
+
+class VgaTarget(ChipsetTarget):
+    name = "vga"
+    summary = "VGA text mode registers (3B4h-3DAh) and the host's screen reads of B8000h"
+    window_base = 0xB8000
+    window_size = 0x8000
+
+    def build(self, bench: Bench) -> None:
+        vga = VgaText(bench.clock, bench.read_memory)
+        bench.add(vga)
+        bench.extra("render", lambda a: (vga.render_text(), vga.cursor()))
+
+
+def _piix(bench: Bench) -> Piix3Ide:
+    """Bus 0 as the worker builds it: i440FX 00:00.0, PIIX3 ISA 00:01.0 and IDE 00:01.1."""
+    bench.add_pci_bus()
+    bench.add_pci(I440fxHost(), 0, 0)
+    bench.add_pci(Piix3Isa(), 1, 0)
+    ide = Piix3Ide(bench.board.irqs[14], bench.board.irqs[15], bench.read_memory,
+                   bench.write_memory, dma_ok=bench.dma_ok)
+    bench.add_pci(ide, 1, 1)
+    return ide
+
+
+class PciTarget(ChipsetTarget):
+    name = "pci"
+    summary = "PCI configuration mechanism #1 with the i440FX and PIIX3 ISA/IDE functions"
+
+    def build(self, bench: Bench) -> None:
+        _piix(bench)
+
+
+#: The fuzzed disk: 64 sectors, each filled with its own number.
+DISK = b"".join(bytes([n]) * 512 for n in range(64))
+#: The fuzzed CD: 16 blocks, patterned the same way.
+CD = b"".join(bytes([0x80 | n]) * BLOCK for n in range(16))
+
+
+class IdeTarget(ChipsetTarget):
+    name = "ide"
+    summary = "PIIX3 IDE with bus-master DMA: a 32 KiB disk on the primary, a CD on the secondary"
+
+    def build(self, bench: Bench) -> None:
+        piix = _piix(bench)
+        cd = CdromDrive(MemoryImage(CD, read_only=True))
+        primary = IdeChannel(piix.ide_irqs[0], MemoryImage(DISK))
+        secondary = IdeChannel(piix.ide_irqs[1], cd, command_base=0x170, control_base=0x376)
+        for channel, ide in enumerate((primary, secondary)):
+            bench.add(ide)
+            piix.attach(channel, ide)
+        media = cd.media
+        bench.extra("cd-eject", lambda a: cd.eject())
+        bench.extra("cd-insert", lambda a: cd.insert(media) if media is not None else None)
+        bench.dma_allowed = lambda gpa, size: _in_prd_tables(bench, piix, gpa, size)
+
+
+def _in_prd_tables(bench: Bench, piix: Piix3Ide, gpa: int, size: int) -> bool:
+    """Whether a bus-master write lies inside one region of a started channel's PRD table,
+    walked from the table pointer the guest programmed (SFF-8038i 1.2)."""
+    for bm in piix.bm:
+        entry = bm.prd
+        while entry // PRD_TABLE_REGION == bm.prd // PRD_TABLE_REGION:
+            if not bench.dma_ok(entry, 8):
+                break
+            raw = bench.read_memory(entry, 8)
+            base = int.from_bytes(raw[:4], "little") & 0xFFFFFFFE
+            flags = int.from_bytes(raw[4:], "little")
+            count = (flags & 0xFFFE) or 0x10000
+            if base <= gpa and gpa + size <= base + count:
+                return True
+            if flags & PRD_EOT:
+                break
+            entry += 8
+    return False
+
+
+class IoApicTarget(ChipsetTarget):
+    name = "ioapic"
+    summary = "82093AA I/O APIC (FEC00000h) with 24 input pins, EOI broadcasts and deliveries"
+
+    def build(self, bench: Bench) -> None:
+        delivered: list[tuple[int, ...]] = []
+
+        def deliver(dest: int, vector: int, mode: int, logical: bool, trigger: int,
+                    level: bool) -> None:
+            delivered.append((dest, vector, mode, logical, trigger, level))
+            del delivered[:-8]
+
+        ioapic = IoApic(deliver)
+        bench.add(ioapic)
+        bench.extra("pin", lambda a: ioapic.set_irq(a % PINS, bool(a & 0x8000)))
+        bench.extra("eoi", lambda a: ioapic.eoi(a & 0xFF))
+
+
+class _ApicHost:
+    """The slice of a virtual processor the local APIC talks to (the VP contract of
+    hypervisor/lapic.py): its index, its partition's clock and VP list, interrupt notification,
+    NMI injection and the TSC.  A real VP needs a Unicorn instance per input (~12 ms)."""
+
+    def __init__(self, bench: Bench) -> None:
+        self.index = 0
+        self.clock = bench.clock
+        self.vps = [self]
+        self.partition = self
+        self.injected: list[int] = []
+        self.lapic = LocalApic(self)  # type: ignore[arg-type]
+
+    def notify_interrupt(self) -> None:
+        """The run loop would look at the APIC's output: nothing to do without a CPU."""
+
+    def inject_interrupt(self, vector: int) -> None:
+        self.injected.append(vector)
+
+    def tsc(self) -> int:
+        # The VP's TSC runs at the partition's TSC rate from the virtual clock; 1 GHz here.
+        return self.clock.now()
+
+
+class LapicTarget(ChipsetTarget):
+    name = "lapic"
+    summary = "local APIC: xAPIC page, x2APIC MSRs, APIC base, LINT pins, timer, INTA and EOI"
+    guest_errors = (GuestFault,)
+
+    def build(self, bench: Bench) -> None:
+        host = _ApicHost(bench)
+        apic = host.lapic
+        bench.add_mmio("lapic", 0x1000, apic.mmio_read, apic.mmio_write)
+        bench.add_saved("lapic", apic)
+        bench.extra("lint0", lambda a: apic.set_lint(0, bool(a & 1)))
+        bench.extra("lint1", lambda a: apic.set_lint(1, bool(a & 1)))
+        bench.extra("inta", lambda a: apic.acknowledge() if apic.has_interrupt() else None)
+        bench.extra("eoi", lambda a: apic.eoi())
+        bench.extra("fixed-irq", lambda a: apic.request_interrupt(a & 0xFF, level=bool(a >> 15)))
+        # WRMSR IA32_APIC_BASE: enable bits from the argument, the base kept at its default.
+        bench.extra("apic-base", lambda a: apic.write_apic_base(0xFEE00000 | (a & 0xD00)))
+        bench.extra("x2apic-rdmsr", lambda a: apic.x2apic_read(0x800 + (a & 0xFF)))
+        bench.extra("x2apic-wrmsr",
+                    lambda a: apic.x2apic_write(0x800 + (a & 0xFF), (a >> 8) * 0x01010101))
+        bench.extra("tsc-deadline", lambda a: apic.write_tsc_deadline(bench.clock.now() + a))
+
+
+CHIPSET_TARGETS: tuple[type[ChipsetTarget], ...] = (
+    PicTarget, PitTarget, RtcTarget, UartTarget, IdeTarget, VgaTarget, PciTarget, LapicTarget,
+    IoApicTarget,
+)

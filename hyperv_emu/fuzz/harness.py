@@ -1,0 +1,484 @@
+"""The chipset harness: a device under test on a bench, driven by decoded operations, judged by
+invariants.
+
+A :class:`ChipsetTarget` says how to build its devices on a :class:`Bench` (a motherboard, a
+virtual clock, a small guest-memory window, optionally a PCI bus), the way the worker builds a
+machine.  :meth:`Target.execute` runs one input on a freshly built bench and raises
+:class:`Finding` when an invariant breaks:
+
+* ``host-exception`` -- an exception escaped a device (a guest mistake must be guest-visible, as
+  a register value or an error bit, never a host exception);
+* ``hang`` -- a timer re-armed itself without time advancing, or one input ran past the
+  watchdog;
+* ``save-restore`` -- the state saved after the input is not JSON data, or a new bench restored
+  from it saves something different or arms different timers;
+* ``dma-outside-ram`` / ``dma-outside-window`` -- a bus master wrote outside guest RAM, or
+  outside the regions the guest programmed (the target's :meth:`ChipsetTarget.dma_allowed`).
+
+A target for a device of one's own takes a few lines::
+
+    class ToyTarget(ChipsetTarget):
+        name = "toy"
+        summary = "my toy device"
+
+        def build(self, bench: Bench) -> None:
+            bench.add(ToyDevice(bench.board.irqs[5], bench.clock))
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from types import FrameType
+from typing import Any, ClassVar
+
+from hyperv_emu.clock import Timer, VirtualClock
+from hyperv_emu.fuzz import ops as O
+from hyperv_emu.vdev.base import Device
+from hyperv_emu.vdev.pci import CONFIG_ADDRESS, CONFIG_DATA, ENABLE, PciBus, PciDevice
+from hyperv_emu.worker.motherboard import Motherboard
+
+#: Timer callbacks one input may run; past it, clock steps stop at the last deadline reached
+#: (a fast periodic timer is legitimate, it just costs time).
+FIRE_BUDGET = 256
+#: Timer callbacks at one virtual instant that count as a hang (time never advances).
+SAME_INSTANT_LIMIT = 1000
+#: Host seconds one input may take before the watchdog calls it a hang.
+WATCHDOG_SECONDS = 5.0
+
+
+class Finding(Exception):
+    """An invariant broke: ``invariant`` names it, ``message`` says how, ``host_traceback`` is
+    the traceback of the host exception behind it (empty when there was none)."""
+
+    def __init__(self, invariant: str, message: str, host_traceback: str = "") -> None:
+        super().__init__(f"{invariant}: {message}")
+        self.invariant = invariant
+        self.message = message
+        self.host_traceback = host_traceback
+
+    @property
+    def summary(self) -> str:
+        """The one-line summary printed beside a crash file."""
+        return f"{self.invariant}: {self.message}"
+
+    def signature(self) -> str:
+        """What makes two findings the same bug: the invariant and the innermost project frame."""
+        where = ""
+        for line in self.host_traceback.splitlines():
+            if "hyperv_emu/" in line and "hyperv_emu/fuzz/" not in line and "File " in line:
+                where = line.strip()
+        return f"{self.invariant} {where or self.message}"
+
+
+class _Watchdog(BaseException):
+    """Raised by SIGALRM; a BaseException so no device's ``except Exception`` can swallow it."""
+
+
+_armed = False
+
+
+def _on_alarm(signum: int, frame: FrameType | None) -> None:
+    if _armed:
+        raise _Watchdog
+
+
+@contextmanager
+def watchdog(seconds: float) -> Iterator[None]:
+    """Raise :class:`Finding` ("hang") if the body runs longer than ``seconds`` (main thread).
+
+    The SIGALRM handler is installed once and stays (setting it per input would cost more
+    than a small input takes); an alarm outside a watched body is ignored by it."""
+    if seconds <= 0 or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    global _armed
+    if signal.getsignal(signal.SIGALRM) is not _on_alarm:
+        signal.signal(signal.SIGALRM, _on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    _armed = True
+    try:
+        yield
+    except _Watchdog:
+        raise Finding("hang", f"one input ran longer than {seconds:g} s",
+                      traceback.format_exc()) from None
+    finally:
+        _armed = False
+        signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+class FuzzClock(VirtualClock):
+    """A deterministic :class:`VirtualClock` that counts timer callbacks and lists its timers."""
+
+    def __init__(self) -> None:
+        super().__init__("deterministic")
+        self.timers: list[Timer] = []
+        self.fired = 0
+        self._instant = -1
+        self._same = 0
+
+    def timer(self, callback: Callable[[], None], name: str = "") -> Timer:
+        def counted() -> None:
+            self.fired += 1
+            now = self.now()
+            if now == self._instant:
+                self._same += 1
+                if self._same > SAME_INSTANT_LIMIT:
+                    raise Finding("hang", f"timer {name or '?'} fired {self._same} times at "
+                                          f"{now} ns without time advancing")
+            else:
+                self._instant, self._same = now, 0
+            callback()
+
+        t = super().timer(counted, name)
+        self.timers.append(t)
+        return t
+
+    def armed(self) -> list[tuple[str, int]]:
+        """The armed timers as (name, deadline), for comparing two benches."""
+        return sorted((t.name, t.deadline) for t in self.timers if t.deadline is not None)
+
+    def step(self, delta: int) -> None:
+        """Advance ``delta`` ns, firing due timers in order, within :data:`FIRE_BUDGET`."""
+        target = self.now() + delta
+        while self.fired < FIRE_BUDGET:
+            deadline = self.next_deadline()
+            if deadline is None or deadline > target:
+                self.skip_to(target)
+                return
+            self.skip_to(deadline)
+            self.run_due()
+
+
+class FuzzBoard(Motherboard):
+    """A motherboard that tells the harness when run-time port claims change."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.generation = 0
+
+    def claim_ports(self, device: Device, first: int, count: int) -> None:
+        super().claim_ports(device, first, count)
+        self.generation += 1
+
+    def release_ports(self, device: Device, first: int, count: int) -> None:
+        super().release_ports(device, first, count)
+        self.generation += 1
+
+
+class Saved:
+    """Anything with ``save()``/``restore()`` (the LAPIC is not a motherboard device)."""
+
+    def save(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def restore(self, state: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+
+class Bench:
+    """The machine around the device under test.
+
+    ``memory`` is guest RAM: ``window_size`` bytes at ``window_base``; nothing else is RAM.
+    """
+
+    def __init__(self, window_base: int, window_size: int) -> None:
+        self.clock = FuzzClock()
+        self.board = FuzzBoard()
+        self.window_base = window_base
+        self.memory = bytearray(window_size)
+        self.pci: PciBus | None = None
+        self.pci_functions: list[tuple[str, int]] = []
+        self.mmio: list[tuple[str, int, Callable[[int, int], int],
+                              Callable[[int, int, int], None]]] = []
+        self.extras: list[tuple[str, Callable[[int], object]]] = []
+        self.lines: list[tuple[str, Callable[[], bool]]] = []
+        self.others: list[tuple[str, Any]] = []
+        #: Set by the DMA oracle when a write went where it must not (kept even if a device
+        #: swallowed the exception raised at the time).
+        self.violation: Finding | None = None
+        self.dma_allowed: Callable[[int, int], bool] | None = None
+        self._ports: list[int] = []
+        self._ports_gen = -1
+
+    # ---- building ------------------------------------------------------------------------
+    def add(self, device: Device) -> Device:
+        """Plug a device into the board; its MMIO claims become fuzzed regions."""
+        self.board.add(device)
+        for base, size in device.mmio:
+            self.mmio.append((f"{device.name}@{base:#x}", size, device.mmio_read,
+                              device.mmio_write))
+        return device
+
+    def add_pci_bus(self) -> PciBus:
+        """PCI bus 0 with configuration mechanism #1, as the worker builds it."""
+        self.pci = PciBus(self.board.claim_ports, self.board.release_ports)
+        self.board.add(self.pci)
+        return self.pci
+
+    def add_pci(self, function: PciDevice, dev: int, fn: int = 0) -> PciDevice:
+        """Plug a PCI function in (board and bus); its configuration space gets fuzzed."""
+        if self.pci is None:
+            self.add_pci_bus()
+        assert self.pci is not None
+        self.add(function)
+        self.pci.add(function, dev, fn)
+        self.pci_functions.append((f"{function.name}@00:{dev:02x}.{fn}", dev << 3 | fn))
+        return function
+
+    def add_mmio(self, name: str, size: int, read: Callable[[int, int], int],
+                 write: Callable[[int, int, int], None]) -> None:
+        """A fuzzed MMIO region of something that is not a board device (the LAPIC page)."""
+        self.mmio.append((name, size, read, write))
+
+    def add_saved(self, name: str, thing: Any) -> None:
+        """State outside the board that the save/restore invariant covers."""
+        self.others.append((name, thing))
+
+    def extra(self, name: str, action: Callable[[int], object]) -> None:
+        """A target-specific action with a 16-bit argument (raise an IRQ input, INTA...)."""
+        self.extras.append((name, action))
+
+    def line(self, name: str, level: Callable[[], bool]) -> None:
+        """An output line the IRQ-read operation samples besides the 16 ISA lines."""
+        self.lines.append((name, level))
+
+    # ---- guest memory (what a bus master sees) -------------------------------------------
+    def dma_ok(self, gpa: int, size: int) -> bool:
+        """Whether [gpa, gpa+size) is guest RAM."""
+        return self.window_base <= gpa and gpa + size <= self.window_base + len(self.memory)
+
+    def read_memory(self, gpa: int, size: int) -> bytes:
+        """A device reading guest memory; outside RAM it fails as an unmapped access does."""
+        if not self.dma_ok(gpa, size):
+            raise LookupError(f"unmapped guest physical access at {gpa:#x}+{size:#x}")
+        off = gpa - self.window_base
+        return bytes(self.memory[off:off + size])
+
+    def write_memory(self, gpa: int, data: bytes) -> None:
+        """A device writing guest memory: the DMA oracle checks where."""
+        if not self.dma_ok(gpa, len(data)):
+            self._violate("dma-outside-ram", f"write of {len(data)} bytes at {gpa:#x} is "
+                                             "outside guest RAM")
+        if self.dma_allowed is not None and not self.dma_allowed(gpa, len(data)):
+            self._violate("dma-outside-window", f"write of {len(data)} bytes at {gpa:#x} is "
+                                                "outside the regions the guest programmed")
+        off = gpa - self.window_base
+        self.memory[off:off + len(data)] = data
+
+    def _violate(self, invariant: str, message: str) -> None:
+        self.violation = Finding(invariant, message, "".join(traceback.format_stack()[:-2]))
+        raise self.violation
+
+    # ---- operations ----------------------------------------------------------------------
+    def claims(self) -> O.Claims:
+        """The decoder's view of what the devices claim now."""
+        return O.Claims(self.ports(), [(n, s) for n, s, _, _ in self.mmio],
+                        list(self.pci_functions), [n for n, _ in self.extras], len(self.memory))
+
+    def ports(self) -> list[int]:
+        """Every claimed port: static claims, then run-time (PCI BAR) claims."""
+        if self.board.generation != self._ports_gen:
+            static = sorted(self.board._ports)
+            self._ports = static + sorted(set(self.board._dyn_ports) - set(static))
+            self._ports_gen = self.board.generation
+        return self._ports
+
+    def apply(self, op: O.Op) -> object:
+        """Perform one operation; returns what a read returned (for the trace)."""
+        k, board = op.kind, self.board
+        if k == O.IO_WRITE:
+            board.io_write(op.target, op.size, op.value)
+        elif k == O.IO_READ:
+            return board.io_read(op.target, op.size)
+        elif k == O.MMIO_WRITE:
+            self.mmio[op.target][3](op.offset, op.size, op.value)
+        elif k == O.MMIO_READ:
+            return self.mmio[op.target][2](op.offset, op.size) & ((1 << (8 * op.size)) - 1)
+        elif k in (O.CFG_READ, O.CFG_WRITE):
+            # Through configuration mechanism #1, as a guest reaches it (PCI 2.1, 3.7.4.1).
+            devfn = self.pci_functions[op.target][1]
+            board.io_write(CONFIG_ADDRESS, 4, ENABLE | devfn << 8 | (op.offset & 0xFC))
+            port = CONFIG_DATA + (op.offset & 3)
+            if k == O.CFG_READ:
+                return board.io_read(port, op.size)
+            board.io_write(port, op.size, op.value)
+        elif k == O.CLOCK:
+            self.clock.step(op.value)
+        elif k == O.MEM:
+            self.memory[op.target:op.target + op.size] = op.data
+        elif k == O.PRD:
+            entry = (self.window_base + op.offset).to_bytes(4, "little") + (
+                op.size | (0x80000000 if op.value else 0)).to_bytes(4, "little")
+            end = min(op.target + 8, len(self.memory))
+            self.memory[op.target:end] = entry[:end - op.target]
+        elif k == O.IRQ:
+            levels = [line.level for line in board.irqs]
+            return levels + [level() for _, level in self.lines]
+        else:
+            return self.extras[op.target][1](op.value)
+        return None
+
+    # ---- state -----------------------------------------------------------------------------
+    def save(self) -> dict[str, Any]:
+        """The board's and the other saved things' state."""
+        state = {"board": self.board.save()}
+        for name, thing in self.others:
+            state[name] = thing.save()
+        return state
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Load what :meth:`save` produced on a bench built the same way."""
+        self.board.restore(state["board"])
+        for name, thing in self.others:
+            thing.restore(state[name])
+
+
+class Target:
+    """A fuzz target: one input in, :class:`Finding` out when an invariant breaks."""
+
+    name: ClassVar[str] = "target"
+    summary: ClassVar[str] = ""
+
+    def execute(self, data: bytes, trace: list[tuple[int, str]] | None = None) -> None:
+        """Run one input; ``trace`` collects (input offset, description) of each step."""
+        raise NotImplementedError
+
+    def decode_only(self, data: bytes) -> int:
+        """Decode without executing (the benchmark's baseline); returns the step count."""
+        return 1
+
+    def seeds(self) -> list[bytes]:
+        """Starting inputs when no corpus is given."""
+        return [b""]
+
+
+def host_finding(exc: BaseException, where: str) -> Finding:
+    """A :class:`Finding` for a host exception that escaped ``where``."""
+    return Finding("host-exception", f"{type(exc).__name__}: {exc} ({where})",
+                   "".join(traceback.format_exception(exc)))
+
+
+class ChipsetTarget(Target):
+    """A device (or a few) on a :class:`Bench`, driven by the decoded operations."""
+
+    window_base: ClassVar[int] = 0x10000
+    window_size: ClassVar[int] = 0x10000
+    #: Exceptions that model a guest-visible fault (e.g. #GP from an MSR), not a host bug.
+    guest_errors: ClassVar[tuple[type[BaseException], ...]] = ()
+    watchdog_seconds: ClassVar[float] = WATCHDOG_SECONDS
+
+    def build(self, bench: Bench) -> None:
+        """Put the devices under test on ``bench`` (override)."""
+        raise NotImplementedError
+
+    def new_bench(self) -> Bench:
+        """A freshly built bench (each input and each restore check gets its own)."""
+        bench = Bench(self.window_base, self.window_size)
+        self.build(bench)
+        return bench
+
+    def execute(self, data: bytes, trace: list[tuple[int, str]] | None = None) -> None:
+        with watchdog(self.watchdog_seconds):
+            bench = self.new_bench()
+            self._run_ops(bench, data, trace)
+            self._check_save_restore(bench)
+
+    def _run_ops(self, bench: Bench, data: bytes, trace: list[tuple[int, str]] | None) -> None:
+        r = O.Reader(data)
+        claims = bench.claims()
+        gen = bench.board.generation
+        names = O.op_names(claims) if trace is not None else {}
+        guest_errors = self.guest_errors
+        for _ in range(O.MAX_OPS):
+            if r.done:
+                break
+            if bench.board.generation != gen:
+                claims.ports, gen = bench.ports(), bench.board.generation
+            start = r.pos
+            op = O.decode_one(r, claims)
+            if trace is not None:  # before running it, so a failing step is listed last
+                text = op.describe(names)
+                trace.append((start, text))
+            try:
+                result = bench.apply(op)
+            except Finding:
+                raise
+            except guest_errors:
+                result = "guest fault"
+            except Exception as exc:
+                raise host_finding(exc, op.describe(names)) from None
+            if bench.violation is not None:
+                raise bench.violation
+            if trace is not None and result is not None:
+                trace[-1] = (start, f"{text} -> {_show(result)}")
+
+    def _check_save_restore(self, bench: Bench) -> None:
+        try:
+            state = bench.save()
+        except Exception as exc:
+            raise _state_finding(exc, "save") from None
+        try:
+            text = json.dumps(state)
+        except (TypeError, ValueError) as exc:
+            raise Finding("save-restore", f"saved state is not JSON data: {exc}") from None
+        twin = self.new_bench()
+        try:
+            twin.clock.restore(bench.clock.save())
+            twin.restore(json.loads(text))  # what a state file gives back: lists, str keys
+            again = twin.save()
+        except Exception as exc:
+            raise _state_finding(exc, "restore") from None
+        # Equal as Python data, or failing that as JSON data (a tuple saved, a list restored).
+        if again != state and json.loads(json.dumps(again)) != json.loads(text):
+            raise Finding("save-restore", "restored state saves differently: "
+                          + _first_difference(state, again))
+        if twin.clock.armed() != bench.clock.armed():
+            raise Finding("save-restore", f"restored timers {twin.clock.armed()} differ from "
+                                          f"{bench.clock.armed()}")
+
+    def decode_only(self, data: bytes) -> int:
+        claims = self._static_claims()
+        r = O.Reader(data)
+        n = 0
+        while not r.done and n < O.MAX_OPS:
+            O.decode_one(r, claims)
+            n += 1
+        return n
+
+    def _static_claims(self) -> O.Claims:
+        cached: O.Claims | None = getattr(self, "_claims_cache", None)
+        if cached is None:
+            cached = self.new_bench().claims()
+            self._claims_cache = cached
+        return cached
+
+
+def _state_finding(exc: Exception, phase: str) -> Finding:
+    return Finding("save-restore", f"{phase} raised {type(exc).__name__}: {exc}",
+                   "".join(traceback.format_exception(exc)))
+
+
+def _first_difference(a: Any, b: Any, path: str = "") -> str:
+    """Where two saved states first differ, as a key path with both values."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                return _first_difference(a.get(key), b.get(key), f"{path}.{key}")
+    elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            if x != y:
+                return _first_difference(x, y, f"{path}[{i}]")
+    return f"{path.lstrip('.')}: {a!r} != {b!r}"
+
+
+def _show(result: object) -> str:
+    if isinstance(result, int) and not isinstance(result, bool):
+        return f"{result:#x}"
+    if isinstance(result, list):
+        return "".join("1" if x else "0" for x in result)
+    return repr(result)

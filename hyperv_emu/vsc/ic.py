@@ -1,0 +1,67 @@
+"""The guest's side of the integration components, as Linux's hv_utils behaves: every host
+request is answered in place (icflags TRANSACTION|RESPONSE, the request's transaction id);
+NEGOTIATE picks, in the guest's preference order, the first framework and service version the
+host offered (zero counts if none); HEARTBEAT answers seq_num + 1 (HYPERV_FACTS 7.3-7.4)."""
+
+from __future__ import annotations
+
+from hyperv_emu.vmbus.ring_protocol import VM_PKT_DATA_INBAND, Packet
+from hyperv_emu.vsp.ic import ic_protocol as I
+
+from .client import VscChannel
+
+#: Linux's preferences (HYPERV_FACTS 7.3).
+GUEST_FRAMEWORKS: tuple[I.Version, ...] = ((3, 0), (1, 0))
+GUEST_SERVICE_VERSIONS: dict[int, tuple[I.Version, ...]] = {
+    I.ICMSGTYPE_HEARTBEAT: ((3, 0), (1, 0)),
+    I.ICMSGTYPE_SHUTDOWN: ((3, 2), (3, 1), (3, 0), (1, 0)),
+    I.ICMSGTYPE_TIMESYNC: ((4, 0), (3, 0), (1, 0)),
+}
+
+
+def _pick(mine: tuple[I.Version, ...], offered: list[I.Version]) -> I.Version | None:
+    return next((v for v in mine if v in offered), None)
+
+
+def answer(packet: Packet, service: int) -> bytes | None:
+    """The guest's answer to one host IC packet of ``service`` (its ICMSGTYPE), or None."""
+    try:
+        msg = I.IcMessage.decode(packet.payload)
+    except I.IcError:
+        return None
+    hdr = msg.header
+    body = msg.body[:hdr.icmsgsize]
+    if hdr.icmsgtype == I.ICMSGTYPE_NEGOTIATE:
+        frameworks, versions = I.parse_negotiate(body)
+        fw = _pick(GUEST_FRAMEWORKS, frameworks)
+        ver = _pick(GUEST_SERVICE_VERSIONS.get(service, ()), versions)
+        if fw is None or ver is None:
+            body = I.negotiate_body((), ())
+        else:
+            body = I.negotiate_body((fw,), (ver,))
+    elif hdr.icmsgtype == I.ICMSGTYPE_SHUTDOWN:
+        # Linux: shutdown (0/1) and restart (2/3) are accepted, hibernate (4/5) only with
+        # hibernation support, which this guest does not claim; anything else fails.
+        flags = int.from_bytes(body[8:12], "little") if len(body) >= 12 else -1
+        hdr.status = I.S_OK if flags in (0, 1, 2, 3) else I.E_FAIL
+    elif hdr.icmsgtype == I.ICMSGTYPE_HEARTBEAT:
+        seq = int.from_bytes(body[:8], "little")
+        body = ((seq + 1) & 0xFFFF_FFFF_FFFF_FFFF).to_bytes(8, "little") + body[8:]
+    else:
+        hdr.status = I.E_FAIL
+    hdr.icflags = I.ICMSGHDRFLAG_TRANSACTION | I.ICMSGHDRFLAG_RESPONSE
+    return I.IcMessage(hdr, body).encode()
+
+
+def serve_one(channel: VscChannel, packet: Packet, service: int) -> bool:
+    """Answer one host IC packet on ``channel``; False if it could not be decoded."""
+    reply = answer(packet, service)
+    if reply is None:
+        return False
+    channel.send(reply, packet_type=VM_PKT_DATA_INBAND, trans_id=packet.trans_id)
+    return True
+
+
+def serve(channel: VscChannel, service: int) -> int:
+    """Answer every IC request waiting on ``channel``; returns how many."""
+    return sum(serve_one(channel, p, service) for p in channel.receive())

@@ -1,0 +1,1 @@
+"""Integration components: small VMBus services in named-pipe message mode (HYPERV_FACTS 7)."""

@@ -1,0 +1,25 @@
+"""Bugs the fuzzer found, each with its reproducer (tests/fuzz/crashes/)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hyperv_emu.fuzz.engine import run_one
+from hyperv_emu.fuzz.parsers import IsoTarget
+from hyperv_emu.vsp.storage.iso import IsoError, list_files
+
+CRASHES = Path(__file__).parent / "crashes"
+
+
+def test_iso_directory_record_naming_an_unknown_extent(tmp_path: Path) -> None:
+    # `hyperv-emu fuzz iso` found it: a directory record whose extent no record describes made
+    # pycdlib raise KeyError out of list_files (and `disk info` on such a CD).
+    data = (CRASHES / "iso-keyerror-extent").read_bytes()
+    target = IsoTarget()
+    assert run_one(target, data) is None
+    damaged = tmp_path / "damaged.iso"
+    damaged.write_bytes(target.patch(data))
+    with pytest.raises(IsoError, match="cannot read the directory tree"):
+        list_files(damaged)
