@@ -218,15 +218,16 @@ def test_ctrl_c_inside_an_in_hook_stops_the_run_without_a_second_traceback(
     assert unraisable == []
 
 
-def test_ctrl_c_inside_an_in_hook_unguarded_prints_a_ctypes_traceback(
+def test_ctrl_c_inside_an_in_hook_unguarded_is_still_clean(
         unraisable: list[str], tmp_path: Path) -> None:
-    # Why RunGuard exists: Python's own handler raises inside the hook, and the IN hook then
-    # returns no value, which ctypes reports on standard error before Unicorn re-raises.
+    # Without RunGuard, Python's own handler would raise inside the hook (ctypes then reports
+    # the hook's missing result on standard error).  The partition's own SIGINT handling
+    # (hypervisor/sigint.py, needed because the 2.1.1 binding drops exceptions raised in hooks)
+    # ends the slice instead and raises KeyboardInterrupt after the engine returns.
     machine, _reads = poll_machine(tmp_path)
     with pytest.raises(KeyboardInterrupt):
         machine.run(max_instructions=50_000_000)
-    assert len(unraisable) == 1
-    assert "converting result of ctypes callback" in unraisable[0]
+    assert unraisable == []
 
 
 @pytest.mark.parametrize("guarded", [True, False])
