@@ -95,7 +95,8 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
 
 # ---- reproduce / minimise -------------------------------------------------------------------
 def _reproduce(args: argparse.Namespace) -> int:
-    from hyperv_emu.fuzz.engine import minimize, run_one, sha1, write_atomic
+    from hyperv_emu.fileio import write_atomic
+    from hyperv_emu.fuzz.engine import minimize, run_one, sha1
     from hyperv_emu.fuzz.targets import make_target
 
     try:
@@ -171,7 +172,8 @@ def _mutation_campaign(args: argparse.Namespace) -> int:
 
 # ---- libFuzzer through atheris --------------------------------------------------------------
 def _libfuzzer_campaign(args: argparse.Namespace) -> int:
-    from hyperv_emu.fuzz.engine import Stats, sha1, write_atomic
+    from hyperv_emu.fileio import write_atomic
+    from hyperv_emu.fuzz.engine import Stats, sha1
     from hyperv_emu.fuzz.libfuzzer import SUMMARY_PREFIX
     from hyperv_emu.fuzz.ops import MAX_INPUT
     from hyperv_emu.fuzz.targets import make_target

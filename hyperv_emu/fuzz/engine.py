@@ -12,14 +12,13 @@ tell which new inputs are interesting.
 from __future__ import annotations
 
 import hashlib
-import os
 import random
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hyperv_emu.fileio import write_atomic
 from hyperv_emu.fuzz.harness import Finding, Target
 from hyperv_emu.fuzz.ops import MAX_INPUT
 
@@ -30,18 +29,6 @@ INTERESTING = (0x00, 0x01, 0x7F, 0x80, 0xFF, 0x10, 0x20, 0x40, 0x0F, 0xFE)
 def sha1(data: bytes) -> str:
     """The libFuzzer name of an input."""
     return hashlib.sha1(data).hexdigest()
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write a file so a reader never sees half of it."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def load_corpus(dirs: Iterable[Path]) -> list[bytes]:

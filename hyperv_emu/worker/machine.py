@@ -44,6 +44,7 @@ from hyperv_emu.vdev.vga import VgaText
 from hyperv_emu.vid.root import ChildHandle, RootPartition
 from hyperv_emu.vsp.storage.blockdev import BlockDevice
 from hyperv_emu.worker import multiboot
+from hyperv_emu.worker.config import MAX_MEMORY_MIB, ConfigError
 from hyperv_emu.worker.events import EventLog
 from hyperv_emu.worker.motherboard import Motherboard
 from hyperv_emu.worker.serial_input import StreamInput
@@ -53,8 +54,6 @@ BIOS_BASE = 0xF0000
 BIOS_HIGH_ALIAS = 0xFFFF0000
 BIOS_SIZE = 0x10000
 VGA_WINDOW = (0xA0000, 0x20000)
-#: Below 4 GiB we keep the top 512 MiB free for MMIO (LAPIC, IOAPIC, PCI BARs, the BIOS alias).
-MAX_MEMORY_MIB = 3584
 #: POST code the BIOS writes when it enters INT 19h; with a kernel loaded the machine takes
 #: over there, so the kernel starts with the PIC, PIT, RTC and BDA set up as under a real BIOS.
 BOOT_POST_CODE = 0x19
@@ -113,10 +112,6 @@ class A20Gate:
         """Take both source bits at once (reset, restore)."""
         self.port92, self.kbc = bool(port92), bool(kbc)
         self.output(self.enabled)
-
-
-class ConfigError(ValueError):
-    """The machine cannot be built as configured; the message is for the user."""
 
 
 @dataclass
