@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import datetime
 import math
 import os
 import re
 import signal
-import stat
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -18,10 +16,11 @@ from types import FrameType
 from typing import IO, TYPE_CHECKING, BinaryIO, NoReturn, TypeVar
 
 from hyperv_emu import __version__
+from hyperv_emu.worker.hostio import LineWriter, OutputError
+
+__all__ = ["LineWriter", "OutputError", "main"]
 
 if TYPE_CHECKING:
-    from hyperv_emu.vsp.storage.blockdev import BlockDevice
-    from hyperv_emu.vsp.storage.lock import ImageInUseError
     from hyperv_emu.worker.events import Event
     from hyperv_emu.worker.machine import Machine, MachineExit
 
@@ -41,16 +40,6 @@ class UsageError(Exception):
     """A bad command line or unusable input file: one message, exit status 2."""
 
 
-class OutputError(Exception):
-    """An output (standard output, a --serial FILE, a trace file) cannot be written: one
-    message, exit status 2.  A closed pipe is not this: it stays a BrokenPipeError."""
-
-    def __init__(self, name: str, exc: OSError | None = None) -> None:
-        why = "it is closed" if exc is None else (exc.strerror or str(exc))
-        super().__init__(f"cannot write to {name}: {why}")
-        self.name = name
-
-
 class _Parser(argparse.ArgumentParser):
     def __init__(self, *args: object, **kwargs: object) -> None:
         # No prefix matching: "-hda" must never be read as "-h" plus "da", nor "--mem" as
@@ -65,42 +54,6 @@ class _Parser(argparse.ArgumentParser):
         if glued:
             message = f"unrecognized option '{glued[1]}{glued[2]}'"
         self.exit(EXIT_USAGE, f"hyperv-emu: {message} (see '{self.prog} --help')\n")
-
-
-class LineWriter:
-    """Writes guest console bytes to a stream, flushing at each newline so output interleaves
-    sensibly with standard error.  A write that fails raises OutputError naming ``name``
-    (a closed pipe stays a BrokenPipeError, which ends the command quietly)."""
-
-    def __init__(self, stream: IO[bytes], name: str = "standard output") -> None:
-        self.stream = stream
-        self.name = name
-
-    def __call__(self, data: bytes) -> None:
-        try:
-            self.stream.write(data)
-            if b"\n" in data:
-                self.stream.flush()
-        except BrokenPipeError:
-            raise
-        except OSError as exc:
-            raise OutputError(self.name, exc) from None
-
-    def flush(self) -> None:
-        """Write out what is buffered; raises like a write."""
-        try:
-            self.stream.flush()
-        except BrokenPipeError:
-            raise
-        except OSError as exc:
-            raise OutputError(self.name, exc) from None
-
-    def close(self) -> None:
-        """Flush what is left, on a path that is already ending (errors were reported)."""
-        try:
-            self.stream.flush()
-        except (OSError, ValueError):
-            pass
 
 
 def say(text: str = "", file: IO[str] | None = None, name: str = "standard output", *,
@@ -129,12 +82,6 @@ def say_flush(file: IO[str] | None = None, name: str = "standard output") -> Non
         raise
     except OSError as exc:
         raise OutputError(name, exc) from None
-
-
-def _stdout_buffer() -> IO[bytes]:
-    if sys.stdout is None:  # started with standard output closed (">&-")
-        raise OutputError("standard output")
-    return sys.stdout.buffer
 
 
 def _positive_int(text: str) -> int:
@@ -219,6 +166,17 @@ _IDE_POSITIONS = ("primary master", "primary slave", "secondary master", "second
 
 def _add_machine_options(p: argparse.ArgumentParser, serial_default: str = "stdout") -> None:
     """The options that describe the machine and what it boots (run, trace, step)."""
+    from hyperv_emu.cli_config import tracked
+
+    for kind in (None, "store", "append", "store_true", "store_false"):
+        # Record which options the user gave: only those override --config's fields.
+        p.register("action", kind, tracked(p._registry_get("action", kind)))
+    p.add_argument("--config", metavar="FILE",
+                   help="start from the VM configuration in FILE (JSON, as --save-config "
+                        "writes it); machine options given beside it override its fields")
+    p.add_argument("--save-config", metavar="FILE",
+                   help="write the VM configuration these options describe to FILE and exit "
+                        "without running")
     p.add_argument("guest", nargs="?", help="name of a shipped tiny guest (default: hello)")
     p.add_argument("--disk", metavar="IMAGE[,readonly[,force-share]]", action="append",
                    default=[],
@@ -322,28 +280,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _read_bounded(path: str, what: str, limit: int, memory_mib: int) -> bytes:
-    """The whole file, refused without reading it if it is larger than ``limit`` bytes (its
-    size from stat; a pipe or device is read to at most limit + 1 bytes), so a huge or endless
-    file costs no memory."""
-    too_big = (f"{what} {path!r} does not fit in guest RAM ({memory_mib} MiB"
-               f"{'' if what == 'kernel' else ' with the kernel and modules before it'}; "
-               "raise -m)")
-    try:
-        with open(path, "rb") as f:
-            st = os.fstat(f.fileno())
-            if stat.S_ISDIR(st.st_mode):
-                raise UsageError(f"cannot read {what} {path!r}: it is a directory")
-            if stat.S_ISREG(st.st_mode) and st.st_size > limit:
-                raise UsageError(f"{too_big}: it is {st.st_size} bytes")
-            data = f.read(max(limit, 0) + 1)
-    except OSError as exc:
-        raise UsageError(f"cannot read {what} {path!r}: {exc.strerror or exc}") from None
-    if len(data) > limit:
-        raise UsageError(f"{too_big}: it is larger")
-    return data
-
-
 def _open_input(path: str, opened: list[IO[bytes]]) -> BinaryIO:
     """``--serial-input FILE``, opened unbuffered (read as the guest takes it)."""
     try:
@@ -354,23 +290,6 @@ def _open_input(path: str, opened: list[IO[bytes]]) -> BinaryIO:
         raise UsageError(f"cannot read serial input {path!r}: {exc.strerror or exc}") from None
     opened.append(fh)
     return fh
-
-
-def _output(spec: str, opened: list[IO[bytes]]) -> Callable[[bytes], None] | None:
-    """The writer for a ``--serial``/``--debugcon`` value: stdout (or -), stderr, none or a
-    file, opened here and added to ``opened``."""
-    if spec == "none":
-        return None
-    if spec in ("stdout", "-"):
-        return LineWriter(_stdout_buffer(), "standard output")
-    if spec == "stderr":
-        return LineWriter(sys.stderr.buffer, "standard error")
-    try:
-        fh = open(spec, "wb")  # noqa: SIM115 - closed by cmd_run
-    except OSError as exc:
-        raise UsageError(f"cannot open {spec!r} for writing: {exc.strerror or exc}") from None
-    opened.append(fh)
-    return LineWriter(fh, spec)
 
 
 def _report_guest_crash(event: Event) -> None:
@@ -458,12 +377,10 @@ class RunGuard:
 
 
 class _Session:
-    """A machine built from the command line, with the files and writers it opened."""
+    """A machine built from the command line, with the guard of its run."""
 
-    def __init__(self, machine: Machine, writers: list[Callable[[bytes], None] | None],
-                 guard: RunGuard) -> None:
+    def __init__(self, machine: Machine, guard: RunGuard) -> None:
         self.machine = machine
-        self.writers = writers
         self.guard = guard
 
     def run(self, args: argparse.Namespace) -> MachineExit:
@@ -475,120 +392,45 @@ class _Session:
 
     def flush(self) -> None:
         """Flush the guest's console writers; a write that fails raises."""
-        for writer in self.writers:
-            if isinstance(writer, LineWriter):
-                writer.flush()
-
-    def close(self) -> None:
-        """Flush what the writers can still write, on the way out."""
-        for writer in self.writers:
-            if isinstance(writer, LineWriter):
-                writer.close()
+        self.machine.attached.flush_outputs()
 
 
 @contextlib.contextmanager
 def _machine_from_args(args: argparse.Namespace) -> Iterator[_Session]:
-    """Build the machine the options of ``run``/``trace``/``step`` describe; closes its disks
-    and output files on the way out.  Bad options raise UsageError."""
-    from hyperv_emu.guest_needs import GuestNeedError, PreparedGuest, prepare_guest
-    from hyperv_emu.guests import DEFAULT_GUEST, UnknownGuestError
-    from hyperv_emu.vsp.storage.raw import MemoryImage
-    from hyperv_emu.worker.machine import ConfigError, Machine, MachineConfig
+    """Build the machine the options of ``run``/``trace``/``step`` describe (as a VmConfig,
+    which the worker builds); its disks and output files are closed on the way out.  Bad
+    options raise UsageError."""
+    from hyperv_emu.cli_config import config_from_args
+    from hyperv_emu.worker.build import open_machine
+    from hyperv_emu.worker.config import ConfigError
+    from hyperv_emu.worker.hostio import HostIo
 
-    if args.guest and args.kernel:
-        raise UsageError("give a guest name or --kernel, not both")
-    slots = _disk_slots(args)
-    if args.guest and any(slots):
-        raise UsageError("give a guest name or --disk, not both")
-    if args.boot == "d" and not args.cdrom:
-        raise UsageError("--boot d boots from the CD: give --cdrom FILE.iso")
-    disks, cdrom = _open_drives(slots, args.cdrom)
-    opened: list[IO[bytes]] = []
-    try:
-        kernel = None
-        ram = args.memory << 20
-        if args.kernel:
-            kernel = _read_bounded(args.kernel, "kernel", ram, args.memory)
-        elif args.append or args.initrd:
-            raise UsageError("--append and --initrd need --kernel")
-        prepared: PreparedGuest | None = None
-        if args.guest or (not any(disks) and kernel is None and cdrom is None):
-            # A shipped guest comes with what its catalog entry says it needs (its test CD,
-            # host ports), so `run NAME` alone passes.
-            try:
-                prepared = prepare_guest(args.guest or DEFAULT_GUEST)
-            except (UnknownGuestError, GuestNeedError) as exc:
-                raise UsageError(str(exc.args[0] if exc.args else exc)) from None
-            if prepared.cdrom is not None:
-                if cdrom is not None:
-                    raise UsageError(f"guest {prepared.name} brings its own test CD: drop "
-                                     "--cdrom")
-                cdrom = prepared.cdrom
-            disks[0] = MemoryImage(prepared.image)
-        initrds: list[tuple[str, bytes]] = []
-        room = ram - len(kernel or b"")  # each module must fit beside what comes before it
-        for p in args.initrd:
-            data = _read_bounded(p, "initrd", room, args.memory)
-            room -= len(data)
-            initrds.append((Path(p).name, data))
-        serial_input: bytes | BinaryIO = b""
-        if args.serial_input_after is not None and not args.serial_input:
-            raise UsageError("--serial-input-after needs --serial-input")
-        if args.serial_input_after == "":
-            raise UsageError("--serial-input-after needs a non-empty TEXT")
+    cfg = config_from_args(args)
+    guard = RunGuard()
+    host = HostIo(wrap=guard.wrap, listeners=[_report_guest_crash],
+                  serial_input_after=os.fsencode(args.serial_input_after or ""))
+    if args.verbose:
+        host.listeners.insert(0, lambda e: print(e.describe(), file=sys.stderr))
+    with contextlib.ExitStack() as stack:
         if args.serial_input == "-":
-            serial_input = sys.stdin.buffer
+            host.serial_input = sys.stdin.buffer
         elif args.serial_input:
-            serial_input = _open_input(args.serial_input, opened)
-        serial = _output(args.serial, opened)
-        debugcon = _output(args.debugcon or "stderr", opened)
-        guard = RunGuard()
-        drives: dict[str, object] = {}
-        if cdrom is not None or args.boot != "c":
-            if not {"cdrom", "boot"} <= {f.name for f in dataclasses.fields(MachineConfig)}:
-                raise UsageError("this build has no CD-ROM drive yet (--cdrom, --boot)")
-            drives = {"cdrom": cdrom, "boot": args.boot}
-        rtc_base = args.rtc_base or (
-            DETERMINISTIC_RTC_BASE if args.clock == "deterministic" else _now())
-        # QEMU hands a Multiboot kernel "<kernel path> <append>" as its command line (the
-        # path is argv[0] to the kernel), so kernels written for QEMU find their options
-        # after the first word.
-        append = f"{args.kernel} {args.append}" if kernel is not None else ""
-        config = MachineConfig(
-            memory_mib=args.memory, disks=disks, kernel=kernel, append=append,
-            initrds=initrds, rtc_base=rtc_base, clock_mode=args.clock,
-            serial_output=guard.wrap(serial) if serial else None, serial_input=serial_input,
-            debugcon_output=guard.wrap(debugcon) if debugcon else None,
-            serial_input_after=os.fsencode(args.serial_input_after or ""),
-            hyperv=args.hyperv, **drives)  # type: ignore[arg-type]
+            opened: list[IO[bytes]] = []
+            host.serial_input = _open_input(args.serial_input, opened)
+            stack.callback(_close_all, opened)
         try:
-            machine = Machine(config)
+            machine = stack.enter_context(open_machine(cfg, host))
         except ConfigError as exc:
             raise UsageError(str(exc)) from None
-        if prepared is not None:
-            try:
-                prepared.attach(machine)
-            except GuestNeedError as exc:
-                raise UsageError(f"guest {prepared.name}: {exc}") from None
-        if args.verbose:
-            machine.log.listeners.append(lambda e: print(e.describe(), file=sys.stderr))
-        machine.log.listeners.append(_report_guest_crash)
         guard.machine = machine
-        session = _Session(machine, [serial, debugcon], guard)
-        try:
-            with guard.interrupts():
-                yield session
-        except BaseException:
-            session.close()
-            raise
-        session.flush()  # a failing output is reported on the normal path, as one line
-    finally:
-        for fh in opened:
-            with contextlib.suppress(OSError):  # already reported, or ending for another reason
-                fh.close()
-        for d in [*disks, cdrom]:
-            if d is not None:
-                d.close()
+        with guard.interrupts():
+            yield _Session(machine, guard)
+
+
+def _close_all(files: list[IO[bytes]]) -> None:
+    for fh in files:
+        with contextlib.suppress(OSError):  # already reported, or ending for another reason
+            fh.close()
 
 
 def _instructions(machine: Machine, args: argparse.Namespace) -> str:
@@ -619,8 +461,24 @@ def _status(result: MachineExit, args: argparse.Namespace) -> int:
     return result.status
 
 
+def _save_config(args: argparse.Namespace) -> int:
+    """``--save-config FILE``: write the VmConfig the options describe (file names made
+    absolute), atomically, and run nothing."""
+    from hyperv_emu.cli_config import absolute, config_from_args
+
+    cfg = absolute(config_from_args(args))
+    try:
+        cfg.save(args.save_config)
+    except OSError as exc:
+        raise UsageError(f"cannot write configuration {args.save_config!r}: "
+                         f"{exc.strerror or exc}") from None
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """``hyperv-emu run``: build the machine, run it, report how it ended."""
+    if args.save_config:
+        return _save_config(args)
     with _machine_from_args(args) as session:
         machine = session.machine
         result = session.run(args)
@@ -639,6 +497,8 @@ def cmd_trace(args: argparse.Namespace) -> int:
     """``hyperv-emu trace``: run the machine with a tracer on the chosen event kinds."""
     from hyperv_emu.debug.trace import Tracer
 
+    if args.save_config:
+        return _save_config(args)
     kinds = [kind for flag, kind in _TRACE_FLAGS if getattr(args, flag)] or None
     if sys.stdout is None and not args.output:
         raise OutputError("standard output")
@@ -680,6 +540,8 @@ def cmd_step(args: argparse.Namespace) -> int:
     prompt is shown only on a terminal), so a script can drive it."""
     from hyperv_emu.debug.step import Stepper, command_loop
 
+    if args.save_config:
+        return _save_config(args)
     if args.serial_input == "-":
         raise UsageError("step reads its commands from standard input: give --serial-input a "
                          "file")
@@ -729,66 +591,6 @@ def _disk_slots(args: argparse.Namespace) -> list[str | None]:
     return slots
 
 
-def _open_drives(
-    slots: list[str | None], cdrom_path: str | None
-) -> tuple[list[BlockDevice | None], BlockDevice | None]:
-    """Open the disk in each IDE position (``FILE[,readonly]`` or None) and the --cdrom."""
-    from hyperv_emu.vsp.storage.blockdev import BlockDeviceError
-    from hyperv_emu.vsp.storage.detect import detect_format, open_image
-    from hyperv_emu.vsp.storage.lock import ImageInUseError, force_share
-
-    opened: list[BlockDevice] = []
-    disks: list[BlockDevice | None] = []
-    try:
-        for spec in slots:
-            if spec is None:
-                disks.append(None)
-                continue
-            path, opts = _drive_options(spec, "--disk", ("readonly", "ro", "force-share"))
-            read_only = bool(opts & {"readonly", "ro"})
-            shared = "force-share" in opts
-            if shared and not read_only:
-                raise UsageError(f"--disk {spec!r}: force-share is for read-only disks only "
-                                 "(add ',readonly')")
-            if not Path(path).is_file():
-                raise UsageError(f"disk image {path!r} does not exist or is not a file")
-            if not os.access(path, os.R_OK):
-                raise UsageError(f"{path}: not readable (permission denied)")
-            if not read_only and not os.access(path, os.W_OK):
-                # Issue 3: read-only "where asked or where the file is".
-                read_only = True
-                print(f"hyperv-emu: {path}: not writable; attached read-only", file=sys.stderr)
-            try:
-                with force_share() if shared else contextlib.nullcontext():
-                    opened.append(open_image(path, read_only=read_only))
-            except ImageInUseError as exc:
-                raise UsageError(_in_use_hint(exc, "',readonly,force-share'")) from None
-            except BlockDeviceError as exc:
-                raise UsageError(str(exc)) from None
-            disks.append(opened[-1])
-        cdrom = None
-        if cdrom_path is not None:
-            cdrom_path, opts = _drive_options(cdrom_path, "--cdrom", ("force-share",))
-            if not Path(cdrom_path).is_file():
-                raise UsageError(f"CD image {cdrom_path!r} does not exist or is not a file")
-            try:
-                fmt = detect_format(cdrom_path)
-                if fmt != "iso":
-                    raise UsageError(f"{cdrom_path}: not an ISO 9660 image (no 'CD001' at byte "
-                                     f"0x8001; it looks like {fmt})")
-                with force_share() if opts else contextlib.nullcontext():
-                    cdrom = open_image(cdrom_path, read_only=True)
-            except ImageInUseError as exc:
-                raise UsageError(_in_use_hint(exc, "',force-share'")) from None
-            except BlockDeviceError as exc:
-                raise UsageError(str(exc)) from None
-    except BaseException:
-        for d in opened:
-            d.close()
-        raise
-    return disks, cdrom
-
-
 def _drive_options(spec: str, flag: str, known: tuple[str, ...]) -> tuple[str, set[str]]:
     """Split ``FILE[,OPTION...]`` into the file and its options; a name that is itself an
     existing file keeps its commas."""
@@ -805,15 +607,6 @@ def _drive_options(spec: str, flag: str, known: tuple[str, ...]) -> tuple[str, s
         path = head
         opts.add(opt)
     return path, opts
-
-
-def _in_use_hint(exc: ImageInUseError, option: str) -> str:
-    """The lock conflict's message, with how to read the image anyway for a reader; an image
-    this VM has already opened is named as given twice."""
-    if exc.held_here:
-        return (f"{exc.path}: given twice (this VM already has it open, as a --disk, the "
-                "--cdrom or a differencing parent of one)")
-    return str(exc) if exc.write else f"{exc}; add {option} to read it anyway"
 
 
 def cmd_guests(args: argparse.Namespace) -> int:

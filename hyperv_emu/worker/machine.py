@@ -44,8 +44,9 @@ from hyperv_emu.vdev.vga import VgaText
 from hyperv_emu.vid.root import ChildHandle, RootPartition
 from hyperv_emu.vsp.storage.blockdev import BlockDevice
 from hyperv_emu.worker import multiboot
-from hyperv_emu.worker.config import MAX_MEMORY_MIB, ConfigError
+from hyperv_emu.worker.config import DEFAULT_ICS, MAX_MEMORY_MIB, ConfigError, VmConfig
 from hyperv_emu.worker.events import EventLog
+from hyperv_emu.worker.hostio import Attachments
 from hyperv_emu.worker.motherboard import Motherboard
 from hyperv_emu.worker.serial_input import StreamInput
 
@@ -116,7 +117,10 @@ class A20Gate:
 
 @dataclass
 class MachineConfig:
-    """What the user asked for: memory, devices, what to boot, where output goes."""
+    """A machine for in-process use (tests, benchmarks): the configuration and the live
+    objects it attaches in one record.  :meth:`split` gives the :class:`VmConfig` and the
+    :class:`Attachments` the machine is built from; the worker builds both from a stored
+    configuration instead (hyperv_emu/worker/build.py)."""
 
     memory_mib: int = 32
     #: The primary master (kept for callers with one disk); or use ``disks``.
@@ -144,6 +148,19 @@ class MachineConfig:
     hyperv: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def split(self) -> tuple[VmConfig, Attachments]:
+        """The configuration as data and the live objects; the IDE positions are checked
+        here (``disk``/``disks``/``cdrom`` may clash), the rest when the machine is built."""
+        rtc_base = self.rtc_base or datetime.datetime.now().replace(microsecond=0)
+        vm = VmConfig(memory_mib=self.memory_mib, boot=self.boot, clock_mode=self.clock_mode,
+                      rtc_base=rtc_base.isoformat(), hyperv=self.hyperv,
+                      ics=DEFAULT_ICS if self.hyperv else ())
+        return vm, Attachments(
+            drives=_ide_slots(self), kernel=self.kernel, cmdline=self.append,
+            modules=self.initrds, serial_output=self.serial_output,
+            serial_input=self.serial_input, serial_input_after=self.serial_input_after,
+            debugcon_output=self.debugcon_output, extra=self.extra)
+
 
 @dataclass(frozen=True)
 class MachineExit:
@@ -159,12 +176,19 @@ class MachineExit:
 class Machine:
     """A PC built from the core VDevs on one partition with one VP."""
 
-    def __init__(self, config: MachineConfig) -> None:
+    def __init__(self, config: VmConfig | MachineConfig,
+                 attached: Attachments | None = None) -> None:
+        """Build the machine ``config`` describes with the live objects ``attached`` (a
+        validated VmConfig: see build.open_machine), or from an in-process MachineConfig."""
+        if isinstance(config, MachineConfig):
+            config, attached = config.split()
+        attached = attached or Attachments()
         if not 2 <= config.memory_mib <= MAX_MEMORY_MIB:
             raise ConfigError(f"memory size must be between 2 and {MAX_MEMORY_MIB} MiB, "
                               f"not {config.memory_mib}")
         self.config = config
-        self.disks = _ide_slots(config)
+        self.attached = attached
+        self.disks = list(attached.drives)
         #: The CD-ROM drive (secondary master) when ``cdrom`` was given: eject()/insert().
         self.cdrom = self.disks[2] if isinstance(self.disks[2], CdromDrive) else None
         self.ram_size = config.memory_mib * MiB
@@ -200,8 +224,8 @@ class Machine:
         self.partition.set_io_handler(self.board.io_read, self.board.io_write)
         self.partition.set_io_block_handler(self.board.offers_block, self.board.io_read_block,
                                             self.board.io_write_block)
-        if config.kernel is not None:
-            self._plan_kernel(config.kernel)
+        if attached.kernel is not None:
+            self._plan_kernel(attached.kernel)
 
     # ---- construction ------------------------------------------------------------------
     def _map_ram(self, gpa: int, size: int) -> None:
@@ -226,7 +250,8 @@ class Machine:
             self._map_ram(0x100000, self.ram_size - 0x100000)
 
     def _build_devices(self) -> None:
-        cfg, board, clock, ev = self.config, self.board, self.clock, self.log.emit
+        cfg, att, board, clock = self.config, self.attached, self.board, self.clock
+        ev = self.log.emit
         self.pic = Pic(on_intr=self._on_intr, events=ev)
         board.add(self.pic)
         board.connect_irqs(self._isa_irq)
@@ -237,8 +262,7 @@ class Machine:
         self.pit = Pit(clock, board.irqs[0], ev)
         board.add(self.pit)
         board.add(Port61(self.pit, clock))
-        base_time = cfg.rtc_base or datetime.datetime.now().replace(microsecond=0)
-        self.rtc = Rtc(clock, board.irqs[8], base_time, ev)
+        self.rtc = Rtc(clock, board.irqs[8], cfg.effective_rtc_base(), ev)
         self.rtc.set_memory_size(self.ram_size)
         self.rtc.set_equipment(0x06)  # math coprocessor present, 80x25 colour initial video
         self.rtc.poke(CMOS_BOOT_ORDER, _boot_order(cfg, self.disks))
@@ -247,12 +271,12 @@ class Machine:
                 # User-defined type: the geometry comes from IDENTIFY.
                 self.rtc.set_hard_disk_type(drive, 47)
         board.add(self.rtc)
-        self.com1 = Uart16550(0x3F8, board.irqs[4], clock, cfg.serial_output, ev)
+        self.com1 = Uart16550(0x3F8, board.irqs[4], clock, att.serial_output, ev)
         self.com2 = Uart16550(0x2F8, board.irqs[3], clock, None, ev)
         self.serial_input: StreamInput | None = None
-        if cfg.serial_input:
-            self.serial_input = StreamInput(cfg.serial_input)
-            self.com1.attach_input(self.serial_input, after=cfg.serial_input_after)
+        if att.serial_input:
+            self.serial_input = StreamInput(att.serial_input)
+            self.com1.attach_input(self.serial_input, after=att.serial_input_after)
         board.add(self.com1)
         board.add(self.com2)
         self._build_pci()
@@ -265,7 +289,7 @@ class Machine:
                            events=ev)
         board.add(self.i8042)
         board.add(PostCode(self._on_post))
-        board.add(DebugCon(cfg.debugcon_output or _discard))
+        board.add(DebugCon(att.debugcon_output or _discard))
         board.add(ExitDevice(self._on_exit, ev))
 
     def _build_pci(self) -> None:
@@ -294,7 +318,8 @@ class Machine:
             kernel = multiboot.parse_kernel(image)
             self._kernel_plan = multiboot.plan_boot(
                 kernel, ram_size=self.ram_size, ram_ranges=self.memory_map(),
-                cmdline=self.config.append, modules=self.config.initrds, fits=self._is_ram)
+                cmdline=self.attached.cmdline, modules=self.attached.modules,
+                fits=self._is_ram)
         except multiboot.MultibootError as exc:
             raise ConfigError(str(exc)) from None
 
@@ -447,7 +472,7 @@ def _ide_slots(config: MachineConfig) -> list[Attachment]:
     return slots
 
 
-def _boot_order(config: MachineConfig, slots: Sequence[Attachment]) -> int:
+def _boot_order(config: VmConfig, slots: Sequence[Attachment]) -> int:
     """The CMOS boot sequence byte; "c" on a machine without a CD-ROM drive is the hard disk
     alone, so the BIOS does not report a missing drive nobody asked for."""
     order = BOOT_ORDERS.get(config.boot.lower())
