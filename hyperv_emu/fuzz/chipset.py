@@ -1,27 +1,18 @@
-"""The chipset targets: each core device built on a bench the way the worker builds the machine
-(hyperv_emu/worker/machine.py), with the host-side actions that reach it as extras."""
+"""The chipset targets: each core device built on a bench by the board's own factories
+(hyperv_emu/worker/board.py) where it stands alone, by hand where the target needs wiring of its
+own (the interrupt controllers' outputs), with the host-side actions that reach it as extras."""
 
 from __future__ import annotations
-
-import datetime
 
 from hyperv_emu.fuzz.harness import Bench, ChipsetTarget
 from hyperv_emu.hypervisor.lapic import LocalApic
 from hyperv_emu.hypervisor.mmu import GuestFault
 from hyperv_emu.vdev.atapi import BLOCK, CdromDrive
-from hyperv_emu.vdev.ide import IdeChannel
 from hyperv_emu.vdev.ioapic import PINS, IoApic
 from hyperv_emu.vdev.pic import Pic
-from hyperv_emu.vdev.piix import PRD_EOT, PRD_TABLE_REGION, I440fxHost, Piix3Ide, Piix3Isa
-from hyperv_emu.vdev.pit import Pit
-from hyperv_emu.vdev.port61 import Port61
-from hyperv_emu.vdev.rtc import Rtc
-from hyperv_emu.vdev.serial import Uart16550
-from hyperv_emu.vdev.vga import VgaText
+from hyperv_emu.vdev.piix import PRD_EOT, PRD_TABLE_REGION, Piix3Ide
 from hyperv_emu.vsp.storage.raw import MemoryImage
-
-#: A fixed wall-clock origin for the RTC, so runs repeat.
-RTC_BASE = datetime.datetime(2026, 1, 2, 3, 4, 5)
+from hyperv_emu.worker.hostio import Attachments
 
 
 class PicTarget(ChipsetTarget):
@@ -48,30 +39,24 @@ class PicTarget(ChipsetTarget):
 class PitTarget(ChipsetTarget):
     name = "pit"
     summary = "8254 PIT (40h-43h) and port 61h (counter 2 gate, speaker), OUT0 on IRQ0"
-
-    def build(self, bench: Bench) -> None:
-        pit = Pit(bench.clock, bench.board.irqs[0])
-        bench.add(pit)
-        bench.add(Port61(pit, bench.clock))
+    factories = ("pit",)
 
 
 class RtcTarget(ChipsetTarget):
     name = "rtc"
     summary = "MC146818 RTC and CMOS (70h/71h) with its update, alarm and periodic timers"
-
-    def build(self, bench: Bench) -> None:
-        rtc = Rtc(bench.clock, bench.board.irqs[8], RTC_BASE)
-        rtc.set_memory_size(16 << 20)
-        bench.add(rtc)
+    factories = ("rtc",)
 
 
 class UartTarget(ChipsetTarget):
     name = "uart"
-    summary = "16550A UART at 3F8h on IRQ4, with host input, breaks, line errors and modem lines"
+    summary = ("16550A UARTs COM1 (3F8h, IRQ4) and COM2 (2F8h, IRQ3); COM1 with host input, "
+               "breaks, line errors and modem lines")
+    factories = ("serial",)
 
     def build(self, bench: Bench) -> None:
-        uart = Uart16550(0x3F8, bench.board.irqs[4], bench.clock, lambda data: None)
-        bench.add(uart)
+        super().build(bench)
+        uart = bench.board.com1
         bench.extra("host-rx", lambda a: uart.feed(bytes([a & 0xFF]) * (1 + (a >> 8) % 20)))
         bench.extra("host-break", lambda a: uart.feed_break())
         bench.extra("host-rx-error",
@@ -86,30 +71,18 @@ class VgaTarget(ChipsetTarget):
     summary = "VGA text mode registers (3B4h-3DAh) and the host's screen reads of B8000h"
     window_base = 0xB8000
     window_size = 0x8000
+    factories = ("vga",)
 
     def build(self, bench: Bench) -> None:
-        vga = VgaText(bench.clock, bench.read_memory)
-        bench.add(vga)
+        super().build(bench)
+        vga = bench.board.vga
         bench.extra("render", lambda a: (vga.render_text(), vga.cursor()))
-
-
-def _piix(bench: Bench) -> Piix3Ide:
-    """Bus 0 as the worker builds it: i440FX 00:00.0, PIIX3 ISA 00:01.0 and IDE 00:01.1."""
-    bench.add_pci_bus()
-    bench.add_pci(I440fxHost(), 0, 0)
-    bench.add_pci(Piix3Isa(), 1, 0)
-    ide = Piix3Ide(bench.board.irqs[14], bench.board.irqs[15], bench.read_memory,
-                   bench.write_memory, dma_ok=bench.dma_ok)
-    bench.add_pci(ide, 1, 1)
-    return ide
 
 
 class PciTarget(ChipsetTarget):
     name = "pci"
     summary = "PCI configuration mechanism #1 with the i440FX and PIIX3 ISA/IDE functions"
-
-    def build(self, bench: Bench) -> None:
-        _piix(bench)
+    factories = ("pci",)
 
 
 #: The fuzzed disk: 64 sectors, each filled with its own number.
@@ -121,15 +94,16 @@ CD = b"".join(bytes([0x80 | n]) * BLOCK for n in range(16))
 class IdeTarget(ChipsetTarget):
     name = "ide"
     summary = "PIIX3 IDE with bus-master DMA: a 32 KiB disk on the primary, a CD on the secondary"
+    factories = ("pci", "ide")
+
+    def attachments(self) -> Attachments:
+        return Attachments(drives=(MemoryImage(DISK), None,
+                                   CdromDrive(MemoryImage(CD, read_only=True)), None))
 
     def build(self, bench: Bench) -> None:
-        piix = _piix(bench)
-        cd = CdromDrive(MemoryImage(CD, read_only=True))
-        primary = IdeChannel(piix.ide_irqs[0], MemoryImage(DISK))
-        secondary = IdeChannel(piix.ide_irqs[1], cd, command_base=0x170, control_base=0x376)
-        for channel, ide in enumerate((primary, secondary)):
-            bench.add(ide)
-            piix.attach(channel, ide)
+        super().build(bench)
+        piix = bench.board.piix_ide
+        cd = bench.board.parts["cdrom"]
         media = cd.media
         bench.extra("cd-eject", lambda a: cd.eject())
         bench.extra("cd-insert", lambda a: cd.insert(media) if media is not None else None)

@@ -1,10 +1,11 @@
 """The chipset harness: a device under test on a bench, driven by decoded operations, judged by
 invariants.
 
-A :class:`ChipsetTarget` says how to build its devices on a :class:`Bench` (a motherboard, a
-virtual clock, a small guest-memory window, optionally a PCI bus), the way the worker builds a
-machine.  :meth:`Target.execute` runs one input on a freshly built bench and raises
-:class:`Finding` when an invariant breaks:
+A :class:`ChipsetTarget` says how to build its devices on a :class:`Bench` (a board, a virtual
+clock, a small guest-memory window, optionally a PCI bus): by naming the board's factories
+(hyperv_emu/worker/board.py, the very code that builds the machine's devices) or by hand.
+:meth:`Target.execute` runs one input on a freshly built bench and raises :class:`Finding` when
+an invariant breaks:
 
 * ``host-exception`` -- an exception escaped a device (a guest mistake must be guest-visible, as
   a register value or an error bit, never a host exception);
@@ -15,7 +16,8 @@ machine.  :meth:`Target.execute` runs one input on a freshly built bench and rai
 * ``dma-outside-ram`` / ``dma-outside-window`` -- a bus master wrote outside guest RAM, or
   outside the regions the guest programmed (the target's :meth:`ChipsetTarget.dma_allowed`).
 
-A target for a device of one's own takes a few lines::
+A target for a device of the board names its factories (``factories = ("pit",)``); one for a
+device of one's own takes a few lines::
 
     class ToyTarget(ChipsetTarget):
         name = "toy"
@@ -39,8 +41,11 @@ from typing import Any, ClassVar
 from hyperv_emu.clock import Timer, VirtualClock
 from hyperv_emu.fuzz import ops as O
 from hyperv_emu.vdev.base import Device
+from hyperv_emu.vdev.ioapic import IOAPIC_BASE
 from hyperv_emu.vdev.pci import CONFIG_ADDRESS, CONFIG_DATA, ENABLE, PciBus, PciDevice
-from hyperv_emu.worker.motherboard import Motherboard
+from hyperv_emu.worker.board import LOCAL_APIC_BASE, Board, MemoryMap, Region
+from hyperv_emu.worker.config import VmConfig
+from hyperv_emu.worker.hostio import Attachments
 
 #: Timer callbacks one input may run; past it, clock steps stop at the last deadline reached
 #: (a fast periodic timer is legitimate, it just costs time).
@@ -49,6 +54,9 @@ FIRE_BUDGET = 256
 SAME_INSTANT_LIMIT = 1000
 #: Host seconds one input may take before the watchdog calls it a hang.
 WATCHDOG_SECONDS = 5.0
+#: The configuration a bench's devices are built from: a fixed RTC time, so runs repeat.
+BENCH_CONFIG = VmConfig(memory_mib=16, rtc_base="2026-01-02T03:04:05", hyperv=False, ics=(),
+                        serial="none", debugcon="none")
 
 
 class Finding(Exception):
@@ -154,11 +162,16 @@ class FuzzClock(VirtualClock):
             self.run_due()
 
 
-class FuzzBoard(Motherboard):
-    """A motherboard that tells the harness when run-time port claims change."""
+class FuzzBoard(Board):
+    """The board of a bench: its memory map is the bench's RAM window (plus the APICs' MMIO
+    regions), and it tells the harness when run-time port claims change."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, bench: Bench, cfg: VmConfig, attached: Attachments | None) -> None:
+        window = Region("window", bench.window_base, len(bench.memory), "ram", 1, True)
+        memory = MemoryMap(len(bench.memory), [
+            window, Region("ioapic", IOAPIC_BASE, 0x1000, "mmio", None, False),
+            Region("local-apic", LOCAL_APIC_BASE, 0x1000, "mmio", None, False)])
+        super().__init__(cfg, bench, bench.clock, attached=attached, memory=memory)
         self.generation = 0
 
     def claim_ports(self, device: Device, first: int, count: int) -> None:
@@ -186,9 +199,9 @@ class Bench:
     ``memory`` is guest RAM: ``window_size`` bytes at ``window_base``; nothing else is RAM.
     """
 
-    def __init__(self, window_base: int, window_size: int) -> None:
+    def __init__(self, window_base: int, window_size: int, cfg: VmConfig = BENCH_CONFIG,
+                 attached: Attachments | None = None) -> None:
         self.clock = FuzzClock()
-        self.board = FuzzBoard()
         self.window_base = window_base
         self.memory = bytearray(window_size)
         self.pci: PciBus | None = None
@@ -204,15 +217,52 @@ class Bench:
         self.dma_allowed: Callable[[int, int], bool] | None = None
         self._ports: list[int] = []
         self._ports_gen = -1
+        #: What reached the board's platform services: APIC bus messages (the last 8), the
+        #: A20 line, stop requests (a guest reset).
+        self.delivered: list[tuple[int, ...]] = []
+        self.a20 = True
+        self.stops: list[str] = []
+        self.board = FuzzBoard(self, cfg, attached)
 
     # ---- building ------------------------------------------------------------------------
     def add(self, device: Device) -> Device:
         """Plug a device into the board; its MMIO claims become fuzzed regions."""
-        self.board.add(device)
-        for base, size in device.mmio:
-            self.mmio.append((f"{device.name}@{base:#x}", size, device.mmio_read,
-                              device.mmio_write))
-        return device
+        return self.board.add(device)
+
+    def build(self, *names: str) -> None:
+        """Build devices with the board's factories, as the machine builds them; the PCI
+        functions on the bus get their configuration space fuzzed."""
+        self.board.build(names)
+        pci = self.board.parts.get("pci")
+        if pci is not None:
+            self.pci = pci
+            for (dev, fn), function in sorted(pci.functions.items()):
+                self.pci_functions.append((f"{function.name}@00:{dev:02x}.{fn}", dev << 3 | fn))
+
+    # ---- the board's platform (worker.board.Platform) --------------------------------------
+    def map_mmio(self, gpa: int, size: int, read: Callable[[int, int], int],
+                 write: Callable[[int, int, int], None]) -> None:
+        """A device's MMIO range, mapped by the board: a fuzzed region."""
+        owner = next((d.name for b, _, d in self.board.mmio_ranges() if b == gpa), "mmio")
+        self.mmio.append((f"{owner}@{gpa:#x}", size, read, write))
+
+    def dma_read(self, gpa: int, size: int) -> bytes:
+        return self.read_memory(gpa, size)
+
+    def dma_write(self, gpa: int, data: bytes) -> None:
+        self.write_memory(gpa, data)
+
+    def apic_deliver(self, dest: int, vector: int, mode: int, level: bool, trigger: int,
+                     logical: bool = False) -> None:
+        self.delivered.append((dest, vector, mode, level, trigger, logical))
+        del self.delivered[:-8]
+
+    def set_a20(self, enabled: bool) -> None:
+        self.a20 = enabled
+
+    def request_stop(self, reason: str) -> None:
+        self.stops.append(reason)
+        del self.stops[:-8]
 
     def add_pci_bus(self) -> PciBus:
         """PCI bus 0 with configuration mechanism #1, as the worker builds it."""
@@ -371,14 +421,22 @@ class ChipsetTarget(Target):
     #: Exceptions that model a guest-visible fault (e.g. #GP from an MSR), not a host bug.
     guest_errors: ClassVar[tuple[type[BaseException], ...]] = ()
     watchdog_seconds: ClassVar[float] = WATCHDOG_SECONDS
+    #: The board's factories that build the devices under test (worker/board.py FACTORIES).
+    factories: ClassVar[tuple[str, ...]] = ()
 
     def build(self, bench: Bench) -> None:
-        """Put the devices under test on ``bench`` (override)."""
-        raise NotImplementedError
+        """Put the devices under test on ``bench``: by default with :attr:`factories`."""
+        if not self.factories:
+            raise NotImplementedError
+        bench.build(*self.factories)
+
+    def attachments(self) -> Attachments | None:
+        """The drives and host streams the factories attach (override for disks)."""
+        return None
 
     def new_bench(self) -> Bench:
         """A freshly built bench (each input and each restore check gets its own)."""
-        bench = Bench(self.window_base, self.window_size)
+        bench = Bench(self.window_base, self.window_size, attached=self.attachments())
         self.build(bench)
         return bench
 

@@ -129,9 +129,11 @@ def pc_regions(ram_size: int) -> list[Region]:
 class MemoryMap:
     """The one table of the guest-physical address space, and what derives from it."""
 
-    def __init__(self, ram_size: int) -> None:
+    def __init__(self, ram_size: int, regions: Sequence[Region] | None = None) -> None:
+        """The PC map with ``ram_size`` bytes of RAM, or the ``regions`` given (a harness's
+        bench with a RAM window), in address order."""
         self.ram_size = ram_size
-        self.regions = pc_regions(ram_size)
+        self.regions = list(pc_regions(ram_size) if regions is None else regions)
         self._dma = _runs(r for r in self.regions if r.dma)
         self._usable = _runs(r for r in self.regions if r.e820 == E820_RAM)
 
@@ -292,13 +294,14 @@ class Board(Motherboard):
     def __init__(self, cfg: VmConfig, platform: Platform, clock: VirtualClock,
                  events: EventSink = null_events, attached: Attachments | None = None, *,
                  on_exit: Callable[[int], None] = _ignore_exit,
-                 on_post: Callable[..., None] | None = None) -> None:
+                 on_post: Callable[..., None] | None = None,
+                 memory: MemoryMap | None = None) -> None:
         super().__init__(events)
         self.cfg = cfg
         self.platform = platform
         self.clock = clock
         self.attached = attached or Attachments()
-        self.memory = MemoryMap(cfg.memory_mib * MiB)
+        self.memory = memory or MemoryMap(cfg.memory_mib * MiB)
         #: What the guest's exit-port write and POST codes are reported to (the machine).
         self.on_exit = on_exit
         self.on_post: Callable[..., None] = on_post or events
