@@ -3,5 +3,6 @@ memory and VPs, ports and connections - every operation a hypercall through the 
 dispatch table, with the same checks a guest's hypercall gets."""
 
 from .root import ChildHandle, HypercallError, RootPartition
+from .vm import VmPartition
 
-__all__ = ["ChildHandle", "HypercallError", "RootPartition"]
+__all__ = ["ChildHandle", "HypercallError", "RootPartition", "VmPartition"]
