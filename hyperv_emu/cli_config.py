@@ -74,7 +74,7 @@ def config_from_args(args: argparse.Namespace) -> VmConfig:
     cdrom_spec = args.cdrom if chosen("cdrom") else None
     if chosen("disks"):
         slots = _disk_slots(args)
-        fields["disks"] = tuple(_disk(spec, i, _drive_options) for i, spec in enumerate(slots)
+        fields["disks"] = tuple(_disk(spec, i) for i, spec in enumerate(slots)
                                 if spec is not None)
     disks = fields.get("disks", base.disks)
     if guest and disks:
@@ -116,11 +116,11 @@ def config_from_args(args: argparse.Namespace) -> VmConfig:
         raise UsageError(str(exc)) from None
 
 
-def _disk(spec: str, slot: int, drive_options: Any) -> DiskConfig:
+def _disk(spec: str, slot: int) -> DiskConfig:
     """One ``FILE[,readonly][,force-share]`` option as a DiskConfig in IDE position ``slot``."""
-    from hyperv_emu.cli import UsageError
+    from hyperv_emu.cli import UsageError, _drive_options
 
-    path, opts = drive_options(spec, "--disk", ("readonly", "ro", "force-share"))
+    path, opts = _drive_options(spec, "--disk", ("readonly", "ro", "force-share"))
     read_only = bool(opts & {"readonly", "ro"})
     shared = "force-share" in opts
     if shared and not read_only:
@@ -140,7 +140,7 @@ def _paths_from(cfg: VmConfig, base: Path) -> VmConfig:
         return spec if spec in ("stdout", "stderr", "none", "console", "-") else at(spec)
 
     return cfg.replace(
-        disks=tuple(d.__class__(at(d.path), d.slot, d.read_only, d.force_share)
+        disks=tuple(DiskConfig(at(d.path), d.slot, d.read_only, d.force_share)
                     for d in cfg.disks),
         cdrom=None if cfg.cdrom is None else CdromConfig(at(cfg.cdrom.path),
                                                          cfg.cdrom.force_share),
