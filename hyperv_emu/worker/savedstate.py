@@ -121,6 +121,7 @@ def restore(machine: Machine, vsv: Path, bin: Path) -> None:  # noqa: A002 - the
     """Load ``vsv``/``bin`` into ``machine``, which was built with the same options; raises
     SavedStateError (leaving the machine as it was) for a damaged or mismatching pair."""
     doc = _read_vsv(Path(vsv))
+    components = _checked(machine, doc.get("components"), str(vsv))
     try:
         blob = Path(bin).read_bytes()
     except OSError as exc:
@@ -133,7 +134,6 @@ def restore(machine: Machine, vsv: Path, bin: Path) -> None:  # noqa: A002 - the
         ram_image.check_fits(image, machine.partition.memory)
     except ram_image.RamImageError as exc:
         raise SavedStateError(f"{bin}: {exc}") from None
-    components = _checked(machine, doc.get("components"), str(vsv))
     before = _components(machine)
     with _quiet(machine):
         try:
@@ -174,6 +174,18 @@ def _checked(machine: Machine, components: Any, name: str) -> dict[str, State]:
     if not isinstance(components, dict) or not all(
             isinstance(v, dict) for v in components.values()):
         raise SavedStateError(f"{name} is damaged (no component table)")
+    mine = components.get("machine", {})
+    if mine.get("version") != MACHINE_VERSION:
+        raise SavedStateError(f"{name}: machine record version {mine.get('version')!r} is not "
+                              f"supported (expected {MACHINE_VERSION})")
+    ident = _identity(machine)
+    for key, label in (("memory_mib", "{} MiB of memory"), ("hyperv", "Hyper-V {}"),
+                       ("vps", "{} virtual processors"), ("clock_mode", "the {} clock"),
+                       ("ram", "the RAM ranges {}")):
+        if mine.get(key) != ident[key]:
+            saved, have = (label.format(_word(v)) for v in (mine.get(key), ident[key]))
+            raise SavedStateError(f"{name} was saved from a machine with {saved}; this one "
+                                  f"has {have}")
     current = _components(machine)
     if set(components) != set(current):
         missing = sorted(set(current) - set(components))
@@ -182,17 +194,6 @@ def _checked(machine: Machine, components: Any, name: str) -> dict[str, State]:
             f"{name} is for a different machine"
             + (f": this one has {', '.join(missing)}" if missing else "")
             + (f"{';' if missing else ':'} the state has {', '.join(extra)}" if extra else ""))
-    mine = components["machine"]
-    if mine.get("version") != MACHINE_VERSION:
-        raise SavedStateError(f"{name}: machine record version {mine.get('version')!r} is not "
-                              f"supported (expected {MACHINE_VERSION})")
-    ident = _identity(machine)
-    for key, label in (("memory_mib", "MiB of memory"), ("hyperv", "Hyper-V enabled"),
-                       ("vps", "virtual processors"), ("clock_mode", "clock mode"),
-                       ("ram", "RAM layout")):
-        if mine.get(key) != ident[key]:
-            raise SavedStateError(f"{name} was saved from a machine with {label} = "
-                                  f"{mine.get(key)!r}; this one has {ident[key]!r}")
     if components["clock"].get("version") != CLOCK_VERSION:
         raise SavedStateError(f"{name}: clock state version "
                               f"{components['clock'].get('version')!r} is not supported")
@@ -215,6 +216,12 @@ def _checked(machine: Machine, components: Any, name: str) -> dict[str, State]:
         raise SavedStateError(f"{name}: Hyper-V partition state version "
                               f"{components['hv'].get('version')!r} is not supported")
     return out
+
+
+def _word(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
 
 
 def _apply(machine: Machine, components: dict[str, State]) -> None:
