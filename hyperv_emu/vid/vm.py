@@ -82,10 +82,12 @@ class VmPartition:
         """HvCallCreateVp (or a plain partition's next VP), in its reset state."""
         return self.child.create_vp() if self.child is not None else self.partition.create_vp()
 
-    def run(self, *, max_instructions: int | None = None,
-            timeout: float | None = None) -> RunExit:
-        """Run the VPs until something ends the run (see Partition.run)."""
-        return self.partition.run(max_instructions=max_instructions, timeout=timeout)
+    def run(self, *, max_instructions: int | None = None, timeout: float | None = None,
+            at_block: bool = False) -> RunExit:
+        """Run the VPs until something ends the run (see Partition.run; ``at_block`` ends a
+        budget at the first block boundary at or after it, for an invisible save point)."""
+        return self.partition.run(max_instructions=max_instructions, timeout=timeout,
+                                  at_block=at_block)
 
     def request_stop(self, reason: str) -> None:
         """End the current run at the next instruction boundary with ``reason``."""
