@@ -275,6 +275,9 @@ def _add_machine_options(p: argparse.ArgumentParser, serial_default: str = "stdo
                         "PASS is 0")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="trace machine events (POST codes, unclaimed ports) to standard error")
+    from hyperv_emu.cli_vmbus import add_vmbus_options
+
+    add_vmbus_options(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -554,8 +557,15 @@ def _machine_from_args(args: argparse.Namespace) -> Iterator[_Session]:
         # path is argv[0] to the kernel), so kernels written for QEMU find their options
         # after the first word.
         append = f"{args.kernel} {args.append}" if kernel is not None else ""
+        from hyperv_emu.cli_vmbus import vmbus_options
+        from hyperv_emu.worker.vmbus_host import VmbusOptionError
+
+        try:
+            vmbus = vmbus_options(args)
+        except VmbusOptionError as exc:
+            raise UsageError(str(exc)) from None
         config = MachineConfig(
-            memory_mib=args.memory, disks=disks, kernel=kernel, append=append,
+            vmbus=vmbus, memory_mib=args.memory, disks=disks, kernel=kernel, append=append,
             initrds=initrds, rtc_base=rtc_base, clock_mode=args.clock,
             serial_output=guard.wrap(serial) if serial else None, serial_input=serial_input,
             debugcon_output=guard.wrap(debugcon) if debugcon else None,

@@ -47,6 +47,7 @@ from hyperv_emu.worker import multiboot
 from hyperv_emu.worker.events import EventLog
 from hyperv_emu.worker.motherboard import Motherboard
 from hyperv_emu.worker.serial_input import StreamInput
+from hyperv_emu.worker.vmbus_host import VmbusHost, VmbusOptions
 
 MiB = 1 << 20
 BIOS_BASE = 0xF0000
@@ -147,6 +148,8 @@ class MachineConfig:
     debugcon_output: Callable[[bytes], None] | None = None
     #: Offer the Hyper-V interface (CPUID 0x40000000+, synthetic MSRs, hypercalls).
     hyperv: bool = True
+    #: The VMBus integration services and KVP host keys (worker/vmbus_host.py).
+    vmbus: VmbusOptions = field(default_factory=VmbusOptions)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -202,6 +205,8 @@ class Machine:
         self.vp.lapic.eoi_broadcast.append(self.ioapic.eoi)
         self.vp.set_interrupt_source(self.vp.lapic)
         self.partition.map_local_apic()
+        # VMBus on the root's SynIC ports, with the chosen ICs (worker/vmbus_host.py).
+        self.vmbus = VmbusHost(self) if self.hv is not None else None
         self.partition.set_io_handler(self.board.io_read, self.board.io_write)
         self.partition.set_io_block_handler(self.board.offers_block, self.board.io_read_block,
                                             self.board.io_write_block)
@@ -376,6 +381,8 @@ class Machine:
         self.vp.reset()
         if self.hv is not None:
             self.hv.reset()
+        if self.vmbus is not None:
+            self.vmbus.reset()
         self.sync_a20()
 
     def sync_a20(self) -> None:
