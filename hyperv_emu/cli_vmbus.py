@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from hyperv_emu.worker.vmbus_host import (
     DEFAULT_ICS,
@@ -13,6 +14,11 @@ from hyperv_emu.worker.vmbus_host import (
     parse_ic_list,
     parse_kvp,
 )
+
+if TYPE_CHECKING:
+    from hyperv_emu.debug.trace import Tracer
+    from hyperv_emu.debug.vmbus_trace import VmbusTracer
+    from hyperv_emu.worker.machine import Machine
 
 
 def _ic_list(text: str) -> tuple[str, ...]:
@@ -65,3 +71,19 @@ def vmbus_options(args: argparse.Namespace) -> VmbusOptions:
     if (ics != DEFAULT_ICS or args.kvp or after is not None) and not args.hyperv:
         raise VmbusOptionError("VMBus options need the Hyper-V interface (drop --no-hyperv)")
     return VmbusOptions(ics=ics, kvp=tuple(args.kvp), shutdown_after_heartbeats=after)
+
+
+def add_trace_option(p: argparse.ArgumentParser) -> None:
+    """``trace --vmbus``."""
+    p.add_argument("--vmbus", action="store_true",
+                   help="trace VMBus channel messages and ring packets, decoded")
+
+
+def trace_vmbus(machine: Machine, tracer: Tracer, *, as_json: bool) -> VmbusTracer | None:
+    """Attach the VMBus tracer to ``machine``'s bus, writing through ``tracer``; None for a
+    machine without VMBus."""
+    from hyperv_emu.debug.vmbus_trace import VmbusTracer
+
+    if machine.vmbus is None:
+        return None
+    return VmbusTracer(machine.vmbus.server, tracer.emit, as_json=as_json)
