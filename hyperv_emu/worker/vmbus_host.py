@@ -127,7 +127,9 @@ class VmbusHost:
                          message: str = "") -> ShutdownRequest | None:
         """Ask the guest to shut down, reboot or hibernate through the shutdown IC; None
         while the guest has not opened and negotiated it.  ValueError for an unknown kind
-        or a VM without the shutdown IC."""
+        or a VM without the shutdown IC.  Call it between runs or from the run loop's thread
+        (a timer or event callback): the message goes out as the partition's deferred work.
+        The guest's answer lands in the returned request's ``status``."""
         if kind not in KINDS:
             raise ValueError(f"unknown shutdown kind {kind!r} (known: {', '.join(KINDS)})")
         if self.shutdown is None:
