@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from hyperv_emu.vmbus.server import VmbusServer
@@ -78,7 +78,6 @@ class VmbusOptions:
     shutdown_after_heartbeats: int | None = None
     #: KVP host keys the standard four are built from (None: this host's name).
     host_name: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class VmbusHost:
@@ -169,7 +168,9 @@ class VmbusHost:
                 "auto_shutdown": self.auto_shutdown is not None}
 
     def restore(self, state: dict[str, Any]) -> None:
-        """Load :meth:`save` output into a host built with the same ``--ic`` choice."""
+        """Load :meth:`save` output into a host built with the same ``--ic`` choice.  Restore
+        guest RAM and the hypervisor (SynIC) state first: open channels map their rings from
+        guest memory again and reconnect their event ports."""
         if state.get("device") != "vmbus-host" or state.get("version") != 1:
             raise ValueError("not a version-1 VMBus host state")
         if tuple(state["ics"]) != self.ics:
