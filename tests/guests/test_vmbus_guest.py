@@ -115,3 +115,21 @@ def test_host_state_saves_as_json_and_restores() -> None:
     assert other.vmbus is not None
     with pytest.raises(ValueError, match="offers the ICs heartbeat,shutdown,timesync,kvp"):
         other.vmbus.restore(state)
+
+
+def test_a_host_action_on_the_running_guest_reaches_it() -> None:
+    """VMMS's route: request_shutdown from a virtual-clock callback while the guest runs."""
+    from hyperv_emu.clock import NS_PER_SEC
+
+    m, out = machine()
+    host = m.vmbus
+    assert host is not None
+    host.shutdown_after = None
+    asked = []
+    timer = m.clock.timer(lambda: asked.append(host.request_shutdown("reboot", force=True)))
+    timer.arm(int(5.5 * NS_PER_SEC))
+    assert m.run(max_instructions=20_000_000).status == 1, lines(out)
+    assert lines(out)[-3:] == ["heartbeats answered: 00000006", "shutdown flags: 00000003",
+                               "PASS"]
+    (req,) = asked
+    assert req is not None and (req.kind, req.force, req.status) == ("reboot", True, 0)
