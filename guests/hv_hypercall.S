@@ -123,7 +123,7 @@ long_entry:                    # data segments 10h, RSP 7C00h (hv64.inc)
     movl $0xFFFFFFFE, 8(%rbx)  # VP SELF
     movl $0x20010, 0x10(%rbx)  # RIP
     movl $0x90003, 0x14(%rbx)  # VP_INDEX
-    movl $1, 0x800(%rbx)       # PostMessage: connection 1, type 1, 4 bytes
+    movl $0x7777, 0x800(%rbx)  # PostMessage: connection 7777h (none: VMBus has 1-4), type 1
     movl $1, 0x808(%rbx)
     movl $4, 0x80C(%rbx)
     # The cases.

@@ -70,7 +70,7 @@ pm_entry:                      # data segments 10h, ESP 7C00h (hv32.inc)
     movl $0xFFFFFFFE, 8(%ebx)
     movl $0x20010, 0x10(%ebx)
     movl $0x90003, 0x14(%ebx)
-    movl $1, 0x800(%ebx)
+    movl $0x7777, 0x800(%ebx)  # connection 7777h: not connected (VMBus has 1-4)
     movl $1, 0x808(%ebx)
     movl $4, 0x80C(%ebx)
     movl $hv_cases, %ebp

@@ -233,6 +233,9 @@ def _add_machine_options(p: argparse.ArgumentParser, serial_default: str = "stdo
                         "PASS is 0")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="trace machine events (POST codes, unclaimed ports) to standard error")
+    from hyperv_emu.cli_vmbus import add_vmbus_options
+
+    add_vmbus_options(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -265,6 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
                        ("--hlt", "HLT")):
         trace.add_argument(flag, action="store_true",
                            help=f"trace {what} (no category flag: everything)")
+    from hyperv_emu.cli_vmbus import add_trace_option
+
+    add_trace_option(trace)
     trace.add_argument("--json", action="store_true", help="write JSON lines instead of text")
     trace.add_argument("-o", "--output", metavar="FILE", help="write the trace to FILE")
     trace.add_argument("--max-events", metavar="N", type=_positive_int,
@@ -546,11 +552,17 @@ _TRACE_FLAGS = (("hypercalls", "hypercall"), ("msr", "msr"), ("cpuid", "cpuid"),
 
 def cmd_trace(args: argparse.Namespace) -> int:
     """``hyperv-emu trace``: run the machine with a tracer on the chosen event kinds."""
+    from hyperv_emu.cli_vmbus import trace_vmbus
     from hyperv_emu.debug.trace import Tracer
 
     if args.save_config:
         return _save_config(args)
     kinds = [kind for flag, kind in _TRACE_FLAGS if getattr(args, flag)] or None
+    vmbus = args.vmbus or kinds is None  # no category flag: VMBus too
+    if kinds is None and args.vmbus:
+        kinds = []  # --vmbus alone: no CPU events
+    if args.vmbus and not args.hyperv:
+        raise UsageError("--vmbus needs the Hyper-V interface (drop --no-hyperv)")
     if sys.stdout is None and not args.output:
         raise OutputError("standard output")
     out: IO[str] = sys.stdout
@@ -567,10 +579,13 @@ def cmd_trace(args: argparse.Namespace) -> int:
             tracer = Tracer(machine.partition,
                             session.guard.wrap(lambda line: say(line, out, name)), kinds,
                             as_json=args.json, max_events=args.max_events)
+            bus_tracer = trace_vmbus(machine, tracer, as_json=args.json) if vmbus else None
             try:
                 result = session.run(args)
             finally:
                 tracer.close()
+                if bus_tracer is not None:
+                    bus_tracer.close()
             say_flush(out, name)
             if tracer.limit_reached:
                 plural = "" if tracer.count == 1 else "s"

@@ -25,6 +25,9 @@ _FIELD_OPTIONS: dict[str, tuple[str, ...]] = {
     "hyperv": ("hyperv",),
     "serial": ("serial",),
     "debugcon": ("debugcon",),
+    "ics": ("ic",),
+    "kvp": ("kvp",),
+    "shutdown_after_heartbeats": ("shutdown_after_heartbeats",),
 }
 
 
@@ -101,7 +104,18 @@ def config_from_args(args: argparse.Namespace) -> VmConfig:
         guest = DEFAULT_GUEST  # `run` alone boots the default tiny guest
     fields.update(
         guest=guest, kernel=kernel, boot=boot, append=append, initrds=initrds, hyperv=hyperv,
-        ics=(base.ics if args.config else VmConfig.ics) if hyperv else ())
+        ics=base.ics if hyperv else ())
+    if not args.config or {"ic", "kvp", "shutdown_after_heartbeats"} & given:
+        from hyperv_emu.cli_vmbus import vmbus_options
+        from hyperv_emu.worker.vmbus_host import VmbusOptionError
+
+        try:
+            bus = vmbus_options(args)
+        except VmbusOptionError as exc:
+            raise UsageError(str(exc)) from None
+        if hyperv:
+            fields.update(ics=bus.ics, kvp=tuple(bus.kvp),
+                          shutdown_after_heartbeats=bus.shutdown_after_heartbeats)
     if chosen("clock_mode"):
         fields["clock_mode"] = args.clock
     if chosen("rtc_base"):

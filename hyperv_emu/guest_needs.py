@@ -17,6 +17,10 @@ tests alike:
     on (connection 1001h), an event port the host listens on (1002h, 16 flags) and an event port
     of the guest's own on SINT4 with base flag 10 (1004h).  The host answers the guest's "ping"
     message (type 42h) with three messages to SINT2 of VP 0, types 101h-103h.
+``ic-shutdown``
+    The heartbeat and shutdown integration services on VMBus, with a host-side shutdown
+    request once the guest has answered :data:`IC_SHUTDOWN_AFTER` heartbeats (unless
+    ``--shutdown-after-heartbeats`` chose another count).
 """
 
 from __future__ import annotations
@@ -37,7 +41,10 @@ if TYPE_CHECKING:
 NEEDS = {
     "test-cd": "a generated test CD",
     "host-ports": "host SynIC ports",
+    "ic-shutdown": "a shutdown request after 3 heartbeats",
 }
+#: Heartbeats the guest answers before the ic-shutdown need asks it to shut down.
+IC_SHUTDOWN_AFTER = 3
 
 # The test CD: DATA.BIN's two blocks (their word sums are printed by the atapi guest).
 CD_VOLUME = "ATAPITEST"
@@ -148,9 +155,26 @@ def _host_ports(guest: PreparedGuest) -> None:
     guest.setups["host-ports"] = SynicHost
 
 
+def _shutdown_after_heartbeats(machine: Machine) -> object:
+    host = machine.vmbus
+    if host is None:
+        raise GuestNeedError("VMBus needs the Hyper-V interface (drop --no-hyperv)")
+    if host.heartbeat is None or host.shutdown is None:
+        raise GuestNeedError("it needs the heartbeat and shutdown services (--ic "
+                             "heartbeat,shutdown)")
+    if host.shutdown_after is None:
+        host.shutdown_after = IC_SHUTDOWN_AFTER
+    return host
+
+
+def _ic_shutdown(guest: PreparedGuest) -> None:
+    guest.setups["ic-shutdown"] = _shutdown_after_heartbeats
+
+
 _SETUPS: dict[str, Callable[[PreparedGuest], None]] = {
     "test-cd": _test_cd,
     "host-ports": _host_ports,
+    "ic-shutdown": _ic_shutdown,
 }
 
 

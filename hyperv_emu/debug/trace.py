@@ -165,10 +165,15 @@ class Tracer:
         self._sub: Subscription | None = partition.observers.add(self.kinds, self._on_event)
 
     def _on_event(self, ev: Observed) -> None:
+        self.emit(lambda: event_json(ev) if self.as_json else format_event(ev))
+
+    def emit(self, render: Callable[[], str]) -> None:
+        """Write one traced event (rendered only if written) and count it toward
+        ``max_events``; other event sources (the VMBus tracer) come through here too."""
         if self.max_events is not None and self.count >= self.max_events:
             return
         self.count += 1
-        self.write(event_json(ev) if self.as_json else format_event(ev))
+        self.write(render())
         if self.max_events is not None and self.count >= self.max_events:
             self.partition.observers.request_stop("trace-limit")
 

@@ -51,6 +51,7 @@ from hyperv_emu.vsp.framework import VmbusDevice
 from . import channel_protocol as P
 from .channel import Channel
 from .gpadl import Gpadl, GpadlBuilder, GpadlError
+from .monitor import MONITOR_IDS, MonitorPoller
 from .ring import RingReader, RingWriter
 
 #: Versions this host accepts: every Windows host version (Copper is OpenVMM's own, with
@@ -98,6 +99,10 @@ class VmbusServer:
         self.target_vp = 0
         self.sint = P.VMBUS_MESSAGE_SINT
         self.monitor_pages = (0, 0)
+        mem = self.partition.memory
+        #: Monitored notification: polls monitor_page2 for the open monitored channels.
+        self.monitor = MonitorPoller(mem.read, mem.write, self.clock.timer(
+            lambda: self.defer(self.monitor.poll), "vmbus-monitor"))
         root.create_port(self.port_base, H.HV_PORT_TYPE_MESSAGE, connection_partition=child.id)
         for conn in (P.VMBUS_MESSAGE_CONNECTION_ID, P.VMBUS_MESSAGE_CONNECTION_ID_4):
             root.connect_port(child.id, conn, self.port_base)
@@ -130,6 +135,14 @@ class VmbusServer:
 
     def channel_connection_id(self, relid: int) -> int:
         return CHANNEL_CONNECTION_BASE | relid
+
+    def monitor_id(self, ch: Channel) -> int | None:
+        """The channel's monitor id (relid - 1) if its device asked for monitored
+        notification and the guest gave two RAM monitor pages; else None."""
+        if not ch.device.offer.monitored or 0 in self.monitor.pages \
+                or not 1 <= ch.relid <= MONITOR_IDS:
+            return None
+        return ch.relid - 1
 
     def rescind(self, relid: int) -> None:
         """Hot-remove channel ``relid``: RESCIND_CHANNELOFFER; the relid stays taken until the
@@ -263,6 +276,9 @@ class VmbusServer:
         self.building.clear()
         self.pending_teardown.clear()
         self.version = None
+        self.monitor.channels.clear()
+        self.monitor.timer.cancel()
+        self.monitor.pages = (0, 0)
 
     def _initiate_contact(self, msg: P.vmbus_channel_initiate_contact, conn: int) -> None:
         self._reset()
@@ -291,6 +307,8 @@ class VmbusServer:
             self.version, self.target_vp, self.sint = v, vp, sint
             self.interrupt_page = 0 if modern else int(msg.interrupt_page)
             self.monitor_pages = (int(msg.monitor_page1), int(msg.monitor_page2))
+            if all(self._is_ram_page(p) for p in self.monitor_pages):
+                self.monitor.pages = self.monitor_pages
         self._send(resp, vp=vp, sint=sint)
 
     def _request_offers(self, msg: P._Message, payload: bytes) -> None:
@@ -302,11 +320,12 @@ class VmbusServer:
 
     def _offer(self, ch: Channel) -> None:
         offer = ch.device.offer
+        mid = self.monitor_id(ch)
         m = P.vmbus_channel_offer_channel(
             if_type=P.guid_bytes(offer.interface_type),
             if_instance=P.guid_bytes(offer.interface_instance), chn_flags=offer.chn_flags(),
             mmio_megabytes=offer.mmio_megabytes, sub_channel_index=offer.sub_channel_index,
-            child_relid=ch.relid, monitorid=0, monitor_allocated=0,
+            child_relid=ch.relid, monitorid=mid or 0, monitor_allocated=int(mid is not None),
             is_dedicated_interrupt=int(self.version != P.VERSION_WS2008),
             connection_id=ch.connection_id)
         m.user_def[:] = list(offer.user_def())
@@ -420,6 +439,7 @@ class VmbusServer:
             check=False)[0]
         if status not in (H.HV_STATUS_SUCCESS, H.HV_STATUS_INVALID_CONNECTION_ID):
             self.guest_error(f"channel {relid}: connecting its event port failed ({status:#x})")
+        self._watch(ch)
         self._open_result(relid, openid, P.STATUS_SUCCESS)
 
     def _open_problem(self, ch: Channel, msg: P.vmbus_channel_open_channel) -> str | None:
@@ -456,8 +476,17 @@ class VmbusServer:
             out.append(view[off:off + PAGE])
         return out
 
+    def _watch(self, ch: Channel) -> None:
+        mid = self.monitor_id(ch)
+        if mid is not None:
+            self.monitor.describe(mid, ch.connection_id)
+            self.monitor.watch(mid, ch)
+
     def _close(self, ch: Channel) -> None:
         handle = ch.open_state["gpadl"] if ch.open_state else None
+        mid = self.monitor_id(ch)
+        if mid is not None:
+            self.monitor.unwatch(mid)
         ch.device.close()
         ch.detach()
         self.root.hypercall(H.HvCallDisconnectPort,
@@ -528,6 +557,7 @@ class VmbusServer:
             "device": "vmbus", "version": 1, "bus_version": self.version,
             "target_vp": self.target_vp, "sint": self.sint,
             "interrupt_page": self.interrupt_page, "monitor_pages": list(self.monitor_pages),
+            "monitor_active": list(self.monitor.pages),
             "channels": [ch.save() for _, ch in sorted(self.channels.items())],
             "gpadls": [g.to_dict() for _, g in sorted(self.gpadls.items())],
             "building": [b.to_dict() for _, b in sorted(self.building.items())],
@@ -550,6 +580,10 @@ class VmbusServer:
         self.target_vp, self.sint = int(state["target_vp"]), int(state["sint"])
         self.interrupt_page = int(state["interrupt_page"])
         self.monitor_pages = (int(state["monitor_pages"][0]), int(state["monitor_pages"][1]))
+        active = state.get("monitor_active", [0, 0])
+        self.monitor.pages = (int(active[0]), int(active[1]))
+        self.monitor.channels.clear()
+        self.monitor.timer.cancel()
         self.gpadls = {int(g["handle"]): Gpadl.from_dict(g) for g in state["gpadls"]}
         self.building = {int(b["handle"]): GpadlBuilder.from_dict(b) for b in state["building"]}
         self.pending_teardown = {int(h) for h in state["pending_teardown"]}
@@ -583,6 +617,9 @@ class VmbusServer:
             self.child.id, ch.connection_id, self.root.id, self.port_base + ch.relid),
             check=False)
         ch.device.restore(cs["device"], ch)
+        mid = self.monitor_id(ch)
+        if mid is not None:
+            self.monitor.watch(mid, ch)
         # Packets the guest wrote (and signalled) before the save are serviced now.
         self.defer(ch.on_guest_signal)
 

@@ -66,6 +66,10 @@ class VmbusClient:
         #: The pre-5.0 interrupt page (relid bits; used for signalling before WIN8).
         self.interrupt_page = alloc.pages(1)
         self.part.write_memory(self.interrupt_page, bytes(PAGE))
+        #: Monitor pages 1 (parent -> child) and 2 (child -> parent), as Linux allocates.
+        self.monitor_pages = (alloc.pages(1), alloc.pages(1))
+        for page in self.monitor_pages:
+            self.part.write_memory(page, bytes(PAGE))
         self.version: int | None = None
         self.msg_conn_id = P.VMBUS_MESSAGE_CONNECTION_ID
         self.offers: dict[int, P.vmbus_channel_offer_channel] = {}
@@ -184,7 +188,9 @@ class VmbusClient:
             modern = v >= P.VERSION_WIN10_V5
             conn = P.VMBUS_MESSAGE_CONNECTION_ID_4 if modern else P.VMBUS_MESSAGE_CONNECTION_ID
             msg = P.vmbus_channel_initiate_contact(vmbus_version_requested=v,
-                                                   target_vcpu=target_vcpu)
+                                                   target_vcpu=target_vcpu,
+                                                   monitor_page1=self.monitor_pages[0],
+                                                   monitor_page2=self.monitor_pages[1])
             # From 5.0 on the field is msg_sint (byte 16) and msg_vtl 0; before, the page.
             msg.interrupt_page = self.sint if modern else self.interrupt_page
             status = self.post(msg.pack(), conn)
@@ -262,7 +268,8 @@ class VmbusClient:
             raise VscError(f"OPENCHANNEL {relid}: status {result.status:#x}")
         offer = self.offers.get(relid)
         conn = int(offer.connection_id) if offer is not None else relid
-        return VscChannel(self, relid, conn, handle, buf, ring_pages)
+        mid = int(offer.monitorid) if offer is not None and offer.monitor_allocated else None
+        return VscChannel(self, relid, conn, handle, buf, ring_pages, mid)
 
     def close(self, ch: VscChannel) -> None:
         self.send(P.vmbus_channel_close_channel(child_relid=ch.relid))
@@ -273,8 +280,12 @@ class VscChannel:
     """An open channel from the guest: the guest -> host ring is the GPADL's first half."""
 
     def __init__(self, client: VmbusClient, relid: int, connection_id: int, gpadl: int,
-                 gpa: int, ring_pages: int) -> None:
+                 gpa: int, ring_pages: int, monitor_id: int | None = None) -> None:
         self.client = client
+        #: The offer's monitor id when the host monitors the channel (signal through
+        #: monitor page 2's pending bit, no hypercall), else None.
+        self.monitor_id = monitor_id
+        self.monitor_triggers = 0
         self.relid = relid
         self.connection_id = connection_id
         self.gpadl = gpadl
@@ -298,8 +309,20 @@ class VscChannel:
         if signal is None:
             return False
         if signal:
-            self.client.signal_channel(self.relid, self.connection_id)
+            self.signal_host()
         return True
+
+    def signal_host(self) -> None:
+        """Tell the host the channel has data or room: the monitor page's pending bit for a
+        monitored channel (Linux ``vmbus_setevent``), else HvSignalEvent."""
+        if self.monitor_id is None:
+            self.client.signal_channel(self.relid, self.connection_id)
+            return
+        group, bit = divmod(self.monitor_id, 32)
+        at = self.client.monitor_pages[1] + 8 + 8 * group
+        pending = int.from_bytes(self.client.part.read_memory(at, 4), "little")
+        self.client.part.write_memory(at, (pending | 1 << bit).to_bytes(4, "little"))
+        self.monitor_triggers += 1
 
     def receive(self) -> list[Packet]:
         """Every packet the host has written (clears the channel's event flag first)."""
@@ -311,7 +334,7 @@ class VscChannel:
                 break
             out.append(Packet.decode(raw))
         if self.inp.commit():
-            self.client.signal_channel(self.relid, self.connection_id)
+            self.signal_host()
         return out
 
     def wait_packets(self, waits: int = 8) -> list[Packet]:

@@ -35,6 +35,9 @@ class Offer:
     pipe_mode: int | None = None
     user_defined: bytes = b""
     sub_channel_index: int = 0
+    #: Ask for monitored notification (the guest signals through the monitor pages when
+    #: the host allocates it a monitor id: vmbus/monitor.py).
+    monitored: bool = False
 
     def user_def(self) -> bytes:
         """The offer's 120-byte user_def field."""

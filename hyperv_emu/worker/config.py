@@ -33,8 +33,8 @@ CDROM_SLOT = 2
 CLOCK_MODES = ("deterministic", "host")
 BOOT_DEVICES = ("c", "d")
 #: Integration components a VM can offer over VMBus (issue 11); the default set is Hyper-V's.
-KNOWN_ICS = ("heartbeat", "shutdown", "timesync", "kvp", "vss")
-DEFAULT_ICS = ("heartbeat", "shutdown", "timesync", "kvp")
+KNOWN_ICS = ("heartbeat", "shutdown", "timesync", "kvp")
+DEFAULT_ICS = ("heartbeat", "shutdown")
 #: Where a console's output goes: a standard stream, nowhere, the VMMS console listener, or a
 #: file (any other value is a path).
 CONSOLE_SINKS = ("stdout", "stderr", "none", "console")
@@ -93,6 +93,10 @@ class VmConfig:
     #: Offer the Hyper-V interface (CPUID 0x40000000+, synthetic MSRs, hypercalls, VMBus).
     hyperv: bool = True
     ics: tuple[str, ...] = DEFAULT_ICS
+    #: Host keys for the guest's external KVP pool (KEY, VALUE), in order.
+    kvp: tuple[tuple[str, str], ...] = ()
+    #: Ask the guest to shut down (shutdown IC) once it has answered this many heartbeats.
+    shutdown_after_heartbeats: int | None = None
     #: COM1 output (see CONSOLE_SINKS; another value is a file path) and the debug console.
     serial: str = "stdout"
     debugcon: str = "stderr"
@@ -162,6 +166,13 @@ class VmConfig:
                            f"{', '.join(KNOWN_ICS)})")
         if self.ics and not self.hyperv:
             out.append("integration components need the Hyper-V interface (VMBus)")
+        if self.kvp and "kvp" not in self.ics:
+            out.append("KVP host keys need the KVP service (kvp in the ICs)")
+        after = self.shutdown_after_heartbeats
+        if after is not None and (not isinstance(after, int) or after <= 0):
+            out.append(f"shutdown after heartbeats must be a positive number, not {after!r}")
+        elif after is not None and not {"heartbeat", "shutdown"} <= set(self.ics):
+            out.append("shutdown after heartbeats needs the heartbeat and shutdown ICs")
         for what, sink in (("serial", self.serial), ("debugcon", self.debugcon)):
             if not isinstance(sink, str) or not sink:
                 out.append(f"{what} output must be {'|'.join(CONSOLE_SINKS)} or a file path")
@@ -205,6 +216,7 @@ class VmConfig:
         data["disks"] = [dataclasses.asdict(d) for d in self.disks]
         data["initrds"] = list(self.initrds)
         data["ics"] = list(self.ics)
+        data["kvp"] = [list(pair) for pair in self.kvp]
         data["extra"] = dict(self.extra)
         return {"schema_version": SCHEMA_VERSION, **data}
 
@@ -228,6 +240,7 @@ class VmConfig:
                                else CdromConfig(**_fields(CdromConfig, cdrom, "cdrom")))
             kwargs["initrds"] = tuple(_str_list(data.get("initrds", ()), "initrds"))
             kwargs["ics"] = tuple(_str_list(data.get("ics", DEFAULT_ICS), "ics"))
+            kwargs["kvp"] = tuple(_kvp_pairs(data.get("kvp", ())))
             kwargs["extra"] = dict(data.get("extra", {}))
         except TypeError as exc:
             raise ConfigError(f"malformed configuration: {exc}") from None
@@ -271,11 +284,11 @@ _SCALARS: dict[str, type | tuple[type, ...]] = {
     "name": str, "memory_mib": int, "vps": int, "boot": str, "guest": (str, type(None)),
     "kernel": (str, type(None)), "append": str, "clock_mode": str,
     "rtc_base": (str, type(None)), "hyperv": bool, "serial": str, "debugcon": str,
-    "firmware": str, "test_devices": bool,
+    "firmware": str, "test_devices": bool, "shutdown_after_heartbeats": (int, type(None)),
 }
 _KIND_NAMES: dict[type | tuple[type, ...], str] = {
     str: "text", int: "a whole number", bool: "true or false",
-    (str, type(None)): "text or null",
+    (str, type(None)): "text or null", (int, type(None)): "a whole number or null",
 }
 
 
@@ -305,6 +318,14 @@ def _str_list(value: Any, what: str) -> list[str]:
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
         raise ConfigError(f"configuration field {what!r} must be a list of text")
     return list(value)
+
+
+def _kvp_pairs(value: Any) -> list[tuple[str, str]]:
+    if not isinstance(value, (list, tuple)) or not all(
+            isinstance(p, (list, tuple)) and len(p) == 2
+            and all(isinstance(x, str) for x in p) for p in value):
+        raise ConfigError("configuration field 'kvp' must be a list of [key, value] texts")
+    return [(k, v) for k, v in value]
 
 
 def _upgrade(data: dict[str, Any]) -> dict[str, Any]:

@@ -34,10 +34,11 @@ from hyperv_emu.vid.vm import RunExit, VmPartition
 from hyperv_emu.vsp.storage.blockdev import BlockDevice
 from hyperv_emu.worker import multiboot
 from hyperv_emu.worker.board import A20Gate, Board, Part
-from hyperv_emu.worker.config import DEFAULT_ICS, MAX_MEMORY_MIB, ConfigError, VmConfig
+from hyperv_emu.worker.config import MAX_MEMORY_MIB, ConfigError, VmConfig
 from hyperv_emu.worker.events import EventLog
 from hyperv_emu.worker.hostio import Attachments
 from hyperv_emu.worker.serial_input import StreamInput
+from hyperv_emu.worker.vmbus_host import VmbusHost, VmbusOptions, options_of
 
 __all__ = ["A20Gate", "ConfigError", "Machine", "MachineConfig", "MachineExit"]
 
@@ -99,6 +100,8 @@ class MachineConfig:
     debugcon_output: Callable[[bytes], None] | None = None
     #: Offer the Hyper-V interface (CPUID 0x40000000+, synthetic MSRs, hypercalls).
     hyperv: bool = True
+    #: The VMBus integration services and KVP host keys (worker/vmbus_host.py).
+    vmbus: VmbusOptions = field(default_factory=VmbusOptions)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def split(self) -> tuple[VmConfig, Attachments]:
@@ -107,7 +110,9 @@ class MachineConfig:
         rtc_base = self.rtc_base or datetime.datetime.now().replace(microsecond=0)
         vm = VmConfig(memory_mib=self.memory_mib, boot=self.boot, clock_mode=self.clock_mode,
                       rtc_base=rtc_base.isoformat(), hyperv=self.hyperv,
-                      ics=DEFAULT_ICS if self.hyperv else ())
+                      ics=tuple(self.vmbus.ics) if self.hyperv else (),
+                      kvp=tuple(self.vmbus.kvp), name=self.vmbus.vm_name,
+                      shutdown_after_heartbeats=self.vmbus.shutdown_after_heartbeats)
         return vm, Attachments(
             drives=_ide_slots(self), kernel=self.kernel, cmdline=self.append,
             modules=self.initrds, serial_output=self.serial_output,
@@ -150,6 +155,7 @@ class Machine:
                  attached: Attachments | None = None) -> None:
         """Build the machine ``config`` describes with the live objects ``attached`` (a
         validated VmConfig: see build.open_machine), or from an in-process MachineConfig."""
+        vmbus_options = config.vmbus if isinstance(config, MachineConfig) else None
         if isinstance(config, MachineConfig):
             config, attached = config.split()
         attached = attached or Attachments()
@@ -175,6 +181,9 @@ class Machine:
         self.vp = self.vm.create_vp()
         self.board.connect_vp(self.vp)
         self.vm.map_local_apic(self.board.memory.region("local-apic").base)
+        # VMBus on the root's SynIC ports, with the chosen ICs (worker/vmbus_host.py).
+        self.vmbus = (VmbusHost(self, vmbus_options or options_of(config))
+                      if self.hv is not None else None)
         board = self.board
         self.vm.set_io_handlers(board.io_read, board.io_write, board.offers_block,
                                 board.io_read_block, board.io_write_block)
@@ -249,6 +258,8 @@ class Machine:
         self.board.reset()
         self.vp.reset()
         self.vm.reset()
+        if self.vmbus is not None:
+            self.vmbus.reset()
         self.sync_a20()
 
     def sync_a20(self) -> None:

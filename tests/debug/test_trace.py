@@ -38,9 +38,9 @@ def test_hypercall_lines_name_form_reps_fields_and_status() -> None:
                and ln.endswith("-> INVALID_HYPERCALL_CODE reps_completed=0") for ln in lines)
     assert any("HvCallCreatePartition code=0x40 memory" in ln and "-> ACCESS_DENIED" in ln
                for ln in lines)
-    assert any("HvCallPostMessage code=0x5c memory rep_count=0 rep_start=0 connection_id=1 "
+    assert any("HvCallPostMessage code=0x5c memory rep_count=0 rep_start=0 connection_id=0x7777 "
                "message_type=1 payload_size=4 -> INVALID_CONNECTION_ID" in ln for ln in lines)
-    assert any("HvCallSignalEvent code=0x5d fast rep_count=0 rep_start=0 connection_id=1 "
+    assert any("HvCallSignalEvent code=0x5d fast rep_count=0 rep_start=0 connection_id=0x7777 "
                "flag_number=0 -> INVALID_CONNECTION_ID" in ln for ln in lines)
     assert any("HvCallGetVpRegisters code=0x50 memory rep_count=2 rep_start=2 " in ln
                and ln.endswith("-> INVALID_HYPERCALL_INPUT reps_completed=0") for ln in lines)

@@ -12,6 +12,7 @@ default here keeps guest runs short).
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from hyperv_emu.clock import NS_PER_SEC, Timer
@@ -41,6 +42,8 @@ class Heartbeat(IcDevice):
         self.missed = 0
         self._awaiting: int | None = None  # the answer expected for the last request
         self._timer: Timer | None = None
+        #: Called after each correct answer (the worker counts them for a scheduled shutdown).
+        self.on_answer: Callable[[], None] | None = None
 
     def start(self) -> None:
         assert self.channel is not None
@@ -77,6 +80,8 @@ class Heartbeat(IcDevice):
         self.answers += 1
         self.missed = 0
         self.health = OK
+        if self.on_answer is not None:
+            self.on_answer()
 
     def save(self) -> dict[str, Any]:
         state = super().save()

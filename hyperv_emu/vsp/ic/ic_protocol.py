@@ -142,3 +142,30 @@ def parse_negotiate(body: bytes) -> tuple[list[Version], list[Version]]:
         raise IcError(f"NEGOTIATE lists {n_fw + n_msg} versions in {len(body)} bytes")
     vers = [struct.unpack_from("<HH", body, 8 + 4 * i) for i in range(n_fw + n_msg)]
     return [(a, b) for a, b in vers[:n_fw]], [(a, b) for a, b in vers[n_fw:]]
+
+
+# ---- time sync (HYPERV_FACTS 7.4; Linux ``ictimesync_data``, ``ictimesync_ref_data``) ----
+class ictimesync_data(ctypes.LittleEndianStructure):  # noqa: N801
+    """Service versions 1 and 3: times in 100 ns units since 1601-01-01 UTC."""
+
+    _pack_ = 1
+    _fields_ = [("parenttime", _u64), ("childtime", _u64), ("roundtriptime", _u64),
+                ("flags", _u8)]
+
+
+class ictimesync_ref_data(ctypes.LittleEndianStructure):  # noqa: N801
+    """Service version 4: the host's time and the guest's TIME_REF_COUNT at that moment."""
+
+    _pack_ = 1
+    _fields_ = [("parenttime", _u64), ("vmreferencetime", _u64), ("flags", _u8),
+                ("leapflags", _u8), ("stratum", _u8), ("reserved", _u8 * 3)]
+
+
+ICTIMESYNCFLAG_PROBE = 0
+#: Set the clock now (after boot or a restore).
+ICTIMESYNCFLAG_SYNC = 1
+#: A sample the guest may use to discipline its clock.
+ICTIMESYNCFLAG_SAMPLE = 2
+#: 100 ns units from 1601-01-01 to 1970-01-01 (Linux WLTIMEDELTA).
+WLTIMEDELTA = 116_444_736_000_000_000
+assert (ctypes.sizeof(ictimesync_data), ctypes.sizeof(ictimesync_ref_data)) == (25, 22)
