@@ -267,6 +267,8 @@ def _add_machine_options(p: argparse.ArgumentParser, serial_default: str = "stdo
                         "now with the host clock)")
     p.add_argument("--clock", choices=("deterministic", "host"), default="deterministic",
                    help="virtual clock mode (default deterministic)")
+    p.add_argument("--test-devices", action="store_true",
+                   help="add QEMU's test devices: fw_cfg, pc-testdev, hyperv-testdev")
     p.add_argument("--no-hyperv", dest="hyperv", action="store_false",
                    help="a plain PC: no Hyper-V CPUID leaves, synthetic MSRs or hypercalls")
     p.add_argument("--exit-code", choices=("qemu", "plain"), default="qemu",
@@ -560,7 +562,7 @@ def _machine_from_args(args: argparse.Namespace) -> Iterator[_Session]:
             serial_output=guard.wrap(serial) if serial else None, serial_input=serial_input,
             debugcon_output=guard.wrap(debugcon) if debugcon else None,
             serial_input_after=os.fsencode(args.serial_input_after or ""),
-            hyperv=args.hyperv, **drives)  # type: ignore[arg-type]
+            hyperv=args.hyperv, test_devices=args.test_devices, **drives)  # type: ignore[arg-type]
         try:
             machine = Machine(config)
         except ConfigError as exc:

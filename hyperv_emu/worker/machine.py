@@ -47,6 +47,7 @@ from hyperv_emu.worker import multiboot
 from hyperv_emu.worker.events import EventLog
 from hyperv_emu.worker.motherboard import Motherboard
 from hyperv_emu.worker.serial_input import StreamInput
+from hyperv_emu.worker.testdevs import TestDevices, add_test_devices
 
 MiB = 1 << 20
 BIOS_BASE = 0xF0000
@@ -147,6 +148,8 @@ class MachineConfig:
     debugcon_output: Callable[[bytes], None] | None = None
     #: Offer the Hyper-V interface (CPUID 0x40000000+, synthetic MSRs, hypercalls).
     hyperv: bool = True
+    #: Add QEMU's test devices (fw_cfg, pc-testdev, hyperv-testdev): worker/testdevs.py.
+    test_devices: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -207,6 +210,10 @@ class Machine:
                                             self.board.io_write_block)
         if config.kernel is not None:
             self._plan_kernel(config.kernel)
+        #: QEMU's test devices (worker/testdevs.py) when ``test_devices`` is set.
+        self.test_devices: TestDevices | None = None
+        if config.test_devices:
+            self.test_devices = add_test_devices(self)
 
     # ---- construction ------------------------------------------------------------------
     def _map_ram(self, gpa: int, size: int) -> None:
