@@ -1,7 +1,7 @@
 """``--test-devices``: QEMU's test devices on the PC board, as kvm-unit-tests expects them.
 
 Adds fw_cfg (0x510/0x511, DMA at 0x514), pc-testdev (0xE0, 0xE4, 0x2000+line, I/O RAM at
-0xFF000000) and hyperv-testdev (0x3000) to a built :class:`Machine`,
+0xFF000000), pci-testdev (PCI 00:03.0) and hyperv-testdev (0x3000) to a built :class:`Machine`,
 and gives hyperv-testdev its hypervisor side: SINT routes raise the SINT on the partition's
 SynIC, and connections are ports of the child partition created through the root partition's
 hypercalls (HvCallCreatePort/ConnectPort/DeletePort/DisconnectPort), so the guest's
@@ -19,6 +19,7 @@ from hyperv_emu.vdev.base import EventSink
 from hyperv_emu.vdev.fw_cfg import FwCfg, pc_items
 from hyperv_emu.vdev.hyperv_testdev import HypervTestDev
 from hyperv_emu.vdev.pc_testdev import PcTestDev
+from hyperv_emu.vdev.pci_testdev import PciTestDev
 from hyperv_emu.vid.root import ChildHandle, HypercallError, RootPartition
 from hyperv_emu.worker import multiboot
 
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
 #: Port ids of the testdev's connections in the child partition: a range of their own, so
 #: they cannot collide with ports other host code creates there.
 PORT_ID_BASE = 0x7E57_0000
+#: pci-testdev's slot: 00:03.0, the first free one after the PIIX3 at 00:01.
+PCI_TESTDEV_SLOT = 3
 
 
 class RootSynicBackend:
@@ -77,6 +80,7 @@ class TestDevices:
 
     fw_cfg: FwCfg
     pc_testdev: PcTestDev
+    pci_testdev: PciTestDev
     hyperv_testdev: HypervTestDev | None
 
 
@@ -109,12 +113,17 @@ def add_test_devices(machine: Machine) -> TestDevices:
     for base, size in pc_testdev.mmio:
         machine.partition.map_mmio(base, size, pc_testdev.mmio_read,
                                    pc_testdev.mmio_write)
+    pci_testdev = PciTestDev(events=ev)
+    board.add(pci_testdev)
+    machine.pci.add(pci_testdev, PCI_TESTDEV_SLOT, 0)
+    for base, size in pci_testdev.mmio:
+        machine.partition.map_mmio(base, size, pci_testdev.mmio_read, pci_testdev.mmio_write)
     hyperv_testdev = None
     if machine.root is not None and machine.child is not None:
         backend = RootSynicBackend(machine.root, machine.child, ev)
         hyperv_testdev = HypervTestDev(backend, events=ev)
         board.add(hyperv_testdev)
-    return TestDevices(fw_cfg, pc_testdev, hyperv_testdev)
+    return TestDevices(fw_cfg, pc_testdev, pci_testdev, hyperv_testdev)
 
 
 def _dma_read(machine: Machine) -> Callable[[int, int], bytes]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from hyperv_emu.vdev import hyperv_testdev as HT
 from hyperv_emu.vdev.pc_testdev import IORAM_SIZE, PcTestDev
 
@@ -101,3 +103,49 @@ def test_reset_disconnects_and_state_round_trips() -> None:
     assert other.routes == {(1, 4)} and other.connections == {0x21: (0, 5, True)}
     dev.reset()
     assert rec.calls[-1] == ("disconnect", 0x21, True) and not dev.routes
+
+
+def _pci_run(read: Callable[[int, int], int], write: Callable[[int, int, int], None]) -> list[str]:
+    """What kvm-unit-tests' lib/pci-testdev.c does on one BAR: select tests 0, 1, ... until the
+    width is not 1/2/4; each must start at count 0 and count 16 writes of its data."""
+    names = []
+    for n in range(8):
+        write(0, 1, n)
+        width = read(1, 1)
+        if width not in (1, 2, 4):
+            break
+        assert read(12, 4) == 0
+        offset, data = read(4, 4), read(8, 4)
+        for _ in range(16):
+            write(offset, width, data)
+        write(offset, width, data ^ 1)  # counted only by the tests that match any data
+        count = read(12, 4)
+        raw = bytes(read(o, 1) for o in range(16, 80))
+        name = raw[:raw.index(0)].decode()
+        assert count == (16 if "datamatch" in name else 17), name
+        names.append(name)
+    return names
+
+
+def test_pci_testdev_bars_run_the_documented_scan() -> None:
+    from hyperv_emu.vdev import pci_testdev as PT
+    from hyperv_emu.vdev.pci import PciBus
+
+    bus = PciBus()
+    dev = PT.PciTestDev()
+    bus.add(dev, 3)
+    bus.io_write(0xCF8, 4, 0x80000000 | 3 << 11)
+    assert bus.io_read(0xCFC, 4) == PT.DEVICE_TEST << 16 | PT.VENDOR_REDHAT
+    assert dev.decoded(0) == (PT.MEM_BASE, PT.MEM_SIZE, False)
+    assert dev.decoded(1) == (PT.IO_BASE, PT.IO_SIZE, True)
+    mem = _pci_run(dev.mmio_read, dev.mmio_write)
+    io = _pci_run(lambda o, s: dev.io_read(PT.IO_BASE + o, s),
+                  lambda o, s, v: dev.io_write(PT.IO_BASE + o, s, v))
+    assert mem == ["no-eventfd:mmio", "wildcard-eventfd:mmio", "datamatch-eventfd:mmio"]
+    assert io == ["no-eventfd:portio", "wildcard-eventfd:portio", "datamatch-eventfd:portio"]
+    # Memory decoding off: the window floats.
+    bus.io_write(0xCF8, 4, 0x80000000 | 3 << 11 | 4)
+    bus.io_write(0xCFC, 2, 0x1)
+    assert dev.mmio_read(0, 4) == 0xFFFF_FFFF
+    dev.reset()  # the firmware-assigned decode comes back
+    assert dev.mmio_read(1, 1) == 4
