@@ -14,8 +14,10 @@ isa-debug-exit,iobase=0xf4,iosize=0x4 -device pc-testdev -device pci-testdev -m 
 entry asks for more (``smp = N``) are marked in the "cpus" column.
 
 The result follows the suite's own convention for the isa-debug-exit status (v << 1) | 1:
-1 PASS, 3 FAIL, 77 SKIP (report_summary returns 77 >> 1 when everything was skipped); anything else is the way the run ended (timeout, triple fault,
-...), with the last line the guest printed.  Nothing in the project's test suite depends on
+1 PASS, 3 FAIL, 77 SKIP (report_summary returns 77 >> 1 when everything was skipped); anything
+else is the way the run ended (timeout, triple fault, ...) with the last line the guest printed;
+NOSTART: QEMU refused the entry's options (e.g. Hyper-V enlightenments need KVM), NOFILE: the
+entry's .flat is not built for this architecture.  Nothing in the project's test suite depends on
 this script or on kvm-unit-tests (it cannot be fetched in CI).
 """
 
@@ -44,6 +46,7 @@ class Entry:
     args: str
     smp: int
     cpu_flags: str
+    devices: list[str]
 
 
 @dataclass
@@ -70,9 +73,11 @@ def entries(build: Path, arch: str, only: set[str] | None) -> list[Entry]:
         if m:
             args = (args + " " + next(g for g in m.groups()[1:] if g is not None)).strip()
         cpu = re.search(r"-cpu\s+(\S+)", extra)
+        devices = [w for m2 in re.finditer(r"-device\s+(\S+)", extra)
+                   for w in ("-device", m2.group(1))]
         smp = sec.get("smp", "1")
         out.append(Entry(name, sec["file"], args, int(smp) if smp.isdigit() else 1,
-                         cpu.group(1) if cpu else "qemu64"))
+                         cpu.group(1) if cpu else "qemu64", devices))
     return out
 
 
@@ -80,8 +85,12 @@ def classify(code: int, timed_out: bool, output: str) -> Outcome:
     lines = [ln for ln in output.splitlines() if ln.strip()]
     summary = next((ln for ln in reversed(lines) if ln.startswith("SUMMARY")), "")
     last = lines[-1] if lines else ""
+    refused = next((ln for ln in lines if ln.startswith("qemu-system-x86_64:")), None)
     if timed_out:
         status = "TIMEOUT"
+    elif refused is not None and not summary:
+        # QEMU refused the machine (exit status 1, which would otherwise read as PASS).
+        status, last = "NOSTART", refused
     else:
         status = {1: "PASS", 3: "FAIL", 77: "SKIP"}.get(code, f"END({code})")
     return Outcome(status, 0.0, summary, last[:100])
@@ -113,7 +122,7 @@ def qemu_cmd(e: Entry) -> list[str]:
     cmd = ["qemu-system-x86_64", "-accel", "tcg", "-nodefaults", "-nographic",
            "-serial", "stdio", "-device", "isa-debug-exit,iobase=0xf4,iosize=0x4",
            "-device", "pc-testdev", "-device", "pci-testdev", "-m", "256", "-smp", "1",
-           "-cpu", e.cpu_flags, "-kernel", f"x86/{e.file}"]
+           "-cpu", e.cpu_flags, "-kernel", f"x86/{e.file}", *e.devices]
     if e.args:
         cmd += ["-append", e.args]
     return cmd
@@ -136,6 +145,9 @@ def main() -> int:
         "summary / last line (hyperv-emu)"]
     print(" | ".join(cols), flush=True)
     for e in entries(build, arch, only):
+        if not (build / "x86" / e.file).exists():
+            print(" | ".join([e.name, str(e.smp), "NOFILE", "0", f"x86/{e.file} not built"]))
+            continue
         mine = run(emu_cmd(e, a.timeout), a.timeout, build)
         row = [e.name, str(e.smp), mine.status, f"{mine.seconds:.0f}"]
         if a.qemu:
