@@ -85,7 +85,8 @@ def classify(code: int, timed_out: bool, output: str) -> Outcome:
     lines = [ln for ln in output.splitlines() if ln.strip()]
     summary = next((ln for ln in reversed(lines) if ln.startswith("SUMMARY")), "")
     last = lines[-1] if lines else ""
-    refused = next((ln for ln in lines if ln.startswith("qemu-system-x86_64:")), None)
+    refused = next((ln for ln in lines if ln.startswith("qemu-system-x86_64:")
+                    and "warning:" not in ln and "terminating on signal" not in ln), None)
     if timed_out:
         status = "TIMEOUT"
     elif refused is not None and not summary:
@@ -102,7 +103,8 @@ def run(cmd: list[str], timeout: float, cwd: Path) -> Outcome:
         p = subprocess.run(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                            stdin=subprocess.DEVNULL, timeout=timeout + 30)
         out = p.stdout.decode(errors="replace")
-        res = classify(p.returncode, p.returncode == 10, out)  # 10: hyperv-emu's --timeout
+        # 10: hyperv-emu's --timeout; 124: timeout(1) around QEMU.
+        res = classify(p.returncode, p.returncode in (10, 124), out)
     except subprocess.TimeoutExpired as exc:
         out = (exc.stdout or b"").decode(errors="replace")
         res = classify(-1, True, out)
@@ -152,8 +154,6 @@ def main() -> int:
         row = [e.name, str(e.smp), mine.status, f"{mine.seconds:.0f}"]
         if a.qemu:
             ref = run(["timeout", str(a.timeout), *qemu_cmd(e)], a.timeout, build)
-            if ref.status == "END(124)":
-                ref.status = "TIMEOUT"
             row += [ref.status, f"{ref.seconds:.0f}"]
         row.append(shlex.quote(mine.summary or mine.last))
         rows.append(row)
