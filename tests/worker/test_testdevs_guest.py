@@ -255,3 +255,30 @@ def test_hyperv_testdev_connection_id_taken_is_traced_not_raised() -> None:
     m.root.connect_port(m.child.id, 0x30, 0x99, port_partition=m.child.id)
     m.board.io_write(HT.PORT, 4, 0x30 << 24 | HT.MSG_CONN_CREATE << 16 | 1)
     assert any("hyperv-testdev-failed" in e for e in events)
+
+
+def test_fw_cfg_kernel_initrd_and_cmdline_items_match_the_multiboot_load() -> None:
+    kernel = _kernel()
+    m = Machine(MachineConfig(memory_mib=64, kernel=kernel, append="k.elf x",
+                              initrds=[("rd", b"RAMDISK!")], test_devices=True))
+    assert m.test_devices is not None
+    fw = m.test_devices.fw_cfg
+
+    def item(key: int, n: int) -> bytes:
+        fw.select(key)
+        return bytes(fw.read_byte() for _ in range(n))
+
+    def u32(key: int) -> int:
+        return int(struct.unpack("<I", item(key, 4))[0])
+
+    assert (u32(F.FW_CFG_KERNEL_ADDR), u32(F.FW_CFG_KERNEL_ENTRY)) == (LOAD, LOAD)
+    assert u32(F.FW_CFG_KERNEL_SIZE) == len(kernel)
+    assert item(F.FW_CFG_KERNEL_DATA, len(kernel)) == kernel
+    assert u32(F.FW_CFG_INITRD_SIZE) == 8 and item(F.FW_CFG_INITRD_DATA, 8) == b"RAMDISK!"
+    m.run(max_instructions=20_000_000)  # the loader has written the Multiboot information
+    plan = m._kernel_plan
+    assert plan is not None
+    assert u32(F.FW_CFG_CMDLINE_ADDR) == plan.cmdline_addr
+    assert m.partition.read_memory(plan.cmdline_addr, 8) == b"k.elf x\0"
+    assert u32(F.FW_CFG_INITRD_ADDR) == plan.module_addrs[0]
+    assert m.partition.read_memory(plan.module_addrs[0], 8) == b"RAMDISK!"
