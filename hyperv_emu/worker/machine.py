@@ -148,7 +148,7 @@ class MachineConfig:
     debugcon_output: Callable[[bytes], None] | None = None
     #: Offer the Hyper-V interface (CPUID 0x40000000+, synthetic MSRs, hypercalls).
     hyperv: bool = True
-    #: Add QEMU's test devices (fw_cfg, pc-testdev, hyperv-testdev): worker/testdevs.py.
+    #: Add QEMU's test devices (fw_cfg, pc/pci/hyperv-testdev): worker/testdevs.py.
     test_devices: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
