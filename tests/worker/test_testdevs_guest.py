@@ -5,6 +5,9 @@ routes and connections reach the partition's SynIC through the hypercall path.""
 from __future__ import annotations
 
 import struct
+from pathlib import Path
+
+import pytest
 
 from hyperv_emu.asm import assemble
 from hyperv_emu.hypervisor import hvdef as H
@@ -13,6 +16,7 @@ from hyperv_emu.vdev import hyperv_testdev as HT
 from hyperv_emu.worker.machine import Machine, MachineConfig
 from hyperv_emu.worker.testdevs import PORT_ID_BASE
 
+from ..test_cli import run_cli
 from .mbkernel import LOAD, elf32
 
 OUT = 0x300000  # where the guest stores what it read
@@ -282,3 +286,39 @@ def test_fw_cfg_kernel_initrd_and_cmdline_items_match_the_multiboot_load() -> No
     assert m.partition.read_memory(plan.cmdline_addr, 8) == b"k.elf x\0"
     assert u32(F.FW_CFG_INITRD_ADDR) == plan.module_addrs[0]
     assert m.partition.read_memory(plan.module_addrs[0], 8) == b"RAMDISK!"
+
+
+# Exits with 0 when fw_cfg's signature reads "QEMU", else 1.
+SIGNATURE_KERNEL = """
+start:
+    jmp main
+    .align 4
+    .long 0x1BADB002
+    .long 0x00000003
+    .long 0xE4524FFB
+main:
+    mov dx, 0x510
+    xor eax, eax
+    out dx, ax
+    mov dx, 0x511
+    in al, dx
+    shl eax, 8
+    in al, dx
+    shl eax, 8
+    in al, dx
+    shl eax, 8
+    in al, dx
+    cmp eax, 0x51454d55
+    setne al
+    out 0xf4, al
+    hlt
+"""
+
+
+@pytest.mark.parametrize(("flag", "status"), [(["--test-devices"], 1), ([], 3)])
+def test_cli_option_adds_the_devices(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                     flag: list[str], status: int) -> None:
+    kernel = tmp_path / "sig.elf"
+    kernel.write_bytes(elf32(assemble(SIGNATURE_KERNEL, 32, LOAD), LOAD))
+    got, _out, err = run_cli(capsys, "run", "--kernel", str(kernel), "--serial", "none", *flag)
+    assert got == status, err
