@@ -225,6 +225,9 @@ def _add_machine_options(p: argparse.ArgumentParser, serial_default: str = "stdo
                         "now with the host clock)")
     p.add_argument("--clock", choices=("deterministic", "host"), default="deterministic",
                    help="virtual clock mode (default deterministic)")
+    p.add_argument("--test-devices", action="store_true",
+                   help="add QEMU's test devices: fw_cfg, pc-testdev, pci-testdev, "
+                        "hyperv-testdev")
     p.add_argument("--no-hyperv", dest="hyperv", action="store_false",
                    help="a plain PC: no Hyper-V CPUID leaves, synthetic MSRs or hypercalls")
     p.add_argument("--exit-code", choices=("qemu", "plain"), default="qemu",

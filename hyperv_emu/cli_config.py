@@ -26,6 +26,7 @@ _FIELD_OPTIONS: dict[str, tuple[str, ...]] = {
     "serial": ("serial",),
     "debugcon": ("debugcon",),
     "ics": ("ic",),
+    "test_devices": ("test_devices",),
     "kvp": ("kvp",),
     "shutdown_after_heartbeats": ("shutdown_after_heartbeats",),
 }
@@ -116,6 +117,8 @@ def config_from_args(args: argparse.Namespace) -> VmConfig:
         if hyperv:
             fields.update(ics=bus.ics, kvp=tuple(bus.kvp),
                           shutdown_after_heartbeats=bus.shutdown_after_heartbeats)
+    if chosen("test_devices"):
+        fields["test_devices"] = args.test_devices
     if chosen("clock_mode"):
         fields["clock_mode"] = args.clock
     if chosen("rtc_base"):

@@ -22,6 +22,10 @@ CONFIG_DATA = 0xCFC
 ENABLE = 0x80000000
 #: CONFIG_ADDRESS bits 30:24 are reserved and bits 1:0 are hardwired to 0 (PCI 2.1, 3.7.4.1).
 _ADDRESS_MASK = 0x80FFFFFC
+#: What the decoder keeps: bits 1:0 too.  They read back as 0, but as in QEMU's i440FX they
+#: are added to the data window's byte offset, so ``outl(0x80000002, 0xCF8); inw(0xCFC)``
+#: reads the device ID (kvm-unit-tests' lib/x86/asm/pci.h config accessors rely on it).
+_LATCH_MASK = 0x80FFFFFF
 
 # Type 0 header offsets (PCI 2.1, figure 6-1).
 VENDOR_ID, DEVICE_ID, COMMAND, STATUS = 0x00, 0x02, 0x04, 0x06
@@ -285,12 +289,12 @@ class PciBus(Device):
 
     def _decode(self) -> tuple[int, int, int, int]:
         a = self.address
-        return (a >> 16) & 0xFF, (a >> 11) & 0x1F, (a >> 8) & 0x7, a & 0xFC
+        return (a >> 16) & 0xFF, (a >> 11) & 0x1F, (a >> 8) & 0x7, a & 0xFF
 
     # ---- ports -------------------------------------------------------------------------
     def io_read(self, port: int, size: int) -> int:
         if port == CONFIG_ADDRESS and size == 4:
-            return self.address
+            return self.address & _ADDRESS_MASK
         if port < CONFIG_DATA or not self.address & ENABLE:
             # Byte/word cycles at 0CF8h-0CFBh are ordinary I/O, not CONFIG_ADDRESS (PCI 2.1,
             # 3.7.4.1); nothing else decodes them here.  With the enable bit clear, 0CFCh is
@@ -306,7 +310,7 @@ class PciBus(Device):
 
     def io_write(self, port: int, size: int, value: int) -> None:
         if port == CONFIG_ADDRESS and size == 4:
-            self.address = value & _ADDRESS_MASK
+            self.address = value & _LATCH_MASK
             return
         if port < CONFIG_DATA or not self.address & ENABLE:
             return
@@ -326,4 +330,4 @@ class PciBus(Device):
 
     def restore(self, state: dict[str, Any]) -> None:
         self._check_state(state)
-        self.address = int(state["address"]) & _ADDRESS_MASK
+        self.address = int(state["address"]) & _LATCH_MASK

@@ -109,6 +109,16 @@ class RootPartition:
                 + struct.pack("<IIQ", port_type, 0, monitor_gpa).ljust(32, b"\0") + b"\0" * 8)
         self.hypercall(H.HvCallConnectPort, data)
 
+    def delete_port(self, port_id: int, *, port_partition: int | None = None) -> None:
+        """HvCallDeletePort (default: a port of the root partition itself)."""
+        pid = H.HV_PARTITION_ID_SELF if port_partition is None else port_partition
+        self.hypercall(H.HvCallDeletePort, struct.pack("<QII", pid, port_id, 0))
+
+    def disconnect_port(self, connection_partition: int, connection_id: int) -> None:
+        """HvCallDisconnectPort: ``connection_partition`` may no longer use the id."""
+        self.hypercall(H.HvCallDisconnectPort,
+                       struct.pack("<QII", connection_partition, connection_id, 0))
+
 
 class ChildHandle:
     """A child partition as its parent sees it."""

@@ -101,7 +101,7 @@ class Region:
         return self.base + self.size
 
 
-def pc_regions(ram_size: int) -> list[Region]:
+def pc_regions(ram_size: int, *, test_devices: bool = False) -> list[Region]:
     """The i440FX PC's address space with ``ram_size`` bytes of RAM (at least 1 MiB), in
     address order.  The VGA window is plain RAM (the text buffer is scanned, not trapped:
     UNICORN_NOTES) and C0000-EFFFF is shadow RAM as the chipset's PAM registers would leave
@@ -123,6 +123,15 @@ def pc_regions(ram_size: int) -> list[Region]:
         Region("local-apic", LOCAL_APIC_BASE, 0x1000, "mmio", None, False),
         Region("bios-alias", BIOS_HIGH_ALIAS, BIOS_SIZE, "rom", E820_RESERVED, False),
     ]
+    if test_devices:
+        # QEMU's test devices (worker/testdevs.py): pci-testdev's BAR0 where the board
+        # assigns it, pc-testdev's I/O RAM.
+        from hyperv_emu.vdev.pc_testdev import IORAM_BASE, IORAM_SIZE
+        from hyperv_emu.vdev.pci_testdev import MEM_BASE, MEM_SIZE
+
+        regions += [Region("pci-testdev", MEM_BASE, MEM_SIZE, "mmio", None, False),
+                    Region("pc-testdev", IORAM_BASE, IORAM_SIZE, "mmio", None, False)]
+        regions.sort(key=lambda r: r.base)
     return regions
 
 
@@ -301,7 +310,9 @@ class Board(Motherboard):
         self.platform = platform
         self.clock = clock
         self.attached = attached or Attachments()
-        self.memory = memory or MemoryMap(cfg.memory_mib * MiB)
+        self.memory = memory or MemoryMap(
+            cfg.memory_mib * MiB,
+            pc_regions(cfg.memory_mib * MiB, test_devices=cfg.test_devices))
         #: What the guest's exit-port write and POST codes are reported to (the machine).
         self.on_exit = on_exit
         self.on_post: Callable[..., None] = on_post or events

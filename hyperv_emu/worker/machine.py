@@ -38,6 +38,7 @@ from hyperv_emu.worker.config import MAX_MEMORY_MIB, ConfigError, VmConfig
 from hyperv_emu.worker.events import EventLog
 from hyperv_emu.worker.hostio import Attachments
 from hyperv_emu.worker.serial_input import StreamInput
+from hyperv_emu.worker.testdevs import TestDevices, add_test_devices
 from hyperv_emu.worker.vmbus_host import VmbusHost, VmbusOptions, options_of
 
 __all__ = ["A20Gate", "ConfigError", "Machine", "MachineConfig", "MachineExit"]
@@ -102,6 +103,8 @@ class MachineConfig:
     hyperv: bool = True
     #: The VMBus integration services and KVP host keys (worker/vmbus_host.py).
     vmbus: VmbusOptions = field(default_factory=VmbusOptions)
+    #: Add QEMU's test devices (fw_cfg, pc/pci/hyperv-testdev): worker/testdevs.py.
+    test_devices: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def split(self) -> tuple[VmConfig, Attachments]:
@@ -112,7 +115,8 @@ class MachineConfig:
                       rtc_base=rtc_base.isoformat(), hyperv=self.hyperv,
                       ics=tuple(self.vmbus.ics) if self.hyperv else (),
                       kvp=tuple(self.vmbus.kvp), name=self.vmbus.vm_name,
-                      shutdown_after_heartbeats=self.vmbus.shutdown_after_heartbeats)
+                      shutdown_after_heartbeats=self.vmbus.shutdown_after_heartbeats,
+                      test_devices=self.test_devices)
         return vm, Attachments(
             drives=_ide_slots(self), kernel=self.kernel, cmdline=self.append,
             modules=self.initrds, serial_output=self.serial_output,
@@ -189,6 +193,10 @@ class Machine:
                                 board.io_read_block, board.io_write_block)
         if attached.kernel is not None:
             self._plan_kernel(attached.kernel)
+        #: QEMU's test devices (worker/testdevs.py) when ``test_devices`` is set.
+        self.test_devices: TestDevices | None = None
+        if config.test_devices:
+            self.test_devices = add_test_devices(self)
 
     # ---- the board's parts -------------------------------------------------------------
     @property

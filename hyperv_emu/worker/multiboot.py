@@ -76,6 +76,9 @@ class BootPlan:
     info_addr: int = 0
     gdt_base: int = 0
     gdt_limit: int = 0
+    #: Where the command line (NUL-terminated) and each module were placed (for fw_cfg).
+    cmdline_addr: int = 0
+    module_addrs: list[int] = field(default_factory=list)
 
 
 def _find_header(image: bytes) -> tuple[int, tuple[int, ...]]:
@@ -176,6 +179,7 @@ def plan_boot(
             data = b""
         place(cursor, data, f"module {name}")
         start = cursor
+        plan.module_addrs.append(start)
         cursor = (cursor + len(data) + PAGE - 1) & ~(PAGE - 1)
         mod_entries += struct.pack("<IIII", start, start + len(data), 0, 0)  # string fixed below
 
@@ -215,6 +219,7 @@ def plan_boot(
     block += bytes(gdt_base - info - len(block)) + gdt
     place(info, block, "Multiboot information")
     plan.info_addr = info
+    plan.cmdline_addr = cmdline_addr
     plan.gdt_base = gdt_base
     plan.gdt_limit = len(gdt) - 1
     return plan

@@ -70,3 +70,9 @@ def test_extra_leaf_and_config_round_trip() -> None:
     assert guest_cpuid(0x40000010, cfg) == (1, 2, 3, 4)
     assert guest_cpuid(0x40000009, cfg) == (5, 0, 0, 6)
     assert HvCpuidConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_direct_synthetic_timers_are_advertised() -> None:
+    # TLFS: 0x40000003.EDX bit 19, DirectSyntheticTimers; guests (Linux, kvm-unit-tests'
+    # hyperv_stimer_direct) use STIMERx_CONFIG.DirectMode only when it is set.
+    assert guest_cpuid(0x40000003)[3] & H.HV_FEATURE_DIRECT_SYNTHETIC_TIMERS

@@ -101,6 +101,19 @@ def test_identity_registers_byte_word_dword() -> None:
     assert cfg_read(board, 3, 0, 0x08) == 0xFF000107
 
 
+def test_config_address_low_bits_offset_the_data_window_as_in_qemu() -> None:
+    # kvm-unit-tests reads the device ID with outl(0x80000002 | devfn << 8, 0xCF8); inw(0xCFC).
+    board, _, _ = make()
+    board.io_write(0xCF8, 4, addr(3, 0, 0x02))
+    assert board.io_read(0xCF8, 4) == addr(3, 0, 0)  # bits 1:0 still read back as 0
+    assert board.io_read(0xCFC, 2) == 0x5678
+    board.io_write(0xCF8, 4, addr(3, 0, 0x3D))
+    assert board.io_read(0xCFC, 1) == 0x01  # interrupt pin
+    board.io_write(0xCF8, 4, addr(3, 0, 0x3C))
+    board.io_write(0xCFC, 1, 0x0B)
+    assert cfg_read(board, 3, 0, 0x3C, 1) == 0x0B
+
+
 def test_enable_bit_clear_and_absent_functions_read_all_ones() -> None:
     board, _, _ = make()
     board.io_write(0xCF8, 4, addr(3, 0, 0, enable=False))

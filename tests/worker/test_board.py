@@ -81,8 +81,8 @@ def test_bios_e820_answer_is_the_boards_table(monkeypatch: pytest.MonkeyPatch) -
     """A region added to the table reaches the guest through INT 15h E820 unchanged."""
     regions = B.pc_regions
 
-    def with_hole(ram_size: int) -> list[B.Region]:
-        out = regions(ram_size)
+    def with_hole(ram_size: int, **kw: bool) -> list[B.Region]:
+        out = regions(ram_size, **kw)
         out.insert(-1, B.Region("test-reserved", 0xFED00000, 0x1000, "mmio", 2, False))
         return out
 
