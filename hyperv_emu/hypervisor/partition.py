@@ -25,7 +25,7 @@ from ..clock import VirtualClock
 from . import context as C
 from . import exits as E
 from . import msr as M
-from .blockmark import count_insns, locate
+from .blockmark import count_insns, locate, locate_insn
 from .context import self_test
 from .cpuid import CpuidModel
 from .deferred import drain_deferred
@@ -78,7 +78,9 @@ _VMCB_MSRPM_BASE = 0x48  # VMCB control area: MSRPM_BASE_PA (AMD APM Vol. 2, Tab
 #: by name keeps capstone out of start-up, see blockmark.locate).
 _INTERCEPTED_INSNS = {
     SVM_EXIT_HLT: frozenset({"hlt"}),
-    SVM_EXIT_RDTSC: frozenset({"rdtsc"}),
+    # Unicorn's RDTSCP helper runs the RDTSC helper, whose intercept check reports RDTSCP as
+    # SVM_EXIT_RDTSC too (AMD's own exit code 0x87 never arrives).
+    SVM_EXIT_RDTSC: frozenset({"rdtsc", "rdtscp"}),
     SVM_EXIT_RDTSCP: frozenset({"rdtscp"}),
     SVM_EXIT_MSR: frozenset({"rdmsr", "wrmsr"}),
 }
@@ -565,7 +567,7 @@ class Partition:
         target: int | None = vp.linear_rip()
         if exit_ is not None and exit_[0] == "intr" and exit_[1] >= EXCP_VMEXIT:
             ids = _INTERCEPTED_INSNS.get(exit_[1] - EXCP_VMEXIT)
-            target = None if ids is None else locate(vp.mmu.read, last, bits, ids)
+            target = None if ids is None else locate(vp.mmu.read, last, bits, ids, size)
         if target is None or not last <= target < last + size:
             return before + cur
         k = count_insns(vp.mmu.read, last, bits, target)
@@ -660,28 +662,35 @@ class Partition:
         # Unicorn left EIP stale (see blockmark.py): find the intercepted instruction in the
         # block that was executing.
         ids = _INTERCEPTED_INSNS.get(code)
+        length = 0
+        mnemonic = ""
         if ids is not None:
             bits = 64 if ctx.hflags & C.HF_CS64 else 32 if ctx.hflags & C.HF_CS32 else 16
             cs_base = 0 if bits == 64 else ctx.seg(C.SEG_CS).base
-            linear = locate(vp.mmu.read, vp.blocks.last, bits, ids)
-            if linear is None:
+            found = locate_insn(vp.mmu.read, vp.blocks.last, bits, ids,
+                                int(vp.blocks.state.size))
+            if found is None:
                 return RunExit(E.FAULT, f"SVM exit {code:#x}: intercepted instruction not found "
                                f"in the block at {vp.blocks.last:#x}", vp.index, ctx.rip)
+            linear, length, mnemonic = found
             ctx.rip = (linear - cs_base) & (0xFFFF_FFFF_FFFF_FFFF if bits == 64 else 0xFFFF_FFFF)
+        # The guest resumes after the instruction found, by its decoded length (prefixes
+        # included), whatever the exit code said it was.
         if code == SVM_EXIT_HLT:
             if self.observers.hlt:
                 self.observers.emit(hlt_event(vp))
-            ctx.rip = ctx.rip + 1
+            ctx.rip = ctx.rip + length
             vp.halted = True
         elif code in (SVM_EXIT_RDTSC, SVM_EXIT_RDTSCP):
             tsc = vp.tsc()
             ctx.set_gpr(0, tsc & 0xFFFF_FFFF)
             ctx.set_gpr(2, tsc >> 32)
-            if code == SVM_EXIT_RDTSCP:
+            if mnemonic == "rdtscp":
+                # ECX = IA32_TSC_AUX[31:0] (Intel SDM Vol. 2B, RDTSCP).
                 vp._dirty = True
                 aux = vp._engine_msr_read(M.IA32_TSC_AUX)
                 ctx.set_gpr(1, aux & 0xFFFF_FFFF)
-            ctx.rip = ctx.rip + (2 if code == SVM_EXIT_RDTSC else 3)
+            ctx.rip = ctx.rip + length
         elif code == SVM_EXIT_MSR:
             write = ctx.u32(C.OFF_ERROR_CODE) & 1
             index = ctx.gpr(1) & 0xFFFF_FFFF
@@ -706,7 +715,7 @@ class Partition:
                 return None
             if obs.msr:
                 obs.emit(msr_event(vp, bool(write), index, value, "ok"))
-            ctx.rip = ctx.rip + 2
+            ctx.rip = ctx.rip + length
         else:
             return RunExit(E.FAULT, f"unexpected SVM exit {code:#x}", vp.index, ctx.rip)
         vp._dirty = True
