@@ -709,7 +709,9 @@ class Partition:
                     ctx.set_gpr(2, value >> 32)
             except GuestFault as fault:
                 if obs.msr:
-                    obs.emit(msr_event(vp, bool(write), index, value if write else None, "#GP"))
+                    # Unknown MSRs are traced apart from refused values (msr.py).
+                    result = "#GP unknown" if isinstance(fault, M.UnknownMsr) else "#GP"
+                    obs.emit(msr_event(vp, bool(write), index, value if write else None, result))
                 vp.pending.insert(0, Event(fault.vector, KIND_EXCEPTION, fault.error_code))
                 vp._dirty = True
                 return None

@@ -18,6 +18,7 @@ import unicorn
 from unicorn import x86_const as X
 
 from . import context as C
+from . import cpuid_state
 from . import msr as M
 from .context import CpuContext, Segment
 from .delivery import KIND_EXCEPTION, KIND_EXTERNAL, Event
@@ -25,6 +26,7 @@ from .engine import open_engine
 from .gate import BlockGate
 from .lapic import LocalApic
 from .mmu import Mmu
+from .msr_table import MsrFile
 
 if TYPE_CHECKING:
     from .exits import RunExit
@@ -76,6 +78,8 @@ class VirtualProcessor:
         self._counting = False
         #: The engine's live RAX..R15 (valid inside hooks, where the saved context is stale).
         self._live_regs = (ctypes.c_uint64 * 16).from_address(C.env_address(self.uc))
+        #: The engine's live CR0..CR4 (same reason).
+        self._live_cr = (ctypes.c_uint64 * 5).from_address(C.env_address(self.uc) + C.OFF_CR)
         self._count_engine = False  # Unicorn's counting hook is installed
         self._delivered_ns = -(1 << 62)  # clock time of the last external interrupt delivered
         self.halted = False
@@ -85,7 +89,8 @@ class VirtualProcessor:
         #: This VP's local APIC (IA32_APIC_BASE lives in it).  It becomes the interrupt
         #: source when the worker wires it with :meth:`set_interrupt_source`.
         self.lapic = LocalApic(self)
-        self.mtrr_def_type = 0
+        #: The architectural MSRs not kept in the engine (msr_table.py).
+        self.msr_file = MsrFile(partition.cpuid)
         self.mmu = Mmu(self.ctx, partition.memory)
         # Run-time bookkeeping for the slice in progress.
         self._dirty = False
@@ -179,6 +184,8 @@ class VirtualProcessor:
         regs = self._live_regs
         leaf, subleaf = regs[0] & 0xFFFF_FFFF, regs[1] & 0xFFFF_FFFF
         a, b, c, d = self.partition.cpuid.lookup(leaf, subleaf, self.index)
+        if leaf in cpuid_state.LEAVES:
+            a, b, c, d = cpuid_state.adjust(self, leaf, subleaf, self._live_cr[4], (a, b, c, d))
         if leaf == 1:
             c, d = self.lapic.cpuid_leaf1(c, d)
         regs[0], regs[3], regs[1], regs[2] = (a & 0xFFFF_FFFF, b & 0xFFFF_FFFF,
@@ -256,7 +263,7 @@ class VirtualProcessor:
         self.halted = False
         self.pending.clear()
         self.tsc_offset = 0
-        self.mtrr_def_type = 0
+        self.msr_file.reset()
         self.lapic.power_on()
 
     @property
@@ -499,7 +506,7 @@ class VirtualProcessor:
             "halted": self.halted,
             "pending": [[e.vector, e.kind, e.error_code] for e in self.pending],
             "tsc_offset": self.tsc_offset, "lapic": self.lapic.save(),
-            "mtrr_def_type": self.mtrr_def_type,
+            "msr_file": self.msr_file.save(),
         }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -541,5 +548,7 @@ class VirtualProcessor:
         self.pending = [Event(v, k, e) for v, k, e in state["pending"]]
         self.tsc_offset = state["tsc_offset"]
         self.lapic.restore(state["lapic"])
-        self.mtrr_def_type = state["mtrr_def_type"]
+        # Saves from before the MSR table held MTRR_DEF_TYPE alone.
+        self.msr_file.restore(state.get("msr_file", {f"{M.IA32_MTRR_DEF_TYPE:#x}":
+                                                     state.get("mtrr_def_type", 0)}))
 
