@@ -403,7 +403,8 @@ class Partition:
                 and not ctx.hflags & C.HF_INHIBIT_IRQ and vp.source.has_interrupt())
 
     def _wakeable_now(self, vp: VirtualProcessor) -> bool:
-        return bool(vp.pending) or self._interrupt_ready(vp)
+        return bool(vp.pending) or vp.nmi_pending and not vp.nmi_blocked or (
+            self._interrupt_ready(vp))
 
     def _deliver(self, vp: VirtualProcessor, event: Event) -> RunExit | None:
         observed = self.observers.base(vp) if self.observers.interrupt else None
@@ -428,6 +429,12 @@ class Partition:
             ex = self._deliver(vp, vp.pending.pop(0))
             if ex is not None:
                 return ex
+        elif vp.nmi_pending and not vp.nmi_blocked and not ctx.hflags & C.HF_INHIBIT_IRQ:
+            vp.nmi_pending = False
+            ex = self._deliver(vp, Event(2, KIND_EXTERNAL))
+            if ex is not None:
+                return ex
+            ctx.set_u32(C.OFF_HFLAGS2, ctx.u32(C.OFF_HFLAGS2) | C.HF2_NMI_MASK)
         elif self._interrupt_ready(vp):
             assert vp.source is not None
             ex = self._deliver(vp, Event(vp.source.acknowledge() & 0xFF, KIND_EXTERNAL))
@@ -448,13 +455,18 @@ class Partition:
         # of a budget, and while observers take events from inside port/MMIO/CPUID hooks
         # (Unicorn's RIP there is only exact when counting).
         obs = self.observers
+        # An NMI held by a running NMI handler (or a shadow): one instruction at a time, so
+        # it is taken right after the IRET that unblocks it.
+        nmi_held = vp.nmi_pending
         if (budget is not None and budget <= COUNTED_TAIL
-                or obs.io or obs.mmio or obs.cpuid):
+                or obs.io or obs.mmio or obs.cpuid or nmi_held):
             count = MAX_SLICE if budget is None else min(MAX_SLICE, budget)
             if deterministic and deadline is not None:
                 count = min(count, max(1, clock.insns_until(deadline)))
             if masked:
                 count = min(count, 1 if ctx.hflags & C.HF_INHIBIT_IRQ else MASKED_SLICE)
+            if nmi_held:
+                count = 1
         else:
             limit = MAX_GATED_SLICE
             if deterministic and deadline is not None:
@@ -466,7 +478,10 @@ class Partition:
         # IRET and the interrupted code would never run again.  So within HOST_SLICE_US of
         # host time after a delivery, a masked interrupt is taken at the end of a slice of at
         # most HOST_MIN_SLICE_US instead of where IF becomes 1.
-        watch_if = masked and not count and (
+        # Counted slices watch IF too: a masked interrupt must be taken where IF becomes 1
+        # even inside a short window such as ``sti; nop; cli`` (the gate stops before the
+        # block at ``cli``, which QEMU starts right after the one-instruction STI shadow).
+        watch_if = masked and (
             deterministic or clock.now() - vp._delivered_ns >= HOST_SLICE_US * 1000)
         timeout_us = 0
         if not deterministic:
@@ -542,8 +557,10 @@ class Partition:
         stop_at = vp._stop_counter
         if stop_at is None:
             c = vp._counter.value
-            if exit_ is None and not vp.blocks.state.cur and not vp.blocks.state.limit:
-                return c  # the watchdog's gate stop, before a block: no instruction running
+            if exit_ is None and not vp.blocks.state.cur:
+                # A gate stop (the watchdog's, or IF becoming 1 with an interrupt waiting)
+                # happens before a block runs: no instruction is in progress.
+                return c
             return count if c > count else max(0, c - 1)
         completes = not (exit_ is not None and exit_[0] in ("bad-access", "invalid") or (
             exit_ is not None and exit_[0] == "intr" and (

@@ -85,6 +85,7 @@ class VirtualProcessor:
         self.halted = False
         self.source: InterruptSource | None = None
         self.pending: list[Event] = []
+        self.nmi_pending = False
         self.tsc_offset = 0
         #: This VP's local APIC (IA32_APIC_BASE lives in it).  It becomes the interrupt
         #: source when the worker wires it with :meth:`set_interrupt_source`.
@@ -262,6 +263,7 @@ class VirtualProcessor:
         ctx.save()
         self.halted = False
         self.pending.clear()
+        self.nmi_pending = False
         self.tsc_offset = 0
         self.msr_file.reset()
         self.lapic.power_on()
@@ -403,6 +405,19 @@ class VirtualProcessor:
         """Queue an exception, delivered before the VP's next instruction."""
         self.pending.append(Event(vector & 0xFF, KIND_EXCEPTION, error_code))
 
+    def inject_nmi(self) -> None:
+        """Raise NMI: latched (a second NMI while one is pending is the same NMI) and delivered
+        at the next instruction boundary where NMIs are not blocked, i.e. not before the
+        handler of the previous NMI has executed IRET (Intel SDM Vol. 3A 6.7.1).  Blocking
+        is the engine's own HF2_NMI_MASK, which its IRET helpers clear."""
+        self.nmi_pending = True
+        self.notify_interrupt()
+
+    @property
+    def nmi_blocked(self) -> bool:
+        """An NMI handler is running: NMIs are held until its IRET."""
+        return bool(self.ctx.u32(C.OFF_HFLAGS2) & C.HF2_NMI_MASK)
+
     def inject_interrupt(self, vector: int) -> None:
         """Queue an external interrupt vector regardless of IF (for tests and NMI-like use)."""
         self.pending.append(Event(vector & 0xFF, KIND_EXTERNAL))
@@ -506,7 +521,7 @@ class VirtualProcessor:
             "halted": self.halted,
             "pending": [[e.vector, e.kind, e.error_code] for e in self.pending],
             "tsc_offset": self.tsc_offset, "lapic": self.lapic.save(),
-            "msr_file": self.msr_file.save(),
+            "msr_file": self.msr_file.save(), "nmi_pending": self.nmi_pending,
         }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -546,6 +561,7 @@ class VirtualProcessor:
         ctx.save()
         self.halted = bool(state["halted"])
         self.pending = [Event(v, k, e) for v, k, e in state["pending"]]
+        self.nmi_pending = bool(state.get("nmi_pending", False))
         self.tsc_offset = state["tsc_offset"]
         self.lapic.restore(state["lapic"])
         # Saves from before the MSR table held MTRR_DEF_TYPE alone.
