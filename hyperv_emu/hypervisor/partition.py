@@ -24,6 +24,7 @@ import unicorn
 from ..clock import VirtualClock
 from . import context as C
 from . import exits as E
+from . import insn_emul
 from . import msr as M
 from .blockmark import count_insns, locate, locate_insn
 from .context import self_test
@@ -42,10 +43,17 @@ from .stringio import BlockIo, OffersBlock, ReadBlock, WriteBlock
 from .tbcache import remove_cache
 from .vp import (
     EXCP_VMEXIT,
+    SVM_EXIT_GDTR_WRITE,
     SVM_EXIT_HLT,
+    SVM_EXIT_IDTR_WRITE,
     SVM_EXIT_MSR,
+    SVM_EXIT_RDPMC,
     SVM_EXIT_RDTSC,
     SVM_EXIT_RDTSCP,
+    SVM_EXIT_READ_CR8,
+    SVM_EXIT_WRITE_CR0,
+    SVM_EXIT_WRITE_CR4,
+    SVM_EXIT_WRITE_CR8,
     UNTIL,
     VirtualProcessor,
 )
@@ -83,7 +91,18 @@ _INTERCEPTED_INSNS = {
     SVM_EXIT_RDTSC: frozenset({"rdtsc", "rdtscp"}),
     SVM_EXIT_RDTSCP: frozenset({"rdtscp"}),
     SVM_EXIT_MSR: frozenset({"rdmsr", "wrmsr"}),
+    SVM_EXIT_WRITE_CR0: frozenset({"mov cr0,*", "lmsw"}),
+    SVM_EXIT_WRITE_CR4: frozenset({"mov cr4,*"}),
+    SVM_EXIT_WRITE_CR8: frozenset({"mov cr8,*"}),
+    SVM_EXIT_READ_CR8: frozenset({"mov *, cr8"}),
+    SVM_EXIT_GDTR_WRITE: frozenset({"lgdt"}),
+    SVM_EXIT_IDTR_WRITE: frozenset({"lidt"}),
+    SVM_EXIT_RDPMC: frozenset({"rdpmc"}),
 }
+#: Intercepts whose instruction insn_emul.py checks and performs.
+_EMULATED = frozenset({SVM_EXIT_WRITE_CR0, SVM_EXIT_WRITE_CR4, SVM_EXIT_WRITE_CR8,
+                       SVM_EXIT_READ_CR8, SVM_EXIT_GDTR_WRITE, SVM_EXIT_IDTR_WRITE,
+                       SVM_EXIT_RDPMC})
 
 _VMCALL = bytes((0x0F, 0x01, 0xC1))
 _VMMCALL = bytes((0x0F, 0x01, 0xD9))
@@ -680,16 +699,16 @@ class Partition:
         # block that was executing.
         ids = _INTERCEPTED_INSNS.get(code)
         length = 0
-        mnemonic = ""
+        text = ""
+        bits = 64 if ctx.hflags & C.HF_CS64 else 32 if ctx.hflags & C.HF_CS32 else 16
         if ids is not None:
-            bits = 64 if ctx.hflags & C.HF_CS64 else 32 if ctx.hflags & C.HF_CS32 else 16
             cs_base = 0 if bits == 64 else ctx.seg(C.SEG_CS).base
             found = locate_insn(vp.mmu.read, vp.blocks.last, bits, ids,
                                 int(vp.blocks.state.size))
             if found is None:
                 return RunExit(E.FAULT, f"SVM exit {code:#x}: intercepted instruction not found "
                                f"in the block at {vp.blocks.last:#x}", vp.index, ctx.rip)
-            linear, length, mnemonic = found
+            linear, length, text = found
             ctx.rip = (linear - cs_base) & (0xFFFF_FFFF_FFFF_FFFF if bits == 64 else 0xFFFF_FFFF)
         # The guest resumes after the instruction found, by its decoded length (prefixes
         # included), whatever the exit code said it was.
@@ -702,11 +721,29 @@ class Partition:
             tsc = vp.tsc()
             ctx.set_gpr(0, tsc & 0xFFFF_FFFF)
             ctx.set_gpr(2, tsc >> 32)
-            if mnemonic == "rdtscp":
+            if text == "rdtscp":
                 # ECX = IA32_TSC_AUX[31:0] (Intel SDM Vol. 2B, RDTSCP).
                 vp._dirty = True
                 aux = vp._engine_msr_read(M.IA32_TSC_AUX)
                 ctx.set_gpr(1, aux & 0xFFFF_FFFF)
+            ctx.rip = ctx.rip + length
+        elif code in _EMULATED:
+            try:
+                if code == SVM_EXIT_RDPMC:
+                    # CPUID.0AH reports no counters, so every ECX selects an invalid one
+                    # (SDM Vol. 2B, RDPMC: #GP(0)).
+                    raise GuestFault(13, 0)
+                insn = vp.mmu.read(vp.linear_rip(), length)
+                if code in (SVM_EXIT_GDTR_WRITE, SVM_EXIT_IDTR_WRITE):
+                    insn_emul.load_descriptor_table(vp, text, length, insn, bits)
+                else:
+                    insn_emul.mov_cr(vp, text, length, insn, bits)
+            except GuestFault as fault:
+                if fault.vector == 14 and fault.cr2 is not None:
+                    ctx.set_cr(2, fault.cr2)
+                vp.pending.insert(0, Event(fault.vector, KIND_EXCEPTION, fault.error_code))
+                vp._dirty = True
+                return None
             ctx.rip = ctx.rip + length
         elif code == SVM_EXIT_MSR:
             write = ctx.u32(C.OFF_ERROR_CODE) & 1
