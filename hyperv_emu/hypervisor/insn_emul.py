@@ -1,7 +1,8 @@
 """Emulating the few system instructions the hypervisor intercepts to check what the engine
 does not: MOV to CR0/CR4 (reserved and unsupported bits, invalid combinations), MOV to/from
-CR8 (the local APIC's task priority), LMSW, LGDT/LIDT in 64-bit mode (canonical bases) and
-RDPMC (no performance counters).
+CR8 (the local APIC's task priority), LMSW, SMSW (which Unicorn stores as 16 bits even into a
+32-bit register) and MOV from CR0 (the same intercept), LGDT/LIDT (canonical bases in
+64-bit mode) and RDPMC (no performance counters).
 
 Unicorn 2.1.1's translator (QEMU 5) accepts any CR4 value the model's features allow and
 never checks CR0 combinations or descriptor-table bases, so these arrive through the SVM
@@ -183,6 +184,20 @@ def mov_cr(vp: VirtualProcessor, text: str, length: int, code: bytes, bits: int)
         old = ctx.cr(0)
         write_cr0(vp, (old & ~0xE) | (src & 0xF) | (old & CR0_PE))
         return
+    if mnemonic == "smsw":
+        # SMSW: a register destination gets CR0 at the operand size (all of CR0[31:0] for a
+        # 32-bit register, as every processor since the Pentium Pro and KVM give; Unicorn
+        # stored 16 bits), a memory destination its low 16 bits (SDM Vol. 2B, SMSW).
+        cr0 = ctx.cr(0)
+        if "ptr" in ops:
+            ea = _effective_address(vp, length, code, bits)
+            vp.mmu.write(ea, struct.pack("<H", cr0 & 0xFFFF))
+            return
+        index, width = _reg_operand(ops)
+        old_value = ctx.gpr(index)
+        keep = ~((1 << width) - 1) if width == 16 else 0
+        ctx.set_gpr(index, (old_value & keep) | (cr0 & ((1 << width) - 1)))
+        return
     dst, src_name = (s.strip() for s in ops.split(","))
     if dst.startswith("cr"):
         n = int(dst[2:])
@@ -199,11 +214,14 @@ def mov_cr(vp: VirtualProcessor, text: str, length: int, code: bytes, bits: int)
         else:
             raise ValueError(f"unexpected control-register write {text!r}")
         return
-    # mov reg, cr8: CR8[3:0] = TPR[7:4] (SDM Vol. 3A 10.8.6.1).
     index, width = _reg_operand(dst)
-    if src_name != "cr8":
+    if src_name == "cr0":
+        ctx.set_gpr(index, ctx.cr(0) & ((1 << width) - 1))
+    elif src_name == "cr8":
+        # CR8[3:0] = TPR[7:4] (SDM Vol. 3A 10.8.6.1).
+        ctx.set_gpr(index, (vp.lapic.read_register(REG_TPR) >> 4) & 0xF)
+    else:
         raise ValueError(f"unexpected control-register read {text!r}")
-    ctx.set_gpr(index, (vp.lapic.read_register(REG_TPR) >> 4) & 0xF)
 
 
 def load_descriptor_table(vp: VirtualProcessor, text: str, length: int, code: bytes,

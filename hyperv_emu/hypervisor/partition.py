@@ -50,6 +50,7 @@ from .vp import (
     SVM_EXIT_RDPMC,
     SVM_EXIT_RDTSC,
     SVM_EXIT_RDTSCP,
+    SVM_EXIT_READ_CR0,
     SVM_EXIT_READ_CR8,
     SVM_EXIT_WRITE_CR0,
     SVM_EXIT_WRITE_CR4,
@@ -95,14 +96,15 @@ _INTERCEPTED_INSNS = {
     SVM_EXIT_WRITE_CR4: frozenset({"mov cr4,*"}),
     SVM_EXIT_WRITE_CR8: frozenset({"mov cr8,*"}),
     SVM_EXIT_READ_CR8: frozenset({"mov *, cr8"}),
+    SVM_EXIT_READ_CR0: frozenset({"mov *, cr0", "smsw"}),
     SVM_EXIT_GDTR_WRITE: frozenset({"lgdt"}),
     SVM_EXIT_IDTR_WRITE: frozenset({"lidt"}),
     SVM_EXIT_RDPMC: frozenset({"rdpmc"}),
 }
 #: Intercepts whose instruction insn_emul.py checks and performs.
 _EMULATED = frozenset({SVM_EXIT_WRITE_CR0, SVM_EXIT_WRITE_CR4, SVM_EXIT_WRITE_CR8,
-                       SVM_EXIT_READ_CR8, SVM_EXIT_GDTR_WRITE, SVM_EXIT_IDTR_WRITE,
-                       SVM_EXIT_RDPMC})
+                       SVM_EXIT_READ_CR0, SVM_EXIT_READ_CR8, SVM_EXIT_GDTR_WRITE,
+                       SVM_EXIT_IDTR_WRITE, SVM_EXIT_RDPMC})
 
 _VMCALL = bytes((0x0F, 0x01, 0xC1))
 _VMMCALL = bytes((0x0F, 0x01, 0xD9))
