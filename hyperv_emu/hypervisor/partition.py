@@ -26,7 +26,7 @@ from . import context as C
 from . import exits as E
 from . import insn_emul
 from . import msr as M
-from .blockmark import count_insns, locate, locate_insn
+from .blockmark import count_insns, locate_insn
 from .context import self_test
 from .cpuid import CpuidModel
 from .deferred import drain_deferred
@@ -529,6 +529,7 @@ class Partition:
         vp._flush()
         cr2_before = ctx.cr(2)
         vp._hook_state = None
+        vp._intercepted = None
         vp._exit = None
         vp._stop_counter = None
         vp._running = True
@@ -605,7 +606,9 @@ class Partition:
         target: int | None = vp.linear_rip()
         if exit_ is not None and exit_[0] == "intr" and exit_[1] >= EXCP_VMEXIT:
             ids = _INTERCEPTED_INSNS.get(exit_[1] - EXCP_VMEXIT)
-            target = None if ids is None else locate(vp.mmu.read, last, bits, ids, size)
+            found = None if ids is None else locate_insn(vp.mmu.read, last, bits, ids, size)
+            vp._intercepted = found  # _svm_exit's too: decoded once per exit
+            target = None if found is None else found[0]
         if target is None or not last <= target < last + size:
             return before + cur
         k = count_insns(vp.mmu.read, last, bits, target)
@@ -705,8 +708,8 @@ class Partition:
         bits = 64 if ctx.hflags & C.HF_CS64 else 32 if ctx.hflags & C.HF_CS32 else 16
         if ids is not None:
             cs_base = 0 if bits == 64 else ctx.seg(C.SEG_CS).base
-            found = locate_insn(vp.mmu.read, vp.blocks.last, bits, ids,
-                                int(vp.blocks.state.size))
+            found = vp._intercepted or locate_insn(vp.mmu.read, vp.blocks.last, bits, ids,
+                                                   int(vp.blocks.state.size))
             if found is None:
                 return RunExit(E.FAULT, f"SVM exit {code:#x}: intercepted instruction not found "
                                f"in the block at {vp.blocks.last:#x}", vp.index, ctx.rip)

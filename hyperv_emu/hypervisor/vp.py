@@ -86,7 +86,8 @@ class VirtualProcessor:
         self._counting = False
         #: The engine's live RAX..R15 (valid inside hooks, where the saved context is stale).
         self._live_regs = (ctypes.c_uint64 * 16).from_address(C.env_address(self.uc))
-        #: The engine's live CR0..CR4 (same reason).
+        #: The engine's live CR0..CR4 and hflags (same reason).
+        self._live_hflags = ctypes.c_uint32.from_address(C.env_address(self.uc) + C.OFF_HFLAGS)
         self._live_cr = (ctypes.c_uint64 * 5).from_address(C.env_address(self.uc) + C.OFF_CR)
         self._count_engine = False  # Unicorn's counting hook is installed
         self._delivered_ns = -(1 << 62)  # clock time of the last external interrupt delivered
@@ -113,6 +114,9 @@ class VirtualProcessor:
         self._hook_ctx = self.uc.context_save()
         self._hook_base = int(self._hook_ctx.context.value) + C.ENV_OFFSET
         self._hook_state: tuple[int, int, int] | None = None
+        #: The intercepted instruction found in the block (address, length, text), once per
+        #: exit (partition.py).
+        self._intercepted: tuple[int, int, str] | None = None
         partition.memory.attach(self.uc)
         self._install_hooks()
         #: The native block gate: start of the block executing (to find intercepted
@@ -471,28 +475,28 @@ class VirtualProcessor:
         """The guest-visible TSC (clock plus the offset set by writes to IA32_TSC)."""
         return (self.clock_tsc() + self.tsc_offset) & 0xFFFF_FFFF_FFFF_FFFF
 
-    def _engine_msrs(self, op: Callable[[unicorn.Uc], Any]) -> Any:
+    def _engine_msrs(self, op: Callable[[unicorn.Uc], Any], changes: bool) -> Any:
         """Run ``op(uc)`` with the SVM guest bit off: Unicorn's msr_read/msr_write go through
         its RDMSR/WRMSR helpers, whose intercept check would otherwise long-jump out of a
-        context that is not executing guest code (a crash)."""
-        ctx = self.ctx
+        context that is not executing guest code (a crash).  The bit is flipped in the live
+        CPU state, which matches the saved context after the flush; an op that ``changes``
+        the engine's state (a write) is saved back into the context."""
         self._flush()
-        ctx.save()
-        ctx.hflags = ctx.hflags & ~C.HF_GUEST
-        ctx.restore()
+        live = self._live_hflags
+        live.value &= ~C.HF_GUEST
         try:
             result = op(self.uc)
         finally:
-            ctx.save()
-            ctx.hflags = ctx.hflags | C.HF_GUEST
-            ctx.restore()
+            live.value |= C.HF_GUEST
+        if changes:
+            self.ctx.save()
         return result
 
     def _engine_msr_read(self, index: int) -> int:
-        return int(self._engine_msrs(lambda uc: uc.msr_read(index)))
+        return int(self._engine_msrs(lambda uc: uc.msr_read(index), False))
 
     def _engine_msr_write(self, index: int, value: int) -> None:
-        self._engine_msrs(lambda uc: uc.msr_write(index, value))
+        self._engine_msrs(lambda uc: uc.msr_write(index, value), True)
 
     def linear_rip(self) -> int:
         """The linear address of CS:RIP."""
