@@ -40,6 +40,7 @@ from .mmu import GuestFault
 from .observe import Observers, hlt_event, interrupt_event, mmio_event, msr_event, traced_io
 from .sigint import SigintGuard
 from .stringio import BlockIo, OffersBlock, ReadBlock, WriteBlock
+from .syscall import syscall
 from .tbcache import remove_cache
 from .vp import (
     EXCP_VMEXIT,
@@ -652,6 +653,15 @@ class Partition:
             return RunExit(E.FAULT, f"{exit_[1]} at RIP {ctx.rip:#x}", vp.index, ctx.rip)
         if kind == "invalid":
             return self._invalid_opcode(vp)
+        if kind == "syscall":
+            try:
+                if syscall(vp):
+                    vp.pending.insert(0, Event(1, KIND_EXCEPTION))  # single-step trap
+            except GuestFault as fault:
+                ctx.rip = ctx.rip - 2  # #UD is a fault: reported at the SYSCALL itself
+                vp.pending.insert(0, Event(fault.vector, KIND_EXCEPTION, fault.error_code))
+            vp._dirty = True
+            return None
         intno = exit_[1]
         ctx.old_exception = -1
         vp._dirty = True

@@ -131,6 +131,7 @@ class VirtualProcessor:
         uc.hook_add(unicorn.UC_HOOK_INSN, self._on_in, None, 1, 0, X.UC_X86_INS_IN)
         uc.hook_add(unicorn.UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT)
         uc.hook_add(unicorn.UC_HOOK_INSN, self._on_cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
+        uc.hook_add(unicorn.UC_HOOK_INSN, self._on_syscall, None, 1, 0, X.UC_X86_INS_SYSCALL)
         uc.hook_add(unicorn.UC_HOOK_INTR, self._on_intr)
         uc.hook_add(unicorn.UC_HOOK_INSN_INVALID, self._on_invalid)
         uc.hook_add(unicorn.UC_HOOK_MEM_READ_UNMAPPED | unicorn.UC_HOOK_MEM_WRITE_UNMAPPED
@@ -208,7 +209,18 @@ class VirtualProcessor:
             self.partition.observers.emit(cpuid_event(self, leaf, subleaf, (a, b, c, d)))
         return 1  # skip Unicorn's native CPUID
 
+    def _on_syscall(self, uc: unicorn.Uc, _ud: object) -> None:
+        # Unicorn calls this instead of executing SYSCALL and resumes after it: the run loop
+        # performs the instruction (syscall.py).
+        self._exit = ("syscall",)
+        self._stop()
+
     def _on_intr(self, uc: unicorn.Uc, intno: int, _ud: object) -> None:
+        if intno == 1 and self._exit == ("syscall",):
+            # The single-step trap Unicorn raises at the end of the SYSCALL's block used the
+            # flags from before the instruction: syscall.py decides after FMASK.
+            self._stop()
+            return
         self._exit = ("intr", intno)
         uc.context_update(self._hook_ctx)
         b = self._hook_base
