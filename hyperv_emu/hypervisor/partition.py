@@ -40,7 +40,7 @@ from .mmu import GuestFault
 from .observe import Observers, hlt_event, interrupt_event, mmio_event, msr_event, traced_io
 from .sigint import SigintGuard
 from .stringio import BlockIo, OffersBlock, ReadBlock, WriteBlock
-from .syscall import syscall
+from .syscall import syscall, sysenter
 from .tbcache import remove_cache
 from .vp import (
     EXCP_VMEXIT,
@@ -653,12 +653,12 @@ class Partition:
             return RunExit(E.FAULT, f"{exit_[1]} at RIP {ctx.rip:#x}", vp.index, ctx.rip)
         if kind == "invalid":
             return self._invalid_opcode(vp)
-        if kind == "syscall":
+        if kind in ("syscall", "sysenter"):
             try:
-                if syscall(vp):
+                if sysenter(vp) if kind == "sysenter" else syscall(vp):
                     vp.pending.insert(0, Event(1, KIND_EXCEPTION))  # single-step trap
             except GuestFault as fault:
-                ctx.rip = ctx.rip - 2  # #UD is a fault: reported at the SYSCALL itself
+                ctx.rip = ctx.rip - 2  # a fault: reported at the (2-byte) instruction itself
                 vp.pending.insert(0, Event(fault.vector, KIND_EXCEPTION, fault.error_code))
             vp._dirty = True
             return None

@@ -1,6 +1,11 @@
-"""SYSCALL, performed by the hypervisor: Unicorn 2.1.1 replaces the instruction with a call to
-its ``UC_X86_INS_SYSCALL`` hooks and goes on to the next instruction, so without this a guest's
-SYSCALL does nothing at all.
+"""SYSCALL and SYSENTER, performed by the hypervisor: Unicorn 2.1.1 replaces each with a call to
+its ``UC_X86_INS_SYSCALL``/``UC_X86_INS_SYSENTER`` hooks and goes on to the next instruction,
+so without this a guest's SYSCALL or SYSENTER does nothing at all.  (SYSRET and SYSEXIT are
+the engine's own.)
+
+SYSENTER (Intel SDM Vol. 2B): #GP(0) in real mode or with IA32_SYSENTER_CS[15:2] = 0; VM, IF
+and RF cleared; CS = SYSENTER_CS and SS = CS + 8, flat ring 0 (64-bit code in IA-32e mode);
+(R|E)SP and (R|E)IP from SYSENTER_ESP/EIP.
 
 Behaviour of the CPU model (an Intel part; Intel SDM Vol. 2B, SYSCALL): #UD unless in 64-bit
 mode with IA32_EFER.SCE=1 (Intel processors do not recognise SYSCALL in compatibility or
@@ -49,3 +54,24 @@ def syscall(vp: VirtualProcessor) -> bool:
     ctx.update_seg_hflags()
     vp._dirty = True
     return bool(new_flags & C.RFLAGS_TF)
+
+
+def sysenter(vp: VirtualProcessor) -> bool:
+    """Perform the SYSENTER that ends at the VP's RIP; raises GuestFault(#GP) when the CPU
+    would.  SYSENTER leaves TF alone: True (a single-step trap at the entry point) if set."""
+    ctx = vp.ctx
+    cs = vp._engine_msr_read(T.IA32_SYSENTER_CS) & 0xFFFF
+    if not ctx.protected or not cs & 0xFFFC:
+        raise GuestFault(13, 0)
+    esp = vp._engine_msr_read(T.IA32_SYSENTER_ESP)
+    eip = vp._engine_msr_read(T.IA32_SYSENTER_EIP)
+    long_mode = bool(ctx.efer & T.EFER_LMA)
+    ctx.rflags = (ctx.rflags & ~(C.RFLAGS_VM | C.RFLAGS_IF | C.RFLAGS_RF)) | 2
+    code = _CODE64 if long_mode else (_CODE64 & ~C.DESC_L) | C.DESC_B
+    ctx.set_seg(C.SEG_CS, Segment(cs & 0xFFFC, 0, 0xFFFFFFFF, code))
+    ctx.set_seg(C.SEG_SS, Segment((cs + 8) & 0xFFFC, 0, 0xFFFFFFFF, _DATA))
+    ctx.set_gpr(4, esp if long_mode else esp & 0xFFFF_FFFF)
+    ctx.rip = eip if long_mode else eip & 0xFFFF_FFFF
+    ctx.update_seg_hflags()
+    vp._dirty = True
+    return bool(ctx.rflags & C.RFLAGS_TF)

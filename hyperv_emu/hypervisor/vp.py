@@ -132,6 +132,8 @@ class VirtualProcessor:
         uc.hook_add(unicorn.UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT)
         uc.hook_add(unicorn.UC_HOOK_INSN, self._on_cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
         uc.hook_add(unicorn.UC_HOOK_INSN, self._on_syscall, None, 1, 0, X.UC_X86_INS_SYSCALL)
+        uc.hook_add(unicorn.UC_HOOK_INSN, self._on_sysenter, None, 1, 0,
+                    X.UC_X86_INS_SYSENTER)
         uc.hook_add(unicorn.UC_HOOK_INTR, self._on_intr)
         uc.hook_add(unicorn.UC_HOOK_INSN_INVALID, self._on_invalid)
         uc.hook_add(unicorn.UC_HOOK_MEM_READ_UNMAPPED | unicorn.UC_HOOK_MEM_WRITE_UNMAPPED
@@ -215,8 +217,12 @@ class VirtualProcessor:
         self._exit = ("syscall",)
         self._stop()
 
+    def _on_sysenter(self, uc: unicorn.Uc, _ud: object) -> None:
+        self._exit = ("sysenter",)
+        self._stop()
+
     def _on_intr(self, uc: unicorn.Uc, intno: int, _ud: object) -> None:
-        if intno == 1 and self._exit == ("syscall",):
+        if intno == 1 and self._exit in (("syscall",), ("sysenter",)):
             # The single-step trap Unicorn raises at the end of the SYSCALL's block used the
             # flags from before the instruction: syscall.py decides after FMASK.
             self._stop()

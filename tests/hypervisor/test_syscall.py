@@ -70,3 +70,22 @@ def test_syscall_without_efer_sce_is_ud() -> None:
     m.load(0x4800, "nop\nsyscall\nhlt", 64)
     assert m.part.run(max_instructions=1000).reason == "halted"
     assert m.outs(0x81) == [6, 0x4801] and m.outs(0x82) == []
+
+
+def test_sysenter_enters_sysenter_eip_in_protected_mode_and_gp_without_cs() -> None:
+    from hv_helpers import IDT32, flat32, gate32, machine
+
+    m = machine()
+    flat32(m, 0x4000)
+    m.load(0x5000, "mov eax, 13\nout 0x81, eax\ncli\nhlt", 32)
+    m.part.write_memory(IDT32 + 13 * 8, gate32(0x5000, 0x10))
+    m.load(0x4800, "mov eax, esp\nout 0x82, eax\nmov eax, cs\nout 0x82, eax\nmov eax, ss\n"
+                   "out 0x82, eax\nmov ecx, 0x174\nxor eax, eax\nxor edx, edx\nwrmsr\n"
+                   "sysenter\nhlt", 32)
+    m.load(0x4000, "mov ecx, 0x174\nmov eax, 0x10\nxor edx, edx\nwrmsr\nmov ecx, 0x175\n"
+                   "mov eax, 0x9000\nwrmsr\nmov ecx, 0x176\nmov eax, 0x4800\nwrmsr\nsti\n"
+                   "sysenter\nhlt", 32)
+    assert m.part.run(max_instructions=1000).reason == "halted"
+    assert m.outs(0x82) == [0x9000, 0x10, 0x18]  # ESP, CS, SS = CS + 8
+    assert m.outs(0x81) == [13]  # SYSENTER_CS = 0: #GP
+    assert not m.vp.read_registers()["rflags"] & 0x200  # IF cleared
