@@ -10,6 +10,7 @@ same decoding tells how many instructions of a block ran before a slice stopped 
 from __future__ import annotations
 
 from collections.abc import Callable
+from fnmatch import fnmatchcase
 from typing import Any
 
 _disassemblers: dict[int, Any] = {}
@@ -35,36 +36,63 @@ def _disassembler(bits: int) -> Any:
 
 
 def locate(read: Callable[[int, int], bytes], block: int, bits: int,
-           mnemonics: frozenset[str]) -> int | None:
-    """Linear address of the first instruction whose mnemonic (capstone's spelling, e.g.
-    ``"rdmsr"``) is in ``mnemonics`` at or after the block start ``block``: the one an
-    intercept stopped, since a block is straight-line code and an earlier match would have
-    stopped it first.  None if it is not found."""
+           mnemonics: frozenset[str], limit: int = 0) -> int | None:
+    """Linear address of the first instruction whose mnemonic is in ``mnemonics`` at or after
+    the block start ``block`` (see :func:`locate_insn`)."""
+    found = locate_insn(read, block, bits, mnemonics, limit)
+    return None if found is None else found[0]
+
+
+def _wanted(mnemonic: str, ops: str, wanted: frozenset[str]) -> bool:
+    """``wanted`` holds mnemonics (``"rdmsr"``) or, for instructions a mnemonic alone does not
+    tell apart, shell-style patterns of the text with operands (``"mov cr4,*"`` for MOV to
+    CR4, ``"mov *, cr8"`` for a read of CR8)."""
+    if mnemonic in wanted:
+        return True
+    text = f"{mnemonic} {ops}"
+    return any(" " in w and fnmatchcase(text, w) for w in wanted)
+
+
+def locate_insn(read: Callable[[int, int], bytes], block: int, bits: int,
+                mnemonics: frozenset[str], limit: int = 0) -> tuple[int, int, str] | None:
+    """(linear address, length, text) of the first instruction ``mnemonics`` selects (see
+    :func:`_wanted`; capstone's spelling, e.g. ``"rdmsr"``) at or after the block start
+    ``block``: the one an intercept stopped, since a block is straight-line code and an earlier
+    match would have stopped it first.  The text is capstone's mnemonic and operands
+    (``"mov cr4, eax"``).  ``limit`` (the block's size in bytes, when known) bounds the search:
+    decoding past the block's end would find an unrelated instruction further on, and the
+    guest would resume after it.  None if it is not found."""
     cached = _found.get((block, bits))
-    if cached is not None and cached[2] in mnemonics:
+    if cached is not None and _wanted(*cached[2].partition(" ")[::2], mnemonics) and (
+            not limit or cached[0] + len(cached[1]) <= block + limit):
         # Re-check the one instruction: the guest may have rewritten its code since.  Same
         # bytes at the same address are the same instruction, without decoding it again.
         try:
             if read(cached[0], len(cached[1])) == cached[1]:
-                return cached[0]
+                return cached[0], len(cached[1]), cached[2]
         except Exception:  # noqa: BLE001, S110 - unmapped now: fall back to a full scan
             pass
     md = _disassembler(bits)
     data = b""
     addr = block
-    while len(data) < _MAX_SCAN:
+    end_scan = block + (limit if limit else _MAX_SCAN)
+    while addr < end_scan and len(data) < _MAX_SCAN:
         end = block + len(data)
         try:
             data += read(end, _CHUNK - (end % _CHUNK))
         except Exception:  # noqa: BLE001 - the block's tail may run into unmapped memory
             return None
-        for address, size, mnemonic, _ops in md.disasm_lite(data[addr - block:], addr):
-            if mnemonic in mnemonics:
+        for address, size, mnemonic, ops in md.disasm_lite(data[addr - block:], addr):
+            if address + size > end_scan:
+                return None
+            if _wanted(mnemonic, ops, mnemonics):
                 if len(_found) > 65536:
                     _found.clear()
                 start = address - block
-                _found[(block, bits)] = (int(address), data[start:start + size], mnemonic)
-                return int(address)
+                insn = data[start:start + size]
+                text = f"{mnemonic} {ops}".rstrip()
+                _found[(block, bits)] = (int(address), insn, text)
+                return int(address), size, text
             addr = address + size
     return None
 

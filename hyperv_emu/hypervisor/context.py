@@ -69,6 +69,9 @@ GPR_NAMES = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
 # QEMU's hflags bits as Unicorn keeps them (target/i386/cpu.h).
 HF_CPL_MASK = 0x3
 HF_INHIBIT_IRQ = 1 << 3
+#: hflags2 bit 2: NMI blocking, set by the hypervisor when it delivers an NMI and cleared by
+#: the engine's IRET helpers (QEMU's HF2_NMI_MASK).
+HF2_NMI_MASK = 1 << 2
 HF_CS32 = 1 << 4
 HF_SS32 = 1 << 5
 HF_ADDSEG = 1 << 6

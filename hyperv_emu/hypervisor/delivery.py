@@ -7,7 +7,8 @@ interrupt handling in protected mode, 6.14 in 64-bit mode, 6.15 Table 6-5 (doubl
 conditions), and Vol. 3B 20.1.4 for real-address mode.
 
 Not modelled: task gates and hardware task switches, virtual-8086 mode, stack-segment limit
-checks (expand-down segments), descriptor accessed-bit writes, shadow stacks, and NMI blocking.
+checks (expand-down segments), descriptor accessed-bit writes and shadow stacks.  NMI
+blocking is the run loop's (partition.py, with the engine's HF2_NMI_MASK).
 """
 
 from __future__ import annotations

@@ -35,7 +35,34 @@ def open_engine() -> Any:
     # The guest's CPU is an Intel Haswell, whatever the build's default model (2.1.1's is
     # qemu64, with AMD's vendor string, which would change the hypercall page's instruction).
     uc.ctl_set_cpu_model(CPU_MODEL)
+    uc.reg_read(X.UC_X86_REG_RAX)  # creates the CPU, so its feature words can be edited
+    _limit_xsave(uc)
     return uc
+
+
+#: Offset of ``CPUX86State.features`` (QEMU 5's FeatureWordArray, 64-bit words) in the live
+#: CPU state of Unicorn 2.1.1, and the words used: FEAT_1_EDX, FEAT_1_ECX, FEAT_XSAVE_COMP_LO.
+OFF_FEATURES = 5600
+FEAT_1_EDX, FEAT_1_ECX, FEAT_XSAVE_COMP_LO = 0, 1, 21
+#: XCR0 components the engine executes: x87 and SSE.  Its TCG (QEMU 5) has no AVX, so YMM
+#: state (bit 2) must not be offered in CPUID.0DH or accepted by XSETBV.
+XSAVE_EXECUTED = 0x3
+
+
+def _limit_xsave(uc: Any) -> None:
+    """Make the engine offer only :data:`XSAVE_EXECUTED` in XCR0.  The Haswell model lists
+    YMM state although AVX itself is filtered out (it raises #UD), so a guest could enable YMM
+    with XSETBV and then fault on every AVX instruction.  Both CPUID.0DH and XSETBV's check
+    read FEAT_XSAVE_COMP_LO, so clearing the bit there fixes both at the root."""
+    from .context import LayoutError, env_address
+
+    words = (ctypes.c_uint64 * 22).from_address(env_address(uc) + OFF_FEATURES)
+    # Layout check: FPU (bit 0) and SSE (bit 25) in FEAT_1_EDX, XSAVE (bit 26) in FEAT_1_ECX,
+    # x87|SSE in FEAT_XSAVE_COMP_LO, as every model with XSAVE has.
+    if (words[FEAT_1_EDX] & 0x0200_0001 != 0x0200_0001 or not words[FEAT_1_ECX] >> 26 & 1
+            or words[FEAT_XSAVE_COMP_LO] & 3 != 3):
+        raise LayoutError(f"CPU feature words not at +{OFF_FEATURES} of the CPU state")
+    words[FEAT_XSAVE_COMP_LO] &= XSAVE_EXECUTED
 
 
 def _ctl_write_no_args(uc: Any, ctl: int) -> None:

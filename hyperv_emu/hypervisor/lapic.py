@@ -13,7 +13,7 @@ Interrupt Controller (APIC)"; section names are cited where a choice was made.
   is clear the APIC is bypassed: the 8259 INTR reaches the CPU directly.
 * Delivery is synchronous, so the delivery-status bits (ICR, LVT, I/O APIC) always read idle.
   INIT, STARTUP and SMI messages are accepted and ignored (no SMM, no multi-VP boot protocol);
-  NMI is queued as vector 2 through the VP's pending events (no NMI blocking is modelled).
+  NMI is latched in the VP, which holds it while an NMI handler runs (until IRET).
   The MMIO page is not relocatable: it answers at 0xFEE00000 only for a VP whose
   IA32_APIC_BASE still points there.  CR8 is not linked to the TPR.
 
@@ -277,8 +277,7 @@ class LocalApic:
         # SMI, INIT, STARTUP: ignored (module docstring).
 
     def _nmi(self) -> None:
-        self.vp.inject_interrupt(2)
-        self.vp.notify_interrupt()
+        self.vp.inject_nmi()
 
     def _fire_lvt(self, reg: int) -> None:
         """A local source (timer, error...) fires through its LVT entry."""

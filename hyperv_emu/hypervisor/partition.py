@@ -24,8 +24,9 @@ import unicorn
 from ..clock import VirtualClock
 from . import context as C
 from . import exits as E
+from . import insn_emul
 from . import msr as M
-from .blockmark import count_insns, locate
+from .blockmark import count_insns, locate_insn
 from .context import self_test
 from .cpuid import CpuidModel
 from .deferred import drain_deferred
@@ -39,13 +40,22 @@ from .mmu import GuestFault
 from .observe import Observers, hlt_event, interrupt_event, mmio_event, msr_event, traced_io
 from .sigint import SigintGuard
 from .stringio import BlockIo, OffersBlock, ReadBlock, WriteBlock
+from .syscall import syscall, sysenter
 from .tbcache import remove_cache
 from .vp import (
     EXCP_VMEXIT,
+    SVM_EXIT_GDTR_WRITE,
     SVM_EXIT_HLT,
+    SVM_EXIT_IDTR_WRITE,
     SVM_EXIT_MSR,
+    SVM_EXIT_RDPMC,
     SVM_EXIT_RDTSC,
     SVM_EXIT_RDTSCP,
+    SVM_EXIT_READ_CR0,
+    SVM_EXIT_READ_CR8,
+    SVM_EXIT_WRITE_CR0,
+    SVM_EXIT_WRITE_CR4,
+    SVM_EXIT_WRITE_CR8,
     UNTIL,
     VirtualProcessor,
 )
@@ -78,10 +88,24 @@ _VMCB_MSRPM_BASE = 0x48  # VMCB control area: MSRPM_BASE_PA (AMD APM Vol. 2, Tab
 #: by name keeps capstone out of start-up, see blockmark.locate).
 _INTERCEPTED_INSNS = {
     SVM_EXIT_HLT: frozenset({"hlt"}),
-    SVM_EXIT_RDTSC: frozenset({"rdtsc"}),
+    # Unicorn's RDTSCP helper runs the RDTSC helper, whose intercept check reports RDTSCP as
+    # SVM_EXIT_RDTSC too (AMD's own exit code 0x87 never arrives).
+    SVM_EXIT_RDTSC: frozenset({"rdtsc", "rdtscp"}),
     SVM_EXIT_RDTSCP: frozenset({"rdtscp"}),
     SVM_EXIT_MSR: frozenset({"rdmsr", "wrmsr"}),
+    SVM_EXIT_WRITE_CR0: frozenset({"mov cr0,*", "lmsw"}),
+    SVM_EXIT_WRITE_CR4: frozenset({"mov cr4,*"}),
+    SVM_EXIT_WRITE_CR8: frozenset({"mov cr8,*"}),
+    SVM_EXIT_READ_CR8: frozenset({"mov *, cr8"}),
+    SVM_EXIT_READ_CR0: frozenset({"mov *, cr0", "smsw"}),
+    SVM_EXIT_GDTR_WRITE: frozenset({"lgdt"}),
+    SVM_EXIT_IDTR_WRITE: frozenset({"lidt"}),
+    SVM_EXIT_RDPMC: frozenset({"rdpmc"}),
 }
+#: Intercepts whose instruction insn_emul.py checks and performs.
+_EMULATED = frozenset({SVM_EXIT_WRITE_CR0, SVM_EXIT_WRITE_CR4, SVM_EXIT_WRITE_CR8,
+                       SVM_EXIT_READ_CR0, SVM_EXIT_READ_CR8, SVM_EXIT_GDTR_WRITE,
+                       SVM_EXIT_IDTR_WRITE, SVM_EXIT_RDPMC})
 
 _VMCALL = bytes((0x0F, 0x01, 0xC1))
 _VMMCALL = bytes((0x0F, 0x01, 0xD9))
@@ -408,7 +432,8 @@ class Partition:
                 and not ctx.hflags & C.HF_INHIBIT_IRQ and vp.source.has_interrupt())
 
     def _wakeable_now(self, vp: VirtualProcessor) -> bool:
-        return bool(vp.pending) or self._interrupt_ready(vp)
+        return bool(vp.pending) or vp.nmi_pending and not vp.nmi_blocked or (
+            self._interrupt_ready(vp))
 
     def _deliver(self, vp: VirtualProcessor, event: Event) -> RunExit | None:
         observed = self.observers.base(vp) if self.observers.interrupt else None
@@ -433,6 +458,12 @@ class Partition:
             ex = self._deliver(vp, vp.pending.pop(0))
             if ex is not None:
                 return ex
+        elif vp.nmi_pending and not vp.nmi_blocked and not ctx.hflags & C.HF_INHIBIT_IRQ:
+            vp.nmi_pending = False
+            ex = self._deliver(vp, Event(2, KIND_EXTERNAL))
+            if ex is not None:
+                return ex
+            ctx.set_u32(C.OFF_HFLAGS2, ctx.u32(C.OFF_HFLAGS2) | C.HF2_NMI_MASK)
         elif self._interrupt_ready(vp):
             assert vp.source is not None
             ex = self._deliver(vp, Event(vp.source.acknowledge() & 0xFF, KIND_EXTERNAL))
@@ -453,13 +484,18 @@ class Partition:
         # of a budget, and while observers take events from inside port/MMIO/CPUID hooks
         # (Unicorn's RIP there is only exact when counting).
         obs = self.observers
+        # An NMI held by a running NMI handler (or a shadow): one instruction at a time, so
+        # it is taken right after the IRET that unblocks it.
+        nmi_held = vp.nmi_pending
         if (budget is not None and budget <= self._budget_tail
-                or obs.io or obs.mmio or obs.cpuid):
+                or obs.io or obs.mmio or obs.cpuid or nmi_held):
             count = MAX_SLICE if budget is None else min(MAX_SLICE, budget)
             if deterministic and deadline is not None:
                 count = min(count, max(1, clock.insns_until(deadline)))
             if masked:
                 count = min(count, 1 if ctx.hflags & C.HF_INHIBIT_IRQ else MASKED_SLICE)
+            if nmi_held:
+                count = 1
         else:
             limit = MAX_GATED_SLICE
             if deterministic and deadline is not None:
@@ -471,7 +507,10 @@ class Partition:
         # IRET and the interrupted code would never run again.  So within HOST_SLICE_US of
         # host time after a delivery, a masked interrupt is taken at the end of a slice of at
         # most HOST_MIN_SLICE_US instead of where IF becomes 1.
-        watch_if = masked and not count and (
+        # Counted slices watch IF too: a masked interrupt must be taken where IF becomes 1
+        # even inside a short window such as ``sti; nop; cli`` (the gate stops before the
+        # block at ``cli``, which QEMU starts right after the one-instruction STI shadow).
+        watch_if = masked and (
             deterministic or clock.now() - vp._delivered_ns >= HOST_SLICE_US * 1000)
         timeout_us = 0
         if not deterministic:
@@ -498,6 +537,7 @@ class Partition:
         vp._flush()
         cr2_before = ctx.cr(2)
         vp._hook_state = None
+        vp._intercepted = None
         vp._exit = None
         vp._stop_counter = None
         vp._running = True
@@ -547,8 +587,10 @@ class Partition:
         stop_at = vp._stop_counter
         if stop_at is None:
             c = vp._counter.value
-            if exit_ is None and not vp.blocks.state.cur and not vp.blocks.state.limit:
-                return c  # the watchdog's gate stop, before a block: no instruction running
+            if exit_ is None and not vp.blocks.state.cur:
+                # A gate stop (the watchdog's, or IF becoming 1 with an interrupt waiting)
+                # happens before a block runs: no instruction is in progress.
+                return c
             return count if c > count else max(0, c - 1)
         completes = not (exit_ is not None and exit_[0] in ("bad-access", "invalid") or (
             exit_ is not None and exit_[0] == "intr" and (
@@ -572,7 +614,9 @@ class Partition:
         target: int | None = vp.linear_rip()
         if exit_ is not None and exit_[0] == "intr" and exit_[1] >= EXCP_VMEXIT:
             ids = _INTERCEPTED_INSNS.get(exit_[1] - EXCP_VMEXIT)
-            target = None if ids is None else locate(vp.mmu.read, last, bits, ids)
+            found = None if ids is None else locate_insn(vp.mmu.read, last, bits, ids, size)
+            vp._intercepted = found  # _svm_exit's too: decoded once per exit
+            target = None if found is None else found[0]
         if target is None or not last <= target < last + size:
             return before + cur
         k = count_insns(vp.mmu.read, last, bits, target)
@@ -616,6 +660,15 @@ class Partition:
             return RunExit(E.FAULT, f"{exit_[1]} at RIP {ctx.rip:#x}", vp.index, ctx.rip)
         if kind == "invalid":
             return self._invalid_opcode(vp)
+        if kind in ("syscall", "sysenter"):
+            try:
+                if sysenter(vp) if kind == "sysenter" else syscall(vp):
+                    vp.pending.insert(0, Event(1, KIND_EXCEPTION))  # single-step trap
+            except GuestFault as fault:
+                ctx.rip = ctx.rip - 2  # a fault: reported at the (2-byte) instruction itself
+                vp.pending.insert(0, Event(fault.vector, KIND_EXCEPTION, fault.error_code))
+            vp._dirty = True
+            return None
         intno = exit_[1]
         ctx.old_exception = -1
         vp._dirty = True
@@ -667,28 +720,53 @@ class Partition:
         # Unicorn left EIP stale (see blockmark.py): find the intercepted instruction in the
         # block that was executing.
         ids = _INTERCEPTED_INSNS.get(code)
+        length = 0
+        text = ""
+        bits = 64 if ctx.hflags & C.HF_CS64 else 32 if ctx.hflags & C.HF_CS32 else 16
         if ids is not None:
-            bits = 64 if ctx.hflags & C.HF_CS64 else 32 if ctx.hflags & C.HF_CS32 else 16
             cs_base = 0 if bits == 64 else ctx.seg(C.SEG_CS).base
-            linear = locate(vp.mmu.read, vp.blocks.last, bits, ids)
-            if linear is None:
+            found = vp._intercepted or locate_insn(vp.mmu.read, vp.blocks.last, bits, ids,
+                                                   int(vp.blocks.state.size))
+            if found is None:
                 return RunExit(E.FAULT, f"SVM exit {code:#x}: intercepted instruction not found "
                                f"in the block at {vp.blocks.last:#x}", vp.index, ctx.rip)
+            linear, length, text = found
             ctx.rip = (linear - cs_base) & (0xFFFF_FFFF_FFFF_FFFF if bits == 64 else 0xFFFF_FFFF)
+        # The guest resumes after the instruction found, by its decoded length (prefixes
+        # included), whatever the exit code said it was.
         if code == SVM_EXIT_HLT:
             if self.observers.hlt:
                 self.observers.emit(hlt_event(vp))
-            ctx.rip = ctx.rip + 1
+            ctx.rip = ctx.rip + length
             vp.halted = True
         elif code in (SVM_EXIT_RDTSC, SVM_EXIT_RDTSCP):
             tsc = vp.tsc()
             ctx.set_gpr(0, tsc & 0xFFFF_FFFF)
             ctx.set_gpr(2, tsc >> 32)
-            if code == SVM_EXIT_RDTSCP:
+            if text == "rdtscp":
+                # ECX = IA32_TSC_AUX[31:0] (Intel SDM Vol. 2B, RDTSCP).
                 vp._dirty = True
                 aux = vp._engine_msr_read(M.IA32_TSC_AUX)
                 ctx.set_gpr(1, aux & 0xFFFF_FFFF)
-            ctx.rip = ctx.rip + (2 if code == SVM_EXIT_RDTSC else 3)
+            ctx.rip = ctx.rip + length
+        elif code in _EMULATED:
+            try:
+                if code == SVM_EXIT_RDPMC:
+                    # CPUID.0AH reports no counters, so every ECX selects an invalid one
+                    # (SDM Vol. 2B, RDPMC: #GP(0)).
+                    raise GuestFault(13, 0)
+                insn = vp.mmu.read(vp.linear_rip(), length)
+                if code in (SVM_EXIT_GDTR_WRITE, SVM_EXIT_IDTR_WRITE):
+                    insn_emul.load_descriptor_table(vp, text, length, insn, bits)
+                else:
+                    insn_emul.mov_cr(vp, text, length, insn, bits)
+            except GuestFault as fault:
+                if fault.vector == 14 and fault.cr2 is not None:
+                    ctx.set_cr(2, fault.cr2)
+                vp.pending.insert(0, Event(fault.vector, KIND_EXCEPTION, fault.error_code))
+                vp._dirty = True
+                return None
+            ctx.rip = ctx.rip + length
         elif code == SVM_EXIT_MSR:
             write = ctx.u32(C.OFF_ERROR_CODE) & 1
             index = ctx.gpr(1) & 0xFFFF_FFFF
@@ -707,13 +785,15 @@ class Partition:
                     ctx.set_gpr(2, value >> 32)
             except GuestFault as fault:
                 if obs.msr:
-                    obs.emit(msr_event(vp, bool(write), index, value if write else None, "#GP"))
+                    # Unknown MSRs are traced apart from refused values (msr.py).
+                    result = "#GP unknown" if isinstance(fault, M.UnknownMsr) else "#GP"
+                    obs.emit(msr_event(vp, bool(write), index, value if write else None, result))
                 vp.pending.insert(0, Event(fault.vector, KIND_EXCEPTION, fault.error_code))
                 vp._dirty = True
                 return None
             if obs.msr:
                 obs.emit(msr_event(vp, bool(write), index, value, "ok"))
-            ctx.rip = ctx.rip + 2
+            ctx.rip = ctx.rip + length
         else:
             return RunExit(E.FAULT, f"unexpected SVM exit {code:#x}", vp.index, ctx.rip)
         vp._dirty = True

@@ -18,6 +18,7 @@ import unicorn
 from unicorn import x86_const as X
 
 from . import context as C
+from . import cpuid_state
 from . import msr as M
 from .context import CpuContext, Segment
 from .delivery import KIND_EXCEPTION, KIND_EXTERNAL, Event
@@ -25,6 +26,7 @@ from .engine import open_engine
 from .gate import BlockGate
 from .lapic import LocalApic
 from .mmu import Mmu
+from .msr_table import MsrFile
 
 if TYPE_CHECKING:
     from .exits import RunExit
@@ -39,8 +41,16 @@ SVM_EXIT_RDTSC = 0x6E
 SVM_EXIT_HLT = 0x78
 SVM_EXIT_MSR = 0x7C
 SVM_EXIT_RDTSCP = 0x87
+SVM_EXIT_READ_CR0, SVM_EXIT_READ_CR8 = 0x00, 0x08
+SVM_EXIT_WRITE_CR0, SVM_EXIT_WRITE_CR4, SVM_EXIT_WRITE_CR8 = 0x10, 0x14, 0x18
+SVM_EXIT_IDTR_WRITE, SVM_EXIT_GDTR_WRITE, SVM_EXIT_RDPMC = 0x6A, 0x6B, 0x6F
 SVM_INTERCEPTS = sum(1 << (c - 0x60) for c in (SVM_EXIT_RDTSC, SVM_EXIT_HLT, SVM_EXIT_MSR,
-                                               SVM_EXIT_RDTSCP))
+                                               SVM_EXIT_RDTSCP, SVM_EXIT_IDTR_WRITE,
+                                               SVM_EXIT_GDTR_WRITE, SVM_EXIT_RDPMC))
+#: Control-register intercepts (bit n: CRn), checked by insn_emul.py: writes of CR0, CR4
+#: and CR8, reads of CR0 (SMSW's) and CR8 (the APIC's TPR).
+SVM_CR_READS = (1 << 0) | (1 << 8)
+SVM_CR_WRITES = (1 << 0) | (1 << 4) | (1 << 8)
 EXCP_VMEXIT = 0x100
 
 _REAL_CODE = C.DESC_P | C.DESC_S | C.DESC_CS | C.DESC_W | C.DESC_A
@@ -76,16 +86,21 @@ class VirtualProcessor:
         self._counting = False
         #: The engine's live RAX..R15 (valid inside hooks, where the saved context is stale).
         self._live_regs = (ctypes.c_uint64 * 16).from_address(C.env_address(self.uc))
+        #: The engine's live CR0..CR4 and hflags (same reason).
+        self._live_hflags = ctypes.c_uint32.from_address(C.env_address(self.uc) + C.OFF_HFLAGS)
+        self._live_cr = (ctypes.c_uint64 * 5).from_address(C.env_address(self.uc) + C.OFF_CR)
         self._count_engine = False  # Unicorn's counting hook is installed
         self._delivered_ns = -(1 << 62)  # clock time of the last external interrupt delivered
         self.halted = False
         self.source: InterruptSource | None = None
         self.pending: list[Event] = []
+        self.nmi_pending = False
         self.tsc_offset = 0
         #: This VP's local APIC (IA32_APIC_BASE lives in it).  It becomes the interrupt
         #: source when the worker wires it with :meth:`set_interrupt_source`.
         self.lapic = LocalApic(self)
-        self.mtrr_def_type = 0
+        #: The architectural MSRs not kept in the engine (msr_table.py).
+        self.msr_file = MsrFile(partition.cpuid)
         self.mmu = Mmu(self.ctx, partition.memory)
         # Run-time bookkeeping for the slice in progress.
         self._dirty = False
@@ -99,6 +114,9 @@ class VirtualProcessor:
         self._hook_ctx = self.uc.context_save()
         self._hook_base = int(self._hook_ctx.context.value) + C.ENV_OFFSET
         self._hook_state: tuple[int, int, int] | None = None
+        #: The intercepted instruction found in the block (address, length, text), once per
+        #: exit (partition.py).
+        self._intercepted: tuple[int, int, str] | None = None
         partition.memory.attach(self.uc)
         self._install_hooks()
         #: The native block gate: start of the block executing (to find intercepted
@@ -113,6 +131,9 @@ class VirtualProcessor:
         uc.hook_add(unicorn.UC_HOOK_INSN, self._on_in, None, 1, 0, X.UC_X86_INS_IN)
         uc.hook_add(unicorn.UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT)
         uc.hook_add(unicorn.UC_HOOK_INSN, self._on_cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
+        uc.hook_add(unicorn.UC_HOOK_INSN, self._on_syscall, None, 1, 0, X.UC_X86_INS_SYSCALL)
+        uc.hook_add(unicorn.UC_HOOK_INSN, self._on_sysenter, None, 1, 0,
+                    X.UC_X86_INS_SYSENTER)
         uc.hook_add(unicorn.UC_HOOK_INTR, self._on_intr)
         uc.hook_add(unicorn.UC_HOOK_INSN_INVALID, self._on_invalid)
         uc.hook_add(unicorn.UC_HOOK_MEM_READ_UNMAPPED | unicorn.UC_HOOK_MEM_WRITE_UNMAPPED
@@ -179,6 +200,8 @@ class VirtualProcessor:
         regs = self._live_regs
         leaf, subleaf = regs[0] & 0xFFFF_FFFF, regs[1] & 0xFFFF_FFFF
         a, b, c, d = self.partition.cpuid.lookup(leaf, subleaf, self.index)
+        if leaf in cpuid_state.LEAVES:
+            a, b, c, d = cpuid_state.adjust(self, leaf, subleaf, self._live_cr[4], (a, b, c, d))
         if leaf == 1:
             c, d = self.lapic.cpuid_leaf1(c, d)
         regs[0], regs[3], regs[1], regs[2] = (a & 0xFFFF_FFFF, b & 0xFFFF_FFFF,
@@ -188,7 +211,22 @@ class VirtualProcessor:
             self.partition.observers.emit(cpuid_event(self, leaf, subleaf, (a, b, c, d)))
         return 1  # skip Unicorn's native CPUID
 
+    def _on_syscall(self, uc: unicorn.Uc, _ud: object) -> None:
+        # Unicorn calls this instead of executing SYSCALL and resumes after it: the run loop
+        # performs the instruction (syscall.py).
+        self._exit = ("syscall",)
+        self._stop()
+
+    def _on_sysenter(self, uc: unicorn.Uc, _ud: object) -> None:
+        self._exit = ("sysenter",)
+        self._stop()
+
     def _on_intr(self, uc: unicorn.Uc, intno: int, _ud: object) -> None:
+        if intno == 1 and self._exit in (("syscall",), ("sysenter",)):
+            # The single-step trap Unicorn raises at the end of the SYSCALL's block used the
+            # flags from before the instruction: syscall.py decides after FMASK.
+            self._stop()
+            return
         self._exit = ("intr", intno)
         uc.context_update(self._hook_ctx)
         b = self._hook_base
@@ -255,8 +293,9 @@ class VirtualProcessor:
         ctx.save()
         self.halted = False
         self.pending.clear()
+        self.nmi_pending = False
         self.tsc_offset = 0
-        self.mtrr_def_type = 0
+        self.msr_file.reset()
         self.lapic.power_on()
 
     @property
@@ -272,6 +311,9 @@ class VirtualProcessor:
         ctx.set_u64(C.OFF_TSC_OFFSET, 0)
         for off in range(C.OFF_INTERCEPT_CR_READ, C.OFF_INTERCEPT_EXCEPTIONS + 4, 2):
             ctypes.c_uint16.from_address(ctx.base + off).value = 0
+        ctypes.c_uint16.from_address(ctx.base + C.OFF_INTERCEPT_CR_READ).value = SVM_CR_READS
+        ctypes.c_uint16.from_address(ctx.base + C.OFF_INTERCEPT_CR_READ + 2).value = (
+            SVM_CR_WRITES)
 
     def read_registers(self) -> dict[str, int]:
         """Architectural registers (lowercase names), segment selectors and bases."""
@@ -396,6 +438,19 @@ class VirtualProcessor:
         """Queue an exception, delivered before the VP's next instruction."""
         self.pending.append(Event(vector & 0xFF, KIND_EXCEPTION, error_code))
 
+    def inject_nmi(self) -> None:
+        """Raise NMI: latched (a second NMI while one is pending is the same NMI) and delivered
+        at the next instruction boundary where NMIs are not blocked, i.e. not before the
+        handler of the previous NMI has executed IRET (Intel SDM Vol. 3A 6.7.1).  Blocking
+        is the engine's own HF2_NMI_MASK, which its IRET helpers clear."""
+        self.nmi_pending = True
+        self.notify_interrupt()
+
+    @property
+    def nmi_blocked(self) -> bool:
+        """An NMI handler is running: NMIs are held until its IRET."""
+        return bool(self.ctx.u32(C.OFF_HFLAGS2) & C.HF2_NMI_MASK)
+
     def inject_interrupt(self, vector: int) -> None:
         """Queue an external interrupt vector regardless of IF (for tests and NMI-like use)."""
         self.pending.append(Event(vector & 0xFF, KIND_EXTERNAL))
@@ -438,28 +493,28 @@ class VirtualProcessor:
         """The guest-visible TSC (clock plus the offset set by writes to IA32_TSC)."""
         return (self.clock_tsc() + self.tsc_offset) & 0xFFFF_FFFF_FFFF_FFFF
 
-    def _engine_msrs(self, op: Callable[[unicorn.Uc], Any]) -> Any:
+    def _engine_msrs(self, op: Callable[[unicorn.Uc], Any], changes: bool) -> Any:
         """Run ``op(uc)`` with the SVM guest bit off: Unicorn's msr_read/msr_write go through
         its RDMSR/WRMSR helpers, whose intercept check would otherwise long-jump out of a
-        context that is not executing guest code (a crash)."""
-        ctx = self.ctx
+        context that is not executing guest code (a crash).  The bit is flipped in the live
+        CPU state, which matches the saved context after the flush; an op that ``changes``
+        the engine's state (a write) is saved back into the context."""
         self._flush()
-        ctx.save()
-        ctx.hflags = ctx.hflags & ~C.HF_GUEST
-        ctx.restore()
+        live = self._live_hflags
+        live.value &= ~C.HF_GUEST
         try:
             result = op(self.uc)
         finally:
-            ctx.save()
-            ctx.hflags = ctx.hflags | C.HF_GUEST
-            ctx.restore()
+            live.value |= C.HF_GUEST
+        if changes:
+            self.ctx.save()
         return result
 
     def _engine_msr_read(self, index: int) -> int:
-        return int(self._engine_msrs(lambda uc: uc.msr_read(index)))
+        return int(self._engine_msrs(lambda uc: uc.msr_read(index), False))
 
     def _engine_msr_write(self, index: int, value: int) -> None:
-        self._engine_msrs(lambda uc: uc.msr_write(index, value))
+        self._engine_msrs(lambda uc: uc.msr_write(index, value), True)
 
     def linear_rip(self) -> int:
         """The linear address of CS:RIP."""
@@ -499,7 +554,7 @@ class VirtualProcessor:
             "halted": self.halted,
             "pending": [[e.vector, e.kind, e.error_code] for e in self.pending],
             "tsc_offset": self.tsc_offset, "lapic": self.lapic.save(),
-            "mtrr_def_type": self.mtrr_def_type,
+            "msr_file": self.msr_file.save(), "nmi_pending": self.nmi_pending,
         }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -539,7 +594,10 @@ class VirtualProcessor:
         ctx.save()
         self.halted = bool(state["halted"])
         self.pending = [Event(v, k, e) for v, k, e in state["pending"]]
+        self.nmi_pending = bool(state.get("nmi_pending", False))
         self.tsc_offset = state["tsc_offset"]
         self.lapic.restore(state["lapic"])
-        self.mtrr_def_type = state["mtrr_def_type"]
+        # Saves from before the MSR table held MTRR_DEF_TYPE alone.
+        self.msr_file.restore(state.get("msr_file", {f"{M.IA32_MTRR_DEF_TYPE:#x}":
+                                                     state.get("mtrr_def_type", 0)}))
 

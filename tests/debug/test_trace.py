@@ -110,7 +110,7 @@ def test_msr_gp_and_exception_delivery_lines() -> None:
     part.run(max_instructions=100)
     lines = [format_event(e) for e in events]
     assert "rdmsr" in lines[0] and lines[0].endswith(
-        "msr rdmsr MSR_0x12345 (0x12345) -> #GP")
+        "msr rdmsr MSR_0x12345 (0x12345) -> #GP unknown")
     assert isinstance(events[1], InterruptEvent)
     assert lines[1].endswith("interrupt vector=0xd exception #GP error_code=0x0 -> 0x0:0x1100")
     assert events[1].rip == events[0].rip  # a fault is taken at the faulting instruction

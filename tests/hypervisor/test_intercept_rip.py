@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import struct
 
-from hv_helpers import FakePic, machine
+from hv_helpers import FakePic, flat32, machine
 
 
 def _real_mode_guest(body: str):  # type: ignore[no-untyped-def]
@@ -63,3 +63,16 @@ def test_interrupt_raised_inside_rep_insw_loses_no_element() -> None:
     assert reads[0] == 256
     words = struct.unpack("<256H", m.part.read_memory(0x2000, 512))
     assert list(words) == list(range(1, 257))
+
+
+def test_rdtscp_resumes_after_itself_with_ecx_tsc_aux() -> None:
+    # Unicorn reports RDTSCP with RDTSC's exit code; a later RDTSC beyond the block must not be
+    # taken for it (kvm-unit-tests "tsc" resumed after an RDTSC further on and looped).
+    m = machine()
+    flat32(m, 0x4000)
+    m.load(0x4000, "mov ecx, 0xc0000103\nmov eax, 0x1234\nxor edx, edx\nwrmsr\n"
+                   "xor ecx, ecx\nrdtscp\nmov eax, ecx\nout 0x80, eax\nmov eax, 2\n"
+                   "out 0x80, eax\ncli\nhlt\nrdtsc\nmov eax, 3\nout 0x80, eax\nhlt", 32)
+    ex = m.part.run(max_instructions=1000)
+    assert ex.reason == "halted"
+    assert m.outs(0x80) == [0x1234, 2]

@@ -1,0 +1,102 @@
+"""Cost of the trapped instructions a guest executes most: CPUID, RDMSR, WRMSR, RDTSC and MOV
+to/from CR8, each through the whole hypervisor path (guest instruction -> Unicorn trap ->
+Partition run loop -> handler -> result -> resume), in microseconds per instruction.
+
+Each case's time less the same loop with a NOP instead (run the same way, so the partition's
+fixed start-up cost cancels) is the cost of one trapped instruction.  Baseline, measured in
+the same run: a bare Unicorn engine running CPUID with a trivial Python ``UC_HOOK_INSN``
+callback (the least any Python-handled trap costs).  The ratio column is each path's cost
+over that baseline; issue 10's target is <= 5 us per trapped instruction.
+
+Run: ``python bench/bench_intercepts.py`` (about half a minute on a 2-core machine).
+"""
+
+from __future__ import annotations
+
+import struct
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import unicorn  # noqa: E402
+from unicorn import x86_const as X  # noqa: E402
+
+from hyperv_emu.asm import assemble  # noqa: E402
+from hyperv_emu.clock import VirtualClock  # noqa: E402
+from hyperv_emu.hypervisor import Partition  # noqa: E402
+
+ITERS = 20_000
+CODE = 0x4000
+PML4, PDPT, PD = 0x10000, 0x11000, 0x12000
+
+
+def loop(body: str, setup: str = "") -> str:
+    return f"{setup}\nmov r12d, {ITERS}\nloop1:\n{body}\ndec r12d\njnz loop1\nhlt\n"
+
+
+EMPTY = loop("nop")
+CASES = {
+    "CPUID leaf 1": loop("mov eax, 1\ncpuid"),
+    "RDMSR IA32_EFER": loop("mov ecx, 0xC0000080\nrdmsr"),
+    "RDMSR IA32_MISC_ENABLE": loop("mov ecx, 0x1A0\nrdmsr"),
+    "WRMSR IA32_STAR": loop("mov ecx, 0xC0000081\nxor eax, eax\nxor edx, edx\nwrmsr"),
+    "RDTSC": loop("rdtsc"),
+    "MOV CR8, reg": loop("xor eax, eax\nmov cr8, rax"),
+    "MOV reg, CR8": loop("mov rax, cr8"),
+}
+
+
+def baseline() -> float:
+    """Seconds per iteration of a bare engine's CPUID loop with a trivial Python hook."""
+    code = assemble(loop("mov eax, 1\ncpuid"), 64, CODE)
+    uc = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_64)
+    uc.mem_map(0, 0x100000)
+    uc.mem_write(CODE, code)
+    uc.hook_add(unicorn.UC_HOOK_INSN, lambda u, _ud: 1, None, 1, 0, X.UC_X86_INS_CPUID)
+    t = time.perf_counter()
+    uc.emu_start(CODE, CODE + len(code) - 1)
+    return (time.perf_counter() - t) / ITERS
+
+
+def partition_run(src: str) -> float:
+    """Seconds per iteration through the hypervisor (deterministic clock, long mode)."""
+    part = Partition(VirtualClock())
+    part.map_ram(0, 0x200000)
+    vp = part.create_vp()
+    part.map_local_apic()
+    vp.set_interrupt_source(vp.lapic)
+    w = part.write_memory
+    w(PML4, struct.pack("<Q", PDPT | 3))
+    w(PDPT, struct.pack("<Q", PD | 3))
+    w(PD, struct.pack("<Q", 0x83))
+    w(0x1000, bytes(8) + struct.pack("<QQ", 0x00AF9A000000FFFF, 0x00CF92000000FFFF))
+    vp.write_registers(cr4=0x20)
+    vp.write_registers(cr3=PML4)
+    vp.write_registers(efer=0x100)
+    vp.write_registers(cr0=0x80000011)
+    vp.write_registers(gdtr_base=0x1000, gdtr_limit=0x17, cs=0x08, ds=0x10, ss=0x10,
+                       rsp=0x8000)
+    w(CODE, assemble(src, 64, CODE))
+    vp.write_registers(rip=CODE)
+    t = time.perf_counter()
+    ex = part.run(timeout=300)
+    elapsed = time.perf_counter() - t
+    assert ex.reason == "halted", ex
+    return elapsed / ITERS
+
+
+def main() -> None:
+    print(f"{ITERS:,} iterations each (64-bit long mode), microseconds per iteration")
+    partition_run(CASES["CPUID leaf 1"])  # warm-up: imports, first translations
+    base = baseline()
+    print(f"  {'baseline: bare Unicorn CPUID + Python hook':44s}{base * 1e6:8.2f} us   1.00 x")
+    empty = partition_run(EMPTY)
+    for name, src in CASES.items():
+        t = partition_run(src) - empty
+        print(f"  {name:44s}{t * 1e6:8.2f} us {t / base:6.2f} x")
+
+
+if __name__ == "__main__":
+    main()
