@@ -38,7 +38,7 @@ _FPU_PTRS = {"fip": X.UC_X86_REG_FIP, "fcs": X.UC_X86_REG_FCS, "fdp": X.UC_X86_R
 #: Keys every version-3 state has (checked before anything is applied).
 REQUIRED = ("gprs", "rip", "rflags", "hflags", "hflags2", "segs", "cr", "efer", "msrs", "xmm",
             "mxcsr", "fpcw", "fpsw", "fptag", "st", "halted", "pending", "tsc_offset", "lapic",
-            "mtrr_def_type", "dr", "fpu_ptrs")
+            "dr", "fpu_ptrs")
 
 
 class VpStateError(ValueError):
