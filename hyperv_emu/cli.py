@@ -234,11 +234,15 @@ def _add_machine_options(p: argparse.ArgumentParser, serial_default: str = "stdo
                    help="ISO 9660 image in an ATAPI CD-ROM drive on the secondary master")
     p.add_argument("--boot", "-boot", type=_boot_order, default="c", metavar="c|d",
                    help="boot from the first hard disk (c, default) or the CD (d, needs --cdrom)")
-    p.add_argument("--kernel", "-kernel", metavar="ELF", help="Multiboot (v1) kernel to start")
+    p.add_argument("--kernel", "-kernel", metavar="FILE",
+                   help="kernel to start after POST: a Linux bzImage or a Multiboot (v1) kernel "
+                        "(told apart by their headers)")
     p.add_argument("--append", "-append", metavar="CMDLINE", default="",
-                   help="kernel command line (after the kernel's path, as QEMU passes it)")
+                   help="kernel command line (a Multiboot kernel gets it after the kernel's "
+                        "path, as QEMU passes it)")
     p.add_argument("--initrd", "-initrd", metavar="FILE", action="append", default=[],
-                   help="Multiboot module (repeatable)")
+                   help="Linux initrd, or Multiboot module (repeatable: Linux gets the files "
+                        "concatenated)")
     p.add_argument("-m", "--memory", metavar="SIZE", type=_memory_mib, default=32,
                    help="guest RAM: MiB, or with a unit as in 512M, 2G (default 32)")
     p.add_argument("--serial", "-serial", type=_serial_spec, default=serial_default,
@@ -493,6 +497,7 @@ def _machine_from_args(args: argparse.Namespace) -> Iterator[_Session]:
     from hyperv_emu.guest_needs import GuestNeedError, PreparedGuest, prepare_guest
     from hyperv_emu.guests import DEFAULT_GUEST, UnknownGuestError
     from hyperv_emu.vsp.storage.raw import MemoryImage
+    from hyperv_emu.worker.linuxboot import is_linux_kernel
     from hyperv_emu.worker.machine import ConfigError, Machine, MachineConfig
 
     if args.guest and args.kernel:
@@ -554,6 +559,8 @@ def _machine_from_args(args: argparse.Namespace) -> Iterator[_Session]:
         # path is argv[0] to the kernel), so kernels written for QEMU find their options
         # after the first word.
         append = f"{args.kernel} {args.append}" if kernel is not None else ""
+        if kernel is not None and is_linux_kernel(kernel):
+            append = args.append  # Linux gets the command line alone, as from QEMU
         config = MachineConfig(
             memory_mib=args.memory, disks=disks, kernel=kernel, append=append,
             initrds=initrds, rtc_base=rtc_base, clock_mode=args.clock,

@@ -43,7 +43,7 @@ from hyperv_emu.vdev.system import (
 from hyperv_emu.vdev.vga import VgaText
 from hyperv_emu.vid.root import ChildHandle, RootPartition
 from hyperv_emu.vsp.storage.blockdev import BlockDevice
-from hyperv_emu.worker import multiboot
+from hyperv_emu.worker import linuxboot, multiboot
 from hyperv_emu.worker.events import EventLog
 from hyperv_emu.worker.motherboard import Motherboard
 from hyperv_emu.worker.serial_input import StreamInput
@@ -191,7 +191,7 @@ class Machine:
             self.partition = Partition(self.clock)
         self.board = Motherboard(self.log.emit)
         self._exit_code: int | None = None
-        self._kernel_plan: multiboot.BootPlan | None = None
+        self._kernel_plan: multiboot.BootPlan | linuxboot.LinuxBootPlan | None = None
         self.resets = 0
         self._build_memory()
         self._build_devices()
@@ -295,6 +295,16 @@ class Machine:
             self.piix_ide.attach(channel, ide)
 
     def _plan_kernel(self, image: bytes) -> None:
+        if linuxboot.is_linux_kernel(image):
+            # A Linux bzImage (the "HdrS" header wins, as in QEMU); several initrds are
+            # concatenated (the kernel unpacks each cpio archive in turn).
+            try:
+                self._kernel_plan = linuxboot.plan_boot(
+                    image, ram_ranges=self.memory_map(), cmdline=self.config.append,
+                    initrd=b"".join(data for _, data in self.config.initrds))
+            except linuxboot.LinuxBootError as exc:
+                raise ConfigError(str(exc)) from None
+            return
         try:
             kernel = multiboot.parse_kernel(image)
             self._kernel_plan = multiboot.plan_boot(
@@ -365,6 +375,12 @@ class Machine:
         assert plan is not None
         for addr, data in plan.writes:
             self.partition.write_memory(addr, data)
+        if isinstance(plan, linuxboot.LinuxBootPlan):
+            # The real-mode setup code, entered as from a boot loader (interrupts off).
+            self.vp.write_registers(**plan.registers)
+            self.log.emit("linux", setup=linuxboot.SETUP_BASE, kernel=plan.kernel_addr,
+                          initrd=plan.initrd_addr)
+            return
         self.vp.enter_protected_mode_flat32(
             plan.entry, gdt_base=plan.gdt_base, gdt_limit=plan.gdt_limit,
             eax=multiboot.MULTIBOOT_BOOTLOADER_MAGIC, ebx=plan.info_addr)
