@@ -104,11 +104,19 @@
 .equ EBDA_CD_BASE, 0x72         # word, its command block base: 1F0h or 170h
 .equ EBDA_CD_CDB, 0x74          # 12-byte ATAPI command packet being sent
 .equ EBDA_CD_BUF, 0x80          # 8-byte buffer (READ CAPACITY data)
+.equ EBDA_CD_SPEC, 0x90         # 13h bytes: El Torito specification packet of the CD boot
+.equ EBDA_CD_BOOTED, 0xa3       # 1 once INT 19h started the CD's boot image (INT 13h 4Bh)
+.equ EBDA_OPTIONS, 0xa4         # CMOS_OPTIONS, read at POST
 
 # CMOS byte with the boot sequence (as in the AT BIOSes of Bochs/QEMU lineage): first device
 # in bits 3-0, second in bits 7-4; 2 = hard disk 80h, 3 = CD-ROM E0h, 0 = end of the list
 # (1, diskette, is skipped: there is no diskette controller).  00h means hard disk only.
 .equ CMOS_BOOT_ORDER, 0x3d
+# CMOS byte with hyperv-emu BIOS options, set by the machine: bit 0 = INT 10h teletype output
+# is not copied to COM1 (only the BIOS's own messages go there), for guests that write COM1
+# themselves and would otherwise see every character twice.
+.equ CMOS_OPTIONS, 0x3f
+.equ OPT_NO_TTY_MIRROR, 0x01
 
 .equ SCRATCH, 0x7c00            # POST-time buffer for IDENTIFY (before the boot sector)
 
@@ -184,6 +192,9 @@ post_entry:
     movb $0x06, %al
     outb %al, $POST_PORT
     call setup_memory
+    movb $CMOS_OPTIONS, %al
+    call cmos_read
+    movb %al, %es:EBDA_OPTIONS
 
     movb $0x07, %al
     outb %al, $POST_PORT
@@ -459,12 +470,30 @@ ps_loop:
     movb $0x0e, %ah
     movw $0x0007, %bx
     int $0x10
+    call tty_unmirrored
+    jz ps_next
+    call serial_putc            # the teletype did not copy it: the BIOS's own message
+ps_next:
     incw %si
     jmp ps_loop
 ps_done:
     popw %si
     popw %bx
     popw %ax
+    ret
+
+# tty_unmirrored: ZF=0 when INT 10h teletype output is not copied to COM1 (CMOS_OPTIONS bit 0,
+# kept in the EBDA).  Preserves all registers.
+tty_unmirrored:
+    pushw %ds
+    pushw %ax
+    movw $BDA_SEG, %ax
+    movw %ax, %ds
+    movw BDA_EBDA, %ax
+    movw %ax, %ds
+    testb $OPT_NO_TTY_MIRROR, EBDA_OPTIONS
+    popw %ax
+    popw %ds
     ret
 
 # serial_putc: AL -> COM1, after waiting (bounded) for THRE (LSR bit 5).  Preserves all.

@@ -259,6 +259,10 @@ def _add_machine_options(p: argparse.ArgumentParser, serial_default: str = "stdo
     p.add_argument("--serial-input-after", metavar="TEXT",
                    help="start sending --serial-input only once the guest has written TEXT "
                         "to COM1 (e.g. its prompt)")
+    p.add_argument("--bios-serial-mirror", choices=("on", "off"), default="on",
+                   help="copy the BIOS's INT 10h teletype output to COM1 (on, default); off: "
+                        "only the BIOS's own messages, for guests that write COM1 themselves "
+                        "(Linux console=ttyS0, ISOLINUX 'serial'), whose output would be doubled")
     p.add_argument("--debugcon", metavar="stdout|stderr|FILE|none",
                    help="where port 0xE9 output goes (default stderr)")
     p.add_argument("--max-instructions", metavar="N", type=_positive_int,
@@ -567,7 +571,8 @@ def _machine_from_args(args: argparse.Namespace) -> Iterator[_Session]:
             serial_output=guard.wrap(serial) if serial else None, serial_input=serial_input,
             debugcon_output=guard.wrap(debugcon) if debugcon else None,
             serial_input_after=os.fsencode(args.serial_input_after or ""),
-            hyperv=args.hyperv, **drives)  # type: ignore[arg-type]
+            hyperv=args.hyperv, bios_serial_mirror=args.bios_serial_mirror == "on",
+            **drives)  # type: ignore[arg-type]
         try:
             machine = Machine(config)
         except ConfigError as exc:

@@ -81,6 +81,10 @@ _REASON_STATUS = {
 #: bits 3:0, second in bits 7:4; 2 = hard disk 80h, 3 = CD-ROM E0h (El Torito), 0 = end.
 CMOS_BOOT_ORDER = 0x3D
 BOOT_ORDERS = {"c": 0x32, "d": 0x23}
+#: CMOS byte of hyperv-emu BIOS options (firmware/bios.S): bit 0 stops the INT 10h teletype
+#: from copying guest output to COM1 (the BIOS's own messages still go there).
+CMOS_OPTIONS = 0x3F
+OPT_NO_TTY_MIRROR = 0x01
 #: How many guest-requested resets one run follows before treating it as a reset loop.
 MAX_RESETS = 16
 
@@ -145,6 +149,9 @@ class MachineConfig:
     #: Start sending serial_input only once the guest has written these bytes to COM1.
     serial_input_after: bytes = b""
     debugcon_output: Callable[[bytes], None] | None = None
+    #: Copy the BIOS's INT 10h teletype output to COM1 (off: only the BIOS's own messages,
+    #: for guests that write COM1 themselves).
+    bios_serial_mirror: bool = True
     #: Offer the Hyper-V interface (CPUID 0x40000000+, synthetic MSRs, hypercalls).
     hyperv: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
@@ -247,6 +254,7 @@ class Machine:
         self.rtc.set_memory_size(self.ram_size)
         self.rtc.set_equipment(0x06)  # math coprocessor present, 80x25 colour initial video
         self.rtc.poke(CMOS_BOOT_ORDER, _boot_order(cfg, self.disks))
+        self.rtc.poke(CMOS_OPTIONS, 0 if cfg.bios_serial_mirror else OPT_NO_TTY_MIRROR)
         for drive in (0, 1):
             if self.disks[drive] is not None:
                 # User-defined type: the geometry comes from IDENTIFY.

@@ -151,8 +151,12 @@ def test_boot_from_iso_el_torito(boot_iso: Path) -> None:
     cd = IsoImage(boot_iso)
     m, status, lines = boot(cd, "d")
     assert status == 1, lines
+    iso = pycdlib.PyCdlib()
+    iso.open(str(boot_iso))
+    boot_lba = int(iso.get_record(iso_path="/BOOT.IMG;1").extent_location())
+    iso.close()
     assert lines == ["hyperv-emu BIOS", f"cdboot: drive E0 sectors {cd.size // 2048:08X}",
-                     "PASS"]
+                     f"cdboot: boot image at {boot_lba:08X}", "PASS"]
     assert m.rtc.peek(0x3D) == 0x23
     assert "PASS" in m.screen_text()
 
@@ -168,7 +172,7 @@ def test_boot_order_c_falls_back_to_the_cd(boot_iso: Path) -> None:
     _, status, lines = boot(IsoImage(boot_iso), "c")
     assert status == 1, lines
     assert lines[1:] == ["Boot failed: no hard disk", "cdboot: drive E0 sectors " + lines[2][-8:],
-                         "PASS"]
+                         "cdboot: boot image at " + lines[3][-8:], "PASS"]
 
 
 def test_boot_d_without_bootable_cd(data_iso: tuple[Path, int]) -> None:
