@@ -25,8 +25,11 @@ instruction's current iteration itself:
   raises during the block (the DRQ block done) ends the slice at the next block entry (the
   next iteration: each iteration of a REP string instruction enters a block of its own), as
   for any port access, and is delivered with the count left.
-* The instruction is decoded at the engine's RIP, which inside a port callback Unicorn 2.1.1
-  leaves at the start of the translated block (docs/ENGINE.md).  A REP INS/OUTS ends its
+* The instruction is decoded at the start of the translated block executing, which the block
+  gate records (gate.py): the engine's RIP inside a port callback is only where Unicorn last
+  stored it, which after chained direct jumps can be several blocks back (docs/ENGINE.md;
+  the BIOS's sector loop, RET then Jcc then REP INSW, saw it at every element).  A REP
+  INS/OUTS ends its
   block and each of its iterations after the first starts one, so a REP at that RIP is the
   instruction making the access; a REP after other instructions in its block is collapsed
   from its second element on.  RCX and RDI/RSI are written in the engine's live register
@@ -214,7 +217,10 @@ class BlockIo:
         hf = ctx.hflags
         bits = 64 if hf & C.HF_CS64 else 32 if hf & C.HF_CS32 else 16
         lin_mask = _ADDR_MASK[64] if bits == 64 else 0xFFFF_FFFF
-        rip_lin = ((0 if bits == 64 else ctx.seg(C.SEG_CS).base) + ctx.rip) & lin_mask
+        # The engine's EIP here is wherever Unicorn last stored it (an indirect jump, a helper
+        # call): chained direct jumps and block starts do not store it, so it can lie several
+        # blocks back.  The block gate records the linear start of the block executing.
+        rip_lin = vp.blocks.last & lin_mask
         try:
             code = mmu.read(rip_lin, min(15, PAGE - (rip_lin & (PAGE - 1))), fetch=True)
         except (GuestFault, UnmappedAccess):
