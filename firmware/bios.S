@@ -25,7 +25,7 @@
 #   01 reset entry        02 IVT and BDA         03 PICs              04 PIT
 #   05 RTC                06 memory size         07 serial ports      08 video
 #   09 A20                0A interrupts on       0B banner printed    0C disk detection
-#   0D CD-ROM detection (firmware/cdrom.inc)
+#   0D CD-ROM detection (firmware/cdrom.inc)                 0E keyboard (firmware/keyboard.inc)
 #   19 INT 19h entered (the machine may take over here for a Multiboot kernel)
 #   1A boot sector loaded, jumping to 0000:7C00    18 INT 18h: no bootable device
 
@@ -156,9 +156,10 @@ post_entry:
     movb $0x01, %al
     outb %al, $0x21
     outb %al, $0xa1
-    # OCW1: master passes IRQ0 (timer) and IRQ2 (cascade); slave passes IRQ8 (RTC, whose
-    # interrupt enables stay off) and IRQ14 (IDE, kept quiet with nIEN, see ata_init).
-    movb $0xfa, %al
+    # OCW1: master passes IRQ0 (timer), IRQ1 (keyboard) and IRQ2 (cascade); slave passes
+    # IRQ8 (RTC, whose interrupt enables stay off) and IRQ14 (IDE, kept quiet with nIEN, see
+    # ata_init).
+    movb $0xf8, %al
     outb %al, $0x21
     movb $0xbe, %al
     outb %al, $0xa1
@@ -209,6 +210,10 @@ post_entry:
     movb $0x09, %al
     outb %al, $POST_PORT
     call a20_enable
+
+    movb $0x0e, %al
+    outb %al, $POST_PORT
+    call kbd_init
 
     movb $0x0a, %al
     outb %al, $POST_PORT
@@ -617,16 +622,6 @@ t08_hook:
     popw %ds
     iret
 
-# INT 09h, IRQ1: no keyboard translation yet; the scan code is read so the 8042 can
-# signal the next one, and the master gets its EOI.
-int09_kbd:
-    pushw %ax
-    inb $0x60, %al
-    movb $0x20, %al
-    outb %al, $0x20
-    popw %ax
-    iret
-
 # INT 70h, IRQ8: acknowledge the RTC by reading register C, EOI slave and master.
 int70_rtc:
     pushw %ax
@@ -674,6 +669,7 @@ int12_handler:
 .include "disk.inc"
 .include "cdrom.inc"
 .include "services.inc"
+.include "keyboard.inc"
 
 # ---- tables ----------------------------------------------------------------------------
 ivt_table:

@@ -259,6 +259,13 @@ def _add_machine_options(p: argparse.ArgumentParser, serial_default: str = "stdo
     p.add_argument("--serial-input-after", metavar="TEXT",
                    help="start sending --serial-input only once the guest has written TEXT "
                         "to COM1 (e.g. its prompt)")
+    p.add_argument("--keys", metavar="TEXT|@FILE",
+                   help="type TEXT (or FILE's text) on the PS/2 keyboard: characters as on a US "
+                        "keyboard, \\n or a newline = Enter, {enter} {esc} {tab} {up} {f1} "
+                        "{ctrl-c} {alt-f4} ..., {wait:MS} pauses (see README)")
+    p.add_argument("--keys-after", metavar="TEXT",
+                   help="start typing --keys only once the guest has written TEXT to COM1 or "
+                        "shows it on the VGA text screen")
     p.add_argument("--bios-serial-mirror", choices=("on", "off"), default="on",
                    help="copy the BIOS's INT 10h teletype output to COM1 (on, default); off: "
                         "only the BIOS's own messages, for guests that write COM1 themselves "
@@ -350,6 +357,18 @@ def _read_bounded(path: str, what: str, limit: int, memory_mib: int) -> bytes:
     if len(data) > limit:
         raise UsageError(f"{too_big}: it is larger")
     return data
+
+
+def _keys_text(spec: str | None) -> str:
+    """``--keys TEXT``, or with ``@FILE`` the file's text (UTF-8; a newline types Enter)."""
+    if not spec or not spec.startswith("@"):
+        return spec or ""
+    path = spec[1:]
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise UsageError(f"cannot read --keys file {path!r}: {reason}") from None
 
 
 def _open_input(path: str, opened: list[IO[bytes]]) -> BinaryIO:
@@ -549,6 +568,11 @@ def _machine_from_args(args: argparse.Namespace) -> Iterator[_Session]:
             serial_input = sys.stdin.buffer
         elif args.serial_input:
             serial_input = _open_input(args.serial_input, opened)
+        keys = _keys_text(args.keys)
+        if args.keys_after is not None and not keys:
+            raise UsageError("--keys-after needs --keys")
+        if args.keys_after == "":
+            raise UsageError("--keys-after needs a non-empty TEXT")
         serial = _output(args.serial, opened)
         debugcon = _output(args.debugcon or "stderr", opened)
         guard = RunGuard()
@@ -572,6 +596,7 @@ def _machine_from_args(args: argparse.Namespace) -> Iterator[_Session]:
             debugcon_output=guard.wrap(debugcon) if debugcon else None,
             serial_input_after=os.fsencode(args.serial_input_after or ""),
             hyperv=args.hyperv, bios_serial_mirror=args.bios_serial_mirror == "on",
+            keys=keys, keys_after=args.keys_after or "",
             **drives)  # type: ignore[arg-type]
         try:
             machine = Machine(config)

@@ -29,6 +29,7 @@ from hyperv_emu.vdev.pic import Pic
 from hyperv_emu.vdev.piix import I440fxHost, Piix3Ide, Piix3Isa
 from hyperv_emu.vdev.pit import Pit
 from hyperv_emu.vdev.port61 import Port61
+from hyperv_emu.vdev.ps2kbd import Ps2Keyboard
 from hyperv_emu.vdev.rtc import Rtc
 from hyperv_emu.vdev.serial import Uart16550
 from hyperv_emu.vdev.system import (
@@ -43,7 +44,7 @@ from hyperv_emu.vdev.system import (
 from hyperv_emu.vdev.vga import VgaText
 from hyperv_emu.vid.root import ChildHandle, RootPartition
 from hyperv_emu.vsp.storage.blockdev import BlockDevice
-from hyperv_emu.worker import linuxboot, multiboot
+from hyperv_emu.worker import key_input, linuxboot, multiboot
 from hyperv_emu.worker.events import EventLog
 from hyperv_emu.worker.motherboard import Motherboard
 from hyperv_emu.worker.serial_input import StreamInput
@@ -152,6 +153,10 @@ class MachineConfig:
     #: Copy the BIOS's INT 10h teletype output to COM1 (off: only the BIOS's own messages,
     #: for guests that write COM1 themselves).
     bios_serial_mirror: bool = True
+    #: Keys typed on the PS/2 keyboard (worker/key_input.py's language), once the guest has
+    #: shown ``keys_after`` on COM1 or the VGA text screen (at once when empty).
+    keys: str = ""
+    keys_after: str = ""
     #: Offer the Hyper-V interface (CPUID 0x40000000+, synthetic MSRs, hypercalls).
     hyperv: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
@@ -260,7 +265,20 @@ class Machine:
                 # User-defined type: the geometry comes from IDENTIFY.
                 self.rtc.set_hard_disk_type(drive, 47)
         board.add(self.rtc)
-        self.com1 = Uart16550(0x3F8, board.irqs[4], clock, cfg.serial_output, ev)
+        self.keyboard = Ps2Keyboard()
+        self.typist: key_input.Typist | None = None
+        serial_output = cfg.serial_output
+        if cfg.keys:
+            try:
+                keys = key_input.parse_keys(cfg.keys)
+            except key_input.KeysError as exc:
+                raise ConfigError(f"--keys: {exc}") from None
+            self.typist = key_input.Typist(
+                clock, self.keyboard, keys, after=cfg.keys_after,
+                busy=lambda: self.keyboard.has_data() or bool(self.i8042.outq),
+                screen=self._screen_cells)
+            serial_output = self.typist.tap(serial_output)
+        self.com1 = Uart16550(0x3F8, board.irqs[4], clock, serial_output, ev)
         self.com2 = Uart16550(0x2F8, board.irqs[3], clock, None, ev)
         self.serial_input: StreamInput | None = None
         if cfg.serial_input:
@@ -275,7 +293,7 @@ class Machine:
         self.port92 = FastA20(self._on_reset_request, on_a20=self.a20.set_port92, events=ev)
         board.add(self.port92)
         self.i8042 = I8042(self._on_reset_request, on_a20=self.a20.set_kbc, irq1=board.irqs[1],
-                           events=ev)
+                           keyboard=self.keyboard, events=ev)
         board.add(self.i8042)
         board.add(PostCode(self._on_post))
         board.add(DebugCon(cfg.debugcon_output or _discard))
@@ -453,6 +471,10 @@ class Machine:
 
         return run_until(self, hypercall=hypercall, msr=msr, port=port, interrupt=interrupt,
                          address=address, max_instructions=max_instructions)
+
+    def _screen_cells(self) -> str:
+        """The text screen's characters row by row, trailing spaces kept (for --keys-after)."""
+        return "\n".join("".join(ch for ch, _ in row) for row in self.vga.cells())
 
     def screen_text(self) -> str:
         """The 80x25 VGA text screen as text, one line per row."""
