@@ -25,7 +25,7 @@
 #   01 reset entry        02 IVT and BDA         03 PICs              04 PIT
 #   05 RTC                06 memory size         07 serial ports      08 video
 #   09 A20                0A interrupts on       0B banner printed    0C disk detection
-#   0D CD-ROM detection (firmware/cdrom.inc)
+#   0D CD-ROM detection (firmware/cdrom.inc)                 0E keyboard (firmware/keyboard.inc)
 #   19 INT 19h entered (the machine may take over here for a Multiboot kernel)
 #   1A boot sector loaded, jumping to 0000:7C00    18 INT 18h: no bootable device
 
@@ -104,11 +104,19 @@
 .equ EBDA_CD_BASE, 0x72         # word, its command block base: 1F0h or 170h
 .equ EBDA_CD_CDB, 0x74          # 12-byte ATAPI command packet being sent
 .equ EBDA_CD_BUF, 0x80          # 8-byte buffer (READ CAPACITY data)
+.equ EBDA_CD_SPEC, 0x90         # 13h bytes: El Torito specification packet of the CD boot
+.equ EBDA_CD_BOOTED, 0xa3       # 1 once INT 19h started the CD's boot image (INT 13h 4Bh)
+.equ EBDA_OPTIONS, 0xa4         # CMOS_OPTIONS, read at POST
 
 # CMOS byte with the boot sequence (as in the AT BIOSes of Bochs/QEMU lineage): first device
 # in bits 3-0, second in bits 7-4; 2 = hard disk 80h, 3 = CD-ROM E0h, 0 = end of the list
 # (1, diskette, is skipped: there is no diskette controller).  00h means hard disk only.
 .equ CMOS_BOOT_ORDER, 0x3d
+# CMOS byte with hyperv-emu BIOS options, set by the machine: bit 0 = INT 10h teletype output
+# is not copied to COM1 (only the BIOS's own messages go there), for guests that write COM1
+# themselves and would otherwise see every character twice.
+.equ CMOS_OPTIONS, 0x3f
+.equ OPT_NO_TTY_MIRROR, 0x01
 
 .equ SCRATCH, 0x7c00            # POST-time buffer for IDENTIFY (before the boot sector)
 
@@ -148,9 +156,10 @@ post_entry:
     movb $0x01, %al
     outb %al, $0x21
     outb %al, $0xa1
-    # OCW1: master passes IRQ0 (timer) and IRQ2 (cascade); slave passes IRQ8 (RTC, whose
-    # interrupt enables stay off) and IRQ14 (IDE, kept quiet with nIEN, see ata_init).
-    movb $0xfa, %al
+    # OCW1: master passes IRQ0 (timer), IRQ1 (keyboard) and IRQ2 (cascade); slave passes
+    # IRQ8 (RTC, whose interrupt enables stay off) and IRQ14 (IDE, kept quiet with nIEN, see
+    # ata_init).
+    movb $0xf8, %al
     outb %al, $0x21
     movb $0xbe, %al
     outb %al, $0xa1
@@ -184,6 +193,9 @@ post_entry:
     movb $0x06, %al
     outb %al, $POST_PORT
     call setup_memory
+    movb $CMOS_OPTIONS, %al
+    call cmos_read
+    movb %al, %es:EBDA_OPTIONS
 
     movb $0x07, %al
     outb %al, $POST_PORT
@@ -198,6 +210,10 @@ post_entry:
     movb $0x09, %al
     outb %al, $POST_PORT
     call a20_enable
+
+    movb $0x0e, %al
+    outb %al, $POST_PORT
+    call kbd_init
 
     movb $0x0a, %al
     outb %al, $POST_PORT
@@ -459,12 +475,30 @@ ps_loop:
     movb $0x0e, %ah
     movw $0x0007, %bx
     int $0x10
+    call tty_unmirrored
+    jz ps_next
+    call serial_putc            # the teletype did not copy it: the BIOS's own message
+ps_next:
     incw %si
     jmp ps_loop
 ps_done:
     popw %si
     popw %bx
     popw %ax
+    ret
+
+# tty_unmirrored: ZF=0 when INT 10h teletype output is not copied to COM1 (CMOS_OPTIONS bit 0,
+# kept in the EBDA).  Preserves all registers.
+tty_unmirrored:
+    pushw %ds
+    pushw %ax
+    movw $BDA_SEG, %ax
+    movw %ax, %ds
+    movw BDA_EBDA, %ax
+    movw %ax, %ds
+    testb $OPT_NO_TTY_MIRROR, EBDA_OPTIONS
+    popw %ax
+    popw %ds
     ret
 
 # serial_putc: AL -> COM1, after waiting (bounded) for THRE (LSR bit 5).  Preserves all.
@@ -588,16 +622,6 @@ t08_hook:
     popw %ds
     iret
 
-# INT 09h, IRQ1: no keyboard translation yet; the scan code is read so the 8042 can
-# signal the next one, and the master gets its EOI.
-int09_kbd:
-    pushw %ax
-    inb $0x60, %al
-    movb $0x20, %al
-    outb %al, $0x20
-    popw %ax
-    iret
-
 # INT 70h, IRQ8: acknowledge the RTC by reading register C, EOI slave and master.
 int70_rtc:
     pushw %ax
@@ -645,6 +669,7 @@ int12_handler:
 .include "disk.inc"
 .include "cdrom.inc"
 .include "services.inc"
+.include "keyboard.inc"
 
 # ---- tables ----------------------------------------------------------------------------
 ivt_table:

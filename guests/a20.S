@@ -57,9 +57,13 @@ main:
     call check_state
     movw $outport_msg, %si
     call puts
+    # Read the output port with interrupts off: the 8042 raises IRQ1 for the byte, and the
+    # BIOS's INT 09h would take it first.
+    cli
     movb $0xD0, %al            # read output port
     call kbc_command
     call kbc_read
+    sti
     movb %al, %cl
     call hex8
     movb $0x29, %al            # ')'

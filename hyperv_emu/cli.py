@@ -192,11 +192,15 @@ def _add_machine_options(p: argparse.ArgumentParser, serial_default: str = "stdo
                    help="ISO 9660 image in an ATAPI CD-ROM drive on the secondary master")
     p.add_argument("--boot", "-boot", type=_boot_order, default="c", metavar="c|d",
                    help="boot from the first hard disk (c, default) or the CD (d, needs --cdrom)")
-    p.add_argument("--kernel", "-kernel", metavar="ELF", help="Multiboot (v1) kernel to start")
+    p.add_argument("--kernel", "-kernel", metavar="FILE",
+                   help="kernel to start after POST: a Linux bzImage or a Multiboot (v1) kernel "
+                        "(told apart by their headers)")
     p.add_argument("--append", "-append", metavar="CMDLINE", default="",
-                   help="kernel command line (after the kernel's path, as QEMU passes it)")
+                   help="kernel command line (a Multiboot kernel gets it after the kernel's "
+                        "path, as QEMU passes it)")
     p.add_argument("--initrd", "-initrd", metavar="FILE", action="append", default=[],
-                   help="Multiboot module (repeatable)")
+                   help="Linux initrd, or Multiboot module (repeatable: Linux gets the files "
+                        "concatenated)")
     p.add_argument("-m", "--memory", metavar="SIZE", type=_memory_mib, default=32,
                    help="guest RAM: MiB, or with a unit as in 512M, 2G (default 32)")
     p.add_argument("--serial", "-serial", type=_serial_spec, default=serial_default,
@@ -213,6 +217,17 @@ def _add_machine_options(p: argparse.ArgumentParser, serial_default: str = "stdo
     p.add_argument("--serial-input-after", metavar="TEXT",
                    help="start sending --serial-input only once the guest has written TEXT "
                         "to COM1 (e.g. its prompt)")
+    p.add_argument("--keys", metavar="TEXT|@FILE",
+                   help="type TEXT (or FILE's text) on the PS/2 keyboard: characters as on a US "
+                        "keyboard, \\n or a newline = Enter, {enter} {esc} {tab} {up} {f1} "
+                        "{ctrl-c} {alt-f4} ..., {wait:MS} pauses (see README)")
+    p.add_argument("--keys-after", metavar="TEXT",
+                   help="start typing --keys only once the guest has written TEXT to COM1 or "
+                        "shows it on the VGA text screen")
+    p.add_argument("--bios-serial-mirror", choices=("on", "off"), default="on",
+                   help="copy the BIOS's INT 10h teletype output to COM1 (on, default); off: "
+                        "only the BIOS's own messages, for guests that write COM1 themselves "
+                        "(Linux console=ttyS0, ISOLINUX 'serial'), whose output would be doubled")
     p.add_argument("--debugcon", metavar="stdout|stderr|FILE|none",
                    help="where port 0xE9 output goes (default stderr)")
     p.add_argument("--max-instructions", metavar="N", type=_positive_int,
@@ -294,6 +309,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_disk_commands(sub)
     add_fuzz_commands(sub)
     return parser
+
+
+def _keys_text(spec: str | None) -> str:
+    """``--keys TEXT``, or with ``@FILE`` the file's text (UTF-8; a newline types Enter)."""
+    if not spec or not spec.startswith("@"):
+        return spec or ""
+    path = spec[1:]
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise UsageError(f"cannot read --keys file {path!r}: {reason}") from None
 
 
 def _open_input(path: str, opened: list[IO[bytes]]) -> BinaryIO:
@@ -422,9 +449,15 @@ def _machine_from_args(args: argparse.Namespace) -> Iterator[_Session]:
     from hyperv_emu.worker.hostio import HostIo
 
     cfg = config_from_args(args)
+    keys = _keys_text(args.keys)
+    if args.keys_after is not None and not keys:
+        raise UsageError("--keys-after needs --keys")
+    if args.keys_after == "":
+        raise UsageError("--keys-after needs a non-empty TEXT")
     guard = RunGuard()
     host = HostIo(wrap=guard.wrap, listeners=[_report_guest_crash],
-                  serial_input_after=os.fsencode(args.serial_input_after or ""))
+                  serial_input_after=os.fsencode(args.serial_input_after or ""),
+                  keys=keys, keys_after=args.keys_after or "")
     if args.verbose:
         host.listeners.insert(0, lambda e: print(e.describe(), file=sys.stderr))
     with contextlib.ExitStack() as stack:

@@ -27,6 +27,7 @@ _FIELD_OPTIONS: dict[str, tuple[str, ...]] = {
     "debugcon": ("debugcon",),
     "ics": ("ic",),
     "test_devices": ("test_devices",),
+    "bios_serial_mirror": ("bios_serial_mirror",),
     "kvp": ("kvp",),
     "shutdown_after_heartbeats": ("shutdown_after_heartbeats",),
 }
@@ -117,6 +118,8 @@ def config_from_args(args: argparse.Namespace) -> VmConfig:
         if hyperv:
             fields.update(ics=bus.ics, kvp=tuple(bus.kvp),
                           shutdown_after_heartbeats=bus.shutdown_after_heartbeats)
+    if chosen("bios_serial_mirror"):
+        fields["bios_serial_mirror"] = args.bios_serial_mirror == "on"
     if chosen("test_devices"):
         fields["test_devices"] = args.test_devices
     if chosen("clock_mode"):

@@ -25,8 +25,11 @@ instruction's current iteration itself:
   raises during the block (the DRQ block done) ends the slice at the next block entry (the
   next iteration: each iteration of a REP string instruction enters a block of its own), as
   for any port access, and is delivered with the count left.
-* The instruction is decoded at the engine's RIP, which inside a port callback Unicorn 2.1.1
-  leaves at the start of the translated block (docs/ENGINE.md).  A REP INS/OUTS ends its
+* The instruction is decoded at the start of the translated block executing, which the block
+  gate records (gate.py): the engine's RIP inside a port callback is only where Unicorn last
+  stored it, which after chained direct jumps can be several blocks back (docs/ENGINE.md;
+  the BIOS's sector loop, RET then Jcc then REP INSW, saw it at every element).  A REP
+  INS/OUTS ends its
   block and each of its iterations after the first starts one, so a REP at that RIP is the
   instruction making the access; a REP after other instructions in its block is collapsed
   from its second element on.  RCX and RDI/RSI are written in the engine's live register

@@ -1,5 +1,6 @@
-"""Small PC system devices: port 92h, the 8042 keyboard controller (A20/reset subset), the
-80h POST code port, the E9h debug console and the F4h exit port.
+"""Small PC system devices: port 92h, the 8042 keyboard controller (with the PS/2 keyboard of
+vdev/ps2kbd.py on its keyboard port), the 80h POST code port, the E9h debug console and the F4h
+exit port.
 
 Each claims one or two ports; a wider access to a one-port device uses only the low byte of the
 value (the other bytes belong to the following ports, which the device does not own).
@@ -12,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from hyperv_emu.vdev.base import Device, EventSink, IrqLine, null_events
+from hyperv_emu.vdev.ps2kbd import BREAK_PREFIX, Ps2Keyboard, translate
 
 
 class FastA20(Device):
@@ -62,17 +64,21 @@ class FastA20(Device):
 OBF, IBF, SYS, A2, INH, AUXB = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
 # Command byte bits.
 CB_KBD_INT, CB_AUX_INT, CB_SYS, CB_KBD_OFF, CB_AUX_OFF = 0x01, 0x02, 0x04, 0x10, 0x20
+CB_XLAT = 0x40  # translate the keyboard's scan codes to set 1
 # Output port bits.
 OUT_RESET, OUT_A20 = 0x01, 0x02
 
-ACK, RESEND, BAT_OK = 0xFA, 0xFE, 0xAA
-
 
 class I8042(Device):
-    """The keyboard controller: enough for A20 gating, CPU reset and keyboard probing."""
+    """The keyboard controller: A20 gating, CPU reset, its own commands, and the keyboard port.
+
+    Bytes from the keyboard enter the one-byte output buffer only when it is empty and the
+    keyboard interface is enabled (command byte bit 4 clear), as the 8042 holds the keyboard's
+    clock line otherwise; with command byte bit 6 set, scan codes are translated from set 2 to
+    set 1 (an F0h break prefix is swallowed and sets bit 7 of the next code)."""
 
     name = "i8042"
-    SAVE_VERSION = 1
+    SAVE_VERSION = 2
     ports = ((0x60, 1), (0x64, 1))
 
     def __init__(
@@ -82,6 +88,7 @@ class I8042(Device):
         *,
         irq1: IrqLine | None = None,
         irq12: IrqLine | None = None,
+        keyboard: Ps2Keyboard | None = None,
         events: EventSink = null_events,
     ) -> None:
         self.on_reset = on_reset
@@ -89,6 +96,8 @@ class I8042(Device):
         self.irq1 = irq1
         self.irq12 = irq12
         self._events = events
+        self.keyboard = keyboard if keyboard is not None else Ps2Keyboard()
+        self.keyboard.on_data = self._pull
         self.reset()
 
     def reset(self) -> None:
@@ -98,18 +107,42 @@ class I8042(Device):
         self.output_port = 0xCF
         self.last_was_command = False
         self.pending = 0  # controller command waiting for its data byte (60h, D1h, ...)
-        self.kbd_pending = 0  # keyboard command waiting for its parameter (EDh, F0h, F3h)
-        self.scanning = True
-        self.scan_set = 2
-        self.leds = 0
+        self.xlat_break = False  # translation saw F0h: the next code is a break code
         self.outq: deque[tuple[int, bool]] = deque()  # (byte, from the aux port)
         self.last_read = 0
+        self.keyboard.reset()
         self._update_irq()
+
+    # The keyboard's state, as the controller's tests and save files have named it.
+    @property
+    def leds(self) -> int:
+        return self.keyboard.leds
+
+    @property
+    def scan_set(self) -> int:
+        return self.keyboard.scan_set
+
+    @property
+    def scanning(self) -> bool:
+        return self.keyboard.scanning
 
     # ---- output buffer -----------------------------------------------------------------------
     def _push(self, byte: int, aux: bool = False) -> None:
         self.outq.append((byte & 0xFF, aux))
         self._update_irq()
+
+    def _pull(self) -> None:
+        """Take the keyboard's next byte if the output buffer is free and the interface on."""
+        kbd = self.keyboard
+        while not self.outq and not self.command_byte & CB_KBD_OFF and kbd.has_data():
+            byte, scan = kbd.pop()
+            if scan and self.command_byte & CB_XLAT:
+                if byte == BREAK_PREFIX:
+                    self.xlat_break = True
+                    continue
+                byte = translate(byte) | (0x80 if self.xlat_break else 0)
+                self.xlat_break = False
+            self._push(byte)
 
     def _update_irq(self) -> None:
         head = self.outq[0] if self.outq else None
@@ -138,7 +171,9 @@ class I8042(Device):
             return self.status() | high
         if self.outq:
             self.last_read = self.outq.popleft()[0]
+            # IRQ1 drops with OBF, and rises again (an edge) if the keyboard has more.
             self._update_irq()
+            self._pull()
         # An empty output buffer reads back the last byte again.
         return self.last_read | high
 
@@ -172,6 +207,7 @@ class I8042(Device):
             self.command_byte |= CB_KBD_OFF
         elif cmd == 0xAE:
             self.command_byte &= ~CB_KBD_OFF
+            self._pull()
         elif cmd == 0xC0:
             # Input port: keyboard not inhibited, no manufacturing jumper, colour display.
             self._push(0xA0)
@@ -199,6 +235,7 @@ class I8042(Device):
             if cmd == 0x60:
                 self.command_byte = value
                 self._update_irq()
+                self._pull()
         elif cmd == 0xD1:
             self._set_output(value)
         elif cmd == 0xD2:
@@ -224,46 +261,9 @@ class I8042(Device):
 
     # ---- the keyboard behind the controller --------------------------------------------------
     def _keyboard(self, byte: int) -> None:
-        """A byte sent to the keyboard: answer as an MF II keyboard would."""
-        param_for, self.kbd_pending = self.kbd_pending, 0
-        if param_for == 0xED:
-            self.leds = byte & 0x07
-            self._push(ACK)
-            return
-        if param_for == 0xF0:
-            self._push(ACK)
-            if byte == 0:
-                self._push(self.scan_set)
-            elif byte in (1, 2, 3):
-                self.scan_set = byte
-            return
-        if param_for == 0xF3:
-            self._push(ACK)
-            return
-        if byte in (0xED, 0xF0, 0xF3):
-            self.kbd_pending = byte
-            self._push(ACK)
-        elif byte == 0xEE:
-            self._push(0xEE)  # echo
-        elif byte == 0xF2:
-            self._push(ACK)
-            self._push(0xAB)
-            self._push(0x83)  # MF II keyboard ID
-        elif byte == 0xF4:
-            self.scanning = True
-            self._push(ACK)
-        elif byte in (0xF5, 0xF6):
-            self.scanning = byte == 0xF6
-            self._push(ACK)
-        elif byte == 0xFF:
-            self.scanning = True
-            self.leds = 0
-            self._push(ACK)
-            self._push(BAT_OK)  # basic assurance test passed
-        elif 0xF7 <= byte <= 0xFE:
-            self._push(ACK)  # set-3 key type commands and resend: acknowledged, no effect
-        else:
-            self._push(RESEND)
+        """A byte written to port 60h with no controller command pending: to the keyboard."""
+        self.keyboard.receive(byte)
+        self._pull()
 
     # ---- save / restore ----------------------------------------------------------------------
     def save(self) -> dict[str, Any]:
@@ -271,9 +271,8 @@ class I8042(Device):
             **super().save(),
             "command_byte": self.command_byte, "output_port": self.output_port,
             "last_was_command": self.last_was_command, "pending": self.pending,
-            "kbd_pending": self.kbd_pending, "scanning": self.scanning,
-            "scan_set": self.scan_set, "leds": self.leds, "last_read": self.last_read,
-            "outq": [[b, aux] for b, aux in self.outq],
+            "xlat_break": self.xlat_break, "last_read": self.last_read,
+            "outq": [[b, aux] for b, aux in self.outq], "keyboard": self.keyboard.save(),
         }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -282,10 +281,8 @@ class I8042(Device):
         self.output_port = int(state["output_port"])
         self.last_was_command = bool(state["last_was_command"])
         self.pending = int(state["pending"])
-        self.kbd_pending = int(state["kbd_pending"])
-        self.scanning = bool(state["scanning"])
-        self.scan_set = int(state["scan_set"])
-        self.leds = int(state["leds"])
+        self.xlat_break = bool(state["xlat_break"])
+        self.keyboard.restore(state["keyboard"])
         self.last_read = int(state["last_read"])
         self.outq = deque((int(b), bool(aux)) for b, aux in state["outq"])
         self._update_irq()

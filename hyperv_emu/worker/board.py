@@ -47,11 +47,13 @@ from hyperv_emu.vdev.pic import Pic
 from hyperv_emu.vdev.piix import I440fxHost, Piix3Ide, Piix3Isa
 from hyperv_emu.vdev.pit import Pit
 from hyperv_emu.vdev.port61 import Port61
+from hyperv_emu.vdev.ps2kbd import Ps2Keyboard
 from hyperv_emu.vdev.rtc import Rtc
 from hyperv_emu.vdev.serial import Uart16550
 from hyperv_emu.vdev.system import I8042, OUT_A20, DebugCon, ExitDevice, FastA20, PostCode
 from hyperv_emu.vdev.vga import VgaText
 from hyperv_emu.vsp.storage.blockdev import BlockDevice
+from hyperv_emu.worker import key_input
 from hyperv_emu.worker.config import ConfigError, VmConfig
 from hyperv_emu.worker.hostio import Attachments
 from hyperv_emu.worker.motherboard import BusConflictError, Motherboard
@@ -78,6 +80,10 @@ E820_RESERVED = 2
 #: bits 3:0, second in bits 7:4; 2 = hard disk 80h, 3 = CD-ROM E0h (El Torito), 0 = end.
 CMOS_BOOT_ORDER = 0x3D
 BOOT_ORDERS = {"c": 0x32, "d": 0x23}
+#: CMOS byte of hyperv-emu BIOS options (firmware/bios.S): bit 0 stops the INT 10h teletype
+#: from copying guest output to COM1 (the BIOS's own messages still go there).
+CMOS_OPTIONS = 0x3F
+OPT_NO_TTY_MIRROR = 0x01
 
 RegionKind = Literal["ram", "rom", "mmio"]
 
@@ -433,6 +439,7 @@ def _rtc(cfg: VmConfig, board: Board) -> None:
     rtc.set_memory_size(board.memory.ram_size)
     rtc.set_equipment(0x06)  # math coprocessor present, 80x25 colour initial video
     rtc.poke(CMOS_BOOT_ORDER, boot_order(cfg.boot, board.drives))
+    rtc.poke(CMOS_OPTIONS, 0 if cfg.bios_serial_mirror else OPT_NO_TTY_MIRROR)
     for drive in (0, 1):
         if board.drives[drive] is not None:
             # User-defined type: the geometry comes from IDENTIFY.
@@ -442,7 +449,24 @@ def _rtc(cfg: VmConfig, board: Board) -> None:
 
 def _serial(cfg: VmConfig, board: Board) -> None:
     att, clock, ev = board.attached, board.clock, board.events
-    com1 = Uart16550(0x3F8, board.irqs[4], clock, att.serial_output, ev)
+    serial_output = att.serial_output
+    # The PS/2 keyboard (behind the 8042, built by _system) and what types --keys on it; the
+    # typist watches COM1 output for --keys-after, so it is made before COM1.
+    keyboard = Ps2Keyboard()
+    board.parts["keyboard"] = keyboard
+    board.parts["typist"] = None
+    if att.keys:
+        try:
+            keys = key_input.parse_keys(att.keys)
+        except key_input.KeysError as exc:
+            raise ConfigError(f"--keys: {exc}") from None
+        typist = key_input.Typist(
+            clock, keyboard, keys, after=att.keys_after,
+            busy=lambda: keyboard.has_data() or bool(board.i8042.outq),
+            screen=lambda: _screen_cells(board.vga))
+        board.parts["typist"] = typist
+        serial_output = typist.tap(serial_output)
+    com1 = Uart16550(0x3F8, board.irqs[4], clock, serial_output, ev)
     com2 = Uart16550(0x2F8, board.irqs[3], clock, None, ev)
     board.parts["serial_input"] = None
     if att.serial_input:
@@ -490,11 +514,16 @@ def _system(cfg: VmConfig, board: Board) -> None:
     ev = board.events
     board.a20 = a20 = A20Gate(board.platform.set_a20)
     board.add(FastA20(board.request_reset, on_a20=a20.set_port92, events=ev), "port92")
-    board.add(I8042(board.request_reset, on_a20=a20.set_kbc, irq1=board.irqs[1], events=ev),
-              "i8042")
+    board.add(I8042(board.request_reset, on_a20=a20.set_kbc, irq1=board.irqs[1],
+                    keyboard=board.parts.get("keyboard"), events=ev), "i8042")
     board.add(PostCode(board.on_post), "postcode")
     board.add(DebugCon(board.attached.debugcon_output or _discard), "debugcon")
     board.add(ExitDevice(board.on_exit, ev), "exit")
+
+
+def _screen_cells(vga: VgaText) -> str:
+    """The text screen's characters row by row, trailing spaces kept (for --keys-after)."""
+    return "\n".join("".join(ch for ch, _ in row) for row in vga.cells())
 
 
 def _discard(data: bytes) -> None:

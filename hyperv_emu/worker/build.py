@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from hyperv_emu.guest_needs import PreparedGuest
     from hyperv_emu.vdev.ide import Attachment
     from hyperv_emu.vsp.storage.lock import ImageInUseError
+    from hyperv_emu.worker.linuxboot import is_linux_kernel
     from hyperv_emu.worker.machine import Machine
 
 
@@ -39,13 +40,16 @@ def open_machine(cfg: VmConfig, host: HostIo | None = None) -> Iterator[Machine]
     with contextlib.ExitStack() as stack:
         drives, prepared = open_drives(cfg, host, stack)
         att = Attachments(drives=drives, serial_input=host.serial_input,
-                          serial_input_after=host.serial_input_after)
+                          serial_input_after=host.serial_input_after, keys=host.keys,
+                          keys_after=host.keys_after)
         if cfg.kernel is not None:
             att.kernel, att.modules = read_kernel(cfg)
             # QEMU hands a Multiboot kernel "<kernel path> <append>" as its command line
             # (the path is argv[0] to the kernel), so kernels written for QEMU find their
             # options after the first word.
             att.cmdline = f"{cfg.kernel} {cfg.append}"
+            if is_linux_kernel(att.kernel):
+                att.cmdline = cfg.append  # Linux gets the command line alone, as from QEMU
         serial = open_output(cfg.serial, host, stack, att.writers)
         debugcon = open_output(cfg.debugcon, host, stack, att.writers)
         att.serial_output = host.wrap(serial) if serial else None

@@ -101,6 +101,9 @@ class VmConfig:
     serial: str = "stdout"
     debugcon: str = "stderr"
     firmware: str = "bios"
+    #: Copy the BIOS's INT 10h teletype output to COM1 (off: only the BIOS's own messages,
+    #: for guests that write COM1 themselves: Linux console=ttyS0, ISOLINUX 'serial').
+    bios_serial_mirror: bool = True
     #: QEMU's test devices (fw_cfg, pc-testdev, ...), off unless asked for.
     test_devices: bool = False
     #: Free-form extras a newer version may understand; kept through load and save.
@@ -284,7 +287,8 @@ _SCALARS: dict[str, type | tuple[type, ...]] = {
     "name": str, "memory_mib": int, "vps": int, "boot": str, "guest": (str, type(None)),
     "kernel": (str, type(None)), "append": str, "clock_mode": str,
     "rtc_base": (str, type(None)), "hyperv": bool, "serial": str, "debugcon": str,
-    "firmware": str, "test_devices": bool, "shutdown_after_heartbeats": (int, type(None)),
+    "firmware": str, "test_devices": bool, "bios_serial_mirror": bool,
+    "shutdown_after_heartbeats": (int, type(None)),
 }
 _KIND_NAMES: dict[type | tuple[type, ...], str] = {
     str: "text", int: "a whole number", bool: "true or false",

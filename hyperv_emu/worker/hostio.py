@@ -99,6 +99,10 @@ class HostIo:
     #: bytes the guest must have written to COM1 before it is sent (see Uart16550.attach_input).
     serial_input: bytes | BinaryIO = b""
     serial_input_after: bytes = b""
+    #: Keys typed on the PS/2 keyboard (worker/key_input.py's language), once the guest has
+    #: shown ``keys_after`` on COM1 or the VGA text screen (at once when empty).
+    keys: str = ""
+    keys_after: str = ""
     #: The writer behind the ``console`` sink (the VMMS console listener), when there is one.
     console: Writer | None = None
     #: Wraps each console writer as it is called during a run (the CLI's RunGuard records a
@@ -125,6 +129,9 @@ class Attachments:
     serial_input: bytes | BinaryIO = b""
     serial_input_after: bytes = b""
     debugcon_output: Writer | None = None
+    #: Keys to type on the PS/2 keyboard and the text to wait for (see HostIo).
+    keys: str = ""
+    keys_after: str = ""
     #: Whatever else a front end attaches (kept for the machine's users).
     extra: dict[str, Any] = field(default_factory=dict)
     #: The console writers the worker opened, flushed and closed with the machine.

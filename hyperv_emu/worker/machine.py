@@ -26,13 +26,14 @@ from hyperv_emu.vdev.pci import PciBus
 from hyperv_emu.vdev.pic import Pic
 from hyperv_emu.vdev.piix import I440fxHost, Piix3Ide, Piix3Isa
 from hyperv_emu.vdev.pit import Pit
+from hyperv_emu.vdev.ps2kbd import Ps2Keyboard
 from hyperv_emu.vdev.rtc import Rtc
 from hyperv_emu.vdev.serial import Uart16550
 from hyperv_emu.vdev.system import I8042, FastA20, exit_status
 from hyperv_emu.vdev.vga import VgaText
 from hyperv_emu.vid.vm import RunExit, VmPartition
 from hyperv_emu.vsp.storage.blockdev import BlockDevice
-from hyperv_emu.worker import multiboot
+from hyperv_emu.worker import key_input, linuxboot, multiboot
 from hyperv_emu.worker.board import A20Gate, Board, Part
 from hyperv_emu.worker.config import MAX_MEMORY_MIB, ConfigError, VmConfig
 from hyperv_emu.worker.events import EventLog
@@ -99,6 +100,13 @@ class MachineConfig:
     #: Start sending serial_input only once the guest has written these bytes to COM1.
     serial_input_after: bytes = b""
     debugcon_output: Callable[[bytes], None] | None = None
+    #: Copy the BIOS's INT 10h teletype output to COM1 (off: only the BIOS's own messages,
+    #: for guests that write COM1 themselves).
+    bios_serial_mirror: bool = True
+    #: Keys typed on the PS/2 keyboard (worker/key_input.py's language), once the guest has
+    #: shown ``keys_after`` on COM1 or the VGA text screen (at once when empty).
+    keys: str = ""
+    keys_after: str = ""
     #: Offer the Hyper-V interface (CPUID 0x40000000+, synthetic MSRs, hypercalls).
     hyperv: bool = True
     #: The VMBus integration services and KVP host keys (worker/vmbus_host.py).
@@ -116,12 +124,14 @@ class MachineConfig:
                       ics=tuple(self.vmbus.ics) if self.hyperv else (),
                       kvp=tuple(self.vmbus.kvp), name=self.vmbus.vm_name,
                       shutdown_after_heartbeats=self.vmbus.shutdown_after_heartbeats,
-                      test_devices=self.test_devices)
+                      test_devices=self.test_devices,
+                      bios_serial_mirror=self.bios_serial_mirror)
         return vm, Attachments(
             drives=_ide_slots(self), kernel=self.kernel, cmdline=self.append,
             modules=self.initrds, serial_output=self.serial_output,
             serial_input=self.serial_input, serial_input_after=self.serial_input_after,
-            debugcon_output=self.debugcon_output, extra=self.extra)
+            debugcon_output=self.debugcon_output, keys=self.keys, keys_after=self.keys_after,
+            extra=self.extra)
 
 
 @dataclass(frozen=True)
@@ -154,6 +164,7 @@ class Machine:
     vga = Part(VgaText)
     port92 = Part(FastA20)
     i8042 = Part(I8042)
+    keyboard = Part(Ps2Keyboard)
 
     def __init__(self, config: VmConfig | MachineConfig,
                  attached: Attachments | None = None) -> None:
@@ -176,7 +187,7 @@ class Machine:
         self.root, self.child, self.hv = self.vm.root, self.vm.child, self.vm.hv
         self.partition = self.vm.partition
         self._exit_code: int | None = None
-        self._kernel_plan: multiboot.BootPlan | None = None
+        self._kernel_plan: multiboot.BootPlan | linuxboot.LinuxBootPlan | None = None
         self.resets = 0
         self.board = Board(config, self.vm, self.clock, self.log.emit, attached,
                            on_exit=self._on_exit, on_post=self._on_post)
@@ -227,6 +238,16 @@ class Machine:
         return self.board.a20
 
     def _plan_kernel(self, image: bytes) -> None:
+        if linuxboot.is_linux_kernel(image):
+            # A Linux bzImage (the "HdrS" header wins, as in QEMU); several initrds are
+            # concatenated (the kernel unpacks each cpio archive in turn).
+            try:
+                self._kernel_plan = linuxboot.plan_boot(
+                    image, ram_ranges=self.memory_map(), cmdline=self.attached.cmdline,
+                    initrd=b"".join(data for _, data in self.attached.modules))
+            except linuxboot.LinuxBootError as exc:
+                raise ConfigError(str(exc)) from None
+            return
         try:
             kernel = multiboot.parse_kernel(image)
             self._kernel_plan = multiboot.plan_boot(
@@ -256,6 +277,12 @@ class Machine:
         assert plan is not None
         for addr, data in plan.writes:
             self.vm.write_memory(addr, data)
+        if isinstance(plan, linuxboot.LinuxBootPlan):
+            # The real-mode setup code, entered as from a boot loader (interrupts off).
+            self.vp.write_registers(**plan.registers)
+            self.log.emit("linux", setup=linuxboot.SETUP_BASE, kernel=plan.kernel_addr,
+                          initrd=plan.initrd_addr)
+            return
         self.vp.enter_protected_mode_flat32(
             plan.entry, gdt_base=plan.gdt_base, gdt_limit=plan.gdt_limit,
             eax=multiboot.MULTIBOOT_BOOTLOADER_MAGIC, ebx=plan.info_addr)
@@ -321,6 +348,12 @@ class Machine:
 
         return run_until(self, hypercall=hypercall, msr=msr, port=port, interrupt=interrupt,
                          address=address, max_instructions=max_instructions)
+
+    @property
+    def typist(self) -> key_input.Typist | None:
+        """What types ``--keys`` on the keyboard, if anything does."""
+        typist: key_input.Typist | None = self.board.parts.get("typist")
+        return typist
 
     def screen_text(self) -> str:
         """The 80x25 VGA text screen as text, one line per row."""

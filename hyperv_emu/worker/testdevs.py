@@ -89,7 +89,8 @@ def add_test_devices(machine: Machine) -> TestDevices:
     board, ev, att = machine.board, machine.log.emit, machine.attached
     kernel = cmdline = initrd = None
     plan = machine._kernel_plan
-    if plan is not None and att.kernel is not None:
+    # fw_cfg's kernel items describe a Multiboot kernel (a Linux one reads its zero page).
+    if isinstance(plan, multiboot.BootPlan) and att.kernel is not None:
         image = multiboot.parse_kernel(att.kernel)
         kernel = (min(s.paddr for s in image.segments), image.entry, att.kernel)
         cmdline = (plan.cmdline_addr, att.cmdline.encode())

@@ -13,7 +13,7 @@ from pathlib import Path
 import pycdlib
 import pytest
 
-from hyperv_emu.asm import assemble_file
+from hyperv_emu.asm import assemble, assemble_file
 from hyperv_emu.guest_needs import CD_BLOCK0, CD_BLOCK1, prepare_guest
 from hyperv_emu.guests import build_guest
 from hyperv_emu.vsp.storage import MemoryImage
@@ -151,8 +151,12 @@ def test_boot_from_iso_el_torito(boot_iso: Path) -> None:
     cd = IsoImage(boot_iso)
     m, status, lines = boot(cd, "d")
     assert status == 1, lines
+    iso = pycdlib.PyCdlib()
+    iso.open(str(boot_iso))
+    boot_lba = int(iso.get_record(iso_path="/BOOT.IMG;1").extent_location())
+    iso.close()
     assert lines == ["hyperv-emu BIOS", f"cdboot: drive E0 sectors {cd.size // 2048:08X}",
-                     "PASS"]
+                     f"cdboot: boot image at {boot_lba:08X}", "PASS"]
     assert m.rtc.peek(0x3D) == 0x23
     assert "PASS" in m.screen_text()
 
@@ -168,7 +172,7 @@ def test_boot_order_c_falls_back_to_the_cd(boot_iso: Path) -> None:
     _, status, lines = boot(IsoImage(boot_iso), "c")
     assert status == 1, lines
     assert lines[1:] == ["Boot failed: no hard disk", "cdboot: drive E0 sectors " + lines[2][-8:],
-                         "PASS"]
+                         "cdboot: boot image at " + lines[3][-8:], "PASS"]
 
 
 def test_boot_d_without_bootable_cd(data_iso: tuple[Path, int]) -> None:
@@ -196,3 +200,52 @@ def test_config_errors(boot_iso: Path) -> None:
     with pytest.raises(ConfigError, match="secondary master"):
         Machine(MachineConfig(cdrom=IsoImage(boot_iso),
                               disks=[None, None, MemoryImage(bytes(512 * 64))]))
+
+
+# Reads 40 blocks (more than one READ(10) packet of the BIOS's 16) from the LBA in the dword at
+# "lba" with one INT 13h AH=42h call to 1000:0000, then exits with AH.
+_MULTI = """
+    .byte 0xEA
+    .word start, 0
+start:
+    xor ax, ax
+    mov ds, ax
+    mov si, dap
+    mov ah, 0x42
+    int 0x13
+    mov al, ah
+    out 0xf4, al
+    hlt
+dap:
+    .byte 0x10, 0
+    .word 40
+    .word 0, 0x1000
+lba:
+    .long 0, 0
+"""
+
+
+def test_int13_reads_many_blocks_in_one_call(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    blocks = b"".join(bytes([i]) * 8 + bytes(range(256)) * 7 + bytes(2048 - 8 - 1792)
+                      for i in range(48))
+    (root / "DATA.BIN").write_bytes(blocks)
+    code = assemble(_MULTI, 16, 0x7C00)
+    (root / "boot.img").write_bytes(code.ljust(2048, b"\0"))
+    iso_path = mkisofs(tmp_path / "multi.iso", root, "-b", "boot.img", "-no-emul-boot",
+                       "-boot-load-size", "4")
+    iso = pycdlib.PyCdlib()
+    iso.open(str(iso_path))
+    lba = int(iso.get_record(iso_path="/DATA.BIN;1").extent_location())
+    boot_lba = int(iso.get_record(iso_path="/BOOT.IMG;1").extent_location())
+    iso.close()
+    # Patch the data's LBA into the boot image on the ISO itself.
+    data = bytearray(iso_path.read_bytes())
+    off = boot_lba * 2048 + code.index(bytes(8), code.index(b"\x28\x00\x00\x00\x00\x10") + 6)
+    data[off:off + 4] = struct.pack("<I", lba)
+    iso_path.write_bytes(bytes(data))
+    m = Machine(MachineConfig(cdrom=IsoImage(iso_path), boot="d", rtc_base=RTC_BASE))
+    ex = m.run(max_instructions=20_000_000)
+    assert ex.reason == "exit" and ex.guest_code == 0, ex.message
+    assert m.partition.read_memory(0x10000, 40 * 2048) == blocks[:40 * 2048]

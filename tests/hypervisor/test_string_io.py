@@ -268,3 +268,25 @@ def test_rep_insw_and_outsw_64bit(addr32: bool) -> None:
     assert struct.unpack("<300H", mem) == tuple(range(0x1000, 0x1000 + 300))
     assert taken == list(range(0x7000, 0x7000 + 300)) and produced == 300
     assert (rcx, rdi, rsi) == (0, 0x10000 + 600, 0x30000 + 600)
+
+
+def test_rep_insw_after_a_return_is_moved_from_its_first_element() -> None:
+    # The BIOS's sector loop: a RET (which leaves the engine's EIP at its target), a
+    # conditional jump (chained: EIP is not stored), then the REP INSW starting its block.
+    # EIP is then stale at every element; the block gate's block start finds the REP, so each
+    # 64-word burst moves in the callback of its first element.
+    def setup(m: Machine) -> None:
+        m.load(0x4000, f"mov edi, 0x10000\nmov ebx, 4\nsector:\ncall wait\njc sector\n"
+                       f"mov ecx, {BLOCK}\nmov dx, {PORT}\ntest ebx, ebx\njz done\n"
+                       "rep insw # ok66\ndec ebx\njmp sector\ndone:\nhlt\n"
+                       "wait:\nclc\nret\n", 32)
+        flat32(m, 0x4000)
+
+    m, dev = build(True)
+    setup(m)
+    ex = m.part.run(max_instructions=200_000)
+    assert ex.reason == "halted", ex
+    assert dev.produced == 4 * BLOCK
+    assert m.part.block_io is not None and m.part.block_io.elements == 4 * (BLOCK - 1)
+    assert struct.unpack(f"<{4 * BLOCK}H", m.part.read_memory(0x10000, 8 * BLOCK)) == tuple(
+        range(0x1000, 0x1000 + 4 * BLOCK))

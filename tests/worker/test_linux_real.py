@@ -1,0 +1,80 @@
+"""Debian's Linux cloud kernel through ``--kernel``/``--initrd`` (a busybox initramfs whose
+/init prints a marker and powers off) and ISOLINUX loading it from a CD.  Slow and dependent on
+Debian packages (linux-image-cloud-amd64, busybox-static, isolinux, syslinux-common), so they
+run under the ``linux`` marker (``pytest -m linux``, as .ci/run does), and are skipped where
+those are not installed."""
+
+from __future__ import annotations
+
+import glob
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from hyperv_emu.vsp.storage.iso import IsoImage
+from hyperv_emu.worker.machine import Machine, MachineConfig
+
+from .initramfs import BUSYBOX, busybox_initramfs
+
+pytestmark = pytest.mark.linux
+MARKER = "HYPERV-EMU-LINUX-INIT-OK"
+KERNELS = sorted(glob.glob("/boot/vmlinuz-*-cloud-amd64"))
+
+
+@pytest.mark.skipif(not KERNELS or not BUSYBOX.exists(),
+                    reason="needs linux-image-cloud-amd64 and busybox-static")
+@pytest.mark.xfail(reason="stops in the decompressor: RDMSR IA32_MISC_ENABLE (0x1A0) raises "
+                          "#GP with no IDT yet (the MSR table is another branch's work)",
+                   strict=False)
+def test_debian_kernel_reaches_busybox_init() -> None:
+    out = bytearray()
+    initrd = busybox_initramfs(f"/bin/busybox echo {MARKER}\n/bin/busybox poweroff -f\n")
+    m = Machine(MachineConfig(memory_mib=128, kernel=Path(KERNELS[-1]).read_bytes(),
+                              initrds=[("initramfs", initrd)], append="console=ttyS0 quiet",
+                              serial_output=out.extend))
+    ex = m.run(max_instructions=20_000_000_000)
+    assert MARKER in out.decode(errors="replace"), (ex.message, out[-2000:])
+
+
+ISOLINUX = Path("/usr/lib/ISOLINUX/isolinux.bin")
+LDLINUX = Path("/usr/lib/syslinux/modules/bios/ldlinux.c32")
+
+
+@pytest.mark.skipif(not KERNELS or not BUSYBOX.exists() or not ISOLINUX.exists()
+                    or not LDLINUX.exists() or shutil.which("xorriso") is None,
+                    reason="needs linux-image-cloud-amd64, busybox-static, isolinux, "
+                           "syslinux-common and xorriso")
+def test_isolinux_loads_kernel_and_initrd(tmp_path: Path) -> None:
+    # ISOLINUX asks INT 13h AX=4B01h for the El Torito specification packet (without it: "Loading
+    # spec packet failed, trying to wing it... Extremely broken BIOS detected"), then reads the
+    # kernel and initrd through INT 13h AH=42h; with its "serial" directive it writes COM1 itself,
+    # so the BIOS's teletype copy is off and each line shows once.
+    root = tmp_path / "root"
+    (root / "isolinux").mkdir(parents=True)
+    shutil.copy(ISOLINUX, root / "isolinux" / "isolinux.bin")
+    shutil.copy(LDLINUX, root / "isolinux" / "ldlinux.c32")
+    shutil.copy(KERNELS[-1], root / "vmlinuz")
+    (root / "init.cpi").write_bytes(
+        busybox_initramfs(f"/bin/busybox echo {MARKER}\n/bin/busybox poweroff -f\n"))
+    (root / "isolinux" / "isolinux.cfg").write_text(
+        "serial 0 115200\nprompt 0\ndefault linux\nlabel linux\n  kernel /vmlinuz\n"
+        "  append initrd=/init.cpi console=ttyS0\n")
+    iso = tmp_path / "linux.iso"
+    subprocess.run(["xorriso", "-as", "mkisofs", "-quiet", "-o", str(iso), "-b",
+                    "isolinux/isolinux.bin", "-c", "isolinux/boot.cat", "-no-emul-boot",
+                    "-boot-load-size", "4", "-boot-info-table", str(root)],
+                   check=True, capture_output=True)
+    out = bytearray()
+    cd = IsoImage(iso)
+    try:
+        m = Machine(MachineConfig(memory_mib=128, cdrom=cd, boot="d", serial_output=out.extend,
+                                  bios_serial_mirror=False))
+        m.run(max_instructions=100_000_000)
+    finally:
+        cd.close()
+    text = out.decode(errors="replace").replace("\r", "")
+    assert "ISOLINUX 6.04" in text and text.count("ISOLINUX 6.04") == 1, text
+    assert "spec packet" not in text and "broken BIOS" not in text, text
+    assert "Loading /vmlinuz... ok" in text and "Loading /init.cpi...ok" in text, text
