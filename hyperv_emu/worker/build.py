@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from hyperv_emu.guest_needs import PreparedGuest
     from hyperv_emu.vdev.ide import Attachment
     from hyperv_emu.vsp.storage.lock import ImageInUseError
-    from hyperv_emu.worker.linuxboot import is_linux_kernel
     from hyperv_emu.worker.machine import Machine
 
 
@@ -33,6 +32,7 @@ def open_machine(cfg: VmConfig, host: HostIo | None = None) -> Iterator[Machine]
     """The machine ``cfg`` describes, connected to ``host``; its images and files are closed
     when the block ends.  On a normal end the console outputs are flushed (a failing one
     raises OutputError); on an exception they are flushed as far as they still can be."""
+    from hyperv_emu.worker.linuxboot import is_linux_kernel
     from hyperv_emu.worker.machine import Machine
 
     host = host or HostIo()
