@@ -25,6 +25,10 @@ BIOS_DATE = b"11/28/26"
 MODEL_OFFSET = 0xFFFE
 MODEL_BYTE = 0xFC
 CHECKSUM_OFFSET = 0xFFFF
+#: Offset of the platform area: from here to the reset vector the ROM holds what the machine
+#: puts there (hyperv_emu/firmware_tables/rom.py: the E820 map, the ACPI and MP tables); the
+#: assembly sees it as the symbol PLATFORM_AREA and its code must end before it.
+PLATFORM_AREA = 0xC000
 
 
 def assemble_bios_code() -> bytes:
@@ -34,14 +38,18 @@ def assemble_bios_code() -> bytes:
         source = expand_includes(path)
     except OSError as exc:
         raise AsmError(f"{path}: {exc.strerror or exc}") from None
+    # The symbol goes after the first line, which says the source is in AT&T syntax.
+    first, _, rest = source.partition("\n")
+    source = f"{first}\n.equ PLATFORM_AREA, {PLATFORM_AREA:#x}\n{rest}"
     return assemble(source, mode=16, base=0)
 
 
 @lru_cache(maxsize=1)
 def _build() -> bytes:
     code = assemble_bios_code()
-    if len(code) > RESET_VECTOR:
-        raise AsmError(f"BIOS code is {len(code):#x} bytes; it must end before {RESET_VECTOR:#x}")
+    if len(code) > PLATFORM_AREA:
+        raise AsmError(f"BIOS code is {len(code):#x} bytes; it must end before the platform "
+                       f"area at {PLATFORM_AREA:#x}")
     image = bytearray(BIOS_SIZE)
     image[: len(code)] = code
     # JMP FAR F000:POST_ENTRY

@@ -63,11 +63,12 @@ def entries(p: Platform) -> list[bytes]:
     link_of = {(dev, pin): link for dev, pin, link in p.pci_routing}
     for dev, pin in p.pci_intx:
         link = link_of.get((dev, pin))
-        irq = p.pirq_irqs[link] if link is not None else None
-        if irq is None:
+        routed = p.pirq_irqs[link] if link is not None else None
+        if routed is None:
             continue
         out.append(struct.pack("<BBHBBBB", IO_INTERRUPT, INT, ACTIVE_HIGH_LEVEL, PCI_BUS_ID,
-                               (dev << 2) | pin, p.ioapic_id, p.isa_irq_pins.get(irq, irq)))
+                               (dev << 2) | pin, p.ioapic_id,
+                               p.isa_irq_pins.get(routed, routed)))
     # Every local APIC: LINT0 ExtINT (virtual wire), LINT1 NMI.
     out.append(struct.pack("<BBHBBBB", LOCAL_INTERRUPT, EXTINT, CONFORMS, ISA_BUS_ID, 0,
                            ALL_LAPICS, 0))

@@ -43,7 +43,7 @@ from hyperv_emu.vdev.system import (
 from hyperv_emu.vdev.vga import VgaText
 from hyperv_emu.vid.root import ChildHandle, RootPartition
 from hyperv_emu.vsp.storage.blockdev import BlockDevice
-from hyperv_emu.worker import multiboot
+from hyperv_emu.worker import multiboot, platform_tables
 from hyperv_emu.worker.events import EventLog
 from hyperv_emu.worker.motherboard import Motherboard
 from hyperv_emu.worker.serial_input import StreamInput
@@ -68,6 +68,8 @@ EXIT_INSTRUCTION_LIMIT = 8
 EXIT_TIMEOUT = 10
 EXIT_GUEST_FAULT = 12
 EXIT_INTERNAL_ERROR = 14
+#: The guest powered the machine off (ACPI S5: SLP_EN with \_S5's SLP_TYP in PM1a_CNT).
+EXIT_POWER_OFF = 16
 EXIT_INTERRUPTED = 130
 
 _REASON_STATUS = {
@@ -202,6 +204,8 @@ class Machine:
         self.vp.lapic.eoi_broadcast.append(self.ioapic.eoi)
         self.vp.set_interrupt_source(self.vp.lapic)
         self.partition.map_local_apic()
+        # The MP and ACPI tables, built from the devices above, into the BIOS ROM and RAM.
+        self.tables = platform_tables.install(self, build_bios())
         self.partition.set_io_handler(self.board.io_read, self.board.io_write)
         self.partition.set_io_block_handler(self.board.offers_block, self.board.io_read_block,
                                             self.board.io_write_block)
@@ -239,11 +243,13 @@ class Machine:
         board.add(self.ioapic)
         self.partition.map_mmio(IOAPIC_BASE, 0x1000, self.ioapic.mmio_read,
                                 self.ioapic.mmio_write)
-        self.pit = Pit(clock, board.irqs[0], ev)
+        # The HPET's legacy replacement route can take IRQ0 and IRQ8 from the 8254 and the RTC.
+        self.legacy_routes = platform_tables.legacy_routes(self)
+        self.pit = Pit(clock, self.legacy_routes[0].device_line, ev)
         board.add(self.pit)
         board.add(Port61(self.pit, clock))
         base_time = cfg.rtc_base or datetime.datetime.now().replace(microsecond=0)
-        self.rtc = Rtc(clock, board.irqs[8], base_time, ev)
+        self.rtc = Rtc(clock, self.legacy_routes[1].device_line, base_time, ev)
         self.rtc.set_memory_size(self.ram_size)
         self.rtc.set_equipment(0x06)  # math coprocessor present, 80x25 colour initial video
         self.rtc.poke(CMOS_BOOT_ORDER, _boot_order(cfg, self.disks))
@@ -261,6 +267,7 @@ class Machine:
         board.add(self.com1)
         board.add(self.com2)
         self._build_pci()
+        self.chipset = platform_tables.build_chipset(self, self.legacy_routes)
         self.vga = VgaText(clock, self.partition.read_memory, ev)
         board.add(self.vga)
         self.a20 = A20Gate(self.partition.set_a20)
@@ -306,11 +313,7 @@ class Machine:
     # ---- memory map --------------------------------------------------------------------
     def memory_map(self) -> list[tuple[int, int, int]]:
         """The E820-style map the BIOS and the Multiboot loader report: (base, length, type)."""
-        ranges = [(0, 0x9FC00, 1), (0x9FC00, 0x400, 2), (0xF0000, 0x10000, 2)]
-        if self.ram_size > 0x100000:
-            ranges.append((0x100000, self.ram_size - 0x100000, 1))
-        ranges.append((BIOS_HIGH_ALIAS, BIOS_SIZE, 2))
-        return ranges
+        return platform_tables.memory_map(self.ram_size)
 
     def _dma_read(self, addr: int, size: int) -> bytes:
         return self.partition.memory.read(addr, size, physical=True)
@@ -353,6 +356,11 @@ class Machine:
 
     def _on_reset_request(self) -> None:
         self.partition.request_stop("reset")
+
+    def _on_sleep(self, slp_typ: int) -> None:
+        # Only \_S5 is announced; other sleep types are traced by the PM block and ignored.
+        if slp_typ == platform_tables.S5_SLP_TYP:
+            self.partition.request_stop("poweroff")
 
     def _on_post(self, kind: str, **fields: Any) -> None:
         self.log.emit(kind, **fields)
@@ -402,6 +410,9 @@ class Machine:
                 code = self._exit_code if self._exit_code is not None else 0
                 return MachineExit(exit_status(code), "exit",
                                    f"guest wrote {code:#x} to the exit port", code, ex)
+            if ex.reason == "stop" and ex.detail == "poweroff":
+                return MachineExit(EXIT_POWER_OFF, "poweroff",
+                                   "guest powered the machine off (ACPI S5)", None, ex)
             if ex.reason == "stop" and ex.detail == "kernel-entry":
                 self._enter_kernel()
                 continue
