@@ -118,7 +118,6 @@ def dsdt_body(p: Platform) -> bytes:
     pci0 = aml.device(
         "PCI0",
         aml.name("_HID", aml.eisa_id("PNP0A03")),
-        aml.name("_ADR", aml.integer(0)),
         aml.name("_UID", aml.integer(0)),
         aml.name("_BBN", aml.integer(0)),
         aml.name("_CRS", _pci_root_resources(p)),
