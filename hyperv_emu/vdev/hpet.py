@@ -21,8 +21,11 @@ and three comparators.  Timers 0 and 1 can be periodic, timer 2 is one-shot only
   input 2) and timer 1 IRQ8, and the 8254's and the RTC's own interrupts are cut off there;
   :class:`LegacyRoute` is that switch on an ISA IRQ line.
 
-Edge-triggered timers pulse their line; level-triggered ones hold it while their status bit
-is set.  Registers take 32- and 64-bit accesses (smaller ones work on the bytes they cover).
+Edge-triggered timers give their line a rising edge at each match and leave it high until the
+next one (a short low pulse then, as the 8254's rate-generator output does on the same IRQ0),
+so an 8259 input, which withdraws a request whose line drops before INTA, keeps it; disabling
+the timer's interrupt lowers the line.  Level-triggered ones hold the line while their status
+bit is set.  Registers take 32- and 64-bit accesses (smaller ones work on the bytes they cover).
 """
 
 from __future__ import annotations
@@ -184,9 +187,12 @@ class Hpet(Device):
             line.set_level(level)
 
     def _refresh_level(self, t: _Timer) -> None:
-        """A level-triggered timer holds its line while its status bit is set and enabled."""
-        want = (bool(t.config & TN_INT_TYPE) and bool(t.config & TN_INT_ENB)
-                and bool(self.isr >> t.index & 1))
+        """A level-triggered timer holds its line while its status bit is set and enabled; an
+        edge-triggered one keeps the line high after its last edge while enabled."""
+        if t.config & TN_INT_TYPE:
+            want = bool(t.config & TN_INT_ENB) and bool(self.isr >> t.index & 1)
+        else:
+            want = t.line_level and bool(t.config & TN_INT_ENB)
         if want != t.line_level:
             self._set_output(t, want)
 
@@ -221,12 +227,9 @@ class Hpet(Device):
             self.isr |= 1 << index
             self._refresh_level(t)
         elif t.config & TN_INT_ENB:
-            line = self._line(t)
-            if isinstance(line, LegacyRoute):
-                line.hpet_output(True)
-                line.hpet_output(False)
-            elif line is not None:
-                line.pulse()
+            if t.line_level:
+                self._set_output(t, False)
+            self._set_output(t, True)
         self._schedule(t, now)
 
     # ---- MMIO --------------------------------------------------------------------------

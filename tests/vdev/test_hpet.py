@@ -103,7 +103,9 @@ def test_one_shot_edge_timer_on_a_routed_pin() -> None:
     b.w(CONF, ENABLE_CNF)
     b.advance(10_000)
     assert b.rises(21) == [100 * NS_PER_TICK]             # fires once, at the match
-    assert not b.pins[21].level                           # an edge: pulsed
+    assert b.pins[21].level                               # edge mode: high after the edge
+    b.w(tconf(2), 21 << TN_ROUTE_SHIFT)                   # interrupt disabled: line drops
+    assert not b.pins[21].level
     assert b.hpet.mmio_read(STATUS, 4) == 0               # edge mode: no status bit
 
 
