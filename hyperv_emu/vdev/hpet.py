@@ -106,6 +106,8 @@ class _Timer:
         self.comparator = MASK64
         self.period = 0
         self.line_level = False
+        #: The counter value after which the armed deadline's match was searched.
+        self.after = 0
 
     @property
     def width(self) -> int:
@@ -200,6 +202,7 @@ class Hpet(Device):
     def _schedule(self, t: _Timer, after: int) -> None:
         """Arm ``t`` for the first counter value > ``after`` that matches its comparator."""
         deadline = self._deadlines[t.index]
+        t.after = after
         if not self.config & ENABLE_CNF:
             deadline.cancel()
             return
@@ -330,7 +333,8 @@ class Hpet(Device):
     def save(self) -> dict[str, Any]:
         return {**super().save(), "config": self.config, "isr": self.isr,
                 "counter": self.counter(),
-                "timers": [[t.config, t.comparator, t.period] for t in self.timers]}
+                "timers": [[t.config, t.comparator, t.period, t.after, t.line_level]
+                           for t in self.timers]}
 
     def restore(self, state: dict[str, Any]) -> None:
         self._check_state(state)
@@ -340,10 +344,11 @@ class Hpet(Device):
         self.config = int(state["config"])
         self.isr = int(state["isr"])
         self._set_counter(int(state["counter"]))
-        for t, (config, comparator, period) in zip(self.timers, state["timers"], strict=True):
-            t.config, t.comparator, t.period = int(config), int(comparator), int(period)
         for route in self.legacy:
             route.take(bool(self.config & LEG_RT_CNF))
-        for t in self.timers:
+        for t, saved in zip(self.timers, state["timers"], strict=True):
+            config, comparator, period, after, level = saved
+            t.config, t.comparator, t.period = int(config), int(comparator), int(period)
+            self._set_output(t, bool(level))
             self._refresh_level(t)
-            self._reschedule(t)
+            self._schedule(t, int(after))

@@ -12,8 +12,8 @@ Not modelled: the PAM/SMRAM registers of the host bridge are storage only (the m
 fixed by the machine), the PIIX3 ISA function's PIRQ routing is reported by
 :meth:`Piix3Isa.pirq_irq` (and applied by :class:`hyperv_emu.vdev.pirq.PirqRouter`), and IDE
 timing registers are storage only.  The legacy IDE ports decode whatever the command register's
-I/O enable says (the PIIX3 gates them with IOSE and IDETIM bit 15); here they are always decoded, because the BIOS
-does not program the function yet.
+I/O enable says (the PIIX3 gates them with IOSE and IDETIM bit 15); here they are always
+decoded, because the BIOS does not program the function yet.
 """
 
 from __future__ import annotations
