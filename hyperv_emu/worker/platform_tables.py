@@ -24,12 +24,13 @@ from hyperv_emu.firmware_tables.platform import (
     Platform,
 )
 from hyperv_emu.hypervisor.lapic import VERSION as LAPIC_VERSION
-from hyperv_emu.vdev.acpi_pm import AcpiPm
+from hyperv_emu.vdev.acpi_pm import PM1_CNT, PM1_STS, PM_TMR, AcpiPm
 from hyperv_emu.vdev.base import Device, IrqLine
 from hyperv_emu.vdev.hpet import HPET_BASE, Hpet, LegacyRoute
 from hyperv_emu.vdev.ioapic import IOAPIC_BASE
 from hyperv_emu.vdev.pirq import PIRQS, PirqRouter, pirq_of
-from hyperv_emu.vdev.reset_control import ResetControl
+from hyperv_emu.vdev.reset_control import RCPU, RESET_CONTROL_PORT, SRST, ResetControl
+from hyperv_emu.vdev.rtc import REG_CENTURY
 
 if TYPE_CHECKING:
     from hyperv_emu.worker.machine import Machine
@@ -126,9 +127,11 @@ def describe(m: Machine) -> Platform:
         cpu_signature=a, cpu_features=d,
         lapic_version=LAPIC_VERSION & 0xFF,
         ioapic_id=m.ioapic.id, ioapic_base=m.ioapic.base,
-        pm1a_evt=chipset.pm.base, pm1a_cnt=chipset.pm.base + 4, pm_tmr=chipset.pm.base + 8,
+        pm1a_evt=chipset.pm.base + PM1_STS, pm1a_cnt=chipset.pm.base + PM1_CNT,
+        pm_tmr=chipset.pm.base + PM_TMR,
         pm_timer_32bit=chipset.pm.timer_bits == 32,
-        sci_irq=SCI_IRQ, s5_slp_typ=S5_SLP_TYP,
+        sci_irq=SCI_IRQ, s5_slp_typ=S5_SLP_TYP, rtc_century=REG_CENTURY,
+        reset_port=RESET_CONTROL_PORT, reset_value=SRST | RCPU,
         hpet_base=chipset.hpet.base, hpet_block_id=chipset.hpet.capabilities & 0xFFFFFFFF,
         pci_routing=tuple((dev, pin, pirq_of(dev, pin)) for dev in range(1, 32)
                           for pin in range(4)),
