@@ -134,10 +134,10 @@ def madt(platform: Platform) -> bytes:
     for uid, apic_id in enumerate(p.apic_ids):
         body += struct.pack("<BBBBI", MADT_LAPIC, 8, uid, apic_id, LAPIC_ENABLED)
     body += struct.pack("<BBBBII", MADT_IOAPIC, 12, p.ioapic_id, 0, p.ioapic_base, 0)
-    for irq, pin in sorted(p.isa_irq_pins.items()):
+    for irq, pin in sorted(p.isa_irq_pins):
         if irq != pin and irq != p.sci_irq:
             body += struct.pack("<BBBBIH", MADT_ISO, 10, 0, irq, pin, 0)
-    sci_pin = p.isa_irq_pins.get(p.sci_irq, p.sci_irq)
+    sci_pin = p.pin_of(p.sci_irq)
     body += struct.pack("<BBBBIH", MADT_ISO, 10, 0, p.sci_irq, sci_pin,
                         INTI_ACTIVE_HIGH | INTI_LEVEL)
     body += struct.pack("<BBBHB", MADT_LAPIC_NMI, 6, ALL_PROCESSORS, 0, 1)

@@ -57,7 +57,7 @@ def entries(p: Platform) -> list[bytes]:
         if irq == 2:
             continue
         out.append(struct.pack("<BBHBBBB", IO_INTERRUPT, INT, CONFORMS, ISA_BUS_ID, irq,
-                               p.ioapic_id, p.isa_irq_pins.get(irq, irq)))
+                               p.ioapic_id, p.pin_of(irq)))
     # PCI functions with an interrupt pin: INTx -> PIRQ link -> ISA IRQ -> I/O APIC pin, level
     # and active high as the board delivers it.
     link_of = {(dev, pin): link for dev, pin, link in p.pci_routing}
@@ -68,7 +68,7 @@ def entries(p: Platform) -> list[bytes]:
             continue
         out.append(struct.pack("<BBHBBBB", IO_INTERRUPT, INT, ACTIVE_HIGH_LEVEL, PCI_BUS_ID,
                                (dev << 2) | pin, p.ioapic_id,
-                               p.isa_irq_pins.get(routed, routed)))
+                               p.pin_of(routed)))
     # Every local APIC: LINT0 ExtINT (virtual wire), LINT1 NMI.
     out.append(struct.pack("<BBHBBBB", LOCAL_INTERRUPT, EXTINT, CONFORMS, ISA_BUS_ID, 0,
                            ALL_LAPICS, 0))
@@ -80,8 +80,9 @@ def entries(p: Platform) -> list[bytes]:
 def config_table(p: Platform) -> bytes:
     """The MP configuration table (4.2): header, then the base table entries; no extended
     entries."""
-    body = b"".join(entries(p))
-    count = len(entries(p))
+    items = entries(p)
+    body = b"".join(items)
+    count = len(items)
     header = bytearray(struct.pack("<4sHBB8s12sIHHIHBB", b"PCMP", HEADER_SIZE + len(body),
                                    SPEC_REV, 0, p.oem_id.encode("ascii").ljust(8)[:8],
                                    p.oem_table_id.encode("ascii").ljust(12)[:12], 0, 0, count,

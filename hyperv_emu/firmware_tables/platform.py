@@ -5,7 +5,7 @@ all say the same thing as the hardware.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 #: E820 address range types (ACPI 6.4, 15.1 "Address Range Types").
 E820_RAM, E820_RESERVED, E820_ACPI, E820_NVS = 1, 2, 3, 4
@@ -40,8 +40,8 @@ class Platform:
     ioapic_base: int = 0xFEC00000
     ioapic_version: int = 0x11
     ioapic_pins: int = 24
-    #: ISA IRQ -> I/O APIC input: IRQn on pin n except where overridden (IRQ0 on pin 2).
-    isa_irq_pins: dict[int, int] = field(default_factory=lambda: {0: 2})
+    #: (ISA IRQ, I/O APIC input) pairs where IRQn is not on pin n (IRQ0 on pin 2).
+    isa_irq_pins: tuple[tuple[int, int], ...] = ((0, 2),)
     #: The 8259's INTR output is wired to this I/O APIC pin (ExtINT).
     pic_pin: int = 0
     #: ACPI PM register blocks (I/O ports) and the SCI.
@@ -78,3 +78,7 @@ class Platform:
     facs_address: int = 0xE0000
     oem_id: str = "HVEMU "
     oem_table_id: str = "HVEMUPC "
+
+    def pin_of(self, irq: int) -> int:
+        """The I/O APIC input ISA IRQ ``irq`` arrives on."""
+        return dict(self.isa_irq_pins).get(irq, irq)

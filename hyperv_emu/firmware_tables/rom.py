@@ -17,7 +17,10 @@ OS to search.  The F-segment is reported reserved in the E820 map, the FACS's pa
 from __future__ import annotations
 
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
+from types import MappingProxyType
 
 from hyperv_emu.firmware_tables import acpi, mp
 from hyperv_emu.firmware_tables.dsdt import dsdt
@@ -38,8 +41,8 @@ class PlacedTables:
 
     area: bytes            # the bytes of the platform area, from its start
     area_address: int
-    addresses: dict[str, int]
-    tables: dict[str, bytes]
+    addresses: Mapping[str, int]
+    tables: Mapping[str, bytes]
     facs: bytes
 
 
@@ -53,8 +56,10 @@ def e820_area(memory_map: tuple[tuple[int, int, int], ...]) -> bytes:
         E820_ENTRY.pack(base, length, kind) for base, length, kind in memory_map)
 
 
+@lru_cache(maxsize=16)
 def place(p: Platform, area_address: int, area_size: int) -> PlacedTables:
-    """Lay out every table in the platform area at ``area_address`` (physical)."""
+    """Lay out every table in the platform area at ``area_address`` (physical).  Machines
+    built alike get the same tables, so the result is cached (it is immutable)."""
     out = bytearray(e820_area(p.memory_map))
     addresses: dict[str, int] = {}
     tables: dict[str, bytes] = {}
@@ -99,7 +104,8 @@ def place(p: Platform, area_address: int, area_size: int) -> PlacedTables:
     put("HPET", hpet_table)
     put("DSDT", dsdt_table)
     addresses["FACS"] = p.facs_address
-    return PlacedTables(bytes(out), area_address, addresses, tables, acpi.facs())
+    return PlacedTables(bytes(out), area_address, MappingProxyType(addresses),
+                        MappingProxyType(tables), acpi.facs())
 
 
 def rom_with_tables(rom: bytes, placed: PlacedTables, checksum_offset: int) -> bytes:
