@@ -204,3 +204,30 @@ def test_iasl_recompiles_the_dsdt(machine: Machine, tmp_path: Path) -> None:
                           text=True, cwd=tmp_path, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert re.search(r"Compilation successful\. 0 Errors, 0 Warnings", proc.stdout), proc.stdout
+
+
+ACPIEXEC = shutil.which("acpiexec")
+
+
+@pytest.mark.skipif(ACPIEXEC is None, reason="acpiexec (acpica-tools) not installed")
+def test_acpiexec_runs_the_link_methods(machine: Machine, tmp_path: Path) -> None:
+    """ACPICA's own interpreter loads the DSDT and runs a link device's methods: _SRS routes
+    the link to IRQ 11 through PIRQRC (the PCI_Config region), _CRS reads it back, _DIS sets
+    bit 7 and _STA reports the link disabled; \\_S5 is the soft-off package."""
+    path = tmp_path / "dsdt.dat"
+    path.write_bytes(acpi_tables(machine)["DSDT"])
+    commands = ("evaluate \\_SB.LNKB._SRS (89 06 00 09 01 0B 00 00 00 79 00); "
+                "evaluate \\_SB.LNKB._STA; evaluate \\_SB.LNKB._CRS; evaluate \\_SB.LNKB._DIS; "
+                "evaluate \\_SB.LNKB._STA; evaluate \\_SB.PCI0.ISA.PRQB; evaluate \\_S5")
+    proc = subprocess.run([ACPIEXEC or "acpiexec", "-b", commands, str(path)],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                          check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "ACPI Error" not in out and "AE_" not in out, out
+    results = re.findall(r"\[(?:Integer|Buffer|Package)\][^\n]*", out)
+    assert results[0].endswith("000000000000000B")          # enabled after _SRS
+    assert "89 06 00 09 01 0B 00 00 00 79 00" in results[1]  # IRQ 11
+    assert results[2].endswith("0000000000000009")          # disabled after _DIS
+    assert results[3].endswith("000000000000008B")          # PIRQRC[B]: bit 7 | 11
+    assert results[4] == "[Package] Contains 4 Elements:"
