@@ -10,8 +10,6 @@ F000:FFFE; and a checksum byte at F000:FFFF making the 64 KiB sum to 0 mod 256.
 
 from __future__ import annotations
 
-import struct
-from collections.abc import Sequence
 from functools import lru_cache
 
 from hyperv_emu.asm import AsmError, assemble, data_dir, expand_includes
@@ -27,10 +25,10 @@ BIOS_DATE = b"11/28/26"
 MODEL_OFFSET = 0xFFFE
 MODEL_BYTE = 0xFC
 CHECKSUM_OFFSET = 0xFFFF
-#: The E820 table in the image (firmware/services.inc): this marker, a word count, entries.
-E820_MAGIC = b"E820MAP!"
-E820_ENTRY = struct.Struct("<QQI")
-E820_MAX_ENTRIES = 16
+#: Offset of the platform area: from here to the reset vector the ROM holds what the machine
+#: puts there (hyperv_emu/firmware_tables/rom.py: the E820 map, the ACPI and MP tables); the
+#: assembly sees it as the symbol PLATFORM_AREA and its code must end before it.
+PLATFORM_AREA = 0xC000
 
 
 def assemble_bios_code() -> bytes:
@@ -40,14 +38,18 @@ def assemble_bios_code() -> bytes:
         source = expand_includes(path)
     except OSError as exc:
         raise AsmError(f"{path}: {exc.strerror or exc}") from None
+    # The symbol goes after the first line, which says the source is in AT&T syntax.
+    first, _, rest = source.partition("\n")
+    source = f"{first}\n.equ PLATFORM_AREA, {PLATFORM_AREA:#x}\n{rest}"
     return assemble(source, mode=16, base=0)
 
 
 @lru_cache(maxsize=1)
 def _build() -> bytes:
     code = assemble_bios_code()
-    if len(code) > RESET_VECTOR:
-        raise AsmError(f"BIOS code is {len(code):#x} bytes; it must end before {RESET_VECTOR:#x}")
+    if len(code) > PLATFORM_AREA:
+        raise AsmError(f"BIOS code is {len(code):#x} bytes; it must end before the platform "
+                       f"area at {PLATFORM_AREA:#x}")
     image = bytearray(BIOS_SIZE)
     image[: len(code)] = code
     # JMP FAR F000:POST_ENTRY
@@ -63,22 +65,3 @@ def _build() -> bytes:
 def build_bios() -> bytes:
     """The 64 KiB BIOS ROM image, to be mapped at F0000 and at FFFF0000."""
     return _build()
-
-
-def with_memory_map(image: bytes, entries: Sequence[tuple[int, int, int]]) -> bytes:
-    """``image`` with the E820 map (base, length, type) written into the BIOS's table, which
-    INT 15h AX=E820h hands out entry by entry, and the checksum byte made right again."""
-    at = image.find(E820_MAGIC)
-    if at < 0 or image.find(E820_MAGIC, at + 1) >= 0:
-        raise AsmError("the BIOS image has no single E820 table marker")
-    if len(entries) > E820_MAX_ENTRIES:
-        raise AsmError(f"{len(entries)} E820 entries; the BIOS table holds "
-                       f"{E820_MAX_ENTRIES}")
-    out = bytearray(image)
-    table = at + len(E820_MAGIC)
-    struct.pack_into("<H", out, table, len(entries))
-    for i, entry in enumerate(entries):
-        E820_ENTRY.pack_into(out, table + 2 + i * E820_ENTRY.size, *entry)
-    out[CHECKSUM_OFFSET] = 0
-    out[CHECKSUM_OFFSET] = (-sum(out[:CHECKSUM_OFFSET])) & 0xFF
-    return bytes(out)

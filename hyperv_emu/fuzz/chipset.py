@@ -7,10 +7,13 @@ from __future__ import annotations
 from hyperv_emu.fuzz.harness import Bench, ChipsetTarget
 from hyperv_emu.hypervisor.lapic import LocalApic
 from hyperv_emu.hypervisor.mmu import GuestFault
+from hyperv_emu.vdev.acpi_pm import AcpiPm
 from hyperv_emu.vdev.atapi import BLOCK, CdromDrive
+from hyperv_emu.vdev.hpet import Hpet, LegacyRoute
 from hyperv_emu.vdev.ioapic import PINS, IoApic
 from hyperv_emu.vdev.pic import Pic
 from hyperv_emu.vdev.piix import PRD_EOT, PRD_TABLE_REGION, Piix3Ide
+from hyperv_emu.vdev.reset_control import ResetControl
 from hyperv_emu.vsp.storage.raw import MemoryImage
 from hyperv_emu.worker.hostio import Attachments
 
@@ -195,7 +198,35 @@ class LapicTarget(ChipsetTarget):
         bench.extra("tsc-deadline", lambda a: apic.write_tsc_deadline(bench.clock.now() + a))
 
 
+class AcpiTarget(ChipsetTarget):
+    name = "acpi"
+    summary = "ACPI PM1a event/control and PM timer (600h-60Bh, SCI on IRQ9), reset control 0CF9h"
+
+    def build(self, bench: Bench) -> None:
+        pm = AcpiPm(bench.clock, bench.board.irqs[9], lambda slp_typ: None)
+        bench.add(pm)
+        pci = bench.add_pci_bus()
+        rc = ResetControl(lambda hard: None)
+        bench.add(rc)
+        pci.ordinary_io = rc
+        bench.extra("power-button", lambda a: pm.press_power_button())
+
+
+class HpetTarget(ChipsetTarget):
+    name = "hpet"
+    summary = "HPET at FED00000h: main counter, three comparators, legacy route on IRQ0/IRQ8"
+
+    def build(self, bench: Bench) -> None:
+        irqs = bench.board.irqs
+        routes = (LegacyRoute(irqs[0]), LegacyRoute(irqs[8]))
+        hpet = Hpet(bench.clock, routes, {pin: irqs[pin] for pin in (10, 11)})
+        bench.add(hpet)
+        # The 8254 and RTC outputs the legacy route cuts off.
+        bench.extra("irq0-device", lambda a: routes[0].device_line.set_level(bool(a & 1)))
+        bench.extra("irq8-device", lambda a: routes[1].device_line.set_level(bool(a & 1)))
+
+
 CHIPSET_TARGETS: tuple[type[ChipsetTarget], ...] = (
     PicTarget, PitTarget, RtcTarget, UartTarget, IdeTarget, VgaTarget, PciTarget, LapicTarget,
-    IoApicTarget,
+    IoApicTarget, AcpiTarget, HpetTarget,
 )

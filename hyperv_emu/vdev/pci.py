@@ -236,6 +236,9 @@ class PciBus(Device):
         self._events = events
         self.functions: dict[tuple[int, int], PciDevice] = {}
         self.address = 0
+        #: Who answers byte and word cycles at 0CF8h-0CFBh, which are ordinary I/O rather
+        #: than CONFIG_ADDRESS (the PIIX3's reset control register at 0CF9h).
+        self.ordinary_io: Device | None = None
 
     # ---- wiring ------------------------------------------------------------------------
     def add(self, device: PciDevice, dev: int, fn: int = 0) -> PciDevice:
@@ -295,6 +298,8 @@ class PciBus(Device):
     def io_read(self, port: int, size: int) -> int:
         if port == CONFIG_ADDRESS and size == 4:
             return self.address & _ADDRESS_MASK
+        if port < CONFIG_DATA and self.ordinary_io is not None:
+            return self.ordinary_io.io_read(port, size)
         if port < CONFIG_DATA or not self.address & ENABLE:
             # Byte/word cycles at 0CF8h-0CFBh are ordinary I/O, not CONFIG_ADDRESS (PCI 2.1,
             # 3.7.4.1); nothing else decodes them here.  With the enable bit clear, 0CFCh is
@@ -311,6 +316,9 @@ class PciBus(Device):
     def io_write(self, port: int, size: int, value: int) -> None:
         if port == CONFIG_ADDRESS and size == 4:
             self.address = value & _LATCH_MASK
+            return
+        if port < CONFIG_DATA and self.ordinary_io is not None:
+            self.ordinary_io.io_write(port, size, value)
             return
         if port < CONFIG_DATA or not self.address & ENABLE:
             return

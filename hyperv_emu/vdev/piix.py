@@ -10,10 +10,10 @@ datasheet implements them at BMIBA (BAR4, 16 I/O ports).
 
 Not modelled: the PAM/SMRAM registers of the host bridge are storage only (the memory map is
 fixed by the machine), the PIIX3 ISA function's PIRQ routing is reported by
-:meth:`Piix3Isa.pirq_irq` but nothing routes PCI interrupts yet, and IDE timing registers are
-storage only.  The legacy IDE ports decode whatever the command register's I/O enable says (the
-PIIX3 gates them with IOSE and IDETIM bit 15); here they are always decoded, because the BIOS
-does not program the function yet.
+:meth:`Piix3Isa.pirq_irq` (and applied by :class:`hyperv_emu.vdev.pirq.PirqRouter`), and IDE
+timing registers are storage only.  The legacy IDE ports decode whatever the command register's
+I/O enable says (the PIIX3 gates them with IOSE and IDETIM bit 15); here they are always
+decoded, because the BIOS does not program the function yet.
 """
 
 from __future__ import annotations
@@ -90,6 +90,24 @@ class Piix3Isa(PciDevice):
         self.config[0x76:0x78] = b"\x0c\x0c"  # MBDMA0/1: channel 4 (none)
         self.config[0xA0] = 0x08  # SMICNTL... power management defaults
         self._power_on = bytes(self.config)
+        #: Called after PIRQRC[A:D] may have changed (a configuration write, a reset).
+        self.pirq_listeners: list[Callable[[], None]] = []
+
+    def set_firmware_routing(self, irqs: tuple[int, int, int, int]) -> None:
+        """Stand-in for the BIOS's PCI interrupt setup: PIRQRC[A:D] routed to ``irqs`` at
+        power-on and after every reset (the platform tables announce this routing)."""
+        self.config[0x60:0x64] = bytes(i & 0x0F for i in irqs)
+        self._power_on = bytes(self.config)
+
+    def config_written(self, offset: int, size: int, old_command: int) -> None:
+        if offset < 0x64 and offset + size > 0x60:
+            for listener in self.pirq_listeners:
+                listener()
+
+    def reset(self) -> None:
+        super().reset()
+        for listener in self.pirq_listeners:
+            listener()
 
     def pirq_irq(self, pirq: int) -> int | None:
         """The ISA IRQ that PIRQ ``pirq`` (0-3 = A-D) is routed to, or None (PIRQRC, 60h-63h)."""

@@ -147,6 +147,11 @@ class Uart16550(Device):
         self._line_programmed = False
         self._master_reset()
 
+
+    @property
+    def irq_number(self) -> int:
+        """The ISA IRQ the UART's interrupt line is wired to."""
+        return self._irq.number
     def _master_reset(self) -> None:
         """Register values after the MR pin (datasheet, Table IV)."""
         self._ier = 0

@@ -7,7 +7,7 @@ plus the wiring of an i440FX/PIIX3 PC around it:
 * **Memory map** -- :class:`MemoryMap` is the one table of the guest-physical address space:
   RAM, ROM and MMIO regions, the E820 type each reports and whether a bus master may use it.
   The mapping into the partition (:meth:`Board.map_memory`), the BIOS's INT 15h E820 answer
-  (the table is written into the ROM image: :func:`hyperv_emu.firmware.with_memory_map`), the
+  (written into the ROM's platform area beside the ACPI and MP tables: worker/platform_tables.py), the
   Multiboot memory map and the DMA checks all derive from it.
 * **Interrupt routing** -- an ISA IRQ line goes to the 8259 pair and to the I/O APIC (IRQ0 on
   pin 2, the usual interrupt source override; IRQ2 is the cascade); the 8259's INT output goes
@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar, over
 
 from hyperv_emu.vdev.atapi import CdromDrive
 from hyperv_emu.vdev.base import Device, EventSink, null_events
+from hyperv_emu.vdev.hpet import HPET_BASE
 from hyperv_emu.vdev.ide import Attachment, IdeChannel
 from hyperv_emu.vdev.ioapic import IOAPIC_BASE, IoApic
 from hyperv_emu.vdev.pci import PciBus
@@ -57,6 +58,7 @@ from hyperv_emu.worker import key_input
 from hyperv_emu.worker.config import ConfigError, VmConfig
 from hyperv_emu.worker.hostio import Attachments
 from hyperv_emu.worker.motherboard import BusConflictError, Motherboard
+from hyperv_emu.worker.platform_tables import build_chipset, legacy_routes
 from hyperv_emu.worker.serial_input import StreamInput
 
 if TYPE_CHECKING:
@@ -76,6 +78,12 @@ LOCAL_APIC_BASE = 0xFEE00000
 #: E820 address range types (ACPI 6.4, 15.1 "INT 15H, E820H - Query System Address Map").
 E820_RAM = 1
 E820_RESERVED = 2
+E820_NVS = 4
+#: The FACS's page (the one ACPI table in RAM, worker/platform_tables.py): shadow RAM the
+#: E820 map reports as ACPI NVS.
+FACS_PAGE = 0xE0000
+#: The HPET's register page (IA-PC HPET 1.0a; vdev/hpet.py).
+HPET_PAGE = HPET_BASE
 #: CMOS byte holding the BIOS boot sequence (firmware/services.inc, INT 19h): first device in
 #: bits 3:0, second in bits 7:4; 2 = hard disk 80h, 3 = CD-ROM E0h (El Torito), 0 = end.
 CMOS_BOOT_ORDER = 0x3D
@@ -117,16 +125,20 @@ def pc_regions(ram_size: int, *, test_devices: bool = False) -> list[Region]:
         Region("conventional", 0, EBDA_BASE, "ram", E820_RAM, True),
         Region("ebda", EBDA_BASE, EBDA_SIZE, "ram", E820_RESERVED, True),
         Region("vga-window", VGA_WINDOW[0], VGA_WINDOW[1], "ram", None, True),
-        Region("shadow", VGA_WINDOW[0] + VGA_WINDOW[1], BIOS_BASE - sum(VGA_WINDOW), "ram",
+        Region("shadow", VGA_WINDOW[0] + VGA_WINDOW[1], FACS_PAGE - sum(VGA_WINDOW), "ram",
                None, True),
+        Region("facs", FACS_PAGE, 0x1000, "ram", E820_NVS, True),
+        Region("shadow-high", FACS_PAGE + 0x1000, BIOS_BASE - FACS_PAGE - 0x1000, "ram", None,
+               True),
         Region("bios", BIOS_BASE, BIOS_SIZE, "rom", E820_RESERVED, False),
     ]
     if ram_size > HIGH_RAM_BASE:
         regions.append(Region("extended", HIGH_RAM_BASE, ram_size - HIGH_RAM_BASE, "ram",
                               E820_RAM, True))
     regions += [
-        Region("ioapic", IOAPIC_BASE, 0x1000, "mmio", None, False),
-        Region("local-apic", LOCAL_APIC_BASE, 0x1000, "mmio", None, False),
+        Region("ioapic", IOAPIC_BASE, 0x1000, "mmio", E820_RESERVED, False),
+        Region("hpet", HPET_PAGE, 0x1000, "mmio", E820_RESERVED, False),
+        Region("local-apic", LOCAL_APIC_BASE, 0x1000, "mmio", E820_RESERVED, False),
         Region("bios-alias", BIOS_HIGH_ALIAS, BIOS_SIZE, "rom", E820_RESERVED, False),
     ]
     if test_devices:
@@ -377,13 +389,14 @@ class Board(Motherboard):
                 map_rom(region.base, rom)
 
     def firmware(self) -> bytes:
-        """The BIOS ROM image with this board's E820 map written into it."""
-        from hyperv_emu.firmware import build_bios, with_memory_map
+        """The BIOS ROM image (the machine writes the platform tables and the E820 map into
+        its platform area: worker/platform_tables.py install)."""
+        from hyperv_emu.firmware import build_bios
 
         bios = build_bios()
         if len(bios) != BIOS_SIZE:
             raise ConfigError(f"BIOS image is {len(bios)} bytes, expected {BIOS_SIZE}")
-        return with_memory_map(bios, self.memory.e820())
+        return bios
 
     # ---- interrupt routing -------------------------------------------------------------
     def isa_irq(self, irq: int, level: bool) -> None:
@@ -429,13 +442,16 @@ def _ioapic(cfg: VmConfig, board: Board) -> None:
 
 
 def _pit(cfg: VmConfig, board: Board) -> None:
-    pit = board.add(Pit(board.clock, board.irqs[0], board.events), "pit")
+    # The HPET's legacy replacement route can take IRQ0 and IRQ8 from the 8254 and the RTC.
+    routes = legacy_routes(board)
+    pit = board.add(Pit(board.clock, routes[0].device_line, board.events), "pit")
     assert isinstance(pit, Pit)
     board.add(Port61(pit, board.clock), "port61")
 
 
 def _rtc(cfg: VmConfig, board: Board) -> None:
-    rtc = Rtc(board.clock, board.irqs[8], cfg.effective_rtc_base(), board.events)
+    rtc = Rtc(board.clock, legacy_routes(board)[1].device_line, cfg.effective_rtc_base(),
+              board.events)
     rtc.set_memory_size(board.memory.ram_size)
     rtc.set_equipment(0x06)  # math coprocessor present, 80x25 colour initial video
     rtc.poke(CMOS_BOOT_ORDER, boot_order(cfg.boot, board.drives))
@@ -539,6 +555,7 @@ FACTORIES: dict[str, Factory] = {
     "serial": _serial,
     "pci": _pci,
     "ide": _ide,
+    "chipset": build_chipset,
     "vga": _vga,
     "system": _system,
 }

@@ -33,7 +33,7 @@ from hyperv_emu.vdev.system import I8042, FastA20, exit_status
 from hyperv_emu.vdev.vga import VgaText
 from hyperv_emu.vid.vm import RunExit, VmPartition
 from hyperv_emu.vsp.storage.blockdev import BlockDevice
-from hyperv_emu.worker import key_input, linuxboot, multiboot
+from hyperv_emu.worker import key_input, linuxboot, multiboot, platform_tables
 from hyperv_emu.worker.board import A20Gate, Board, Part
 from hyperv_emu.worker.config import MAX_MEMORY_MIB, ConfigError, VmConfig
 from hyperv_emu.worker.events import EventLog
@@ -58,6 +58,8 @@ EXIT_INSTRUCTION_LIMIT = 8
 EXIT_TIMEOUT = 10
 EXIT_GUEST_FAULT = 12
 EXIT_INTERNAL_ERROR = 14
+#: The guest powered the machine off (ACPI S5: SLP_EN with \_S5's SLP_TYP in PM1a_CNT).
+EXIT_POWER_OFF = 16
 EXIT_INTERRUPTED = 130
 
 _REASON_STATUS = {
@@ -196,6 +198,8 @@ class Machine:
         self.vp = self.vm.create_vp()
         self.board.connect_vp(self.vp)
         self.vm.map_local_apic(self.board.memory.region("local-apic").base)
+        # The MP and ACPI tables, built from the devices above, into the BIOS ROM and RAM.
+        self.tables = platform_tables.install(self)
         # VMBus on the root's SynIC ports, with the chosen ICs (worker/vmbus_host.py).
         self.vmbus = (VmbusHost(self, vmbus_options or options_of(config))
                       if self.hv is not None else None)
@@ -230,6 +234,12 @@ class Machine:
         """COM1's host input, if any (its ``error`` says whether it ended early)."""
         source: StreamInput | None = self.board.parts.get("serial_input")
         return source
+
+    @property
+    def chipset(self) -> platform_tables.Chipset:
+        """The devices behind the ACPI tables (PM block, reset control, HPET, PIRQ router)."""
+        chipset: platform_tables.Chipset = self.board.parts["chipset"]
+        return chipset
 
     @property
     def a20(self) -> A20Gate:
@@ -321,6 +331,9 @@ class Machine:
                 code = self._exit_code if self._exit_code is not None else 0
                 return MachineExit(exit_status(code), "exit",
                                    f"guest wrote {code:#x} to the exit port", code, ex)
+            if ex.reason == "stop" and ex.detail == "poweroff":
+                return MachineExit(EXIT_POWER_OFF, "poweroff",
+                                   "guest powered the machine off (ACPI S5)", None, ex)
             if ex.reason == "stop" and ex.detail == "kernel-entry":
                 self._enter_kernel()
                 continue

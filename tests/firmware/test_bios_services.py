@@ -111,8 +111,9 @@ def test_int15_memory(probe: tuple[Machine, bytes, bytes]) -> None:
     entries = [struct.unpack("<QQI", m.partition.read_memory(0x800 + 20 * i, 20))
                for i in range(n)]
     assert entries == [
-        (0, 0x9FC00, 1), (0x9FC00, 0x400, 2), (0xF0000, 0x10000, 2),
-        (0x100000, 63 << 20, 1), (0xFFFF0000, 0x10000, 2),
+        (0, 0x9FC00, 1), (0x9FC00, 0x400, 2), (0xE0000, 0x1000, 4), (0xF0000, 0x10000, 2),
+        (0x100000, 63 << 20, 1), (0xFEC00000, 0x1000, 2), (0xFED00000, 0x1000, 2),
+        (0xFEE00000, 0x1000, 2), (0xFFFF0000, 0x10000, 2),
     ]
     assert entries == [(b, ln, t) for b, ln, t in m.memory_map()]
     assert (_w(r, 0x3A), _w(r, 0x3C), _w(r, 0x3E), _w(r, 0x40)) == (0x3C00, 0x300, 0x3C00, 0x300)
