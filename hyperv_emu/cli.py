@@ -270,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--save-at", nargs=2, metavar=("N", "FILE"),
                      help="save the machine after N instructions (at the first translated-"
                           "block boundary from there) to FILE.vsv and FILE.bin and stop "
-                          "with status 16")
+                          "with status 18")
     run.add_argument("--restore", metavar="FILE",
                      help="continue the machine saved in FILE.vsv and FILE.bin (build it "
                           "with the options it was saved with)")

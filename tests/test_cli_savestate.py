@@ -1,5 +1,5 @@
 """``run --save-at N FILE`` and ``run --restore FILE`` through the real command (issue 12):
-the two halves print what one uninterrupted run prints, the save ends with status 16, and a
+the two halves print what one uninterrupted run prints, the save ends with status 18, and a
 bad saved state or option is one message with status 2."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 def test_save_at_then_restore_prints_what_one_run_prints(tmp_path: Path) -> None:
     whole = run("hv_synic", cwd=tmp_path)
     first = run("hv_synic", "--save-at", "12000", "vm", cwd=tmp_path)
-    assert first.returncode == 16, first.stderr
+    assert first.returncode == 18, first.stderr
     assert "saved at instruction 12" in first.stderr and "vm.vsv and vm.bin" in first.stderr
     assert (tmp_path / "vm.vsv").is_file() and (tmp_path / "vm.bin").is_file()
     second = run("hv_synic", "--restore", "vm.vsv", cwd=tmp_path)
@@ -33,7 +33,7 @@ def test_guest_ending_before_n_is_not_saved(tmp_path: Path) -> None:
 
 
 def test_bad_saved_states_and_options_get_status_2(tmp_path: Path) -> None:
-    assert run("hello", "--save-at", "20000", "vm", cwd=tmp_path).returncode == 16
+    assert run("hello", "--save-at", "20000", "vm", cwd=tmp_path).returncode == 18
     other_size = run("hello", "-m", "64", "--restore", "vm", cwd=tmp_path)
     missing = run("hello", "--restore", "nothing", cwd=tmp_path)
     data = bytearray((tmp_path / "vm.vsv").read_bytes())

@@ -132,7 +132,8 @@ class Hpet(Device):
         self.legacy = legacy
         self.routes = dict(routes)
         self.base = base
-        self.mmio = ((base, REGISTER_SPACE),)
+        # The 1 KiB register space decodes in a page of its own (the rest reads as 0).
+        self.mmio = ((base, 0x1000),)
         self._events = events
         self.route_cap = sum(1 << pin for pin in self.routes if 0 <= pin < 32)
         self.timers = [_Timer(i) for i in range(NUM_TIMERS)]

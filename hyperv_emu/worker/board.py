@@ -7,8 +7,8 @@ plus the wiring of an i440FX/PIIX3 PC around it:
 * **Memory map** -- :class:`MemoryMap` is the one table of the guest-physical address space:
   RAM, ROM and MMIO regions, the E820 type each reports and whether a bus master may use it.
   The mapping into the partition (:meth:`Board.map_memory`), the BIOS's INT 15h E820 answer
-  (written into the ROM's platform area beside the ACPI and MP tables: worker/platform_tables.py), the
-  Multiboot memory map and the DMA checks all derive from it.
+  (written into the ROM's platform area beside the ACPI and MP tables:
+  worker/platform_tables.py), the Multiboot memory map and the DMA checks all derive from it.
 * **Interrupt routing** -- an ISA IRQ line goes to the 8259 pair and to the I/O APIC (IRQ0 on
   pin 2, the usual interrupt source override; IRQ2 is the cascade); the 8259's INT output goes
   to I/O APIC pin 0 and to LINT0 (ExtINT) of the first VP's local APIC; every local APIC's

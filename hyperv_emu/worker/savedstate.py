@@ -58,7 +58,7 @@ _DIGEST = 32
 MACHINE_VERSION = 1
 CLOCK_VERSION = 1
 #: ``run --save-at``: the machine was saved and stopped (even, like the machine's own ends).
-EXIT_SAVED = 16
+EXIT_SAVED = 18
 
 State = dict[str, Any]
 

@@ -46,6 +46,20 @@ def registers(m: Machine) -> dict[str, int]:
     return m.vp.read_registers()
 
 
+def find_point(guest: str, found: Callable[[Machine], bool], limit: int,
+               step: int = 1) -> int:
+    """The first instruction count (a block entry, stepping ``step`` at a time) at which
+    ``found`` holds for ``guest``: save points chosen by state, not by a count that moves
+    whenever the BIOS changes."""
+    m = boot(guest).machine
+    while m.clock.instructions < limit:
+        stop = m.run(max_instructions=m.clock.instructions + step, at_block=True)
+        assert stop.reason == "instruction-limit", stop
+        if found(m):
+            return m.clock.instructions
+    raise AssertionError(f"{guest}: the state looked for never came within {limit}")
+
+
 def check_resume(guest: str, n: int, total: int, tmp: Path,
                  at_save: Callable[[Machine], None] | None = None) -> None:
     """Run ``guest`` to ``total`` instructions without a break, and again saved at ``n`` and
@@ -81,35 +95,47 @@ def test_pit_interrupt_storm(guest: str, tmp_path: Path) -> None:
     check_resume(guest, 1_700_000, 2_500_000, tmp_path, in_storm)
 
 
-def _ata_command_waiting(m: Machine) -> None:
+def _ata_command_waiting(m: Machine) -> bool:
     drive = m.ide.drives[0]
-    assert drive.cmd == 0xC8 and drive.status & 0x08  # READ DMA issued, DRQ, BM not started
+    return drive.cmd == 0xC8 and bool(drive.status & 0x08)  # READ DMA issued, DRQ, BM idle
 
 
-def _bus_master_active(m: Machine) -> None:
+def _bus_master_active(m: Machine) -> bool:
     bm = m.piix_ide.bm[0]
-    assert bm.command & 1 and bm.status & 1  # started and Active, ATA command not yet given
+    drive = m.ide.drives[0]
+    # Started and Active, the ATA command not yet given (the second transfer).
+    return bool(bm.command & 1 and bm.status & 1) and drive.cmd != 0xC8
 
 
-@pytest.mark.parametrize("n,at_save", [(30_606, _ata_command_waiting),
-                                       (35_640, _bus_master_active)],
+@pytest.mark.parametrize("at_save", [_ata_command_waiting, _bus_master_active],
                          ids=["ata-command-first", "bus-master-first"])
-def test_ide_dma_transfer_in_flight(n: int, at_save: Callable[[Machine], None],
+def test_ide_dma_transfer_in_flight(at_save: Callable[[Machine], bool],
                                     tmp_path: Path) -> None:
     # The dma guest's first two transfers: the ATA command before the bus-master start, and
     # the bus master started before the command.  Saved between the two halves.
-    check_resume("dma", n, 80_000, tmp_path, at_save)
+    n = find_point("dma", at_save, 200_000)
+
+    def check(m: Machine) -> None:
+        assert at_save(m)
+
+    check_resume("dma", n, n + 50_000, tmp_path, check)
 
 
 def test_stopping_inside_a_rep_insw_changes_nothing() -> None:
-    # The BIOS loads the boot sector with REP INSW around instruction 21,957: a run stopped
+    # The BIOS loads the boot sector with REP INSW: a run stopped
     # at the REP's block and continued must collapse the same elements (stringio.py) and
     # give the same events as one that went through.
+    def on_rep_insw(m: Machine) -> bool:
+        r = m.vp.read_registers()
+        code = m.partition.read_memory(((r["cs"] << 4) + r["rip"]) & 0xFFFFF, 3)
+        return code.startswith((b"\xf3\x6d", b"\xf3\x66\x6d"))
+
+    n = find_point("dma", on_rep_insw, 200_000, step=1)
     whole, split = boot("dma"), boot("dma")
-    whole.machine.run(max_instructions=60_000)
-    split.machine.run(max_instructions=21_957, at_block=True)
-    assert split.machine.vp.read_registers()["rip"] == 0xAA7  # on the REP INSW
-    split.machine.run(max_instructions=60_000)
+    whole.machine.run(max_instructions=n + 40_000)
+    split.machine.run(max_instructions=n, at_block=True)
+    assert on_rep_insw(split.machine)
+    split.machine.run(max_instructions=n + 40_000)
     assert split.events == whole.events
     block_io = split.machine.partition.block_io
     assert block_io is not None and whole.machine.partition.block_io is not None

@@ -63,8 +63,10 @@ def _board(names: list[str] | None, memory_mib: int = 32) -> tuple[B.Board, Fake
 
 def test_everything_derives_from_the_one_table() -> None:
     mm = B.MemoryMap(64 << 20)
-    assert mm.e820() == [(0, 0x9FC00, 1), (0x9FC00, 0x400, 2), (0xF0000, 0x10000, 2),
-                         (0x100000, 63 << 20, 1), (0xFFFF0000, 0x10000, 2)]
+    assert mm.e820() == [(0, 0x9FC00, 1), (0x9FC00, 0x400, 2), (0xE0000, 0x1000, 4),
+                         (0xF0000, 0x10000, 2), (0x100000, 63 << 20, 1),
+                         (0xFEC00000, 0x1000, 2), (0xFED00000, 0x1000, 2),
+                         (0xFEE00000, 0x1000, 2), (0xFFFF0000, 0x10000, 2)]
     # Conventional RAM, the EBDA, the VGA window and shadow RAM are one mapped run.
     assert mm.ram_runs() == [(0, 0xF0000), (0x100000, 63 << 20)]
     # A bus master may use any RAM (the EBDA and the VGA window too), never the BIOS ROM.
