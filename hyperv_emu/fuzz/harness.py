@@ -43,7 +43,7 @@ from hyperv_emu.fuzz import ops as O
 from hyperv_emu.vdev.base import Device
 from hyperv_emu.vdev.ioapic import IOAPIC_BASE
 from hyperv_emu.vdev.pci import CONFIG_ADDRESS, CONFIG_DATA, ENABLE, PciBus, PciDevice
-from hyperv_emu.worker.board import LOCAL_APIC_BASE, Board, MemoryMap, Region
+from hyperv_emu.worker.board import HPET_PAGE, LOCAL_APIC_BASE, Board, MemoryMap, Region
 from hyperv_emu.worker.config import VmConfig
 from hyperv_emu.worker.hostio import Attachments
 
@@ -170,6 +170,7 @@ class FuzzBoard(Board):
         window = Region("window", bench.window_base, len(bench.memory), "ram", 1, True)
         memory = MemoryMap(len(bench.memory), [
             window, Region("ioapic", IOAPIC_BASE, 0x1000, "mmio", None, False),
+            Region("hpet", HPET_PAGE, 0x1000, "mmio", None, False),
             Region("local-apic", LOCAL_APIC_BASE, 0x1000, "mmio", None, False)])
         super().__init__(cfg, bench, bench.clock, attached=attached, memory=memory)
         self.generation = 0
