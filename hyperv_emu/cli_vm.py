@@ -181,6 +181,13 @@ def config_from_args(args: argparse.Namespace) -> VmConfig:
         if path and not Path(path).is_file():
             raise UsageError(f"{what} {path!r} does not exist or is not a file")
     guest = args.guest
+    if guest:
+        from hyperv_emu.guests import UnknownGuestError, guest_info
+
+        try:
+            guest_info(guest)
+        except UnknownGuestError as exc:
+            raise UsageError(str(exc.args[0])) from None
     if not guest and not disks and not args.kernel and cdrom is None:
         guest = DEFAULT_GUEST
     rtc: datetime.datetime | None = args.rtc_base
