@@ -179,6 +179,7 @@ def create(store: Store, name: str, config: VmConfig) -> VmDir:
     config = config.replace(name=name).validate()
     vm.path.mkdir(parents=True)
     try:
+        (vm.path / ".lock").touch()
         vm.write_record({"created": time.time(), "checkpoints": {}})
         config.save(vm.config)  # last: a VM exists once its configuration does
     except BaseException:
