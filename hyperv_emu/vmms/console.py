@@ -88,12 +88,14 @@ def run(sock: socket.socket, mode: str, pending: bytes, banner: str) -> int:
     closes, the escape key, or Ctrl-C; the exit status (0)."""
     out = sys.stdout.buffer
     interactive = sys.stdin is not None and sys.stdin.isatty()
-    print(banner + (" (read-only)" if mode == "ro" else "")
-          + (f"; {ESCAPE_NAME} detaches" if interactive else ""), file=sys.stderr)
-    if pending:
-        out.write(pending)
-        out.flush()
+    # Raw mode first, so no key typed after the banner waits in a line buffer.
     with _raw(sys.stdin) if interactive else contextlib.nullcontext():
+        print(banner + (" (read-only)" if mode == "ro" else "")
+              + (f"; {ESCAPE_NAME} detaches" if interactive else ""),
+              end="\r\n" if interactive else "\n", file=sys.stderr, flush=True)
+        if pending:
+            out.write(pending)
+            out.flush()
         return _pump(sock, mode, interactive, out)
 
 
