@@ -288,6 +288,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_machine_options(run)
     run.add_argument("--screen", action="store_true",
                      help="print the final 80x25 VGA text screen at exit")
+    run.add_argument("--save-at", nargs=2, metavar=("N", "FILE"),
+                     help="save the machine after N instructions (at the first translated-"
+                          "block boundary from there) to FILE.vsv and FILE.bin and stop "
+                          "with status 16")
+    run.add_argument("--restore", metavar="FILE",
+                     help="continue the machine saved in FILE.vsv and FILE.bin (build it "
+                          "with the options it was saved with)")
     run.set_defaults(func=cmd_run)
 
     trace = sub.add_parser(
@@ -623,14 +630,58 @@ def _status(result: MachineExit, args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """``hyperv-emu run``: build the machine, run it, report how it ended."""
+    from hyperv_emu.worker import savedstate as ss
+
+    save_at = _save_at(args.save_at)
+    if save_at is not None and args.max_instructions is not None:
+        raise UsageError("give --save-at or --max-instructions, not both")
     with _machine_from_args(args) as session:
         machine = session.machine
-        result = session.run(args)
+        if args.restore:
+            try:
+                ss.restore(machine, *ss.paths_for(args.restore))
+            except ss.SavedStateError as exc:
+                raise UsageError(str(exc)) from None
+        if save_at is not None:
+            result = machine.run(max_instructions=save_at[0], timeout=args.timeout,
+                                 at_block=True)
+            session.guard.check()
+            if result.reason == "instruction-limit":
+                session.flush()
+                _save(machine, save_at[1])
+                return ss.EXIT_SAVED
+        else:
+            result = session.run(args)
         session.flush()
         if args.screen:
             say(machine.screen_text().rstrip("\n"))
         _report_end(machine, result, args)
         return _status(result, args)
+
+
+def _save_at(spec: list[str] | None) -> tuple[int, str] | None:
+    """``--save-at N FILE`` checked: (N, FILE)."""
+    if spec is None:
+        return None
+    try:
+        n = _positive_int(spec[0])
+    except argparse.ArgumentTypeError as exc:
+        raise UsageError(f"--save-at N: {exc}") from None
+    return n, spec[1]
+
+
+def _save(machine: Machine, file: str) -> None:
+    """Write the saved state and say where (one line on standard error)."""
+    from hyperv_emu.worker import savedstate as ss
+
+    vsv, bin_ = ss.paths_for(file)
+    try:
+        ss.save(machine, vsv, bin_)
+    except OSError as exc:
+        raise UsageError(f"cannot write the saved state {file}: "
+                         f"{exc.strerror or exc}") from None
+    print(f"hyperv-emu: saved at instruction {machine.clock.instructions} to {vsv} and "
+          f"{bin_} (exit status {ss.EXIT_SAVED})", file=sys.stderr)
 
 
 _TRACE_FLAGS = (("hypercalls", "hypercall"), ("msr", "msr"), ("cpuid", "cpuid"), ("io", "io"),

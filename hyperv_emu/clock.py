@@ -178,6 +178,30 @@ class VirtualClock:
             timer.callback()
             fired += 1
 
+    def armed_order(self) -> list[str]:
+        """The armed timers' names in the order they will fire (deadline, then arming order).
+        Timers due at the same instant fire in arming order, which a restore (each device
+        re-arming its own timers) would not reproduce: a saved state keeps this list and
+        :meth:`reorder` applies it."""
+        live = [(d, s, t) for d, s, tok, t in self._heap if t.deadline == d and t._token == tok]
+        return [t.name for _, _, t in sorted(live, key=lambda e: (e[0], e[1]))]
+
+    def reorder(self, names: list[str]) -> None:
+        """Give the armed timers the firing order :meth:`armed_order` reported (timers by
+        name; one not listed goes after those that are, at its own deadline)."""
+        rank: dict[str, list[int]] = {}
+        for i, name in enumerate(names):
+            rank.setdefault(name, []).append(i)
+        live = sorted(((d, s, tok, t) for d, s, tok, t in self._heap
+                       if t.deadline == d and t._token == tok), key=lambda e: (e[0], e[1]))
+        heap = []
+        for d, _, tok, t in live:
+            slots = rank.get(t.name)
+            heap.append((d, slots.pop(0) if slots else len(names) + next(self._seq), tok, t))
+        heapq.heapify(heap)
+        self._heap = heap
+        self._seq = itertools.count(len(names) + next(self._seq))
+
     # ---- saved state -------------------------------------------------------------------
     def save(self) -> dict[str, int | str]:
         """Versioned state (timers are saved by the devices that own them)."""

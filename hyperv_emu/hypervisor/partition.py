@@ -124,6 +124,8 @@ class Partition:
         self._a20_sync: set[int] = set()
         #: Deterministic mode: virtual time at the start of the running slice.
         self._slice_base_ns = 0
+        #: Instructions of a budget run counted at its end (0: end at a block entry instead).
+        self._budget_tail = COUNTED_TAIL
         clock.arm_listeners.append(self._deadline_moved)
         self._sigint = SigintGuard(self._slice_running, self._interrupt_slice)
         self.memory.map_hidden(HIDDEN_GPA, 0x3000)
@@ -322,9 +324,14 @@ class Partition:
 
     # ---- the run loop ------------------------------------------------------------------------
     def run(self, *, max_instructions: int | None = None,
-            timeout: float | None = None) -> RunExit:
+            timeout: float | None = None, at_block: bool = False) -> RunExit:
         """Run the VPs until a stop request, all halted for good, a fault, the instruction
-        limit (retired instructions) or ``timeout`` host seconds."""
+        limit (retired instructions) or ``timeout`` host seconds.  With ``at_block`` the
+        limit ends the run at the first translated-block entry (or other slice end) at or
+        after it rather than on the exact instruction: a point where the clock's rule puts
+        a slice boundary anyway, so stopping there changes nothing the guest can observe
+        (a saved state taken there resumes exactly as an uninterrupted run goes on)."""
+        self._budget_tail = 0 if at_block else COUNTED_TAIL
         with self._sigint:
             if timeout is None:
                 return self._run(max_instructions, None, None)
@@ -446,7 +453,7 @@ class Partition:
         # of a budget, and while observers take events from inside port/MMIO/CPUID hooks
         # (Unicorn's RIP there is only exact when counting).
         obs = self.observers
-        if (budget is not None and budget <= COUNTED_TAIL
+        if (budget is not None and budget <= self._budget_tail
                 or obs.io or obs.mmio or obs.cpuid):
             count = MAX_SLICE if budget is None else min(MAX_SLICE, budget)
             if deterministic and deadline is not None:
@@ -458,7 +465,7 @@ class Partition:
             if deterministic and deadline is not None:
                 limit = min(limit, max(1, clock.insns_until(deadline)))
             if budget is not None:
-                limit = min(limit, budget - COUNTED_TAIL)
+                limit = min(limit, budget - self._budget_tail)
         # Host mode: time runs on while Python delivers an interrupt (far slower than a CPU
         # does), so with a fast periodic timer the next interrupt would be waiting at every
         # IRET and the interrupted code would never run again.  So within HOST_SLICE_US of

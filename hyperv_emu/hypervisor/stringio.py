@@ -214,7 +214,11 @@ class BlockIo:
         hf = ctx.hflags
         bits = 64 if hf & C.HF_CS64 else 32 if hf & C.HF_CS32 else 16
         lin_mask = _ADDR_MASK[64] if bits == 64 else 0xFFFF_FFFF
-        rip_lin = ((0 if bits == 64 else ctx.seg(C.SEG_CS).base) + ctx.rip) & lin_mask
+        # The block gate's record of the executing block's start: exact however the block
+        # was entered.  The engine's RIP is that start only for a block entered from
+        # Unicorn's main loop; a block reached by a chained jump leaves it at an earlier
+        # block, so whether a REP collapsed would depend on where the slices began.
+        rip_lin = vp.blocks.last & lin_mask
         try:
             code = mmu.read(rip_lin, min(15, PAGE - (rip_lin & (PAGE - 1))), fetch=True)
         except (GuestFault, UnmappedAccess):

@@ -381,8 +381,10 @@ class Machine:
 
     # ---- running -----------------------------------------------------------------------
     def run(self, *, max_instructions: int | None = None,
-            timeout: float | None = None) -> MachineExit:
-        """Run until the guest exits or another end; returns the documented exit status."""
+            timeout: float | None = None, at_block: bool = False) -> MachineExit:
+        """Run until the guest exits or another end; returns the documented exit status.
+        ``at_block``: end an instruction limit where a saved state can be taken without
+        changing the run (see Partition.run)."""
         # One deadline for the whole run, across guest resets and the kernel hand-off.
         t_end = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -390,7 +392,7 @@ class Machine:
             if max_instructions is not None:
                 left = max(0, max_instructions - self.clock.instructions)
             left_s = None if t_end is None else max(0.0, t_end - time.monotonic())
-            ex = self.partition.run(max_instructions=left, timeout=left_s)
+            ex = self.partition.run(max_instructions=left, timeout=left_s, at_block=at_block)
             if ex.reason == "timeout":
                 ex = dataclasses.replace(ex, detail=f"{timeout} s")
             if ex.reason == "stop" and ex.detail == "exit":

@@ -132,15 +132,51 @@ class Motherboard:
         for device in self.devices:
             device.reset()
 
+    @staticmethod
+    def device_id(device: Device) -> str:
+        """A device's stable component id in saved states: its name and where it sits (its
+        first claimed port, else its MMIO base), e.g. ``uart16550@3f8``; a device that claims
+        neither (a PCI function) is its name alone.  Unlike a position in :attr:`devices` it
+        does not change when devices are added in another order or a new one is plugged in."""
+        if device.ports:
+            return f"{device.name}@{device.ports[0][0]:x}"
+        if device.mmio:
+            return f"{device.name}@{device.mmio[0][0]:x}"
+        return device.name
+
+    def device_ids(self) -> dict[str, Device]:
+        """Every device by its :meth:`device_id` (ValueError if two share one)."""
+        ids: dict[str, Device] = {}
+        for device in self.devices:
+            key = self.device_id(device)
+            if key in ids:
+                raise ValueError(f"two devices have the saved-state id {key!r}")
+            ids[key] = device
+        return ids
+
     def save(self) -> dict[str, Any]:
-        """Every device's state, keyed by device name (names are unique on a board)."""
-        return {"version": 1, "devices": {d.name + f"@{i}": d.save()
-                                          for i, d in enumerate(self.devices)}}
+        """Every device's state, keyed by its stable :meth:`device_id`."""
+        return {"version": 2, "devices": {k: d.save() for k, d in self.device_ids().items()}}
 
     def restore(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`save` produced on an identically built board."""
-        if state.get("version") != 1:
-            raise ValueError("unsupported motherboard state version")
-        saved = state["devices"]
-        for i, device in enumerate(self.devices):
-            device.restore(saved[device.name + f"@{i}"])
+        """Restore what :meth:`save` produced on a board with the same devices.  Version 1
+        (the seed's ``name@position`` keys) is upgraded by position.  A missing or extra
+        device raises ValueError before any device is touched."""
+        version = state.get("version")
+        saved = state.get("devices")
+        if version not in (1, 2) or not isinstance(saved, dict):
+            raise ValueError(f"unsupported motherboard state version {version!r}")
+        ids = self.device_ids()
+        if version == 1:
+            keys = [d.name + f"@{i}" for i, d in enumerate(self.devices)]
+            if set(keys) != set(saved):
+                raise ValueError("motherboard state is for a different set of devices")
+            saved = {self.device_id(d): saved[k] for d, k in zip(self.devices, keys, strict=True)}
+        if set(saved) != set(ids):
+            missing = sorted(set(ids) - set(saved))
+            extra = sorted(set(saved) - set(ids))
+            raise ValueError("motherboard state is for a different set of devices"
+                             + (f"; missing {', '.join(missing)}" if missing else "")
+                             + (f"; unknown {', '.join(extra)}" if extra else ""))
+        for key, device in ids.items():
+            device.restore(saved[key])
