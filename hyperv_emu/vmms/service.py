@@ -141,12 +141,21 @@ def status(vm: VmDir) -> VmStatus:
 
 
 @contextlib.contextmanager
-def operation(vm: VmDir, name: str, op: str, *, show: str | None = None) -> Iterator[VmStatus]:
-    """Hold the VM's lock for operation ``op`` (states.ALLOWED), refusing it in a state that
-    does not allow it; with ``show``, the VM shows that VMMS state meanwhile."""
+def locked(vm: VmDir, name: str, op: str) -> Iterator[VmStatus]:
+    """Hold the VM's lock for ``op``, refusing it (before waiting for the lock, and again
+    once it is held) in a state that does not allow it."""
+    states.check(op, name, status(vm).state)
     with vm.lock():
         st = status(vm)
         states.check(op, name, st.state)
+        yield st
+
+
+@contextlib.contextmanager
+def operation(vm: VmDir, name: str, op: str, *, show: str | None = None) -> Iterator[VmStatus]:
+    """Hold the VM's lock for operation ``op`` (states.ALLOWED), refusing it in a state that
+    does not allow it; with ``show``, the VM shows that VMMS state meanwhile."""
+    with locked(vm, name, op) as st:
         record = vm.record()
         if show is not None:
             record["operation"] = {"name": show, "pid": os.getpid()}
@@ -238,21 +247,14 @@ def start(store: Store, name: str, *, fresh: bool = False) -> VmStatus:
     return after
 
 
-def _live(vm: VmDir, name: str, op: str) -> VmStatus:
-    st = status(vm)
-    states.check(op, name, st.state)
-    return st
-
-
 def _wait_end(vm: VmDir, pid: int | None) -> dict[str, Any]:
     """Wait until the worker ``pid`` has ended and its end is recorded; worker.json."""
     t_end = time.monotonic() + WAIT
     while True:
         info = vm.worker() or {}
-        if not is_worker(pid, vm) and (info.get("state") == states.OFF or info.get("pid") != pid):
-            return info
-        if not alive(pid) and time.monotonic() > t_end:
-            return info
+        if not is_worker(pid, vm) and (info.get("state") == states.OFF or info.get("pid") != pid
+                                       or not alive(info.get("monitor"))):
+            return info  # ended, and recorded unless its monitor is gone too
         if time.monotonic() > t_end:
             raise VmmsError(f"VM {vm.name!r}: the worker (pid {pid}) did not end within "
                             f"{WAIT:.0f} s")
@@ -262,8 +264,7 @@ def _wait_end(vm: VmDir, pid: int | None) -> dict[str, Any]:
 def simple(store: Store, name: str, op: str) -> VmStatus:
     """pause, resume or reset: one command to the worker."""
     vm = store.vm(name)
-    with vm.lock():
-        _live(vm, name, op)
+    with locked(vm, name, op):
         request(vm.socket, op)
         return status(vm)
 
@@ -271,8 +272,7 @@ def simple(store: Store, name: str, op: str) -> VmStatus:
 def stop(store: Store, name: str) -> VmStatus:
     """Turn the VM off (its worker ends; RAM is lost, disks keep what was written)."""
     vm = store.vm(name)
-    with vm.lock():
-        st = _live(vm, name, "stop")
+    with locked(vm, name, "stop") as st:
         request(vm.socket, "stop")
         _wait_end(vm, st.pid)
         return status(vm)
@@ -282,13 +282,15 @@ def save(store: Store, name: str) -> VmStatus:
     """Save the VM's state and end its worker; a worker that dies meanwhile leaves the
     previous saved state as it was."""
     vm = store.vm(name)
-    with vm.lock():
-        st = _live(vm, name, "save")
+    with locked(vm, name, "save") as st:
         saving.require()
         try:
             request(vm.socket, "save", timeout=None)
         except VmmsError as exc:
-            after = status(vm) if not is_worker(st.pid, vm) else None
+            after = None
+            if not is_worker(st.pid, vm):
+                _wait_end(vm, st.pid)
+                after = status(vm)
             why = after.note if after is not None and after.note else str(exc)
             raise VmmsError(f"saving VM {name!r} failed: {why}; the previous saved state "
                             "(if any) is unchanged") from None
