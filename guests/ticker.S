@@ -1,5 +1,6 @@
 # syntax: att
 # guest: PIT ticks, a console gate that idles on a COM1 receive interrupt, more ticks and a checksum
+# needs: gate-input
 #
 # A long-lived guest for the VM manager (hyperv-emu vm ...): its output is the same on every run
 # and does not depend on when host input arrives, so a run that was saved and resumed (or paused,
@@ -13,8 +14,9 @@
 #  3. Prints "got XX" (the byte in hex), restarts the PIT and prints five more tick lines, then
 #     "sum SSSSSSSS" and PASS.
 # Serial output:  tick 0001 ... five lines, "ready> ", "got XX", five lines, "sum ...", PASS
-# Exit status 1 (PASS).  Run alone it waits at the gate: give it input, e.g.
-#   hyperv-emu run ticker --serial-input FILE --serial-input-after "ready> "
+# Exit status 1 (PASS).  ``run ticker`` sends "x" at the gate (its need gate-input; or give
+# --serial-input FILE --serial-input-after "ready> "); as a VM (hyperv-emu vm) it waits there,
+# idle, for a key on its console.
 
 .include "boot.inc"
 

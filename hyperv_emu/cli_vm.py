@@ -47,7 +47,7 @@ def add_vm_commands(sub: Any) -> None:
     vm.set_defaults(func=lambda _a: _usage(vm))
 
     p = vsub.add_parser("create", help="a new VM from run's machine options (it stays Off)")
-    p.add_argument("name", metavar="NAME")
+    p.add_argument("name", metavar="NAME", help="the VM's name")
     _add_machine_options(p, serial_default="console")
     p.set_defaults(func=cmd_create)
 
@@ -56,12 +56,12 @@ def add_vm_commands(sub: Any) -> None:
     p.set_defaults(func=cmd_list)
 
     p = vsub.add_parser("show", help="one VM's state, configuration and files")
-    p.add_argument("name", metavar="NAME")
+    p.add_argument("name", metavar="NAME", help="the VM's name")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_show)
 
     p = vsub.add_parser("start", help="start the VM's worker (resuming a saved state)")
-    p.add_argument("name", metavar="NAME")
+    p.add_argument("name", metavar="NAME", help="the VM's name")
     p.add_argument("--fresh", action="store_true",
                    help="discard a saved state and boot afresh")
     p.set_defaults(func=cmd_start)
@@ -75,11 +75,11 @@ def add_vm_commands(sub: Any) -> None:
                          ("delete", "remove the VM (checkpoints are merged into its disks "
                                     "first)")):
         p = vsub.add_parser(action, help=text)
-        p.add_argument("name", metavar="NAME")
+        p.add_argument("name", metavar="NAME", help="the VM's name")
         p.set_defaults(func=cmd_simple, action=action)
 
     p = vsub.add_parser("console", help="the VM's serial console (COM1); Ctrl-] detaches")
-    p.add_argument("name", metavar="NAME")
+    p.add_argument("name", metavar="NAME", help="the VM's name")
     p.add_argument("--tcp", action="store_true",
                    help="through the console listener (vm listen) instead of the socket")
     p.add_argument("--port", type=int, default=None,
@@ -95,25 +95,25 @@ def add_vm_commands(sub: Any) -> None:
 
     p = vsub.add_parser("checkpoint", help="take a checkpoint: differencing disks over every "
                         "disk, the configuration and the running state")
-    p.add_argument("name", metavar="NAME")
+    p.add_argument("name", metavar="NAME", help="the VM's name")
     p.add_argument("checkpoint", metavar="CP", nargs="?", help="its name (default: a time stamp)")
     p.set_defaults(func=cmd_checkpoint)
 
     p = vsub.add_parser("checkpoints", help="the VM's checkpoint tree")
-    p.add_argument("name", metavar="NAME")
+    p.add_argument("name", metavar="NAME", help="the VM's name")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_checkpoints)
 
     p = vsub.add_parser("apply", help="return the VM to a checkpoint (the current state is "
                         "discarded)")
-    p.add_argument("name", metavar="NAME")
-    p.add_argument("checkpoint", metavar="CP")
+    p.add_argument("name", metavar="NAME", help="the VM's name")
+    p.add_argument("checkpoint", metavar="CP", help="the checkpoint's name")
     p.set_defaults(func=cmd_apply)
 
     p = vsub.add_parser("checkpoint-delete", help="delete a checkpoint, merging its "
                         "differencing disk into its parent")
-    p.add_argument("name", metavar="NAME")
-    p.add_argument("checkpoint", metavar="CP")
+    p.add_argument("name", metavar="NAME", help="the VM's name")
+    p.add_argument("checkpoint", metavar="CP", help="the checkpoint's name")
     p.set_defaults(func=cmd_checkpoint_delete)
 
 

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 NEEDS = {
     "test-cd": "a generated test CD",
     "host-ports": "host SynIC ports",
+    "gate-input": "one byte of serial input at its gate",
 }
 
 # The test CD: DATA.BIN's two blocks (their word sums are printed by the atapi guest).
@@ -148,9 +149,26 @@ def _host_ports(guest: PreparedGuest) -> None:
     guest.setups["host-ports"] = SynicHost
 
 
+#: ``gate-input``: what a guest waiting at its ``ready> `` gate (ticker) gets on COM1 when it
+#: runs alone; a VM's serial input is its console instead (vmms/machine_factory.py).
+GATE_PROMPT = b"ready> "
+GATE_BYTE = b"x"
+
+
+def _gate_input(guest: PreparedGuest) -> None:
+    def attach(machine: Machine) -> None:
+        from hyperv_emu.worker.serial_input import StreamInput
+
+        if machine.serial_input is None:  # --serial-input given: the user's input wins
+            machine.com1.attach_input(StreamInput(GATE_BYTE), after=GATE_PROMPT)
+
+    guest.setups["gate-input"] = attach
+
+
 _SETUPS: dict[str, Callable[[PreparedGuest], None]] = {
     "test-cd": _test_cd,
     "host-ports": _host_ports,
+    "gate-input": _gate_input,
 }
 
 

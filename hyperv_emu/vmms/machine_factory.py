@@ -89,6 +89,7 @@ def build_machine(config: VmConfig, serial: Sink | None, debugcon: Sink | None,
             clock_mode=config.clock_mode, serial_output=serial, debugcon_output=debugcon,
             hyperv=config.hyperv))
         if prepared is not None:
+            prepared.setups.pop("gate-input", None)  # a VM's serial input is its console
             try:
                 prepared.attach(machine)
             except GuestNeedError as exc:
