@@ -153,6 +153,9 @@ def config_from_args(args: argparse.Namespace) -> VmConfig:
         if getattr(args, attr) is not None:
             raise UsageError(f"{flag} is for 'run': a VM's serial input comes from its "
                              "console (vm console NAME)")
+    if args.exit_code != "qemu" or args.verbose:
+        raise UsageError("--exit-code and --verbose are for 'run' (how a VM ended is shown "
+                         "by 'vm show')")
     if args.serial not in ("console", "none"):
         raise UsageError("a VM's COM1 is its console (vm console NAME; the output is also "
                          "kept in console.log): --serial takes console or none here")

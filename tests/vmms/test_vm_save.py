@@ -143,3 +143,30 @@ def test_checkpoint_of_a_running_vm_and_applying_it_later(vms: VmEnv, tmp_path: 
     assert vms.console_log("c").endswith(expected[expected.index(b"ready> ") + 7:])
     assert "checkpoint 'gate' deleted" in vms.run("checkpoint-delete", "c", "gate").stdout
     assert vms.show("c")["config"]["disks"][0]["path"] == str(disk)  # type: ignore[index]
+
+
+@pytest.mark.parametrize("which", ["saved.vsv", "saved.bin"])
+def test_a_damaged_saved_state_is_one_message_and_nothing_changes(
+        vms: VmEnv, which: str) -> None:
+    vms.run("create", "d", "ticker")
+    vms.run("start", "d")
+    vms.wait_console("d", b"ready> ")
+    vms.run("save", "d")
+    vmdir = vms.vmdir("d")
+    saved = vmdir / json.loads((vmdir / "saved.json").read_text())["dir"]
+    data = bytearray((saved / which).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (saved / which).write_bytes(bytes(data))
+    before = {p.name: p.read_bytes() for p in [*saved.iterdir(), vmdir / "saved.json",
+                                               vmdir / "config.json"]}
+    proc = vms.run("start", "d", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "did not start: start failed: cannot resume from the saved state" in proc.stderr
+    assert proc.stderr.count("\n") == 1
+    assert {p.name: p.read_bytes() for p in [*saved.iterdir(), vmdir / "saved.json",
+                                             vmdir / "config.json"]} == before
+    assert vms.show("d")["state"] == "Saved"
+    # --fresh gives up the damaged state and boots.
+    vms.run("start", "d", "--fresh")
+    vms.wait(lambda: vms.console_log("d").count(b"ready> ") == 2, "a fresh boot")
+    vms.run("stop", "d")
