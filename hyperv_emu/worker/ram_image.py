@@ -11,8 +11,12 @@ read (correct, slower).
 Layout (little-endian)::
 
     "HVEMUBIN" | u32 format | u32 page size | u32 range count | ranges: u64 gpa, u64 size
-    | u32 run count | runs: u64 gpa, u64 pages | zlib stream of the runs' pages, in order
+    | u32 run count | runs: u64 gpa, u64 pages | u32 chunk count
+    | chunks: u32 length, zlib stream of up to 1 MiB of the runs' pages, in order
     | SHA-256 of everything before it (32 bytes)
+
+Chunks are compressed and decompressed independently, on as many threads as the host has
+CPUs (zlib releases the GIL while it works).
 
 Restoring zeroes each RAM range first (``madvise(MADV_DONTNEED)`` on Linux: the pages become
 untouched again without being written; else the populated pages are overwritten with zeros)
@@ -23,11 +27,13 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import os
 import re
 import struct
 import sys
 import zlib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from hyperv_emu.hypervisor.memory import PAGE, GuestMemory
@@ -129,8 +135,7 @@ def encode(memory: GuestMemory, level: int = 1) -> bytes:
     """The ``.bin`` image of ``memory``'s RAM."""
     ranges = ram_ranges(memory)
     runs: list[tuple[int, int]] = []
-    comp = zlib.compressobj(level)
-    body: list[bytes] = []
+    chunks: list[bytes] = []
     for rng in ranges:
         for gpa, chunk in nonzero_pages(rng):
             pages = len(chunk) // PAGE
@@ -138,12 +143,15 @@ def encode(memory: GuestMemory, level: int = 1) -> bytes:
                 runs[-1] = (runs[-1][0], runs[-1][1] + pages)
             else:
                 runs.append((gpa, pages))
-            body.append(comp.compress(chunk))
-    body.append(comp.flush())
+            chunks.append(chunk)
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        packed = list(pool.map(lambda c: zlib.compress(c, level), chunks))
     head = [_HEAD.pack(MAGIC, FORMAT, PAGE, len(ranges))]
     head += [_PAIR.pack(r.gpa, r.size) for r in ranges]
     head.append(_COUNT.pack(len(runs)))
     head += [_PAIR.pack(g, n) for g, n in runs]
+    head.append(_COUNT.pack(len(packed)))
+    body = [part for c in packed for part in (_COUNT.pack(len(c)), c)]
     digest = hashlib.sha256()
     for part in head + body:
         digest.update(part)
@@ -169,7 +177,17 @@ def decode(blob: bytes) -> RamImage:
         pos += _COUNT.size
         runs = [_PAIR.unpack_from(blob, pos + i * _PAIR.size) for i in range(n_runs)]
         pos += n_runs * _PAIR.size
-        data = zlib.decompress(memoryview(blob)[pos:-DIGEST])
+        (n_chunks,) = _COUNT.unpack_from(blob, pos)
+        pos += _COUNT.size
+        packed = []
+        for _ in range(n_chunks):
+            (length,) = _COUNT.unpack_from(blob, pos)
+            packed.append(memoryview(blob)[pos + _COUNT.size:pos + _COUNT.size + length])
+            pos += _COUNT.size + length
+        if pos != len(blob) - DIGEST:
+            raise RamImageError("memory file is damaged (chunks do not fill it)")
+        with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+            data = b"".join(pool.map(zlib.decompress, packed))
     except (struct.error, zlib.error) as exc:
         raise RamImageError(f"memory file is damaged ({exc})") from None
     if len(data) != sum(n for _, n in runs) * PAGE:
@@ -182,10 +200,10 @@ def check_fits(image: RamImage, memory: GuestMemory) -> None:
     """RamImageError unless ``image`` was saved from RAM laid out as ``memory``'s is."""
     have = [(r.gpa, r.size) for r in ram_ranges(memory)]
     if image.ranges != have:
-        saved_mib = sum(s for _, s in image.ranges) >> 20
-        have_mib = sum(s for _, s in have) >> 20
-        raise RamImageError(f"memory file is for a machine with {saved_mib} MiB of RAM laid "
-                            f"out differently; this machine has {have_mib} MiB")
+        saved_kib = sum(s for _, s in image.ranges) >> 10
+        have_kib = sum(s for _, s in have) >> 10
+        raise RamImageError(f"memory file holds {saved_kib} KiB of RAM in {len(image.ranges)} "
+                            f"ranges; this machine has {have_kib} KiB in {len(have)}")
     for gpa, pages in image.runs:
         if not any(g <= gpa and gpa + pages * PAGE <= g + s for g, s in have):
             raise RamImageError(f"memory file holds pages outside RAM at {gpa:#x}")

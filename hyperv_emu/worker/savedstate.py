@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hyperv_emu.fileio import write_atomic
-from hyperv_emu.hypervisor.engine import flush_tb
 from hyperv_emu.hypervisor.vp_state import (
     VP_STATE_VERSION,
     VpStateError,
@@ -142,9 +141,10 @@ def restore(machine: Machine, vsv: Path, bin: Path) -> None:  # noqa: A002 - the
             _apply(machine, before)
             raise SavedStateError(f"{vsv}: a component refused its saved state ({exc}); "
                                   "the machine is unchanged") from None
-    ram_image.apply(image, machine.partition.memory)
-    for vp in machine.partition.vps:
-        flush_tb(vp.uc)  # translated code of the old RAM contents
+    memory = machine.partition.memory
+    ram_image.apply(image, memory)
+    for rng in ram_image.ram_ranges(memory):
+        memory.invalidate(rng.gpa, rng.size)  # translated code of the old RAM contents
 
 
 def _read_vsv(vsv: Path) -> State:
