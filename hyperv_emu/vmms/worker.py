@@ -15,6 +15,7 @@ input or a command instead of ending the run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -119,7 +120,7 @@ class ControlServer(threading.Thread):
         self.sel = selectors.DefaultSelector()
         self.conns: dict[socket.socket, _Conn] = {}
         self.rw: _Conn | None = None
-        with _suppress_missing():
+        with contextlib.suppress(FileNotFoundError):
             path.unlink()
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.listener.bind(str(path))
@@ -179,17 +180,29 @@ class ControlServer(threading.Thread):
                     self._readable(key.fileobj)
             self._flush_all()
 
+    def drain(self, limit: float = 5.0) -> None:
+        """Wait (at most ``limit`` seconds) until every queued answer has been sent."""
+        t_end = time.monotonic() + limit
+        while time.monotonic() < t_end:
+            with self.lock:
+                if not any(c.outbuf for c in self.conns.values() if c.console is None):
+                    return
+            self._wake()
+            time.sleep(0.005)
+
     def _accept(self) -> None:
         try:
             sock, _ = self.listener.accept()
         except OSError:
             return
         sock.setblocking(False)
-        self.conns[sock] = _Conn(sock)
+        with self.lock:  # the main thread reads conns (broadcast, drain)
+            self.conns[sock] = _Conn(sock)
         self.sel.register(sock, selectors.EVENT_READ)
 
     def _drop(self, conn: _Conn) -> None:
-        self.conns.pop(conn.sock, None)
+        with self.lock:
+            self.conns.pop(conn.sock, None)
         try:
             self.sel.unregister(conn.sock)
         except (KeyError, ValueError):
@@ -272,14 +285,6 @@ class ControlServer(threading.Thread):
             self._wake()
 
 
-class _suppress_missing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, typ: object, exc: object, tb: object) -> bool:
-        return isinstance(exc, FileNotFoundError)
-
-
 # ---- the worker proper ---------------------------------------------------------------------
 class Worker:
     """One VM's machine, its run loop and its control channel."""
@@ -294,6 +299,8 @@ class Worker:
         self.built: Any = None
         self.server: ControlServer | None = None
         self.console_log: Any = None
+        #: The run state to go back to after a checkpoint (checkpoint-resume).
+        self.before_checkpoint = "Running"
 
     # -- files --
     def _publish(self, **extra: Any) -> None:
@@ -370,13 +377,14 @@ class Worker:
         try:
             ended = self._loop(vm)
         finally:
-            with _suppress_missing():
+            with contextlib.suppress(FileNotFoundError):
                 vm.socket.unlink()
             if self.built is not None:
                 self.built.close()
         self.state = "Off"
         self._publish(ended={**ended, "time": time.time()})
-        time.sleep(0.05)  # let the control thread send the last answers
+        if self.server is not None:
+            self.server.drain()  # the last answers reach their clients before the exit
         return 0
 
     def _loop(self, vm: Any) -> dict[str, Any]:
@@ -487,7 +495,7 @@ class Worker:
         except Exception as exc:  # noqa: BLE001 - reported, and the worker ends
             self._answer(command, {"ok": False, "error": str(exc)})
             return {"message": f"could not continue after a checkpoint: {exc}"}
-        self.set_state(getattr(self, "before_checkpoint", "Running"))
+        self.set_state(self.before_checkpoint)
         self._answer(command, {"ok": True, "state": self.state})
         return None
 
