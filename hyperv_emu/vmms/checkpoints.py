@@ -125,12 +125,12 @@ def take(store: Store, name: str, cp: str | None) -> str:
         entries = _entries(record)
         if cp in entries or (vm.checkpoints / cp).exists():
             raise VmmsError(f"VM {name!r} already has a checkpoint named {cp!r}")
-        config = service.load_config(vm)
         running = st.state in (states.RUNNING, states.PAUSED)
         if running:
             saving.require()
-        if not running:
-            collapse(vm)
+        else:
+            collapse(vm)  # merges that waited for the VM to be off, before reading the disks
+        config = service.load_config(vm)
         cpdir = vm.checkpoints / cp
         cpdir.mkdir(parents=True)
         try:

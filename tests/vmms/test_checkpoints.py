@@ -158,3 +158,22 @@ def test_checkpoint_commands_and_disk_check_on_every_file(vms: VmEnv) -> None:
         assert proc.returncode == 0 and "no problems found" in proc.stdout, proc
     proc = vms.run("checkpoint-delete", "g", "cp2", check=False)
     assert proc.returncode == 2 and "no checkpoint named 'cp2'" in proc.stderr
+
+
+def test_a_merge_deferred_while_running_is_done_by_the_next_checkpoint(vms: VmEnv) -> None:
+    disk = vms.guest_disk("m")
+    vms.run("create", "m", "--disk", str(disk))
+    vms.run("start", "m")
+    vms.run("checkpoint", "m", "one")
+    out = vms.run("checkpoint-delete", "m", "one").stdout
+    assert "1 merge(s) wait until the VM is off" in out
+    assert vms.show("m")["state"] == "Running"
+    vms.run("stop", "m")
+    # The next checkpoint operation merges first, then builds on what the VM now runs on.
+    vms.run("checkpoint", "m", "two")
+    current = vms.show("m")["config"]["disks"][0]["path"]  # type: ignore[index]
+    assert convert.image_info(current)["chain"] == [current, str(disk)]
+    assert "merged 1 differencing disk" in vms.run("checkpoint-delete", "m", "two").stdout
+    assert vms.show("m")["config"]["disks"][0]["path"] == str(disk)  # type: ignore[index]
+    assert list((vms.vmdir("m") / "disks").glob("*")) == []
+    assert convert.check_image(str(disk)) == []
