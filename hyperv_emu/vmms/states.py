@@ -51,20 +51,6 @@ ALLOWED: Final[dict[str, frozenset[str]]] = {
     "checkpoint": frozenset({OFF, SAVED, RUNNING, PAUSED}),
     "apply": frozenset({OFF, SAVED}),
     "checkpoint-delete": frozenset({OFF, SAVED, RUNNING, PAUSED}),
-    "edit": frozenset({OFF}),
-}
-
-#: The state an operation passes through and the one it ends in (for ``vm show`` and docs).
-PATH: Final[dict[str, tuple[str, str]]] = {
-    "start": (STARTING, RUNNING),
-    "stop": (STOPPING, OFF),
-    "pause": (PAUSED, PAUSED),
-    "resume": (RUNNING, RUNNING),
-    "save": (SAVING, SAVED),
-    "reset": (RESETTING, RUNNING),
-    "checkpoint": (TAKING_SNAPSHOT, ""),
-    "apply": (APPLYING_SNAPSHOT, ""),
-    "checkpoint-delete": (DELETING_SNAPSHOT, ""),
 }
 
 #: Why an operation is refused in a resting state, when the bare rule would not say.
@@ -77,7 +63,6 @@ _HINTS: Final[dict[tuple[str, str], str]] = {
     ("apply", PAUSED): "stop or save it first",
     ("pause", PAUSED): "it is already paused",
     ("resume", RUNNING): "it is not paused",
-    ("edit", SAVED): "it has a saved state: start and stop it first",
 }
 
 
