@@ -181,11 +181,12 @@ class ControlServer(threading.Thread):
             self._flush_all()
 
     def drain(self, limit: float = 5.0) -> None:
-        """Wait (at most ``limit`` seconds) until every queued answer has been sent."""
+        """Wait (at most ``limit`` seconds) until every queued answer and every console
+        client's last output has been sent."""
         t_end = time.monotonic() + limit
         while time.monotonic() < t_end:
             with self.lock:
-                if not any(c.outbuf for c in self.conns.values() if c.console is None):
+                if not any(c.outbuf for c in self.conns.values()):
                     return
             self._wake()
             time.sleep(0.005)
@@ -384,7 +385,7 @@ class Worker:
         self.state = "Off"
         self._publish(ended={**ended, "time": time.time()})
         if self.server is not None:
-            self.server.drain()  # the last answers reach their clients before the exit
+            self.server.drain()  # the last answers and output reach clients before the exit
         return 0
 
     def _loop(self, vm: Any) -> dict[str, Any]:
