@@ -305,9 +305,11 @@ def build_parser() -> argparse.ArgumentParser:
     guests.set_defaults(func=cmd_guests)
     from hyperv_emu.cli_disk import add_disk_commands
     from hyperv_emu.cli_fuzz import add_fuzz_commands
+    from hyperv_emu.cli_vm import add_vm_commands
 
     add_disk_commands(sub)
     add_fuzz_commands(sub)
+    add_vm_commands(sub)
     return parser
 
 

@@ -42,6 +42,7 @@ NEEDS = {
     "test-cd": "a generated test CD",
     "host-ports": "host SynIC ports",
     "ic-shutdown": "a shutdown request after 3 heartbeats",
+    "gate-input": "one byte of serial input at its gate",
 }
 #: Heartbeats the guest answers before the ic-shutdown need asks it to shut down.
 IC_SHUTDOWN_AFTER = 3
@@ -169,12 +170,27 @@ def _shutdown_after_heartbeats(machine: Machine) -> object:
 
 def _ic_shutdown(guest: PreparedGuest) -> None:
     guest.setups["ic-shutdown"] = _shutdown_after_heartbeats
+#: ``gate-input``: what a guest waiting at its ``ready> `` gate (ticker) gets on COM1 when it
+#: runs alone; a VM's serial input is its console instead (vmms/machine_factory.py).
+GATE_PROMPT = b"ready> "
+GATE_BYTE = b"x"
+
+
+def _gate_input(guest: PreparedGuest) -> None:
+    def attach(machine: Machine) -> None:
+        from hyperv_emu.worker.serial_input import StreamInput
+
+        if machine.serial_input is None:  # --serial-input given: the user's input wins
+            machine.com1.attach_input(StreamInput(GATE_BYTE), after=GATE_PROMPT)
+
+    guest.setups["gate-input"] = attach
 
 
 _SETUPS: dict[str, Callable[[PreparedGuest], None]] = {
     "test-cd": _test_cd,
     "host-ports": _host_ports,
     "ic-shutdown": _ic_shutdown,
+    "gate-input": _gate_input,
 }
 
 

@@ -58,6 +58,8 @@ def open_machine(cfg: VmConfig, host: HostIo | None = None) -> Iterator[Machine]
         if prepared is not None:
             from hyperv_emu.guest_needs import GuestNeedError
 
+            for need in host.skip_needs:
+                prepared.setups.pop(need, None)
             try:
                 prepared.attach(machine)
             except GuestNeedError as exc:

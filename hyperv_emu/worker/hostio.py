@@ -103,6 +103,9 @@ class HostIo:
     #: shown ``keys_after`` on COM1 or the VGA text screen (at once when empty).
     keys: str = ""
     keys_after: str = ""
+    #: Needs of a shipped guest (guest_needs.py) this host supplies itself, so the worker does
+    #: not attach them (a VM's console is its serial input: no ``gate-input``).
+    skip_needs: tuple[str, ...] = ()
     #: The writer behind the ``console`` sink (the VMMS console listener), when there is one.
     console: Writer | None = None
     #: Wraps each console writer as it is called during a run (the CLI's RunGuard records a

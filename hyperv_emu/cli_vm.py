@@ -1,0 +1,423 @@
+"""``hyperv-emu vm``: the management service's commands (create, list, show, start, stop,
+pause, resume, save, delete, console, checkpoints, the console listener); each parses its
+options and calls hyperv_emu.vmms."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from hyperv_emu.vmms.service import VmStatus
+    from hyperv_emu.vmms.store import Store
+    from hyperv_emu.worker.config import VmConfig
+
+DESCRIPTION = """\
+Manage VMs that live in a store directory (--store DIR, else $HYPERV_EMU_STORE, else
+$XDG_DATA_HOME/hyperv-emu/vms), each run by its own worker process in the background.
+
+States: Off, Saved, and while a worker runs Running, Paused, Saving, Resetting, Stopping;
+while the management service works on a VM: Starting, Taking Snapshot, Applying Snapshot,
+Deleting Snapshot, Merging Disk. An operation the state does not allow is refused.
+
+Exit status: 0 done; 2 refused or bad input (one message on standard error, nothing
+changed); 130 interrupted (Ctrl-C)."""
+
+#: run's options that describe one run rather than a VM.
+_RUN_ONLY = (("serial_input", "--serial-input"), ("serial_input_after", "--serial-input-after"),
+             ("max_instructions", "--max-instructions"), ("timeout", "--timeout"))
+
+
+def add_vm_commands(sub: Any) -> None:
+    """Add the ``vm`` subcommand group to the top-level subparsers ``sub``."""
+    from hyperv_emu.cli import _add_machine_options
+
+    vm = sub.add_parser("vm", help="create and run VMs in the background: states, save, "
+                        "checkpoints, console", description=DESCRIPTION,
+                        formatter_class=argparse.RawTextHelpFormatter)
+    vm.add_argument("--store", metavar="DIR", help="the VM store directory")
+    vsub = vm.add_subparsers(dest="vm_command", metavar="ACTION", parser_class=type(vm))
+    vm.set_defaults(func=lambda _a: _usage(vm))
+
+    p = vsub.add_parser("create", help="a new VM from run's machine options (it stays Off)")
+    p.add_argument("name", metavar="NAME", help="the VM's name")
+    _add_machine_options(p, serial_default="console")
+    p.set_defaults(func=cmd_create)
+
+    p = vsub.add_parser("list", help="a table of the VMs: state, uptime, memory, checkpoints")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_list)
+
+    p = vsub.add_parser("show", help="one VM's state, configuration and files")
+    p.add_argument("name", metavar="NAME", help="the VM's name")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_show)
+
+    p = vsub.add_parser("start", help="start the VM's worker (resuming a saved state)")
+    p.add_argument("name", metavar="NAME", help="the VM's name")
+    p.add_argument("--fresh", action="store_true",
+                   help="discard a saved state and boot afresh")
+    p.set_defaults(func=cmd_start)
+
+    for action, text in (("stop", "turn the VM off (the worker ends, RAM is lost)"),
+                         ("pause", "stop running the guest (the worker stays)"),
+                         ("resume", "run a paused guest again"),
+                         ("reset", "reset the machine (a hardware reset; RAM is kept)"),
+                         ("save", "save the VM's state (devices, processors, memory) and end "
+                                  "its worker; 'start' continues from it"),
+                         ("delete", "remove the VM (checkpoints are merged into its disks "
+                                    "first)")):
+        p = vsub.add_parser(action, help=text)
+        p.add_argument("name", metavar="NAME", help="the VM's name")
+        p.set_defaults(func=cmd_simple, action=action)
+
+    p = vsub.add_parser("console", help="the VM's serial console (COM1); Ctrl-] detaches")
+    p.add_argument("name", metavar="NAME", help="the VM's name")
+    p.add_argument("--tcp", action="store_true",
+                   help="through the console listener (vm listen) instead of the socket")
+    p.add_argument("--port", type=int, default=None,
+                   help="the listener's port with --tcp (default 2179)")
+    p.add_argument("--read-only", action="store_true", help="watch without typing")
+    p.set_defaults(func=cmd_console)
+
+    p = vsub.add_parser("listen", help="serve VM consoles on one localhost TCP port "
+                        "(first line from the client: the VM's name)")
+    p.add_argument("--port", type=int, default=None, help="TCP port (default 2179; 0: any)")
+    p.add_argument("--host", default="127.0.0.1", help="address (default 127.0.0.1)")
+    p.set_defaults(func=cmd_listen)
+
+    p = vsub.add_parser("checkpoint", help="take a checkpoint: differencing disks over every "
+                        "disk, the configuration and the running state")
+    p.add_argument("name", metavar="NAME", help="the VM's name")
+    p.add_argument("checkpoint", metavar="CP", nargs="?", help="its name (default: a time stamp)")
+    p.set_defaults(func=cmd_checkpoint)
+
+    p = vsub.add_parser("checkpoints", help="the VM's checkpoint tree")
+    p.add_argument("name", metavar="NAME", help="the VM's name")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_checkpoints)
+
+    p = vsub.add_parser("apply", help="return the VM to a checkpoint (the current state is "
+                        "discarded)")
+    p.add_argument("name", metavar="NAME", help="the VM's name")
+    p.add_argument("checkpoint", metavar="CP", help="the checkpoint's name")
+    p.set_defaults(func=cmd_apply)
+
+    p = vsub.add_parser("checkpoint-delete", help="delete a checkpoint, merging its "
+                        "differencing disk into its parent")
+    p.add_argument("name", metavar="NAME", help="the VM's name")
+    p.add_argument("checkpoint", metavar="CP", help="the checkpoint's name")
+    p.set_defaults(func=cmd_checkpoint_delete)
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return 2
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """The service's refusals as the CLI's one-line usage errors (status 2)."""
+    from hyperv_emu.cli import UsageError
+    from hyperv_emu.vmms.states import IllegalTransition
+    from hyperv_emu.vmms.store import VmmsError
+    from hyperv_emu.vsp.storage.blockdev import BlockDeviceError
+    from hyperv_emu.worker.config import ConfigError
+
+    try:
+        yield
+    except (VmmsError, IllegalTransition, ConfigError, BlockDeviceError) as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _store(args: argparse.Namespace) -> Store:
+    from hyperv_emu.vmms.store import Store
+
+    return Store(Path(args.store) if args.store else None)
+
+
+def config_from_args(args: argparse.Namespace) -> VmConfig:
+    """The VmConfig that run's machine options describe (paths made absolute)."""
+    from hyperv_emu.cli import DETERMINISTIC_RTC_BASE, UsageError, _disk_slots, _drive_options
+    from hyperv_emu.guests import DEFAULT_GUEST
+    from hyperv_emu.worker.config import CdromConfig, DiskConfig, VmConfig
+
+    for attr, flag in _RUN_ONLY:
+        if getattr(args, attr) is not None:
+            raise UsageError(f"{flag} is for 'run': a VM's serial input comes from its "
+                             "console (vm console NAME)")
+    if args.exit_code != "qemu" or args.verbose:
+        raise UsageError("--exit-code and --verbose are for 'run' (how a VM ended is shown "
+                         "by 'vm show')")
+    if args.serial not in ("console", "none"):
+        raise UsageError("a VM's COM1 is its console (vm console NAME; the output is also "
+                         "kept in console.log): --serial takes console or none here")
+    if args.guest and args.kernel:
+        raise UsageError("give a guest name or --kernel, not both")
+    slots = _disk_slots(args)
+    if args.guest and any(slots):
+        raise UsageError("give a guest name or --disk, not both")
+    disks = []
+    for slot, spec in enumerate(slots):
+        if spec is None:
+            continue
+        path, opts = _drive_options(spec, "--disk", ("readonly", "ro", "force-share"))
+        if not Path(path).is_file():
+            raise UsageError(f"disk image {path!r} does not exist or is not a file")
+        disks.append(DiskConfig(os.path.abspath(path), slot,
+                                read_only=bool(opts & {"readonly", "ro"}),
+                                force_share="force-share" in opts))
+    cdrom = None
+    if args.cdrom:
+        path, opts = _drive_options(args.cdrom, "--cdrom", ("force-share",))
+        if not Path(path).is_file():
+            raise UsageError(f"CD image {path!r} does not exist or is not a file")
+        cdrom = CdromConfig(os.path.abspath(path), force_share=bool(opts))
+    for what, path in (("kernel", args.kernel), *(("initrd", p) for p in args.initrd)):
+        if path and not Path(path).is_file():
+            raise UsageError(f"{what} {path!r} does not exist or is not a file")
+    guest = args.guest
+    if guest:
+        from hyperv_emu.guests import UnknownGuestError, guest_info
+
+        try:
+            guest_info(guest)
+        except UnknownGuestError as exc:
+            raise UsageError(str(exc.args[0])) from None
+    if not guest and not disks and not args.kernel and cdrom is None:
+        guest = DEFAULT_GUEST
+    rtc: datetime.datetime | None = args.rtc_base
+    if rtc is None and args.clock == "deterministic":
+        rtc = DETERMINISTIC_RTC_BASE
+    return VmConfig(
+        memory_mib=args.memory, disks=tuple(disks), cdrom=cdrom, boot=args.boot, guest=guest,
+        kernel=os.path.abspath(args.kernel) if args.kernel else None, append=args.append,
+        initrds=tuple(os.path.abspath(p) for p in args.initrd), clock_mode=args.clock,
+        rtc_base=None if rtc is None else rtc.isoformat(), hyperv=args.hyperv,
+        serial=args.serial, debugcon=args.debugcon or "stderr")
+
+
+def cmd_create(args: argparse.Namespace) -> int:
+    from hyperv_emu.cli import say
+    from hyperv_emu.vmms import service
+
+    with _errors():
+        config = config_from_args(args)
+        store = _store(args)
+        vm = service.create(store, args.name, config)
+    say(f"created VM {args.name!r} in {vm.path} (Off; start it with 'hyperv-emu vm start "
+        f"{args.name}')")
+    return 0
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    d, s = divmod(s, 86400)
+    h, s = divmod(s, 3600)
+    m, s = divmod(s, 60)
+    return (f"{d}d " if d else "") + f"{h}:{m:02d}:{s:02d}"
+
+
+def _statuses(store: Store) -> list[tuple[str, VmStatus | str]]:
+    """Each VM's status, or the message saying why it cannot be read."""
+    from hyperv_emu.vmms import service
+    from hyperv_emu.vmms.store import VmmsError
+
+    out: list[tuple[str, VmStatus | str]] = []
+    for name in store.names():
+        try:
+            out.append((name, service.status(store.vm(name))))
+        except VmmsError as exc:
+            out.append((name, str(exc)))
+    return out
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from hyperv_emu.cli import say
+
+    with _errors():
+        store = _store(args)
+        rows = _statuses(store)
+    if args.json:
+        say(json.dumps([st.to_json() if not isinstance(st, str) else {"name": n, "error": st}
+                        for n, st in rows], indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"VMs in {store.path}", title_justify="left")
+    for col, just in (("Name", "left"), ("State", "left"), ("Uptime", "right"),
+                      ("Memory", "right"), ("Checkpoints", "right")):
+        table.add_column(col, justify=just)  # type: ignore[arg-type]
+    for name, st in rows:
+        if isinstance(st, str):
+            table.add_row(name, f"damaged: {st}", "-", "-", "-")
+        else:
+            table.add_row(name, st.shown(), _duration(st.uptime), f"{st.memory_mib} MiB",
+                          str(st.checkpoints))
+    if not rows:
+        say(f"no VMs in {store.path} (create one with 'hyperv-emu vm create NAME')")
+        return 0
+    Console(width=max(100, _width())).print(table)
+    return 0
+
+
+def _width() -> int:
+    import shutil
+
+    return shutil.get_terminal_size((100, 24)).columns
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from hyperv_emu.cli import say
+    from hyperv_emu.vmms import service
+
+    with _errors():
+        vm = _store(args).vm(args.name)
+        st = service.status(vm)
+    if args.json:
+        say(json.dumps(st.to_json(), indent=2))
+        return 0
+    cfg = st.config
+    rows: list[tuple[str, str]] = [("name", st.name), ("state", st.shown()),
+                                   ("VMMS state", st.vmms_state)]
+    if st.pid is not None:
+        rows += [("worker pid", str(st.pid)), ("uptime", _duration(st.uptime))]
+    if cfg is not None:
+        rows += [("memory", f"{cfg.memory_mib} MiB"), ("VPs", str(cfg.vps)),
+                 ("clock", cfg.clock_mode)]
+        if cfg.guest:
+            rows.append(("guest", cfg.guest))
+        if cfg.kernel:
+            rows.append(("kernel", f"{cfg.kernel} {cfg.append}".rstrip()))
+        for d in cfg.disks:
+            rows.append((f"disk {d.slot}", d.path + (" (read-only)" if d.read_only else "")))
+        if cfg.cdrom:
+            rows.append(("cdrom", cfg.cdrom.path))
+    rows += [("checkpoints", str(st.checkpoints))]
+    if st.current_checkpoint:
+        rows.append(("current checkpoint", st.current_checkpoint))
+    rows += [("directory", str(vm.path)), ("console log", str(vm.console_log))]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        say(f"{k:<{width}}  {v}")
+    return 0
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    from hyperv_emu.cli import say
+    from hyperv_emu.vmms import service
+
+    with _errors():
+        st = service.start(_store(args), args.name, fresh=args.fresh)
+    how = "resumed from its saved state" if st.worker.get("resumed") else "started"
+    say(f"VM {args.name!r} {how} (worker pid {st.pid}): {st.shown()}")
+    return 0
+
+
+def cmd_simple(args: argparse.Namespace) -> int:
+    from hyperv_emu.cli import say
+    from hyperv_emu.vmms import service
+
+    action: str = args.action
+    store = _store(args)
+    ops: dict[str, Callable[[], Any]] = {
+        "stop": lambda: service.stop(store, args.name),
+        "save": lambda: service.save(store, args.name),
+        "delete": lambda: service.delete(store, args.name),
+    }
+    with _errors():
+        result = ops.get(action, lambda: service.simple(store, args.name, action))()
+    if action == "delete":
+        say(f"deleted VM {args.name!r}")
+    else:
+        say(f"VM {args.name!r}: {result.shown()}")
+    return 0
+
+
+def cmd_console(args: argparse.Namespace) -> int:
+    from hyperv_emu.vmms import console, service, states
+
+    with _errors():
+        store = _store(args)
+        if args.tcp:
+            store.vm(args.name)
+            sock, mode, pending = console.attach_tcp(
+                args.name, "127.0.0.1", args.port or console.DEFAULT_PORT, args.read_only)
+        else:
+            vm = store.vm(args.name)
+            states.check("console", args.name, service.status(vm).state)
+            sock, mode, pending = console.attach_unix(vm, args.read_only)
+    return console.run(sock, mode, pending, f"hyperv-emu: console of VM {args.name!r}")
+
+
+def cmd_listen(args: argparse.Namespace) -> int:
+    from hyperv_emu.vmms import console, listener
+
+    store = _store(args)
+
+    def ready(port: int) -> None:
+        print(f"hyperv-emu: console listener on {args.host}:{port} for the VMs in "
+              f"{store.path}", file=sys.stderr, flush=True)
+
+    port = console.DEFAULT_PORT if args.port is None else args.port
+    with _errors():
+        listener.serve(store, args.host, port, ready)
+    return 0
+
+
+def cmd_checkpoint(args: argparse.Namespace) -> int:
+    from hyperv_emu.cli import say
+    from hyperv_emu.vmms import checkpoints
+
+    with _errors():
+        name = checkpoints.take(_store(args), args.name, args.checkpoint)
+    say(f"VM {args.name!r}: checkpoint {name!r} taken")
+    return 0
+
+
+def cmd_checkpoints(args: argparse.Namespace) -> int:
+    from hyperv_emu.cli import say
+    from hyperv_emu.vmms import checkpoints
+
+    with _errors():
+        vm = _store(args).vm(args.name)
+        tree = checkpoints.tree(vm)
+    if args.json:
+        say(json.dumps(tree, indent=2))
+        return 0
+    if not tree["checkpoints"]:
+        say(f"VM {args.name!r} has no checkpoints")
+        return 0
+    for line in checkpoints.render(tree):
+        say(line)
+    return 0
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    from hyperv_emu.cli import say
+    from hyperv_emu.vmms import checkpoints
+
+    with _errors():
+        state = checkpoints.apply(_store(args), args.name, args.checkpoint)
+    say(f"VM {args.name!r}: checkpoint {args.checkpoint!r} applied ({state})")
+    return 0
+
+
+def cmd_checkpoint_delete(args: argparse.Namespace) -> int:
+    from hyperv_emu.cli import say
+    from hyperv_emu.vmms import checkpoints
+
+    with _errors():
+        what = checkpoints.delete(_store(args), args.name, args.checkpoint)
+    say(f"VM {args.name!r}: checkpoint {args.checkpoint!r} deleted{what}")
+    return 0
