@@ -5,9 +5,7 @@ options and calls hyperv_emu.vmms."""
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -32,7 +30,8 @@ changed); 130 interrupted (Ctrl-C)."""
 
 #: run's options that describe one run rather than a VM.
 _RUN_ONLY = (("serial_input", "--serial-input"), ("serial_input_after", "--serial-input-after"),
-             ("max_instructions", "--max-instructions"), ("timeout", "--timeout"))
+             ("max_instructions", "--max-instructions"), ("timeout", "--timeout"),
+             ("keys", "--keys"), ("keys_after", "--keys-after"))
 
 
 def add_vm_commands(sub: Any) -> None:
@@ -144,64 +143,38 @@ def _store(args: argparse.Namespace) -> Store:
 
 
 def config_from_args(args: argparse.Namespace) -> VmConfig:
-    """The VmConfig that run's machine options describe (paths made absolute)."""
-    from hyperv_emu.cli import DETERMINISTIC_RTC_BASE, UsageError, _disk_slots, _drive_options
-    from hyperv_emu.guests import DEFAULT_GUEST
-    from hyperv_emu.worker.config import CdromConfig, DiskConfig, VmConfig
+    """The VmConfig that run's machine options describe (cli_config.py, as for ``run``), with
+    paths made absolute and every file checked to exist now rather than at the first start."""
+    from hyperv_emu.cli import UsageError
+    from hyperv_emu.cli_config import absolute
+    from hyperv_emu.cli_config import config_from_args as machine_config
 
     for attr, flag in _RUN_ONLY:
-        if getattr(args, attr) is not None:
-            raise UsageError(f"{flag} is for 'run': a VM's serial input comes from its "
-                             "console (vm console NAME)")
+        if getattr(args, attr, None) is not None:
+            raise UsageError(f"{flag} is for 'run': a VM's input comes from its console "
+                             "(vm console NAME)")
     if args.exit_code != "qemu" or args.verbose:
         raise UsageError("--exit-code and --verbose are for 'run' (how a VM ended is shown "
                          "by 'vm show')")
     if args.serial not in ("console", "none"):
         raise UsageError("a VM's COM1 is its console (vm console NAME; the output is also "
                          "kept in console.log): --serial takes console or none here")
-    if args.guest and args.kernel:
-        raise UsageError("give a guest name or --kernel, not both")
-    slots = _disk_slots(args)
-    if args.guest and any(slots):
-        raise UsageError("give a guest name or --disk, not both")
-    disks = []
-    for slot, spec in enumerate(slots):
-        if spec is None:
-            continue
-        path, opts = _drive_options(spec, "--disk", ("readonly", "ro", "force-share"))
+    cfg = absolute(machine_config(args))
+    files = [("disk image", d.path) for d in cfg.disks]
+    files += [("CD image", cfg.cdrom.path)] if cfg.cdrom else []
+    files += [("kernel", cfg.kernel)] if cfg.kernel else []
+    files += [("initrd", p) for p in cfg.initrds]
+    for what, path in files:
         if not Path(path).is_file():
-            raise UsageError(f"disk image {path!r} does not exist or is not a file")
-        disks.append(DiskConfig(os.path.abspath(path), slot,
-                                read_only=bool(opts & {"readonly", "ro"}),
-                                force_share="force-share" in opts))
-    cdrom = None
-    if args.cdrom:
-        path, opts = _drive_options(args.cdrom, "--cdrom", ("force-share",))
-        if not Path(path).is_file():
-            raise UsageError(f"CD image {path!r} does not exist or is not a file")
-        cdrom = CdromConfig(os.path.abspath(path), force_share=bool(opts))
-    for what, path in (("kernel", args.kernel), *(("initrd", p) for p in args.initrd)):
-        if path and not Path(path).is_file():
             raise UsageError(f"{what} {path!r} does not exist or is not a file")
-    guest = args.guest
-    if guest:
+    if cfg.guest:
         from hyperv_emu.guests import UnknownGuestError, guest_info
 
         try:
-            guest_info(guest)
+            guest_info(cfg.guest)
         except UnknownGuestError as exc:
             raise UsageError(str(exc.args[0])) from None
-    if not guest and not disks and not args.kernel and cdrom is None:
-        guest = DEFAULT_GUEST
-    rtc: datetime.datetime | None = args.rtc_base
-    if rtc is None and args.clock == "deterministic":
-        rtc = DETERMINISTIC_RTC_BASE
-    return VmConfig(
-        memory_mib=args.memory, disks=tuple(disks), cdrom=cdrom, boot=args.boot, guest=guest,
-        kernel=os.path.abspath(args.kernel) if args.kernel else None, append=args.append,
-        initrds=tuple(os.path.abspath(p) for p in args.initrd), clock_mode=args.clock,
-        rtc_base=None if rtc is None else rtc.isoformat(), hyperv=args.hyperv,
-        serial=args.serial, debugcon=args.debugcon or "stderr")
+    return cfg
 
 
 def cmd_create(args: argparse.Namespace) -> int:
