@@ -25,8 +25,8 @@ KERNELS = sorted(glob.glob("/boot/vmlinuz-*-cloud-amd64"))
 
 @pytest.mark.skipif(not KERNELS or not BUSYBOX.exists(),
                     reason="needs linux-image-cloud-amd64 and busybox-static")
-@pytest.mark.xfail(reason="stops in the decompressor: RDMSR IA32_MISC_ENABLE (0x1A0) raises "
-                          "#GP with no IDT yet (the MSR table is another branch's work)",
+@pytest.mark.xfail(reason="Linux does not reach userspace yet (issue 9): before the MSR table it "
+                          "triple-faulted on RDMSR 0x1A0; with it, it runs into start_kernel",
                    strict=False)
 def test_debian_kernel_reaches_busybox_init() -> None:
     out = bytearray()
@@ -34,7 +34,9 @@ def test_debian_kernel_reaches_busybox_init() -> None:
     m = Machine(MachineConfig(memory_mib=128, kernel=Path(KERNELS[-1]).read_bytes(),
                               initrds=[("initramfs", initrd)], append="console=ttyS0 quiet",
                               serial_output=out.extend))
-    ex = m.run(max_instructions=20_000_000_000)
+    # QEMU reaches userspace at 5.5 s of guest time; 4e9 instructions is 40 s of it here.  The
+    # host-time bound keeps CI's time bounded while it does not get there.
+    ex = m.run(max_instructions=4_000_000_000, timeout=240)
     assert MARKER in out.decode(errors="replace"), (ex.message, out[-2000:])
 
 
