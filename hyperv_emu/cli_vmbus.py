@@ -35,16 +35,6 @@ def _kvp(text: str) -> tuple[str, str]:
         raise argparse.ArgumentTypeError(str(exc).removeprefix("--kvp: ")) from None
 
 
-def _count(text: str) -> int:
-    try:
-        value = int(text, 0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
-    return value
-
-
 def add_vmbus_options(p: argparse.ArgumentParser) -> None:
     """Add the VMBus options to a machine-building subcommand."""
     p.add_argument("--ic", metavar="LIST", type=_ic_list, default=DEFAULT_ICS,
@@ -53,7 +43,9 @@ def add_vmbus_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kvp", metavar="KEY=VALUE", type=_kvp, action="append", default=[],
                    help="a host key for the guest's external KVP pool (pool 0); repeatable; "
                         "needs kvp in --ic")
-    p.add_argument("--shutdown-after-heartbeats", metavar="N", type=_count,
+    from hyperv_emu.cli import _positive_int
+
+    p.add_argument("--shutdown-after-heartbeats", metavar="N", type=_positive_int,
                    help="ask the guest to shut down (shutdown IC) once it has answered N "
                         "heartbeats")
 
