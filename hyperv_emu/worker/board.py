@@ -38,6 +38,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar, overload
 
+from hyperv_emu.firmware_tables.platform import E820_NVS, E820_RAM, E820_RESERVED
 from hyperv_emu.vdev.atapi import CdromDrive
 from hyperv_emu.vdev.base import Device, EventSink, null_events
 from hyperv_emu.vdev.hpet import HPET_BASE
@@ -75,10 +76,6 @@ EBDA_BASE = 0x9FC00
 EBDA_SIZE = 0x400
 HIGH_RAM_BASE = 0x100000
 LOCAL_APIC_BASE = 0xFEE00000
-#: E820 address range types (ACPI 6.4, 15.1 "INT 15H, E820H - Query System Address Map").
-E820_RAM = 1
-E820_RESERVED = 2
-E820_NVS = 4
 #: The FACS's page (the one ACPI table in RAM, worker/platform_tables.py): shadow RAM the
 #: E820 map reports as ACPI NVS.
 FACS_PAGE = 0xE0000

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -390,9 +389,3 @@ def _ide_slots(config: MachineConfig) -> list[Attachment]:
                               "given too")
         slots[2] = CdromDrive(config.cdrom)
     return slots
-
-
-def stderr_writer(data: bytes) -> None:
-    """Write guest bytes to standard error as they come."""
-    sys.stderr.buffer.write(data)
-    sys.stderr.buffer.flush()

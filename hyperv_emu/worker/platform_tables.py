@@ -3,9 +3,9 @@ announce (ACPI PM block, reset control register, HPET, PCI interrupt routing), t
 :class:`~hyperv_emu.firmware_tables.platform.Platform` description read off the devices the
 machine built, and the installation of the tables into the BIOS ROM and the FACS into RAM.
 
-Machine calls :func:`build_chipset` while it builds its devices and :func:`install` once the
-VP exists; :func:`memory_map` is the one E820 map the BIOS (INT 15h E820, read from the ROM's
-platform area), the Multiboot and Linux loaders and the tables all use.
+The board runs :func:`build_chipset` as its ``chipset`` factory and the machine calls
+:func:`install` once the VP exists.  The E820 map in the tables and in the ROM's platform area
+(INT 15h E820) is the board's one memory map (worker/board.py), which has the FACS page.
 """
 
 from __future__ import annotations
@@ -34,11 +34,6 @@ if TYPE_CHECKING:
     from hyperv_emu.worker.machine import Machine
 
 MiB = 1 << 20
-EBDA = (0x9FC00, 0x400)
-ROM_SEGMENT = (0xF0000, 0x10000)
-BIOS_HIGH_ALIAS = 0xFFFF0000
-#: The FACS's page: RAM in the C0000-EFFFF shadow area, reported as ACPI NVS.
-FACS_ADDRESS = 0xE0000
 #: ISA IRQ of the SCI, and the IRQs the PCI links may use (no ISA device is on them).
 SCI_IRQ = 9
 LINK_IRQS = (5, 10, 11)
@@ -48,14 +43,6 @@ FIRMWARE_PIRQ_IRQS = (10, 10, 11, 11)
 S5_SLP_TYP = 0
 #: I/O APIC inputs the HPET's timers may be routed to outside legacy replacement mode.
 HPET_ROUTES = (20, 21, 22, 23)
-
-
-def memory_map(ram_size: int) -> list[tuple[int, int, int]]:
-    """The E820 map (base, length, type) of a PC with ``ram_size`` bytes of RAM: the board's
-    one memory map (worker/board.py), which includes the FACS page (ACPI NVS) and the HPET."""
-    from hyperv_emu.worker.board import MemoryMap
-
-    return MemoryMap(ram_size).e820()
 
 
 @dataclass
@@ -144,7 +131,7 @@ def describe(m: Machine) -> Platform:
         ram_top=min(m.ram_size, IOAPIC_BASE),
         isa_devices=_isa_devices(m),
         memory_map=tuple(m.memory_map()),
-        facs_address=FACS_ADDRESS,
+        facs_address=m.board.memory.region("facs").base,
     )
 
 
@@ -170,8 +157,9 @@ def install(m: Machine) -> rom.PlacedTables:
     area = rom.ROM_BASE + PLATFORM_AREA
     placed = rom.place(describe(m), area, RESET_VECTOR - PLATFORM_AREA)
     image = rom.rom_with_tables(m.board.firmware(), placed, CHECKSUM_OFFSET)
-    for base in (rom.ROM_BASE, BIOS_HIGH_ALIAS):
-        m.partition.memory.write(base, image, physical=True)
-    m.board.add(FacsInstaller(m.board.platform.dma_write, FACS_ADDRESS, placed.facs),
-                "facs")
+    for region in m.board.memory.regions:
+        if region.kind == "rom":  # F0000 and the alias below 4 GiB
+            m.partition.memory.write(region.base, image, physical=True)
+    m.board.add(FacsInstaller(m.board.platform.dma_write, m.board.memory.region("facs").base,
+                              placed.facs), "facs")
     return placed
