@@ -295,9 +295,9 @@ def _ignore_exit(value: int) -> None:
     """Exit-port writes on a board nobody runs (a harness)."""
 
 
-class Board(Motherboard):
-    """The PC board: the buses, the devices the factories built, the memory map, the A20
-    gate and the interrupt routing between the interrupt controllers and the VPs."""
+class PcParts:
+    """The PC's parts by name (FACTORIES), typed, for the board and for the machine that
+    owns it: each reads ``self.parts``."""
 
     pic = Part(Pic)
     ioapic = Part(IoApic)
@@ -314,6 +314,12 @@ class Board(Motherboard):
     vga = Part(VgaText)
     port92 = Part(FastA20)
     i8042 = Part(I8042)
+    keyboard = Part(Ps2Keyboard)
+
+
+class Board(Motherboard, PcParts):
+    """The PC board: the buses, the devices the factories built, the memory map, the A20
+    gate and the interrupt routing between the interrupt controllers and the VPs."""
 
     def __init__(self, cfg: VmConfig, platform: Platform, clock: VirtualClock,
                  events: EventSink = null_events, attached: Attachments | None = None, *,

@@ -19,21 +19,12 @@ from typing import Any, BinaryIO
 
 from hyperv_emu.clock import ClockMode, VirtualClock
 from hyperv_emu.vdev.atapi import CdromDrive
-from hyperv_emu.vdev.ide import Attachment, IdeChannel
-from hyperv_emu.vdev.ioapic import IoApic
-from hyperv_emu.vdev.pci import PciBus
-from hyperv_emu.vdev.pic import Pic
-from hyperv_emu.vdev.piix import I440fxHost, Piix3Ide, Piix3Isa
-from hyperv_emu.vdev.pit import Pit
-from hyperv_emu.vdev.ps2kbd import Ps2Keyboard
-from hyperv_emu.vdev.rtc import Rtc
-from hyperv_emu.vdev.serial import Uart16550
-from hyperv_emu.vdev.system import I8042, FastA20, exit_status
-from hyperv_emu.vdev.vga import VgaText
+from hyperv_emu.vdev.ide import Attachment
+from hyperv_emu.vdev.system import exit_status
 from hyperv_emu.vid.vm import RunExit, VmPartition
 from hyperv_emu.vsp.storage.blockdev import BlockDevice
 from hyperv_emu.worker import key_input, linuxboot, multiboot, platform_tables
-from hyperv_emu.worker.board import A20Gate, Board, Part
+from hyperv_emu.worker.board import A20Gate, Board, PcParts
 from hyperv_emu.worker.config import MAX_MEMORY_MIB, ConfigError, VmConfig
 from hyperv_emu.worker.events import EventLog
 from hyperv_emu.worker.hostio import Attachments
@@ -146,26 +137,8 @@ class MachineExit:
     run_exit: RunExit | None = None
 
 
-class Machine:
+class Machine(PcParts):
     """A PC (the board's devices) on one partition with one VP, and its run."""
-
-    # The board's parts by name (hyperv_emu/worker/board.py, FACTORIES).
-    pic = Part(Pic)
-    ioapic = Part(IoApic)
-    pit = Part(Pit)
-    rtc = Part(Rtc)
-    com1 = Part(Uart16550)
-    com2 = Part(Uart16550)
-    pci = Part(PciBus)
-    host_bridge = Part(I440fxHost)
-    piix_isa = Part(Piix3Isa)
-    piix_ide = Part(Piix3Ide)
-    ide = Part(IdeChannel)
-    ide2 = Part(IdeChannel)
-    vga = Part(VgaText)
-    port92 = Part(FastA20)
-    i8042 = Part(I8042)
-    keyboard = Part(Ps2Keyboard)
 
     def __init__(self, config: VmConfig | MachineConfig,
                  attached: Attachments | None = None) -> None:
