@@ -51,6 +51,8 @@ ALLOWED: Final[dict[str, frozenset[str]]] = {
     "checkpoint": frozenset({OFF, SAVED, RUNNING, PAUSED}),
     "apply": frozenset({OFF, SAVED}),
     "checkpoint-delete": frozenset({OFF, SAVED, RUNNING, PAUSED}),
+    # A request to the guest's integration services (vm vss): only a running guest answers.
+    "ic": frozenset({RUNNING}),
 }
 
 #: Why an operation is refused in a resting state, when the bare rule would not say.
