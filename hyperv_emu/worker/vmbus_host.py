@@ -20,7 +20,7 @@ from hyperv_emu.vmbus.server import VmbusServer
 from hyperv_emu.vsp.framework import VmbusDevice
 from hyperv_emu.vsp.ic import kvp_protocol as K
 from hyperv_emu.vsp.ic.heartbeat import NO_CONTACT, Heartbeat
-from hyperv_emu.vsp.ic.kvp import Kvp
+from hyperv_emu.vsp.ic.kvp import Kvp, KvpRequest
 from hyperv_emu.vsp.ic.shutdown import KINDS, Shutdown, ShutdownRequest
 from hyperv_emu.vsp.ic.timesync import Timesync, filetime_of
 from hyperv_emu.vsp.ic.vss import Vss, VssRequest
@@ -154,6 +154,14 @@ class VmbusHost:
         if self.kvp is None:
             raise ValueError("this VM has no KVP integration service (--ic)")
         return dict(self.kvp.guest_pools.get(pool, {}))
+
+    def guest_ip_info(self, adapter_id: str) -> KvpRequest:
+        """Ask the guest, through KVP's GET_IP_INFO, for the IP configuration of the adapter
+        with MAC address ``adapter_id``; the answer lands in the request's ``ip`` (status
+        HV_E_FAIL: the guest has no such adapter).  ValueError for a VM without KVP."""
+        if self.kvp is None:
+            raise ValueError("this VM has no KVP integration service (--ic)")
+        return self.kvp.get_ip_info(adapter_id)
 
     def request_vss(self, action: str) -> VssRequest:
         """Ask the guest's VSS IC to freeze, thaw, hot-backup (check it can take a backup) or

@@ -81,6 +81,11 @@ def test_host_actions_before_the_guest_connects_and_their_errors() -> None:
         h.guest_kvp(0)
     with pytest.raises(ValueError, match="no VSS integration service"):
         h.request_vss("freeze")
+    with pytest.raises(ValueError, match="no KVP integration service"):
+        h.guest_ip_info("00:15:5D:00:00:01")
+    _, h = host(ics=("kvp",))
+    req = h.guest_ip_info("00:15:5D:00:00:01")
+    assert req.operation == K.KVP_OP_GET_IP_INFO and req.status is None  # queued
     _, h = host(ics=("heartbeat",))
     with pytest.raises(ValueError, match="no shutdown integration service"):
         h.request_shutdown()
