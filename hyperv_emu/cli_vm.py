@@ -1,6 +1,6 @@
-"""``hyperv-emu vm``: the management service's commands (create, list, show, start, stop, vss,
-pause, resume, save, delete, console, checkpoints, the console listener); each parses its
-options and calls hyperv_emu.vmms."""
+"""``hyperv-emu vm``: the management service's commands (create, list, show, start, stop,
+vss, ip-info, pause, resume, save, delete, console, checkpoints, the console listener); each
+parses its options and calls hyperv_emu.vmms."""
 
 from __future__ import annotations
 
@@ -85,6 +85,13 @@ def add_vm_commands(sub: Any) -> None:
     p.add_argument("name", metavar="NAME", help="the VM's name")
     p.add_argument("action", choices=("freeze", "thaw", "hot-backup", "check"))
     p.set_defaults(func=cmd_vss)
+
+    p = vsub.add_parser("ip-info", help="the IP configuration the running guest reports for "
+                                        "one adapter (KVP GET_IP_INFO; --ic ...,kvp)")
+    p.add_argument("name", metavar="NAME", help="the VM's name")
+    p.add_argument("adapter", metavar="MAC", help="the adapter's MAC address")
+    p.add_argument("--json", action="store_true", help="as one JSON object")
+    p.set_defaults(func=cmd_ip_info)
 
     p = vsub.add_parser("console", help="the VM's serial console (COM1); Ctrl-] detaches")
     p.add_argument("name", metavar="NAME", help="the VM's name")
@@ -348,6 +355,24 @@ def cmd_vss(args: argparse.Namespace) -> int:
     say(f"VM {args.name!r}: VSS {answer.get('operation')} done"
         + (f", flags {flags:#x}" if flags else "")
         + ("; the guest's file systems are frozen" if answer.get("frozen") else ""))
+    return 0
+
+
+def cmd_ip_info(args: argparse.Namespace) -> int:
+    from hyperv_emu.vmms import service
+    from hyperv_emu.vsp.ic import kvp_protocol as K
+
+    with _errors():
+        info = service.ip_info(_store(args), args.name, args.adapter)
+    if args.json:
+        print(json.dumps(info))
+        return 0
+    family = {K.ADDR_FAMILY_IPV4: "IPv4", K.ADDR_FAMILY_IPV6: "IPv6"}.get(
+        int(info["addr_family"]), "none")
+    for label, key in (("adapter", "adapter_id"), ("addresses", "ip_addr"),
+                       ("subnets", "sub_net"), ("gateways", "gate_way"), ("dns", "dns_addr")):
+        print(f"{label:10} {info[key]}")
+    print(f"{'family':10} {family}, DHCP {'on' if info['dhcp_enabled'] else 'off'}")
     return 0
 
 

@@ -13,7 +13,7 @@ once.  The worker polls :meth:`Pending.outcome` between its run slices.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from hyperv_emu.clock import NS_PER_SEC
@@ -100,4 +100,29 @@ def vss(machine: Machine, action: str, timeout_s: float = ANSWER_TIMEOUT_S) -> P
     return Pending(check, lambda: {"ok": False, "error": f"no answer to VSS {req.name} within "
                                                          f"{timeout_s:g} s (has the guest "
                                                          f"opened the VSS service?)"},
+                   deadline)
+
+
+def ip_info(machine: Machine, adapter_id: str, timeout_s: float = ANSWER_TIMEOUT_S) -> Pending:
+    """KVP GET_IP_INFO for the adapter with MAC address ``adapter_id``."""
+    host = machine.vmbus
+    if host is None:
+        raise IcRequestError("this VM has no VMBus (no Hyper-V interface)")
+    deadline = _deadline(machine, timeout_s)
+    try:
+        req = host.guest_ip_info(adapter_id)
+    except ValueError as exc:
+        raise IcRequestError(str(exc)) from None
+
+    def check() -> dict[str, Any] | None:
+        if req.status is None:
+            return None
+        if req.status != I.S_OK or req.ip is None:
+            return {"ok": False, "error": f"the guest has no IP information for adapter "
+                                          f"{adapter_id} (status {req.status & 0xFFFF_FFFF:#x})"}
+        return {"ok": True, "ip_info": asdict(req.ip)}
+
+    return Pending(check, lambda: {"ok": False, "error": f"no answer to GET_IP_INFO within "
+                                                         f"{timeout_s:g} s (has the guest "
+                                                         f"opened the KVP service?)"},
                    deadline)

@@ -293,6 +293,14 @@ def vss(store: Store, name: str, action: str) -> dict[str, Any]:
         return request(vm.socket, "vss", timeout=None, action=action)
 
 
+def ip_info(store: Store, name: str, adapter: str) -> dict[str, Any]:
+    """The IP configuration a running guest reports (KVP) for the adapter with MAC
+    ``adapter``."""
+    vm = store.vm(name)
+    with locked(vm, name, "ic"):
+        return dict(request(vm.socket, "ip-info", timeout=None, adapter=adapter)["ip_info"])
+
+
 def save(store: Store, name: str) -> VmStatus:
     """Save the VM's state and end its worker; a worker that dies meanwhile leaves the
     previous saved state as it was."""

@@ -500,7 +500,7 @@ class Worker:
             self.set_state("Stopping")
             self._answer(command, {"ok": True})
             return {"message": "turned off" + (f": {why}" if why else "")}
-        elif cmd == "vss":
+        elif cmd in ("vss", "ip-info"):
             self._ic_request(command)
             return None
         elif cmd == "save":
@@ -532,7 +532,10 @@ class Worker:
                                                          "running guest can answer"})
             return
         try:
-            pending = ic_requests.vss(self.built.machine, str(command.args.get("action")))
+            args, machine = command.args, self.built.machine
+            pending = (ic_requests.vss(machine, str(args.get("action")))
+                       if command.cmd == "vss"
+                       else ic_requests.ip_info(machine, str(args.get("adapter"))))
         except ic_requests.IcRequestError as exc:
             self._answer(command, {"ok": False, "error": str(exc)})
             return

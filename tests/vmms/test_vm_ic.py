@@ -1,7 +1,8 @@
-"""``vm stop`` through the shutdown IC and ``vm vss``, through the real command and real worker
-processes (vmms/ic_requests.py): the assembly VSC guest (guests/vmbus.S) shuts down when asked
-and its VM ends Off; a guest that never opens the shutdown IC, or ``--turn-off``, is turned off
-at once; a VSS request nobody answers ends after its virtual-time bound."""
+"""``vm stop`` through the shutdown IC, ``vm vss`` and ``vm ip-info``, through the real
+command and real worker processes (vmms/ic_requests.py): the assembly VSC guest
+(guests/vmbus.S) shuts down when asked and its VM ends Off; a guest that never opens the
+shutdown IC, or ``--turn-off``, is turned off at once; a VSS or KVP request nobody answers
+ends after its virtual-time bound."""
 
 from __future__ import annotations
 
@@ -51,13 +52,19 @@ def test_a_guest_without_the_shutdown_ic_open_is_turned_off(vms: VmEnv) -> None:
     assert vms.state("g") == "Off" and b"shutdown flags" not in vms.console_log("g")
 
 
-def test_vss_requests_and_their_errors(vms: VmEnv) -> None:
+def test_vss_and_ip_info_requests_and_their_errors(vms: VmEnv) -> None:
     _vmbus_vm(vms, "g", "heartbeat", "shutdown", "vss")
     # The assembly guest never opens the VSS channel: the request waits 10 virtual seconds.
     proc = vms.run("vss", "g", "freeze", check=False)
     assert proc.returncode == 2 and "no answer to VSS FREEZE within 10 s" in proc.stderr
     assert "Traceback" not in proc.stderr
+    proc = vms.run("ip-info", "g", "00:15:5D:00:00:01", check=False)
+    assert proc.returncode == 2 and "no KVP integration service" in proc.stderr
     vms.run("stop", "g")
+    _vmbus_vm(vms, "k", "heartbeat", "shutdown", "kvp")
+    proc = vms.run("ip-info", "k", "00:15:5D:00:00:01", check=False)
+    assert proc.returncode == 2 and "no answer to GET_IP_INFO within 10 s" in proc.stderr
+    vms.run("stop", "k")
     _vmbus_vm(vms, "h")
     proc = vms.run("vss", "h", "thaw", check=False)
     assert proc.returncode == 2 and "no VSS integration service" in proc.stderr
