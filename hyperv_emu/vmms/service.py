@@ -289,7 +289,7 @@ def stop(store: Store, name: str, *, turn_off: bool = True,
 def vss(store: Store, name: str, action: str) -> dict[str, Any]:
     """Ask a running VM's guest for a VSS freeze, thaw, hot-backup or check; its answer."""
     vm = store.vm(name)
-    with locked(vm, name, "ic"):
+    with locked(vm, name, "vss"):
         return request(vm.socket, "vss", timeout=None, action=action)
 
 
@@ -297,7 +297,7 @@ def ip_info(store: Store, name: str, adapter: str) -> dict[str, Any]:
     """The IP configuration a running guest reports (KVP) for the adapter with MAC
     ``adapter``."""
     vm = store.vm(name)
-    with locked(vm, name, "ic"):
+    with locked(vm, name, "ip-info"):
         return dict(request(vm.socket, "ip-info", timeout=None, adapter=adapter)["ip_info"])
 
 
