@@ -1,6 +1,6 @@
 """``hyperv-emu vm``: the management service's commands (create, list, show, start, stop,
-pause, resume, save, delete, console, checkpoints, the console listener); each parses its
-options and calls hyperv_emu.vmms."""
+vss, ip-info, pause, resume, save, delete, console, checkpoints, the console listener); each
+parses its options and calls hyperv_emu.vmms."""
 
 from __future__ import annotations
 
@@ -65,7 +65,8 @@ def add_vm_commands(sub: Any) -> None:
                    help="discard a saved state and boot afresh")
     p.set_defaults(func=cmd_start)
 
-    for action, text in (("stop", "turn the VM off (the worker ends, RAM is lost)"),
+    for action, text in (("stop", "shut the guest down through its shutdown service, else turn "
+                                  "the VM off (the worker ends, RAM is lost)"),
                          ("pause", "stop running the guest (the worker stays)"),
                          ("resume", "run a paused guest again"),
                          ("reset", "reset the machine (a hardware reset; RAM is kept)"),
@@ -76,6 +77,21 @@ def add_vm_commands(sub: Any) -> None:
         p = vsub.add_parser(action, help=text)
         p.add_argument("name", metavar="NAME", help="the VM's name")
         p.set_defaults(func=cmd_simple, action=action)
+        if action == "stop":
+            _stop_options(p)
+
+    p = vsub.add_parser("vss", help="ask the running guest's VSS (backup) service to freeze, "
+                                    "thaw, hot-backup or check (--ic ...,vss)")
+    p.add_argument("name", metavar="NAME", help="the VM's name")
+    p.add_argument("action", choices=("freeze", "thaw", "hot-backup", "check"))
+    p.set_defaults(func=cmd_vss)
+
+    p = vsub.add_parser("ip-info", help="the IP configuration the running guest reports for "
+                                        "one adapter (KVP GET_IP_INFO; --ic ...,kvp)")
+    p.add_argument("name", metavar="NAME", help="the VM's name")
+    p.add_argument("adapter", metavar="MAC", help="the adapter's MAC address")
+    p.add_argument("--json", action="store_true", help="as one JSON object")
+    p.set_defaults(func=cmd_ip_info)
 
     p = vsub.add_parser("console", help="the VM's serial console (COM1); Ctrl-] detaches")
     p.add_argument("name", metavar="NAME", help="the VM's name")
@@ -304,7 +320,8 @@ def cmd_simple(args: argparse.Namespace) -> int:
     action: str = args.action
     store = _store(args)
     ops: dict[str, Callable[[], Any]] = {
-        "stop": lambda: service.stop(store, args.name),
+        "stop": lambda: service.stop(store, args.name, turn_off=args.turn_off,
+                                     within=args.timeout),
         "save": lambda: service.save(store, args.name),
         "delete": lambda: service.delete(store, args.name),
     }
@@ -314,6 +331,48 @@ def cmd_simple(args: argparse.Namespace) -> int:
         say(f"deleted VM {args.name!r}")
     else:
         say(f"VM {args.name!r}: {result.shown()}")
+    return 0
+
+
+def _stop_options(p: argparse.ArgumentParser) -> None:
+    from hyperv_emu.cli import _positive_float
+    from hyperv_emu.vmms.ic_requests import STOP_TIMEOUT_S
+
+    p.add_argument("--turn-off", action="store_true",
+                   help="turn the VM off at once (no shutdown request to the guest)")
+    p.add_argument("--timeout", metavar="SECONDS", type=_positive_float,
+                   help=f"virtual seconds the guest has to shut down before it is turned off "
+                        f"(default {STOP_TIMEOUT_S:g})")
+
+
+def cmd_vss(args: argparse.Namespace) -> int:
+    from hyperv_emu.cli import say
+    from hyperv_emu.vmms import service
+
+    with _errors():
+        answer = service.vss(_store(args), args.name, args.action)
+    flags = answer.get("flags")
+    say(f"VM {args.name!r}: VSS {answer.get('operation')} done"
+        + (f", flags {flags:#x}" if flags else "")
+        + ("; the guest's file systems are frozen" if answer.get("frozen") else ""))
+    return 0
+
+
+def cmd_ip_info(args: argparse.Namespace) -> int:
+    from hyperv_emu.vmms import service
+    from hyperv_emu.vsp.ic import kvp_protocol as K
+
+    with _errors():
+        info = service.ip_info(_store(args), args.name, args.adapter)
+    if args.json:
+        print(json.dumps(info))
+        return 0
+    family = {K.ADDR_FAMILY_IPV4: "IPv4", K.ADDR_FAMILY_IPV6: "IPv6"}.get(
+        int(info["addr_family"]), "none")
+    for label, key in (("adapter", "adapter_id"), ("addresses", "ip_addr"),
+                       ("subnets", "sub_net"), ("gateways", "gate_way"), ("dns", "dns_addr")):
+        print(f"{label:10} {info[key]}")
+    print(f"{'family':10} {family}, DHCP {'on' if info['dhcp_enabled'] else 'off'}")
     return 0
 
 

@@ -4,8 +4,9 @@ It listens on the server's ``tracers`` hook (vmbus/server.py), which reports eve
 message both ways as its raw payload and every ring packet as (relid, raw packet).  Messages
 are decoded with channel_protocol's declarations (every field, versions and GUIDs by name);
 packets show the channel, type, transaction id and length, and for integration services the
-IC message (type, versions, flags, status and the service's fields) with ic_protocol's and
-kvp_protocol's declarations.  A line reads ``[vmbus] guest->host message INITIATE_CONTACT
+IC message (type, versions, flags, status and the service's fields: KVP records and IP
+information, VSS operations) with ic_protocol's, kvp_protocol's and vss_protocol's
+declarations.  A line reads ``[vmbus] guest->host message INITIATE_CONTACT
 vmbus_version_requested=WIN10_V5_3 ...`` or ``[vmbus] host->guest packet relid=1
 DATA_INBAND trans_id=4 len=96 ic HEARTBEAT ... seq_num=3``.
 """
@@ -24,6 +25,7 @@ from hyperv_emu.vmbus.ring_protocol import PACKET_TYPE_NAMES, Packet
 from hyperv_emu.vmbus.server import VmbusServer
 from hyperv_emu.vsp.ic import ic_protocol as I
 from hyperv_emu.vsp.ic import kvp_protocol as K
+from hyperv_emu.vsp.ic import vss_protocol as V
 from hyperv_emu.vsp.ic.common import IcDevice
 
 #: Interface-type GUIDs by device (HYPERV_FACTS 6).
@@ -136,6 +138,11 @@ def _service_fields(mtype: int, hdr: I.icmsg_hdr, body: bytes) -> dict[str, Any]
         kh = K.hv_kvp_hdr.from_buffer_copy(body)
         op = int(kh.operation)
         out: dict[str, Any] = {"operation": K.OP_NAMES.get(op, str(op)), "pool": int(kh.pool)}
+        if op in (K.KVP_OP_GET_IP_INFO, K.KVP_OP_SET_IP_INFO):
+            if len(body) >= K.IP_MSG_SIZE:
+                info = K.IpInfo.decode(body)
+                out.update({k: v for k, v in vars(info).items() if v not in ("", 0, False)})
+            return out
         if op == K.KVP_OP_ENUMERATE and len(body) >= K.HDR_SIZE + 4:
             out["index"] = int.from_bytes(body[K.HDR_SIZE:K.HDR_SIZE + 4], "little")
         start = K.HDR_SIZE + (4 if op == K.KVP_OP_ENUMERATE else 0)
@@ -144,6 +151,10 @@ def _service_fields(mtype: int, hdr: I.icmsg_hdr, body: bytes) -> dict[str, Any]
             if rec.key_size:
                 out["key"], out["value"] = K.parse_record(rec)
         return out
+    if mtype == I.ICMSGTYPE_VSS and len(body) >= V.MSG_SIZE:
+        msg = V.decode(body)
+        vop = int(msg.vss_hdr.operation)
+        return {"operation": V.OP_NAMES.get(vop, str(vop)), "flags": int(msg.flags)}
     return {}
 
 

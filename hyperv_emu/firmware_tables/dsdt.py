@@ -1,6 +1,7 @@
 """The DSDT, written with the AML builder: the processors, the PCI root bridge with its
 resources and its interrupt routing through the PIIX3's four PIRQ links, the ISA devices
-behind the PIIX3 ISA bridge, the HPET, and the \\_S5 soft-off package.
+behind the PIIX3 ISA bridge, the HPET, the VMBus device of a Hyper-V VM (vmbus_acpi.py), and
+the \\_S5 soft-off package.
 
 The link devices LNKA-LNKD (PNP0C0F, ACPI 6.4, 6.2.13 "_PRT" and "PCI Interrupt Link Devices")
 read and write the PIIX3's PIRQ route control registers (PIRQRC[A:D], ISA bridge configuration
@@ -14,6 +15,7 @@ from hyperv_emu.firmware_tables import aml
 from hyperv_emu.firmware_tables import resources as res
 from hyperv_emu.firmware_tables.acpi import sdt
 from hyperv_emu.firmware_tables.platform import IsaDevice, Platform
+from hyperv_emu.firmware_tables.vmbus_acpi import vmbus_device
 
 DSDT_REVISION = 2  # 64-bit integers
 LINKS = ("LNKA", "LNKB", "LNKC", "LNKD")
@@ -124,7 +126,9 @@ def dsdt_body(p: Platform) -> bytes:
         aml.name("_PRT", _prt(p)),
         isa,
     )
-    sb = aml.scope("\\_SB", *_processors(p), pci0, *[_link(p, i) for i in range(4)], _hpet(p))
+    vmbus = [] if p.vmbus_irq is None else [vmbus_device(p.vmbus_irq)]
+    sb = aml.scope("\\_SB", *_processors(p), pci0, *[_link(p, i) for i in range(4)], _hpet(p),
+                   *vmbus)
     s5 = aml.name("\\_S5", aml.package(*[aml.integer(p.s5_slp_typ)] * 2,
                                        aml.integer(0), aml.integer(0)))
     return sb + s5

@@ -76,6 +76,8 @@ class Platform:
     memory_map: tuple[tuple[int, int, int], ...] = ()
     #: Where the FACS lives (writable RAM, 64-byte aligned).
     facs_address: int = 0xE0000
+    #: The VMBus device's IRQ (vmbus_acpi.py); None: no VMBus (no Hyper-V interface).
+    vmbus_irq: int | None = None
     oem_id: str = "HVEMU "
     oem_table_id: str = "HVEMUPC "
 

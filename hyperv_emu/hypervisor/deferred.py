@@ -2,6 +2,12 @@
 message, a device's deferred reply) is queued here and run by the partition's run loop between
 slices, first in, first out, so the order is the same on every run (DESIGN.md).
 
+Work belongs to the virtual instant it was deferred at: a drain runs what it finds and what that
+work defers in turn, until the queue is empty.  (Leaving chained work for the next drain made it
+wait for whatever slice came next, whose length an instruction budget or a host timeout decides,
+so a run stopped there sent a VMBus message at another time than one that went on.)  Work that
+must wait for the guest to act arms a virtual-clock timer instead of re-queueing itself.
+
 Queues are per partition and created on first use; the run loop calls :func:`drain_deferred`,
 which costs one dictionary lookup while nobody has deferred anything.
 """
@@ -17,6 +23,9 @@ if TYPE_CHECKING:
     from .partition import Partition
 
 Work = Callable[[], None]
+#: Jobs one drain may run: far more than any chain of VMBus work (a message, its answers, the
+#: packets they queue), few enough to catch a job that re-queues itself.
+MAX_CHAIN = 100_000
 
 
 class DeferredWork:
@@ -40,11 +49,17 @@ class DeferredWork:
             vp.notify_interrupt()
 
     def drain(self) -> int:
-        """Run the work queued before this call (work it queues runs at the next drain, so a
-        job that re-queues itself cannot spin the loop); returns how many ran."""
-        n = len(self._queue)
-        for _ in range(n):
-            self._queue.popleft()()
+        """Run the queued work and the work it queues until the queue is empty (all at this
+        virtual instant); returns how many ran.  RuntimeError if work keeps re-queueing
+        itself (a bug: such work must wait on a timer)."""
+        n = 0
+        queue = self._queue
+        while queue:
+            queue.popleft()()
+            n += 1
+            if n > MAX_CHAIN:
+                raise RuntimeError(f"deferred work still queueing more after {MAX_CHAIN} jobs "
+                                   f"(next: {queue[0]!r})")
         return n
 
 

@@ -65,6 +65,9 @@ CHANNEL_CONNECTION_BASE = P.VMBUS_MESSAGE_SINT << 12
 MAX_GPADLS = 1024
 #: Host port ids: one block of 4096 per child partition.
 _PORT_BASE = 0x5642_0000
+#: How long the host waits before offering messages again to a SINT whose queue was full
+#: (100 us of virtual time, the period Hyper-V polls monitor pages at).
+PUMP_RETRY_NS = 100_000
 
 Message = tuple[int, bytes]  # (connection id, payload)
 
@@ -94,7 +97,9 @@ class VmbusServer:
         self.pending_teardown: set[int] = set()
         self.inbox: deque[Message] = deque()
         self.outbox: deque[tuple[int, int, bytes]] = deque()
-        self._pump_queued = False
+        #: Retries the outbox while the SINT queue is full (a timer: deferred work re-queueing
+        #: itself would run again at the same instant, before the guest could take any).
+        self._retry = self.clock.timer(lambda: self.defer(self._retry_pump), "vmbus-retry")
         self.version: int | None = None
         self.target_vp = 0
         self.sint = P.VMBUS_MESSAGE_SINT
@@ -223,9 +228,8 @@ class VmbusServer:
             vp, sint, data = self.outbox[0]
             status = synic.send_message(vp, sint, P.VMBUS_MESSAGE_TYPE, data)
             if status == H.HV_STATUS_INSUFFICIENT_BUFFERS:
-                if not self._pump_queued:  # the SINT queue is full: retry after a slice
-                    self._pump_queued = True
-                    self.defer(self._retry_pump)
+                if not self._retry.armed:  # the SINT queue is full: retry once the guest ran
+                    self._retry.arm_in(PUMP_RETRY_NS)
                 return
             self.outbox.popleft()
             if status != H.HV_STATUS_SUCCESS:
@@ -233,7 +237,6 @@ class VmbusServer:
                                  f"{H.status_name(status)}")
 
     def _retry_pump(self) -> None:
-        self._pump_queued = False
         self._pump()
 
     def signal_guest(self, ch: Channel) -> None:
@@ -548,6 +551,7 @@ class VmbusServer:
         self._reset()
         self.inbox.clear()
         self.outbox.clear()
+        self._retry.cancel()
 
     def save(self) -> dict[str, Any]:
         """Versioned bus state: the connection, every channel (with its device's state and

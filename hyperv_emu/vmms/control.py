@@ -2,7 +2,11 @@
 
 A request is one JSON object per line, ``{"cmd": NAME, ...}``; the answer is one line,
 ``{"ok": true, ...}`` or ``{"ok": false, "error": MESSAGE}``.  Commands: ``status``,
-``pause``, ``resume``, ``save``, ``stop``, ``reset``, ``checkpoint-save`` (pause, write the
+``pause``, ``resume``, ``save``, ``stop`` (with ``"graceful": true`` through the guest's
+shutdown IC first, answered once the guest is off, ``"within"`` virtual seconds at most),
+``vss`` (``"action"``: freeze, thaw, hot-backup, check; answered with the guest's answer),
+``ip-info`` (``"adapter"``: a MAC address; answered with the guest's KVP IP information),
+``reset``, ``checkpoint-save`` (pause, write the
 state to ``dir`` and let go of the disks), ``checkpoint-resume`` (rebuild on the current
 configuration, load the state from ``dir`` and run on), and ``console``: after its answer
 (``"mode": "rw"`` or ``"ro"``) the connection carries the serial console's raw bytes, both

@@ -269,13 +269,36 @@ def simple(store: Store, name: str, op: str) -> VmStatus:
         return status(vm)
 
 
-def stop(store: Store, name: str) -> VmStatus:
-    """Turn the VM off (its worker ends; RAM is lost, disks keep what was written)."""
+def stop(store: Store, name: str, *, turn_off: bool = True,
+         within: float | None = None) -> VmStatus:
+    """Stop the VM (its worker ends; RAM is lost, disks keep what was written): with
+    ``turn_off`` at once, else through the guest's shutdown IC first, turning it off if the
+    guest cannot be asked, refuses or is not off within ``within`` virtual seconds
+    (vmms/ic_requests.py)."""
     vm = store.vm(name)
     with locked(vm, name, "stop") as st:
-        request(vm.socket, "stop")
+        if turn_off:
+            request(vm.socket, "stop")
+        else:
+            # The guest runs until it is off: no host-time bound on the answer.
+            request(vm.socket, "stop", timeout=None, graceful=True, within=within)
         _wait_end(vm, st.pid)
         return status(vm)
+
+
+def vss(store: Store, name: str, action: str) -> dict[str, Any]:
+    """Ask a running VM's guest for a VSS freeze, thaw, hot-backup or check; its answer."""
+    vm = store.vm(name)
+    with locked(vm, name, "vss"):
+        return request(vm.socket, "vss", timeout=None, action=action)
+
+
+def ip_info(store: Store, name: str, adapter: str) -> dict[str, Any]:
+    """The IP configuration a running guest reports (KVP) for the adapter with MAC
+    ``adapter``."""
+    vm = store.vm(name)
+    with locked(vm, name, "ip-info"):
+        return dict(request(vm.socket, "ip-info", timeout=None, adapter=adapter)["ip_info"])
 
 
 def save(store: Store, name: str) -> VmStatus:

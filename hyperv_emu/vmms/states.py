@@ -51,6 +51,9 @@ ALLOWED: Final[dict[str, frozenset[str]]] = {
     "checkpoint": frozenset({OFF, SAVED, RUNNING, PAUSED}),
     "apply": frozenset({OFF, SAVED}),
     "checkpoint-delete": frozenset({OFF, SAVED, RUNNING, PAUSED}),
+    # Requests to the guest's integration services: only a running guest answers.
+    "vss": frozenset({RUNNING}),
+    "ip-info": frozenset({RUNNING}),
 }
 
 #: Why an operation is refused in a resting state, when the bare rule would not say.

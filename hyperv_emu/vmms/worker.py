@@ -302,6 +302,8 @@ class Worker:
         self.console_log: Any = None
         #: The run state to go back to after a checkpoint (checkpoint-resume).
         self.before_checkpoint = "Running"
+        #: Requests waiting for the guest's integration services (vmms/ic_requests.py).
+        self.pending: list[tuple[Command, Any]] = []
 
     # -- files --
     def _publish(self, **extra: Any) -> None:
@@ -390,7 +392,7 @@ class Worker:
 
     def _loop(self, vm: Any) -> dict[str, Any]:
         while True:
-            running = self.state == "Running" and not self.idle
+            running = self.state in ("Running", "Stopping") and not self.idle
             try:
                 command = self.commands.get(block=not running)
             except queue.Empty:
@@ -402,12 +404,42 @@ class Worker:
                 continue
             result = self.built.machine.run(timeout=SLICE)
             if result.reason == "timeout":
+                ended = self._poll_pending(expire=False)
+                if ended is not None:
+                    return ended
                 continue
             if result.reason == "halted" and self._can_wake():
                 self.idle = True  # HLT with IF=1 and nothing armed: wait for input
+                # Virtual time stands still now: requests to the guest cannot be answered.
+                ended = self._poll_pending(expire=True)
+                if ended is not None:
+                    return ended
                 continue
+            for command, _ in self.pending:  # the guest ended the run (a graceful stop's end)
+                stopping = command.cmd == "stop"
+                self._answer(command, {"ok": True} if stopping else {
+                    "ok": False, "error": f"the VM ended: {result.message}"})
+            self.pending.clear()
             return {"message": result.message, "status": result.status,
                     "reason": result.reason}
+
+    def _poll_pending(self, *, expire: bool) -> dict[str, Any] | None:
+        """Answer the requests the guest has answered (all of them with ``expire``); the end
+        of the run when a graceful stop turns the VM off."""
+        machine = self.built.machine
+        for item in list(self.pending):
+            command, pending = item
+            answer = pending.outcome(machine)
+            if answer is None and expire:
+                answer = pending.expired()
+            if answer is None:
+                continue
+            self.pending.remove(item)
+            if "turn_off" in answer:
+                self._answer(command, {"ok": True})
+                return {"message": f"turned off: {answer['turn_off']}"}
+            self._answer(command, answer)
+        return None
 
     def _can_wake(self) -> bool:
         from hyperv_emu.hypervisor.context import RFLAGS_IF
@@ -428,6 +460,12 @@ class Worker:
             self.built.machine.com1.feed(command.args["data"])
             self.idle = False
             return None
+        if cmd == "stop" and self.state == "Stopping" and not command.args.get("graceful"):
+            for waiting, _ in self.pending:  # a turn-off (SIGTERM) during a graceful stop
+                self._answer(waiting, {"ok": True})
+            self.pending.clear()
+            self._answer(command, {"ok": True})
+            return {"message": "turned off"}
         if cmd in ALLOWED and self.state not in ALLOWED[cmd] and cmd not in (
                 "checkpoint-save", "checkpoint-resume"):
             self._answer(command, {"ok": False, "error": f"cannot {cmd} while {self.state}"})
@@ -443,9 +481,28 @@ class Worker:
             self.idle = False
             self.set_state(previous)
         elif cmd == "stop":
+            from hyperv_emu.vmms import ic_requests
+
+            why = None
+            if command.args.get("graceful"):  # through the shutdown IC, if the guest runs
+                if self.state != "Running":
+                    why = f"the guest is {self.state.lower()}"
+                else:
+                    asked = ic_requests.graceful_stop(
+                        self.built.machine, float(command.args.get("within")
+                                                  or ic_requests.STOP_TIMEOUT_S))
+                    if not isinstance(asked, str):
+                        self.set_state("Stopping")
+                        self.idle = False
+                        self.pending.append((command, asked))
+                        return None
+                    why = asked
             self.set_state("Stopping")
             self._answer(command, {"ok": True})
-            return {"message": "turned off"}
+            return {"message": "turned off" + (f": {why}" if why else "")}
+        elif cmd in ("vss", "ip-info"):
+            self._ic_request(command)
+            return None
         elif cmd == "save":
             self.set_state("Saving")
             try:
@@ -465,6 +522,25 @@ class Worker:
             return None
         self._answer(command, {"ok": True, "state": self.state})
         return None
+
+    def _ic_request(self, command: Command) -> None:
+        """A request to the guest's integration services, answered when the guest answers."""
+        from hyperv_emu.vmms import ic_requests
+
+        if self.state != "Running":
+            self._answer(command, {"ok": False, "error": f"the VM is {self.state}: only a "
+                                                         "running guest can answer"})
+            return
+        try:
+            args, machine = command.args, self.built.machine
+            pending = (ic_requests.vss(machine, str(args.get("action")))
+                       if command.cmd == "vss"
+                       else ic_requests.ip_info(machine, str(args.get("adapter"))))
+        except ic_requests.IcRequestError as exc:
+            self._answer(command, {"ok": False, "error": str(exc)})
+            return
+        self.idle = False
+        self.pending.append((command, pending))
 
     def _checkpoint_save(self, command: Command) -> dict[str, Any] | None:
         """Pause, write the state into the checkpoint's directory, let go of the disks."""

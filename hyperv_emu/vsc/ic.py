@@ -2,16 +2,18 @@
 request is answered in place (icflags TRANSACTION|RESPONSE, the request's transaction id);
 NEGOTIATE picks, in the guest's preference order, the first framework and service version the
 host offered (zero counts if none); HEARTBEAT answers seq_num + 1; TIMESYNC is answered as it
-came (the guest keeps the times it was sent); KVPEXCHANGE goes to a :class:`GuestKvp`
-(HYPERV_FACTS 7.3-7.4)."""
+came (the guest keeps the times it was sent); KVPEXCHANGE goes to a :class:`GuestKvp`, VSS to
+a :class:`GuestVss` (HYPERV_FACTS 7.3-7.4)."""
 
 from __future__ import annotations
 
 from hyperv_emu.vmbus.ring_protocol import VM_PKT_DATA_INBAND, Packet
 from hyperv_emu.vsp.ic import ic_protocol as I
+from hyperv_emu.vsp.ic import vss_protocol as V
 
 from .client import VscChannel
 from .kvp import GuestKvp
+from .vss import GuestVss
 
 #: Linux's preferences (HYPERV_FACTS 7.3).
 GUEST_FRAMEWORKS: tuple[I.Version, ...] = ((3, 0), (1, 0))
@@ -20,15 +22,21 @@ GUEST_SERVICE_VERSIONS: dict[int, tuple[I.Version, ...]] = {
     I.ICMSGTYPE_SHUTDOWN: ((3, 2), (3, 1), (3, 0), (1, 0)),
     I.ICMSGTYPE_TIMESYNC: ((4, 0), (3, 0), (1, 0)),
     I.ICMSGTYPE_KVPEXCHANGE: ((4, 0), (3, 0), (1, 0)),
+    I.ICMSGTYPE_VSS: V.VSS_VERSIONS,
+}
+#: Services that accept fewer frameworks than the rest (Linux's VSS: 3.0 only).
+GUEST_SERVICE_FRAMEWORKS: dict[int, tuple[I.Version, ...]] = {
+    I.ICMSGTYPE_VSS: V.VSS_FRAMEWORKS,
 }
 
 
 class GuestServices:
-    """What the guest keeps from the host's IC requests: the KVP pools and the time sync
-    messages (flags, parenttime, the rest of the body) in order."""
+    """What the guest keeps from the host's IC requests: the KVP pools, the VSS state and the
+    time sync messages (flags, parenttime, the rest of the body) in order."""
 
     def __init__(self) -> None:
         self.kvp = GuestKvp()
+        self.vss = GuestVss()
         self.times: list[tuple[int, int, bytes]] = []
 
 
@@ -47,7 +55,7 @@ def answer(packet: Packet, service: int, state: GuestServices | None = None) -> 
     body = msg.body[:hdr.icmsgsize]
     if hdr.icmsgtype == I.ICMSGTYPE_NEGOTIATE:
         frameworks, versions = I.parse_negotiate(body)
-        fw = _pick(GUEST_FRAMEWORKS, frameworks)
+        fw = _pick(GUEST_SERVICE_FRAMEWORKS.get(service, GUEST_FRAMEWORKS), frameworks)
         ver = _pick(GUEST_SERVICE_VERSIONS.get(service, ()), versions)
         if fw is None or ver is None:
             body = I.negotiate_body((), ())
@@ -68,6 +76,8 @@ def answer(packet: Packet, service: int, state: GuestServices | None = None) -> 
             state.times.append((body[at], int.from_bytes(body[:8], "little"), body))
     elif hdr.icmsgtype == I.ICMSGTYPE_KVPEXCHANGE and state is not None:
         hdr.status, body = state.kvp.answer(body)
+    elif hdr.icmsgtype == I.ICMSGTYPE_VSS and state is not None:
+        hdr.status, body = state.vss.answer(body)
     else:
         hdr.status = I.E_FAIL
     hdr.icflags = I.ICMSGHDRFLAG_TRANSACTION | I.ICMSGHDRFLAG_RESPONSE

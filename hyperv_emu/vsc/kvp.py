@@ -1,8 +1,9 @@
 """The guest's KVP store, as Linux's hv_kvp driver and its daemon behave (HYPERV_FACTS 7.4):
 five pools of key/value strings; the host's SET stores, DELETE removes (HV_E_FAIL if the key
 is not there), GET answers the value (HV_E_FAIL if absent), ENUMERATE answers the index-th
-entry of a pool or HV_S_CONT past its end.  The answer is written in place into the request's
-body, which keeps its size."""
+entry of a pool or HV_S_CONT past its end; GET_IP_INFO answers an adapter's IP configuration
+(looked up by MAC address, case-insensitive), SET_IP_INFO replaces it.  The answer is written
+in place into the request's body, which keeps its size."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ class GuestKvp:
 
     def __init__(self) -> None:
         self.pools: dict[int, dict[str, str]] = {p: {} for p in range(K.KVP_POOL_COUNT)}
+        #: The guest's adapters by MAC address (the daemon's adapter_id) and their IP setup.
+        self.adapters: dict[str, K.IpInfo] = {}
 
     def answer(self, body: bytes) -> tuple[int, bytes]:
         """(status, body answered in place) for one KVP request body."""
@@ -27,6 +30,8 @@ class GuestKvp:
         store = self.pools[pool]
         out = bytearray(body)
         try:
+            if op in (K.KVP_OP_GET_IP_INFO, K.KVP_OP_SET_IP_INFO):
+                return self._ip_info(op, pool, body)
             if op == K.KVP_OP_SET:
                 rec = K.hv_kvp_exchg_msg_value.from_buffer_copy(body, K.HDR_SIZE)
                 key, value = K.parse_record(rec)
@@ -57,3 +62,18 @@ class GuestKvp:
             return K.HV_S_OK, bytes(out)
         except K.KvpError:
             return K.HV_E_FAIL, body
+
+    def _ip_info(self, op: int, pool: int, body: bytes) -> tuple[int, bytes]:
+        """GET_IP_INFO answers the adapter's configuration (HV_E_FAIL for an adapter the guest
+        does not have, as the daemon fails to find its interface); SET_IP_INFO stores it."""
+        info = K.IpInfo.decode(body)
+        key = info.adapter_id.upper()
+        if op == K.KVP_OP_SET_IP_INFO:
+            if key not in self.adapters:
+                return K.HV_E_FAIL, body
+            self.adapters[key] = info
+            return K.HV_S_OK, body
+        have = self.adapters.get(key)
+        if have is None:
+            return K.HV_E_FAIL, body
+        return K.HV_S_OK, have.encode(op, pool)

@@ -33,7 +33,7 @@ CDROM_SLOT = 2
 CLOCK_MODES = ("deterministic", "host")
 BOOT_DEVICES = ("c", "d")
 #: Integration components a VM can offer over VMBus (issue 11); the default set is Hyper-V's.
-KNOWN_ICS = ("heartbeat", "shutdown", "timesync", "kvp")
+KNOWN_ICS = ("heartbeat", "shutdown", "timesync", "kvp", "vss")
 DEFAULT_ICS = ("heartbeat", "shutdown")
 #: Where a console's output goes: a standard stream, nowhere, the VMMS console listener, or a
 #: file (any other value is a path).

@@ -19,6 +19,7 @@ from hyperv_emu.firmware_tables.platform import (
     IsaDevice,
     Platform,
 )
+from hyperv_emu.firmware_tables.vmbus_acpi import VMBUS_IRQ
 from hyperv_emu.hypervisor.lapic import VERSION as LAPIC_VERSION
 from hyperv_emu.vdev.acpi_pm import PM1_CNT, PM1_STS, PM_TMR, AcpiPm
 from hyperv_emu.vdev.base import Device, IrqLine
@@ -132,6 +133,7 @@ def describe(m: Machine) -> Platform:
         isa_devices=_isa_devices(m),
         memory_map=tuple(m.memory_map()),
         facs_address=m.board.memory.region("facs").base,
+        vmbus_irq=None if m.hv is None else VMBUS_IRQ,  # every Hyper-V VM has VMBus
     )
 
 

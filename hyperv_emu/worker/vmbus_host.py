@@ -6,8 +6,8 @@ per channel; HYPERV_FACTS 5.1) with the integration components the user chose.
 ``--shutdown-after-heartbeats``); :class:`VmbusHost` builds the devices in a fixed order (so
 relids are the same on every run and after a restore), owns the server, and is what the
 management side calls on a running VM: :meth:`VmbusHost.request_shutdown`, the heartbeat's
-health, the guest's KVP pools.  All bus work runs as the partition's deferred work
-(hypervisor/deferred.py), between slices.
+health, the guest's KVP pools, :meth:`VmbusHost.request_vss`.  All bus work runs as the
+partition's deferred work (hypervisor/deferred.py), between slices.
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ from hyperv_emu.vmbus.server import VmbusServer
 from hyperv_emu.vsp.framework import VmbusDevice
 from hyperv_emu.vsp.ic import kvp_protocol as K
 from hyperv_emu.vsp.ic.heartbeat import NO_CONTACT, Heartbeat
-from hyperv_emu.vsp.ic.kvp import Kvp
+from hyperv_emu.vsp.ic.kvp import Kvp, KvpRequest
 from hyperv_emu.vsp.ic.shutdown import KINDS, Shutdown, ShutdownRequest
 from hyperv_emu.vsp.ic.timesync import Timesync, filetime_of
+from hyperv_emu.vsp.ic.vss import Vss, VssRequest
 from hyperv_emu.worker.config import DEFAULT_ICS, KNOWN_ICS, VmConfig
 
 if TYPE_CHECKING:
@@ -97,6 +98,7 @@ class VmbusHost:
         self.shutdown: Shutdown | None = None
         self.timesync: Timesync | None = None
         self.kvp: Kvp | None = None
+        self.vss: Vss | None = None
         base = machine.config.effective_rtc_base()
         clock = machine.clock
         hv = machine.hv
@@ -120,6 +122,9 @@ class VmbusHost:
                 self.kvp = Kvp(host_keys=K.standard_host_keys(opts.vm_name, opts.host_name),
                                external=dict(opts.kvp))
                 devices.append(self.kvp)
+            elif name == "vss":
+                self.vss = Vss()
+                devices.append(self.vss)
         self.server = VmbusServer(machine.root, hv, devices)
         self.shutdown_after = opts.shutdown_after_heartbeats
         #: The shutdown request :attr:`shutdown_after` triggered, once it has.
@@ -149,6 +154,23 @@ class VmbusHost:
         if self.kvp is None:
             raise ValueError("this VM has no KVP integration service (--ic)")
         return dict(self.kvp.guest_pools.get(pool, {}))
+
+    def guest_ip_info(self, adapter_id: str) -> KvpRequest:
+        """Ask the guest, through KVP's GET_IP_INFO, for the IP configuration of the adapter
+        with MAC address ``adapter_id``; the answer lands in the request's ``ip`` (status
+        HV_E_FAIL: the guest has no such adapter).  ValueError for a VM without KVP."""
+        if self.kvp is None:
+            raise ValueError("this VM has no KVP integration service (--ic)")
+        return self.kvp.get_ip_info(adapter_id)
+
+    def request_vss(self, action: str) -> VssRequest:
+        """Ask the guest's VSS IC to freeze, thaw, hot-backup (check it can take a backup) or
+        check (its disk information).  Queued until the guest has opened and negotiated the
+        IC; the answer lands in the request's ``status`` and ``flags``.  ValueError for an
+        unknown action or a VM without the VSS IC.  Call it as :meth:`request_shutdown`."""
+        if self.vss is None:
+            raise ValueError("this VM has no VSS integration service (--ic)")
+        return self.vss.ask(action)
 
     def _heartbeat_answered(self) -> None:
         hb = self.heartbeat

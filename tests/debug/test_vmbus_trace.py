@@ -69,3 +69,22 @@ def test_malformed_input_is_described_not_raised() -> None:
     name, fields = message_fields(P.vmbus_channel_open_result().pack()[:12])
     assert name == "(malformed)" and "needs" in fields["error"]
     assert "ic_error" in ic_fields(b"short")
+
+
+def test_vss_and_ip_info_payloads_are_decoded() -> None:
+    from hyperv_emu.vsp.ic import ic_protocol as I
+    from hyperv_emu.vsp.ic import kvp_protocol as K
+    from hyperv_emu.vsp.ic import vss_protocol as V
+
+    def packet(msgtype: int, body: bytes) -> bytes:
+        return I.message(msgtype, body, framework=(3, 0), version=(5, 0)).encode()
+
+    fields = ic_fields(packet(I.ICMSGTYPE_VSS, V.message(V.VSS_OP_HOT_BACKUP,
+                                                          V.VSS_HBU_NO_AUTO_RECOVERY)))
+    assert (fields["operation"], fields["flags"]) == ("HOT_BACKUP", 5)
+    info = K.IpInfo("00:15:5D:00:00:01", K.ADDR_FAMILY_IPV4, True, "10.0.0.7")
+    fields = ic_fields(packet(I.ICMSGTYPE_KVPEXCHANGE, info.encode(K.KVP_OP_GET_IP_INFO)))
+    assert fields["operation"] == "GET_IP_INFO" and fields["ip_addr"] == "10.0.0.7"
+    assert fields["adapter_id"] == "00:15:5D:00:00:01" and fields["dhcp_enabled"] is True
+    assert "body_error" not in fields
+    assert "operation" not in ic_fields(packet(I.ICMSGTYPE_VSS, b"\x05"))  # too short

@@ -166,12 +166,8 @@ def _shutdown_requested(m: Machine) -> bool:
     return m.vmbus is not None and m.vmbus.auto_shutdown is not None
 
 
-@pytest.mark.parametrize("at_save", [
-    _heartbeat_in_flight,
-    pytest.param(_shutdown_requested, marks=pytest.mark.xfail(
-        strict=True, reason="known defect: VMBus work deferred from a timer callback runs at "
-        "the budget stop, not at the next block boundary, so stopping there moves it")),
-], ids=["heartbeat-in-flight", "shutdown-requested"])
+@pytest.mark.parametrize("at_save", [_heartbeat_in_flight, _shutdown_requested],
+                         ids=["heartbeat-in-flight", "shutdown-requested"])
 def test_vmbus_ring_transfer(at_save: Callable[[Machine], bool], tmp_path: Path) -> None:
     # The assembly VSC (guests/vmbus.S) answering heartbeats and the shutdown request over
     # its VMBus rings: saved with a packet in flight, resumed in a new machine.

@@ -392,7 +392,8 @@ def test_version_response_goes_to_target_vcpu_from_win8_1(version: int,
 
 def test_more_offers_than_the_sint_queue_holds() -> None:
     """40 offers + ALLOFFERS_DELIVERED: the SynIC queues 16 host messages per SINT, the server
-    keeps the rest and retries after each slice, and the guest still gets all in order."""
+    keeps the rest and retries every PUMP_RETRY_NS of virtual time, and the guest still gets
+    all in order."""
     b = bus([Echo(n) for n in range(40)])
     b.vsc.connect()
     assert [o.child_relid for o in b.vsc.request_offers()] == list(range(1, 41))

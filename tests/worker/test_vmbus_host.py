@@ -34,6 +34,9 @@ def test_default_and_chosen_services_in_offer_order() -> None:
     _, h = host(ics=("kvp", "timesync", "heartbeat"))
     assert {r: ch.device.name for r, ch in h.server.channels.items()} == {
         1: "heartbeat", 2: "timesync", 3: "kvp"}
+    _, h = host(ics=("vss", "shutdown"))
+    assert [ch.device.name for ch in h.server.channels.values()] == ["shutdown", "vss"]
+    assert h.vss is not None and h.request_vss("freeze").status is None  # queued
     _, h = host(ics=())
     assert h.server.channels == {}
     assert Machine(MachineConfig(hyperv=False)).vmbus is None
@@ -42,7 +45,8 @@ def test_default_and_chosen_services_in_offer_order() -> None:
 def test_option_parsers() -> None:
     assert parse_ic_list("KVP, heartbeat") == ("heartbeat", "kvp")
     assert parse_ic_list("none") == ()
-    for bad in ("", "heartbeat,", "vss", "none,kvp"):
+    assert parse_ic_list("vss,heartbeat") == ("heartbeat", "vss")
+    for bad in ("", "heartbeat,", "backup", "none,kvp"):
         with pytest.raises(VmbusOptionError):
             parse_ic_list(bad)
     assert parse_kvp("Key=a=b") == ("Key", "a=b")
@@ -75,6 +79,13 @@ def test_host_actions_before_the_guest_connects_and_their_errors() -> None:
         h.request_shutdown("halt")
     with pytest.raises(ValueError, match="no KVP integration service"):
         h.guest_kvp(0)
+    with pytest.raises(ValueError, match="no VSS integration service"):
+        h.request_vss("freeze")
+    with pytest.raises(ValueError, match="no KVP integration service"):
+        h.guest_ip_info("00:15:5D:00:00:01")
+    _, h = host(ics=("kvp",))
+    req = h.guest_ip_info("00:15:5D:00:00:01")
+    assert req.operation == K.KVP_OP_GET_IP_INFO and req.status is None  # queued
     _, h = host(ics=("heartbeat",))
     with pytest.raises(ValueError, match="no shutdown integration service"):
         h.request_shutdown()

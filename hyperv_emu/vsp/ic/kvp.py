@@ -43,6 +43,8 @@ class KvpRequest:
     status: int | None = None
     answer: tuple[str, str] | None = None
     on_done: Callable[[KvpRequest], None] | None = field(default=None, repr=False)
+    #: GET_IP_INFO: the adapter asked about, then the guest's answer; SET_IP_INFO: what to set.
+    ip: K.IpInfo | None = None
 
     @property
     def done(self) -> bool:
@@ -50,6 +52,9 @@ class KvpRequest:
 
     def body(self) -> bytes:
         op = self.operation
+        if op in (K.KVP_OP_GET_IP_INFO, K.KVP_OP_SET_IP_INFO):
+            assert self.ip is not None
+            return self.ip.encode(op, self.pool)
         if op in (K.KVP_OP_SET, K.KVP_OP_GET):
             return K.message(op, self.pool, K.value_record(self.key, self.value))
         if op == K.KVP_OP_DELETE:
@@ -61,14 +66,17 @@ class KvpRequest:
 
     def to_list(self) -> list[Any]:
         return [self.operation, self.pool, self.key, self.value, self.index, self.status,
-                None if self.answer is None else list(self.answer)]
+                None if self.answer is None else list(self.answer),
+                None if self.ip is None else self.ip.to_list()]
 
     @classmethod
     def from_list(cls, data: list[Any]) -> KvpRequest:
-        op, pool, key, value, index, status, answer = data
+        op, pool, key, value, index, status, answer = data[:7]
+        ip = data[7] if len(data) > 7 else None  # saved before IP info existed: none
         return cls(int(op), int(pool), str(key), value, int(index),
                    None if status is None else int(status),
-                   None if answer is None else (str(answer[0]), str(answer[1])))
+                   None if answer is None else (str(answer[0]), str(answer[1])),
+                   ip=None if ip is None else K.IpInfo.from_list(ip))
 
 
 class Kvp(IcDevice):
@@ -110,6 +118,18 @@ class Kvp(IcDevice):
         """Re-read the guest's ``pool`` into :attr:`guest_pools` (index 0 on)."""
         self._enumerating[self._pool(pool)] = {}
         return self._submit(KvpRequest(K.KVP_OP_ENUMERATE, pool, index=0))
+
+    def get_ip_info(self, adapter_id: str) -> KvpRequest:
+        """Ask the guest for the IP configuration of the adapter with MAC address
+        ``adapter_id``; the answer lands in the request's ``ip``."""
+        info = K.IpInfo(adapter_id)
+        info.encode(K.KVP_OP_GET_IP_INFO)  # ValueError now if it does not fit
+        return self._submit(KvpRequest(K.KVP_OP_GET_IP_INFO, K.KVP_POOL_EXTERNAL, ip=info))
+
+    def set_ip_info(self, info: K.IpInfo) -> KvpRequest:
+        """Ask the guest to configure an adapter (its daemon applies it)."""
+        info.encode(K.KVP_OP_SET_IP_INFO)
+        return self._submit(KvpRequest(K.KVP_OP_SET_IP_INFO, K.KVP_POOL_EXTERNAL, ip=info))
 
     @staticmethod
     def _pool(pool: int) -> int:
@@ -166,6 +186,9 @@ class Kvp(IcDevice):
         op = req.operation
         if len(body) < K.HDR_SIZE:
             raise K.KvpError(f"{len(body)}-byte body")
+        if status == K.HV_S_OK and op == K.KVP_OP_GET_IP_INFO:
+            req.ip = K.IpInfo.decode(body)
+            return self._finish(req, status)
         if status != K.HV_S_OK or op not in (K.KVP_OP_GET, K.KVP_OP_ENUMERATE):
             if op == K.KVP_OP_ENUMERATE:
                 self.guest_pools[req.pool] = self._enumerating.pop(req.pool, {})

@@ -1,7 +1,7 @@
 """KVP (key-value pair exchange) wire formats (HYPERV_FACTS 7.4; Linux
 include/uapi/linux/hyperv.h ``hv_kvp_hdr``, ``hv_kvp_exchg_msg_value``,
-``hv_kvp_msg_enumerate``, ``hv_kvp_msg_delete``): declared once for the host's KVP IC, the
-Python VSC and the tracer.
+``hv_kvp_msg_enumerate``, ``hv_kvp_msg_delete``, ``hv_kvp_ipaddr_value``, ``hv_kvp_ip_msg``):
+declared once for the host's KVP IC, the Python VSC and the tracer.
 
 A KVP message body is ``hv_kvp_hdr`` (operation, pool) followed by the operation's record.
 Keys and values travel as UTF-16LE with their NUL; sizes are in bytes including it.  The
@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import ctypes
 import socket
+from dataclasses import dataclass
+from typing import Any
 
 _u8, _u16, _u32 = ctypes.c_uint8, ctypes.c_uint16, ctypes.c_uint32
 
@@ -71,6 +73,89 @@ class hv_kvp_msg_delete(ctypes.LittleEndianStructure):  # noqa: N801
     _fields_ = [("key_size", _u32), ("key", _u8 * HV_KVP_EXCHANGE_MAX_KEY_SIZE)]
 
 
+# ---- IP configuration (GET_IP_INFO / SET_IP_INFO; Linux ``hv_kvp_ipaddr_value`` and
+# ``hv_kvp_ip_msg``): an adapter (by its MAC address, the Linux daemon's adapter_id), its
+# address family and DHCP flag, and its addresses, subnets, gateways and DNS servers as
+# UTF-16LE text, several separated by ';'.  Unlike the other operations, the IP message has
+# no padding after operation and pool.
+MAX_ADAPTER_ID_SIZE = 128
+MAX_IP_ADDR_SIZE = 1024
+MAX_GATEWAY_SIZE = 512
+ADDR_FAMILY_NONE, ADDR_FAMILY_IPV4, ADDR_FAMILY_IPV6 = 0, 1, 2
+_IP_TEXT_FIELDS = (("adapter_id", MAX_ADAPTER_ID_SIZE), ("ip_addr", MAX_IP_ADDR_SIZE),
+                   ("sub_net", MAX_IP_ADDR_SIZE), ("gate_way", MAX_GATEWAY_SIZE),
+                   ("dns_addr", MAX_IP_ADDR_SIZE))
+
+
+class hv_kvp_ipaddr_value(ctypes.LittleEndianStructure):  # noqa: N801
+    _pack_ = 1
+    _fields_ = [("adapter_id", _u16 * MAX_ADAPTER_ID_SIZE), ("addr_family", _u8),
+                ("dhcp_enabled", _u8), ("ip_addr", _u16 * MAX_IP_ADDR_SIZE),
+                ("sub_net", _u16 * MAX_IP_ADDR_SIZE), ("gate_way", _u16 * MAX_GATEWAY_SIZE),
+                ("dns_addr", _u16 * MAX_IP_ADDR_SIZE)]
+
+
+class hv_kvp_ip_msg(ctypes.LittleEndianStructure):  # noqa: N801
+    _pack_ = 1
+    _fields_ = [("operation", _u8), ("pool", _u8), ("kvp_ip_val", hv_kvp_ipaddr_value)]
+
+
+IP_MSG_SIZE = ctypes.sizeof(hv_kvp_ip_msg)
+assert (ctypes.sizeof(hv_kvp_ipaddr_value), IP_MSG_SIZE) == (7426, 7428)
+
+
+@dataclass
+class IpInfo:
+    """One adapter's IP configuration, as text (several values separated by ';')."""
+
+    adapter_id: str
+    addr_family: int = ADDR_FAMILY_NONE
+    dhcp_enabled: bool = False
+    ip_addr: str = ""
+    sub_net: str = ""
+    gate_way: str = ""
+    dns_addr: str = ""
+
+    def encode(self, operation: int, pool: int = 0) -> bytes:
+        """The whole ``hv_kvp_ip_msg`` body; ValueError if a field does not fit."""
+        msg = hv_kvp_ip_msg(operation=operation, pool=pool)
+        val = msg.kvp_ip_val
+        val.addr_family, val.dhcp_enabled = self.addr_family, int(self.dhcp_enabled)
+        for name, count in _IP_TEXT_FIELDS:
+            text = getattr(self, name)
+            if "\0" in text:
+                raise ValueError(f"NUL in {name}")
+            data = (text + "\0").encode("utf-16-le")
+            if len(data) > 2 * count:
+                raise ValueError(f"{name}: {len(data)} bytes in UTF-16, more than {2 * count}")
+            ctypes.memmove(ctypes.addressof(val) + getattr(hv_kvp_ipaddr_value, name).offset,
+                           data, len(data))
+        return bytes(msg)
+
+    @classmethod
+    def decode(cls, body: bytes) -> IpInfo:
+        """The IP configuration of an ``hv_kvp_ip_msg`` body (KvpError if short)."""
+        if len(body) < IP_MSG_SIZE:
+            raise KvpError(f"{len(body)}-byte IP message, {IP_MSG_SIZE} needed")
+        val = hv_kvp_ip_msg.from_buffer_copy(body).kvp_ip_val
+        raw = bytes(val)
+        texts = {}
+        for name, count in _IP_TEXT_FIELDS:
+            at = getattr(hv_kvp_ipaddr_value, name).offset
+            texts[name] = decode_text(raw[at:at + 2 * count], 2 * count, 2 * count, name)
+        return cls(addr_family=int(val.addr_family), dhcp_enabled=bool(val.dhcp_enabled),
+                   **texts)
+
+    def to_list(self) -> list[Any]:
+        return [self.adapter_id, self.addr_family, self.dhcp_enabled, self.ip_addr,
+                self.sub_net, self.gate_way, self.dns_addr]
+
+    @classmethod
+    def from_list(cls, data: list[Any]) -> IpInfo:
+        a, fam, dhcp, ip, sub, gw, dns = data
+        return cls(str(a), int(fam), bool(dhcp), str(ip), str(sub), str(gw), str(dns))
+
+
 HDR_SIZE = ctypes.sizeof(hv_kvp_hdr)
 VALUE_SIZE = ctypes.sizeof(hv_kvp_exchg_msg_value)
 assert (HDR_SIZE, VALUE_SIZE, ctypes.sizeof(hv_kvp_msg_enumerate),
@@ -78,7 +163,8 @@ assert (HDR_SIZE, VALUE_SIZE, ctypes.sizeof(hv_kvp_msg_enumerate),
 #: Body size per operation (header + the operation's record).
 BODY_SIZE = {KVP_OP_GET: HDR_SIZE + VALUE_SIZE, KVP_OP_SET: HDR_SIZE + VALUE_SIZE,
              KVP_OP_DELETE: HDR_SIZE + ctypes.sizeof(hv_kvp_msg_delete),
-             KVP_OP_ENUMERATE: HDR_SIZE + ctypes.sizeof(hv_kvp_msg_enumerate)}
+             KVP_OP_ENUMERATE: HDR_SIZE + ctypes.sizeof(hv_kvp_msg_enumerate),
+             KVP_OP_GET_IP_INFO: IP_MSG_SIZE, KVP_OP_SET_IP_INFO: IP_MSG_SIZE}
 
 
 class KvpError(ValueError):
