@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from hyperv_emu.fuzz.chipset import CHIPSET_TARGETS
+from hyperv_emu.fuzz.guest_target import GuestTarget
 from hyperv_emu.fuzz.harness import Target
 from hyperv_emu.fuzz.hypercalls import HypercallTarget
 from hyperv_emu.fuzz.parsers import PARSER_TARGETS
 
-_ALL: tuple[type[Target], ...] = (*CHIPSET_TARGETS, HypercallTarget, *PARSER_TARGETS)
+_ALL: tuple[type[Target], ...] = (*CHIPSET_TARGETS, HypercallTarget, *PARSER_TARGETS,
+                                  GuestTarget)
 TARGETS: dict[str, type[Target]] = {t.name: t for t in _ALL}
 
 
