@@ -5,8 +5,8 @@
 # boots, opens A20, enters flat 32-bit protected mode with interrupts off and reports "ready"
 # with an OUT to the exit port; the host snapshots the machine there.  For each input the host
 # restores the snapshot, writes the input to INPUT (u32 length, then the bytes, followed by
-# zero padding), sets INPUT_GO and resumes: the guest interprets the bytes as operations and reports "done"
-# with a second OUT to the exit port.  The host also writes, once before the snapshot, the
+# zero padding), sets INPUT_GO and resumes: the guest interprets the bytes as operations and
+# reports "done" with a second OUT to the exit port.  The host also writes, once before the snapshot, the
 # claimed ports (PORT_TABLE: u32 count, u16 ports) and the device MMIO ranges of the board's
 # memory map (MMIO_TABLE: u32 count, u32 base and u32 size each).
 #

@@ -33,8 +33,8 @@ def _random_inputs(seed: int, count: int) -> list[bytes]:
 def test_guest_performs_port_config_and_memory_operations(target: GuestTarget) -> None:
     rig = target.rig()
     m = rig.machine
-    # OUT 3FFh (COM1 scratch, the BIOS probe left 5Ah) <- A5h; config write 00:01.1 reg 40h (IDETIM, low byte) <- 0Bh;
-    # 4 bytes into the buffer.
+    # OUT 3FFh (COM1 scratch, the BIOS probe left 5Ah) <- A5h; config write 00:01.1 reg 40h
+    # (IDETIM, low byte) <- 0Bh; 4 bytes into the buffer.
     data = (b"\x00" + _port_index(target, 0x3FF) + b"\xa5"
             + b"\x08\x09\x00\x40\x0b" + b"\x0b\x10\x00\x03" + b"ABCD")
     ops = [text for _, text in decode(data, rig.ports, rig.mmio)]
