@@ -41,6 +41,7 @@ from hyperv_emu.worker.machine import Machine, MachineConfig
 GUEST = "fuzz_ops"
 #: Where the guest finds its tables and the input (guests/fuzz_ops.S).
 PORT_TABLE, MMIO_TABLE, INPUT, BUFFER = 0x10000, 0x12000, 0x13000, 0x20000
+FUZZ_STACK = 0x1F000
 MAX_PORTS = (MMIO_TABLE - PORT_TABLE - 4) // 2
 MAX_INPUT = 4096
 #: Zero bytes after the input, so a field read past its end reads zeros (the longest
@@ -139,8 +140,10 @@ class _Rig:
         self.vp = VpSnapshot(m.vp)
         self.clock = self.state["clock"]
         self.order = [str(n) for n in self.clock["timer_order"]]
+        # The stack page is copied back every time: an exception or NMI delivered to the guest
+        # pushes its frame through a direct view of RAM, which the write hook does not see.
         self.dirty = DirtyPages(m.partition, 0, m.ram_size, dirty_mode,
-                                outside_ram=self._outside_ram)
+                                outside_ram=self._outside_ram, always=((FUZZ_STACK - 1) >> 12,))
         # What the guest touched: devices by port (the I/O handlers wrapped) and MMIO ranges.
         self.touched: set[str] = set()
         by_device = {id(dev): key for key, dev in self.devices.items()}

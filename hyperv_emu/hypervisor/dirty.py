@@ -4,9 +4,11 @@ copying back only the pages that changed (the guest-level fuzz target).
 Two ways to find the changed pages, chosen by ``mode``:
 
 * ``"hook"`` -- a ``UC_HOOK_MEM_WRITE`` over the tracked range on every VP's engine records the
-  page of each guest store, and the host's writes (:meth:`GuestMemory.write`, which DMA and
-  the hypervisor's own stores use) are recorded by wrapping that method.  Costs a Python call
-  per guest store (~1.2 us, UNICORN_NOTES), nothing per untouched page.
+  page of each guest store, and the host's writes through :meth:`GuestMemory.write` (DMA) are
+  recorded by wrapping that method.  Costs a Python call per guest store (~1.2 us,
+  UNICORN_NOTES), nothing per untouched page.  Writes through direct views of RAM
+  (:meth:`GuestMemory.ram_page`: interrupt delivery's stack pushes, VMBus rings) are not seen:
+  name such pages in ``always``, or use "compare".
 * ``"compare"`` -- nothing is recorded; the RAM is compared with the snapshot in 64 KiB chunks
   and the differing chunks page by page.  Costs a memcmp of all RAM per reset, nothing per
   store.
@@ -39,11 +41,15 @@ class DirtyPages:
     length) when a host write lands outside RAM (a bus master writing ROM, MMIO or nothing)."""
 
     def __init__(self, partition: Partition, base: int, end: int, mode: DirtyMode = "hook",
-                 outside_ram: Callable[[int, int], None] | None = None) -> None:
+                 outside_ram: Callable[[int, int], None] | None = None,
+                 always: tuple[int, ...] = ()) -> None:
         self.partition = partition
         self.memory = memory = partition.memory
         self.base, self.end, self.mode = base, end, mode
         self.pages: set[int] = set()
+        #: Pages copied back at every reset in "hook" mode: those the hypervisor writes
+        #: through direct views (interrupt delivery pushes on the guest's stack).
+        self.always = set(always)
         self.outside_ram = outside_ram
         #: (gpa, view) of each RAM region in range: where pages are copied back to.
         self._views: list[tuple[int, memoryview]] = []
@@ -96,7 +102,7 @@ class DirtyPages:
     def changed(self) -> list[int]:
         """The page numbers whose contents may differ from the snapshot."""
         if self.mode == "hook":
-            return sorted(self.pages)
+            return sorted(self.pages | self.always)
         out: list[int] = []
         for gpa, view in self._views:
             saved = self.snapshot[gpa]
