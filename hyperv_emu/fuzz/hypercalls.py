@@ -48,9 +48,9 @@ def structured_input(spec: CallSpec, r: O.Reader, reps: int) -> bytes:
     to a fuzzed or a likely value), then ``reps`` rep elements of the table's size."""
     fields = INPUT_LAYOUTS.get(spec.code, [])
     size = max([spec.input_size] + [off + struct.calcsize(fmt) for _, off, fmt in fields])
+    picks = r.take(len(fields))
     header = bytearray(r.take(size))
-    for _, off, fmt in fields:
-        pick = r.u8()
+    for (_, off, fmt), pick in zip(fields, picks, strict=True):
         width = struct.calcsize(fmt)
         value = (FIELD_VALUES[pick % len(FIELD_VALUES)] if pick < 0xC0
                  else int.from_bytes(header[off:off + width], "little"))

@@ -26,9 +26,9 @@ def test_tracer_fields_lie_inside_the_decoders_input_header() -> None:
 
 def test_structured_input_sets_the_layout_fields() -> None:
     spec = HypercallTarget()._build()["table"].specs[H.HvCallPostMessage]
-    # Header bytes, then one pick per field: connection_id <- SELF (pick 0), message_type <-
-    # 1 (pick 2), payload_size kept fuzzed (pick >= C0h).
-    data = bytes((i + 1) & 0xFF for i in range(spec.input_size)) + bytes([0, 2, 0xC0])
+    # One pick per field: connection_id <- SELF (pick 0), message_type <- 1 (pick 2),
+    # payload_size kept fuzzed (pick >= C0h); then the header bytes.
+    data = bytes([0, 2, 0xC0]) + bytes((i + 1) & 0xFF for i in range(spec.input_size))
     block = structured_input(spec, O.Reader(data), 0)
     assert len(block) == spec.input_size
     fields = input_fields(H.HvCallPostMessage, block)
