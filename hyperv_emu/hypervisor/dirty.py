@@ -107,10 +107,12 @@ class DirtyPages:
         for gpa, view in self._views:
             saved = self.snapshot[gpa]
             for off in range(0, len(view), _CHUNK):
-                if view[off:off + _CHUNK] != saved[off:off + _CHUNK]:
-                    for page in range(off, min(off + _CHUNK, len(view)), PAGE):
-                        if view[page:page + PAGE] != saved[page:page + PAGE]:
-                            out.append((gpa + page) >> 12)
+                # bytes == bytes is a memcmp; memoryview == bytes compares item by item.
+                chunk = view[off:off + _CHUNK].tobytes()
+                if chunk != saved[off:off + _CHUNK]:
+                    for page in range(0, len(chunk), PAGE):
+                        if chunk[page:page + PAGE] != saved[off + page:off + page + PAGE]:
+                            out.append((gpa + off + page) >> 12)
         return out
 
     def reset(self) -> int:
