@@ -5,7 +5,9 @@ Building a partition takes a Unicorn instance (tens of milliseconds), so the tar
 and resets it before each input from the state saved right after building it: the virtual clock,
 the Hyper-V partition state (synthetic MSRs, SynIC, timers), the local APIC and the RAM.  An input
 is a list of records: a hypercall (a registered call code with fuzzed fast/rep/variable-header
-fields and input bytes, dispatched through the same table a guest's VMCALL reaches), a synthetic
+fields and input bytes -- raw, or laid out by the one table of call layouts: the dispatch
+table's input and rep-element sizes and the tracer's field layouts -- dispatched through the
+same table a guest's VMCALL reaches), a synthetic
 MSR write or read (GuestFault -- the guest's #GP -- is a clean refusal), a guest-memory write
 (SynIC message/event pages, hypercall input) and a virtual-clock step (synthetic timers).
 Invariants: no host exception; the partition's state survives save, JSON and restore unchanged
@@ -15,14 +17,17 @@ Invariants: no host exception; the partition's state survives save, JSON and res
 from __future__ import annotations
 
 import json
+import struct
 from typing import Any
 
 from hyperv_emu.clock import VirtualClock
 from hyperv_emu.fuzz import ops as O
 from hyperv_emu.fuzz.harness import Finding, Target, host_finding, watchdog
+from hyperv_emu.hypervisor import hvdef as H
 from hyperv_emu.hypervisor.hv import install_hyperv
-from hyperv_emu.hypervisor.hypercall import BytesIo, encode_control
+from hyperv_emu.hypervisor.hypercall import BytesIo, CallSpec, encode_control
 from hyperv_emu.hypervisor.mmu import GuestFault
+from hyperv_emu.hypervisor.observe_decode import INPUT_LAYOUTS
 from hyperv_emu.hypervisor.partition import Partition
 
 RAM = 0x40000
@@ -30,6 +35,27 @@ RAM = 0x40000
 MAX_RECORDS = 64
 #: Timer callbacks per clock step.
 STEP_FIRES = 256
+
+
+#: Values a structured input puts in a layout field (besides fuzzed ones): the caller itself,
+#: the first partition/VP/connection numbers, all ones.
+FIELD_VALUES = (H.HV_PARTITION_ID_SELF, 0, 1, 2, 3, 4, 0xFFFF_FFFF, 0x1000)
+
+
+def structured_input(spec: CallSpec, r: O.Reader, reps: int) -> bytes:
+    """An input block laid out as the call's table says: the fixed header (its size from the
+    dispatch table, the fields the tracer decodes -- observe_decode.INPUT_LAYOUTS -- each set
+    to a fuzzed or a likely value), then ``reps`` rep elements of the table's size."""
+    fields = INPUT_LAYOUTS.get(spec.code, [])
+    size = max([spec.input_size] + [off + struct.calcsize(fmt) for _, off, fmt in fields])
+    picks = r.take(len(fields))
+    header = bytearray(r.take(size))
+    for (_, off, fmt), pick in zip(fields, picks, strict=True):
+        width = struct.calcsize(fmt)
+        value = (FIELD_VALUES[pick % len(FIELD_VALUES)] if pick < 0xC0
+                 else int.from_bytes(header[off:off + width], "little"))
+        struct.pack_into(fmt, header, off, value & ((1 << (8 * width)) - 1))
+    return bytes(header) + r.take(min(reps, 64) * spec.rep_input_size)
 
 
 class _FastIo(BytesIo):
@@ -102,7 +128,10 @@ class HypercallTarget(Target):
             count = r.u16() & 0xFFF if flags & 2 else 0
             start = r.u8() % (count + 1) if count else 0
             varhead = (flags >> 2) & 3
-            payload = r.take(r.u8())
+            if flags & 0x10:
+                payload = structured_input(rig["table"].specs[code], r, count)
+            else:
+                payload = r.take(r.u8())
             control = encode_control(code, fast=fast, rep_count=count, rep_start=start,
                                      var_header_qwords=varhead)
             io = _FastIo(payload) if fast else BytesIo(payload)

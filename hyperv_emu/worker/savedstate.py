@@ -115,6 +115,19 @@ def _components(machine: Machine) -> dict[str, State]:
     return out
 
 
+# ---- in memory (the guest-level fuzz target's snapshots) -------------------------------------
+def capture(machine: Machine) -> dict[str, State]:
+    """Every component's state but RAM, by stable id: an in-memory snapshot (plain data)."""
+    return _components(machine)
+
+
+def load(machine: Machine, components: dict[str, State]) -> None:
+    """Put back what :func:`capture` took from this same machine (no checks, no files: the
+    state is known to fit); RAM is the caller's."""
+    with _quiet(machine):
+        _apply(machine, components)
+
+
 # ---- restoring -------------------------------------------------------------------------------
 def restore(machine: Machine, vsv: Path, bin: Path) -> None:  # noqa: A002 - the seed's name
     """Load ``vsv``/``bin`` into ``machine``, which was built with the same options; raises
