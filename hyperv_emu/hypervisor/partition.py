@@ -24,7 +24,7 @@ import unicorn
 from ..clock import VirtualClock
 from . import context as C
 from . import exits as E
-from . import insn_emul
+from . import insn_emul, smp
 from . import msr as M
 from .blockmark import count_insns, locate_insn
 from .context import self_test
@@ -399,8 +399,12 @@ class Partition:
                     return RunExit(E.INSTRUCTION_LIMIT, f"{max_instructions} instructions")
             if t_end is not None and time.monotonic() >= t_end:
                 return RunExit(E.TIMEOUT, f"{timeout} s")
+            round_start = clock.instructions
             for vp in self.vps:
-                ex = self._step(vp, budget)
+                left = None if budget is None else budget - (clock.instructions - round_start)
+                if left is not None and left <= 0:
+                    break  # the VPs before this one used the budget up (multi-VP)
+                ex = self._step(vp, left)
                 self._sigint.check()
                 if ex is not None:
                     return ex
@@ -432,6 +436,8 @@ class Partition:
                 and not ctx.hflags & C.HF_INHIBIT_IRQ and vp.source.has_interrupt())
 
     def _wakeable_now(self, vp: VirtualProcessor) -> bool:
+        if vp.wait_for_sipi:  # only a latched INIT or STARTUP moves it (smp.py)
+            return vp.init_pending or vp.sipi_vector is not None
         return bool(vp.pending) or vp.nmi_pending and not vp.nmi_blocked or (
             self._interrupt_ready(vp))
 
@@ -453,6 +459,10 @@ class Partition:
 
     def _step(self, vp: VirtualProcessor, budget: int | None) -> RunExit | None:
         """Deliver one pending event to ``vp`` and run it for one slice."""
+        if vp.init_pending or vp.sipi_vector is not None:
+            smp.take_signals(vp)
+        if vp.wait_for_sipi:
+            return None
         ctx = vp.ctx
         if vp.pending:
             ex = self._deliver(vp, vp.pending.pop(0))
@@ -502,6 +512,9 @@ class Partition:
                 limit = min(limit, max(1, clock.insns_until(deadline)))
             if budget is not None:
                 limit = min(limit, budget - self._budget_tail)
+        cap = smp.quantum(self)  # several VPs: round-robin in fixed quanta (smp.py)
+        if cap is not None:
+            count, limit = min(count, cap), min(limit, cap)
         # Host mode: time runs on while Python delivers an interrupt (far slower than a CPU
         # does), so with a fast periodic timer the next interrupt would be waiting at every
         # IRET and the interrupted code would never run again.  So within HOST_SLICE_US of

@@ -18,7 +18,7 @@ import unicorn
 from unicorn import x86_const as X
 
 from . import context as C
-from . import cpuid_state
+from . import cpuid_state, smp
 from . import msr as M
 from .context import CpuContext, Segment
 from .delivery import KIND_EXCEPTION, KIND_EXTERNAL, Event
@@ -96,6 +96,10 @@ class VirtualProcessor:
         self.pending: list[Event] = []
         self.nmi_pending = False
         self.tsc_offset = 0
+        #: Multi-VP startup (smp.py): an AP waits for SIPI; INIT and STARTUP latched.
+        self.wait_for_sipi = False
+        self.init_pending = False
+        self.sipi_vector: int | None = None
         #: This VP's local APIC (IA32_APIC_BASE lives in it).  It becomes the interrupt
         #: source when the worker wires it with :meth:`set_interrupt_source`.
         self.lapic = LocalApic(self)
@@ -297,6 +301,7 @@ class VirtualProcessor:
         self.tsc_offset = 0
         self.msr_file.reset()
         self.lapic.power_on()
+        smp.power_on(self)
 
     @property
     def apic_base(self) -> int:
@@ -555,6 +560,7 @@ class VirtualProcessor:
             "pending": [[e.vector, e.kind, e.error_code] for e in self.pending],
             "tsc_offset": self.tsc_offset, "lapic": self.lapic.save(),
             "msr_file": self.msr_file.save(), "nmi_pending": self.nmi_pending,
+            "smp": [self.wait_for_sipi, self.init_pending, self.sipi_vector],
         }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -595,6 +601,9 @@ class VirtualProcessor:
         self.halted = bool(state["halted"])
         self.pending = [Event(v, k, e) for v, k, e in state["pending"]]
         self.nmi_pending = bool(state.get("nmi_pending", False))
+        # States from before multi-VP support: a single VP, never waiting for SIPI.
+        wait, init, sipi = state.get("smp", [False, False, None])
+        self.wait_for_sipi, self.init_pending, self.sipi_vector = bool(wait), bool(init), sipi
         self.tsc_offset = state["tsc_offset"]
         self.lapic.restore(state["lapic"])
         # Saves from before the MSR table held MTRR_DEF_TYPE alone.
