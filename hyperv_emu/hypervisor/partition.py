@@ -127,6 +127,8 @@ class Partition:
         self.memory.invalidate_at = self._invalidate_at
         self.cpuid = CpuidModel()
         self.vps: list[VirtualProcessor] = []
+        #: The turn order once there is more than one VP (smp.py); None for one VP.
+        self.scheduler: smp.RoundRobin | None = None
         #: Extra/overriding MSRs: index -> (read(vp) -> value, write(vp, value)).  Raise
         #: ``hyperv_emu.hypervisor.mmu.GuestFault(13, 0)`` for #GP.
         self.msr_handlers: dict[int, tuple[M.MsrRead, M.MsrWrite]] = {}
@@ -334,6 +336,8 @@ class Partition:
         """Add a virtual processor in its reset state."""
         vp = VirtualProcessor(self, len(self.vps))
         self.vps.append(vp)
+        if len(self.vps) == 2:
+            self.scheduler = smp.RoundRobin(self)
         return vp
 
     def request_stop(self, reason: str = "stop") -> None:
@@ -399,12 +403,13 @@ class Partition:
                     return RunExit(E.INSTRUCTION_LIMIT, f"{max_instructions} instructions")
             if t_end is not None and time.monotonic() >= t_end:
                 return RunExit(E.TIMEOUT, f"{timeout} s")
-            round_start = clock.instructions
-            for vp in self.vps:
-                left = None if budget is None else budget - (clock.instructions - round_start)
-                if left is not None and left <= 0:
-                    break  # the VPs before this one used the budget up (multi-VP)
-                ex = self._step(vp, left)
+            sched = self.scheduler
+            # Several VPs: one slice of the VP whose turn it is per pass (smp.py).
+            for vp in self.vps if sched is None else (sched.current(),):
+                before = clock.instructions
+                ex = self._step(vp, budget)
+                if sched is not None:
+                    sched.account(vp, clock.instructions - before)
                 self._sigint.check()
                 if ex is not None:
                     return ex
@@ -512,8 +517,8 @@ class Partition:
                 limit = min(limit, max(1, clock.insns_until(deadline)))
             if budget is not None:
                 limit = min(limit, budget - self._budget_tail)
-        cap = smp.quantum(self)  # several VPs: round-robin in fixed quanta (smp.py)
-        if cap is not None:
+        if self.scheduler is not None:  # several VPs: the rest of this VP's turn (smp.py)
+            cap = self.scheduler.remaining()
             count, limit = min(count, cap), min(limit, cap)
         # Host mode: time runs on while Python delivers an interrupt (far slower than a CPU
         # does), so with a fast periodic timer the next interrupt would be waiting at every

@@ -19,11 +19,11 @@ Messages are latched by the receiving local APIC (:func:`receive_init`,
 (:func:`take_signals`): an INIT cannot reset a CPU in the middle of its own instruction,
 and the sender runs to the end of its slice first in any case.
 
-**Scheduling**: the partition's run loop gives each VP a slice in index order, one host
-thread for all of them.  With more than one VP a slice is at most :data:`QUANTUM_NS` of
-virtual time (:func:`quantum`), so every VP makes progress and, in the deterministic clock
+**Scheduling** (:class:`RoundRobin`): with more than one VP the partition's run loop runs
+one VP at a time, in index order, one host thread for all of them, each for a turn of at most
+:data:`QUANTUM_NS` of virtual time, so every VP makes progress and, in the deterministic clock
 mode, the interleaving is a function of the instruction streams alone: the same guest gives
-the same run twice.  As in QEMU's round-robin TCG with ``-icount``, the one virtual clock
+the same run twice.  A single-VP partition has no scheduler and runs as it always did.  As in QEMU's round-robin TCG with ``-icount``, the one virtual clock
 advances with the instructions of every VP.  A VP that is halted or waits for SIPI costs no
 engine time: the loop skips it.  A VP that sends an IPI to another VP ends its slice
 (:func:`cross_vp_message`), so the target (spinning or halted) runs next rather than a
@@ -48,12 +48,53 @@ QUANTUM_NS = 500_000
 _REAL_CODE = C.DESC_P | C.DESC_S | C.DESC_CS | C.DESC_W | C.DESC_A
 
 
-def quantum(partition: Partition) -> int | None:
-    """The slice cap in instructions, or None for a single-VP partition (whose slices stay
-    as long as its timers allow, exactly as before multi-VP support)."""
-    if len(partition.vps) < 2:
-        return None
-    return max(1, QUANTUM_NS // partition.clock.ns_per_insn)
+class RoundRobin:
+    """The turn order of a multi-VP partition: VP 0, 1, ... N-1, 0, ...; a turn lasts
+    :data:`QUANTUM_NS` of virtual time unless the VP halts, waits for SIPI or sends an IPI to
+    another VP first.  Other slice ends (a timer deadline, an intercept, an instruction budget
+    of :meth:`Partition.run`) do not end the turn, so the interleaving depends on the guest
+    alone, and a run cut into pieces (a saved state taken at a block entry) interleaves as an
+    uninterrupted one: the turn and the part of the quantum used are saved."""
+
+    def __init__(self, partition: Partition) -> None:
+        self.partition = partition
+        #: Index of the VP whose turn it is, and the instructions it has run in this turn.
+        self.turn = 0
+        self.used = 0
+        #: The VP sent an IPI to another VP: its turn ends with the slice.
+        self.yielded = False
+
+    @property
+    def quantum(self) -> int:
+        """A turn's length in instructions."""
+        return max(1, QUANTUM_NS // self.partition.clock.ns_per_insn)
+
+    def current(self) -> VirtualProcessor:
+        """The VP whose turn it is."""
+        return self.partition.vps[self.turn]
+
+    def remaining(self) -> int:
+        """Instructions left in the current turn (the cap on the VP's next slice)."""
+        return max(1, self.quantum - self.used)
+
+    def account(self, vp: VirtualProcessor, retired: int) -> None:
+        """``vp``'s slice retired ``retired`` instructions: end its turn if it is over."""
+        self.used += retired
+        if self.yielded or vp.halted or vp.wait_for_sipi or self.used >= self.quantum:
+            self.turn = (self.turn + 1) % len(self.partition.vps)
+            self.used = 0
+            self.yielded = False
+
+    def save(self) -> dict[str, int | bool]:
+        """The turn, for a whole-machine saved state."""
+        return {"version": 1, "turn": self.turn, "used": self.used, "yielded": self.yielded}
+
+    def restore(self, state: dict[str, int | bool]) -> None:
+        """Load :meth:`save` output."""
+        if state.get("version") != 1:
+            raise ValueError("not a version-1 scheduler state")
+        self.turn, self.used = int(state["turn"]), int(state["used"])
+        self.yielded = bool(state["yielded"])
 
 
 def power_on(vp: VirtualProcessor) -> None:
@@ -129,5 +170,7 @@ def cross_vp_message(sender: VirtualProcessor | None, targets: list[VirtualProce
     sender's slice ends so the loop moves on to the others now."""
     if sender is None or not sender._running:
         return
-    if any(t is not sender for t in targets):
+    scheduler = sender.partition.scheduler
+    if scheduler is not None and any(t is not sender for t in targets):
+        scheduler.yielded = True
         sender.notify_interrupt()

@@ -436,7 +436,7 @@ class VirtualProcessor:
     def step(self) -> RunExit:
         """Run exactly one guest instruction through the partition's run loop (a pending
         interrupt is delivered first, as at any instruction boundary; a halted VP waits for
-        its wake-up).  On a multi-VP partition every runnable VP moves one instruction."""
+        its wake-up).  On a multi-VP partition the VP whose turn it is moves (smp.py)."""
         return self.partition.run(max_instructions=1)
 
     def inject_exception(self, vector: int, error_code: int | None = None) -> None:
