@@ -23,9 +23,10 @@ and the sender runs to the end of its slice first in any case.
 one VP at a time, in index order, one host thread for all of them, each for a turn of at most
 :data:`QUANTUM_NS` of virtual time, so every VP makes progress and, in the deterministic clock
 mode, the interleaving is a function of the instruction streams alone: the same guest gives
-the same run twice.  A single-VP partition has no scheduler and runs as it always did.  As in QEMU's round-robin TCG with ``-icount``, the one virtual clock
-advances with the instructions of every VP.  A VP that is halted or waits for SIPI costs no
-engine time: the loop skips it.  A VP that sends an IPI to another VP ends its slice
+the same run twice.  A single-VP partition has no scheduler and runs as it always did.
+As in QEMU's round-robin TCG with ``-icount``, the one virtual clock advances with the
+instructions of every VP.  A VP that is halted or waits for SIPI costs no engine time: its
+turn ends at once.  A VP that sends an IPI to another VP ends its turn
 (:func:`cross_vp_message`), so the target (spinning or halted) runs next rather than a
 whole quantum later.
 """

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from hyperv_emu.guests import build_guest
 from hyperv_emu.guest_needs import prepare_guest
+from hyperv_emu.guests import build_guest
 from hyperv_emu.vsp.storage import MemoryImage
 from hyperv_emu.worker import savedstate
 from hyperv_emu.worker.machine import Machine, MachineConfig
