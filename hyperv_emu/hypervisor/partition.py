@@ -101,6 +101,7 @@ _INTERCEPTED_INSNS = {
     SVM_EXIT_GDTR_WRITE: frozenset({"lgdt"}),
     SVM_EXIT_IDTR_WRITE: frozenset({"lidt"}),
     SVM_EXIT_RDPMC: frozenset({"rdpmc"}),
+    smp.SVM_EXIT_PAUSE: frozenset({"pause"}),
 }
 #: Intercepts whose instruction insn_emul.py checks and performs.
 _EMULATED = frozenset({SVM_EXIT_WRITE_CR0, SVM_EXIT_WRITE_CR4, SVM_EXIT_WRITE_CR8,
@@ -337,7 +338,7 @@ class Partition:
         vp = VirtualProcessor(self, len(self.vps))
         self.vps.append(vp)
         if len(self.vps) == 2:
-            self.scheduler = smp.RoundRobin(self)
+            smp.RoundRobin(self)  # becomes self.scheduler
         return vp
 
     def request_stop(self, reason: str = "stop") -> None:
@@ -502,6 +503,13 @@ class Partition:
         # An NMI held by a running NMI handler (or a shadow): one instruction at a time, so
         # it is taken right after the IRET that unblocks it.
         nmi_held = vp.nmi_pending
+        # Several VPs: an NMI sent while this VP was not running finds it, often, in the
+        # STI shadow its last slice ended in (slices end at block entries, and STI ends a
+        # block).  One block, not a counted instruction (switching Unicorn's counting on and
+        # off flushes its translated code), takes it past the shadow.
+        shadow_only = nmi_held and self.scheduler is not None and not vp.nmi_blocked
+        if shadow_only:
+            nmi_held = False
         if (budget is not None and budget <= self._budget_tail
                 or obs.io or obs.mmio or obs.cpuid or nmi_held):
             count = MAX_SLICE if budget is None else min(MAX_SLICE, budget)
@@ -518,7 +526,7 @@ class Partition:
             if budget is not None:
                 limit = min(limit, budget - self._budget_tail)
         if self.scheduler is not None:  # several VPs: the rest of this VP's turn (smp.py)
-            cap = self.scheduler.remaining()
+            cap = 1 if shadow_only else self.scheduler.remaining()
             count, limit = min(count, cap), min(limit, cap)
         # Host mode: time runs on while Python delivers an interrupt (far slower than a CPU
         # does), so with a fast periodic timer the next interrupt would be waiting at every
@@ -757,6 +765,9 @@ class Partition:
                 self.observers.emit(hlt_event(vp))
             ctx.rip = ctx.rip + length
             vp.halted = True
+        elif code == smp.SVM_EXIT_PAUSE:  # several VPs only: a spin-wait yields the turn
+            smp.pause_exit(vp)
+            ctx.rip = ctx.rip + length
         elif code in (SVM_EXIT_RDTSC, SVM_EXIT_RDTSCP):
             tsc = vp.tsc()
             ctx.set_gpr(0, tsc & 0xFFFF_FFFF)

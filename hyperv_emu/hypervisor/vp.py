@@ -312,7 +312,7 @@ class VirtualProcessor:
         ctx = self.ctx
         ctx.hflags = ctx.hflags | C.HF_GUEST
         ctx.set_u64(C.OFF_VM_VMCB, self.partition._vmcb_gpa)
-        ctx.set_u64(C.OFF_INTERCEPT, SVM_INTERCEPTS)
+        ctx.set_u64(C.OFF_INTERCEPT, SVM_INTERCEPTS | smp.extra_intercepts(self.partition))
         ctx.set_u64(C.OFF_TSC_OFFSET, 0)
         for off in range(C.OFF_INTERCEPT_CR_READ, C.OFF_INTERCEPT_EXCEPTIONS + 4, 2):
             ctypes.c_uint16.from_address(ctx.base + off).value = 0
