@@ -469,6 +469,8 @@ class Partition:
             smp.take_signals(vp)
         if vp.wait_for_sipi:
             return None
+        if self.scheduler is not None:
+            smp.arm_pause(vp)
         ctx = vp.ctx
         if vp.pending:
             ex = self._deliver(vp, vp.pending.pop(0))

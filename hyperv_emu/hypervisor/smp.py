@@ -115,6 +115,20 @@ def extra_intercepts(partition: Partition) -> int:
     return 0 if partition.scheduler is None else 1 << (SVM_EXIT_PAUSE - 0x60)
 
 
+def arm_pause(vp: VirtualProcessor) -> None:
+    """Before ``vp``'s slice (several VPs): intercept PAUSE only while another VP can run,
+    since with the others halted there is nobody to hand the turn to and each exit would be
+    pure cost (the PAUSE check is made when the instruction runs: no translated code
+    depends on the bit)."""
+    bit = 1 << (SVM_EXIT_PAUSE - 0x60)
+    want = bit if any(o is not vp and not o.halted and not o.wait_for_sipi
+                      for o in vp.partition.vps) else 0
+    have = vp.ctx.u64(C.OFF_INTERCEPT)
+    if have & bit != want:
+        vp.ctx.set_u64(C.OFF_INTERCEPT, (have & ~bit) | want)
+        vp._dirty = True
+
+
 def pause_exit(vp: VirtualProcessor) -> None:
     """``vp`` executed PAUSE (an intercept, only with several VPs): end its turn."""
     scheduler = vp.partition.scheduler

@@ -121,3 +121,4 @@ def test_saved_state_holds_every_vp(tmp_path: Path) -> None:
 
 def test_guest_image_builds() -> None:
     assert len(build_guest("smp")) % 512 == 0
+

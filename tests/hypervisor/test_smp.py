@@ -81,3 +81,29 @@ def test_cpuid_topology_per_vp(index: int) -> None:
     assert cpuid.lookup(0xB, 0, index) == (0, 1, 0x100, index)
     assert cpuid.lookup(0xB, 1, index) == (0, 1, 0x201, index)
     assert cpuid.lookup(0xB, 2, index) == (0, 0, 2, index)
+
+
+
+def test_pause_is_intercepted_only_while_another_vp_can_run() -> None:
+    from hyperv_emu.hypervisor import context as C
+
+    bit = 1 << (smp.SVM_EXIT_PAUSE - 0x60)
+    one = machine(1)
+    assert not one.vp.ctx.u64(C.OFF_INTERCEPT) & bit
+    m = machine(2)
+    bsp, ap = m.partition.vps
+    smp.arm_pause(bsp)
+    assert not bsp.ctx.u64(C.OFF_INTERCEPT) & bit  # the AP waits for SIPI: nobody to yield to
+    bsp.lapic.send_ipi(INIT_ASSERT, 1)
+    bsp.lapic.send_ipi(STARTUP | 0x10, 1)
+    smp.take_signals(ap)
+    smp.arm_pause(bsp)
+    assert bsp.ctx.u64(C.OFF_INTERCEPT) & bit
+    sched = m.partition.scheduler
+    assert sched is not None and sched.turn == 0
+    smp.pause_exit(bsp)  # a PAUSE ends the turn even with most of the quantum left
+    sched.account(bsp, 5)
+    assert sched.turn == 1 and sched.used == 0
+    ap.halted = True
+    smp.arm_pause(bsp)
+    assert not bsp.ctx.u64(C.OFF_INTERCEPT) & bit
