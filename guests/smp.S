@@ -14,10 +14,12 @@
 # * then fixed IPIs with vector 60h: physical to each AP by APIC ID, logical (flat) to the mask
 #   of the APs, and with the all-excluding-self shorthand; every AP answers each with a fixed
 #   IPI 70h + its APIC ID to APIC ID 0 (one vector per AP: the BSP's handler finds which in its
-#   ISR); a self IPI 62h (shorthand self); an NMI to all excluding self.
+#   ISR); a self IPI 62h (shorthand self); an NMI to all excluding self;
+# * then 8 handshake rounds with AP 1 (started by IPI 63h) in which both spin on a shared word
+#   with PAUSE (with several VPs each PAUSE hands the turn to the other VP).
 # Serial output:  smp: mp table cpus 0004 apic ids 000F
 #                 smp: checked in 0003 apic ids 000E
-#                 ipi: requests 0009 replies 0009 self 0001 nmi 0003
+#                 ipi: requests 0009 replies 0009 self 0001 nmi 0003 handshakes 0008
 #                 PASS
 # (the numbers for -smp 4: N-1 APs, 3*(N-1) requests and replies).
 # Exit status 1 (PASS) or 3 (FAIL: reason).
@@ -37,6 +39,8 @@
 .set SELF, VARS+0xE            # word: IPI 62h taken by the BSP
 .set NMIS, VARS+0x10           # word: NMIs taken by APs
 .set REPLYMASK, VARS+0x12      # word: APIC IDs of the APs whose reply came in this round
+.set PING, VARS+0x14           # word: the BSP's handshake round
+.set PONG, VARS+0x16           # word: AP 1's answer
 .set ICR_LO, 0x300
 .set ICR_HI, 0x310
 
@@ -45,7 +49,7 @@ main:
     call unreal
     xorw %ax, %ax
     movw $NCPU, %di
-    movw $0x14, %cx              # clear the variables (10 words)
+    movw $0x18, %cx              # clear the variables (12 words)
     rep stosb
     movb $0xFF, %al              # mask both 8259s: only APIC interrupts here
     outb %al, $0x21
@@ -61,6 +65,8 @@ set_reply:
     jb set_reply
     movw $ipi_self, (0x62*4)
     movw $0, (0x62*4+2)
+    movw $pong, (0x63*4)
+    movw $0, (0x63*4+2)
     movw $nmi_handler, (2*4)
     movw $0, (2*4+2)
     movl $APIC, %ebx
@@ -187,6 +193,22 @@ phys_next:
     movw (REQS), %ax
     cmpw (REPLIES), %ax
     jne fail_reqs
+    # A handshake with AP 1 where both spin with PAUSE: 8 rounds of PING then PONG.
+    cmpw $1, (NCPU)
+    je no_pingpong
+    movl $0x01000000, %fs:ICR_HI(%ebx)
+    movl $0x00004063, %fs:ICR_LO(%ebx)   # AP 1 enters its answering loop
+    movw $1, %ax
+ping_loop:
+    movw %ax, (PING)
+    movw %ax, %dx
+    movw $PONG, %di
+    call wait_count
+    jc fail_pingpong
+    incw %ax
+    cmpw $9, %ax
+    jb ping_loop
+no_pingpong:
     movw $msg_ipi, %si
     call puts
     movw (REQS), %ax
@@ -202,6 +224,10 @@ phys_next:
     movw $msg_nmi, %si
     call puts
     movw (NMIS), %ax
+    call hex16
+    movw $msg_pong, %si
+    call puts
+    movw (PONG), %ax
     call hex16
     call newline
     cli
@@ -313,6 +339,23 @@ ipi_self:
     call apic_eoi
     iret
 
+# pong: on AP 1, vector 63h: answer the BSP's 8 handshake rounds, spinning with PAUSE.
+pong:
+    pushaw
+    call apic_eoi
+    movw $1, %dx
+    movw $PING, %di
+pong_loop:
+    call wait_count
+    jc pong_done
+    movw %dx, (PONG)
+    incw %dx
+    cmpw $9, %dx
+    jb pong_loop
+pong_done:
+    popaw
+    iret
+
 nmi_handler:                     # NMIs need no EOI
     lock incw (NMIS)
     iret
@@ -341,6 +384,9 @@ fail_nmi:
 fail_reqs:
     movw $f_reqs, %si
     jmp fail
+fail_pingpong:
+    movw $f_pingpong, %si
+    jmp fail
 
 .include "apic.inc"
 .include "lib.inc"
@@ -352,6 +398,7 @@ msg_ipi:     .asciz "ipi: requests "
 msg_replies: .asciz " replies "
 msg_self:    .asciz " self "
 msg_nmi:     .asciz " nmi "
+msg_pong:    .asciz " handshakes "
 f_no_mp:     .asciz "no MP floating pointer in F0000h-FFFFFh"
 f_pcmp:      .asciz "the MP configuration table has no PCMP signature"
 f_checkin:   .asciz "not every AP checked in after INIT-SIPI"
@@ -364,3 +411,4 @@ f_allbut:    .asciz "all-excluding-self fixed IPI not answered"
 f_self:      .asciz "self IPI not taken"
 f_nmi:       .asciz "NMI IPI not taken by every AP"
 f_reqs:      .asciz "IPI requests and replies differ"
+f_pingpong:  .asciz "AP 1 did not answer a handshake round"
