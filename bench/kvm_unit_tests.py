@@ -1,17 +1,18 @@
 """Run a kvm-unit-tests x86 build under hyperv-emu (and optionally QEMU TCG) and print a table.
 
-Usage: ``python bench/kvm_unit_tests.py BUILD_DIR [--qemu] [--timeout S] [--only NAME,...]``
+Usage: ``python bench/kvm_unit_tests.py BUILD_DIR [--qemu] [--timeout S] [--only NAME,...]
+[--smp N]``
 
 ``BUILD_DIR`` is a configured and built kvm-unit-tests tree (``./configure --arch=x86_64`` or
 ``--arch=i386``, then ``make``); the tests and their arguments come from its
 ``x86/unittests.cfg`` (entries for the other architecture are left out).  Each test runs as
 
-    hyperv-emu run --kernel x86/FILE.flat --test-devices -m 256 --timeout S --append ARGS
+    hyperv-emu run --kernel x86/FILE.flat --test-devices -m 256 -smp N --timeout S --append ARGS
 
 and, with ``--qemu``, as ``qemu-system-x86_64 -accel tcg -kernel ... -device
-isa-debug-exit,iobase=0xf4,iosize=0x4 -device pc-testdev -device pci-testdev -m 256 -smp 1``
-(with the entry's own ``-cpu`` flags) for reference.  Both machines get one CPU: tests whose
-entry asks for more (``smp = N``) are marked in the "cpus" column.
+isa-debug-exit,iobase=0xf4,iosize=0x4 -device pc-testdev -device pci-testdev -m 256 -smp N``
+(with the entry's own ``-cpu`` flags) for reference.  N is the entry's ``smp`` (the "cpus"
+column), or ``--smp N`` for every test.
 
 The result follows the suite's own convention for the isa-debug-exit status (v << 1) | 1:
 1 PASS, 3 FAIL, 77 SKIP (report_summary returns 77 >> 1 when everything was skipped); anything
@@ -114,7 +115,8 @@ def run(cmd: list[str], timeout: float, cwd: Path) -> Outcome:
 
 def emu_cmd(e: Entry, timeout: float) -> list[str]:
     cmd = [sys.executable, "-m", "hyperv_emu", "run", "--kernel", f"x86/{e.file}",
-           "--test-devices", "-m", "256", "--timeout", str(timeout), "-nographic"]
+           "--test-devices", "-m", "256", "-smp", str(e.smp), "--timeout", str(timeout),
+           "-nographic"]
     if e.args:
         cmd += ["--append", e.args]
     return cmd
@@ -123,7 +125,7 @@ def emu_cmd(e: Entry, timeout: float) -> list[str]:
 def qemu_cmd(e: Entry) -> list[str]:
     cmd = ["qemu-system-x86_64", "-accel", "tcg", "-nodefaults", "-nographic",
            "-serial", "stdio", "-device", "isa-debug-exit,iobase=0xf4,iosize=0x4",
-           "-device", "pc-testdev", "-device", "pci-testdev", "-m", "256", "-smp", "1",
+           "-device", "pc-testdev", "-device", "pci-testdev", "-m", "256", "-smp", str(e.smp),
            "-cpu", e.cpu_flags, "-kernel", f"x86/{e.file}", *e.devices]
     if e.args:
         cmd += ["-append", e.args]
@@ -136,6 +138,7 @@ def main() -> int:
     ap.add_argument("--qemu", action="store_true", help="also run each test on QEMU TCG")
     ap.add_argument("--timeout", type=float, default=60.0)
     ap.add_argument("--only", help="comma-separated test names")
+    ap.add_argument("--smp", type=int, help="CPUs for every test (default: each entry's)")
     a = ap.parse_args()
     build = a.build.resolve()
     arch = "i386" if "ARCH=i386" in (build / "config.mak").read_text() else "x86_64"
@@ -147,6 +150,8 @@ def main() -> int:
         "summary / last line (hyperv-emu)"]
     print(" | ".join(cols), flush=True)
     for e in entries(build, arch, only):
+        if a.smp is not None:
+            e.smp = a.smp
         if not (build / "x86" / e.file).exists():
             print(" | ".join([e.name, str(e.smp), "NOFILE", "0", f"x86/{e.file} not built"]))
             continue

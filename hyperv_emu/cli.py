@@ -122,6 +122,22 @@ def _memory_mib(text: str) -> int:
     return size >> 20
 
 
+def _vp_count(text: str) -> int:
+    """``-smp N`` or QEMU's ``-smp cpus=N``: how many VPs (1 to MAX_VPS)."""
+    from hyperv_emu.worker.config import MAX_VPS
+
+    number = text.removeprefix("cpus=")
+    try:
+        value = int(number, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a number of processors: {text!r} (1 to {MAX_VPS})") from None
+    if not 1 <= value <= MAX_VPS:
+        raise argparse.ArgumentTypeError(
+            f"the number of processors must be between 1 and {MAX_VPS}, not {value}")
+    return value
+
+
 def _boot_order(text: str) -> str:
     """``c`` or ``d``; QEMU's spellings ``order=dc``, ``cd``, ``dc`` name the first device."""
     order = text.lower().removeprefix("order=")
@@ -203,6 +219,9 @@ def _add_machine_options(p: argparse.ArgumentParser, serial_default: str = "stdo
                         "concatenated)")
     p.add_argument("-m", "--memory", metavar="SIZE", type=_memory_mib, default=32,
                    help="guest RAM: MiB, or with a unit as in 512M, 2G (default 32)")
+    p.add_argument("-smp", "--smp", metavar="N", type=_vp_count, default=1,
+                   help="virtual processors, 1 to 8 (default 1; QEMU's cpus=N is understood): "
+                        "VP 0 boots, the others wait for INIT/SIPI")
     p.add_argument("--serial", "-serial", type=_serial_spec, default=serial_default,
                    metavar="stdout|stderr|FILE|none",
                    help=f"where COM1 output goes (default {serial_default}; QEMU's stdio, "

@@ -14,6 +14,7 @@ from hyperv_emu.worker.config import CdromConfig, ConfigError, DiskConfig, VmCon
 #: Where a VmConfig field comes from on the command line: field -> the options' dests.
 _FIELD_OPTIONS: dict[str, tuple[str, ...]] = {
     "memory_mib": ("memory",),
+    "vps": ("smp",),
     "disks": ("disk", "hda", "hdb", "hdc", "hdd"),
     "cdrom": ("cdrom",),
     "boot": ("boot",),
@@ -72,6 +73,8 @@ def config_from_args(args: argparse.Namespace) -> VmConfig:
     fields: dict[str, Any] = {}
     if chosen("memory_mib"):
         fields["memory_mib"] = args.memory
+    if chosen("vps"):
+        fields["vps"] = args.smp
     guest = args.guest or (base.guest if args.config else None)
     kernel = args.kernel if chosen("kernel") else base.kernel
     if guest and kernel:

@@ -90,4 +90,11 @@ class CpuidModel:
             ebx = (ebx & 0x00FFFFFF) | ((vp_index & 0xFF) << 24)
         elif leaf == 7 and subleaf == 0:
             ebx &= ~(1 << 18)  # RDSEED: host randomness as well
+        elif leaf == 0xB:
+            # Extended topology (Intel SDM Vol. 2A, CPUID leaf 0BH): every VP is a package
+            # of one core with one thread, as the MP table and the MADT list them; level 0 is
+            # SMT, level 1 core, higher sub-leaves invalid.  EDX: the VP's x2APIC ID.
+            level_type = {0: 1, 1: 2}.get(subleaf, 0)
+            eax, ebx = 0, 1 if level_type else 0
+            ecx, edx = (level_type << 8) | (subleaf & 0xFF), vp_index
         return (eax, ebx, ecx, edx)

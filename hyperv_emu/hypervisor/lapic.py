@@ -12,8 +12,8 @@ Interrupt Controller (APIC)"; section names are cited where a choice was made.
   touches the APIC, and legacy guests must get the 8259's interrupts.  While IA32_APIC_BASE bit 11
   is clear the APIC is bypassed: the 8259 INTR reaches the CPU directly.
 * Delivery is synchronous, so the delivery-status bits (ICR, LVT, I/O APIC) always read idle.
-  INIT, STARTUP and SMI messages are accepted and ignored (no SMM, no multi-VP boot protocol);
-  NMI is latched in the VP, which holds it while an NMI handler runs (until IRET).
+  INIT and STARTUP messages drive the multi-VP startup protocol (smp.py); SMI is ignored (no
+  SMM); NMI is latched in the VP, which holds it while an NMI handler runs (until IRET).
   The MMIO page is not relocatable: it answers at 0xFEE00000 only for a VP whose
   IA32_APIC_BASE still points there.  CR8 is not linked to the TPR.
 
@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
+from . import smp
 from .mmu import GuestFault
 
 if TYPE_CHECKING:
@@ -274,7 +275,11 @@ class LocalApic:
         elif mode == DM_EXTINT:
             self.extint_pending = True
             self._notify()
-        # SMI, INIT, STARTUP: ignored (module docstring).
+        elif mode == DM_INIT:
+            smp.receive_init(self.vp, level, trigger)
+        elif mode == DM_STARTUP:
+            smp.receive_startup(self.vp, vector)
+        # SMI: ignored (no SMM).
 
     def _nmi(self) -> None:
         self.vp.inject_nmi()
@@ -430,9 +435,10 @@ class LocalApic:
         if mode in (DM_FIXED, DM_LOWEST) and vector < 16:
             self._error(ESR_SEND_ILLEGAL_VECTOR)
             return
-        if mode in (DM_INIT, DM_STARTUP, DM_SMI):
-            return  # see the module docstring
-        level = True  # only INIT de-assert uses level 0 (SDM "Interrupt Command Register")
+        if mode == DM_SMI:
+            return  # no SMM
+        if mode != DM_INIT:
+            level = True  # only INIT de-assert uses level 0 (SDM "Interrupt Command Register")
         everyone = [vp.lapic for vp in self.vp.partition.vps]
         if shorthand == 1:
             targets = [self]
@@ -441,11 +447,12 @@ class LocalApic:
         elif shorthand == 3:
             targets = [a for a in everyone if a is not self]
         else:
-            deliver_message(everyone, dest, vector, mode, level, trigger, logical,
-                            wide=self.x2apic)
-            return
-        for apic in targets:
-            apic.receive(vector, mode, level, trigger)
+            targets = deliver_message(everyone, dest, vector, mode, level, trigger, logical,
+                                      wide=self.x2apic)
+        if shorthand:
+            for apic in targets:
+                apic.receive(vector, mode, level, trigger)
+        smp.cross_vp_message(self.vp, [a.vp for a in targets])
 
     # ---- destination matching --------------------------------------------------------------
     def x2apic_ldr(self) -> int:
@@ -721,12 +728,14 @@ class LocalApic:
 
 def deliver_message(apics: Iterable[LocalApic], dest: int, vector: int, mode: int,
                     level: bool, trigger: int, logical: bool = False, *,
-                    wide: bool = False) -> None:
-    """The APIC bus: deliver one interrupt message to the APICs ``dest`` selects.  Lowest
-    priority goes to the matching APIC with the lowest processor priority (ties: lowest VP).
-    ``wide`` means a 32-bit x2APIC destination (0xFFFFFFFF broadcast) instead of 8 bits."""
+                    wide: bool = False) -> list[LocalApic]:
+    """The APIC bus: deliver one interrupt message to the APICs ``dest`` selects (returned).
+    Lowest priority goes to the matching APIC with the lowest processor priority (ties:
+    lowest VP).  ``wide`` means a 32-bit x2APIC destination (0xFFFFFFFF broadcast) instead
+    of 8 bits."""
     targets = [a for a in apics if a.matches(dest, logical, wide)]
     if mode == DM_LOWEST and targets:
         targets = [min(targets, key=lambda a: (a.ppr() >> 4, a.vp.index))]
     for apic in targets:
         apic.receive(vector, mode, level, trigger)
+    return targets

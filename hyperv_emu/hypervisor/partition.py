@@ -24,7 +24,7 @@ import unicorn
 from ..clock import VirtualClock
 from . import context as C
 from . import exits as E
-from . import insn_emul
+from . import insn_emul, smp
 from . import msr as M
 from .blockmark import count_insns, locate_insn
 from .context import self_test
@@ -101,6 +101,7 @@ _INTERCEPTED_INSNS = {
     SVM_EXIT_GDTR_WRITE: frozenset({"lgdt"}),
     SVM_EXIT_IDTR_WRITE: frozenset({"lidt"}),
     SVM_EXIT_RDPMC: frozenset({"rdpmc"}),
+    smp.SVM_EXIT_PAUSE: frozenset({"pause"}),
 }
 #: Intercepts whose instruction insn_emul.py checks and performs.
 _EMULATED = frozenset({SVM_EXIT_WRITE_CR0, SVM_EXIT_WRITE_CR4, SVM_EXIT_WRITE_CR8,
@@ -127,6 +128,8 @@ class Partition:
         self.memory.invalidate_at = self._invalidate_at
         self.cpuid = CpuidModel()
         self.vps: list[VirtualProcessor] = []
+        #: The turn order once there is more than one VP (smp.py); None for one VP.
+        self.scheduler: smp.RoundRobin | None = None
         #: Extra/overriding MSRs: index -> (read(vp) -> value, write(vp, value)).  Raise
         #: ``hyperv_emu.hypervisor.mmu.GuestFault(13, 0)`` for #GP.
         self.msr_handlers: dict[int, tuple[M.MsrRead, M.MsrWrite]] = {}
@@ -334,6 +337,8 @@ class Partition:
         """Add a virtual processor in its reset state."""
         vp = VirtualProcessor(self, len(self.vps))
         self.vps.append(vp)
+        if len(self.vps) == 2:
+            smp.RoundRobin(self)  # becomes self.scheduler
         return vp
 
     def request_stop(self, reason: str = "stop") -> None:
@@ -399,8 +404,13 @@ class Partition:
                     return RunExit(E.INSTRUCTION_LIMIT, f"{max_instructions} instructions")
             if t_end is not None and time.monotonic() >= t_end:
                 return RunExit(E.TIMEOUT, f"{timeout} s")
-            for vp in self.vps:
+            sched = self.scheduler
+            # Several VPs: one slice of the VP whose turn it is per pass (smp.py).
+            for vp in self.vps if sched is None else (sched.current(),):
+                before = clock.instructions
                 ex = self._step(vp, budget)
+                if sched is not None:
+                    sched.account(vp, clock.instructions - before)
                 self._sigint.check()
                 if ex is not None:
                     return ex
@@ -432,6 +442,8 @@ class Partition:
                 and not ctx.hflags & C.HF_INHIBIT_IRQ and vp.source.has_interrupt())
 
     def _wakeable_now(self, vp: VirtualProcessor) -> bool:
+        if vp.wait_for_sipi:  # only a latched INIT or STARTUP moves it (smp.py)
+            return vp.init_pending or vp.sipi_vector is not None
         return bool(vp.pending) or vp.nmi_pending and not vp.nmi_blocked or (
             self._interrupt_ready(vp))
 
@@ -453,6 +465,12 @@ class Partition:
 
     def _step(self, vp: VirtualProcessor, budget: int | None) -> RunExit | None:
         """Deliver one pending event to ``vp`` and run it for one slice."""
+        if vp.init_pending or vp.sipi_vector is not None:
+            smp.take_signals(vp)
+        if vp.wait_for_sipi:
+            return None
+        if self.scheduler is not None:
+            smp.arm_pause(vp)
         ctx = vp.ctx
         if vp.pending:
             ex = self._deliver(vp, vp.pending.pop(0))
@@ -487,6 +505,13 @@ class Partition:
         # An NMI held by a running NMI handler (or a shadow): one instruction at a time, so
         # it is taken right after the IRET that unblocks it.
         nmi_held = vp.nmi_pending
+        # Several VPs: an NMI sent while this VP was not running finds it, often, in the
+        # STI shadow its last slice ended in (slices end at block entries, and STI ends a
+        # block).  One block, not a counted instruction (switching Unicorn's counting on and
+        # off flushes its translated code), takes it past the shadow.
+        shadow_only = nmi_held and self.scheduler is not None and not vp.nmi_blocked
+        if shadow_only:
+            nmi_held = False
         if (budget is not None and budget <= self._budget_tail
                 or obs.io or obs.mmio or obs.cpuid or nmi_held):
             count = MAX_SLICE if budget is None else min(MAX_SLICE, budget)
@@ -502,6 +527,9 @@ class Partition:
                 limit = min(limit, max(1, clock.insns_until(deadline)))
             if budget is not None:
                 limit = min(limit, budget - self._budget_tail)
+        if self.scheduler is not None:  # several VPs: the rest of this VP's turn (smp.py)
+            cap = 1 if shadow_only else self.scheduler.remaining()
+            count, limit = min(count, cap), min(limit, cap)
         # Host mode: time runs on while Python delivers an interrupt (far slower than a CPU
         # does), so with a fast periodic timer the next interrupt would be waiting at every
         # IRET and the interrupted code would never run again.  So within HOST_SLICE_US of
@@ -739,6 +767,9 @@ class Partition:
                 self.observers.emit(hlt_event(vp))
             ctx.rip = ctx.rip + length
             vp.halted = True
+        elif code == smp.SVM_EXIT_PAUSE:  # several VPs only: a spin-wait yields the turn
+            smp.pause_exit(vp)
+            ctx.rip = ctx.rip + length
         elif code in (SVM_EXIT_RDTSC, SVM_EXIT_RDTSCP):
             tsc = vp.tsc()
             ctx.set_gpr(0, tsc & 0xFFFF_FFFF)

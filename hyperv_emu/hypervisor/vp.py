@@ -18,7 +18,7 @@ import unicorn
 from unicorn import x86_const as X
 
 from . import context as C
-from . import cpuid_state
+from . import cpuid_state, smp
 from . import msr as M
 from .context import CpuContext, Segment
 from .delivery import KIND_EXCEPTION, KIND_EXTERNAL, Event
@@ -96,6 +96,10 @@ class VirtualProcessor:
         self.pending: list[Event] = []
         self.nmi_pending = False
         self.tsc_offset = 0
+        #: Multi-VP startup (smp.py): an AP waits for SIPI; INIT and STARTUP latched.
+        self.wait_for_sipi = False
+        self.init_pending = False
+        self.sipi_vector: int | None = None
         #: This VP's local APIC (IA32_APIC_BASE lives in it).  It becomes the interrupt
         #: source when the worker wires it with :meth:`set_interrupt_source`.
         self.lapic = LocalApic(self)
@@ -297,6 +301,7 @@ class VirtualProcessor:
         self.tsc_offset = 0
         self.msr_file.reset()
         self.lapic.power_on()
+        smp.power_on(self)
 
     @property
     def apic_base(self) -> int:
@@ -307,7 +312,7 @@ class VirtualProcessor:
         ctx = self.ctx
         ctx.hflags = ctx.hflags | C.HF_GUEST
         ctx.set_u64(C.OFF_VM_VMCB, self.partition._vmcb_gpa)
-        ctx.set_u64(C.OFF_INTERCEPT, SVM_INTERCEPTS)
+        ctx.set_u64(C.OFF_INTERCEPT, SVM_INTERCEPTS | smp.extra_intercepts(self.partition))
         ctx.set_u64(C.OFF_TSC_OFFSET, 0)
         for off in range(C.OFF_INTERCEPT_CR_READ, C.OFF_INTERCEPT_EXCEPTIONS + 4, 2):
             ctypes.c_uint16.from_address(ctx.base + off).value = 0
@@ -431,7 +436,7 @@ class VirtualProcessor:
     def step(self) -> RunExit:
         """Run exactly one guest instruction through the partition's run loop (a pending
         interrupt is delivered first, as at any instruction boundary; a halted VP waits for
-        its wake-up).  On a multi-VP partition every runnable VP moves one instruction."""
+        its wake-up).  On a multi-VP partition the VP whose turn it is moves (smp.py)."""
         return self.partition.run(max_instructions=1)
 
     def inject_exception(self, vector: int, error_code: int | None = None) -> None:
@@ -555,6 +560,7 @@ class VirtualProcessor:
             "pending": [[e.vector, e.kind, e.error_code] for e in self.pending],
             "tsc_offset": self.tsc_offset, "lapic": self.lapic.save(),
             "msr_file": self.msr_file.save(), "nmi_pending": self.nmi_pending,
+            "smp": [self.wait_for_sipi, self.init_pending, self.sipi_vector],
         }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -595,6 +601,9 @@ class VirtualProcessor:
         self.halted = bool(state["halted"])
         self.pending = [Event(v, k, e) for v, k, e in state["pending"]]
         self.nmi_pending = bool(state.get("nmi_pending", False))
+        # States from before multi-VP support: a single VP, never waiting for SIPI.
+        wait, init, sipi = state.get("smp", [False, False, None])
+        self.wait_for_sipi, self.init_pending, self.sipi_vector = bool(wait), bool(init), sipi
         self.tsc_offset = state["tsc_offset"]
         self.lapic.restore(state["lapic"])
         # Saves from before the MSR table held MTRR_DEF_TYPE alone.

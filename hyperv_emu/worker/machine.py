@@ -25,7 +25,7 @@ from hyperv_emu.vid.vm import RunExit, VmPartition
 from hyperv_emu.vsp.storage.blockdev import BlockDevice
 from hyperv_emu.worker import key_input, linuxboot, multiboot, platform_tables
 from hyperv_emu.worker.board import A20Gate, Board, PcParts
-from hyperv_emu.worker.config import MAX_MEMORY_MIB, ConfigError, VmConfig
+from hyperv_emu.worker.config import MAX_MEMORY_MIB, MAX_VPS, ConfigError, VmConfig
 from hyperv_emu.worker.events import EventLog
 from hyperv_emu.worker.hostio import Attachments
 from hyperv_emu.worker.serial_input import StreamInput
@@ -71,6 +71,8 @@ class MachineConfig:
     configuration instead (hyperv_emu/worker/build.py)."""
 
     memory_mib: int = 32
+    #: Virtual processors (1 to 8): VP 0 boots, the others wait for INIT/SIPI.
+    vps: int = 1
     #: The primary master (kept for callers with one disk); or use ``disks``.
     disk: BlockDevice | None = None
     #: Up to four IDE disks: primary master, primary slave, secondary master, secondary slave.
@@ -112,6 +114,7 @@ class MachineConfig:
         here (``disk``/``disks``/``cdrom`` may clash), the rest when the machine is built."""
         rtc_base = self.rtc_base or datetime.datetime.now().replace(microsecond=0)
         vm = VmConfig(memory_mib=self.memory_mib, boot=self.boot, clock_mode=self.clock_mode,
+                      vps=self.vps,
                       rtc_base=rtc_base.isoformat(), hyperv=self.hyperv,
                       ics=tuple(self.vmbus.ics) if self.hyperv else (),
                       kvp=tuple(self.vmbus.kvp), name=self.vmbus.vm_name,
@@ -138,7 +141,7 @@ class MachineExit:
 
 
 class Machine(PcParts):
-    """A PC (the board's devices) on one partition with one VP, and its run."""
+    """A PC (the board's devices) on one partition with its VPs, and its run."""
 
     def __init__(self, config: VmConfig | MachineConfig,
                  attached: Attachments | None = None) -> None:
@@ -169,6 +172,11 @@ class Machine(PcParts):
         self.board.build()
         self.vp = self.vm.create_vp()
         self.board.connect_vp(self.vp)
+        if not 1 <= config.vps <= MAX_VPS:
+            raise ConfigError(f"the number of VPs must be between 1 and {MAX_VPS}, "
+                              f"not {config.vps}")
+        for _ in range(1, config.vps):  # the APs, waiting for SIPI (hypervisor/smp.py)
+            self.board.connect_vp(self.vm.create_vp())
         self.vm.map_local_apic(self.board.memory.region("local-apic").base)
         # The MP and ACPI tables, built from the devices above, into the BIOS ROM and RAM.
         self.tables = platform_tables.install(self)
@@ -273,7 +281,8 @@ class Machine(PcParts):
     def reset(self) -> None:
         """A platform reset: every device and the VP to power-on state; RAM is kept."""
         self.board.reset()
-        self.vp.reset()
+        for vp in self.partition.vps:
+            vp.reset()
         self.vm.reset()
         if self.vmbus is not None:
             self.vmbus.reset()

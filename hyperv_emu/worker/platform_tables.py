@@ -114,7 +114,7 @@ def describe(m: Machine) -> Platform:
                             for dev, fn in m.pci.functions
                             if 1 <= m.pci.functions[dev, fn].config[0x3D] <= 4))
     return Platform(
-        apic_ids=(vp.lapic.apic_id,),
+        apic_ids=tuple(v.lapic.apic_id for v in m.partition.vps),  # VP 0 (the BSP) first
         cpu_signature=a, cpu_features=d,
         lapic_version=LAPIC_VERSION & 0xFF,
         ioapic_id=m.ioapic.id, ioapic_base=m.ioapic.base,

@@ -107,6 +107,8 @@ def _components(machine: Machine) -> dict[str, State]:
         out[f"device/{key}"] = state
     for vp in machine.partition.vps:
         out[f"vp/{vp.index}"] = save_vp(vp)
+    if machine.partition.scheduler is not None:  # several VPs: whose turn, how far into it
+        out["scheduler"] = machine.partition.scheduler.save()
     if machine.hv is not None:
         out["hv"] = machine.hv.save()
     host = getattr(machine, "vmbus", None)
@@ -247,6 +249,8 @@ def _apply(machine: Machine, components: dict[str, State]) -> None:
         machine.hv.restore(components["hv"])
     for vp in machine.partition.vps:
         restore_vp(vp, components[f"vp/{vp.index}"])
+    if machine.partition.scheduler is not None:
+        machine.partition.scheduler.restore(components["scheduler"])
     devices = {k[len("device/"):]: v for k, v in components.items() if k.startswith("device/")}
     machine.board.restore({"version": 2, "devices": devices})
     board = components["machine"]

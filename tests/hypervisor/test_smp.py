@@ -1,0 +1,109 @@
+"""The multi-VP startup protocol (hypervisor/smp.py) at the local APIC: INIT, INIT level
+de-assert, STARTUP to waiting and to running APs, INIT to the BSP, the per-VP CPUID topology."""
+
+from __future__ import annotations
+
+import datetime
+
+import pytest
+
+from hyperv_emu.hypervisor import smp
+from hyperv_emu.worker.machine import Machine, MachineConfig
+
+# ICR low words (Intel SDM Vol. 3A 11.6.1): physical destination, no shorthand.
+INIT_ASSERT = 0x4500
+INIT_DEASSERT = 0x8500  # level trigger, level 0
+STARTUP = 0x4600
+
+
+def machine(vps: int = 2) -> Machine:
+    return Machine(MachineConfig(vps=vps, rtc_base=datetime.datetime(2026, 1, 1)))
+
+
+def test_ap_waits_for_sipi_and_starts_at_the_vector() -> None:
+    m = machine()
+    bsp, ap = m.partition.vps
+    assert ap.wait_for_sipi and ap.halted and not bsp.wait_for_sipi
+    bsp.lapic.send_ipi(INIT_DEASSERT, 1)
+    assert not ap.init_pending  # INIT level de-assert: ignored
+    bsp.lapic.send_ipi(INIT_ASSERT, 1)
+    bsp.lapic.send_ipi(STARTUP | 0x9A, 1)
+    assert ap.init_pending and ap.sipi_vector == 0x9A
+    smp.take_signals(ap)
+    cs = ap.ctx.seg(1)
+    assert (cs.selector, cs.base, ap.ctx.rip) == (0x9A00, 0x9A000, 0)
+    assert not ap.wait_for_sipi and not ap.halted
+    bsp.lapic.send_ipi(STARTUP | 0x20, 1)  # to a running AP: ignored
+    assert ap.sipi_vector is None
+
+
+def test_init_keeps_the_apic_id_and_base_and_parks_the_ap() -> None:
+    m = machine()
+    bsp, ap = m.partition.vps
+    bsp.lapic.send_ipi(INIT_ASSERT, 1)
+    bsp.lapic.send_ipi(STARTUP | 0x10, 1)
+    smp.take_signals(ap)
+    ap.lapic.apic_id = 5  # writable in xAPIC mode
+    ap.write_registers(rax=0x1234)
+    bsp.lapic.send_ipi(INIT_ASSERT, 5)
+    smp.take_signals(ap)
+    assert ap.wait_for_sipi and ap.halted and ap.ctx.gpr(0) == 0
+    assert ap.lapic.apic_id == 5 and ap.apic_base == 0xFEE00800
+    bsp.lapic.send_ipi(STARTUP | 0x11, 5)
+    smp.take_signals(ap)
+    assert ap.ctx.seg(1).base == 0x11000
+
+
+def test_startup_ignored_unless_waiting_and_init_sends_the_bsp_to_the_reset_vector() -> None:
+    m = machine()
+    bsp, ap = m.partition.vps
+    ap.lapic.send_ipi(STARTUP | 0x08, 0)  # the BSP never waits for SIPI
+    assert bsp.sipi_vector is None
+    bsp.write_registers(rip=0x1234)
+    ap.lapic.send_ipi(INIT_ASSERT, 0)
+    smp.take_signals(bsp)
+    assert not bsp.wait_for_sipi and bsp.ctx.rip == 0xFFF0
+    assert bsp.ctx.seg(1).base == 0xFFFF0000 and bsp.apic_base & 0x100
+
+
+def test_a_single_vp_has_no_scheduler() -> None:
+    assert machine(1).partition.scheduler is None
+    sched = machine(3).partition.scheduler
+    assert sched is not None and sched.current().index == 0
+    assert sched.quantum == smp.QUANTUM_NS // 10
+
+
+@pytest.mark.parametrize("index", [0, 3])
+def test_cpuid_topology_per_vp(index: int) -> None:
+    m = machine(4)
+    cpuid = m.partition.cpuid
+    assert cpuid.lookup(1, 0, index)[1] >> 24 == index
+    assert cpuid.lookup(0xB, 0, index) == (0, 1, 0x100, index)
+    assert cpuid.lookup(0xB, 1, index) == (0, 1, 0x201, index)
+    assert cpuid.lookup(0xB, 2, index) == (0, 0, 2, index)
+
+
+
+def test_pause_is_intercepted_only_while_another_vp_can_run() -> None:
+    from hyperv_emu.hypervisor import context as C
+
+    bit = 1 << (smp.SVM_EXIT_PAUSE - 0x60)
+    one = machine(1)
+    assert not one.vp.ctx.u64(C.OFF_INTERCEPT) & bit
+    m = machine(2)
+    bsp, ap = m.partition.vps
+    smp.arm_pause(bsp)
+    assert not bsp.ctx.u64(C.OFF_INTERCEPT) & bit  # the AP waits for SIPI: nobody to yield to
+    bsp.lapic.send_ipi(INIT_ASSERT, 1)
+    bsp.lapic.send_ipi(STARTUP | 0x10, 1)
+    smp.take_signals(ap)
+    smp.arm_pause(bsp)
+    assert bsp.ctx.u64(C.OFF_INTERCEPT) & bit
+    sched = m.partition.scheduler
+    assert sched is not None and sched.turn == 0
+    smp.pause_exit(bsp)  # a PAUSE ends the turn even with most of the quantum left
+    sched.account(bsp, 5)
+    assert sched.turn == 1 and sched.used == 0
+    ap.halted = True
+    smp.arm_pause(bsp)
+    assert not bsp.ctx.u64(C.OFF_INTERCEPT) & bit
