@@ -1,0 +1,118 @@
+"""RDTSC, RDMSR/WRMSR and MOV to/from CR8 performed inside the hook (inline.py): the slice
+goes on, and the guest sees exactly what the slow path (slice end, run loop) gives it: the
+same results, time stamps, instruction count and interrupt boundaries, including an
+interrupt held by the STI shadow that covers the intercepted instruction."""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import pytest
+import test_longmode
+from hv_helpers import FakePic, gate64, machine
+from test_longmode import IDT, long_machine
+
+from hyperv_emu.hypervisor import msr as M
+from hyperv_emu.hypervisor.inline import InlineExits
+
+ITERS = 300
+TSCS, LOG = 0xA000, 0x9000
+
+GUEST = f"""
+mov r12d, {ITERS}
+mov rdi, {TSCS}
+xor r13, r13
+loop1:
+cli
+mov ecx, 0x1A0
+rdmsr
+mov ecx, 0xC0000081
+mov eax, r12d
+xor edx, edx
+wrmsr
+mov rax, r12
+and eax, 15
+mov cr8, rax
+mov rbx, cr8
+add r13, rbx
+xor eax, eax
+mov cr8, rax
+sti
+rdtsc
+mov [rdi], eax
+add rdi, 4
+dec r12d
+jnz loop1
+cli
+hlt
+"""
+#: Vector 0x30: log the loop counter at the interrupted boundary.
+HANDLER = f"""
+mov rax, [{LOG}]
+mov [{LOG + 8} + rax*8], r12
+inc qword ptr [{LOG}]
+iretq
+"""
+
+
+def _run() -> tuple[Any, int]:
+    m = long_machine(0x60000)
+    m.part.write_memory(IDT + 0x30 * 16, gate64(0x5000, 0x08))
+    m.load(0x5000, HANDLER, 64)
+    m.load(0x4000, GUEST, 64)
+    m.vp.write_registers(rip=0x4000)
+    pic = FakePic()
+    m.vp.set_interrupt_source(pic)
+
+    def tick() -> None:
+        pic.queue.append(0x30)
+        m.vp.notify_interrupt()
+        timer.arm_in(37_000)
+
+    timer = m.clock.timer(tick)
+    timer.arm_in(37_000)
+    slices = [0]
+    start = m.vp.uc.emu_start
+
+    def counted_start(*args: Any) -> None:
+        slices[0] += 1
+        start(*args)
+
+    m.vp.uc.emu_start = counted_start
+    ex = m.part.run(max_instructions=200_000)
+    assert ex.reason == "halted"
+    return m, slices[0]
+
+
+def _state(m: Any) -> tuple[Any, ...]:
+    regs = m.vp.read_registers()
+    return (m.clock.instructions, m.clock.now(), regs["r13"], regs["rip"],
+            m.part.read_memory(TSCS, 4 * ITERS), m.part.read_memory(LOG, 0x800),
+            m.vp.read_msr(M.IA32_STAR), m.vp.read_msr(M.IA32_MISC_ENABLE))
+
+
+def test_intercepts_run_inside_the_slice() -> None:
+    m, slices = _run()
+    assert m.vp.inline.count == 6 * ITERS
+    assert slices < ITERS  # the slow path ends a slice at every one of them
+    assert m.vp.read_registers()["r13"] == sum(i & 15 for i in range(1, ITERS + 1))
+    assert m.vp.read_msr(M.IA32_STAR) == 1
+    assert struct.unpack_from("<Q", m.part.read_memory(LOG, 8))[0] > 0
+
+
+def test_inline_and_slow_paths_are_indistinguishable(monkeypatch: pytest.MonkeyPatch) -> None:
+    fast, _ = _run()
+    monkeypatch.setattr(InlineExits, "svm_exit", lambda self, code: False)
+    slow, slices = _run()
+    assert slices > 6 * ITERS
+    assert slow.vp.inline.count == 0
+    assert _state(fast) == _state(slow)
+
+
+def test_host_clock_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(test_longmode, "machine", lambda ram: machine(ram, "host"))
+    m, _ = _run()
+    assert m.clock.mode == "host"
+    assert m.vp.inline.count > 0
+    assert m.vp.read_registers()["r13"] == sum(i & 15 for i in range(1, ITERS + 1))
