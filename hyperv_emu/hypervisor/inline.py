@@ -34,11 +34,13 @@ import ctypes
 from typing import TYPE_CHECKING
 
 from . import context as C
+from . import hvdef as H
 from . import msr as M
 from .blockmark import count_insns, locate_insn
 from .context import CpuContext
 from .insn_emul import _reg_operand
 from .lapic import REG_TPR
+from .memory import UnmappedAccess
 from .mmu import GuestFault, Mmu
 
 if TYPE_CHECKING:
@@ -56,6 +58,12 @@ _INSNS = {
 #: MSR writes left to the slow path: a mode change (EFER) or a memory-map change (APIC base).
 _SLOW_WRITES = frozenset({M.IA32_EFER, M.IA32_APIC_BASE})
 _M32 = 0xFFFF_FFFF
+_VMCALLS = (bytes((0x0F, 0x01, 0xC1)), bytes((0x0F, 0x01, 0xD9)))  # VMCALL, VMMCALL
+#: Hypercalls performed inside the hook: they touch neither the VP's registers beyond the
+#: TLFS calling convention nor the memory map or the engine's TLB.
+_INLINE_CALLS = frozenset({H.HvCallNotifyLongSpinWait, H.HvCallSendSyntheticClusterIpi,
+                           H.HvCallSendSyntheticClusterIpiEx, H.HvCallPostMessage,
+                           H.HvCallSignalEvent})
 _MODE_BITS = C.HF_CS32 | C.HF_CS64
 _MAX_FOUND = 4096
 #: (linear address, length, text) of the instruction, instructions before it in its block,
@@ -95,6 +103,8 @@ class InlineExits:
         self.count = 0
         #: (block start, block size, mode bits, exit code) -> what _find decoded there.
         self._found: dict[tuple[int, int, int, int], _Found] = {}
+        #: An invalid-opcode hook let its #UD come to UC_HOOK_INTR (defer_invalid).
+        self._deferred = False
 
     def svm_exit(self, code: int) -> bool:
         """Perform intercept ``code`` now and resume after its instruction; False if the
@@ -129,17 +139,87 @@ class InlineExits:
             s.retired, s.cur = retired, cur
             return False
         cs_base = 0 if bits == 64 else ctx.seg(C.SEG_CS).base
-        nxt = (linear + length - cs_base) & (0xFFFF_FFFF_FFFF_FFFF if bits == 64 else _M32)
-        # Unicorn sets EIP from exception_next_eip around the hook: both point past it.
+        self._resume((linear + length - cs_base)
+                     & (0xFFFF_FFFF_FFFF_FFFF if bits == 64 else _M32))
+        return True
+
+    def defer_invalid(self) -> bool:
+        """``UC_HOOK_INSN_INVALID``: Unicorn 2.1.1 raises #UD through ``UC_HOOK_INTR`` right
+        after this hook for the same instruction (docs/ENGINE.md), and a VMCALL is decided
+        there (:meth:`take_ud`), so the slice is not stopped here.  Once only: if no #UD
+        came after the last deferral, the slow path stops the slice as before."""
+        if not self.enabled or self._deferred:
+            self._deferred = False
+            return False
+        self._deferred = True
+        return True
+
+    def take_ud(self) -> bool:
+        """``UC_HOOK_INTR`` with vector 6: True if it was a hypercall performed here."""
+        self._deferred = False
+        if self.ctx.u32(C.OFF_EXC_IS_INT):
+            return False  # INT 6, not an invalid opcode
+        return self.vmcall()
+
+    def vmcall(self) -> bool:
+        """Inside the #UD raised for a VMCALL/VMMCALL: perform the hypercall now, on the live
+        state, and resume after it; False if the slow path must (nothing has changed then).
+        The hypercall handler sees the live state through ``vp.ctx``/``vp.mmu`` while it
+        runs."""
+        vp = self.vp
+        part = vp.partition
+        if (not self.enabled or vp._dirty or vp._counting or part.vmcall_handler is None
+                or part.observers.before_hypercall):
+            return False
+        ctx = self.ctx
+        hf = ctx.hflags
+        bits = 64 if hf & C.HF_CS64 else 32 if hf & C.HF_CS32 else 16
+        rip = ctx.rip
+        linear = rip if bits == 64 else (ctx.seg(C.SEG_CS).base + rip) & _M32
+        try:
+            if self.mmu.read(linear, 3, fetch=True) not in _VMCALLS:
+                return False
+        except (GuestFault, UnmappedAccess):
+            return False
+        control = ctx.gpr(1) if bits == 64 else ctx.gpr(0)
+        if control & 0xFFFF not in _INLINE_CALLS:
+            return False
+        s = vp.blocks.state
+        last, cur = s.last, s.cur
+        k = count_insns(self.mmu.read, last, bits, linear)
+        if k is None or k >= cur:
+            return False
+        retired = s.retired
+        s.retired, s.cur = retired - cur + k + 1, 1
+        saved = vp.ctx, vp.mmu
+        vp.ctx, vp.mmu = ctx, self.mmu
+        try:
+            done = part.vmcall_handler(vp)
+        except Exception:  # noqa: BLE001 - the slow path runs it again and reports it
+            done = False
+        finally:
+            vp.ctx, vp.mmu = saved
+            vp._dirty = False  # the handler edited the live state, not the saved one
+        if not done:
+            s.retired, s.cur = retired, cur
+            return False
+        # A continuation moved RIP back by 3 (hypercall.py): the VMCALL then runs again.
+        nxt = (ctx.rip + 3) & (0xFFFF_FFFF_FFFF_FFFF if bits == 64 else _M32)
+        self._resume(nxt)
+        return True
+
+    def _resume(self, nxt: int) -> None:
+        """Go on at EIP ``nxt`` once the hook returns."""
+        ctx = self.ctx
+        # Unicorn sets EIP from exception_next_eip around the hook: both point there.
         ctx.rip = nxt
         ctx.set_u64(C.OFF_EXC_NEXT_EIP, nxt)
         ctx.hflags = ctx.hflags & ~C.HF_INHIBIT_IRQ
         ctx.old_exception = -1
         # The rest of the block is not executed: nothing of it is counted, and a slice that
         # stops before the next block entry has retired exactly this.
-        s.cur = 0
+        self.vp.blocks.state.cur = 0
         self.count += 1
-        return True
 
     def _span_at(self, linear: int, n: int) -> bytes | None:
         """The ``n`` code bytes at ``linear`` when they lie in one RAM/ROM page (None if not,

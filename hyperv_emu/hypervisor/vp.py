@@ -230,8 +230,9 @@ class VirtualProcessor:
             # flags from before the instruction: syscall.py decides after FMASK.
             self._stop()
             return
-        if intno >= EXCP_VMEXIT and self.inline.svm_exit(intno - EXCP_VMEXIT):
-            return  # performed; the engine resumes after the instruction
+        if intno >= EXCP_VMEXIT and self.inline.svm_exit(intno - EXCP_VMEXIT) or (
+                intno == 6 and self.inline.take_ud()):
+            return  # performed (inline.py); the engine resumes after the instruction
         self._exit = ("intr", intno)
         uc.context_update(self._hook_ctx)
         b = self._hook_base
@@ -241,6 +242,8 @@ class VirtualProcessor:
         self._stop()
 
     def _on_invalid(self, uc: unicorn.Uc, _ud: object) -> bool:
+        if self.inline.defer_invalid():
+            return True  # the #UD that Unicorn raises next comes to _on_intr (inline.py)
         self._exit = ("invalid",)
         self._stop()
         return True  # resume at the same RIP, which the stop prevents; decoded by the run loop

@@ -116,3 +116,61 @@ def test_host_clock_mode(monkeypatch: pytest.MonkeyPatch) -> None:
     assert m.clock.mode == "host"
     assert m.vp.inline.count > 0
     assert m.vp.read_registers()["r13"] == sum(i & 15 for i in range(1, ITERS + 1))
+
+
+HC_PAGE, HC_IN = 0x30000, 0x20000
+HYPERCALLS = f"""
+mov rbx, {HC_PAGE:#x}
+mov r12d, 50
+xor r13, r13
+loop1:
+mov rcx, 0x10008
+mov edx, r12d
+call rbx
+add r13, rax
+mov rcx, 0x10008
+mov rdx, 1 << 32
+call rbx
+add r13, rax
+mov dword ptr [{HC_IN:#x} + 4], r12d
+mov rcx, 0x8
+mov rdx, {HC_IN:#x}
+xor r8, r8
+call rbx
+add r13, rax
+mov rcx, 0x2
+call rbx
+add r13, rax
+rdtsc
+add r13, rax
+dec r12d
+jnz loop1
+hlt
+"""
+
+
+def _hypercalls() -> Any:
+    from hyperv_emu.hypervisor.hv import install_hyperv
+
+    m = long_machine(0x60000)
+    install_hyperv(m.part)
+    m.vp.write_msr(0x40000000, 0x8100_0000_0000_0001)  # HV_X64_MSR_GUEST_OS_ID
+    m.vp.write_msr(0x40000001, HC_PAGE | 1)  # hypercall page on
+    m.load(0x4000, HYPERCALLS, 64)
+    m.vp.write_registers(rip=0x4000)
+    assert m.part.run(max_instructions=100_000).reason == "halted"
+    return m
+
+
+def test_hypercalls_inline_match_the_slow_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    fast = _hypercalls()
+    # NotifyLongSpinWait fast, fast with RsvdZ set, memory form: inline; the flush is not.
+    assert fast.vp.inline.count == 50 * 4
+    monkeypatch.setattr(InlineExits, "vmcall", lambda self: False)
+    monkeypatch.setattr(InlineExits, "svm_exit", lambda self, code: False)
+    slow = _hypercalls()
+    assert slow.vp.inline.count == 0
+    for m in (fast, slow):
+        assert m.vp.read_registers()["r12"] == 0
+    assert (fast.clock.instructions, fast.vp.read_registers()["r13"]) == (
+        slow.clock.instructions, slow.vp.read_registers()["r13"])
