@@ -33,11 +33,14 @@ from __future__ import annotations
 import ctypes
 from typing import TYPE_CHECKING
 
+from unicorn import x86_const as X
+
 from . import context as C
 from . import hvdef as H
 from . import msr as M
 from .blockmark import count_insns, locate_insn
 from .context import CpuContext
+from .delivery import KIND_EXCEPTION, KIND_SOFTWARE, Event, TripleFault, deliver
 from .insn_emul import _reg_operand
 from .lapic import REG_TPR
 from .memory import UnmappedAccess
@@ -58,6 +61,11 @@ _INSNS = {
 #: MSR writes left to the slow path: a mode change (EFER) or a memory-map change (APIC base).
 _SLOW_WRITES = frozenset({M.IA32_EFER, M.IA32_APIC_BASE})
 _M32 = 0xFFFF_FFFF
+_ENV_SIZE = C.CONTEXT_SIZE - C.ENV_OFFSET
+#: Exceptions that push an error code (SDM Vol. 3A, Table 6-1).
+_ERROR_CODE = frozenset({8, 10, 11, 12, 13, 14, 17, 21})
+#: Vectors left to the slow path: #DB (single steps, SYSCALL's trap), NMI, #DF, #MC.
+_SLOW_VECTORS = frozenset({1, 2, 8, 18})
 _VMCALLS = (bytes((0x0F, 0x01, 0xC1)), bytes((0x0F, 0x01, 0xD9)))  # VMCALL, VMMCALL
 #: Hypercalls performed inside the hook: they touch neither the VP's registers beyond the
 #: TLFS calling convention nor the memory map or the engine's TLB.
@@ -158,8 +166,74 @@ class InlineExits:
         """``UC_HOOK_INTR`` with vector 6: True if it was a hypercall performed here."""
         self._deferred = False
         if self.ctx.u32(C.OFF_EXC_IS_INT):
-            return False  # INT 6, not an invalid opcode
-        return self.vmcall()
+            return self.exception(6)  # INT 6, not an invalid opcode
+        if self.vmcall():
+            return True
+        try:
+            if self.mmu.read(self._linear_rip(), 3, fetch=True) in _VMCALLS:
+                return False  # a hypercall for the slow path
+        except (GuestFault, UnmappedAccess):
+            return False
+        return self.exception(6)
+
+    def _linear_rip(self) -> int:
+        ctx = self.ctx
+        if ctx.hflags & C.HF_CS64:
+            return ctx.rip
+        return (ctx.seg(C.SEG_CS).base + ctx.rip) & _M32
+
+    def exception(self, intno: int) -> bool:
+        """Inside ``UC_HOOK_INTR`` for an exception or INT n: vector it into the guest now,
+        as the run loop would at the start of the next slice (delivery.py on the live state),
+        and go on at the handler; False if the slow path must (nothing has changed then)."""
+        vp = self.vp
+        if (not self.enabled or vp._dirty or vp._counting or intno in _SLOW_VECTORS
+                or intno > 0xFF or vp.pending or vp.nmi_pending
+                or vp.partition.observers.interrupt):
+            return False
+        ctx = self.ctx
+        hf = ctx.hflags
+        bits = 64 if hf & C.HF_CS64 else 32 if hf & C.HF_CS32 else 16
+        target = self._linear_rip()
+        if ctx.u32(C.OFF_EXC_IS_INT):
+            # EIP is already past INT n (CD ib); INT3 (CC) and INTO (CE) are one byte.
+            length = 2
+            try:
+                if intno in (3, 4) and self.mmu.read(target - 1, 1)[0] in (0xCC, 0xCE):
+                    length = 1
+            except (GuestFault, UnmappedAccess):
+                pass
+            event = Event(intno, KIND_SOFTWARE, None, length)
+        else:
+            err = ctx.u32(C.OFF_ERROR_CODE) if intno in _ERROR_CODE else None
+            event = Event(intno, KIND_EXCEPTION, err)
+        # Retired: the block's instructions before EIP (the faulting one does not retire,
+        # an INT n does), as the run loop counts a slice stopped inside a block.
+        s = vp.blocks.state
+        last, size, cur, retired = s.last, s.size, s.cur, s.retired
+        done = cur
+        if last <= target < last + size:
+            k = count_insns(self.mmu.read, last, bits, target)
+            if k is not None:
+                done = min(k, cur)
+        saved = ctypes.create_string_buffer(ctypes.string_at(ctx.base, _ENV_SIZE), _ENV_SIZE)
+        uc = vp.uc
+        s.retired, s.cur = retired - cur + done, 0
+        try:
+            # While the engine runs, RFLAGS' arithmetic flags and DF live apart from
+            # env->eflags: the register API assembles and loads them.
+            ctx.rflags = int(uc.reg_read(X.UC_X86_REG_EFLAGS))
+            deliver(ctx, self.mmu, event)
+        except (TripleFault, UnmappedAccess, GuestFault):
+            ctypes.memmove(ctx.base, saved, _ENV_SIZE)
+            s.retired, s.cur = retired, cur
+            return False
+        uc.reg_write(X.UC_X86_REG_EFLAGS, ctx.rflags)
+        ctx.set_u64(C.OFF_EXC_NEXT_EIP, ctx.rip)
+        ctx.set_u32(C.OFF_EXC_IS_INT, 0)
+        vp.halted = False
+        self.count += 1
+        return True
 
     def vmcall(self) -> bool:
         """Inside the #UD raised for a VMCALL/VMMCALL: perform the hypercall now, on the live

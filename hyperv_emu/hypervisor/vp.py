@@ -231,7 +231,8 @@ class VirtualProcessor:
             self._stop()
             return
         if intno >= EXCP_VMEXIT and self.inline.svm_exit(intno - EXCP_VMEXIT) or (
-                intno == 6 and self.inline.take_ud()):
+                intno == 6 and self.inline.take_ud()) or (
+                intno < EXCP_VMEXIT and intno != 6 and self.inline.exception(intno)):
             return  # performed (inline.py); the engine resumes after the instruction
         self._exit = ("intr", intno)
         uc.context_update(self._hook_ctx)

@@ -174,3 +174,53 @@ def test_hypercalls_inline_match_the_slow_path(monkeypatch: pytest.MonkeyPatch) 
         assert m.vp.read_registers()["r12"] == 0
     assert (fast.clock.instructions, fast.vp.read_registers()["r13"]) == (
         slow.clock.instructions, slow.vp.read_registers()["r13"])
+
+
+EXCEPTIONS = """
+mov r12d, 200
+xor r13, r13
+xor r14, r14
+loop1:
+int3
+ud2
+mov rbx, 0x300000
+mov rax, [rbx]
+int 0x40
+add r13, 1
+dec r12d
+jnz loop1
+hlt
+"""
+#: Handlers at 0x5000 + 0x100 * n for #BP, #UD, #PF and INT 40h.
+EXC_HANDLERS = {
+    3: "add r14, 1\niretq",
+    6: "add r14, 0x100\nadd qword ptr [rsp], 2\niretq",
+    14: "add rsp, 8\nmov rax, cr2\nadd r14, rax\nadd qword ptr [rsp], 3\niretq",
+    0x40: "add r14, 0x10000\niretq",
+}
+
+
+def _exceptions() -> Any:
+    m = long_machine(0x60000)
+    for n, (vector, src) in enumerate(EXC_HANDLERS.items()):
+        m.part.write_memory(IDT + vector * 16, gate64(0x5000 + 0x100 * n, 0x08))
+        m.load(0x5000 + 0x100 * n, src, 64)
+    m.load(0x4000, EXCEPTIONS, 64)
+    m.vp.write_registers(rip=0x4000)
+    assert m.part.run(max_instructions=100_000).reason == "halted"
+    return m
+
+
+def test_exceptions_delivered_in_the_hook_match_the_slow_path(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    fast = _exceptions()
+    assert fast.vp.inline.count == 4 * 200
+    monkeypatch.setattr(InlineExits, "exception", lambda self, intno: False)
+    slow = _exceptions()
+    assert slow.vp.inline.count == 0
+    want = 200 * (1 + 0x100 + 0x300000 + 0x10000)
+    for m in (fast, slow):
+        regs = m.vp.read_registers()
+        assert (regs["r13"], regs["r14"], regs["rsp"]) == (200, want, 0x8000)
+    assert fast.clock.instructions == slow.clock.instructions
+    assert fast.vp.read_registers()["rflags"] == slow.vp.read_registers()["rflags"]
