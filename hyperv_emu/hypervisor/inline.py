@@ -1,4 +1,5 @@
-"""Intercepts performed inside Unicorn's hook, without ending the slice.
+"""Intercepts, hypercalls and exceptions handled inside Unicorn's hook, without ending the
+slice.
 
 An SVM intercept (RDTSC/RDTSCP, RDMSR/WRMSR, MOV to/from CR8) reaches ``UC_HOOK_INTR`` as an
 exception that has already left the translated block.  The slow path stops the engine, saves
@@ -19,6 +20,11 @@ What the guest sees is the same as on the slow path:
   slow path, which ends the slice there; the next instruction starts a block, which is where
   the gate ends a slice at a timer deadline, so timers fire at the same instruction;
 * an STI/MOV SS shadow ends with the instruction (it covered exactly that one).
+
+The same holds for the VMCALL/VMMCALL of a hypercall whose handler touches only the
+registers of the calling convention (:meth:`InlineExits.vmcall`), and for an exception or
+INT n, which is vectored into the guest right here (:meth:`InlineExits.exception`,
+delivery.py) with the count the run loop would give.
 
 Anything that needs the run loop takes the slow path: counted slices (tracing, the end of an
 instruction budget, single steps), MSR observers, a fault the instruction raises (#GP: the
