@@ -4,6 +4,9 @@ decoder/dispatch table or MSR table -> handler -> result), each against a bare U
 the same instruction in the same run (an UC_HOOK_INSN_INVALID callback that skips the VMCALL;
 for RDMSR, which Unicorn 2.1.x cannot hook, raw Unicorn executing it untrapped).
 
+Each full-path figure is also measured with the in-hook path (inline.py) switched off, in
+the same run: the slice then ends at every trap and the run loop performs it.
+
 Run: ``python bench/bench_hypercall.py`` (a few seconds on a 2-core machine).
 """
 
@@ -23,6 +26,7 @@ from hyperv_emu.asm import assemble  # noqa: E402
 from hyperv_emu.clock import VirtualClock  # noqa: E402
 from hyperv_emu.hypervisor import Partition  # noqa: E402
 from hyperv_emu.hypervisor.hv import install_hyperv  # noqa: E402
+from hyperv_emu.hypervisor.inline import InlineExits  # noqa: E402
 
 ITERS = 20_000
 CODE, HC_PAGE, IN_PAGE = 0x4000, 0x30000, 0x20000
@@ -92,6 +96,17 @@ def partition_run(src: str) -> float:
     return elapsed
 
 
+def slice_end_run(src: str) -> float:
+    """:func:`partition_run` with the in-hook path switched off."""
+    saved = InlineExits.svm_exit, InlineExits.vmcall
+    InlineExits.svm_exit = lambda self, code: False  # type: ignore[method-assign]
+    InlineExits.vmcall = lambda self: False  # type: ignore[method-assign]
+    try:
+        return partition_run(src)
+    finally:
+        InlineExits.svm_exit, InlineExits.vmcall = saved  # type: ignore[method-assign]
+
+
 def main() -> None:
     print(f"{ITERS:,} iterations each (64-bit long mode)")
     raw = raw_unicorn(VMCALL_RAW)
@@ -99,12 +114,15 @@ def main() -> None:
     for name, src in (("fast form (NotifyLongSpinWait)", FAST),
                       ("memory form (NotifyLongSpinWait)", MEMORY)):
         t = partition_run(src)
-        print(f"  hypercall, {name:31s}{ITERS / t / 1e3:9.1f} k/s  ({raw / t:.3f} x bare)")
+        slow = slice_end_run(src)
+        print(f"  hypercall, {name:31s}{ITERS / t / 1e3:9.1f} k/s  ({raw / t:.3f} x bare;"
+              f" slice end {ITERS / slow / 1e3:.1f} k/s, {raw / slow:.3f} x)")
     raw = raw_unicorn(RDMSR_RAW)
     print(f"  bare Unicorn RDMSR EFER (untrapped)       {ITERS / raw / 1e3:9.1f} k/s")
     t = partition_run(RDMSR_HV)
+    slow = slice_end_run(RDMSR_HV)
     print(f"  RDMSR TIME_REF_COUNT, trapped, full path  {ITERS / t / 1e3:9.1f} k/s"
-          f"  ({raw / t:.3f} x bare)")
+          f"  ({raw / t:.3f} x bare; slice end {ITERS / slow / 1e3:.1f} k/s)")
 
 
 if __name__ == "__main__":

@@ -570,6 +570,7 @@ class Partition:
         vp._stop_counter = None
         vp._running = True
         vp._counting = bool(count)
+        vp.inline.enabled = not count and (watch_if or not masked)  # inline.py
         vp.blocks.begin(NO_LIMIT if count else limit, watch_if)
         self._running_vp = vp
         error: unicorn.UcError | None = None

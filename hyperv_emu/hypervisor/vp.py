@@ -24,6 +24,7 @@ from .context import CpuContext, Segment
 from .delivery import KIND_EXCEPTION, KIND_EXTERNAL, Event
 from .engine import open_engine
 from .gate import BlockGate
+from .inline import InlineExits
 from .lapic import LocalApic
 from .mmu import Mmu
 from .msr_table import MsrFile
@@ -126,6 +127,8 @@ class VirtualProcessor:
         #: The native block gate: start of the block executing (to find intercepted
         #: instructions, see blockmark.py), exact instruction counts and slice ends (gate.py).
         self.blocks = BlockGate(self.uc)
+        #: SVM intercepts performed inside the hook, without ending the slice (inline.py).
+        self.inline = InlineExits(self)
         self.reset()
 
     # ---- hooks ------------------------------------------------------------------------------
@@ -231,6 +234,10 @@ class VirtualProcessor:
             # flags from before the instruction: syscall.py decides after FMASK.
             self._stop()
             return
+        if intno >= EXCP_VMEXIT and self.inline.svm_exit(intno - EXCP_VMEXIT) or (
+                intno == 6 and self.inline.take_ud()) or (
+                intno < EXCP_VMEXIT and intno != 6 and self.inline.exception(intno)):
+            return  # performed (inline.py); the engine resumes after the instruction
         self._exit = ("intr", intno)
         uc.context_update(self._hook_ctx)
         b = self._hook_base
@@ -240,6 +247,8 @@ class VirtualProcessor:
         self._stop()
 
     def _on_invalid(self, uc: unicorn.Uc, _ud: object) -> bool:
+        if self.inline.defer_invalid():
+            return True  # the #UD that Unicorn raises next comes to _on_intr (inline.py)
         self._exit = ("invalid",)
         self._stop()
         return True  # resume at the same RIP, which the stop prevents; decoded by the run loop

@@ -1,0 +1,382 @@
+"""Intercepts, hypercalls and exceptions handled inside Unicorn's hook, without ending the
+slice.
+
+An SVM intercept (RDTSC/RDTSCP, RDMSR/WRMSR, MOV to/from CR8) reaches ``UC_HOOK_INTR`` as an
+exception that has already left the translated block.  The slow path stops the engine, saves
+its whole context, finds and performs the instruction in the run loop and starts a new slice:
+about 100 us of Python per instruction.  Here the same instruction is performed from inside
+the hook on the engine's *live* CPU state (:class:`LiveContext`), and the hook returns with
+EIP past it, so Unicorn goes on with a new block at the next instruction: the slice never
+ends.
+
+What the guest sees is the same as on the slow path:
+
+* the instruction is found the same way (decoded from the start of the block the gate
+  recorded, blockmark.py), through a page walker reading the live control registers;
+* retired-instruction accounting is exact: the gate added the whole block's count at its
+  entry; it is cut back to the instructions before the intercepted one plus that one, and the
+  code after it runs as a new block, which the gate counts when it enters it.  A time read by
+  the instruction (RDTSC, TIME_REF_COUNT) is that of the instruction's own boundary, as on the
+  slow path, which ends the slice there; the next instruction starts a block, which is where
+  the gate ends a slice at a timer deadline, so timers fire at the same instruction;
+* an STI/MOV SS shadow ends with the instruction (it covered exactly that one).
+
+The same holds for the VMCALL/VMMCALL of a hypercall whose handler touches only the
+registers of the calling convention (:meth:`InlineExits.vmcall`), and for an exception or
+INT n, which is vectored into the guest right here (:meth:`InlineExits.exception`,
+delivery.py) with the count the run loop would give.
+
+Anything that needs the run loop takes the slow path: counted slices (tracing, the end of an
+instruction budget, single steps), MSR observers, a fault the instruction raises (#GP: the
+slow path performs it again and delivers the fault; a refused access has no side effect), an
+EFER or APIC-base write (they change the CPU mode or the memory map), a write to a synthetic
+MSR (its handler may map overlay pages), and, in host-clock mode, a slice during which an
+interrupt is already waiting.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from typing import TYPE_CHECKING
+
+from unicorn import x86_const as X
+
+from . import context as C
+from . import hvdef as H
+from . import msr as M
+from .blockmark import count_insns, locate_insn
+from .context import CpuContext
+from .delivery import KIND_EXCEPTION, KIND_SOFTWARE, Event, TripleFault, deliver
+from .insn_emul import _reg_operand
+from .lapic import REG_TPR
+from .memory import UnmappedAccess
+from .mmu import GuestFault, Mmu
+
+if TYPE_CHECKING:
+    from .vp import VirtualProcessor
+
+# SVM exit codes handled here (AMD APM Vol. 2, Appendix C); vp.py names them too.
+_RDTSC, _MSR, _READ_CR8, _WRITE_CR8 = 0x6E, 0x7C, 0x08, 0x18
+#: Which instruction each exit comes from (capstone spelling, as partition.py matches them).
+_INSNS = {
+    _RDTSC: frozenset({"rdtsc", "rdtscp"}),
+    _MSR: frozenset({"rdmsr", "wrmsr"}),
+    _WRITE_CR8: frozenset({"mov cr8,*"}),
+    _READ_CR8: frozenset({"mov *, cr8"}),
+}
+#: MSR writes left to the slow path: a mode change (EFER) or a memory-map change (APIC base).
+_SLOW_WRITES = frozenset({M.IA32_EFER, M.IA32_APIC_BASE})
+_M32 = 0xFFFF_FFFF
+_ENV_SIZE = C.CONTEXT_SIZE - C.ENV_OFFSET
+#: Exceptions that push an error code (SDM Vol. 3A, Table 6-1).
+_ERROR_CODE = frozenset({8, 10, 11, 12, 13, 14, 17, 21})
+#: Vectors left to the slow path: #DB (single steps, SYSCALL's trap), NMI, #DF, #MC.
+_SLOW_VECTORS = frozenset({1, 2, 8, 18})
+_VMCALLS = (bytes((0x0F, 0x01, 0xC1)), bytes((0x0F, 0x01, 0xD9)))  # VMCALL, VMMCALL
+#: Hypercalls performed inside the hook: they touch neither the VP's registers beyond the
+#: TLFS calling convention nor the memory map or the engine's TLB.
+_INLINE_CALLS = frozenset({H.HvCallNotifyLongSpinWait, H.HvCallSendSyntheticClusterIpi,
+                           H.HvCallSendSyntheticClusterIpiEx, H.HvCallPostMessage,
+                           H.HvCallSignalEvent})
+_MODE_BITS = C.HF_CS32 | C.HF_CS64
+_MAX_FOUND = 4096
+#: (linear address, length, text) of the instruction, instructions before it in its block,
+#: and the code bytes from the block start to its end.
+_Found = tuple[int, int, str, int, bytes]
+
+
+class LiveContext(CpuContext):
+    """A :class:`CpuContext` whose fields are the engine's live ``CPUX86State``: valid only
+    inside a hook, where the saved context is the slice's start.  It cannot be saved or
+    restored (it *is* the engine's state)."""
+
+    def __init__(self, uc: object) -> None:  # noqa: D107 - no context buffer of its own
+        self.uc = uc  # type: ignore[assignment]
+        self.base = C.env_address(uc)  # type: ignore[arg-type]
+        self.view = memoryview((ctypes.c_char * (C.CONTEXT_SIZE - C.ENV_OFFSET)).from_address(
+            self.base)).cast("B")
+
+    def save(self) -> None:
+        raise TypeError("the live CPU state has no saved copy")
+
+    def restore(self) -> None:
+        raise TypeError("the live CPU state has no saved copy")
+
+
+class InlineExits:
+    """One VP's in-hook intercept handling (see the module docstring)."""
+
+    def __init__(self, vp: VirtualProcessor) -> None:
+        self.vp = vp
+        self.ctx = LiveContext(vp.uc)
+        self.mmu = Mmu(self.ctx, vp.partition.memory)
+        #: Set by the run loop for each slice: False where the slow path must run (counted
+        #: slices; host mode with an interrupt waiting and IF not watched).
+        self.enabled = False
+        #: Intercepts performed here (for tests and benchmarks).
+        self.count = 0
+        #: (block start, block size, mode bits, exit code) -> what _find decoded there.
+        self._found: dict[tuple[int, int, int, int], _Found] = {}
+        #: An invalid-opcode hook let its #UD come to UC_HOOK_INTR (defer_invalid).
+        self._deferred = False
+
+    def svm_exit(self, code: int) -> bool:
+        """Perform intercept ``code`` now and resume after its instruction; False if the
+        slow path must handle it (nothing has been changed then)."""
+        ids = _INSNS.get(code)
+        vp = self.vp
+        if ids is None or not self.enabled or vp._dirty or vp._counting:
+            return False
+        ctx = self.ctx
+        hf = ctx.hflags
+        s = vp.blocks.state
+        last, size, cur = s.last, s.size, s.cur
+        key = (last, size, hf & _MODE_BITS, code)
+        hit = self._found.get(key)
+        if hit is None or self._span_at(last, len(hit[4])) != hit[4]:
+            hit = self._find(key, hf)
+            if hit is None:
+                return False
+        linear, length, text, k, _span = hit
+        bits = 64 if hf & C.HF_CS64 else 32 if hf & C.HF_CS32 else 16
+        if k >= cur:
+            return False
+        retired = int(s.retired)
+        before = retired - cur
+        # Time reads by the instruction see its own boundary (the slow path's clock).
+        s.retired, s.cur = before + k + 1, 1
+        try:
+            done = self._perform(code, text, length, linear, bits)
+        except GuestFault:
+            done = False
+        if not done:
+            s.retired, s.cur = retired, cur
+            return False
+        cs_base = 0 if bits == 64 else ctx.seg(C.SEG_CS).base
+        self._resume((linear + length - cs_base)
+                     & (0xFFFF_FFFF_FFFF_FFFF if bits == 64 else _M32))
+        return True
+
+    def defer_invalid(self) -> bool:
+        """``UC_HOOK_INSN_INVALID``: Unicorn 2.1.1 raises #UD through ``UC_HOOK_INTR`` right
+        after this hook for the same instruction (docs/ENGINE.md), and a VMCALL is decided
+        there (:meth:`take_ud`), so the slice is not stopped here.  Once only: if no #UD
+        came after the last deferral, the slow path stops the slice as before."""
+        if not self.enabled or self._deferred:
+            self._deferred = False
+            return False
+        self._deferred = True
+        return True
+
+    def take_ud(self) -> bool:
+        """``UC_HOOK_INTR`` with vector 6: True if it was a hypercall performed here."""
+        self._deferred = False
+        if self.ctx.u32(C.OFF_EXC_IS_INT):
+            return self.exception(6)  # INT 6, not an invalid opcode
+        if self.vmcall():
+            return True
+        try:
+            if self.mmu.read(self._linear_rip(), 3, fetch=True) in _VMCALLS:
+                return False  # a hypercall for the slow path
+        except (GuestFault, UnmappedAccess):
+            return False
+        return self.exception(6)
+
+    def _linear_rip(self) -> int:
+        ctx = self.ctx
+        if ctx.hflags & C.HF_CS64:
+            return ctx.rip
+        return (ctx.seg(C.SEG_CS).base + ctx.rip) & _M32
+
+    def exception(self, intno: int) -> bool:
+        """Inside ``UC_HOOK_INTR`` for an exception or INT n: vector it into the guest now,
+        as the run loop would at the start of the next slice (delivery.py on the live state),
+        and go on at the handler; False if the slow path must (nothing has changed then)."""
+        vp = self.vp
+        if (not self.enabled or vp._dirty or vp._counting or intno in _SLOW_VECTORS
+                or intno > 0xFF or vp.pending or vp.nmi_pending
+                or vp.partition.observers.interrupt):
+            return False
+        ctx = self.ctx
+        hf = ctx.hflags
+        bits = 64 if hf & C.HF_CS64 else 32 if hf & C.HF_CS32 else 16
+        target = self._linear_rip()
+        if ctx.u32(C.OFF_EXC_IS_INT):
+            # EIP is already past INT n (CD ib); INT3 (CC) and INTO (CE) are one byte.
+            length = 2
+            try:
+                if intno in (3, 4) and self.mmu.read(target - 1, 1)[0] in (0xCC, 0xCE):
+                    length = 1
+            except (GuestFault, UnmappedAccess):
+                pass
+            event = Event(intno, KIND_SOFTWARE, None, length)
+        else:
+            err = ctx.u32(C.OFF_ERROR_CODE) if intno in _ERROR_CODE else None
+            event = Event(intno, KIND_EXCEPTION, err)
+        # Retired: the block's instructions before EIP (the faulting one does not retire,
+        # an INT n does), as the run loop counts a slice stopped inside a block.
+        s = vp.blocks.state
+        last, size, cur, retired = s.last, s.size, s.cur, s.retired
+        done = cur
+        if last <= target < last + size:
+            k = count_insns(self.mmu.read, last, bits, target)
+            if k is not None:
+                done = min(k, cur)
+        saved = ctypes.create_string_buffer(ctypes.string_at(ctx.base, _ENV_SIZE), _ENV_SIZE)
+        uc = vp.uc
+        s.retired, s.cur = retired - cur + done, 0
+        try:
+            # While the engine runs, RFLAGS' arithmetic flags and DF live apart from
+            # env->eflags: the register API assembles and loads them.
+            ctx.rflags = int(uc.reg_read(X.UC_X86_REG_EFLAGS))
+            deliver(ctx, self.mmu, event)
+        except (TripleFault, UnmappedAccess, GuestFault):
+            ctypes.memmove(ctx.base, saved, _ENV_SIZE)
+            s.retired, s.cur = retired, cur
+            return False
+        uc.reg_write(X.UC_X86_REG_EFLAGS, ctx.rflags)
+        ctx.set_u64(C.OFF_EXC_NEXT_EIP, ctx.rip)
+        ctx.set_u32(C.OFF_EXC_IS_INT, 0)
+        vp.halted = False
+        self.count += 1
+        return True
+
+    def vmcall(self) -> bool:
+        """Inside the #UD raised for a VMCALL/VMMCALL: perform the hypercall now, on the live
+        state, and resume after it; False if the slow path must (nothing has changed then).
+        The hypercall handler sees the live state through ``vp.ctx``/``vp.mmu`` while it
+        runs."""
+        vp = self.vp
+        part = vp.partition
+        if (not self.enabled or vp._dirty or vp._counting or part.vmcall_handler is None
+                or part.observers.before_hypercall):
+            return False
+        ctx = self.ctx
+        hf = ctx.hflags
+        bits = 64 if hf & C.HF_CS64 else 32 if hf & C.HF_CS32 else 16
+        rip = ctx.rip
+        linear = rip if bits == 64 else (ctx.seg(C.SEG_CS).base + rip) & _M32
+        try:
+            if self.mmu.read(linear, 3, fetch=True) not in _VMCALLS:
+                return False
+        except (GuestFault, UnmappedAccess):
+            return False
+        control = ctx.gpr(1) if bits == 64 else ctx.gpr(0)
+        if control & 0xFFFF not in _INLINE_CALLS:
+            return False
+        s = vp.blocks.state
+        last, cur = s.last, s.cur
+        k = count_insns(self.mmu.read, last, bits, linear)
+        if k is None or k >= cur:
+            return False
+        retired = s.retired
+        s.retired, s.cur = retired - cur + k + 1, 1
+        saved = vp.ctx, vp.mmu
+        vp.ctx, vp.mmu = ctx, self.mmu
+        try:
+            done = part.vmcall_handler(vp)
+        except Exception:  # noqa: BLE001 - the slow path runs it again and reports it
+            done = False
+        finally:
+            vp.ctx, vp.mmu = saved
+            vp._dirty = False  # the handler edited the live state, not the saved one
+        if not done:
+            s.retired, s.cur = retired, cur
+            return False
+        # A continuation moved RIP back by 3 (hypercall.py): the VMCALL then runs again.
+        nxt = (ctx.rip + 3) & (0xFFFF_FFFF_FFFF_FFFF if bits == 64 else _M32)
+        self._resume(nxt)
+        return True
+
+    def _resume(self, nxt: int) -> None:
+        """Go on at EIP ``nxt`` once the hook returns."""
+        ctx = self.ctx
+        # Unicorn sets EIP from exception_next_eip around the hook: both point there.
+        ctx.rip = nxt
+        ctx.set_u64(C.OFF_EXC_NEXT_EIP, nxt)
+        ctx.hflags = ctx.hflags & ~C.HF_INHIBIT_IRQ
+        ctx.old_exception = -1
+        # The rest of the block is not executed: nothing of it is counted, and a slice that
+        # stops before the next block entry has retired exactly this.
+        self.vp.blocks.state.cur = 0
+        self.count += 1
+
+    def _span_at(self, linear: int, n: int) -> bytes | None:
+        """The ``n`` code bytes at ``linear`` when they lie in one RAM/ROM page (None if not,
+        or if the page is not mapped now), read through the live page tables."""
+        if (linear & 0xFFF) + n > 0x1000:
+            return None
+        try:
+            gpa = self.mmu.translate(linear, fetch=True)
+        except GuestFault:
+            return None
+        page = self.mmu.mem.ram_page(gpa)
+        if page is None:
+            return None
+        view, off, _ = page
+        return bytes(view[off:off + n])
+
+    def _find(self, key: tuple[int, int, int, int], hf: int) -> _Found | None:
+        """Decode the executing block (blockmark.py) for the intercepted instruction and the
+        count of instructions before it; remembered with the bytes from the block start to
+        the instruction's end, which a later hit compares (same bytes at the same linear
+        address in the same mode: the same instructions)."""
+        last, size, _, code = key
+        bits = 64 if hf & C.HF_CS64 else 32 if hf & C.HF_CS32 else 16
+        read = self.mmu.read
+        try:
+            found = locate_insn(read, last, bits, _INSNS[code], size)
+            if found is None:
+                return None
+            linear, length, text = found
+            k = count_insns(read, last, bits, linear)
+        except GuestFault:
+            return None
+        if k is None:
+            return None
+        span = self._span_at(last, linear + length - last) or b""
+        hit = (linear, length, text, k, span)
+        if span:
+            if len(self._found) >= _MAX_FOUND:
+                self._found.clear()
+            self._found[key] = hit
+        return hit
+
+    def _perform(self, code: int, text: str, length: int, linear: int, bits: int) -> bool:
+        vp = self.vp
+        ctx = self.ctx
+        if code == _RDTSC:
+            tsc = vp.tsc()
+            if text == "rdtscp":
+                # ECX = IA32_TSC_AUX[31:0] (Intel SDM Vol. 2B, RDTSCP).
+                ctx.set_gpr(1, vp._engine_msr_read(M.IA32_TSC_AUX) & _M32)
+            ctx.set_gpr(0, tsc & _M32)
+            ctx.set_gpr(2, tsc >> 32)
+            return True
+        if code == _MSR:
+            obs = vp.partition.observers
+            if obs.msr or obs.before_msr:
+                return False
+            index = ctx.gpr(1) & _M32
+            if ctx.u32(C.OFF_ERROR_CODE) & 1:
+                if index in _SLOW_WRITES or index in vp.partition.msr_handlers:
+                    return False
+                M.msr_write(vp, index, (ctx.gpr(0) & _M32) | ((ctx.gpr(2) & _M32) << 32))
+            else:
+                value = M.msr_read(vp, index)
+                ctx.set_gpr(0, value & _M32)
+                ctx.set_gpr(2, value >> 32)
+            return True
+        ops = text.partition(" ")[2]
+        dst, src = (o.strip() for o in ops.split(","))
+        if code == _WRITE_CR8:
+            index, width = _reg_operand(src)
+            value = ctx.gpr(index) & ((1 << width) - 1)
+            if value >> 4:
+                return False  # CR8[63:4] reserved: #GP(0) on the slow path
+            vp.lapic.write_register(REG_TPR, value << 4)
+            return True
+        # CR8[3:0] = TPR[7:4] (SDM Vol. 3A 10.8.6.1); a 64-bit register write.
+        index, width = _reg_operand(dst)
+        ctx.set_gpr(index, (vp.lapic.read_register(REG_TPR) >> 4) & 0xF)
+        return True

@@ -1,0 +1,226 @@
+"""RDTSC, RDMSR/WRMSR and MOV to/from CR8 performed inside the hook (inline.py): the slice
+goes on, and the guest sees exactly what the slow path (slice end, run loop) gives it: the
+same results, time stamps, instruction count and interrupt boundaries, including an
+interrupt held by the STI shadow that covers the intercepted instruction."""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import pytest
+import test_longmode
+from hv_helpers import FakePic, gate64, machine
+from test_longmode import IDT, long_machine
+
+from hyperv_emu.hypervisor import msr as M
+from hyperv_emu.hypervisor.inline import InlineExits
+
+ITERS = 300
+TSCS, LOG = 0xA000, 0x9000
+
+GUEST = f"""
+mov r12d, {ITERS}
+mov rdi, {TSCS}
+xor r13, r13
+loop1:
+cli
+mov ecx, 0x1A0
+rdmsr
+mov ecx, 0xC0000081
+mov eax, r12d
+xor edx, edx
+wrmsr
+mov rax, r12
+and eax, 15
+mov cr8, rax
+mov rbx, cr8
+add r13, rbx
+xor eax, eax
+mov cr8, rax
+sti
+rdtsc
+mov [rdi], eax
+add rdi, 4
+dec r12d
+jnz loop1
+cli
+hlt
+"""
+#: Vector 0x30: log the loop counter at the interrupted boundary.
+HANDLER = f"""
+mov rax, [{LOG}]
+mov [{LOG + 8} + rax*8], r12
+inc qword ptr [{LOG}]
+iretq
+"""
+
+
+def _run() -> tuple[Any, int]:
+    m = long_machine(0x60000)
+    m.part.write_memory(IDT + 0x30 * 16, gate64(0x5000, 0x08))
+    m.load(0x5000, HANDLER, 64)
+    m.load(0x4000, GUEST, 64)
+    m.vp.write_registers(rip=0x4000)
+    pic = FakePic()
+    m.vp.set_interrupt_source(pic)
+
+    def tick() -> None:
+        pic.queue.append(0x30)
+        m.vp.notify_interrupt()
+        timer.arm_in(37_000)
+
+    timer = m.clock.timer(tick)
+    timer.arm_in(37_000)
+    slices = [0]
+    start = m.vp.uc.emu_start
+
+    def counted_start(*args: Any) -> None:
+        slices[0] += 1
+        start(*args)
+
+    m.vp.uc.emu_start = counted_start
+    ex = m.part.run(max_instructions=200_000)
+    assert ex.reason == "halted"
+    return m, slices[0]
+
+
+def _state(m: Any) -> tuple[Any, ...]:
+    regs = m.vp.read_registers()
+    return (m.clock.instructions, m.clock.now(), regs["r13"], regs["rip"],
+            m.part.read_memory(TSCS, 4 * ITERS), m.part.read_memory(LOG, 0x800),
+            m.vp.read_msr(M.IA32_STAR), m.vp.read_msr(M.IA32_MISC_ENABLE))
+
+
+def test_intercepts_run_inside_the_slice() -> None:
+    m, slices = _run()
+    assert m.vp.inline.count == 6 * ITERS
+    assert slices < ITERS  # the slow path ends a slice at every one of them
+    assert m.vp.read_registers()["r13"] == sum(i & 15 for i in range(1, ITERS + 1))
+    assert m.vp.read_msr(M.IA32_STAR) == 1
+    assert struct.unpack_from("<Q", m.part.read_memory(LOG, 8))[0] > 0
+
+
+def test_inline_and_slow_paths_are_indistinguishable(monkeypatch: pytest.MonkeyPatch) -> None:
+    fast, _ = _run()
+    monkeypatch.setattr(InlineExits, "svm_exit", lambda self, code: False)
+    slow, slices = _run()
+    assert slices > 6 * ITERS
+    assert slow.vp.inline.count == 0
+    assert _state(fast) == _state(slow)
+
+
+def test_host_clock_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(test_longmode, "machine", lambda ram: machine(ram, "host"))
+    m, _ = _run()
+    assert m.clock.mode == "host"
+    assert m.vp.inline.count > 0
+    assert m.vp.read_registers()["r13"] == sum(i & 15 for i in range(1, ITERS + 1))
+
+
+HC_PAGE, HC_IN = 0x30000, 0x20000
+HYPERCALLS = f"""
+mov rbx, {HC_PAGE:#x}
+mov r12d, 50
+xor r13, r13
+loop1:
+mov rcx, 0x10008
+mov edx, r12d
+call rbx
+add r13, rax
+mov rcx, 0x10008
+mov rdx, 1 << 32
+call rbx
+add r13, rax
+mov dword ptr [{HC_IN:#x} + 4], r12d
+mov rcx, 0x8
+mov rdx, {HC_IN:#x}
+xor r8, r8
+call rbx
+add r13, rax
+mov rcx, 0x2
+call rbx
+add r13, rax
+rdtsc
+add r13, rax
+dec r12d
+jnz loop1
+hlt
+"""
+
+
+def _hypercalls() -> Any:
+    from hyperv_emu.hypervisor.hv import install_hyperv
+
+    m = long_machine(0x60000)
+    install_hyperv(m.part)
+    m.vp.write_msr(0x40000000, 0x8100_0000_0000_0001)  # HV_X64_MSR_GUEST_OS_ID
+    m.vp.write_msr(0x40000001, HC_PAGE | 1)  # hypercall page on
+    m.load(0x4000, HYPERCALLS, 64)
+    m.vp.write_registers(rip=0x4000)
+    assert m.part.run(max_instructions=100_000).reason == "halted"
+    return m
+
+
+def test_hypercalls_inline_match_the_slow_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    fast = _hypercalls()
+    # NotifyLongSpinWait fast, fast with RsvdZ set, memory form: inline; the flush is not.
+    assert fast.vp.inline.count == 50 * 4
+    monkeypatch.setattr(InlineExits, "vmcall", lambda self: False)
+    monkeypatch.setattr(InlineExits, "svm_exit", lambda self, code: False)
+    slow = _hypercalls()
+    assert slow.vp.inline.count == 0
+    for m in (fast, slow):
+        assert m.vp.read_registers()["r12"] == 0
+    assert (fast.clock.instructions, fast.vp.read_registers()["r13"]) == (
+        slow.clock.instructions, slow.vp.read_registers()["r13"])
+
+
+EXCEPTIONS = """
+mov r12d, 200
+xor r13, r13
+xor r14, r14
+loop1:
+int3
+ud2
+mov rbx, 0x300000
+mov rax, [rbx]
+int 0x40
+add r13, 1
+dec r12d
+jnz loop1
+hlt
+"""
+#: Handlers at 0x5000 + 0x100 * n for #BP, #UD, #PF and INT 40h.
+EXC_HANDLERS = {
+    3: "add r14, 1\niretq",
+    6: "add r14, 0x100\nadd qword ptr [rsp], 2\niretq",
+    14: "add rsp, 8\nmov rax, cr2\nadd r14, rax\nadd qword ptr [rsp], 3\niretq",
+    0x40: "add r14, 0x10000\niretq",
+}
+
+
+def _exceptions() -> Any:
+    m = long_machine(0x60000)
+    for n, (vector, src) in enumerate(EXC_HANDLERS.items()):
+        m.part.write_memory(IDT + vector * 16, gate64(0x5000 + 0x100 * n, 0x08))
+        m.load(0x5000 + 0x100 * n, src, 64)
+    m.load(0x4000, EXCEPTIONS, 64)
+    m.vp.write_registers(rip=0x4000)
+    assert m.part.run(max_instructions=100_000).reason == "halted"
+    return m
+
+
+def test_exceptions_delivered_in_the_hook_match_the_slow_path(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    fast = _exceptions()
+    assert fast.vp.inline.count == 4 * 200
+    monkeypatch.setattr(InlineExits, "exception", lambda self, intno: False)
+    slow = _exceptions()
+    assert slow.vp.inline.count == 0
+    want = 200 * (1 + 0x100 + 0x300000 + 0x10000)
+    for m in (fast, slow):
+        regs = m.vp.read_registers()
+        assert (regs["r13"], regs["r14"], regs["rsp"]) == (200, want, 0x8000)
+    assert fast.clock.instructions == slow.clock.instructions
+    assert fast.vp.read_registers()["rflags"] == slow.vp.read_registers()["rflags"]
