@@ -44,6 +44,7 @@ from typing import Any, ClassVar
 
 from hyperv_emu.clock import Timer, VirtualClock
 from hyperv_emu.fuzz import ops as O
+from hyperv_emu.fuzz.feedback import state_features
 from hyperv_emu.vdev.base import Device
 from hyperv_emu.vdev.ioapic import IOAPIC_BASE
 from hyperv_emu.vdev.pci import CONFIG_ADDRESS, CONFIG_DATA, ENABLE, PciBus, PciDevice
@@ -78,13 +79,17 @@ class Finding(Exception):
         """The one-line summary printed beside a crash file."""
         return f"{self.invariant}: {self.message}"
 
-    def signature(self) -> str:
-        """What makes two findings the same bug: the invariant and the innermost project frame."""
-        where = ""
+    def signature(self, frames: int = 3) -> str:
+        """What makes two findings the same bug: the invariant and the innermost ``frames``
+        project frames of the host traceback (paths from ``hyperv_emu/`` on, so machines with
+        the package in different places agree), else the message."""
+        where: list[str] = []
         for line in self.host_traceback.splitlines():
-            if "hyperv_emu/" in line and "hyperv_emu/fuzz/" not in line and "File " in line:
-                where = line.strip()
-        return f"{self.invariant} {where or self.message}"
+            line = line.strip()
+            at = line.find("hyperv_emu/")
+            if line.startswith("File ") and at >= 0 and "hyperv_emu/fuzz/" not in line:
+                where.append(line[at:])
+        return f"{self.invariant} {' <- '.join(reversed(where[-frames:])) or self.message}"
 
 
 class _Watchdog(BaseException):
@@ -450,6 +455,11 @@ class Target:
         """Run one input; ``trace`` collects (input offset, description) of each step."""
         raise NotImplementedError
 
+    def features(self) -> set[int]:
+        """State features of the last input run (:mod:`hyperv_emu.fuzz.feedback`); empty for a
+        target that saves no state."""
+        return set()
+
     def decode_only(self, data: bytes) -> int:
         """Decode without executing (the benchmark's baseline); returns the step count."""
         return 1
@@ -477,6 +487,11 @@ class ChipsetTarget(Target):
     factories: ClassVar[tuple[str, ...]] = ()
     #: The benches reused across inputs (see :meth:`execute`).
     _reused: _Reused | None = None
+    #: The state the last input left (the save/restore oracle saved it).
+    last_state: dict[str, Any] | None = None
+
+    def features(self) -> set[int]:
+        return state_features(self.last_state) if self.last_state is not None else set()
 
     def build(self, bench: Bench) -> None:
         """Put the devices under test on ``bench``: by default with :attr:`factories`."""
@@ -498,6 +513,7 @@ class ChipsetTarget(Target):
         """Run one input on the reused benches, reset from the power-on snapshot; a finding
         there is confirmed on fresh benches, so a crash file replays on its own."""
         first: Finding | None = None
+        self.last_state = None
         if trace is None:
             try:
                 with watchdog(self.watchdog_seconds):
@@ -609,7 +625,7 @@ class ChipsetTarget(Target):
         way, in whatever state) restored from it saves the same state and arms the same
         timers."""
         try:
-            state = bench.save()
+            state = self.last_state = bench.save()
         except Exception as exc:
             raise _state_finding(exc, "save") from None
         if is_json_value(state):
