@@ -87,9 +87,14 @@ class Finding(Exception):
         for line in self.host_traceback.splitlines():
             line = line.strip()
             at = line.find("hyperv_emu/")
-            if line.startswith("File ") and at >= 0 and "hyperv_emu/fuzz/" not in line:
+            if line.startswith("File ") and at >= 0 and not line.startswith(_HARNESS, at):
                 where.append(line[at:])
         return f"{self.invariant} {' <- '.join(reversed(where[-frames:])) or self.message}"
+
+
+#: The fuzzer's own modules, whose frames say nothing about where a bug is.
+_HARNESS = tuple(f"hyperv_emu/fuzz/{m}.py" for m in (
+    "harness", "engine", "ray_campaign", "libfuzzer", "chipset", "hypercalls", "parsers"))
 
 
 class _Watchdog(BaseException):
