@@ -267,6 +267,8 @@ class Bench:
         #: swallowed the exception raised at the time).
         self.violation: Finding | None = None
         self.dma_allowed: Callable[[int, int], bool] | None = None
+        #: Whether guest memory may differ from the power-on snapshot (reset copies it back).
+        self.memory_dirty = False
         self._ports: list[int] = []
         self._ports_gen = -1
         #: What reached the board's platform services: APIC bus messages (the last 8), the
@@ -370,6 +372,7 @@ class Bench:
             self._violate("dma-outside-window", f"write of {len(data)} bytes at {gpa:#x} is "
                                                 "outside the regions the guest programmed")
         off = gpa - self.window_base
+        self.memory_dirty = True
         self.memory[off:off + len(data)] = data
 
     def _violate(self, invariant: str, message: str) -> None:
@@ -412,11 +415,13 @@ class Bench:
         elif k == O.CLOCK:
             self.clock.step(op.value)
         elif k == O.MEM:
+            self.memory_dirty = True
             self.memory[op.target:op.target + op.size] = op.data
         elif k == O.PRD:
             entry = (self.window_base + op.offset).to_bytes(4, "little") + (
                 op.size | (0x80000000 if op.value else 0)).to_bytes(4, "little")
             end = min(op.target + 8, len(self.memory))
+            self.memory_dirty = True
             self.memory[op.target:end] = entry[:end - op.target]
         elif k == O.IRQ:
             levels = [line.level for line in board.irqs]
@@ -690,7 +695,9 @@ class _Reused:
         bench = self.bench
         bench.reset_bookkeeping()
         bench.clock.restore(self.clock)
-        bench.memory[:] = self.memory
+        if bench.memory_dirty:
+            bench.memory[:] = self.memory
+            bench.memory_dirty = False
         bench.restore(json.loads(self.state))
         return bench
 
@@ -704,11 +711,14 @@ def is_json_value(value: object) -> bool:
     t = type(value)
     if t is dict:
         for k, v in value.items():  # type: ignore[attr-defined]
-            if type(k) is not str or not is_json_value(v):
+            if type(k) is not str or (type(v) not in _JSON_SCALARS and not is_json_value(v)):
                 return False
         return True
     if t is list:
-        return all(is_json_value(v) for v in value)  # type: ignore[attr-defined]
+        for v in value:  # type: ignore[attr-defined]
+            if type(v) not in _JSON_SCALARS and not is_json_value(v):
+                return False
+        return True
     return t in _JSON_SCALARS
 
 
