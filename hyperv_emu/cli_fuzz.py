@@ -30,6 +30,7 @@ format) with a one-line summary.
   hyperv-emu fuzz pic --runs 20000
   hyperv-emu fuzz ide corpus/ide --time 600 --jobs 2
   hyperv-emu fuzz pic --reproduce crash-0123abcd... [--minimize]
+  hyperv-emu fuzz uart corpus/uart --time 600 --ray 127.0.0.1:6380   (or --ray local)
 """
 
 _STATUS = re.compile(r"^#(\d+)\s+\w+\s+cov: (\d+) ft: \d+ corp: (\d+)/\S+.*exec/s: (\d+)")
@@ -46,7 +47,11 @@ def add_fuzz_commands(sub: Any) -> None:
     p.add_argument("--time", type=float, metavar="S", help="stop after S seconds")
     p.add_argument("--runs", type=int, metavar="N", help="stop after N inputs")
     p.add_argument("--seed", type=int, default=1, metavar="N", help="random seed (default 1)")
-    p.add_argument("--jobs", type=int, default=1, metavar="N", help="fuzzing processes")
+    p.add_argument("--jobs", type=int, metavar="N",
+                   help="fuzzing processes (default 1; with --ray: the cluster's CPUs)")
+    p.add_argument("--ray", metavar="ADDRESS",
+                   help="run the workers on a Ray cluster (HOST:PORT, 'auto', or 'local' to "
+                        "start one), sharing the corpus; crashes deduplicated by stack")
     p.add_argument("--artifacts", type=Path, default=Path("."), metavar="DIR",
                    help="where crash files go (default: the current directory)")
     p.add_argument("--no-coverage", action="store_true",
@@ -79,15 +84,20 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
     for value, flag in ((args.runs, "--runs"), (args.time, "--time")):
         if value is not None and value <= 0:
             raise _usage(f"{flag} must be positive")
-    if args.jobs < 1:
+    if args.jobs is not None and args.jobs < 1:
         raise _usage("--jobs must be at least 1")
     if args.reproduce is not None:
         return _reproduce(args)
+    if args.ray is not None and args.runs is None and args.time is None:
+        raise _usage("--ray needs --time or --runs")
     for d in args.corpus:
         if not d.is_dir():
             raise _usage(f"corpus directory {str(d)!r} does not exist")
     if not args.artifacts.is_dir():
         raise _usage(f"artifact directory {str(args.artifacts)!r} does not exist")
+    if args.ray is not None:
+        return _ray_campaign(args)
+    args.jobs = args.jobs or 1
     if args.no_coverage or importlib.util.find_spec("atheris") is None:
         return _mutation_campaign(args)
     return _libfuzzer_campaign(args)
@@ -128,13 +138,24 @@ def _reproduce(args: argparse.Namespace) -> int:
 
 # ---- the mutation engine (no coverage guidance) ---------------------------------------------
 def _mutation_job(name: str, corpus: list[bytes], seed: int, runs: int | None,
-                  seconds: float | None, prefix: str) -> tuple[int, list[tuple[str, str]]]:
+                  seconds: float | None,
+                  prefix: str) -> tuple[int, list[tuple[str, str]], list[bytes]]:
     from hyperv_emu.fuzz.engine import MutationCampaign
     from hyperv_emu.fuzz.targets import make_target
 
     campaign = MutationCampaign(make_target(name), corpus, seed=seed, artifact_prefix=prefix)
     stats = campaign.run(runs=runs, seconds=seconds)
-    return stats.execs, [(str(c.path), c.summary) for c in campaign.crashes]
+    return stats.execs, [(str(c.path), c.summary) for c in campaign.crashes], campaign.new_inputs
+
+
+def _keep_inputs(args: argparse.Namespace, inputs: list[bytes]) -> None:
+    """New interesting inputs go to the first corpus directory, named as libFuzzer names them."""
+    from hyperv_emu.fileio import write_atomic
+    from hyperv_emu.fuzz.engine import sha1
+
+    if args.corpus:
+        for data in inputs:
+            write_atomic(args.corpus[0] / sha1(data), data)
 
 
 def _mutation_campaign(args: argparse.Namespace) -> int:
@@ -152,6 +173,7 @@ def _mutation_campaign(args: argparse.Namespace) -> int:
             on_crash=lambda c: display.crash(str(c.path), c.summary))
         with display:
             stats = campaign.run(runs=args.runs, seconds=args.time, progress=display.update)
+        _keep_inputs(args, campaign.new_inputs)
         return 1 if stats.crashes else 0
     share = None if args.runs is None else -(-args.runs // args.jobs)
     stats = Stats(corpus=len(corpus or make_target(args.target).seeds()))
@@ -160,7 +182,8 @@ def _mutation_campaign(args: argparse.Namespace) -> int:
         futures = [pool.submit(_mutation_job, args.target, corpus, args.seed + i, share,
                                args.time, prefix) for i in range(args.jobs)]
         for future in futures:
-            execs, found = future.result()
+            execs, found, new = future.result()
+            _keep_inputs(args, new)
             stats.execs += execs
             for path, summary in found:
                 crashes.append(Crash(Path(path), summary))
@@ -168,6 +191,33 @@ def _mutation_campaign(args: argparse.Namespace) -> int:
             stats.crashes = len(crashes)
             display.update(stats)
     return 1 if crashes else 0
+
+
+# ---- workers on a Ray cluster ---------------------------------------------------------------
+def _ray_campaign(args: argparse.Namespace) -> int:
+    from hyperv_emu.fuzz.engine import load_corpus
+    from hyperv_emu.fuzz.ray_campaign import RayAddressError, connect, run_campaign
+
+    try:
+        ray = connect(args.ray)
+    except RayAddressError as exc:
+        raise _usage(str(exc)) from None
+    try:
+        workers = args.jobs or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        print(f"Ray: {workers} workers on {len(ray.nodes())} node(s); coverage guidance is "
+              "off (state-feature feedback), new inputs shared between workers",
+              file=sys.stderr)
+        display = _Display(args.target)
+        with display:
+            result = run_campaign(
+                ray, args.target, workers=workers, corpus=load_corpus(args.corpus),
+                seed=args.seed, runs=args.runs, seconds=args.time,
+                artifact_prefix=str(args.artifacts) + os.sep,
+                corpus_dir=args.corpus[0] if args.corpus else None, progress=display.update,
+                on_crash=lambda c: display.crash(str(c.path), c.summary))
+    finally:
+        ray.shutdown()
+    return 1 if result.crashes else 0
 
 
 # ---- libFuzzer through atheris --------------------------------------------------------------

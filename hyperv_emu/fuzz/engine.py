@@ -5,8 +5,8 @@ File formats are libFuzzer's: a corpus is a directory of input files named by th
 their contents, a crash is the raw input in ``crash-<sha1>`` (under ``artifact_prefix``), so
 either engine reads the other's files.  When atheris is importable the CLI runs libFuzzer
 (:mod:`hyperv_emu.fuzz.libfuzzer`); otherwise :class:`MutationCampaign` mutates corpus inputs
-with a seeded generator and keeps the corpus fixed, since without coverage feedback it cannot
-tell which new inputs are interesting.
+with a seeded generator and keeps an input that shows new device-state features
+(:mod:`hyperv_emu.fuzz.feedback`) -- the only guidance there is without coverage.
 """
 
 from __future__ import annotations
@@ -105,44 +105,68 @@ class Stats:
 
 @dataclass
 class Crash:
-    """A crash file written by a campaign."""
+    """A crash a campaign found: its input, file (None when not written), summary, signature."""
 
-    path: Path
+    path: Path | None
     summary: str
+    data: bytes = b""
+    signature: str = ""
 
 
 class MutationCampaign:
-    """Runs the corpus, then seeded random mutations of it, writing one crash file per new bug
-    signature (no coverage guidance)."""
+    """Runs the corpus, then seeded random mutations of it; an input showing new state
+    features joins the corpus (and :attr:`new_inputs`); one crash per new bug signature, written
+    as a file under ``artifact_prefix`` (not written when it is None)."""
 
     def __init__(self, target: Target, corpus: list[bytes], *, seed: int,
-                 artifact_prefix: str,
+                 artifact_prefix: str | None,
                  on_crash: Callable[[Crash], None] | None = None) -> None:
         self.target = target
-        self.corpus = corpus or target.seeds()
+        self.corpus = list(corpus or target.seeds())
         self.rng = random.Random(seed)
         self.artifact_prefix = artifact_prefix
         self.on_crash = on_crash
         self.stats = Stats(corpus=len(self.corpus))
         self.crashes: list[Crash] = []
+        #: Inputs that joined the corpus since the caller last emptied this list.
+        self.new_inputs: list[bytes] = []
+        self.features: set[int] = set()
         self._signatures: set[str] = set()
+        self._pending = list(self.corpus)
+
+    def add_inputs(self, inputs: list[bytes]) -> None:
+        """Inputs another worker found interesting: they join the corpus and run first (their
+        features count as seen, so they are not sent back)."""
+        self.corpus.extend(inputs)
+        self.stats.corpus = len(self.corpus)
+        self._pending.extend(inputs)
 
     def run(self, *, runs: int | None, seconds: float | None,
             progress: Callable[[Stats], None] | None = None) -> Stats:
-        """Run until ``runs`` inputs or ``seconds`` have passed (at least one must be set)."""
+        """Run ``runs`` more inputs or for ``seconds`` (at least one must be set)."""
         deadline = None if seconds is None else time.monotonic() + seconds
-        pending = list(self.corpus)
+        stop = None if runs is None else self.stats.execs + runs
+        pending = self._pending
         last = time.monotonic()
-        while runs is None or self.stats.execs < runs:
+        while stop is None or self.stats.execs < stop:
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 break
+            shared = bool(pending)
             data = pending.pop() if pending else mutate(
                 self.rng.choice(self.corpus), self.rng, self.corpus)
             finding = run_one(self.target, data)
             self.stats.execs += 1
             if finding is not None:
                 self._crashed(data, finding)
+            else:
+                new = self.target.features() - self.features
+                if new:
+                    self.features |= new
+                    if not shared:
+                        self.corpus.append(data)
+                        self.new_inputs.append(data)
+                        self.stats.corpus = len(self.corpus)
             if progress is not None and now - last >= 0.5:
                 progress(self.stats)
                 last = now
@@ -155,9 +179,11 @@ class MutationCampaign:
         if sig in self._signatures:
             return
         self._signatures.add(sig)
-        path = Path(f"{self.artifact_prefix}crash-{sha1(data)}")
-        write_atomic(path, data)
-        crash = Crash(path, finding.summary)
+        path = None
+        if self.artifact_prefix is not None:
+            path = Path(f"{self.artifact_prefix}crash-{sha1(data)}")
+            write_atomic(path, data)
+        crash = Crash(path, finding.summary, data, sig)
         self.crashes.append(crash)
         self.stats.crashes += 1
         if self.on_crash is not None:

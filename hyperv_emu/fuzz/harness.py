@@ -4,15 +4,18 @@ invariants.
 A :class:`ChipsetTarget` says how to build its devices on a :class:`Bench` (a board, a virtual
 clock, a small guest-memory window, optionally a PCI bus): by naming the board's factories
 (hyperv_emu/worker/board.py, the very code that builds the machine's devices) or by hand.
-:meth:`Target.execute` runs one input on a freshly built bench and raises :class:`Finding` when
+:meth:`Target.execute` runs one input on a bench reset from its power-on
+snapshot (two benches are built once per target and reused; a finding is confirmed on freshly
+built ones, so its input replays alone) and raises :class:`Finding` when
 an invariant breaks:
 
 * ``host-exception`` -- an exception escaped a device (a guest mistake must be guest-visible, as
   a register value or an error bit, never a host exception);
 * ``hang`` -- a timer re-armed itself without time advancing, or one input ran past the
   watchdog;
-* ``save-restore`` -- the state saved after the input is not JSON data, or a new bench restored
-  from it saves something different or arms different timers;
+* ``save-restore`` -- the state saved after the input is not JSON data, or a second bench
+  restored from it saves something different or arms different timers (or resetting a bench
+  from its power-on snapshot left an earlier input's state behind);
 * ``dma-outside-ram`` / ``dma-outside-window`` -- a bus master wrote outside guest RAM, or
   outside the regions the guest programmed (the target's :meth:`ChipsetTarget.dma_allowed`).
 
@@ -32,6 +35,7 @@ from __future__ import annotations
 import json
 import signal
 import threading
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -40,6 +44,7 @@ from typing import Any, ClassVar
 
 from hyperv_emu.clock import Timer, VirtualClock
 from hyperv_emu.fuzz import ops as O
+from hyperv_emu.fuzz.feedback import state_features
 from hyperv_emu.vdev.base import Device
 from hyperv_emu.vdev.ioapic import IOAPIC_BASE
 from hyperv_emu.vdev.pci import CONFIG_ADDRESS, CONFIG_DATA, ENABLE, PciBus, PciDevice
@@ -74,40 +79,86 @@ class Finding(Exception):
         """The one-line summary printed beside a crash file."""
         return f"{self.invariant}: {self.message}"
 
-    def signature(self) -> str:
-        """What makes two findings the same bug: the invariant and the innermost project frame."""
-        where = ""
+    def signature(self, frames: int = 3) -> str:
+        """What makes two findings the same bug: the invariant and the innermost ``frames``
+        project frames of the host traceback (paths from ``hyperv_emu/`` on, so machines with
+        the package in different places agree), else the message."""
+        where: list[str] = []
         for line in self.host_traceback.splitlines():
-            if "hyperv_emu/" in line and "hyperv_emu/fuzz/" not in line and "File " in line:
-                where = line.strip()
-        return f"{self.invariant} {where or self.message}"
+            line = line.strip()
+            at = line.find("hyperv_emu/")
+            if line.startswith("File ") and at >= 0 and not line.startswith(_HARNESS, at):
+                where.append(line[at:])
+        return f"{self.invariant} {' <- '.join(reversed(where[-frames:])) or self.message}"
+
+
+#: The fuzzer's own modules, whose frames say nothing about where a bug is.
+_HARNESS = tuple(f"hyperv_emu/fuzz/{m}.py" for m in (
+    "harness", "engine", "ray_campaign", "libfuzzer", "chipset", "hypercalls", "parsers"))
 
 
 class _Watchdog(BaseException):
     """Raised by SIGALRM; a BaseException so no device's ``except Exception`` can swallow it."""
 
 
-_armed = False
+class _Watcher:
+    """The hang watchdog: a daemon thread that looks at the running input's deadline a few
+    times a second and, past it, sends SIGALRM to the main thread, whose handler raises
+    :class:`_Watchdog` there.  Starting an input only stores its deadline: an interval timer
+    per input costs two system calls, more than a small input takes."""
+
+    POLL = 0.1
+
+    def __init__(self) -> None:
+        #: Monotonic deadline of the running input; None between inputs.
+        self.deadline: float | None = None
+        #: Number of the running input, and of the last one the thread found past its
+        #: deadline (an alarm counts only for the input it was sent for).
+        self.seq = 0
+        self.expired = -1
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if signal.getsignal(signal.SIGALRM) is not _on_alarm:
+            signal.signal(signal.SIGALRM, _on_alarm)
+        if self._thread is None or not self._thread.is_alive():
+            main = threading.main_thread().ident
+            assert main is not None
+            self._thread = threading.Thread(target=self._loop, args=(main,), daemon=True,
+                                            name="hyperv-emu fuzz watchdog")
+            self._thread.start()
+
+    def _loop(self, main: int) -> None:
+        while True:
+            time.sleep(self.POLL)
+            seq, deadline = self.seq, self.deadline
+            if deadline is not None and time.monotonic() > deadline:
+                self.expired = seq
+                signal.pthread_kill(main, signal.SIGALRM)
+
+
+_WATCHER = _Watcher()
 
 
 def _on_alarm(signum: int, frame: FrameType | None) -> None:
-    if _armed:
+    # An alarm that arrives after its input finished is ignored.
+    if _armed and _WATCHER.expired == _WATCHER.seq:
         raise _Watchdog
+
+
+_armed = False
 
 
 @contextmanager
 def watchdog(seconds: float) -> Iterator[None]:
-    """Raise :class:`Finding` ("hang") if the body runs longer than ``seconds`` (main thread).
-
-    The SIGALRM handler is installed once and stays (setting it per input would cost more
-    than a small input takes); an alarm outside a watched body is ignored by it."""
+    """Raise :class:`Finding` ("hang") if the body runs longer than ``seconds`` (main thread)."""
     if seconds <= 0 or threading.current_thread() is not threading.main_thread():
         yield
         return
     global _armed
-    if signal.getsignal(signal.SIGALRM) is not _on_alarm:
-        signal.signal(signal.SIGALRM, _on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    _WATCHER.start()
+    _WATCHER.seq += 1
+    _WATCHER.deadline = time.monotonic() + seconds
     _armed = True
     try:
         yield
@@ -116,7 +167,7 @@ def watchdog(seconds: float) -> Iterator[None]:
                       traceback.format_exc()) from None
     finally:
         _armed = False
-        signal.setitimer(signal.ITIMER_REAL, 0)
+        _WATCHER.deadline = None
 
 
 class FuzzClock(VirtualClock):
@@ -216,6 +267,8 @@ class Bench:
         #: swallowed the exception raised at the time).
         self.violation: Finding | None = None
         self.dma_allowed: Callable[[int, int], bool] | None = None
+        #: Whether guest memory may differ from the power-on snapshot (reset copies it back).
+        self.memory_dirty = False
         self._ports: list[int] = []
         self._ports_gen = -1
         #: What reached the board's platform services: APIC bus messages (the last 8), the
@@ -319,6 +372,7 @@ class Bench:
             self._violate("dma-outside-window", f"write of {len(data)} bytes at {gpa:#x} is "
                                                 "outside the regions the guest programmed")
         off = gpa - self.window_base
+        self.memory_dirty = True
         self.memory[off:off + len(data)] = data
 
     def _violate(self, invariant: str, message: str) -> None:
@@ -361,11 +415,13 @@ class Bench:
         elif k == O.CLOCK:
             self.clock.step(op.value)
         elif k == O.MEM:
+            self.memory_dirty = True
             self.memory[op.target:op.target + op.size] = op.data
         elif k == O.PRD:
             entry = (self.window_base + op.offset).to_bytes(4, "little") + (
                 op.size | (0x80000000 if op.value else 0)).to_bytes(4, "little")
             end = min(op.target + 8, len(self.memory))
+            self.memory_dirty = True
             self.memory[op.target:end] = entry[:end - op.target]
         elif k == O.IRQ:
             levels = [line.level for line in board.irqs]
@@ -375,6 +431,16 @@ class Bench:
         return None
 
     # ---- state -----------------------------------------------------------------------------
+    def reset_bookkeeping(self) -> None:
+        """Forget what the last input left outside the devices: the clock's fire counts, the
+        platform services' records, a DMA violation."""
+        clock = self.clock
+        clock.fired, clock._instant, clock._same = 0, -1, 0
+        self.delivered.clear()
+        self.a20 = True
+        self.stops.clear()
+        self.violation = None
+
     def save(self) -> dict[str, Any]:
         """The board's and the other saved things' state."""
         state = {"board": self.board.save()}
@@ -398,6 +464,11 @@ class Target:
     def execute(self, data: bytes, trace: list[tuple[int, str]] | None = None) -> None:
         """Run one input; ``trace`` collects (input offset, description) of each step."""
         raise NotImplementedError
+
+    def features(self) -> set[int]:
+        """State features of the last input run (:mod:`hyperv_emu.fuzz.feedback`); empty for a
+        target that saves no state."""
+        return set()
 
     def decode_only(self, data: bytes) -> int:
         """Decode without executing (the benchmark's baseline); returns the step count."""
@@ -424,6 +495,13 @@ class ChipsetTarget(Target):
     watchdog_seconds: ClassVar[float] = WATCHDOG_SECONDS
     #: The board's factories that build the devices under test (worker/board.py FACTORIES).
     factories: ClassVar[tuple[str, ...]] = ()
+    #: The benches reused across inputs (see :meth:`execute`).
+    _reused: _Reused | None = None
+    #: The state the last input left (the save/restore oracle saved it).
+    last_state: dict[str, Any] | None = None
+
+    def features(self) -> set[int]:
+        return state_features(self.last_state) if self.last_state is not None else set()
 
     def build(self, bench: Bench) -> None:
         """Put the devices under test on ``bench``: by default with :attr:`factories`."""
@@ -436,16 +514,92 @@ class ChipsetTarget(Target):
         return None
 
     def new_bench(self) -> Bench:
-        """A freshly built bench (each input and each restore check gets its own)."""
+        """A freshly built bench (reproduction and the confirmation of a finding use one)."""
         bench = Bench(self.window_base, self.window_size, attached=self.attachments())
         self.build(bench)
         return bench
 
     def execute(self, data: bytes, trace: list[tuple[int, str]] | None = None) -> None:
+        """Run one input on the reused benches, reset from the power-on snapshot; a finding
+        there is confirmed on fresh benches, so a crash file replays on its own."""
+        first: Finding | None = None
+        self.last_state = None
+        if trace is None:
+            try:
+                with watchdog(self.watchdog_seconds):
+                    reused = self._reused_benches()
+                    bench = reused.reset()
+                    self._run_fast(bench, data)
+                    self._check_save_restore(bench, reused.twin)
+                return
+            except Finding as finding:
+                self._reused = None  # left in any state: rebuilt for the next input
+                first = finding
         with watchdog(self.watchdog_seconds):
             bench = self.new_bench()
             self._run_ops(bench, data, trace)
-            self._check_save_restore(bench)
+            self._check_save_restore(bench, self.new_bench())
+        if first is not None:
+            # Fresh benches pass where the reset ones failed: restoring the power-on state
+            # left something of an earlier input behind, a save/restore bug of its own.
+            raise Finding(first.invariant, first.message + " (only on a bench reset from its "
+                          "power-on snapshot after earlier inputs: a restore left state behind)",
+                          first.host_traceback)
+
+    def _reused_benches(self) -> _Reused:
+        """The benches inputs run on, built at the first input."""
+        reused = self._reused
+        if reused is None:
+            reused = self._reused = _Reused(self.new_bench(), self.new_bench())
+        return reused
+
+    def _run_fast(self, bench: Bench, data: bytes) -> None:
+        """:meth:`_run_ops` without a trace: port accesses (most operations) are decoded in
+        place and go straight to the bus, without an :class:`~hyperv_emu.fuzz.ops.Op`."""
+        r = O.Reader(data)
+        buf, end = r.data, r.end
+        claims = bench.claims()
+        ports, gen = claims.ports, bench.board.generation
+        board = bench.board
+        io_read, io_write = board.io_read, board.io_write
+        opcodes, sizes, io_w, io_r = O.OPCODES, O.SIZES, O.IO_WRITE, O.IO_READ
+        guest_errors = self.guest_errors
+        for _ in range(O.MAX_OPS):
+            pos = r.pos
+            if pos >= end:
+                break
+            if board.generation != gen:
+                claims.ports = ports = bench.ports()
+                gen = board.generation
+            kind = opcodes[buf[pos] & 0xF]
+            op: O.Op | None = None
+            try:
+                if (kind is io_w or kind is io_r) and ports:
+                    # The decoder's hot path (ops.decode_one), inlined: index, size, value.
+                    port = ports[(buf[pos + 1] | buf[pos + 2] << 8) % len(ports)]
+                    size = sizes[buf[pos + 3] % 3]
+                    if kind is io_r:
+                        r.pos = pos + 4
+                        io_read(port, size)
+                    else:
+                        r.pos = pos + 4 + size
+                        io_write(port, size, int.from_bytes(buf[pos + 4:pos + 4 + size],
+                                                            "little"))
+                else:
+                    op = O.decode_one(r, claims)
+                    buf = r.data  # a long read near the end may have extended the padding
+                    bench.apply(op)
+            except Finding:
+                raise
+            except guest_errors:
+                pass
+            except Exception as exc:
+                if op is None:
+                    r.pos = pos
+                    op = O.decode_one(r, claims)
+                raise host_finding(exc, op.describe(O.op_names(claims))) from None
+            if bench.violation is not None:
+                raise bench.violation
 
     def _run_ops(self, bench: Bench, data: bytes, trace: list[tuple[int, str]] | None) -> None:
         r = O.Reader(data)
@@ -476,24 +630,31 @@ class ChipsetTarget(Target):
             if trace is not None and result is not None:
                 trace[-1] = (start, f"{text} -> {_show(result)}")
 
-    def _check_save_restore(self, bench: Bench) -> None:
+    def _check_save_restore(self, bench: Bench, twin: Bench) -> None:
+        """The state saved after the input is JSON data, and ``twin`` (a bench built the same
+        way, in whatever state) restored from it saves the same state and arms the same
+        timers."""
         try:
-            state = bench.save()
+            state = self.last_state = bench.save()
         except Exception as exc:
             raise _state_finding(exc, "save") from None
-        try:
-            text = json.dumps(state)
-        except (TypeError, ValueError) as exc:
-            raise Finding("save-restore", f"saved state is not JSON data: {exc}") from None
-        twin = self.new_bench()
+        if is_json_value(state):
+            restored: Any = state  # already what a state file gives back
+        else:
+            # Tuples or non-string keys: restore from what the JSON text decodes to.
+            try:
+                restored = json.loads(json.dumps(state))
+            except (TypeError, ValueError) as exc:
+                raise Finding("save-restore", f"saved state is not JSON data: {exc}") from None
         try:
             twin.clock.restore(bench.clock.save())
-            twin.restore(json.loads(text))  # what a state file gives back: lists, str keys
+            twin.restore(restored)
             again = twin.save()
         except Exception as exc:
             raise _state_finding(exc, "restore") from None
         # Equal as Python data, or failing that as JSON data (a tuple saved, a list restored).
-        if again != state and json.loads(json.dumps(again)) != json.loads(text):
+        if again != state and (restored is state
+                               or json.loads(json.dumps(again)) != restored):
             raise Finding("save-restore", "restored state saves differently: "
                           + _first_difference(state, again))
         if twin.clock.armed() != bench.clock.armed():
@@ -515,6 +676,50 @@ class ChipsetTarget(Target):
             cached = self.new_bench().claims()
             self._claims_cache = cached
         return cached
+
+
+class _Reused:
+    """The two benches a target reuses across inputs and the power-on snapshot it resets
+    the first from: the devices' saved state as JSON text (decoded afresh at each reset, so
+    no restored device can share lists with the snapshot), the clock and guest memory."""
+
+    def __init__(self, bench: Bench, twin: Bench) -> None:
+        self.bench = bench
+        self.twin = twin
+        self.state = json.dumps(bench.save())
+        self.clock = bench.clock.save()
+        self.memory = bytes(bench.memory)
+
+    def reset(self) -> Bench:
+        """The first bench back in its power-on state."""
+        bench = self.bench
+        bench.reset_bookkeeping()
+        bench.clock.restore(self.clock)
+        if bench.memory_dirty:
+            bench.memory[:] = self.memory
+            bench.memory_dirty = False
+        bench.restore(json.loads(self.state))
+        return bench
+
+
+_JSON_SCALARS = (int, float, str, bool, type(None))
+
+
+def is_json_value(value: object) -> bool:
+    """Whether ``value`` is exactly what decoding its JSON text gives back: dicts with string
+    keys, lists, and scalars (no tuples, no integer keys)."""
+    t = type(value)
+    if t is dict:
+        for k, v in value.items():  # type: ignore[attr-defined]
+            if type(k) is not str or (type(v) not in _JSON_SCALARS and not is_json_value(v)):
+                return False
+        return True
+    if t is list:
+        for v in value:  # type: ignore[attr-defined]
+            if type(v) not in _JSON_SCALARS and not is_json_value(v):
+                return False
+        return True
+    return t in _JSON_SCALARS
 
 
 def _state_finding(exc: Exception, phase: str) -> Finding:

@@ -9,9 +9,19 @@ printed as one ``==hyperv-emu== INVARIANT: ...`` line, then raised so libFuzzer 
 
 from __future__ import annotations
 
+import shlex
 import sys
 
 SUMMARY_PREFIX = "==hyperv-emu== "
+
+
+def child_command(target: str) -> str:
+    """What libFuzzer's ``-fork``/``-jobs`` modes run for each child: they hand ``argv[0]`` and
+    the flags to the shell, so ``argv[0]`` is this runner's whole command line (``argv[0]``
+    itself, the module's .py file, is not executable: the children exited 126/127)."""
+    return " ".join(shlex.quote(a) for a in (sys.executable, "-m", __name__ if __name__ !=
+                                             "__main__" else "hyperv_emu.fuzz.libfuzzer",
+                                             target))
 
 
 def main(argv: list[str]) -> None:
@@ -31,7 +41,7 @@ def main(argv: list[str]) -> None:
             print(SUMMARY_PREFIX + finding.summary, file=sys.stderr, flush=True)
             raise
 
-    atheris.Setup([argv[0], *argv[2:]], test_one_input)
+    atheris.Setup([child_command(argv[1]), *argv[2:]], test_one_input)
     atheris.Fuzz()
 
 

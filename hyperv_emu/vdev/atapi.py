@@ -91,6 +91,9 @@ class CdromDrive:
                  on_media_change: Callable[[str], None] | None = None) -> None:
         self._on_media_change = on_media_change
         self.media = media
+        #: The disc the host last gave the drive; a host eject keeps it known, so restoring a
+        #: state saved with the disc in puts it back (the media belong to the configuration).
+        self.disc = media
         #: A disc the guest ejected with START STOP UNIT; it comes back on a load.
         self.tray: BlockDevice | None = None
         self.power_on()
@@ -126,7 +129,7 @@ class CdromDrive:
 
     def insert(self, media: BlockDevice) -> None:
         """Put ``media`` in the drive: the next command sees UNIT ATTENTION 06/28/00."""
-        self.media, self.tray = media, None
+        self.media, self.tray, self.disc = media, None, media
         self.unit_attention = True
         self.media_event = 2
         if self._on_media_change:
@@ -432,7 +435,7 @@ class CdromDrive:
 
     def restore(self, state: dict[str, Any]) -> None:
         """Restore :meth:`save` output; the disc goes where it was (drive or open tray)."""
-        disc = self.media or self.tray
+        disc = self.media or self.tray or self.disc
         self.media = disc if state["loaded"] else None
         self.tray = disc if state["in_tray"] and not state["loaded"] else None
         s = [int(x) for x in state["sense"]]

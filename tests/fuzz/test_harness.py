@@ -3,73 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from hyperv_emu.fuzz.engine import MutationCampaign, minimize, run_one
-from hyperv_emu.fuzz.harness import Bench, ChipsetTarget, Finding
+from hyperv_emu.fuzz.harness import Finding
 from hyperv_emu.fuzz.ops import IO_WRITE, OPCODES
-from hyperv_emu.vdev.base import Device, IrqLine
+from hyperv_emu.fuzz.toy import ToyTarget
 
 OUT = OPCODES.index(IO_WRITE)
-
-
-class Toy(Device):
-    """Two ports: 0x300 selects a register of four, 0x301 reads/writes it.  ``bug`` plants one
-    fault: 'index' (selecting past the four raises IndexError), 'save' (a register that
-    restore drops), 'dma' (register 3 = 0x5A writes one byte past guest RAM), 'hang' (writing
-    0xEE to register 2 arms a timer that re-arms itself at the same instant)."""
-
-    name = "toy"
-    ports = ((0x300, 2),)
-
-    def __init__(self, bench: Bench, bug: str) -> None:
-        self.bench = bench
-        self.bug = bug
-        self.regs = [0, 0, 0, 0]
-        self.sel = 0
-        self.irq: IrqLine = bench.board.irqs[5]
-        self.timer = bench.clock.timer(self._tick, "toy")
-
-    def _tick(self) -> None:
-        self.timer.arm(self.bench.clock.now())
-
-    def io_read(self, port: int, size: int) -> int:
-        return self.sel if port == 0x300 else self.regs[self.sel % 4]
-
-    def io_write(self, port: int, size: int, value: int) -> None:
-        value &= 0xFF
-        if port == 0x300:
-            self.sel = value if self.bug == "index" else value % 4
-            return
-        self.regs[self.sel] = value
-        if self.bug == "dma" and self.sel == 3 and value == 0x5A:
-            end = self.bench.window_base + len(self.bench.memory)
-            self.bench.write_memory(end - 1, b"\1\2")
-        if self.bug == "hang" and self.sel == 2 and value == 0xEE:
-            self.timer.arm(self.bench.clock.now())
-
-    def save(self) -> dict[str, Any]:
-        return {**super().save(), "regs": list(self.regs), "sel": self.sel}
-
-    def restore(self, state: dict[str, Any]) -> None:
-        self._check_state(state)
-        self.regs = list(state["regs"])
-        if self.bug == "save":
-            self.regs[1] = 0  # the planted bug: register 1 is lost on restore
-        self.sel = state["sel"]
-
-
-class ToyTarget(ChipsetTarget):
-    name = "toy"
-    summary = "a toy device with one planted bug"
-
-    def __init__(self, bug: str) -> None:
-        self.bug = bug
-
-    def build(self, bench: Bench) -> None:
-        bench.add(Toy(bench, self.bug))
 
 
 def out(port_index: int, value: int) -> bytes:
@@ -98,7 +40,7 @@ def test_planted_bug_found_reproduced_and_minimized(tmp_path: Path) -> None:
     target = ToyTarget("dma")
     harmless = out(0, 3) + out(1, 0x5B) + out(0, 1) + out(1, 0x22) + out(0, 2) + out(1, 0x33)
     campaign = MutationCampaign(target, [harmless], seed=7, artifact_prefix=f"{tmp_path}/")
-    stats = campaign.run(runs=3000, seconds=None)
+    stats = campaign.run(runs=5000, seconds=None)
     assert stats.crashes == 1
     crash = campaign.crashes[0]
     assert crash.path.name.startswith("crash-") and "dma-outside-ram" in crash.summary

@@ -23,3 +23,16 @@ def test_iso_directory_record_naming_an_unknown_extent(tmp_path: Path) -> None:
     damaged.write_bytes(target.patch(data))
     with pytest.raises(IsoError, match="cannot read the directory tree"):
         list_files(damaged)
+
+
+def test_cd_restored_loaded_after_a_host_eject() -> None:
+    # The reused benches found it: once the host ejected the CD (ide-host-eject), restoring a
+    # state saved with the disc in (the power-on snapshot, or one saved after the host put it
+    # back: ide-host-insert) left the drive empty, since the drive forgot its disc.
+    from hyperv_emu.fuzz.chipset import IdeTarget
+
+    target = IdeTarget()
+    assert run_one(target, (CRASHES / "ide-host-eject").read_bytes()) is None
+    assert run_one(target, (CRASHES / "ide-host-insert").read_bytes()) is None
+    # A reset bench is a power-on bench again.
+    assert target._reused_benches().reset().save() == target.new_bench().save()

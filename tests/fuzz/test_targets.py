@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import random
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,17 @@ def test_cli_campaign_with_libfuzzer_reports_coverage(tmp_path: Path) -> None:
     status = [line for line in res.stderr.splitlines() if line.startswith("uart: ")]
     assert status and " cov " in status[-1]
     assert any(corpus.iterdir())  # libFuzzer kept the inputs that reached new coverage
+
+
+@pytest.mark.skipif(importlib.util.find_spec("atheris") is None, reason="atheris not installed")
+def test_libfuzzer_jobs_children_run(tmp_path: Path) -> None:
+    # libFuzzer's -jobs (and -fork) start each child through the shell with argv[0]; that was
+    # the module's .py file, not executable, so every child exited 126/127.
+    res = subprocess.run([sys.executable, "-m", "hyperv_emu.fuzz.libfuzzer", "pic", "-jobs=2",
+                          "-workers=2", "-runs=200"],
+                         cwd=tmp_path, env=cli_env(), capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    for job in (0, 1):
+        log = (tmp_path / f"fuzz-{job}.log").read_text()
+        assert "Done 200 runs" in log, log[-2000:]
