@@ -6,9 +6,11 @@ Vol. 3A chapter 6 ("Interrupt and Exception Handling"): 6.4 sources, 6.12 except
 interrupt handling in protected mode, 6.14 in 64-bit mode, 6.15 Table 6-5 (double-fault
 conditions), and Vol. 3B 20.1.4 for real-address mode.
 
-Not modelled: task gates and hardware task switches, virtual-8086 mode, stack-segment limit
-checks (expand-down segments), descriptor accessed-bit writes and shadow stacks.  NMI
-blocking is the run loop's (partition.py, with the engine's HF2_NMI_MASK).
+A task gate in a 32-bit IDT switches tasks (task_switch.py, SDM 6.11 and 6.12.2), from
+virtual-8086 mode too.  Not modelled: delivery through interrupt and trap gates from
+virtual-8086 mode, stack-segment limit checks (expand-down segments), descriptor accessed-bit
+writes and shadow stacks.  NMI blocking is the run loop's (partition.py, with the engine's
+HF2_NMI_MASK).
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from .context import (
     Segment,
 )
 from .mmu import GuestFault, Mmu, canonical
+from .task_switch import INT, TaskFault, switch_task
 
 #: Exceptions that push an error code (SDM Vol. 3A Table 6-1).
 ERROR_CODE_VECTORS = frozenset({8, 10, 11, 12, 13, 14, 17, 21})
@@ -101,7 +104,8 @@ def deliver(ctx: CpuContext, mmu: Mmu, event: Event) -> None:
         except GuestFault as fault:
             if fault.vector == 14 and fault.cr2 is not None:
                 ctx.set_cr(2, fault.cr2)
-            if event.kind == KIND_SOFTWARE:
+            # A fault after a task switch's commit point is the new task's: its RIP stays.
+            if event.kind == KIND_SOFTWARE and not isinstance(fault, TaskFault):
                 ctx.rip = ctx.rip - event.insn_len
             first = _class(event)
             nested = Event(fault.vector, KIND_EXCEPTION, fault.error_code)
@@ -245,8 +249,8 @@ def _gate_common(ev: Event, hi: int, cpl: int, long_mode: bool) -> tuple[int, in
     err = ev.vector * 8 + 2 + ext
     if ev.kind == KIND_SOFTWARE and dpl < cpl:
         raise GuestFault(13, ev.vector * 8 + 2)
-    if gtype not in (0x06, 0x07, 0x0E, 0x0F) or (long_mode and gtype not in (0x0E, 0x0F)):
-        raise GuestFault(13, err)  # task gates are not modelled
+    if gtype not in (0x05, 0x06, 0x07, 0x0E, 0x0F) or (long_mode and gtype not in (0x0E, 0x0F)):
+        raise GuestFault(13, err)  # 64-bit mode has no task gates (SDM 6.14.1)
     if not hi & DESC_P:
         raise GuestFault(11, err)
     return gtype, ext
@@ -256,11 +260,18 @@ def _deliver_protected(ctx: CpuContext, mmu: Mmu, ev: Event) -> None:
     """32-bit protected mode through an interrupt or trap gate (SDM Vol. 3A 6.12.1)."""
     view = ctx.view
     flags = _U64.unpack_from(view, OFF_EFLAGS)[0]
-    if flags & RFLAGS_VM:
-        raise GuestFault(13, 0)  # virtual-8086 mode is not modelled
     cpl = _U32.unpack_from(view, OFF_HFLAGS)[0] & HF_CPL_MASK
     lo, hi = _GATE32.unpack(_read_gate(mmu, ctx, ev, 8))
     gtype, ext = _gate_common(ev, hi, cpl, False)
+    if gtype == 0x05:
+        # A task gate: the handler is a task (SDM 6.12.2); an exception's error code goes on
+        # its stack.
+        err = ev.error_code or 0 if (ev.kind == KIND_EXCEPTION
+                                     and ev.vector in ERROR_CODE_VECTORS) else None
+        switch_task(ctx, mmu, lo >> 16, INT, ext=ext, error_code=err)
+        return
+    if flags & RFLAGS_VM:
+        raise GuestFault(13, 0)  # interrupt/trap gates from virtual-8086 mode: not modelled
     offset = (lo & 0xFFFF) | (hi & 0xFFFF_0000)
     cs_new, new_cpl = _code_segment(ctx, mmu, lo >> 16, ext, cpl)
     width = 4 if gtype & 0x8 else 2

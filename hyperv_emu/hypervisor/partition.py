@@ -449,8 +449,15 @@ class Partition:
 
     def _deliver(self, vp: VirtualProcessor, event: Event) -> RunExit | None:
         observed = self.observers.base(vp) if self.observers.interrupt else None
+        cr3 = vp.ctx.cr(3)
         try:
             deliver(vp.ctx, vp.mmu, event)
+            if vp.ctx.cr(3) != cr3:
+                # A task gate switched address spaces: the engine's TLB holds the old one
+                # (context_restore flushes nothing).
+                vp._dirty = True
+                vp._flush()
+                flush_tlb(vp.uc)
         except TripleFault as exc:
             vp._dirty = True
             return RunExit(E.TRIPLE_FAULT, str(exc), vp.index, vp.ctx.rip)
