@@ -13,7 +13,8 @@ per event before doing any delivery work.  The ratio is events/s against that.
 ``--slice-end`` switches the in-hook path (inline.py) off: every exception and intercept then
 ends the slice and the run loop handles it (the figures before that path existed).
 
-Run: ``python bench/bench_delivery.py [--slice-end] [guest ...]`` (about a minute on a 2-core machine).
+Run: ``python bench/bench_delivery.py [--slice-end] [guest ...]`` (about a minute on a 2-core
+machine).
 """
 
 from __future__ import annotations
