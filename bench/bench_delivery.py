@@ -10,7 +10,11 @@ traps, each one a ``UC_HOOK_INTR`` callback that stops the engine, with the host
 nothing and restarting it at the next instruction: what any hypervisor built on Unicorn pays
 per event before doing any delivery work.  The ratio is events/s against that.
 
-Run: ``python bench/bench_delivery.py [guest ...]`` (about a minute on a 2-core machine).
+``--slice-end`` switches the in-hook path (inline.py) off: every exception and intercept then
+ends the slice and the run loop handles it (the figures before that path existed).
+
+Run: ``python bench/bench_delivery.py [--slice-end] [guest ...]`` (about a minute on a 2-core
+machine).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import unicorn  # noqa: E402
 from unicorn import x86_const as X  # noqa: E402
 
 from hyperv_emu.guests import build_guest  # noqa: E402
+from hyperv_emu.hypervisor.inline import InlineExits  # noqa: E402
 from hyperv_emu.vsp.storage.raw import MemoryImage  # noqa: E402
 from hyperv_emu.worker.machine import Machine, MachineConfig  # noqa: E402
 
@@ -63,7 +68,13 @@ def storm(name: str) -> tuple[float, float, str]:
 
 
 def main() -> None:
-    names = sys.argv[1:] or list(GUESTS)
+    args = sys.argv[1:]
+    if "--slice-end" in args:
+        args.remove("--slice-end")
+        InlineExits.enabled = property(lambda self: False,  # type: ignore[assignment]
+                                       lambda self, value: None)
+        print("in-hook path off (--slice-end)")
+    names = args or list(GUESTS)
     base = bare_unicorn(100_000)
     base_rate = 100_000 / base
     print(f"{'bare Unicorn INT3 trap + restart':34s} {base_rate:10,.0f} events/s  1.00x")

@@ -101,9 +101,13 @@ class Mmu:
                  self.mem.a20)
         key = (lin >> 12, write, user, fetch)
         known = self._walks.get(key)
-        if known is not None and known[0] == state and all(
-                fmt.unpack_from(v, off)[0] == value for fmt, v, off, value in known[2]):
-            return known[1] | (lin & 0xFFF)
+        if known is not None and known[0] == state:
+            # A plain loop: a generator in all() costs more than the walk's four re-reads.
+            for fmt, v, off, value in known[2]:
+                if fmt.unpack_from(v, off)[0] != value:
+                    break
+            else:
+                return known[1] | (lin & 0xFFF)
         self._trail = []
         try:
             phys = self._walk(lin, write, user, fetch)
