@@ -1,9 +1,10 @@
 # syntax: att
 # guest: the guest-level fuzz target's interpreter: runs an operation list against the devices
 #
-# Used by `hyperv-emu fuzz guest` (hyperv_emu/fuzz/guest_target.py), not run on its own: it
-# boots, opens A20, enters flat 32-bit protected mode with interrupts off and reports "ready"
-# with an OUT to the exit port; the host snapshots the machine there.  For each input the host
+# Used by `hyperv-emu fuzz guest` (hyperv_emu/fuzz/guest_target.py): it boots, opens A20,
+# enters flat 32-bit protected mode with interrupts off, checks its interpreter on a built-in
+# input (serial output: "fuzz_ops: interpreter self-check ok", "PASS") and reports "ready"
+# with an OUT to the exit port (run alone, the run ends there: exit status 1); the host snapshots the machine there.  For each input the host
 # restores the snapshot, writes the input to INPUT (u32 length, then the bytes, followed by
 # zero padding), sets INPUT_GO and resumes: the guest interprets the bytes as operations and
 # reports "done" with a second OUT to the exit port.  The host also writes, once before the snapshot, the
@@ -43,7 +44,8 @@
 .set INPUT, 0x13004
 .set INPUT_DATA, 0x13008
 .set BUFFER, 0x20000
-.set FUZZ_STACK, 0x1F000       # off the code's pages: a store next to hot code is slow (SMC)
+.set FUZZ_STACK, 0x1F000
+.set SAVED_SCR, VARS       # off the code's pages: a store next to hot code is slow (SMC)
 
 main:
     inb $0x92, %al             # fast A20 on (the HPET page has address bit 20 set)
@@ -56,6 +58,7 @@ main:
 .code32
 pm32:
     movl $FUZZ_STACK, %esp
+    call self_check            # run alone (`hyperv-emu run fuzz_ops`) it ends here: PASS
     xorl %eax, %eax
     outb %al, $EXIT_PORT       # ready: the host snapshots in the loop below
 wait_input:                    # (the OUT ends the run only at the end of its slice)
@@ -64,9 +67,60 @@ wait_input:                    # (the OUT ends the run only at the end of its sl
     movl $INPUT_DATA, %esi
     movl %esi, %ebp
     addl INPUT, %ebp           # EBP: end of the input
+    call run_ops
+done:
+    movb $0x1, %al
+    outb %al, $EXIT_PORT       # done
+    hlt
+    jmp done
+
+# self_check: run a built-in input through the interpreter (OUT to the COM1 scratch register,
+# a memory write) with a one-port table, check both took effect, put the scratch register,
+# the table and the buffer back, print "PASS".
+self_check:
+    movw $COM1+7, %dx
+    inb %dx, %al
+    movb %al, (SAVED_SCR)
+    movl $0x1, PORT_TABLE
+    movw $COM1+7, PORT_LIST
+    movl $selftest_ops, %esi
+    movl $selftest_end, %ebp
+    call run_ops
+    movw $COM1+7, %dx
+    inb %dx, %al
+    cmpb $0xA5, %al
+    jne self_check_bad
+    cmpl $0x5A5A5546, BUFFER   # "FUZZ"
+    jne self_check_bad
+    movb (SAVED_SCR), %al
+    outb %al, %dx
+    movl $0x0, PORT_TABLE
+    movw $0x0, PORT_LIST
+    movl $0x0, BUFFER
+    movl $selftest_msg, %esi
+    call puts32
+    movl $lib32_pass_msg, %esi
+    call puts32
+    ret
+self_check_bad:
+    movl $selftest_bad, %esi
+    call fail32
+
+selftest_ops:
+    .byte 0x00, 0x00, 0x00, 0xA5                  # out8 port #0 (3FFh) <- A5h
+    .byte 0x0B, 0x00, 0x00, 0x03                  # memory BUFFER+0, 4 bytes:
+    .ascii "FUZZ"
+selftest_end:
+selftest_msg:
+    .asciz "fuzz_ops: interpreter self-check ok\r\n"
+selftest_bad:
+    .asciz "the self-check operations did not reach COM1 or the buffer"
+
+# run_ops: perform the operations from ESI up to EBP.
+run_ops:
 next:
     cmpl %ebp, %esi
-    jae done
+    jae ops_end
     movzbl (%esi), %ebx
     incl %esi
     movl %ebx, %ecx
@@ -74,11 +128,8 @@ next:
     andl $0x3, %ecx            # ECX: width selector
     andl $0xF, %ebx
     jmp *optable(,%ebx,4)
-done:
-    movb $0x1, %al
-    outb %al, $EXIT_PORT       # done
-    hlt
-    jmp done
+ops_end:
+    ret
 
 # port_index: the port chosen by the u16 index at ESI, in EDX (EAX clobbered).
 port_index:
@@ -397,4 +448,5 @@ optable:
 lm64:
     hlt
 
+.include "lib32.inc"
 .include "modes.inc"

@@ -73,6 +73,9 @@ class DirtyPages:
             for vp in partition.vps:
                 self._hooks.append((vp.uc, vp.uc.hook_add(unicorn.UC_HOOK_MEM_WRITE, on_write,
                                                          None, base, end - 1)))
+            # Code translated before the hook existed does not call it (UNICORN_NOTES): drop
+            # every translated block of the range.
+            memory.invalidate(base, end - base)
         memory.write = self._tracked_write  # type: ignore[method-assign]
 
     def _tracked_write(self, gpa: int, data: bytes, *, physical: bool = False) -> None:
@@ -161,6 +164,10 @@ class AccessWatch:
                 self._hooks.append((vp.uc, vp.uc.hook_add(
                     unicorn.UC_HOOK_MEM_READ | unicorn.UC_HOOK_MEM_WRITE, on_access, None,
                     base, base + size - 1)))
+        # Code translated before the hooks existed does not call them (UNICORN_NOTES).
+        for r in partition.memory.regions:
+            if r.kind == "ram":
+                partition.memory.invalidate(r.gpa, r.size)
 
     def clear(self) -> None:
         self.touched.clear()
