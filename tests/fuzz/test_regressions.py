@@ -36,3 +36,15 @@ def test_cd_restored_loaded_after_a_host_eject() -> None:
     assert run_one(target, (CRASHES / "ide-host-insert").read_bytes()) is None
     # The bench the next input runs on is a power-on bench again.
     assert target._reused_benches().bench.save() == target.new_bench().save()
+
+
+def test_lapic_nmi_reaches_the_vp_stand_in() -> None:
+    # `hyperv-emu fuzz lapic` (libFuzzer) found it: an NMI from LINT1 called inject_nmi, which
+    # the target's stand-in for the VP lacked (the VP contract of hypervisor/lapic.py has it),
+    # so every NMI path looked like a host exception.
+    from hyperv_emu.fuzz.chipset import LapicTarget
+
+    target = LapicTarget()
+    trace: list[tuple[int, str]] = []
+    assert run_one(target, (CRASHES / "lapic-lint1-nmi").read_bytes(), trace) is None
+    assert any(text.startswith("lint1(") for _, text in trace)
