@@ -8,9 +8,9 @@ printed as one ``==hyperv-emu== INVARIANT: ...`` line, then raised so libFuzzer 
 
 libFuzzer's own ``-jobs=N -workers=N`` and ``-fork=N`` work when this runner is started
 directly (children get the runner's command line, see :func:`child_command`).  In ``-fork``
-mode the parent's status lines show ``cov: 0``: it merges the children's features, and
-atheris numbers its Python coverage counters as code first runs in each process, so they do
-not line up between processes; the CLI therefore runs one independent libFuzzer per ``--jobs``
+mode the children fuzz but the parent's status lines show ``cov: 0`` (it merges the
+children's features; atheris allocates its Python coverage counters as code first runs in each
+process, which is the likely reason, not verified); the CLI therefore runs one independent libFuzzer per ``--jobs``
 sharing the corpus directory.
 """
 
