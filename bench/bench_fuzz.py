@@ -1,7 +1,8 @@
 """Fuzzing speed: execs/s per target against a loop that only decodes the same inputs.
 
 For each target the same seeded inputs (mutations of random 8-160 byte inputs, as the mutation
-engine makes them) run through ``Target.execute`` (build, operations, save/restore check) and
+engine makes them) run through ``Target.execute`` (operations on a reused power-on bench, then
+the save/restore and power-on restore checks) and
 through ``Target.decode_only`` (the decoder alone), in the same process and run, one core.
 With ``--jobs N`` the execute loop also runs in N processes at once and the total rate is shown.
 Usage: python bench/bench_fuzz.py [--inputs N] [--jobs N] [TARGET...]

@@ -162,6 +162,7 @@ class _ApicHost:
         self.vps = [self]
         self.partition = self
         self.injected: list[int] = []
+        self.nmis = 0
         self.lapic = LocalApic(self)  # type: ignore[arg-type]
 
     def notify_interrupt(self) -> None:
@@ -169,6 +170,11 @@ class _ApicHost:
 
     def inject_interrupt(self, vector: int) -> None:
         self.injected.append(vector)
+        del self.injected[:-8]
+
+    def inject_nmi(self) -> None:
+        """An NMI (LINT1 or an NMI-mode LVT/IPI) goes to the CPU, as VirtualProcessor's does."""
+        self.nmis += 1
 
     def tsc(self) -> int:
         # The VP's TSC runs at the partition's TSC rate from the virtual clock; 1 GHz here.

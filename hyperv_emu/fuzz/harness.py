@@ -4,9 +4,9 @@ invariants.
 A :class:`ChipsetTarget` says how to build its devices on a :class:`Bench` (a board, a virtual
 clock, a small guest-memory window, optionally a PCI bus): by naming the board's factories
 (hyperv_emu/worker/board.py, the very code that builds the machine's devices) or by hand.
-:meth:`Target.execute` runs one input on a bench reset from its power-on
-snapshot (two benches are built once per target and reused; a finding is confirmed on freshly
-built ones, so its input replays alone) and raises :class:`Finding` when
+:meth:`Target.execute` runs one input on a bench in its power-on state (two
+benches are built once per target and reused, see :meth:`ChipsetTarget.execute`; a finding is
+confirmed on freshly built ones, so its input replays alone) and raises :class:`Finding` when
 an invariant breaks:
 
 * ``host-exception`` -- an exception escaped a device (a guest mistake must be guest-visible, as
@@ -14,8 +14,8 @@ an invariant breaks:
 * ``hang`` -- a timer re-armed itself without time advancing, or one input ran past the
   watchdog;
 * ``save-restore`` -- the state saved after the input is not JSON data, or a second bench
-  restored from it saves something different or arms different timers (or resetting a bench
-  from its power-on snapshot left an earlier input's state behind);
+  restored from it saves something different or arms different timers, or the power-on state
+  restored over it does not give the power-on bench back;
 * ``dma-outside-ram`` / ``dma-outside-window`` -- a bus master wrote outside guest RAM, or
   outside the regions the guest programmed (the target's :meth:`ChipsetTarget.dma_allowed`).
 
@@ -520,37 +520,39 @@ class ChipsetTarget(Target):
         return bench
 
     def execute(self, data: bytes, trace: list[tuple[int, str]] | None = None) -> None:
-        """Run one input on the reused benches, reset from the power-on snapshot; a finding
-        there is confirmed on fresh benches, so a crash file replays on its own."""
+        """Run one input on a reused bench in its power-on state; a finding there is
+        confirmed on fresh benches, so a crash file replays on its own."""
         first: Finding | None = None
         self.last_state = None
         if trace is None:
             try:
                 with watchdog(self.watchdog_seconds):
                     reused = self._reused_benches()
-                    bench = reused.reset()
-                    self._run_fast(bench, data)
-                    self._check_save_restore(bench, reused.twin)
+                    self._run_fast(reused.bench, data)
+                    self._check_save_restore(reused.bench, reused.twin, reused.power)
+                # The twin is now the power-on bench: the next input runs on it.
+                reused.bench, reused.twin = reused.twin, reused.bench
                 return
             except Finding as finding:
                 self._reused = None  # left in any state: rebuilt for the next input
                 first = finding
         with watchdog(self.watchdog_seconds):
             bench = self.new_bench()
+            power = PowerOn(self.new_bench())
             self._run_ops(bench, data, trace)
-            self._check_save_restore(bench, self.new_bench())
+            self._check_save_restore(bench, self.new_bench(), power)
         if first is not None:
-            # Fresh benches pass where the reset ones failed: restoring the power-on state
-            # left something of an earlier input behind, a save/restore bug of its own.
-            raise Finding(first.invariant, first.message + " (only on a bench reset from its "
-                          "power-on snapshot after earlier inputs: a restore left state behind)",
-                          first.host_traceback)
+            # Fresh benches pass where the reused ones failed: a restore left something of an
+            # earlier input behind, a save/restore bug of its own.
+            raise Finding(first.invariant, first.message + " (only on benches reused after "
+                          "earlier inputs: a restore left state behind)", first.host_traceback)
 
     def _reused_benches(self) -> _Reused:
         """The benches inputs run on, built at the first input."""
         reused = self._reused
         if reused is None:
-            reused = self._reused = _Reused(self.new_bench(), self.new_bench())
+            power = PowerOn(self.new_bench())
+            reused = self._reused = _Reused(self.new_bench(), self.new_bench(), power)
         return reused
 
     def _run_fast(self, bench: Bench, data: bytes) -> None:
@@ -630,10 +632,11 @@ class ChipsetTarget(Target):
             if trace is not None and result is not None:
                 trace[-1] = (start, f"{text} -> {_show(result)}")
 
-    def _check_save_restore(self, bench: Bench, twin: Bench) -> None:
+    def _check_save_restore(self, bench: Bench, twin: Bench, power: PowerOn) -> None:
         """The state saved after the input is JSON data, and ``twin`` (a bench built the same
         way, in whatever state) restored from it saves the same state and arms the same
-        timers."""
+        timers; then the power-on state restored over it gives the power-on bench again (left
+        in ``twin``)."""
         try:
             state = self.last_state = bench.save()
         except Exception as exc:
@@ -660,6 +663,17 @@ class ChipsetTarget(Target):
         if twin.clock.armed() != bench.clock.armed():
             raise Finding("save-restore", f"restored timers {twin.clock.armed()} differ from "
                                           f"{bench.clock.armed()}")
+        try:
+            power.reset(twin)
+            again = twin.save()
+        except Exception as exc:
+            raise _state_finding(exc, "restore of the power-on state") from None
+        if again != power.state:
+            raise Finding("save-restore", "the power-on state restored after this input saves "
+                          "differently: " + _first_difference(power.state, again))
+        if twin.clock.armed() != power.armed:
+            raise Finding("save-restore", f"the power-on state restored after this input arms "
+                                          f"{twin.clock.armed()}, not {power.armed}")
 
     def decode_only(self, data: bytes) -> int:
         claims = self._static_claims()
@@ -678,28 +692,36 @@ class ChipsetTarget(Target):
         return cached
 
 
-class _Reused:
-    """The two benches a target reuses across inputs and the power-on snapshot it resets
-    the first from: the devices' saved state as JSON text (decoded afresh at each reset, so
-    no restored device can share lists with the snapshot), the clock and guest memory."""
+class PowerOn:
+    """A bench's power-on snapshot: the devices' saved state (kept as JSON text too, decoded
+    afresh for each restore, so no restored device can share lists with the snapshot), the
+    armed timers, the clock and guest memory."""
 
-    def __init__(self, bench: Bench, twin: Bench) -> None:
-        self.bench = bench
-        self.twin = twin
-        self.state = json.dumps(bench.save())
+    def __init__(self, bench: Bench) -> None:
+        self.state = bench.save()
+        self.text = json.dumps(self.state)
+        self.armed = bench.clock.armed()
         self.clock = bench.clock.save()
         self.memory = bytes(bench.memory)
 
-    def reset(self) -> Bench:
-        """The first bench back in its power-on state."""
-        bench = self.bench
+    def reset(self, bench: Bench) -> None:
+        """Put ``bench`` (built the same way) back in the power-on state."""
         bench.reset_bookkeeping()
         bench.clock.restore(self.clock)
         if bench.memory_dirty:
             bench.memory[:] = self.memory
             bench.memory_dirty = False
-        bench.restore(json.loads(self.state))
-        return bench
+        bench.restore(json.loads(self.text))
+
+
+class _Reused:
+    """The two benches a target reuses: inputs run on ``bench`` (in its power-on state), the
+    oracle restores into ``twin`` and leaves it in the power-on state, then they swap."""
+
+    def __init__(self, bench: Bench, twin: Bench, power: PowerOn) -> None:
+        self.bench = bench
+        self.twin = twin
+        self.power = power
 
 
 _JSON_SCALARS = (int, float, str, bool, type(None))

@@ -5,6 +5,13 @@ starts one per job and reads libFuzzer's status lines.  The device and parser co
 inside ``atheris.instrument_imports`` so libFuzzer sees its branches; a broken invariant is
 printed as one ``==hyperv-emu== INVARIANT: ...`` line, then raised so libFuzzer writes its
 ``crash-<sha1>`` file and stops.
+
+libFuzzer's own ``-jobs=N -workers=N`` and ``-fork=N`` work when this runner is started
+directly (children get the runner's command line, see :func:`child_command`).  In ``-fork``
+mode the children fuzz but the parent's status lines show ``cov: 0`` (it merges the
+children's features; atheris allocates its Python coverage counters as code first runs in each
+process, which is the likely reason, not verified); the CLI therefore runs one independent
+libFuzzer per ``--jobs``, sharing the corpus directory.
 """
 
 from __future__ import annotations

@@ -14,7 +14,8 @@ class Toy(Device):
     """Two ports: 0x300 selects a register of four, 0x301 reads/writes it.  ``bug`` plants one
     fault: 'index' (selecting past the four raises IndexError), 'save' (a register that
     restore drops), 'dma' (register 3 = 0x5A writes one byte past guest RAM), 'hang' (writing
-    0xEE to register 2 arms a timer that re-arms itself at the same instant)."""
+    0xEE to register 2 arms a timer that re-arms itself at the same instant), 'stale' (restoring
+register 2 as zero keeps the value it had)."""
 
     name = "toy"
     ports = ((0x300, 2),)
@@ -50,9 +51,12 @@ class Toy(Device):
 
     def restore(self, state: dict[str, Any]) -> None:
         self._check_state(state)
+        old_reg2 = self.regs[2]
         self.regs = list(state["regs"])
         if self.bug == "save":
             self.regs[1] = 0  # the planted bug: register 1 is lost on restore
+        if self.bug == "stale" and state["regs"][2] == 0:
+            self.regs[2] = old_reg2  # the planted bug: a zero register 2 is not restored
         self.sel = state["sel"]
 
 

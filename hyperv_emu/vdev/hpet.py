@@ -332,8 +332,12 @@ class Hpet(Device):
 
     # ---- saved state -------------------------------------------------------------------
     def save(self) -> dict[str, Any]:
+        # The nanoseconds since the counter's last tick: without them a restored counter
+        # would tick (and its timers fire) up to 9 ns off the saved machine's.
+        phase = (self.clock.now() - self.counter_time) % NS_PER_TICK \
+            if self.config & ENABLE_CNF else 0
         return {**super().save(), "config": self.config, "isr": self.isr,
-                "counter": self.counter(),
+                "counter": self.counter(), "phase_ns": phase,
                 "timers": [[t.config, t.comparator, t.period, t.after, t.line_level]
                            for t in self.timers]}
 
@@ -345,6 +349,7 @@ class Hpet(Device):
         self.config = int(state["config"])
         self.isr = int(state["isr"])
         self._set_counter(int(state["counter"]))
+        self.counter_time -= int(state.get("phase_ns", 0)) % NS_PER_TICK
         for route in self.legacy:
             route.take(bool(self.config & LEG_RT_CNF))
         for t, saved in zip(self.timers, state["timers"], strict=True):

@@ -28,6 +28,8 @@ def clock_step() -> bytes:
     ("save", "save-restore", out(0, 1) + out(1, 9)),
     ("dma", "dma-outside-ram", out(0, 3) + out(1, 0x5A)),
     ("hang", "hang", out(0, 2) + out(1, 0xEE) + clock_step()),
+    # Found by restoring the power-on state over the input's state.
+    ("stale", "save-restore", out(0, 2) + out(1, 0x44)),
 ])
 def test_each_invariant_catches_its_planted_bug(bug: str, invariant: str, seed: bytes) -> None:
     finding = run_one(ToyTarget(bug), seed)
