@@ -325,7 +325,8 @@ def format_registers(vp: VirtualProcessor) -> str:
     lines.append(f"cr0={r['cr0']:08x}  cr2={r['cr2']:x}  cr3={r['cr3']:x}  cr4={r['cr4']:x}  "
                  f"efer={r['efer']:x}  gdtr={r['gdtr_base']:x}/{r['gdtr_limit']:x}  "
                  f"idtr={r['idtr_base']:x}/{r['idtr_limit']:x}")
-    state = "halted" if vp.halted else "running"
+    state = ("waiting for SIPI" if vp.wait_for_sipi else "halted" if vp.halted
+             else "running")
     if vp.pending:
         state += f", pending vectors {[e.vector for e in vp.pending]}"
     lines.append(f"vp{vp.index}: {state}")

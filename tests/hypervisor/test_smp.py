@@ -7,6 +7,7 @@ import datetime
 
 import pytest
 
+from hyperv_emu.debug.step import format_registers
 from hyperv_emu.hypervisor import smp
 from hyperv_emu.worker.machine import Machine, MachineConfig
 
@@ -24,6 +25,7 @@ def test_ap_waits_for_sipi_and_starts_at_the_vector() -> None:
     m = machine()
     bsp, ap = m.partition.vps
     assert ap.wait_for_sipi and ap.halted and not bsp.wait_for_sipi
+    assert format_registers(ap).endswith("vp1: waiting for SIPI")  # what `step` shows
     bsp.lapic.send_ipi(INIT_DEASSERT, 1)
     assert not ap.init_pending  # INIT level de-assert: ignored
     bsp.lapic.send_ipi(INIT_ASSERT, 1)
