@@ -432,6 +432,8 @@ class Worker:
             answer = pending.outcome(machine)
             if answer is None and expire:
                 answer = pending.expired()
+                if "turn_off" in answer:  # not a timeout: the guest can no longer act
+                    answer = {"turn_off": "the guest halted with nothing to wake it, not off"}
             if answer is None:
                 continue
             self.pending.remove(item)
@@ -472,6 +474,10 @@ class Worker:
             return None
         if cmd == "pause":
             self.set_state("Paused")
+            for waiting, _ in self.pending:  # a paused guest answers nothing
+                self._answer(waiting, {"ok": False, "error": "the VM was paused before the "
+                                                             "guest answered"})
+            self.pending.clear()
         elif cmd == "resume":
             self.set_state("Running")
         elif cmd == "reset":
