@@ -83,7 +83,9 @@ def add_vm_commands(sub: Any) -> None:
     p = vsub.add_parser("vss", help="ask the running guest's VSS (backup) service to freeze, "
                                     "thaw, hot-backup or check (--ic ...,vss)")
     p.add_argument("name", metavar="NAME", help="the VM's name")
-    p.add_argument("action", choices=("freeze", "thaw", "hot-backup", "check"))
+    p.add_argument("action", choices=("freeze", "thaw", "hot-backup", "check"),
+                   help="freeze or thaw the file systems, check a hot backup is possible "
+                        "(hot-backup), or ask for the disk information (check)")
     p.set_defaults(func=cmd_vss)
 
     p = vsub.add_parser("ip-info", help="the IP configuration the running guest reports for "

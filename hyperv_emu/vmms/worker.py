@@ -432,6 +432,8 @@ class Worker:
             answer = pending.outcome(machine)
             if answer is None and expire:
                 answer = pending.expired()
+                if "turn_off" in answer:  # not a timeout: the guest can no longer act
+                    answer = {"turn_off": "the guest halted with nothing to wake it, not off"}
             if answer is None:
                 continue
             self.pending.remove(item)
@@ -472,6 +474,10 @@ class Worker:
             return None
         if cmd == "pause":
             self.set_state("Paused")
+            for waiting, _ in self.pending:  # a paused guest answers nothing
+                self._answer(waiting, {"ok": False, "error": "the VM was paused before the "
+                                                             "guest answered"})
+            self.pending.clear()
         elif cmd == "resume":
             self.set_state("Running")
         elif cmd == "reset":
@@ -484,19 +490,17 @@ class Worker:
             from hyperv_emu.vmms import ic_requests
 
             why = None
-            if command.args.get("graceful"):  # through the shutdown IC, if the guest runs
-                if self.state != "Running":
-                    why = f"the guest is {self.state.lower()}"
-                else:
-                    asked = ic_requests.graceful_stop(
-                        self.built.machine, float(command.args.get("within")
-                                                  or ic_requests.STOP_TIMEOUT_S))
-                    if not isinstance(asked, str):
-                        self.set_state("Stopping")
-                        self.idle = False
-                        self.pending.append((command, asked))
-                        return None
-                    why = asked
+            # Through the shutdown IC if the guest runs (a paused VM is simply turned off).
+            if command.args.get("graceful") and self.state == "Running":
+                asked = ic_requests.graceful_stop(
+                    self.built.machine, float(command.args.get("within")
+                                              or ic_requests.STOP_TIMEOUT_S))
+                if not isinstance(asked, str):
+                    self.set_state("Stopping")
+                    self.idle = False
+                    self.pending.append((command, asked))
+                    return None
+                why = asked
             self.set_state("Stopping")
             self._answer(command, {"ok": True})
             return {"message": "turned off" + (f": {why}" if why else "")}
