@@ -23,8 +23,8 @@ import unicorn
 
 from ..clock import VirtualClock
 from . import context as C
+from . import debugregs, insn_emul
 from . import exits as E
-from . import insn_emul
 from . import msr as M
 from .blockmark import count_insns, locate_insn
 from .context import self_test
@@ -102,6 +102,7 @@ _INTERCEPTED_INSNS = {
     SVM_EXIT_IDTR_WRITE: frozenset({"lidt"}),
     SVM_EXIT_RDPMC: frozenset({"rdpmc"}),
 }
+_INTERCEPTED_INSNS.update(debugregs.INTERCEPTED)  # MOV to/from DR0-DR7
 #: Intercepts whose instruction insn_emul.py checks and performs.
 _EMULATED = frozenset({SVM_EXIT_WRITE_CR0, SVM_EXIT_WRITE_CR4, SVM_EXIT_WRITE_CR8,
                        SVM_EXIT_READ_CR0, SVM_EXIT_READ_CR8, SVM_EXIT_GDTR_WRITE,
@@ -584,7 +585,10 @@ class Partition:
             else:
                 retired = self._gated_retired(vp, exit_)
             clock.end_slice(max(0, retired))
-        return self._handle_exit(vp, exit_, error)
+        result = self._handle_exit(vp, exit_, error)
+        if vp.debug.data_hits:
+            vp.debug.take_data_hits()  # a DR7 data breakpoint's #DB trap (debugregs.py)
+        return result
 
     @staticmethod
     def _counted_retired(vp: VirtualProcessor, exit_: tuple | None, count: int) -> int:
@@ -667,6 +671,13 @@ class Partition:
             return RunExit(E.FAULT, f"{exit_[1]} at RIP {ctx.rip:#x}", vp.index, ctx.rip)
         if kind == "invalid":
             return self._invalid_opcode(vp)
+        if kind == "debug":
+            # A DR7 execute breakpoint (debugregs.py): a #DB fault with DR6.Bn, RIP on the
+            # instruction.
+            vp.debug.breakpoint_hit(exit_[1])
+            vp.pending.insert(0, Event(1, KIND_EXCEPTION))
+            vp._dirty = True
+            return None
         if kind in ("syscall", "sysenter"):
             try:
                 if sysenter(vp) if kind == "sysenter" else syscall(vp):
@@ -696,6 +707,8 @@ class Partition:
                 pass
             vp.pending.insert(0, Event(intno, KIND_SOFTWARE, None, length))
         else:
+            if intno == 1:
+                vp.debug.single_step()  # the engine's own #DB: DR6.BS is in its DR6
             err = ctx.u32(C.OFF_ERROR_CODE) if intno in (8, 10, 11, 12, 13, 14, 17, 21) else None
             vp.pending.insert(0, Event(intno, KIND_EXCEPTION, err))
         return None
@@ -719,6 +732,11 @@ class Partition:
                 vp.ctx.rip = vp.ctx.rip + 3
                 self._retire_one(vp)
                 return None
+        if insn[0] == debugregs.ICEBP:
+            vp.ctx.rip = vp.ctx.rip + 1
+            self._retire_one(vp)
+            vp.pending.insert(0, Event(1, KIND_EXCEPTION))
+            return None
         vp.pending.insert(0, Event(6, KIND_EXCEPTION))
         return None
 
@@ -755,6 +773,14 @@ class Partition:
                 vp._dirty = True
                 aux = vp._engine_msr_read(M.IA32_TSC_AUX)
                 ctx.set_gpr(1, aux & 0xFFFF_FFFF)
+            ctx.rip = ctx.rip + length
+        elif code in debugregs.INTERCEPTED:
+            try:
+                vp.debug.mov(code, text, bits)
+            except GuestFault as fault:
+                vp.pending.insert(0, Event(fault.vector, KIND_EXCEPTION, fault.error_code))
+                vp._dirty = True
+                return None
             ctx.rip = ctx.rip + length
         elif code in _EMULATED:
             try:

@@ -18,9 +18,10 @@ import unicorn
 from unicorn import x86_const as X
 
 from . import context as C
-from . import cpuid_state
+from . import cpuid_state, debugregs
 from . import msr as M
 from .context import CpuContext, Segment
+from .debugregs import DebugRegisters
 from .delivery import KIND_EXCEPTION, KIND_EXTERNAL, Event
 from .engine import open_engine
 from .gate import BlockGate
@@ -122,6 +123,8 @@ class VirtualProcessor:
         #: The native block gate: start of the block executing (to find intercepted
         #: instructions, see blockmark.py), exact instruction counts and slice ends (gate.py).
         self.blocks = BlockGate(self.uc)
+        #: DR0-DR7, kept here rather than in the engine (debugregs.py).
+        self.debug = DebugRegisters(self)
         self.reset()
 
     # ---- hooks ------------------------------------------------------------------------------
@@ -296,6 +299,7 @@ class VirtualProcessor:
         self.nmi_pending = False
         self.tsc_offset = 0
         self.msr_file.reset()
+        self.debug.reset()
         self.lapic.power_on()
 
     @property
@@ -314,6 +318,7 @@ class VirtualProcessor:
         ctypes.c_uint16.from_address(ctx.base + C.OFF_INTERCEPT_CR_READ).value = SVM_CR_READS
         ctypes.c_uint16.from_address(ctx.base + C.OFF_INTERCEPT_CR_READ + 2).value = (
             SVM_CR_WRITES)
+        debugregs.arm(ctx)
 
     def read_registers(self) -> dict[str, int]:
         """Architectural registers (lowercase names), segment selectors and bases."""
