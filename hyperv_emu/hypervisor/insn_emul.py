@@ -245,3 +245,58 @@ def load_descriptor_table(vp: VirtualProcessor, text: str, length: int, code: by
     seg = vp.ctx.seg(which)
     seg.base, seg.limit = base, limit
     vp.ctx.set_seg(which, seg)
+
+
+def load_system_segment(vp: VirtualProcessor, text: str, length: int, code: bytes,
+                        bits: int) -> None:
+    """LTR/LLDT (CPL 0 in protected mode: the engine checked both before the intercept),
+    as SDM Vol. 2A LLDT and Vol. 2B LTR say: LTR #GP(0) for a null selector, LLDT loads
+    an unusable LDTR; #GP(selector) for TI=1, an index beyond the GDT's limit, the wrong
+    descriptor type (LTR: an available TSS, only a 64-bit one in IA-32e mode; LLDT: an LDT);
+    #NP(selector) when not present.  In IA-32e mode the descriptor is 16 bytes: bits 12:8 of
+    its fourth dword must be 0 and the 64-bit base canonical, else #GP(selector) -- the
+    engine (QEMU 5's helpers) checks neither.  LTR marks the descriptor busy."""
+    ctx = vp.ctx
+    mnemonic, _, op = text.partition(" ")
+    if "ptr" in op:
+        ea = _effective_address(vp, length, code, bits)
+        sel = struct.unpack("<H", vp.mmu.read(ea, 2))[0]
+    else:
+        sel = ctx.gpr(_reg_operand(op)[0]) & 0xFFFF
+    tr = mnemonic == "ltr"
+    which = "tr" if tr else "ldt"
+    if not sel & 0xFFFC:
+        if tr:
+            raise GuestFault(13, 0)
+        ctx.set_seg("ldt", C.Segment(sel, 0, 0, 0))
+        return
+    err = sel & 0xFFFC
+    long_mode = bool(ctx.efer & EFER_LMA)
+    size = 16 if long_mode else 8
+    gdt = ctx.seg("gdt")
+    if sel & 4 or (sel & ~7) + size - 1 > gdt.limit:
+        raise GuestFault(13, err)
+    addr = gdt.base + (sel & ~7)
+    raw = vp.mmu.read(addr, size)
+    lo, hi = struct.unpack_from("<II", raw)
+    dtype = (hi >> 8) & 0x1F
+    allowed = ((0x09,) if long_mode else (0x01, 0x09)) if tr else (0x02,)
+    if dtype not in allowed:
+        raise GuestFault(13, err)
+    if not hi & C.DESC_P:
+        raise GuestFault(11, err)
+    base = (lo >> 16) | ((hi & 0xFF) << 16) | (hi & 0xFF00_0000)
+    if long_mode:
+        upper, upper_flags = struct.unpack_from("<II", raw, 8)
+        if (upper_flags >> 8) & 0x1F:
+            raise GuestFault(13, err)
+        base |= upper << 32
+        if not canonical(base):
+            raise GuestFault(13, err)
+    limit = (lo & 0xFFFF) | (hi & 0xF_0000)
+    if hi & C.DESC_G:
+        limit = (limit << 12) | 0xFFF
+    if tr:
+        hi |= 0x200  # busy
+        vp.mmu.write(addr + 4, struct.pack("<I", hi))
+    ctx.set_seg(which, C.Segment(sel, base, limit, hi))

@@ -47,12 +47,14 @@ from .vp import (
     SVM_EXIT_GDTR_WRITE,
     SVM_EXIT_HLT,
     SVM_EXIT_IDTR_WRITE,
+    SVM_EXIT_LDTR_WRITE,
     SVM_EXIT_MSR,
     SVM_EXIT_RDPMC,
     SVM_EXIT_RDTSC,
     SVM_EXIT_RDTSCP,
     SVM_EXIT_READ_CR0,
     SVM_EXIT_READ_CR8,
+    SVM_EXIT_TR_WRITE,
     SVM_EXIT_WRITE_CR0,
     SVM_EXIT_WRITE_CR4,
     SVM_EXIT_WRITE_CR8,
@@ -101,12 +103,15 @@ _INTERCEPTED_INSNS = {
     SVM_EXIT_GDTR_WRITE: frozenset({"lgdt"}),
     SVM_EXIT_IDTR_WRITE: frozenset({"lidt"}),
     SVM_EXIT_RDPMC: frozenset({"rdpmc"}),
+    SVM_EXIT_LDTR_WRITE: frozenset({"lldt"}),
+    SVM_EXIT_TR_WRITE: frozenset({"ltr"}),
 }
 _INTERCEPTED_INSNS.update(debugregs.INTERCEPTED)  # MOV to/from DR0-DR7
 #: Intercepts whose instruction insn_emul.py checks and performs.
 _EMULATED = frozenset({SVM_EXIT_WRITE_CR0, SVM_EXIT_WRITE_CR4, SVM_EXIT_WRITE_CR8,
                        SVM_EXIT_READ_CR0, SVM_EXIT_READ_CR8, SVM_EXIT_GDTR_WRITE,
-                       SVM_EXIT_IDTR_WRITE, SVM_EXIT_RDPMC})
+                       SVM_EXIT_IDTR_WRITE, SVM_EXIT_RDPMC, SVM_EXIT_LDTR_WRITE,
+                       SVM_EXIT_TR_WRITE})
 
 _VMCALL = bytes((0x0F, 0x01, 0xC1))
 _VMMCALL = bytes((0x0F, 0x01, 0xD9))
@@ -789,7 +794,9 @@ class Partition:
                     # (SDM Vol. 2B, RDPMC: #GP(0)).
                     raise GuestFault(13, 0)
                 insn = vp.mmu.read(vp.linear_rip(), length)
-                if code in (SVM_EXIT_GDTR_WRITE, SVM_EXIT_IDTR_WRITE):
+                if code in (SVM_EXIT_LDTR_WRITE, SVM_EXIT_TR_WRITE):
+                    insn_emul.load_system_segment(vp, text, length, insn, bits)
+                elif code in (SVM_EXIT_GDTR_WRITE, SVM_EXIT_IDTR_WRITE):
                     insn_emul.load_descriptor_table(vp, text, length, insn, bits)
                 else:
                     insn_emul.mov_cr(vp, text, length, insn, bits)
