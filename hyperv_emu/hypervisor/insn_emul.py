@@ -1,5 +1,6 @@
 """Emulating the few system instructions the hypervisor intercepts to check what the engine
-does not: MOV to CR0/CR4 (reserved and unsupported bits, invalid combinations), MOV to/from
+does not: MOV to CR0/CR4 (reserved and unsupported bits, invalid combinations), MOV to CR3
+(reserved bits in IA-32e mode), LTR/LLDT (16-byte descriptors in IA-32e mode), MOV to/from
 CR8 (the local APIC's task priority), LMSW, SMSW (which Unicorn stores as 16 bits even into a
 32-bit register) and MOV from CR0 (the same intercept), LGDT/LIDT (canonical bases in
 64-bit mode) and RDPMC (no performance counters).
@@ -131,7 +132,7 @@ def _effective_address(vp: VirtualProcessor, text_len: int, code: bytes, bits: i
 def _set_cr(vp: VirtualProcessor, n: int, value: int) -> None:
     """Load CR``n`` through the engine, so its derived state (mode flags, TLB) follows."""
     vp._flush()
-    vp.uc.reg_write({0: X.UC_X86_REG_CR0, 4: X.UC_X86_REG_CR4}[n], value)
+    vp.uc.reg_write({0: X.UC_X86_REG_CR0, 3: X.UC_X86_REG_CR3, 4: X.UC_X86_REG_CR4}[n], value)
     vp.ctx.save()
 
 
@@ -167,6 +168,23 @@ def write_cr4(vp: VirtualProcessor, value: int) -> None:
     if value & CR4_PCIDE and not ctx.cr(4) & CR4_PCIDE and (not lma or ctx.cr(3) & 0xFFF):
         raise GuestFault(13, 0)
     _set_cr(vp, 4, value)
+
+
+def write_cr3(vp: VirtualProcessor, value: int) -> None:
+    """MOV to CR3: in IA-32e mode bits 62:MAXPHYADDR are reserved (#GP(0)); bit 63 is the
+    PCID no-flush hint with CR4.PCIDE=1 (never stored: the engine flushes anyway, which is
+    allowed) and reserved without it (SDM Vol. 2B MOV—Move to/from Control Registers, Vol. 3A
+    4.10.4.1).  Outside IA-32e mode the register is 32 bits and nothing is reserved."""
+    ctx = vp.ctx
+    if ctx.efer & EFER_LMA:
+        if value >> 63:
+            if not ctx.cr(4) & CR4_PCIDE:
+                raise GuestFault(13, 0)
+            value &= ~(1 << 63)
+        maxphys = vp.partition.cpuid.lookup(0x8000_0008, 0)[0] & 0xFF or 36
+        if value >> maxphys:
+            raise GuestFault(13, 0)
+    _set_cr(vp, 3, value)
 
 
 def mov_cr(vp: VirtualProcessor, text: str, length: int, code: bytes, bits: int) -> None:
@@ -205,6 +223,8 @@ def mov_cr(vp: VirtualProcessor, text: str, length: int, code: bytes, bits: int)
         value = ctx.gpr(index) & ((1 << width) - 1)
         if n == 0:
             write_cr0(vp, value)
+        elif n == 3:
+            write_cr3(vp, value)
         elif n == 4:
             write_cr4(vp, value)
         elif n == 8:

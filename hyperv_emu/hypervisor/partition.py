@@ -56,6 +56,7 @@ from .vp import (
     SVM_EXIT_READ_CR8,
     SVM_EXIT_TR_WRITE,
     SVM_EXIT_WRITE_CR0,
+    SVM_EXIT_WRITE_CR3,
     SVM_EXIT_WRITE_CR4,
     SVM_EXIT_WRITE_CR8,
     UNTIL,
@@ -96,6 +97,7 @@ _INTERCEPTED_INSNS = {
     SVM_EXIT_RDTSCP: frozenset({"rdtscp"}),
     SVM_EXIT_MSR: frozenset({"rdmsr", "wrmsr"}),
     SVM_EXIT_WRITE_CR0: frozenset({"mov cr0,*", "lmsw"}),
+    SVM_EXIT_WRITE_CR3: frozenset({"mov cr3,*"}),
     SVM_EXIT_WRITE_CR4: frozenset({"mov cr4,*"}),
     SVM_EXIT_WRITE_CR8: frozenset({"mov cr8,*"}),
     SVM_EXIT_READ_CR8: frozenset({"mov *, cr8"}),
@@ -108,7 +110,8 @@ _INTERCEPTED_INSNS = {
 }
 _INTERCEPTED_INSNS.update(debugregs.INTERCEPTED)  # MOV to/from DR0-DR7
 #: Intercepts whose instruction insn_emul.py checks and performs.
-_EMULATED = frozenset({SVM_EXIT_WRITE_CR0, SVM_EXIT_WRITE_CR4, SVM_EXIT_WRITE_CR8,
+_EMULATED = frozenset({SVM_EXIT_WRITE_CR0, SVM_EXIT_WRITE_CR3, SVM_EXIT_WRITE_CR4,
+                       SVM_EXIT_WRITE_CR8,
                        SVM_EXIT_READ_CR0, SVM_EXIT_READ_CR8, SVM_EXIT_GDTR_WRITE,
                        SVM_EXIT_IDTR_WRITE, SVM_EXIT_RDPMC, SVM_EXIT_LDTR_WRITE,
                        SVM_EXIT_TR_WRITE})

@@ -44,16 +44,17 @@ SVM_EXIT_MSR = 0x7C
 SVM_EXIT_RDTSCP = 0x87
 SVM_EXIT_READ_CR0, SVM_EXIT_READ_CR8 = 0x00, 0x08
 SVM_EXIT_WRITE_CR0, SVM_EXIT_WRITE_CR4, SVM_EXIT_WRITE_CR8 = 0x10, 0x14, 0x18
+SVM_EXIT_WRITE_CR3 = 0x13
 SVM_EXIT_IDTR_WRITE, SVM_EXIT_GDTR_WRITE, SVM_EXIT_RDPMC = 0x6A, 0x6B, 0x6F
 SVM_EXIT_LDTR_WRITE, SVM_EXIT_TR_WRITE = 0x6C, 0x6D
 SVM_INTERCEPTS = sum(1 << (c - 0x60) for c in (SVM_EXIT_RDTSC, SVM_EXIT_HLT, SVM_EXIT_MSR,
                                                SVM_EXIT_RDTSCP, SVM_EXIT_IDTR_WRITE,
                                                SVM_EXIT_GDTR_WRITE, SVM_EXIT_RDPMC,
                                                SVM_EXIT_LDTR_WRITE, SVM_EXIT_TR_WRITE))
-#: Control-register intercepts (bit n: CRn), checked by insn_emul.py: writes of CR0, CR4
-#: and CR8, reads of CR0 (SMSW's) and CR8 (the APIC's TPR).
+#: Control-register intercepts (bit n: CRn), checked by insn_emul.py: writes of CR0, CR3,
+#: CR4 and CR8, reads of CR0 (SMSW's) and CR8 (the APIC's TPR).
 SVM_CR_READS = (1 << 0) | (1 << 8)
-SVM_CR_WRITES = (1 << 0) | (1 << 4) | (1 << 8)
+SVM_CR_WRITES = (1 << 0) | (1 << 3) | (1 << 4) | (1 << 8)
 EXCP_VMEXIT = 0x100
 
 _REAL_CODE = C.DESC_P | C.DESC_S | C.DESC_CS | C.DESC_W | C.DESC_A

@@ -134,3 +134,26 @@ def test_ltr_lldt_check_64_bit_descriptors() -> None:
     regs = m.vp.read_registers()
     assert regs["tr_base"] == 0xFFFF_8000_0000_3000 and regs["ldt_base"] == 0x3000
     assert m.part.read_memory(GDT + 0x38 + 5, 1) == b"\x8b"  # marked busy
+
+
+def test_cr3_reserved_bits_in_64_bit_mode() -> None:
+    """MOV to CR3 in IA-32e mode: bits 62:MAXPHYADDR and (CR4.PCIDE=0) bit 63 are reserved,
+    #GP(0); a valid value loads (SDM Vol. 2B MOV—Move to/from Control Registers)."""
+    from test_longmode import PML4
+
+    m = long_machine(0x60000)
+    m.load(0x5000, f"add rsp, 8\npush rax\nmov rax, [{RESUME:#x}]\nmov [rsp+8], rax\n"
+                   f"mov eax, {GP_MARK:#x}\nout 0x80, eax\npop rax\niretq", 64)
+    m.part.write_memory(IDT + 13 * 16, gate64(0x5000, 0x08))
+    body = "".join([
+        _probe(f"mov rax, {PML4:#x}\nbts rax, 63\nmov cr3, rax", 0),   # no PCIDE: reserved
+        _probe(f"mov rax, {PML4:#x}\nbts rax, 52\nmov cr3, rax", 1),   # above MAXPHYADDR
+        _probe(f"mov rax, {PML4:#x}\nor rax, 0x18\nmov cr3, rax", 2),  # PWT|PCD: fine
+        "mov rax, cr3\nout 0x81, eax\n",
+    ])
+    m.load(0x4000, body + "cli\nhlt", 64)
+    m.vp.write_registers(rip=0x4000)
+    ex = m.part.run(max_instructions=10_000)
+    assert ex.reason == "halted", ex
+    assert m.outs(0x80) == [GP_MARK, GP_MARK]
+    assert m.outs(0x81) == [PML4 | 0x18]
