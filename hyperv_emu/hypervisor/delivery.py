@@ -82,6 +82,20 @@ class Event:
     insn_len: int = 0
 
 
+#: Fault-class exceptions (SDM Vol. 3A Table 6-1; #DB is left out: an instruction
+#: breakpoint's #DB is the one fault that saves RF clear, and a data breakpoint's is a trap).
+_FAULTS = frozenset({0, 5, 6, 7, 10, 11, 12, 13, 14, 16, 17, 19, 20, 21})
+
+
+def _saved_flags(ev: Event, flags: int) -> int:
+    """The EFLAGS image pushed for ``ev``: a fault sets RF in it, so the restarted
+    instruction does not hit an instruction breakpoint again (SDM Vol. 3A 6.12.1, Vol. 3B
+    17.3.1.1)."""
+    if ev.kind == KIND_EXCEPTION and ev.vector in _FAULTS:
+        return flags | RFLAGS_RF
+    return flags
+
+
 def _class(ev: Event) -> str:
     if ev.kind != KIND_EXCEPTION:
         return "benign"
@@ -280,7 +294,7 @@ def _deliver_protected(ctx: CpuContext, mmu: Mmu, ev: Event) -> None:
     old_cs = _U32.unpack_from(view, _CS)[0]
     old_ss, ss_base, _, ss_flags = _SEG.unpack_from(view, _SS)
     old_sp = _U64.unpack_from(view, _RSP)[0]
-    frame = [flags, old_cs, _U64.unpack_from(view, OFF_EIP)[0]]
+    frame = [_saved_flags(ev, flags), old_cs, _U64.unpack_from(view, OFF_EIP)[0]]
     if ev.kind == KIND_EXCEPTION and ev.vector in ERROR_CODE_VECTORS:
         frame.append(ev.error_code or 0)
     if new_cpl < cpl:
@@ -360,7 +374,7 @@ def _deliver_long(ctx: CpuContext, mmu: Mmu, ev: Event) -> None:
             raise GuestFault(12, 0)
         raise GuestFault(10, (_U32.unpack_from(view, OFF_TR)[0] & 0xFFFC) + ext)
     sp &= ~0xF  # the CPU aligns the new stack to 16 bytes (SDM 6.14.2)
-    frame = [old_ss, old_sp, flags, old_cs, _U64.unpack_from(view, OFF_EIP)[0]]
+    frame = [old_ss, old_sp, _saved_flags(ev, flags), old_cs, _U64.unpack_from(view, OFF_EIP)[0]]
     if ev.kind == KIND_EXCEPTION and ev.vector in ERROR_CODE_VECTORS:
         frame.append(ev.error_code or 0)
     user = cpl == 3 and new_cpl == 3

@@ -14,7 +14,9 @@ run loop needs between Python calls:
 * ends the slice at the first block entry where the count has reached ``limit`` (a timer
   deadline or an instruction budget), by tail-calling ``uc_emu_stop`` before the block runs —
   the host may lower ``limit`` at any moment (a timer armed from a port or MMIO callback);
-* clears EFLAGS.RF: the CPU clears it when an instruction completes, so only the instruction
+* clears EFLAGS.RF, keeping the entry value for the debug-register breakpoints (RF
+  suppresses them for the instruction it applies to: debugregs.py): the CPU clears it when
+  an instruction completes, so only the instruction
   after an IRET that loaded RF=1 runs with it, but Unicorn 2.1.1 leaves it set for good (and
   PUSHF then pushes it); IRET ends a block, so the next block's entry is where it ends;
 * with ``watch_if`` set (an interrupt is pending but IF=0), ends the slice at the first block
@@ -23,7 +25,7 @@ run loop needs between Python calls:
   first instruction boundary where the interrupt may be taken.
 
 This replaces ``emu_start(count=N)``, whose per-instruction C hook costs about 7x on the loop
-benchmark.  The callback is 157 bytes of hand-assembled x86-64 (System V) placed in an
+benchmark.  The callback is 164 bytes of hand-assembled x86-64 (System V) placed in an
 executable page of our own; :data:`GATE_SOURCE` is its source, and a test re-assembles it with
 keystone and compares.  Where native code cannot run (another host architecture or ABI, no
 executable anonymous memory) the same logic runs as a Python callback, about 50x slower.
@@ -45,6 +47,8 @@ from . import context as C
 #: The native callback's source (Intel syntax; rdi=uc, rsi=address, edx=size, rcx=&GateState).
 GATE_SOURCE = """
     mov rax, [rcx+0x40]
+    mov r8d, dword ptr [rax]
+    mov [rcx+0x60], r8
     and dword ptr [rax], 0xfffeffff
     mov [rcx], rsi
     mov r8d, edx
@@ -94,10 +98,11 @@ miss:
 
 #: GATE_SOURCE assembled (keystone 0.9.2, checked by tests/hypervisor/test_gate.py).
 GATE_CODE = bytes.fromhex(
-    "488b41408120fffffeff4889314189d04c89415848837950007418488b4140f70000020000740c488b"
-    "4148f70008000000745c488b4108483b411073524c8b5948458b1b4181e31080000049c1e3304931f3"
-    "4989f04989f149c1e90a4d31c84c23413849c1e0044c0341304d3918752a4d8b48084d89ca49c1ea20"
-    "4139d2751a4589c94c01c8488941084c894918c348c7411800000000ff6120ff6128")
+    "488b4140448b004c8941608120fffffeff4889314189d04c89415848837950007418488b4140f700"
+    "00020000740c488b4148f70008000000745c488b4108483b411073524c8b5948458b1b4181e31080"
+    "000049c1e3304931f34989f04989f149c1e90a4d31c84c23413849c1e0044c0341304d3918752a4d"
+    "8b48084d89ca49c1ea204139d2751a4589c94c01c8488941084c894918c348c7411800000000ff61"
+    "20ff6128")
 
 #: The table key's mode bits: hflags CS32 (bit 4) and CS64 (bit 15), moved to bits 52/63.
 _MODE_BITS = C.HF_CS32 | C.HF_CS64
@@ -121,6 +126,7 @@ class GateState(ctypes.Structure):
         ("hflags", ctypes.c_void_p),     # 0x48 &env->hflags
         ("watch_if", ctypes.c_uint64),   # 0x50 nonzero: stop where IF=1 and no shadow
         ("size", ctypes.c_uint64),       # 0x58 size in bytes of the block executing
+        ("eflags_in", ctypes.c_uint64),  # 0x60 EFLAGS at the block's entry, before RF clears
     ]
 
 
@@ -207,6 +213,7 @@ class BlockGate:
     def _on_block(self, uc: Any, address: int, size: int, _ud: object) -> None:
         """The whole gate in Python, for hosts where the native one cannot run."""
         s = self.state
+        s.eflags_in = self._eflags.value & 0xFFFF_FFFF
         self._eflags.value &= ~C.RFLAGS_RF
         s.last = address
         s.size = size

@@ -1,5 +1,6 @@
 """Emulating the few system instructions the hypervisor intercepts to check what the engine
-does not: MOV to CR0/CR4 (reserved and unsupported bits, invalid combinations), MOV to/from
+does not: MOV to CR0/CR4 (reserved and unsupported bits, invalid combinations), MOV to CR3
+(reserved bits in IA-32e mode), LTR/LLDT (16-byte descriptors in IA-32e mode), MOV to/from
 CR8 (the local APIC's task priority), LMSW, SMSW (which Unicorn stores as 16 bits even into a
 32-bit register) and MOV from CR0 (the same intercept), LGDT/LIDT (canonical bases in
 64-bit mode) and RDPMC (no performance counters).
@@ -131,7 +132,7 @@ def _effective_address(vp: VirtualProcessor, text_len: int, code: bytes, bits: i
 def _set_cr(vp: VirtualProcessor, n: int, value: int) -> None:
     """Load CR``n`` through the engine, so its derived state (mode flags, TLB) follows."""
     vp._flush()
-    vp.uc.reg_write({0: X.UC_X86_REG_CR0, 4: X.UC_X86_REG_CR4}[n], value)
+    vp.uc.reg_write({0: X.UC_X86_REG_CR0, 3: X.UC_X86_REG_CR3, 4: X.UC_X86_REG_CR4}[n], value)
     vp.ctx.save()
 
 
@@ -167,6 +168,23 @@ def write_cr4(vp: VirtualProcessor, value: int) -> None:
     if value & CR4_PCIDE and not ctx.cr(4) & CR4_PCIDE and (not lma or ctx.cr(3) & 0xFFF):
         raise GuestFault(13, 0)
     _set_cr(vp, 4, value)
+
+
+def write_cr3(vp: VirtualProcessor, value: int) -> None:
+    """MOV to CR3: in IA-32e mode bits 62:MAXPHYADDR are reserved (#GP(0)); bit 63 is the
+    PCID no-flush hint with CR4.PCIDE=1 (never stored: the engine flushes anyway, which is
+    allowed) and reserved without it (SDM Vol. 2B MOV—Move to/from Control Registers, Vol. 3A
+    4.10.4.1).  Outside IA-32e mode the register is 32 bits and nothing is reserved."""
+    ctx = vp.ctx
+    if ctx.efer & EFER_LMA:
+        if value >> 63:
+            if not ctx.cr(4) & CR4_PCIDE:
+                raise GuestFault(13, 0)
+            value &= ~(1 << 63)
+        maxphys = vp.partition.cpuid.lookup(0x8000_0008, 0)[0] & 0xFF or 36
+        if value >> maxphys:
+            raise GuestFault(13, 0)
+    _set_cr(vp, 3, value)
 
 
 def mov_cr(vp: VirtualProcessor, text: str, length: int, code: bytes, bits: int) -> None:
@@ -205,6 +223,8 @@ def mov_cr(vp: VirtualProcessor, text: str, length: int, code: bytes, bits: int)
         value = ctx.gpr(index) & ((1 << width) - 1)
         if n == 0:
             write_cr0(vp, value)
+        elif n == 3:
+            write_cr3(vp, value)
         elif n == 4:
             write_cr4(vp, value)
         elif n == 8:
@@ -245,3 +265,58 @@ def load_descriptor_table(vp: VirtualProcessor, text: str, length: int, code: by
     seg = vp.ctx.seg(which)
     seg.base, seg.limit = base, limit
     vp.ctx.set_seg(which, seg)
+
+
+def load_system_segment(vp: VirtualProcessor, text: str, length: int, code: bytes,
+                        bits: int) -> None:
+    """LTR/LLDT (CPL 0 in protected mode: the engine checked both before the intercept),
+    as SDM Vol. 2A LLDT and Vol. 2B LTR say: LTR #GP(0) for a null selector, LLDT loads
+    an unusable LDTR; #GP(selector) for TI=1, an index beyond the GDT's limit, the wrong
+    descriptor type (LTR: an available TSS, only a 64-bit one in IA-32e mode; LLDT: an LDT);
+    #NP(selector) when not present.  In IA-32e mode the descriptor is 16 bytes: bits 12:8 of
+    its fourth dword must be 0 and the 64-bit base canonical, else #GP(selector) -- the
+    engine (QEMU 5's helpers) checks neither.  LTR marks the descriptor busy."""
+    ctx = vp.ctx
+    mnemonic, _, op = text.partition(" ")
+    if "ptr" in op:
+        ea = _effective_address(vp, length, code, bits)
+        sel = struct.unpack("<H", vp.mmu.read(ea, 2))[0]
+    else:
+        sel = ctx.gpr(_reg_operand(op)[0]) & 0xFFFF
+    tr = mnemonic == "ltr"
+    which = "tr" if tr else "ldt"
+    if not sel & 0xFFFC:
+        if tr:
+            raise GuestFault(13, 0)
+        ctx.set_seg("ldt", C.Segment(sel, 0, 0, 0))
+        return
+    err = sel & 0xFFFC
+    long_mode = bool(ctx.efer & EFER_LMA)
+    size = 16 if long_mode else 8
+    gdt = ctx.seg("gdt")
+    if sel & 4 or (sel & ~7) + size - 1 > gdt.limit:
+        raise GuestFault(13, err)
+    addr = gdt.base + (sel & ~7)
+    raw = vp.mmu.read(addr, size)
+    lo, hi = struct.unpack_from("<II", raw)
+    dtype = (hi >> 8) & 0x1F
+    allowed = ((0x09,) if long_mode else (0x01, 0x09)) if tr else (0x02,)
+    if dtype not in allowed:
+        raise GuestFault(13, err)
+    if not hi & C.DESC_P:
+        raise GuestFault(11, err)
+    base = (lo >> 16) | ((hi & 0xFF) << 16) | (hi & 0xFF00_0000)
+    if long_mode:
+        upper, upper_flags = struct.unpack_from("<II", raw, 8)
+        if (upper_flags >> 8) & 0x1F:
+            raise GuestFault(13, err)
+        base |= upper << 32
+        if not canonical(base):
+            raise GuestFault(13, err)
+    limit = (lo & 0xFFFF) | (hi & 0xF_0000)
+    if hi & C.DESC_G:
+        limit = (limit << 12) | 0xFFF
+    if tr:
+        hi |= 0x200  # busy
+        vp.mmu.write(addr + 4, struct.pack("<I", hi))
+    ctx.set_seg(which, C.Segment(sel, base, limit, hi))

@@ -23,8 +23,8 @@ import unicorn
 
 from ..clock import VirtualClock
 from . import context as C
+from . import debugregs, insn_emul, smp
 from . import exits as E
-from . import insn_emul, smp
 from . import msr as M
 from .blockmark import count_insns, locate_insn
 from .context import self_test
@@ -47,13 +47,16 @@ from .vp import (
     SVM_EXIT_GDTR_WRITE,
     SVM_EXIT_HLT,
     SVM_EXIT_IDTR_WRITE,
+    SVM_EXIT_LDTR_WRITE,
     SVM_EXIT_MSR,
     SVM_EXIT_RDPMC,
     SVM_EXIT_RDTSC,
     SVM_EXIT_RDTSCP,
     SVM_EXIT_READ_CR0,
     SVM_EXIT_READ_CR8,
+    SVM_EXIT_TR_WRITE,
     SVM_EXIT_WRITE_CR0,
+    SVM_EXIT_WRITE_CR3,
     SVM_EXIT_WRITE_CR4,
     SVM_EXIT_WRITE_CR8,
     UNTIL,
@@ -94,6 +97,7 @@ _INTERCEPTED_INSNS = {
     SVM_EXIT_RDTSCP: frozenset({"rdtscp"}),
     SVM_EXIT_MSR: frozenset({"rdmsr", "wrmsr"}),
     SVM_EXIT_WRITE_CR0: frozenset({"mov cr0,*", "lmsw"}),
+    SVM_EXIT_WRITE_CR3: frozenset({"mov cr3,*"}),
     SVM_EXIT_WRITE_CR4: frozenset({"mov cr4,*"}),
     SVM_EXIT_WRITE_CR8: frozenset({"mov cr8,*"}),
     SVM_EXIT_READ_CR8: frozenset({"mov *, cr8"}),
@@ -102,11 +106,16 @@ _INTERCEPTED_INSNS = {
     SVM_EXIT_IDTR_WRITE: frozenset({"lidt"}),
     SVM_EXIT_RDPMC: frozenset({"rdpmc"}),
     smp.SVM_EXIT_PAUSE: frozenset({"pause"}),
+    SVM_EXIT_LDTR_WRITE: frozenset({"lldt"}),
+    SVM_EXIT_TR_WRITE: frozenset({"ltr"}),
 }
+_INTERCEPTED_INSNS.update(debugregs.INTERCEPTED)  # MOV to/from DR0-DR7
 #: Intercepts whose instruction insn_emul.py checks and performs.
-_EMULATED = frozenset({SVM_EXIT_WRITE_CR0, SVM_EXIT_WRITE_CR4, SVM_EXIT_WRITE_CR8,
+_EMULATED = frozenset({SVM_EXIT_WRITE_CR0, SVM_EXIT_WRITE_CR3, SVM_EXIT_WRITE_CR4,
+                       SVM_EXIT_WRITE_CR8,
                        SVM_EXIT_READ_CR0, SVM_EXIT_READ_CR8, SVM_EXIT_GDTR_WRITE,
-                       SVM_EXIT_IDTR_WRITE, SVM_EXIT_RDPMC})
+                       SVM_EXIT_IDTR_WRITE, SVM_EXIT_RDPMC, SVM_EXIT_LDTR_WRITE,
+                       SVM_EXIT_TR_WRITE})
 
 _VMCALL = bytes((0x0F, 0x01, 0xC1))
 _VMMCALL = bytes((0x0F, 0x01, 0xD9))
@@ -613,7 +622,10 @@ class Partition:
             else:
                 retired = self._gated_retired(vp, exit_)
             clock.end_slice(max(0, retired))
-        return self._handle_exit(vp, exit_, error)
+        result = self._handle_exit(vp, exit_, error)
+        if vp.debug.data_hits:
+            vp.debug.take_data_hits()  # a DR7 data breakpoint's #DB trap (debugregs.py)
+        return result
 
     @staticmethod
     def _counted_retired(vp: VirtualProcessor, exit_: tuple | None, count: int) -> int:
@@ -696,6 +708,13 @@ class Partition:
             return RunExit(E.FAULT, f"{exit_[1]} at RIP {ctx.rip:#x}", vp.index, ctx.rip)
         if kind == "invalid":
             return self._invalid_opcode(vp)
+        if kind == "debug":
+            # A DR7 execute breakpoint (debugregs.py): a #DB fault with DR6.Bn, RIP on the
+            # instruction.
+            vp.debug.breakpoint_hit(exit_[1])
+            vp.pending.insert(0, Event(1, KIND_EXCEPTION))
+            vp._dirty = True
+            return None
         if kind in ("syscall", "sysenter"):
             try:
                 if sysenter(vp) if kind == "sysenter" else syscall(vp):
@@ -725,6 +744,8 @@ class Partition:
                 pass
             vp.pending.insert(0, Event(intno, KIND_SOFTWARE, None, length))
         else:
+            if intno == 1:
+                vp.debug.single_step()  # the engine's own #DB: DR6.BS is in its DR6
             err = ctx.u32(C.OFF_ERROR_CODE) if intno in (8, 10, 11, 12, 13, 14, 17, 21) else None
             vp.pending.insert(0, Event(intno, KIND_EXCEPTION, err))
         return None
@@ -748,6 +769,11 @@ class Partition:
                 vp.ctx.rip = vp.ctx.rip + 3
                 self._retire_one(vp)
                 return None
+        if insn[0] == debugregs.ICEBP:
+            vp.ctx.rip = vp.ctx.rip + 1
+            self._retire_one(vp)
+            vp.pending.insert(0, Event(1, KIND_EXCEPTION))
+            return None
         vp.pending.insert(0, Event(6, KIND_EXCEPTION))
         return None
 
@@ -788,6 +814,14 @@ class Partition:
                 aux = vp._engine_msr_read(M.IA32_TSC_AUX)
                 ctx.set_gpr(1, aux & 0xFFFF_FFFF)
             ctx.rip = ctx.rip + length
+        elif code in debugregs.INTERCEPTED:
+            try:
+                vp.debug.mov(code, text, bits)
+            except GuestFault as fault:
+                vp.pending.insert(0, Event(fault.vector, KIND_EXCEPTION, fault.error_code))
+                vp._dirty = True
+                return None
+            ctx.rip = ctx.rip + length
         elif code in _EMULATED:
             try:
                 if code == SVM_EXIT_RDPMC:
@@ -795,7 +829,9 @@ class Partition:
                     # (SDM Vol. 2B, RDPMC: #GP(0)).
                     raise GuestFault(13, 0)
                 insn = vp.mmu.read(vp.linear_rip(), length)
-                if code in (SVM_EXIT_GDTR_WRITE, SVM_EXIT_IDTR_WRITE):
+                if code in (SVM_EXIT_LDTR_WRITE, SVM_EXIT_TR_WRITE):
+                    insn_emul.load_system_segment(vp, text, length, insn, bits)
+                elif code in (SVM_EXIT_GDTR_WRITE, SVM_EXIT_IDTR_WRITE):
                     insn_emul.load_descriptor_table(vp, text, length, insn, bits)
                 else:
                     insn_emul.mov_cr(vp, text, length, insn, bits)

@@ -11,11 +11,11 @@ Figure 7-2, 16-bit Figure 7-11), 7.2.2 the TSS descriptor and its busy flag, 7.3
 switch steps, 7.3 Table 7-1 the exceptions checked during a switch (those after the commit
 point, once TR is loaded, arrive in the new task's context), 7.4 task linking (back link, NT,
 busy flag), and Vol. 3A 6.12.2 "Interrupt Tasks" (the error code is pushed on the new task's
-stack); Vol. 2A INT n "TASK-GATE" for the gate's own checks (#GP/#NP with the EXT bit), and
-Vol. 3B 17.2.4 (a task switch clears DR7's local enables).  64-bit mode has no task switching
-(the IDT gate check raises #GP, delivery.py).
+stack); Vol. 2A INT n "TASK-GATE" for the gate's own checks (#GP/#NP with the EXT bit).
+64-bit mode has no task switching (the IDT gate check raises #GP, delivery.py).
 
-Not modelled: the TSS debug-trap flag T (a #DB after the switch), I/O permission bitmaps
+Not modelled: the TSS debug-trap flag T (a #DB after the switch), the clearing of DR7's
+local enables (Vol. 3B 17.2.4; the debug registers are the VP's, debugregs.py), I/O bitmaps
 (the engine never checks them), and PAE PDPTE reloads beyond what the engine's CR3 load does.
 """
 
@@ -54,8 +54,6 @@ JMP, CALL, IRET, INT = "jmp", "call", "iret", "int"
 #: CR0.TS and the engine's copy of it in hflags (HF_TS, bit 11: CR0 bit 3 << 8).
 CR0_TS = 1 << 3
 HF_TS = 1 << 11
-#: DR7 local breakpoint enables L0-L3 and LE, cleared by every task switch (SDM 17.2.4).
-DR7_LOCAL = 0x155
 
 _TYPE_BUSY = 0x2  # descriptor type bit 1: available (1/9) vs busy (3/B) TSS
 _U32 = struct.Struct("<I")

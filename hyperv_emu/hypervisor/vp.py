@@ -18,9 +18,10 @@ import unicorn
 from unicorn import x86_const as X
 
 from . import context as C
-from . import cpuid_state, smp
+from . import cpuid_state, debugregs, smp
 from . import msr as M
 from .context import CpuContext, Segment
+from .debugregs import DebugRegisters
 from .delivery import KIND_EXCEPTION, KIND_EXTERNAL, Event
 from .engine import open_engine
 from .gate import BlockGate
@@ -44,14 +45,17 @@ SVM_EXIT_MSR = 0x7C
 SVM_EXIT_RDTSCP = 0x87
 SVM_EXIT_READ_CR0, SVM_EXIT_READ_CR8 = 0x00, 0x08
 SVM_EXIT_WRITE_CR0, SVM_EXIT_WRITE_CR4, SVM_EXIT_WRITE_CR8 = 0x10, 0x14, 0x18
+SVM_EXIT_WRITE_CR3 = 0x13
 SVM_EXIT_IDTR_WRITE, SVM_EXIT_GDTR_WRITE, SVM_EXIT_RDPMC = 0x6A, 0x6B, 0x6F
+SVM_EXIT_LDTR_WRITE, SVM_EXIT_TR_WRITE = 0x6C, 0x6D
 SVM_INTERCEPTS = sum(1 << (c - 0x60) for c in (SVM_EXIT_RDTSC, SVM_EXIT_HLT, SVM_EXIT_MSR,
                                                SVM_EXIT_RDTSCP, SVM_EXIT_IDTR_WRITE,
-                                               SVM_EXIT_GDTR_WRITE, SVM_EXIT_RDPMC))
-#: Control-register intercepts (bit n: CRn), checked by insn_emul.py: writes of CR0, CR4
-#: and CR8, reads of CR0 (SMSW's) and CR8 (the APIC's TPR).
+                                               SVM_EXIT_GDTR_WRITE, SVM_EXIT_RDPMC,
+                                               SVM_EXIT_LDTR_WRITE, SVM_EXIT_TR_WRITE))
+#: Control-register intercepts (bit n: CRn), checked by insn_emul.py: writes of CR0, CR3,
+#: CR4 and CR8, reads of CR0 (SMSW's) and CR8 (the APIC's TPR).
 SVM_CR_READS = (1 << 0) | (1 << 8)
-SVM_CR_WRITES = (1 << 0) | (1 << 4) | (1 << 8)
+SVM_CR_WRITES = (1 << 0) | (1 << 3) | (1 << 4) | (1 << 8)
 EXCP_VMEXIT = 0x100
 
 _REAL_CODE = C.DESC_P | C.DESC_S | C.DESC_CS | C.DESC_W | C.DESC_A
@@ -129,6 +133,8 @@ class VirtualProcessor:
         self.blocks = BlockGate(self.uc)
         #: SVM intercepts performed inside the hook, without ending the slice (inline.py).
         self.inline = InlineExits(self)
+        #: DR0-DR7, kept here rather than in the engine (debugregs.py).
+        self.debug = DebugRegisters(self)
         self.reset()
 
     # ---- hooks ------------------------------------------------------------------------------
@@ -309,6 +315,7 @@ class VirtualProcessor:
         self.nmi_pending = False
         self.tsc_offset = 0
         self.msr_file.reset()
+        self.debug.reset()
         self.lapic.power_on()
         smp.power_on(self)
 
@@ -328,6 +335,7 @@ class VirtualProcessor:
         ctypes.c_uint16.from_address(ctx.base + C.OFF_INTERCEPT_CR_READ).value = SVM_CR_READS
         ctypes.c_uint16.from_address(ctx.base + C.OFF_INTERCEPT_CR_READ + 2).value = (
             SVM_CR_WRITES)
+        debugregs.arm(ctx)
 
     def read_registers(self) -> dict[str, int]:
         """Architectural registers (lowercase names), segment selectors and bases."""

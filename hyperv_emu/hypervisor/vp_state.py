@@ -29,8 +29,6 @@ if TYPE_CHECKING:
     from .vp import VirtualProcessor
 
 VP_STATE_VERSION = 3
-_DR = {"dr0": X.UC_X86_REG_DR0, "dr1": X.UC_X86_REG_DR1, "dr2": X.UC_X86_REG_DR2,
-       "dr3": X.UC_X86_REG_DR3, "dr6": X.UC_X86_REG_DR6, "dr7": X.UC_X86_REG_DR7}
 #: Power-on values (Intel SDM Vol. 3A Table 9-1): DR6 FFFF0FF0h, DR7 400h, the rest 0.
 _DR_RESET = {"dr0": 0, "dr1": 0, "dr2": 0, "dr3": 0, "dr6": 0xFFFF0FF0, "dr7": 0x400}
 _FPU_PTRS = {"fip": X.UC_X86_REG_FIP, "fcs": X.UC_X86_REG_FCS, "fdp": X.UC_X86_REG_FDP,
@@ -51,7 +49,7 @@ def save_vp(vp: VirtualProcessor) -> dict[str, Any]:
     uc = vp.uc
     state["version"] = VP_STATE_VERSION
     state["pending"] = [[e.vector, e.kind, e.error_code, e.insn_len] for e in vp.pending]
-    state["dr"] = {name: int(uc.reg_read(reg)) for name, reg in _DR.items()}
+    state["dr"] = vp.debug.save()  # kept by the hypervisor, not the engine (debugregs.py)
     state["fpu_ptrs"] = {name: int(uc.reg_read(reg)) for name, reg in _FPU_PTRS.items()}
     return state
 
@@ -77,8 +75,7 @@ def restore_vp(vp: VirtualProcessor, state: dict[str, Any]) -> None:
     check_vp_state(state, vp.index)
     vp.restore({**state, "version": 2, "pending": []})
     uc = vp.uc
-    for name, reg in _DR.items():
-        uc.reg_write(reg, int(state["dr"][name]))
+    vp.debug.restore(state["dr"])
     for name, reg in _FPU_PTRS.items():
         uc.reg_write(reg, int(state["fpu_ptrs"][name]))
     vp.ctx.save()  # the context buffer follows the engine again

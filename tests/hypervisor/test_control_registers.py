@@ -93,3 +93,67 @@ def test_cr8_tpr_lgdt_lidt_and_cr_checks_in_64_bit_mode() -> None:
                             GP_MARK, GP_MARK]
     assert m.part.read_memory(0x7200, 10) == struct.pack("<HQ", 0xFFF, 0xFFFF_8000_0000_2000)
     assert m.vp.read_registers()["gdtr_limit"] == 0x27
+
+
+def test_ltr_lldt_check_64_bit_descriptors() -> None:
+    """LTR/LLDT in IA-32e mode read 16-byte descriptors: a non-canonical base or nonzero
+    type bits in the upper half are #GP(selector) (SDM Vol. 2A LLDT, Vol. 2B LTR)."""
+    from hv_helpers import gdt_desc
+    from test_longmode import GDT
+
+    m = long_machine(0x60000)
+    m.load(0x5000, f"add rsp, 8\npush rax\nmov rax, [{RESUME:#x}]\nmov [rsp+8], rax\n"
+                   f"mov eax, {GP_MARK:#x}\nout 0x80, eax\npop rax\niretq", 64)
+    m.part.write_memory(IDT + 13 * 16, gate64(0x5000, 0x08))
+
+    def system(base: int, dtype: int, upper_type: int = 0) -> bytes:
+        return gdt_desc(base & 0xFFFF_FFFF, 0x67, 0x80 | dtype, 0) + struct.pack(
+            "<II", base >> 32, upper_type << 8)
+
+    m.part.write_memory(GDT + 0x28, system(0x0000_8000_0000_3000, 0x9)    # 28h TSS, bad base
+                        + system(0xFFFF_8000_0000_3000, 0x9)             # 38h TSS, canonical
+                        + system(0x0000_8000_0000_3000, 0x2)             # 48h LDT, bad base
+                        + system(0x3000, 0x2)                            # 58h LDT, fine
+                        + system(0x3000, 0x9, upper_type=0x1F))          # 68h bad upper type
+    m.vp.write_registers(gdtr_limit=0x77)
+    body = "".join([
+        _probe("mov ax, 0x28\nltr ax", 0),
+        _probe("mov ax, 0x68\nltr ax", 1),
+        _probe("mov ax, 0x38\nltr ax", 2),
+        "str eax\nout 0x81, eax\n",
+        _probe("mov ax, 0x48\nlldt ax", 3),
+        _probe("mov ax, 0x58\nlldt ax", 4),
+        "sldt eax\nout 0x81, eax\n",
+    ])
+    m.load(0x4000, body + "cli\nhlt", 64)
+    m.vp.write_registers(rip=0x4000)
+    ex = m.part.run(max_instructions=10_000)
+    assert ex.reason == "halted", ex
+    assert m.outs(0x80) == [GP_MARK, GP_MARK, GP_MARK]
+    assert m.outs(0x81) == [0x38, 0x58]
+    regs = m.vp.read_registers()
+    assert regs["tr_base"] == 0xFFFF_8000_0000_3000 and regs["ldt_base"] == 0x3000
+    assert m.part.read_memory(GDT + 0x38 + 5, 1) == b"\x8b"  # marked busy
+
+
+def test_cr3_reserved_bits_in_64_bit_mode() -> None:
+    """MOV to CR3 in IA-32e mode: bits 62:MAXPHYADDR and (CR4.PCIDE=0) bit 63 are reserved,
+    #GP(0); a valid value loads (SDM Vol. 2B MOV—Move to/from Control Registers)."""
+    from test_longmode import PML4
+
+    m = long_machine(0x60000)
+    m.load(0x5000, f"add rsp, 8\npush rax\nmov rax, [{RESUME:#x}]\nmov [rsp+8], rax\n"
+                   f"mov eax, {GP_MARK:#x}\nout 0x80, eax\npop rax\niretq", 64)
+    m.part.write_memory(IDT + 13 * 16, gate64(0x5000, 0x08))
+    body = "".join([
+        _probe(f"mov rax, {PML4:#x}\nbts rax, 63\nmov cr3, rax", 0),   # no PCIDE: reserved
+        _probe(f"mov rax, {PML4:#x}\nbts rax, 52\nmov cr3, rax", 1),   # above MAXPHYADDR
+        _probe(f"mov rax, {PML4:#x}\nor rax, 0x18\nmov cr3, rax", 2),  # PWT|PCD: fine
+        "mov rax, cr3\nout 0x81, eax\n",
+    ])
+    m.load(0x4000, body + "cli\nhlt", 64)
+    m.vp.write_registers(rip=0x4000)
+    ex = m.part.run(max_instructions=10_000)
+    assert ex.reason == "halted", ex
+    assert m.outs(0x80) == [GP_MARK, GP_MARK]
+    assert m.outs(0x81) == [PML4 | 0x18]

@@ -1,0 +1,62 @@
+"""DR0-DR3/DR6/DR7 kept by the hypervisor (debugregs.py): the engine's own breakpoints crash
+the host (SIGSEGV inside Unicorn 2.1.1), so MOV DR is intercepted and the breakpoints are
+hooks.  Real 32-bit guest code programs them; the #DB handler reports DR6 and the address."""
+
+from __future__ import annotations
+
+from hv_helpers import IDT32, flat32, gate32, machine
+
+DB_ISR = 0x5000
+DATA = 0x7100
+
+
+def test_breakpoints_rf_dr4_alias_and_general_detect() -> None:
+    m = machine()
+    flat32(m, 0x4000)
+    # #DB: report DR6 and the return EIP, clear DR6, return with RF=1 (an execute breakpoint
+    # is a fault: without RF the instruction would hit again).
+    m.load(DB_ISR, "push eax\nmov eax, dr6\nout 0x80, eax\nmov eax, [esp+4]\nout 0x81, eax\n"
+                   "xor eax, eax\nmov dr6, eax\nor dword ptr [esp+12], 0x10000\npop eax\niretd",
+           32)
+    m.part.write_memory(IDT32 + 1 * 8, gate32(DB_ISR, 0x10))
+    m.load(0x4000, f"""
+        mov eax, target
+        mov dr1, eax
+        mov eax, {DATA:#x}
+        mov dr2, eax
+        mov eax, 0x0D000024      # DR1 execute (L1), DR2 4-byte write (G2); bits 11/12 read 0
+        or eax, 0x1800
+        mov dr7, eax
+        mov eax, dr7
+        out 0x82, eax
+        nop
+    target:
+        inc ebx                  # #DB before it (B1), then it runs once (RF)
+        mov dword ptr [{DATA:#x}], 1   # #DB trap after the store (B2)
+        mov eax, dr4             # CR4.DE=0: DR4 is DR6
+        out 0x83, eax
+        xor eax, eax
+        mov dr7, eax
+        inc ebx
+        mov eax, 0x2400          # GD: the next MOV DR is a #DB fault with BD
+        mov dr7, eax
+    gd_insn:
+        mov eax, dr0
+        mov eax, dr7             # GD was cleared on that #DB
+        out 0x84, eax
+        cli
+        hlt
+    """, 32)
+    ex = m.part.run(max_instructions=10_000)
+    assert ex.reason == "halted", ex
+    target = 0x4000 + m.part.read_memory(0x4000, 0x40).index(bytes((0x43,)))  # inc ebx
+    assert m.outs(0x82) == [0x0D000024 | 0x400]
+    dr6 = m.outs(0x80)
+    eips = m.outs(0x81)
+    assert dr6[0] == 0xFFFF0FF2 and eips[0] == target  # fault: EIP of the instruction
+    assert dr6[1] == 0xFFFF0FF4 and eips[1] > target   # trap: after the store
+    assert dr6[2] & 0x2000                              # BD
+    assert m.outs(0x83) == [0xFFFF0FF0]
+    assert m.outs(0x84) == [0x400]
+    assert m.vp.read_registers()["rbx"] == 2
+    assert m.vp.debug.dr7 == 0x400
