@@ -70,6 +70,11 @@ class TripleFault(Exception):
     """A fault while delivering #DF: the processor shuts down."""
 
 
+class TaskGateMet(Exception):
+    """Raised instead of switching tasks when the caller asked for no task switch (a
+    delivery from inside Unicorn's hook, inline.py, leaves task gates to the run loop)."""
+
+
 @dataclass(frozen=True)
 class Event:
     """One event to vector: its number, kind and (for exceptions) error code."""
@@ -106,14 +111,15 @@ def _class(ev: Event) -> str:
     return "contributory" if ev.vector in _CONTRIBUTORY else "benign"
 
 
-def deliver(ctx: CpuContext, mmu: Mmu, event: Event) -> None:
+def deliver(ctx: CpuContext, mmu: Mmu, event: Event, *, task_gates: bool = True) -> None:
     """Vector ``event`` into the guest, applying the double-fault rules of SDM Table 6-5.
 
-    Raises :class:`TripleFault` when a fault occurs while delivering #DF.
+    Raises :class:`TripleFault` when a fault occurs while delivering #DF, and
+    :class:`TaskGateMet` at a task gate when ``task_gates`` is False.
     """
     while True:
         try:
-            _deliver_once(ctx, mmu, event)
+            _deliver_once(ctx, mmu, event, task_gates)
             break
         except GuestFault as fault:
             if fault.vector == 14 and fault.cr2 is not None:
@@ -136,14 +142,14 @@ def deliver(ctx: CpuContext, mmu: Mmu, event: Event) -> None:
     ctx.hflags = ctx.hflags & ~HF_INHIBIT_IRQ
 
 
-def _deliver_once(ctx: CpuContext, mmu: Mmu, ev: Event) -> None:
+def _deliver_once(ctx: CpuContext, mmu: Mmu, ev: Event, task_gates: bool = True) -> None:
     view = ctx.view
     if not _U64.unpack_from(view, OFF_CR)[0] & CR0_PE:
         _deliver_real(ctx, mmu, ev)
     elif _U32.unpack_from(view, OFF_HFLAGS)[0] & HF_LMA:
         _deliver_long(ctx, mmu, ev)
     else:
-        _deliver_protected(ctx, mmu, ev)
+        _deliver_protected(ctx, mmu, ev, task_gates)
 
 
 # The delivery paths read and write the saved context through ``ctx.view`` with these layouts
@@ -270,7 +276,7 @@ def _gate_common(ev: Event, hi: int, cpl: int, long_mode: bool) -> tuple[int, in
     return gtype, ext
 
 
-def _deliver_protected(ctx: CpuContext, mmu: Mmu, ev: Event) -> None:
+def _deliver_protected(ctx: CpuContext, mmu: Mmu, ev: Event, task_gates: bool = True) -> None:
     """32-bit protected mode through an interrupt or trap gate (SDM Vol. 3A 6.12.1)."""
     view = ctx.view
     flags = _U64.unpack_from(view, OFF_EFLAGS)[0]
@@ -278,6 +284,8 @@ def _deliver_protected(ctx: CpuContext, mmu: Mmu, ev: Event) -> None:
     lo, hi = _GATE32.unpack(_read_gate(mmu, ctx, ev, 8))
     gtype, ext = _gate_common(ev, hi, cpl, False)
     if gtype == 0x05:
+        if not task_gates:
+            raise TaskGateMet
         # A task gate: the handler is a task (SDM 6.12.2); an exception's error code goes on
         # its stack.
         err = ev.error_code or 0 if (ev.kind == KIND_EXCEPTION

@@ -46,7 +46,7 @@ from . import hvdef as H
 from . import msr as M
 from .blockmark import count_insns, locate_insn
 from .context import CpuContext
-from .delivery import KIND_EXCEPTION, KIND_SOFTWARE, Event, TripleFault, deliver
+from .delivery import KIND_EXCEPTION, KIND_SOFTWARE, Event, TaskGateMet, TripleFault, deliver
 from .insn_emul import _reg_operand
 from .lapic import REG_TPR
 from .memory import UnmappedAccess
@@ -229,8 +229,9 @@ class InlineExits:
             # While the engine runs, RFLAGS' arithmetic flags and DF live apart from
             # env->eflags: the register API assembles and loads them.
             ctx.rflags = int(uc.reg_read(X.UC_X86_REG_EFLAGS))
-            deliver(ctx, self.mmu, event)
-        except (TripleFault, UnmappedAccess, GuestFault):
+            # A task gate switches CR3 and TR, which the run loop must see (engine TLB).
+            deliver(ctx, self.mmu, event, task_gates=False)
+        except (TripleFault, UnmappedAccess, GuestFault, TaskGateMet):
             ctypes.memmove(ctx.base, saved, _ENV_SIZE)
             s.retired, s.cur = retired, cur
             return False
