@@ -142,6 +142,13 @@ class VirtualClock:
         if t_ns > self._base_ns:
             self._base_ns = t_ns
 
+    def stall(self, ns: int) -> None:
+        """Let ``ns`` of virtual time pass with no instruction retired: the time a VP waits
+        for an intercepted access (deterministic mode; in host mode the host's clock moves
+        on by itself while the access is emulated)."""
+        if self.mode == "deterministic" and ns > 0:
+            self._base_ns += ns
+
     # ---- timers ------------------------------------------------------------------------
     def timer(self, callback: Callable[[], None], name: str = "") -> Timer:
         """A new, unarmed timer that calls ``callback`` when it expires."""

@@ -122,6 +122,14 @@ _VMMCALL = bytes((0x0F, 0x01, 0xD9))
 _layout_checked = False
 
 
+#: Virtual time one intercepted IN/OUT takes.  A port access is slow on a real PC (Linux's
+#: io_delay writes port 80h because that takes about 1 us on the ISA/LPC bus) and under a
+#: hypervisor each one is a VM exit the guest's clock runs through.  Without it a guest that
+#: reads a timer port twice in a row sees one value (memtest86+ then takes the ACPI PM timer
+#: for broken) and a port-polling delay loop makes 100x the exits it would on hardware.
+IO_ACCESS_NS = 1000
+
+
 class Partition:
     """One guest: its memory, CPU policy and virtual processors."""
 
@@ -688,6 +696,18 @@ class Partition:
             # The watchdog's time may already have passed while Python held the engine (it
             # needs the GIL): end here, the run loop re-arms it for the earliest deadline.
             vp._end_slice_soon()
+
+    def io_stall(self) -> None:
+        """The running VP waits :data:`IO_ACCESS_NS` for an intercepted port access: the
+        clock moves on, and a slice that would now run past a timer's deadline ends at the
+        next block entry."""
+        clock = self.clock
+        clock.stall(IO_ACCESS_NS)
+        if clock.mode == "deterministic":
+            self._slice_base_ns += IO_ACCESS_NS
+            deadline = clock.next_deadline()
+            if deadline is not None:
+                self._deadline_moved(deadline)
 
     def _retire_one(self, vp: VirtualProcessor) -> None:
         """Account one instruction the hypervisor emulated (HLT, RDTSC, RDMSR, ...); it also

@@ -192,7 +192,9 @@ class VirtualProcessor:
                 value = block.rep_in(self, port, size)  # a whole REP INS run (stringio.py)
                 if value is not None:
                     return value
-            return int(self.partition._io_read(port, size)) & ((1 << (8 * size)) - 1)
+            value = int(self.partition._io_read(port, size)) & ((1 << (8 * size)) - 1)
+            self.partition.io_stall()
+            return value
         finally:
             self._in_access -= 1
 
@@ -205,6 +207,7 @@ class VirtualProcessor:
                                                                            value):
                 return
             self.partition._io_write(port, size, value)
+            self.partition.io_stall()
         finally:
             self._in_access -= 1
 

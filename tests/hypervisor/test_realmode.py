@@ -7,6 +7,7 @@ import struct
 from hv_helpers import FakePic, machine
 
 from hyperv_emu.asm import assemble
+from hyperv_emu.hypervisor.partition import IO_ACCESS_NS
 
 
 def test_reset_state_and_first_fetch_from_rom() -> None:
@@ -132,10 +133,11 @@ def test_hlt_skips_clock_to_timer_deadline() -> None:
     times = [(p, t) for _, p, _, _, t in m.io]
     # sti, hlt retire (20 ns); the clock jumps to 5 ms.  Inside a translated block the clock
     # reads the block's start: the handler's OUT (2nd instruction) sees 5 ms, the OUT after
-    # the HLT (mov al, out, in the block after IRET) sees 5 ms + 3 handler instructions.
+    # the HLT (mov al, out, in the block after IRET) sees 5 ms + 3 handler instructions,
+    # and the handler's OUT took IO_ACCESS_NS (partition.io_stall).
     assert times[0] == (0x81, 5_000_000)
     assert times[1][0] == 0x82
-    assert times[1] == (0x82, 5_000_030)
+    assert times[1] == (0x82, 5_000_030 + IO_ACCESS_NS)
     assert m.clock.instructions == 2 + 3 + 4
 
 
