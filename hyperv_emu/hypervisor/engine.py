@@ -17,8 +17,10 @@ from unicorn.unicorn_py3.unicorn import uclib
 
 #: Size of each engine's translated-code buffer.  Unicorn 2.1.1 reserves 1 GiB by default and
 #: its first translation-cache flush touches every page of it (1 GiB resident per VP, ~0.5 s);
-#: QEMU flushes by itself when a smaller buffer fills.
-TCG_BUFFER_SIZE = 32 << 20
+#: QEMU flushes by itself when a smaller buffer fills.  128 MiB: with 32 MiB Debian's kernel filled
+#: it at 5.5 s of boot and the process died of SIGSEGV inside ``emu_start`` at that flush (not yet
+#: explained, issue 9); its whole boot to busybox fits in 128 MiB.
+TCG_BUFFER_SIZE = 128 << 20
 #: The CPU model every engine emulates.
 CPU_MODEL = X.UC_CPU_X86_HASWELL
 

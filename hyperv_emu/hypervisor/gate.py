@@ -43,6 +43,7 @@ import unicorn
 from unicorn.unicorn_py3.unicorn import uclib
 
 from . import context as C
+from .engine import flush_tlb
 
 #: The native callback's source (Intel syntax; rdi=uc, rsi=address, edx=size, rcx=&GateState).
 GATE_SOURCE = """
@@ -195,7 +196,19 @@ class BlockGate:
 
     def _on_miss(self, _uch: object, address: int, size: int, _ud: object) -> None:
         """Table miss (called from the native gate after its IF and limit checks passed):
-        take the block's instruction count from Unicorn's own translation."""
+        take the block's instruction count from Unicorn's own translation.
+
+        A miss is also where a freshly translated block is first seen, so the TLB is dropped
+        here: Unicorn 2.1.1 catches stores into translated code only through TLB entries that
+        carry TLB_NOTDIRTY, clears that flag from an entry at its first store
+        (``notdirty_write`` -> ``tlb_set_dirty``) and sets it again, when it translates code,
+        only on entries for the code's own virtual page (``tb_gen_code`` ->
+        ``tlb_reset_dirty_by_vaddr``); QEMU's physical re-protection (``tlb_protect_code``) is
+        a no-op there.  A page once stored to through another virtual address (Linux's direct
+        map, text_poke's alias) would keep a fast-path write entry, and the next store through
+        it would leave the new block stale (Linux's alternatives: a patched-out CALL still ran).
+        Refilled entries carry TLB_NOTDIRTY again.  Guest: smc_alias64."""
+        flush_tlb(self._uc)
         icount = self._icount(address, size)
         s = self.state
         s.retired += icount

@@ -237,3 +237,10 @@ def test_int13_read_with_drive_interrupts_enabled(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(guests, "data_dir", lambda name: folder)
     run = boot("nien_int13")
     assert_passed(run, ["PASS"])
+
+
+def test_smc_alias64() -> None:
+    """Code rewritten through a second linear mapping of its page runs as rewritten (Unicorn
+    2.1.1 re-arms its store check only for the code's own linear page: gate.py)."""
+    run = boot("smc_alias64")
+    assert_passed(run, ["smc alias: byte store ok", "smc alias: call replaced ok", "PASS"])

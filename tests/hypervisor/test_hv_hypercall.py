@@ -262,7 +262,10 @@ def flush_scenario(flush: bool) -> int:
 
 def test_flush_really_drops_tlb() -> None:
     assert flush_scenario(True) == 0x22222222
-    assert flush_scenario(False) == 0x11111111  # the stale translation without a flush
+    # Without a flush the old translation may or may not survive (a CPU may drop TLB entries
+    # at any time, SDM Vol. 3A 4.10.4.2): the block gate drops the TLB at every newly seen
+    # block (gate.py), which the return from the hypercall page is, so no stale read can be
+    # shown here any more.
 
 
 def test_send_synthetic_cluster_ipi_hook(env) -> None:  # type: ignore[no-untyped-def]
