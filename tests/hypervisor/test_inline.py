@@ -13,6 +13,7 @@ import test_longmode
 from hv_helpers import FakePic, gate64, machine
 from test_longmode import IDT, long_machine
 
+from hyperv_emu.hypervisor import inline
 from hyperv_emu.hypervisor import msr as M
 from hyperv_emu.hypervisor.inline import InlineExits
 
@@ -213,6 +214,7 @@ def _exceptions() -> Any:
 
 def test_exceptions_delivered_in_the_hook_match_the_slow_path(
         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(inline, "EXCEPTIONS_IN_HOOK", True)
     fast = _exceptions()
     assert fast.vp.inline.count == 4 * 200
     monkeypatch.setattr(InlineExits, "exception", lambda self, intno: False)
