@@ -236,6 +236,10 @@ class InlineExits:
             s.retired, s.cur = retired, cur
             return False
         uc.reg_write(X.UC_X86_REG_EFLAGS, ctx.rflags)
+        # CR2 now holds the fault's address, which the guest's handler may read in a later
+        # slice: Unicorn's end-of-run probe overwrites CR2, and the run loop puts back this
+        # value rather than the one from before the slice.
+        vp.cr2_live = ctx.cr(2)
         ctx.set_u64(C.OFF_EXC_NEXT_EIP, ctx.rip)
         ctx.set_u32(C.OFF_EXC_IS_INT, 0)
         vp.halted = False
