@@ -19,6 +19,7 @@ from . import msr as M
 from .lapic import REG_TPR
 from .memory import PAGE, Region
 from .mmu import GuestFault
+from .vp_assist import VpAssistPages
 
 if TYPE_CHECKING:
     from .hv import PartitionHv
@@ -68,6 +69,7 @@ class SyntheticMsrs:
         self.time_origin = hv.hypervisor.clock.now()
         self._hypercall_page: Region | None = None
         self._tsc_page: Region | None = None
+        self.vp_assist = VpAssistPages(hv)
 
     # ---- wiring ---------------------------------------------------------------------------
     def install(self) -> None:
@@ -97,6 +99,7 @@ class SyntheticMsrs:
             reg(H.HV_X64_MSR_ICR, lambda vp: vp.lapic.read_icr(),
                 lambda vp, value: vp.lapic.write_icr(value))
             reg(H.HV_X64_MSR_TPR, lambda vp: vp.lapic.read_register(REG_TPR), _write_tpr)
+            self.vp_assist.install()  # same privilege (AccessIntrCtrlRegs)
         if priv & H.HV_MSR_RESET_AVAILABLE:
             reg(H.HV_X64_MSR_RESET, lambda vp: 0, self._write_reset)
         if priv & H.HV_ACCESS_FREQUENCY_MSRS and (
@@ -262,11 +265,13 @@ class SyntheticMsrs:
         self.crash = [0, 0, 0, 0, 0]
         self._remap_hypercall_page()
         self._remap_tsc_page()
+        self.vp_assist.reset()
 
     def save(self) -> dict[str, Any]:
         return {"guest_os_id": self.guest_os_id, "hypercall": self.hypercall,
                 "reference_tsc": self.reference_tsc, "tsc_sequence": self.tsc_sequence,
-                "crash": list(self.crash), "time_origin": self.time_origin}
+                "crash": list(self.crash), "time_origin": self.time_origin,
+                "vp_assist": self.vp_assist.save()}
 
     def restore(self, state: dict[str, Any]) -> None:
         self.guest_os_id = int(state["guest_os_id"])
@@ -274,6 +279,7 @@ class SyntheticMsrs:
         self.reference_tsc = int(state["reference_tsc"])
         self.crash = [int(v) for v in state["crash"]]
         self.time_origin = int(state["time_origin"])
+        self.vp_assist.restore(state.get("vp_assist", {}))
         self._remap_hypercall_page()
         self.tsc_sequence = (int(state["tsc_sequence"]) - 1) & 0xFFFF_FFFF
         self._remap_tsc_page()

@@ -587,7 +587,7 @@ class Partition:
             flush_tb(vp.uc)
         vp._count_engine = bool(count)
         vp._flush()
-        cr2_before = ctx.cr(2)
+        vp.cr2_live = ctx.cr(2)  # inline.py moves it when it delivers a #PF in the hook
         vp._hook_state = None
         vp._intercepted = None
         vp._exit = None
@@ -618,7 +618,7 @@ class Partition:
                 ctx.set_u32(C.OFF_ERROR_CODE, vp._hook_state[1])
                 ctx.set_u32(C.OFF_EXC_IS_INT, vp._hook_state[2])
             else:
-                ctx.set_cr(2, cr2_before)
+                ctx.set_cr(2, vp.cr2_live)
             # The probe of the non-canonical ``until`` also raises #GP/#DF inside Unicorn and
             # leaves old_exception at 13 or 8; the next guest exception (a VMCALL's #UD, a #PF)
             # would then become a double fault or an SVM shutdown exit.

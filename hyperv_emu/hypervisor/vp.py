@@ -123,6 +123,8 @@ class VirtualProcessor:
         self._hook_ctx = self.uc.context_save()
         self._hook_base = int(self._hook_ctx.context.value) + C.ENV_OFFSET
         self._hook_state: tuple[int, int, int] | None = None
+        #: CR2 to restore after a slice (the run loop sets it; inline.py after a #PF it delivers).
+        self.cr2_live = 0
         #: The intercepted instruction found in the block (address, length, text), once per
         #: exit (partition.py).
         self._intercepted: tuple[int, int, str] | None = None

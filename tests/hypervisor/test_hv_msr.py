@@ -233,3 +233,27 @@ def test_apic_access_msrs_reach_the_local_apic() -> None:
     m.vp.write_msr(H.HV_X64_MSR_EOI, 0)
     assert not lapic.read_register(0x100 + 0x10 * (0x45 // 32)) & (1 << (0x45 % 32))
     gp_on(m.vp.read_msr, H.HV_X64_MSR_EOI)  # write-only
+
+
+def test_vp_assist_page_msr_maps_a_zeroed_writable_page() -> None:
+    # Linux's hv_cpu_init writes VP_ASSIST_PAGE whenever AccessIntrCtrlRegs is granted; without
+    # the MSR that WRMSR took #GP ("unchecked MSR access error" during the Debian kernel's boot).
+    m, hv = hv_machine()
+    page = 0x33000
+    m.part.write_memory(page, b"\xaa" * 16)  # RAM underneath: the overlay hides it
+    src = (f"mov ecx, {H.HV_X64_MSR_VP_ASSIST_PAGE:#x}\nmov eax, {page | 0xFFE | 1:#x}\n"
+           "xor edx, edx\nwrmsr\nrdmsr\nmov dx, 0x81\nout dx, eax\n"
+           f"mov rbx, {page:#x}\nmov eax, [rbx]\nmov dx, 0x81\nout dx, eax\n"
+           "mov dword ptr [rbx + 8], 0x1234\nmov eax, [rbx + 8]\nmov dx, 0x81\nout dx, eax\nhlt\n")
+    assert run(m, src) == "halted"
+    assert m.outs(0x81) == [page | 1, 0, 0x1234]  # RsvdP bits read 0; zeroed; behaves as RAM
+    gp_on(m.vp.write_msr, H.HV_X64_MSR_VP_ASSIST_PAGE, (1 << 60) | 1)
+    state = hv.save()
+    m2, hv2 = hv_machine()
+    hv2.restore(state)
+    assert m2.vp.read_msr(H.HV_X64_MSR_VP_ASSIST_PAGE) == page | 1
+    assert m2.part.read_memory(page + 8, 4) == b"\x34\x12\0\0"
+    m.vp.write_msr(H.HV_X64_MSR_VP_ASSIST_PAGE, 0)  # disabled: the RAM underneath is back
+    assert m.part.read_memory(page, 4) == b"\xaa" * 4
+    hv2.reset()
+    assert m2.vp.read_msr(H.HV_X64_MSR_VP_ASSIST_PAGE) == 0

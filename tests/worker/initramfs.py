@@ -5,6 +5,7 @@ holding a static busybox and an /init script."""
 from __future__ import annotations
 
 import stat
+from collections.abc import Sequence
 from pathlib import Path
 
 #: Where Debian's busybox-static puts the binary.
@@ -29,8 +30,10 @@ def newc_archive(entries: list[tuple[str, int, bytes, tuple[int, int]]]) -> byte
     return out + _entry("TRAILER!!!", 0)
 
 
-def busybox_initramfs(script: str, busybox: Path = BUSYBOX) -> bytes:
-    """An initramfs whose /init is ``script`` run by busybox's sh."""
+def busybox_initramfs(script: str, busybox: Path = BUSYBOX,
+                      files: Sequence[tuple[str, bytes]] = ()) -> bytes:
+    """An initramfs whose /init is ``script`` run by busybox's sh, plus ``files`` (path in the
+    root, content: kernel modules for insmod, say) as regular files."""
     d, f, x = stat.S_IFDIR | 0o755, stat.S_IFREG | 0o644, stat.S_IFREG | 0o755
     return newc_archive([
         ("bin", d, b"", (0, 0)),
@@ -42,4 +45,5 @@ def busybox_initramfs(script: str, busybox: Path = BUSYBOX) -> bytes:
         ("init", x, ("#!/bin/sh\n" + script).encode(), (0, 0)),
         ("etc", d, b"", (0, 0)),
         ("etc/motd", f, b"hyperv-emu\n", (0, 0)),
+        *((name, f, data, (0, 0)) for name, data in files),
     ])
