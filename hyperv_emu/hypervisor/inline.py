@@ -82,11 +82,6 @@ _VMCALLS = (bytes((0x0F, 0x01, 0xC1)), bytes((0x0F, 0x01, 0xD9)))  # VMCALL, VMM
 _INLINE_CALLS = frozenset({H.HvCallNotifyLongSpinWait, H.HvCallSendSyntheticClusterIpi,
                            H.HvCallSendSyntheticClusterIpiEx, H.HvCallPostMessage,
                            H.HvCallSignalEvent})
-#: Exceptions and INT n vectored from inside the hook (:meth:`InlineExits.exception`).  Off:
-#: with it on, Debian's 6.1 kernel boots but its first user process dies of SIGSEGV (a #PF
-#: at the cpu_entry_area stack, error 15) and the slow path has no such fault; the root cause
-#: is not found yet.  The equivalence test turns it on for its small guest.
-EXCEPTIONS_IN_HOOK = False
 _MODE_BITS = C.HF_CS32 | C.HF_CS64
 _MAX_FOUND = 4096
 #: (linear address, length, text) of the instruction, instructions before it in its block,
@@ -202,8 +197,7 @@ class InlineExits:
         as the run loop would at the start of the next slice (delivery.py on the live state),
         and go on at the handler; False if the slow path must (nothing has changed then)."""
         vp = self.vp
-        if (not EXCEPTIONS_IN_HOOK or not self.enabled or vp._dirty or vp._counting
-                or intno in _SLOW_VECTORS
+        if (not self.enabled or vp._dirty or vp._counting or intno in _SLOW_VECTORS
                 or intno > 0xFF or vp.pending or vp.nmi_pending
                 or vp.partition.observers.interrupt):
             return False

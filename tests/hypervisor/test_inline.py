@@ -13,7 +13,6 @@ import test_longmode
 from hv_helpers import FakePic, gate64, machine
 from test_longmode import IDT, long_machine
 
-from hyperv_emu.hypervisor import inline
 from hyperv_emu.hypervisor import msr as M
 from hyperv_emu.hypervisor.inline import InlineExits
 
@@ -214,7 +213,6 @@ def _exceptions() -> Any:
 
 def test_exceptions_delivered_in_the_hook_match_the_slow_path(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(inline, "EXCEPTIONS_IN_HOOK", True)
     fast = _exceptions()
     assert fast.vp.inline.count == 3 * 200  # #PF goes through the run loop (inline.py)
     monkeypatch.setattr(InlineExits, "exception", lambda self, intno: False)
