@@ -17,10 +17,9 @@ from unicorn.unicorn_py3.unicorn import uclib
 
 #: Size of each engine's translated-code buffer.  Unicorn 2.1.1 reserves 1 GiB by default and
 #: its first translation-cache flush touches every page of it (1 GiB resident per VP, ~0.5 s);
-#: QEMU flushes by itself when a smaller buffer fills.  128 MiB: with 32 MiB Debian's kernel filled
-#: it at 5.5 s of boot and the process died of SIGSEGV inside ``emu_start`` at that flush (not yet
-#: explained, issue 9); its whole boot to busybox fits in 128 MiB.
-TCG_BUFFER_SIZE = 128 << 20
+#: QEMU flushes by itself when a smaller buffer fills.  Every flush zeroes the whole buffer, so
+#: a smaller one flushes faster (open_engine flushes once, about 10 ms at 32 MiB).
+TCG_BUFFER_SIZE = 32 << 20
 #: The CPU model every engine emulates.
 CPU_MODEL = X.UC_CPU_X86_HASWELL
 
@@ -39,6 +38,17 @@ def open_engine() -> Any:
     uc.ctl_set_cpu_model(CPU_MODEL)
     uc.reg_read(X.UC_X86_REG_RAX)  # creates the CPU, so its feature words can be edited
     _limit_xsave(uc)
+    # Unicorn 2.1.1 starts its one code region unallocated (tcg_region_init leaves
+    # region.current at 0; upstream fixed it after 2.1.1, "Init tcg region buffer").  The first
+    # time the buffer fills, tcg_tb_alloc then "allocates" region 0 again instead of failing:
+    # tcg_region_assign zeroes the whole buffer and code generation restarts at its start,
+    # but no tb_flush happens, so the block hash table, the jump cache and the caller's last
+    # block still point into the zeroed buffer, and the next tb_add_jump dereferences a
+    # block whose tc.ptr is 0 (SIGSEGV in tb_set_jmp_target under emu_start, with or without
+    # hooks).  One flush now goes through tcg_region_reset_all, which allocates region 0
+    # properly (region.current = 1 = region.n); from then on every fill takes QEMU's path:
+    # tb_flush, then cpu_loop_exit back to the execution loop, which retranslates.
+    flush_tb(uc)
     return uc
 
 
