@@ -18,7 +18,7 @@ from unicorn.unicorn_py3.unicorn import uclib
 #: Size of each engine's translated-code buffer.  Unicorn 2.1.1 reserves 1 GiB by default and
 #: its first translation-cache flush touches every page of it (1 GiB resident per VP, ~0.5 s);
 #: QEMU flushes by itself when a smaller buffer fills.  Every flush zeroes the whole buffer, so
-#: a smaller one flushes faster (open_engine flushes once, about 10 ms at 32 MiB).
+#: a smaller one flushes faster (open_engine flushes once, about 10 ms at 32 MiB on an idle host; the zeroed pages are then given back).
 TCG_BUFFER_SIZE = 32 << 20
 #: The CPU model every engine emulates.
 CPU_MODEL = X.UC_CPU_X86_HASWELL
@@ -27,6 +27,7 @@ CPU_MODEL = X.UC_CPU_X86_HASWELL
 def open_engine() -> Any:
     """A new x86 engine in UC_MODE_64 emulating :data:`CPU_MODEL`, with a
     :data:`TCG_BUFFER_SIZE` code buffer."""
+    before = _code_mappings()
     uc = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_64)
     # Must precede anything that initialises the engine (UC_CTL_TCG_BUFFER_SIZE, one arg).
     status = uclib.uc_ctl(uc._uch, (unicorn.UC_CTL_IO_WRITE << 30) | (1 << 26)
@@ -49,7 +50,34 @@ def open_engine() -> Any:
     # properly (region.current = 1 = region.n); from then on every fill takes QEMU's path:
     # tb_flush, then cpu_loop_exit back to the execution loop, which retranslates.
     flush_tb(uc)
+    _release_zeroed_buffer(before)
     return uc
+
+
+def _code_mappings() -> set[str]:
+    """The process's executable anonymous mappings ("start-end" from /proc/self/maps)."""
+    try:
+        with open("/proc/self/maps", encoding="ascii") as maps:
+            return {line.split()[0] for line in maps if line.split()[1] == "rwxp"
+                    and len(line.split()) == 5}
+    except OSError:
+        return set()
+
+
+def _release_zeroed_buffer(before: set[str]) -> None:
+    """Give back the pages of the code buffer the flush in :func:`open_engine` zeroed (all but
+    the first, which holds the prologue): an untouched engine stays small, as a fresh one is,
+    instead of keeping TCG_BUFFER_SIZE resident.  The buffer is the one new executable mapping
+    of TCG_BUFFER_SIZE less its guard page; dropped anonymous pages read back as zeros, what
+    the flush wrote.  Nothing is released where the buffer cannot be told apart."""
+    new = [m for m in _code_mappings() - before
+           if int(m.split("-")[1], 16) - int(m.split("-")[0], 16) == TCG_BUFFER_SIZE - 4096]
+    if len(new) != 1:
+        return
+    start = int(new[0].split("-")[0], 16)
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.madvise(ctypes.c_void_p(start + 4096), ctypes.c_size_t(TCG_BUFFER_SIZE - 8192),
+                 4)  # MADV_DONTNEED
 
 
 #: Offset of ``CPUX86State.features`` (QEMU 5's FeatureWordArray, 64-bit words) in the live
