@@ -20,7 +20,7 @@ _HERE = Path(__file__).resolve().parent
 _CHILD = f"""
 import struct
 import hyperv_emu.hypervisor.engine as engine
-engine.TCG_BUFFER_SIZE = 1 << 20   # fills within a pass (the minimum QEMU accepts is 1 MiB)
+engine.TCG_BUFFER_SIZE = engine.SMALL_TCG_BUFFER_SIZE  # 1 MiB: fills within a pass
 from hv_helpers import flat32, machine
 
 m = machine()
