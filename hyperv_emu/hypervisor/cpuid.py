@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from unicorn import x86_const as X
 
-from .engine import open_engine
+from .engine import SMALL_TCG_BUFFER_SIZE, open_engine
 
 Leaf = tuple[int, int, int, int]
 HvLeafProvider = Callable[[int, int], "Leaf | None"]
@@ -28,7 +28,7 @@ class _NativeCpuid:
     """Runs CPUID in a private scratch engine to learn what Unicorn's CPU model reports."""
 
     def __init__(self) -> None:
-        self._uc = open_engine()
+        self._uc = open_engine(SMALL_TCG_BUFFER_SIZE)
         self._uc.mem_map(0x1000, 0x1000)
         self._uc.mem_write(0x1000, b"\x0f\xa2")  # cpuid
         self._cache: dict[tuple[int, int], Leaf] = {}

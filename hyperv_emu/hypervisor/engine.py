@@ -17,21 +17,27 @@ from unicorn.unicorn_py3.unicorn import uclib
 
 #: Size of each engine's translated-code buffer.  Unicorn 2.1.1 reserves 1 GiB by default and
 #: its first translation-cache flush touches every page of it (1 GiB resident per VP, ~0.5 s);
-#: QEMU flushes by itself when a smaller buffer fills.  128 MiB: with 32 MiB Debian's kernel filled
-#: it at 5.5 s of boot and the process died of SIGSEGV inside ``emu_start`` at that flush (not yet
-#: explained, issue 9); its whole boot to busybox fits in 128 MiB.
+#: QEMU flushes by itself when a smaller buffer fills.  Every flush zeroes the whole buffer
+#: (open_engine flushes once: about 11 ms per 32 MiB on an idle host; the zeroed pages are then
+#: given back).  128 MiB: Debian's kernel boots to busybox without a flush; at 32 MiB it flushed
+#: and then panicked ("No working init found"), probably code left stale after the
+#: retranslation (docs/ENGINE.md, the gate's table is not forgotten at a flush).
 TCG_BUFFER_SIZE = 128 << 20
+#: Buffer for scratch engines that run a few instructions (the CPUID probe).
+SMALL_TCG_BUFFER_SIZE = 1 << 20
 #: The CPU model every engine emulates.
 CPU_MODEL = X.UC_CPU_X86_HASWELL
 
 
-def open_engine() -> Any:
-    """A new x86 engine in UC_MODE_64 emulating :data:`CPU_MODEL`, with a
-    :data:`TCG_BUFFER_SIZE` code buffer."""
+def open_engine(buffer_size: int | None = None) -> Any:
+    """A new x86 engine in UC_MODE_64 emulating :data:`CPU_MODEL`, with a code buffer of
+    ``buffer_size`` bytes (default :data:`TCG_BUFFER_SIZE`)."""
+    size = TCG_BUFFER_SIZE if buffer_size is None else buffer_size
+    before = _code_mappings()
     uc = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_64)
     # Must precede anything that initialises the engine (UC_CTL_TCG_BUFFER_SIZE, one arg).
     status = uclib.uc_ctl(uc._uch, (unicorn.UC_CTL_IO_WRITE << 30) | (1 << 26)
-                          | unicorn.UC_CTL_TCG_BUFFER_SIZE, ctypes.c_uint32(TCG_BUFFER_SIZE))
+                          | unicorn.UC_CTL_TCG_BUFFER_SIZE, ctypes.c_uint32(size))
     if status != unicorn.UC_ERR_OK:
         raise unicorn.UcError(status)
     # The guest's CPU is an Intel Haswell, whatever the build's default model (2.1.1's is
@@ -39,7 +45,45 @@ def open_engine() -> Any:
     uc.ctl_set_cpu_model(CPU_MODEL)
     uc.reg_read(X.UC_X86_REG_RAX)  # creates the CPU, so its feature words can be edited
     _limit_xsave(uc)
+    # Unicorn 2.1.1 starts its one code region unallocated (tcg_region_init leaves
+    # region.current at 0; upstream fixed it after 2.1.1, "Init tcg region buffer").  The first
+    # time the buffer fills, tcg_tb_alloc then "allocates" region 0 again instead of failing:
+    # tcg_region_assign zeroes the whole buffer and code generation restarts at its start,
+    # but no tb_flush happens, so the block hash table, the jump cache and the caller's last
+    # block still point into the zeroed buffer, and the next tb_add_jump dereferences a
+    # block whose tc.ptr is 0 (SIGSEGV in tb_set_jmp_target under emu_start, with or without
+    # hooks).  One flush now goes through tcg_region_reset_all, which allocates region 0
+    # properly (region.current = 1 = region.n); from then on every fill takes QEMU's path:
+    # tb_flush, then cpu_loop_exit back to the execution loop, which retranslates.
+    flush_tb(uc)
+    _release_zeroed_buffer(before, size)
     return uc
+
+
+def _code_mappings() -> set[str]:
+    """The process's executable anonymous mappings ("start-end" from /proc/self/maps)."""
+    try:
+        with open("/proc/self/maps", encoding="ascii") as maps:
+            return {line.split()[0] for line in maps if line.split()[1] == "rwxp"
+                    and len(line.split()) == 5}
+    except OSError:
+        return set()
+
+
+def _release_zeroed_buffer(before: set[str], size: int) -> None:
+    """Give back the pages of the code buffer the flush in :func:`open_engine` zeroed (all but
+    the first, which holds the prologue): an untouched engine stays small, as a fresh one is,
+    instead of keeping TCG_BUFFER_SIZE resident.  The buffer is the one new executable mapping
+    of ``size`` less its guard page; dropped anonymous pages read back as zeros, what
+    the flush wrote.  Nothing is released where the buffer cannot be told apart."""
+    new = [m for m in _code_mappings() - before
+           if int(m.split("-")[1], 16) - int(m.split("-")[0], 16) == size - 4096]
+    if len(new) != 1:
+        return
+    start = int(new[0].split("-")[0], 16)
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.madvise(ctypes.c_void_p(start + 4096), ctypes.c_size_t(size - 8192),
+                 4)  # MADV_DONTNEED
 
 
 #: Offset of ``CPUX86State.features`` (QEMU 5's FeatureWordArray, 64-bit words) in the live
