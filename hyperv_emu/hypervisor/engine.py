@@ -19,9 +19,10 @@ from unicorn.unicorn_py3.unicorn import uclib
 #: its first translation-cache flush touches every page of it (1 GiB resident per VP, ~0.5 s);
 #: QEMU flushes by itself when a smaller buffer fills.  Every flush zeroes the whole buffer
 #: (open_engine flushes once: about 11 ms per 32 MiB on an idle host; the zeroed pages are then
-#: given back).  128 MiB: Debian's kernel boots to busybox without a flush; at 32 MiB it flushed
-#: and then panicked ("No working init found"), probably code left stale after the
-#: retranslation (docs/ENGINE.md, the gate's table is not forgotten at a flush).
+#: given back).  128 MiB: Debian's kernel boots to busybox without a flush.  A 32 MiB run that
+#: flushed and then panicked ("No working init found") was taken while #PF was still vectored
+#: inside the hook (inline.py), which gives that same panic without any flush; 32 MiB has not
+#: been tried since.
 TCG_BUFFER_SIZE = 128 << 20
 #: Buffer for scratch engines that run a few instructions (the CPUID probe).
 SMALL_TCG_BUFFER_SIZE = 1 << 20
