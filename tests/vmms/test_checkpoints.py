@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import itertools
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -123,15 +122,6 @@ def test_a_raw_disk_cannot_be_checkpointed_and_nothing_changes(tmp_path: Path) -
     assert vm.config.read_bytes() == before
     assert checkpoints.tree(vm)["checkpoints"] == []
     assert not (vm.checkpoints / "cp").exists()
-
-
-@pytest.fixture
-def vms(tmp_path: Path) -> Iterator[VmEnv]:
-    env = VmEnv(tmp_path)
-    try:
-        yield env
-    finally:
-        env.cleanup()
 
 
 def test_checkpoint_commands_and_disk_check_on_every_file(vms: VmEnv) -> None:

@@ -6,21 +6,11 @@ from __future__ import annotations
 import socket
 import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from tests.cli_process import cli
 from tests.vmms.vm_env import PATIENCE, VmEnv
-
-
-@pytest.fixture
-def vms(tmp_path: Path) -> Iterator[VmEnv]:
-    env = VmEnv(tmp_path)
-    try:
-        yield env
-    finally:
-        env.cleanup()
 
 
 @pytest.fixture

@@ -6,21 +6,7 @@ ends after its virtual-time bound."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
-
 from tests.vmms.vm_env import VmEnv
-
-
-@pytest.fixture
-def vms(tmp_path: Path) -> Iterator[VmEnv]:
-    env = VmEnv(tmp_path)
-    try:
-        yield env
-    finally:
-        env.cleanup()
 
 
 def _vmbus_vm(vms: VmEnv, name: str, *ics: str) -> None:

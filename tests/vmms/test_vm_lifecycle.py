@@ -4,21 +4,9 @@ through the real command and real worker processes."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 from tests.vmms.vm_env import VmEnv, ticker_expected
-
-
-@pytest.fixture
-def vms(tmp_path: Path) -> Iterator[VmEnv]:
-    env = VmEnv(tmp_path)
-    try:
-        yield env
-    finally:
-        env.cleanup()
 
 
 def test_create_start_pause_resume_console_to_the_end(vms: VmEnv, tmp_path: Path) -> None:

@@ -6,21 +6,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.vmms.vm_env import VmEnv
-
-
-@pytest.fixture
-def vms(tmp_path: Path) -> Iterator[VmEnv]:
-    env = VmEnv(tmp_path)
-    try:
-        yield env
-    finally:
-        env.cleanup()
 
 
 def test_a_killed_worker_leaves_its_vm_off_with_the_reason_and_startable(vms: VmEnv) -> None:

@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,15 +14,6 @@ import pytest
 from hyperv_emu.vmms.saving import HOLD_ENV
 from tests.cli_process import cli
 from tests.vmms.vm_env import PATIENCE, VmEnv, ticker_expected
-
-
-@pytest.fixture
-def vms(tmp_path: Path) -> Iterator[VmEnv]:
-    env = VmEnv(tmp_path)
-    try:
-        yield env
-    finally:
-        env.cleanup()
 
 
 def test_saved_and_resumed_prints_what_an_uninterrupted_run_prints(
