@@ -22,6 +22,10 @@ from typing import Any
 
 from hyperv_emu.vmms.store import VmmsError
 
+
+class WorkerGone(VmmsError):
+    """The worker closed its end without answering: it is ending (or has died)."""
+
 #: Longest request or answer line accepted.
 MAX_LINE = 64 * 1024
 
@@ -67,10 +71,10 @@ def request(path: Path, cmd: str, timeout: float | None = 120.0, **args: Any) ->
         except TimeoutError:
             raise VmmsError(f"the worker did not answer {cmd!r} in {timeout} s") from None
         except OSError as exc:
-            raise VmmsError(f"lost the worker while asking {cmd!r}: "
-                            f"{exc.strerror or exc}") from None
+            raise WorkerGone(f"lost the worker while asking {cmd!r}: "
+                             f"{exc.strerror or exc}") from None
     if not line:
-        raise VmmsError(f"the worker ended without answering {cmd!r}")
+        raise WorkerGone(f"the worker ended without answering {cmd!r}")
     try:
         answer = json.loads(line)
     except json.JSONDecodeError:

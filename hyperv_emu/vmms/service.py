@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from hyperv_emu.vmms import saving, states
-from hyperv_emu.vmms.control import request
+from hyperv_emu.vmms.control import WorkerGone, request
 from hyperv_emu.vmms.store import Store, VmDir, VmmsError
 from hyperv_emu.worker.config import ConfigError, VmConfig
 
@@ -311,7 +311,9 @@ def save(store: Store, name: str) -> VmStatus:
             request(vm.socket, "save", timeout=None)
         except VmmsError as exc:
             after = None
-            if not is_worker(st.pid, vm):
+            # A closed socket comes before the process is gone (and its end recorded): wait
+            # for that end rather than race it.
+            if isinstance(exc, WorkerGone) or not is_worker(st.pid, vm):
                 _wait_end(vm, st.pid)
                 after = status(vm)
             why = after.note if after is not None and after.note else str(exc)
