@@ -166,15 +166,14 @@ def _rtc_base(text: str) -> datetime.datetime:
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"not 'now' or an ISO-8601 date-time: {text!r}") from None
-    if value.tzinfo is not None:
-        value = value.astimezone().replace(tzinfo=None)
     if not 1900 <= value.year <= 2099:
         raise argparse.ArgumentTypeError("the RTC holds years 1900-2099 only")
     return value
 
 
 def _now() -> datetime.datetime:
-    return datetime.datetime.now().replace(microsecond=0)
+    """The host's local time in its zone (the RTC shows it, timesync sends its UTC)."""
+    return datetime.datetime.now().astimezone().replace(microsecond=0)
 
 
 _IDE_POSITIONS = ("primary master", "primary slave", "secondary master", "secondary slave")

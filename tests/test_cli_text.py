@@ -107,6 +107,10 @@ def test_deterministic_runs_start_the_rtc_at_a_fixed_date(
     assert run_cli(capsys, "run", "rtc")[1] == out  # the same run, twice
     status, out, err = run_cli(capsys, "run", "rtc", "--rtc-base", "2030-05-06T07:08:09")
     assert status == 1 and "RTC 2030-05-06 07:08:09" in out.splitlines()
+    # With a zone the RTC still shows the wall time given (the zone only says which UTC
+    # instant it is, for timesync), whatever the host's own zone.
+    status, out, err = run_cli(capsys, "run", "rtc", "--rtc-base", "2030-05-06T07:08:09+05:00")
+    assert status == 1 and "RTC 2030-05-06 07:08:09" in out.splitlines()
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf", "infinity", "-1", "0", "soon"])

@@ -88,7 +88,9 @@ class VmConfig:
     append: str = ""
     initrds: tuple[str, ...] = ()
     clock_mode: ClockModeName = "deterministic"
-    #: RTC time at power-on, ISO 8601 without a zone; None: see :meth:`effective_rtc_base`.
+    #: RTC time at power-on, ISO 8601; None: see :meth:`effective_rtc_base`.  The RTC shows
+    #: the wall time; a zone (``+05:00``) says which UTC instant that is (the host's time the
+    #: timesync IC hands the guest), no zone means UTC.
     rtc_base: str | None = None
     #: Offer the Hyper-V interface (CPUID 0x40000000+, synthetic MSRs, hypercalls, VMBus).
     hyperv: bool = True
@@ -159,8 +161,6 @@ class VmConfig:
             except (TypeError, ValueError):
                 out.append(f"RTC base is not an ISO 8601 date-time: {self.rtc_base!r}")
             else:
-                if when.tzinfo is not None:
-                    out.append(f"RTC base {self.rtc_base!r}: give local time, without a zone")
                 if not 1900 <= when.year <= 2099:
                     out.append("the RTC holds years 1900-2099 only")
         for ic in self.ics:
@@ -193,12 +193,13 @@ class VmConfig:
 
     def effective_rtc_base(self, now: datetime.datetime | None = None) -> datetime.datetime:
         """The RTC's power-on time: the configured one, else a fixed date with the
-        deterministic clock (so runs repeat) and the host's local time with the host clock."""
+        deterministic clock (so runs repeat) and the host's local time, in the host's zone,
+        with the host clock.  Naive means UTC; the RTC shows the wall time either way."""
         if self.rtc_base is not None:
             return datetime.datetime.fromisoformat(self.rtc_base)
         if self.clock_mode == "deterministic":
             return datetime.datetime.fromisoformat(DETERMINISTIC_RTC_BASE)
-        return (now or datetime.datetime.now()).replace(microsecond=0)
+        return (now or datetime.datetime.now()).astimezone().replace(microsecond=0)
 
     def slots(self) -> list[DiskConfig | None]:
         """The four IDE positions' disks (the CD-ROM drive is not a DiskConfig)."""

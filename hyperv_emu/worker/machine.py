@@ -112,7 +112,7 @@ class MachineConfig:
     def split(self) -> tuple[VmConfig, Attachments]:
         """The configuration as data and the live objects; the IDE positions are checked
         here (``disk``/``disks``/``cdrom`` may clash), the rest when the machine is built."""
-        rtc_base = self.rtc_base or datetime.datetime.now().replace(microsecond=0)
+        rtc_base = self.rtc_base or datetime.datetime.now().astimezone().replace(microsecond=0)
         vm = VmConfig(memory_mib=self.memory_mib, boot=self.boot, clock_mode=self.clock_mode,
                       vps=self.vps,
                       rtc_base=rtc_base.isoformat(), hyperv=self.hyperv,

@@ -102,8 +102,10 @@ class VmbusHost:
         base = machine.config.effective_rtc_base()
         clock = machine.clock
         hv = machine.hv
-        # Host time for timesync: the RTC's base (UTC) plus virtual time, so a deterministic
-        # run hands the guest the same times every run and agrees with the CMOS clock.
+        # Host time for timesync: the UTC instant of the RTC's base plus virtual time, so a
+        # deterministic run hands the guest the same times every run.  A base with a zone
+        # makes the RTC show local time while timesync sends UTC, as on a Hyper-V host
+        # outside UTC: Linux boots with the RTC's reading as UTC and hv_utils corrects it.
         origin = filetime_of(base)
         self.host_time: Callable[[], int] = lambda: origin + clock.now() // 100
         devices: list[VmbusDevice] = []

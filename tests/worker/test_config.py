@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import re
 from pathlib import Path
@@ -39,6 +40,10 @@ def test_default_is_valid_and_deterministic() -> None:
     cfg = VmConfig().validate()
     assert cfg.effective_rtc_base().isoformat() == "2026-01-01T00:00:00"
     assert VmConfig(clock_mode="host").effective_rtc_base().year >= 2026
+    # The host clock's default is the host's local time in its zone (timesync sends the UTC).
+    assert VmConfig(clock_mode="host").effective_rtc_base().tzinfo is not None
+    zoned = VmConfig(rtc_base="2026-03-04T05:06:07+05:00").validate().effective_rtc_base()
+    assert (zoned.hour, zoned.utcoffset()) == (5, datetime.timedelta(hours=5))
 
 
 @pytest.mark.parametrize(("changes", "message"), [

@@ -62,6 +62,18 @@ def test_host_time_is_the_rtc_base_plus_virtual_time() -> None:
     assert h.timesync is not None and h.timesync.host_time is h.host_time
 
 
+def test_a_zoned_rtc_base_gives_timesync_its_utc_instant() -> None:
+    # The RTC shows 08:30 local time in UTC+05:30 (worker/config.py): the host's UTC clock,
+    # what timesync hands the guest, reads 03:00.
+    zone = datetime.timezone(datetime.timedelta(hours=5, minutes=30))
+    m = Machine(MachineConfig(rtc_base=BASE.replace(tzinfo=zone),
+                              vmbus=VmbusOptions(ics=("timesync",))))
+    assert m.vmbus is not None
+    assert m.vmbus.host_time() == filetime_of(datetime.datetime(2025, 6, 1, 3, 0)) + \
+        m.clock.now() // 100
+    assert m.config.effective_rtc_base().hour == 8  # the wall time the CMOS clock shows
+
+
 def test_kvp_host_keys_and_user_keys() -> None:
     _, h = host(ics=("kvp",), kvp=(("Env", "ci"),), vm_name="vm7", host_name="hv.example")
     assert h.kvp is not None
