@@ -19,6 +19,7 @@ and the ring wraps byte-wise at the end of the data area, as a twice-mapped ring
 
 from __future__ import annotations
 
+import ctypes
 import struct
 
 from .ring_protocol import (
@@ -36,10 +37,27 @@ from .ring_protocol import (
 _U32 = struct.Struct("<I")
 _INDICES = struct.Struct("<II")  # write_index, read_index (adjacent: WRITE_INDEX is 0)
 assert READ_INDEX == WRITE_INDEX + 4
+#: read_index and interrupt_mask, what a producer checks after publishing (adjacent too).
+_READ_AND_MASK = struct.Struct("<II")
+assert INTERRUPT_MASK == READ_INDEX + 4
 
 
 class RingError(Exception):
     """The ring's shared state is corrupt (the other end broke the protocol)."""
+
+
+def flat_view(pages: list[memoryview]) -> memoryview | None:
+    """One view over ``pages`` when they are consecutive bytes of one writable buffer (a ring
+    in contiguous guest RAM, the common case), else None.  The view holds no reference of its
+    own: the caller keeps ``pages`` (whose exports keep the buffer alive and unresized)."""
+    first = pages[0]
+    if first.readonly or any(p.obj is not first.obj or p.readonly for p in pages):
+        return None
+    start = ctypes.addressof(ctypes.c_char.from_buffer(first))
+    for i, p in enumerate(pages[1:], 1):
+        if ctypes.addressof(ctypes.c_char.from_buffer(p)) != start + i * PAGE:
+            return None
+    return memoryview((ctypes.c_char * (len(pages) * PAGE)).from_address(start)).cast("B")
 
 
 class PageRun:
@@ -51,6 +69,9 @@ class PageRun:
                 raise ValueError("a page view must be 4096 bytes")
         self.pages = pages
         self.size = len(pages) * PAGE
+        #: All the pages as one view when they are contiguous (see :func:`flat_view`): the
+        #: ring then reads and writes a packet with one slice instead of a page walk.
+        self.flat = flat_view(pages) if pages else None
 
     def read(self, offset: int, size: int) -> bytes:
         page, at = divmod(offset, PAGE)
@@ -164,14 +185,22 @@ class RingWriter(Ring):
         if len(packet) % 8:
             raise ValueError("packets are padded to 8 bytes")
         write, read = self.indices()
+        size = self.size
+        end = write + len(packet)
         total = len(packet) + TRAILER.size
-        if self.free(write, read) <= total:
+        if size - (write - read) % size <= total:
             return None
-        self.data_write(write, packet + TRAILER.pack(write << 32))
-        self._set(WRITE_INDEX, (write + total) % self.size)
+        flat = self.data.flat
+        if flat is not None and end + TRAILER.size <= size:  # no wrap: two stores
+            flat[write:end] = packet
+            TRAILER.pack_into(flat, end, write << 32)
+        else:
+            self.data_write(write, packet + TRAILER.pack(write << 32))
+        _U32.pack_into(self.header, WRITE_INDEX, (write + total) % size)
         # Signal only on empty -> non-empty and when the consumer has not masked interrupts;
         # read_index is re-read after publishing, as the consumer may have moved meanwhile.
-        return self.interrupt_mask == 0 and self._get(READ_INDEX) == write
+        now_read, mask = _READ_AND_MASK.unpack_from(self.header, READ_INDEX)
+        return mask == 0 and now_read == write
 
     def data_write(self, offset: int, data: bytes) -> None:
         first = min(len(data), self.size - offset)
@@ -209,21 +238,28 @@ class RingReader(Ring):
             self._cursor = read
             self._start_free = self.free(write, read)
         cursor = self._cursor
-        avail = self.used(write, cursor)
+        size = self.size
+        avail = (write - cursor) % size
         if avail == 0:
             return None
         if avail < DESCRIPTOR.size + TRAILER.size:
             raise RingError(f"{avail} bytes in the ring: less than a descriptor and trailer")
-        head = self.data_read(cursor, 16)
-        _type, offset8, len8, _flags, _tid = DESCRIPTOR.unpack(head)
+        flat = self.data.flat
+        if flat is not None and cursor + 16 <= size:
+            _type, offset8, len8, _flags, _tid = DESCRIPTOR.unpack_from(flat, cursor)
+        else:
+            _type, offset8, len8, _flags, _tid = DESCRIPTOR.unpack(self.data_read(cursor, 16))
         length = len8 * 8
         if not 2 <= offset8 <= len8:
             raise RingError(f"descriptor offset8 {offset8} / len8 {len8} at {cursor:#x}")
         if length + TRAILER.size > avail:
             raise RingError(f"packet of {length} bytes at {cursor:#x} runs past the "
                             f"{avail} bytes written")
-        packet = head + self.data_read((cursor + 16) % self.size, length - 16)
-        self._cursor = (cursor + length + TRAILER.size) % self.size
+        if flat is not None and cursor + length <= size:  # no wrap: one slice
+            packet = bytes(flat[cursor:cursor + length])
+        else:
+            packet = self.data_read(cursor, length)
+        self._cursor = (cursor + length + TRAILER.size) % size
         return packet
 
     def commit(self) -> bool:
