@@ -14,13 +14,25 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from hyperv_emu.clock import NS_PER_SEC
 from hyperv_emu.vsp.ic import ic_protocol as I
 
 if TYPE_CHECKING:
+    from hyperv_emu.vsp.ic.kvp import KvpRequest
+    from hyperv_emu.vsp.ic.vss import VssRequest
     from hyperv_emu.worker.machine import Machine
+    from hyperv_emu.worker.vmbus_host import VmbusHost
+
+
+class _Answerable(Protocol):
+    """A host request the guest answers with a status (KvpRequest, VssRequest)."""
+
+    status: int | None
+
+
+R = TypeVar("R", bound=_Answerable)
 
 #: Virtual seconds a graceful stop waits for the guest to shut down before turning it off
 #: (Hyper-V documents no figure; a guest OS shutting down within this is the common case).
@@ -79,50 +91,50 @@ def graceful_stop(machine: Machine, timeout_s: float = STOP_TIMEOUT_S) -> Pendin
 
 def vss(machine: Machine, action: str, timeout_s: float = ANSWER_TIMEOUT_S) -> Pending:
     """A VSS request (freeze, thaw, hot-backup, check)."""
-    host = machine.vmbus
-    if host is None:
-        raise IcRequestError("this VM has no VMBus (no Hyper-V interface)")
-    deadline = _deadline(machine, timeout_s)
-    try:
-        req = host.request_vss(action)
-    except ValueError as exc:
-        raise IcRequestError(str(exc)) from None
-
-    def check() -> dict[str, Any] | None:
-        if req.status is None:
-            return None
+    def answer(req: VssRequest) -> dict[str, Any]:
         if req.status != I.S_OK:
             return {"ok": False, "error": f"the guest failed VSS {req.name} (status "
-                                          f"{req.status & 0xFFFF_FFFF:#x})"}
+                                          f"{_word(req.status):#x})"}
+        vss = machine.vmbus.vss if machine.vmbus is not None else None
         return {"ok": True, "operation": req.name, "flags": req.flags,
-                "frozen": bool(host.vss and host.vss.frozen)}
+                "frozen": bool(vss and vss.frozen)}
 
-    return Pending(check, lambda: {"ok": False, "error": f"no answer to VSS {req.name} within "
-                                                         f"{timeout_s:g} s (has the guest "
-                                                         f"opened the VSS service?)"},
-                   deadline)
+    return _answered(machine, lambda host: host.request_vss(action), answer, timeout_s,
+                     lambda req: f"VSS {req.name}", "VSS")
 
 
 def ip_info(machine: Machine, adapter_id: str, timeout_s: float = ANSWER_TIMEOUT_S) -> Pending:
     """KVP GET_IP_INFO for the adapter with MAC address ``adapter_id``."""
+    def answer(req: KvpRequest) -> dict[str, Any]:
+        if req.status != I.S_OK or req.ip is None:
+            return {"ok": False, "error": f"the guest has no IP information for adapter "
+                                          f"{adapter_id} (status {_word(req.status):#x})"}
+        return {"ok": True, "ip_info": asdict(req.ip)}
+
+    return _answered(machine, lambda host: host.guest_ip_info(adapter_id), answer, timeout_s,
+                     lambda req: "GET_IP_INFO", "KVP")
+
+
+def _word(status: int | None) -> int:
+    """An answered request's status as the 32-bit HRESULT word it is on the wire."""
+    return (status or 0) & 0xFFFF_FFFF
+
+
+def _answered(machine: Machine, ask: Callable[[VmbusHost], R],
+              answer: Callable[[R], dict[str, Any]], timeout_s: float,
+              what: Callable[[R], str], service: str) -> Pending:
+    """A request ``ask`` makes of the VM's VMBus host, answered by ``answer(req)`` once the
+    guest has given the request its status, or by a "no answer" error past the deadline."""
     host = machine.vmbus
     if host is None:
         raise IcRequestError("this VM has no VMBus (no Hyper-V interface)")
     deadline = _deadline(machine, timeout_s)
     try:
-        req = host.guest_ip_info(adapter_id)
+        req = ask(host)
     except ValueError as exc:
         raise IcRequestError(str(exc)) from None
-
-    def check() -> dict[str, Any] | None:
-        if req.status is None:
-            return None
-        if req.status != I.S_OK or req.ip is None:
-            return {"ok": False, "error": f"the guest has no IP information for adapter "
-                                          f"{adapter_id} (status {req.status & 0xFFFF_FFFF:#x})"}
-        return {"ok": True, "ip_info": asdict(req.ip)}
-
-    return Pending(check, lambda: {"ok": False, "error": f"no answer to GET_IP_INFO within "
-                                                         f"{timeout_s:g} s (has the guest "
-                                                         f"opened the KVP service?)"},
+    return Pending(lambda: None if req.status is None else answer(req),
+                   lambda: {"ok": False, "error": f"no answer to {what(req)} within "
+                                                  f"{timeout_s:g} s (has the guest opened "
+                                                  f"the {service} service?)"},
                    deadline)
