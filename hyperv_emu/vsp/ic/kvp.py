@@ -23,7 +23,7 @@ from hyperv_emu.vsp.framework import DeviceChannel
 
 from . import ic_protocol as I
 from . import kvp_protocol as K
-from .common import IcDevice
+from .one_at_a_time import OneAtATime
 
 #: OpenVMM's instance GUID for the KVP IC (HYPERV_FACTS 6).
 KVP_INSTANCE = uuid.UUID("242ff919-07db-4180-9c2e-b86cb68c8c55")
@@ -79,7 +79,7 @@ class KvpRequest:
                    ip=None if ip is None else K.IpInfo.from_list(ip))
 
 
-class Kvp(IcDevice):
+class Kvp(OneAtATime[KvpRequest]):
     interface_type = I.KVP_GUID
     msgtype = I.ICMSGTYPE_KVPEXCHANGE
     service_versions = ((4, 0), (3, 0), (1, 0))  # what Linux accepts, newest first
@@ -94,54 +94,45 @@ class Kvp(IcDevice):
         self.external = dict(external or {})
         #: What the guest reported per pool at the last enumeration of that pool.
         self.guest_pools: dict[int, dict[str, str]] = {}
-        self.queue: deque[KvpRequest] = deque()
-        self.current: KvpRequest | None = None
-        self.completed: list[KvpRequest] = []
         self._enumerating: dict[int, dict[str, str]] = {}
 
     # ---- host API ------------------------------------------------------------------------------
     def set(self, pool: int, key: str, value: str) -> KvpRequest:
         """Put ``key`` = ``value`` in the guest's ``pool``."""
         K.check_key_value(key, value)
-        return self._submit(KvpRequest(K.KVP_OP_SET, self._pool(pool), key, value))
+        return self.submit(KvpRequest(K.KVP_OP_SET, self._pool(pool), key, value))
 
     def get(self, pool: int, key: str) -> KvpRequest:
         """Ask the guest for ``key`` in ``pool``; the answer lands in the request."""
         K.check_key_value(key, "")
-        return self._submit(KvpRequest(K.KVP_OP_GET, self._pool(pool), key))
+        return self.submit(KvpRequest(K.KVP_OP_GET, self._pool(pool), key))
 
     def delete(self, pool: int, key: str) -> KvpRequest:
         K.check_key_value(key, "")
-        return self._submit(KvpRequest(K.KVP_OP_DELETE, self._pool(pool), key))
+        return self.submit(KvpRequest(K.KVP_OP_DELETE, self._pool(pool), key))
 
     def enumerate(self, pool: int) -> KvpRequest:
         """Re-read the guest's ``pool`` into :attr:`guest_pools` (index 0 on)."""
         self._enumerating[self._pool(pool)] = {}
-        return self._submit(KvpRequest(K.KVP_OP_ENUMERATE, pool, index=0))
+        return self.submit(KvpRequest(K.KVP_OP_ENUMERATE, pool, index=0))
 
     def get_ip_info(self, adapter_id: str) -> KvpRequest:
         """Ask the guest for the IP configuration of the adapter with MAC address
         ``adapter_id``; the answer lands in the request's ``ip``."""
         info = K.IpInfo(adapter_id)
         info.encode(K.KVP_OP_GET_IP_INFO)  # ValueError now if it does not fit
-        return self._submit(KvpRequest(K.KVP_OP_GET_IP_INFO, K.KVP_POOL_EXTERNAL, ip=info))
+        return self.submit(KvpRequest(K.KVP_OP_GET_IP_INFO, K.KVP_POOL_EXTERNAL, ip=info))
 
     def set_ip_info(self, info: K.IpInfo) -> KvpRequest:
         """Ask the guest to configure an adapter (its daemon applies it)."""
         info.encode(K.KVP_OP_SET_IP_INFO)
-        return self._submit(KvpRequest(K.KVP_OP_SET_IP_INFO, K.KVP_POOL_EXTERNAL, ip=info))
+        return self.submit(KvpRequest(K.KVP_OP_SET_IP_INFO, K.KVP_POOL_EXTERNAL, ip=info))
 
     @staticmethod
     def _pool(pool: int) -> int:
         if not 0 <= pool < K.KVP_POOL_COUNT:
             raise ValueError(f"KVP pool {pool} (pools are 0-{K.KVP_POOL_COUNT - 1})")
         return pool
-
-    def _submit(self, req: KvpRequest) -> KvpRequest:
-        self.queue.append(req)
-        if self.channel is not None and self.negotiated is not None:
-            self.channel.defer(self._pump)
-        return req
 
     # ---- the service ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -155,32 +146,22 @@ class Kvp(IcDevice):
             self._enumerating[pool] = {}
             self.queue.append(KvpRequest(K.KVP_OP_ENUMERATE, pool, index=0))
         self.queue.extend(queued)
-        self._pump()
+        self.pump()
 
-    def stop(self) -> None:
-        if self.current is not None:  # the channel closed under it
-            self.queue.appendleft(self.current)
-            self.current = None
-
-    def _pump(self) -> None:
-        if self.current is not None or not self.queue or self.channel is None \
-                or self.negotiated is None:
-            return
-        self.current = self.queue.popleft()
-        self.request(I.ICMSGTYPE_KVPEXCHANGE, self.current.body())
+    def body(self, req: KvpRequest) -> bytes:
+        return req.body()
 
     def on_response(self, header: I.icmsg_hdr, body: bytes) -> None:
-        req = self.current
+        req = self.answered("KVP")
         if req is None:
-            return self._reject("KVP answer with no request outstanding")
-        self.current = None
+            return
         status = int(header.status)
         try:
             self._complete(req, status, body)
         except K.KvpError as exc:
             self._reject(f"KVP {K.OP_NAMES[req.operation]} answer: {exc}")
             self._finish(req, BAD_ANSWER)
-        self._pump()
+        self.pump()
 
     def _complete(self, req: KvpRequest, status: int, body: bytes) -> None:
         op = req.operation
@@ -208,10 +189,7 @@ class Kvp(IcDevice):
 
     def _finish(self, req: KvpRequest, status: int) -> None:
         req.status = status
-        self.completed.append(req)
-        del self.completed[:-64]  # a bounded history
-        if req.on_done is not None:
-            req.on_done(req)
+        self.done(req)
 
     # ---- state ---------------------------------------------------------------------------------
     def save(self) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from hyperv_emu.vsp.framework import DeviceChannel
 
 from . import ic_protocol as I
 from . import vss_protocol as V
-from .common import IcDevice
+from .one_at_a_time import OneAtATime
 
 #: Host-chosen instance GUID (real Hyper-V's is not documented: HYPERV_FACTS 10.7).
 VSS_INSTANCE = uuid.UUID("5c1c6a37-3d3e-4b8f-9a51-2f0c5e7d9b02")
@@ -60,23 +60,15 @@ class VssRequest:
                    None if flags is None else int(flags))
 
 
-class Vss(IcDevice):
+class Vss(OneAtATime[VssRequest]):
     interface_type = I.VSS_GUID
     msgtype = I.ICMSGTYPE_VSS
     service_versions = V.VSS_VERSIONS
 
     def __init__(self, instance: uuid.UUID = VSS_INSTANCE) -> None:
         super().__init__(instance, "vss")
-        self.queue: deque[VssRequest] = deque()
-        self.current: VssRequest | None = None
-        self.completed: list[VssRequest] = []
         #: True between a FREEZE and a THAW the guest both answered S_OK.
         self.frozen = False
-
-    @property
-    def ready(self) -> bool:
-        """True once the channel is open and the versions are agreed."""
-        return self.channel is not None and self.negotiated is not None
 
     # ---- host API ------------------------------------------------------------------------------
     def ask(self, action: str) -> VssRequest:
@@ -84,33 +76,19 @@ class Vss(IcDevice):
         the requests before it are answered.  ValueError for an unknown action."""
         if action not in ACTIONS:
             raise ValueError(f"unknown VSS action {action!r} (known: {', '.join(ACTIONS)})")
-        req = VssRequest(ACTIONS[action])
-        self.queue.append(req)
-        if self.ready:
-            assert self.channel is not None
-            self.channel.defer(self._pump)
-        return req
+        return self.submit(VssRequest(ACTIONS[action]))
 
     # ---- the service ---------------------------------------------------------------------------
     def start(self) -> None:
-        self._pump()
+        self.pump()
 
-    def stop(self) -> None:
-        if self.current is not None:  # the channel closed under it: ask again after reopening
-            self.queue.appendleft(self.current)
-            self.current = None
-
-    def _pump(self) -> None:
-        if self.current is not None or not self.queue or not self.ready:
-            return
-        self.current = self.queue.popleft()
-        self.request(I.ICMSGTYPE_VSS, V.message(self.current.operation))
+    def body(self, req: VssRequest) -> bytes:
+        return V.message(req.operation)
 
     def on_response(self, header: I.icmsg_hdr, body: bytes) -> None:
-        req = self.current
+        req = self.answered("VSS")
         if req is None:
-            return self._reject("VSS answer with no request outstanding")
-        self.current = None
+            return
         try:
             msg = V.decode(body)
         except V.VssError as exc:
@@ -125,14 +103,11 @@ class Vss(IcDevice):
                 if status == I.S_OK and req.operation in (V.VSS_OP_FREEZE, V.VSS_OP_THAW):
                     self.frozen = req.operation == V.VSS_OP_FREEZE
                 self._finish(req, status, int(msg.flags))
-        self._pump()
+        self.pump()
 
     def _finish(self, req: VssRequest, status: int, flags: int | None) -> None:
         req.status, req.flags = status, flags
-        self.completed.append(req)
-        del self.completed[:-64]  # a bounded history
-        if req.on_done is not None:
-            req.on_done(req)
+        self.done(req)
 
     # ---- state ---------------------------------------------------------------------------------
     def save(self) -> dict[str, Any]:
