@@ -12,8 +12,6 @@ per event before doing any delivery work.  The ratio is events/s against that.
 
 ``--slice-end`` switches the in-hook path (inline.py) off: every exception and intercept then
 ends the slice and the run loop handles it (the figures before that path existed).
-``--gate-stop`` switches off external-interrupt delivery at the block gate
-(gate_delivery.py): each interrupt then ends the slice and the run loop vectors it.
 
 Run: ``python bench/bench_delivery.py [--slice-end] [guest ...]`` (about a minute on a 2-core
 machine).
@@ -32,7 +30,6 @@ import unicorn  # noqa: E402
 from unicorn import x86_const as X  # noqa: E402
 
 from hyperv_emu.guests import build_guest  # noqa: E402
-from hyperv_emu.hypervisor.gate_delivery import GateDelivery  # noqa: E402
 from hyperv_emu.hypervisor.inline import InlineExits  # noqa: E402
 from hyperv_emu.vsp.storage.raw import MemoryImage  # noqa: E402
 from hyperv_emu.worker.machine import Machine, MachineConfig  # noqa: E402
@@ -77,12 +74,6 @@ def main() -> None:
         InlineExits.enabled = property(lambda self: False,  # type: ignore[assignment]
                                        lambda self, value: None)
         print("in-hook path off (--slice-end)")
-    if "--slice-end" in sys.argv or "--gate-stop" in args:
-        if "--gate-stop" in args:
-            args.remove("--gate-stop")
-        arm = GateDelivery.arm
-        GateDelivery.arm = lambda self, on: arm(self, False)  # type: ignore[method-assign]
-        print("interrupts at the block gate off (--gate-stop)")
     names = args or list(GUESTS)
     base = bare_unicorn(100_000)
     base_rate = 100_000 / base

@@ -34,7 +34,6 @@ from .delivery import KIND_EXCEPTION, KIND_EXTERNAL, KIND_SOFTWARE, Event, Tripl
 from .engine import flush_tb, flush_tlb
 from .exits import RunExit
 from .gate import NO_LIMIT
-from .gate_delivery import gated_limit
 from .lapic import APIC_DEFAULT_BASE, LocalApic, deliver_message
 from .memory import GuestMemory, MmioRead, MmioWrite, UnmappedAccess
 from .mmu import GuestFault
@@ -547,7 +546,11 @@ class Partition:
             if nmi_held:
                 count = 1
         else:
-            limit = gated_limit(self, deadline, budget, MAX_GATED_SLICE)
+            limit = MAX_GATED_SLICE
+            if deterministic and deadline is not None:
+                limit = min(limit, max(1, clock.insns_until(deadline)))
+            if budget is not None:
+                limit = min(limit, budget - self._budget_tail)
         if self.scheduler is not None:  # several VPs: the rest of this VP's turn (smp.py)
             cap = 1 if shadow_only else self.scheduler.remaining()
             count, limit = min(count, cap), min(limit, cap)
@@ -593,8 +596,6 @@ class Partition:
         vp._counting = bool(count)
         vp.inline.enabled = not count and (watch_if or not masked)  # inline.py
         vp.blocks.begin(NO_LIMIT if count else limit, watch_if)
-        vp.gate_delivery.budget_end = None if budget is None else clock.instructions + budget
-        vp.gate_delivery.arm(deterministic and not count and self.scheduler is None)
         self._running_vp = vp
         error: unicorn.UcError | None = None
         clock.begin_slice(vp.slice_retired)

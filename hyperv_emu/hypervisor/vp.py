@@ -25,7 +25,6 @@ from .debugregs import DebugRegisters
 from .delivery import KIND_EXCEPTION, KIND_EXTERNAL, Event
 from .engine import open_engine
 from .gate import BlockGate
-from .gate_delivery import GateDelivery
 from .inline import InlineExits
 from .lapic import LocalApic
 from .mmu import Mmu
@@ -136,8 +135,6 @@ class VirtualProcessor:
         self.blocks = BlockGate(self.uc)
         #: SVM intercepts performed inside the hook, without ending the slice (inline.py).
         self.inline = InlineExits(self)
-        #: External interrupts delivered at the block gate (gate_delivery.py).
-        self.gate_delivery = GateDelivery(self)
         #: DR0-DR7, kept here rather than in the engine (debugregs.py).
         self.debug = DebugRegisters(self)
         self.reset()
