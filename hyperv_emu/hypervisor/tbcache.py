@@ -34,28 +34,34 @@ from . import context as C
 _REMOVE_CACHE = (unicorn.UC_CTL_IO_WRITE << 30) | (2 << 26) | unicorn.UC_CTL_TB_REMOVE_CACHE
 _U64 = ctypes.c_uint64
 _uc_ctl = uclib.uc_ctl
-_string_at = ctypes.string_at
-_memmove = ctypes.memmove
 #: The CPU-state fields a fault raised in the engine writes (x86_cpu_tlb_fill, do_fault and
 #: raise_interrupt2 in Unicorn's target/i386/excp_helper.c): CR2; error_code,
-#: exception_is_int and exception_next_eip (contiguous); old_exception.
-_CR2 = C.OFF_CR + 16
-_EXC = C.OFF_ERROR_CODE
-_EXC_LEN = C.OFF_EXC_NEXT_EIP + 8 - C.OFF_ERROR_CODE
-_OLD = C.OFF_OLD_EXCEPTION
+#: exception_is_int and exception_next_eip (16 contiguous bytes); old_exception.
+_EXC_WORDS = ctypes.c_uint64 * 2
+assert C.OFF_EXC_NEXT_EIP + 8 - C.OFF_ERROR_CODE == ctypes.sizeof(_EXC_WORDS)
+_Fields = tuple[ctypes.c_uint64, ctypes.Array[ctypes.c_uint64], ctypes.c_int32]
+
+
+def _fault_fields(uc: Any) -> _Fields:
+    """Views of those fields in ``uc``'s live CPU state, made once per engine (kept on the
+    engine object, which owns the memory they point into)."""
+    fields: _Fields | None = getattr(uc, "_hv_fault_fields", None)
+    if fields is None:
+        env = C.env_address(uc)
+        fields = (ctypes.c_uint64.from_address(env + C.OFF_CR + 16),
+                  _EXC_WORDS.from_address(env + C.OFF_ERROR_CODE),
+                  ctypes.c_int32.from_address(env + C.OFF_OLD_EXCEPTION))
+        uc._hv_fault_fields = fields
+    return fields
 
 
 def remove_cache(uc: Any, begin: int, end: int) -> None:
     """``uc.ctl_remove_cache(begin, end)``: drop the translated blocks of [begin, end), an
     address the engine translates through its current MMU, leaving the guest's fault state
     as it was (see the module docstring).  Raises ``UcError`` as it does."""
-    env = C.env_address(uc)
-    cr2 = _string_at(env + _CR2, 8)
-    exc = _string_at(env + _EXC, _EXC_LEN)
-    old = _string_at(env + _OLD, 4)
+    cr2, exc, old = _fault_fields(uc)
+    saved = cr2.value, exc[0], exc[1], old.value
     status = _uc_ctl(uc._uch, _REMOVE_CACHE, _U64(begin), _U64(end))
-    _memmove(env + _CR2, cr2, 8)
-    _memmove(env + _EXC, exc, _EXC_LEN)
-    _memmove(env + _OLD, old, 4)
+    cr2.value, exc[0], exc[1], old.value = saved
     if status != unicorn.UC_ERR_OK:
         raise unicorn.UcError(status)
