@@ -731,6 +731,8 @@ class Partition:
         if kind == "debug":
             # A DR7 execute breakpoint (debugregs.py): a #DB fault with DR6.Bn, RIP on the
             # instruction.
+            if vp.debug.blocked_by_mov_ss():
+                return None
             vp.debug.breakpoint_hit(exit_[1])
             vp.pending.insert(0, Event(1, KIND_EXCEPTION))
             vp._dirty = True

@@ -60,3 +60,52 @@ def test_breakpoints_rf_dr4_alias_and_general_detect() -> None:
     assert m.outs(0x84) == [0x400]
     assert m.vp.read_registers()["rbx"] == 2
     assert m.vp.debug.dr7 == 0x400
+
+
+def test_execute_breakpoint_after_mov_ss_is_not_reported() -> None:
+    """MOV SS and POP SS inhibit debug exceptions until the next instruction has completed
+    (SDM Vol. 3A 6.8.3): an execute breakpoint on that instruction does not fire, and the
+    instruction runs.  STI's shadow blocks interrupts only, so a breakpoint right after STI
+    fires (kvm-unit-tests emulator "#DB suppressed after MOV SS" / "POP SS")."""
+    m = machine()
+    flat32(m, 0x4000)
+    # #DB: count it in EDI and report the return EIP, return with RF=1.
+    m.load(DB_ISR, "inc edi\npush eax\nmov eax, [esp+4]\nout 0x81, eax\n"
+                   "or dword ptr [esp+12], 0x10000\npop eax\niretd", 32)
+    m.part.write_memory(IDT32 + 1 * 8, gate32(DB_ISR, 0x10))
+    m.load(0x4000, """
+        mov esp, 0x9000
+        xor edi, edi
+        xor ebx, ebx
+        mov eax, after_mov
+        mov dr0, eax
+        mov eax, after_pop
+        mov dr1, eax
+        mov eax, after_sti
+        mov dr2, eax
+        mov eax, 0x415           # L0, L1, L2: execute, 1 byte
+        mov dr7, eax
+        mov ax, ss
+        mov ss, ax
+    after_mov:
+        inc ebx                  # no #DB, but it runs
+        push ss
+        pop ss
+    after_pop:
+        inc ebx                  # no #DB, but it runs
+        cli
+        sti
+    after_sti:
+        inc ebx                  # #DB before it (an STI shadow does not block it)
+        mov eax, edi
+        out 0x80, eax
+        cli
+        hlt
+    """, 32)
+    ex = m.part.run(max_instructions=10_000)
+    assert ex.reason == "halted", ex
+    code = m.part.read_memory(0x4000, 0x80)
+    after_sti = 0x4000 + code.index(bytes((0xFB, 0x43))) + 1
+    assert m.outs(0x80) == [1]
+    assert m.outs(0x81) == [after_sti]
+    assert m.vp.read_registers()["rbx"] == 3
