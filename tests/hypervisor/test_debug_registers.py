@@ -109,3 +109,47 @@ def test_execute_breakpoint_after_mov_ss_is_not_reported() -> None:
     assert m.outs(0x80) == [1]
     assert m.outs(0x81) == [after_sti]
     assert m.vp.read_registers()["rbx"] == 3
+
+
+def test_icebp_in_64_bit_mode_with_interrupts_enabled_is_a_db_trap() -> None:
+    """ICEBP (F1) is a trap-class #DB (SDM Vol. 3A 6.15, "Interrupt 1"), also where the #UD
+    that Unicorn raises for it would be vectored inside the hook (IF=1: inline.py); single
+    steps after MOV SS go on as before (kvm-unit-tests debug "Single-Step + ICEBP #DB w/ MOVSS
+    blocking", which looped on a #UD before)."""
+    from hv_helpers import gate64
+    from test_longmode import IDT, long_machine
+
+    m = long_machine(0x60000)
+    # #DB: report DR6 and the return RIP, clear DR6.  #UD: report a mark, skip the byte.
+    m.load(0x5000, "push rax\nmov rax, dr6\nout 0x80, eax\nmov rax, [rsp+8]\nout 0x81, eax\n"
+                   "xor eax, eax\nmov dr6, rax\npop rax\niretq", 64)
+    m.load(0x5100, "push rax\nmov eax, 0x6\nout 0x80, eax\npop rax\n"
+                   "add qword ptr [rsp], 1\niretq", 64)
+    m.part.write_memory(IDT + 1 * 16, gate64(0x5000, 0x08))
+    m.part.write_memory(IDT + 6 * 16, gate64(0x5100, 0x08))
+    m.load(0x4000, """
+        sti
+        pushfq
+        pop rax
+        or rax, 0x100
+        push rax
+        mov ax, ss
+        popfq
+        mov ss, ax
+        icebp
+    start:
+        icebp
+        and rax, 0xfffffffffffffeff
+        push rax
+        popfq
+        nop
+        cli
+        hlt
+    """, 64)
+    m.vp.write_registers(rip=0x4000)
+    ex = m.part.run(max_instructions=10_000)
+    assert ex.reason == "halted", ex
+    start = 0x4000 + m.part.read_memory(0x4000, 0x40).index(bytes((0xF1, 0xF1))) + 1
+    # Two ICEBP traps (no BS), then single steps after AND, PUSH and POPF (BS).
+    assert m.outs(0x80) == [0xFFFF0FF0] * 2 + [0xFFFF4FF0] * 3
+    assert m.outs(0x81) == [start, start + 1, start + 7, start + 8, start + 9]
