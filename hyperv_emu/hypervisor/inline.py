@@ -133,6 +133,8 @@ class InlineExits:
         if ids is None or not self.enabled or vp._dirty or vp._counting:
             return False
         ctx = self.ctx
+        if ctx.rflags & C.RFLAGS_TF:
+            return False  # its single-step trap is raised by the slow path (debugregs.py)
         hf = ctx.hflags
         s = vp.blocks.state
         last, size, cur = s.last, s.size, s.cur

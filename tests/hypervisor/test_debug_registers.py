@@ -153,3 +153,52 @@ def test_icebp_in_64_bit_mode_with_interrupts_enabled_is_a_db_trap() -> None:
     # Two ICEBP traps (no BS), then single steps after AND, PUSH and POPF (BS).
     assert m.outs(0x80) == [0xFFFF0FF0] * 2 + [0xFFFF4FF0] * 3
     assert m.outs(0x81) == [start, start + 1, start + 7, start + 8, start + 9]
+
+
+def test_single_step_traps_after_intercepted_instructions() -> None:
+    """With TF=1, an instruction the hypervisor performs (an intercept: MOV DR, RDMSR, RDTSC,
+    MOV CR8) ends in a single-step #DB like any other (SDM Vol. 3B 17.3.1.4); a general-detect
+    #DB on MOV DR right after MOV SS is a fault, delivered in the shadow, and the MOV DR that
+    runs again after it then steps (kvm-unit-tests debug "Single-step #DB w/ MOVSS blocking
+    and DR7.GD=1")."""
+    from hv_helpers import gate64
+    from test_longmode import IDT, long_machine
+
+    m = long_machine(0x60000)
+    m.load(0x5000, "push rax\nmov rax, dr6\nout 0x80, eax\nmov rax, [rsp+8]\nout 0x81, eax\n"
+                   "xor eax, eax\nmov dr6, rax\npop rax\niretq", 64)
+    m.part.write_memory(IDT + 1 * 16, gate64(0x5000, 0x08))
+    m.load(0x4000, """
+        sti
+        mov eax, 0x2400
+        mov dr7, rax
+        xor edx, edx
+        pushfq
+        pop rax
+        or rax, 0x100
+        push rax
+        mov ax, ss
+        popfq
+        mov ss, ax
+    start:
+        mov dr6, rdx
+        mov ecx, 0x1a0
+        rdmsr
+        rdtsc
+        mov rbx, cr8
+        pushfq
+        and qword ptr [rsp], 0xfffffffffffffeff
+        popfq
+        cli
+        hlt
+    """, 64)
+    m.vp.write_registers(rip=0x4000)
+    ex = m.part.run(max_instructions=10_000)
+    assert ex.reason == "halted", ex
+    start = 0x4000 + m.part.read_memory(0x4000, 0x40).index(bytes((0x8E, 0xD0))) + 2
+    # GD fault at MOV DR6 (BD), then a step after each instruction up to the POPF that
+    # clears TF: MOV DR6 (3), MOV ECX (5), RDMSR (2), RDTSC (2), MOV RBX,CR8 (4), PUSHFQ (1),
+    # AND (8), POPF (1).
+    ends = [3, 8, 10, 12, 16, 17, 25, 26]
+    assert m.outs(0x80) == [0xFFFF2FF0] + [0xFFFF4FF0] * len(ends)
+    assert m.outs(0x81) == [start] + [start + n for n in ends]
