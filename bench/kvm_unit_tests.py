@@ -18,7 +18,8 @@ The result follows the suite's own convention for the isa-debug-exit status (v <
 1 PASS, 3 FAIL, 77 SKIP (report_summary returns 77 >> 1 when everything was skipped); anything
 else is the way the run ended (timeout, triple fault, ...) with the last line the guest printed;
 NOSTART: QEMU refused the entry's options (e.g. Hyper-V enlightenments need KVM), NOFILE: the
-entry's .flat is not built for this architecture.  Nothing in the project's test suite depends on
+entry's .flat is not built for this architecture.  A run that did not pass also shows its
+first "FAIL:" report line.  Nothing in the project's test suite depends on
 this script or on kvm-unit-tests (it cannot be fetched in CI).
 """
 
@@ -58,6 +59,8 @@ class Outcome:
     seconds: float
     summary: str
     last: str
+    #: The first "FAIL:" report line, if any (where a failing run went wrong first).
+    first_fail: str = ""
 
 
 def entries(build: Path, arch: str, only: set[str] | None) -> list[Entry]:
@@ -95,7 +98,8 @@ def classify(code: int, timed_out: bool, output: str) -> Outcome:
         status, last = "NOSTART", refused
     else:
         status = {1: "PASS", 3: "FAIL", 77: "SKIP"}.get(code, f"END({code})")
-    return Outcome(status, 0.0, summary, last[:100])
+    first_fail = next((ln for ln in lines if ln.startswith("FAIL")), "")
+    return Outcome(status, 0.0, summary, last[:100], first_fail[:100])
 
 
 def run(cmd: list[str], timeout: float, cwd: Path) -> Outcome:
@@ -161,6 +165,8 @@ def main() -> int:
             ref = run(["timeout", str(a.timeout), *qemu_cmd(e)], a.timeout, build)
             row += [ref.status, f"{ref.seconds:.0f}"]
         row.append(shlex.quote(mine.summary or mine.last))
+        if mine.first_fail and mine.status != "PASS":
+            row[-1] += " first: " + shlex.quote(mine.first_fail)
         rows.append(row)
         print(" | ".join(row), flush=True)
     counts: dict[str, int] = {}

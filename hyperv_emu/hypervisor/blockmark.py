@@ -97,8 +97,11 @@ def locate_insn(read: Callable[[int, int], bytes], block: int, bits: int,
     return None
 
 
-#: (block start, mode, target) -> instructions from the block start to the target.
-_counted: dict[tuple[int, int, int], int] = {}
+#: (block start, mode, target) -> (instructions from the block start to the target, their
+#: bytes).  The bytes are compared on every use: the same linear addresses hold other code in
+#: another address space (every process of an OS at the same user address), after the guest
+#: rewrote it, or in another guest of the same host process.
+_counted: dict[tuple[int, int, int], tuple[int, bytes]] = {}
 
 
 def count_insns(read: Callable[[int, int], bytes], block: int, bits: int,
@@ -106,16 +109,16 @@ def count_insns(read: Callable[[int, int], bytes], block: int, bits: int,
     """How many instructions lie from the block start ``block`` up to (not including) the
     linear address ``target`` in the same straight-line block; None if decoding from the
     block start does not land on ``target``."""
-    key = (block, bits, target)
-    known = _counted.get(key)
-    if known is not None:
-        return known
     if target == block:
         return 0
     try:
         data = read(block, target - block)
     except Exception:  # noqa: BLE001 - unreadable now: the caller counts the whole block
         return None
+    key = (block, bits, target)
+    known = _counted.get(key)
+    if known is not None and known[1] == data:
+        return known[0]
     n = 0
     addr = block
     for address, size, _mnemonic, _ops in _disassembler(bits).disasm_lite(data, block):
@@ -127,6 +130,6 @@ def count_insns(read: Callable[[int, int], bytes], block: int, bits: int,
         return None
     if len(_counted) > 65536:
         _counted.clear()
-    _counted[key] = n
+    _counted[key] = (n, data)
     return n
 

@@ -46,6 +46,7 @@ from . import hvdef as H
 from . import msr as M
 from .blockmark import count_insns, locate_insn
 from .context import CpuContext
+from .debugregs import ICEBP
 from .delivery import KIND_EXCEPTION, KIND_SOFTWARE, Event, TaskGateMet, TripleFault, deliver
 from .insn_emul import _reg_operand
 from .lapic import REG_TPR
@@ -130,6 +131,8 @@ class InlineExits:
         if ids is None or not self.enabled or vp._dirty or vp._counting:
             return False
         ctx = self.ctx
+        if ctx.rflags & C.RFLAGS_TF:
+            return False  # its single-step trap is raised by the slow path (debugregs.py)
         hf = ctx.hflags
         s = vp.blocks.state
         last, size, cur = s.last, s.size, s.cur
@@ -178,8 +181,9 @@ class InlineExits:
         if self.vmcall():
             return True
         try:
-            if self.mmu.read(self._linear_rip(), 3, fetch=True) in _VMCALLS:
-                return False  # a hypercall for the slow path
+            insn = self.mmu.read(self._linear_rip(), 3, fetch=True)
+            if insn in _VMCALLS or insn[0] == ICEBP:
+                return False  # a hypercall, or ICEBP's #DB trap: for the slow path
         except (GuestFault, UnmappedAccess):
             return False
         return self.exception(6)

@@ -731,6 +731,8 @@ class Partition:
         if kind == "debug":
             # A DR7 execute breakpoint (debugregs.py): a #DB fault with DR6.Bn, RIP on the
             # instruction.
+            if vp.debug.blocked_by_mov_ss():
+                return None
             vp.debug.breakpoint_hit(exit_[1])
             vp.pending.insert(0, Event(1, KIND_EXCEPTION))
             vp._dirty = True
@@ -814,6 +816,7 @@ class Partition:
                                f"in the block at {vp.blocks.last:#x}", vp.index, ctx.rip)
             linear, length, text = found
             ctx.rip = (linear - cs_base) & (0xFFFF_FFFF_FFFF_FFFF if bits == 64 else 0xFFFF_FFFF)
+        step = code != SVM_EXIT_HLT and vp.debug.steps_emulated()  # TF (debugregs.py)
         # The guest resumes after the instruction found, by its decoded length (prefixes
         # included), whatever the exit code said it was.
         if code == SVM_EXIT_HLT:
@@ -891,6 +894,8 @@ class Partition:
             ctx.rip = ctx.rip + length
         else:
             return RunExit(E.FAULT, f"unexpected SVM exit {code:#x}", vp.index, ctx.rip)
+        if step:
+            vp.debug.single_step_trap()
         vp._dirty = True
         self._retire_one(vp)
         return None

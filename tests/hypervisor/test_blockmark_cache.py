@@ -1,0 +1,23 @@
+"""blockmark's decoding cache: the same linear addresses hold other code in another address
+space, after a rewrite, or in another guest of the same process, so a cached instruction
+count is used only for the same bytes.  Before, a guest's retired-instruction count (and so
+its virtual clock) took the count of whatever code had been at those addresses first."""
+
+from __future__ import annotations
+
+from hv_helpers import flat32, machine
+
+
+def _retired(code: str) -> int:
+    m = machine()
+    flat32(m, 0x4000)
+    m.load(0x4000, code, 32)
+    assert m.part.run(max_instructions=1000).reason == "halted"
+    return m.clock.instructions
+
+
+def test_counts_follow_the_code_not_the_address() -> None:
+    # Both HLTs sit 4 bytes into the block at 4000h, where the slice stops mid-block.
+    assert _retired("nop\nnop\nnop\nnop\nhlt") == 5
+    assert _retired("mov eax, eax\nmov eax, eax\nhlt") == 3
+    assert _retired("nop\nnop\nnop\nnop\nhlt") == 5
