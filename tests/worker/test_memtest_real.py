@@ -45,7 +45,8 @@ ONLY_BIT_FADE = ("{f1}{wait:200}{f1}{wait:200}{f1}{wait:200}{f3}{wait:200}10{ent
 FADE_BUDGET = 20_000_000_000
 PASS_DONE = re.compile(r"Pass:\s+1\b")
 #: A whole pass of the default tests: 74.2e9 instructions (742 s of virtual time; about 90 s
-#: of host CPU time): #6 (block move) and #9 (modulo 20) are most of it.
+#: of host CPU time): #6 (moving inversions, 64-bit patterns) and #9 (modulo 20) are most
+#: of it.
 PASS_BUDGET = 80_000_000_000
 #: The default test list (#1 and #2 run only with several CPUs).
 DEFAULT_TESTS = {0, 3, 4, 5, 6, 7, 8, 9, 10}
