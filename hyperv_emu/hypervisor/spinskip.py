@@ -26,8 +26,10 @@ interval is found by division.  The skip then moves the slice's retired count (h
 clock and the TSC) forward by ``k * P`` instructions, exactly as if k iterations had run, and
 the RDTSC being intercepted reads the TSC of iteration k; the engine runs the rest of that
 iteration itself.  k is also held below the slice's limit (a timer deadline, an instruction
-budget, an SMP turn): every block entry that was skipped was below the limit, so no slice end
-and no timer is moved, and an interrupt arrives at the same instruction as without the skip.
+budget, an SMP turn), one iteration short of it: every block entry that was skipped, and
+those of iteration k before its CMP (where the flags are not yet iteration k's), are below the
+limit, so no slice end and no timer is moved, and an interrupt arrives at the same
+instruction, with the same RFLAGS pushed, as without the skip.
 
 Not skipped (the loop then runs as before, which is always correct): host-clock mode,
 counted slices (traces, single steps), a pending interrupt that IF=1 would take, TF, DR7
@@ -131,7 +133,10 @@ class SpinSkip:
         # 2**64 wraps: the run then finds out for itself, from that iteration on).
         k = (hi - x0) // step + 1
         retired = int(s.retired)
-        k = min(k, (int(s.limit) - retired) // loop.insns)
+        # Every block entry skipped, and those of iteration k up to its CMP (where the flags
+        # are still iteration 0's, not k-1's), must lie below the limit: no slice ends
+        # (and no interrupt is taken) where the skip could show.
+        k = min(k, (int(s.limit) - retired) // loop.insns - 1)
         if k <= 0:
             return
         s.retired = retired + k * loop.insns

@@ -81,8 +81,16 @@ mov [rdi + 24], rax
 add rdi, 32
 ret
 """
+#: Vector 0x30: count, and sum the interrupted RIP and RFLAGS (the boundary and the flags
+#: the CPU pushed there).
 HANDLER = f"""
+push rax
 inc qword ptr [{TICKS}]
+mov rax, [rsp + 8]
+add [{TICKS} + 8], rax
+mov rax, [rsp + 24]
+add [{TICKS} + 16], rax
+pop rax
 iretq
 """
 
@@ -96,10 +104,15 @@ def _run(ticks: int, period_ns: int | None, budget: int) -> Any:
     pic = FakePic()
     m.vp.set_interrupt_source(pic)
     if period_ns is not None:
+        fired = [0]
+
         def tick() -> None:
             pic.queue.append(0x30)
             m.vp.notify_interrupt()
-            timer.arm_in(period_ns)
+            # Periods that differ by 0-7 instructions, so interrupts land at every point of
+            # the loops' iterations (a fixed period keeps hitting the same one).
+            fired[0] += 1
+            timer.arm_in(period_ns + 10 * (fired[0] * 5 % 8))
 
         timer = m.clock.timer(tick)
         timer.arm_in(period_ns)
@@ -110,7 +123,7 @@ def _run(ticks: int, period_ns: int | None, budget: int) -> Any:
 def _state(m: Any) -> tuple[Any, ...]:
     regs = m.vp.read_registers()
     return (m.clock.instructions, m.clock.now(), regs["rip"], regs["rax"], regs["rdx"],
-            regs["r9"], m.part.read_memory(LOG, 7 * 32), m.part.read_memory(TICKS, 8))
+            regs["r9"], m.part.read_memory(LOG, 7 * 32), m.part.read_memory(TICKS, 24))
 
 
 def test_memtest_usleep_loop_is_proven() -> None:
@@ -129,11 +142,11 @@ def test_memtest_usleep_loop_is_proven() -> None:
 
 def test_skipped_waits_are_exactly_the_waits(monkeypatch: pytest.MonkeyPatch) -> None:
     # 200 us waits with a timer interrupt every 37 us: short enough to run every iteration.
-    fast = _run(200_000, 37_000, 5_000_000)
+    fast = _run(200_000, 3_001, 5_000_000)
     spin = fast.vp.inline.spin
     assert spin.skips > 0 and spin.iterations > 10 * spin.skips
     monkeypatch.setattr(SpinSkip, "skip", lambda self, linear, length: None)
-    slow = _run(200_000, 37_000, 5_000_000)
+    slow = _run(200_000, 3_001, 5_000_000)
     assert slow.vp.inline.spin.iterations == 0
     assert _state(fast) == _state(slow)
     ticks = [struct.unpack_from("<Q", fast.part.read_memory(LOG + 32 * i + 24, 8))[0]
