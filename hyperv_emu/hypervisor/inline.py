@@ -52,6 +52,7 @@ from .insn_emul import _reg_operand
 from .lapic import REG_TPR
 from .memory import UnmappedAccess
 from .mmu import GuestFault, Mmu
+from .spinskip import SpinSkip
 
 if TYPE_CHECKING:
     from .vp import VirtualProcessor
@@ -122,6 +123,7 @@ class InlineExits:
         self._found: dict[tuple[int, int, int, int], _Found] = {}
         #: An invalid-opcode hook let its #UD come to UC_HOOK_INTR (defer_invalid).
         self._deferred = False
+        self.spin = SpinSkip(self)
 
     def svm_exit(self, code: int) -> bool:
         """Perform intercept ``code`` now and resume after its instruction; False if the
@@ -357,6 +359,8 @@ class InlineExits:
         vp = self.vp
         ctx = self.ctx
         if code == _RDTSC:
+            if text == "rdtsc":
+                self.spin.skip(linear, length)  # a TSC polling loop's wait (spinskip.py)
             tsc = vp.tsc()
             if text == "rdtscp":
                 # ECX = IA32_TSC_AUX[31:0] (Intel SDM Vol. 2B, RDTSCP).

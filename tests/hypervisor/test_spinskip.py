@@ -1,0 +1,170 @@
+"""The RDTSC spin skip (spinskip.py): a TSC polling loop is jumped over to the iteration that
+leaves it, and the guest cannot tell: the same retired instructions, virtual time, registers,
+flags and interrupt boundaries (a timer interrupt taken inside the wait, counted by the
+handler) as running every iteration; and a long wait costs a handful of intercepts."""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import pytest
+from hv_helpers import FakePic, gate64
+from test_longmode import IDT, long_machine
+
+from hyperv_emu.hypervisor.spinskip import SpinSkip, _decode, _evaluate
+
+LOG, TICKS = 0x9000, 0x8F00
+#: Three waits in memtest86+'s usleep shape (``(TSC - t0) < cycles``), then three in the
+#: "TSC below a deadline" shape, then one loop that keeps a register of its own (not proven:
+#: it runs iteration by iteration).
+GUEST = """
+mov rdi, {log}
+sti
+mov r12d, 3
+wait1:
+mov rcx, {ticks}
+rdtsc
+shl rdx, 32
+mov eax, eax
+mov rsi, rdx
+or rsi, rax
+spin1:
+pause
+rdtsc
+shl rdx, 0x20
+mov eax, eax
+or rdx, rax
+sub rdx, rsi
+cmp rdx, rcx
+jb spin1
+call record
+dec r12d
+jnz wait1
+mov r12d, 3
+wait2:
+rdtsc
+shl rdx, 32
+or rax, rdx
+lea r8, [rax + {ticks}]
+spin2:
+rdtsc
+shl rdx, 32
+or rax, rdx
+cmp rax, r8
+jb spin2
+call record
+dec r12d
+jnz wait2
+xor r9, r9
+rdtsc
+shl rdx, 32
+or rax, rdx
+lea r8, [rax + {ticks}]
+spin3:
+inc r9
+rdtsc
+shl rdx, 32
+or rax, rdx
+cmp rax, r8
+jb spin3
+call record
+cli
+hlt
+record:
+pushfq
+pop qword ptr [rdi]
+mov [rdi + 8], rax
+mov [rdi + 16], rdx
+mov rax, [{ticks_at}]
+mov [rdi + 24], rax
+add rdi, 32
+ret
+"""
+#: Vector 0x30: count, and sum the interrupted RIP and RFLAGS (the boundary and the flags
+#: the CPU pushed there).
+HANDLER = f"""
+push rax
+inc qword ptr [{TICKS}]
+mov rax, [rsp + 8]
+add [{TICKS} + 8], rax
+mov rax, [rsp + 24]
+add [{TICKS} + 16], rax
+pop rax
+iretq
+"""
+
+
+def _run(ticks: int, period_ns: int | None, budget: int) -> Any:
+    m = long_machine(0x60000)
+    m.part.write_memory(IDT + 0x30 * 16, gate64(0x5000, 0x08))
+    m.load(0x5000, HANDLER, 64)
+    m.load(0x4000, GUEST.format(log=LOG, ticks=ticks, ticks_at=TICKS), 64)
+    m.vp.write_registers(rip=0x4000)
+    pic = FakePic()
+    m.vp.set_interrupt_source(pic)
+    if period_ns is not None:
+        fired = [0]
+
+        def tick() -> None:
+            pic.queue.append(0x30)
+            m.vp.notify_interrupt()
+            # Periods that differ by 0-7 instructions, so interrupts land at every point of
+            # the loops' iterations (a fixed period keeps hitting the same one).
+            fired[0] += 1
+            timer.arm_in(period_ns + 10 * (fired[0] * 5 % 8))
+
+        timer = m.clock.timer(tick)
+        timer.arm_in(period_ns)
+    assert m.part.run(max_instructions=budget).reason == "halted"
+    return m
+
+
+def _state(m: Any) -> tuple[Any, ...]:
+    regs = m.vp.read_registers()
+    return (m.clock.instructions, m.clock.now(), regs["rip"], regs["rax"], regs["rdx"],
+            regs["r9"], m.part.read_memory(LOG, 7 * 32), m.part.read_memory(TICKS, 24))
+
+
+def test_memtest_usleep_loop_is_proven() -> None:
+    # memtest86+ 6.10's usleep, after its RDTSC: RSI = t0, RCX = cycles.
+    ops = tuple(_decode(*i.split(" ", 1)) for i in (
+        "shl rdx, 0x20", "mov eax, eax", "or rdx, rax", "sub rdx, rsi", "cmp rdx, rcx",
+        "jb 0xbe42"))
+    regs = [0] * 16
+    regs[6], regs[1] = 1000, 5000
+    assert _evaluate(ops, regs) == ((-1000) & (2**64 - 1), "<", 5000)  # type: ignore[arg-type]
+    # Writing a third register, reading memory or an ADC: not proven.
+    for bad in ("mov rbx, rdx", "add rdx, qword ptr [rsi]", "adc rdx, rsi"):
+        op = _decode(*bad.split(" ", 1))
+        assert op is None or _evaluate((*ops[:3], op, *ops[4:]), regs) is None  # type: ignore[arg-type]
+
+
+def test_skipped_waits_are_exactly_the_waits(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 200 us waits with a timer interrupt every 37 us: short enough to run every iteration.
+    fast = _run(200_000, 3_001, 5_000_000)
+    spin = fast.vp.inline.spin
+    assert spin.skips > 0 and spin.iterations > 10 * spin.skips
+    monkeypatch.setattr(SpinSkip, "skip", lambda self, linear, length: None)
+    slow = _run(200_000, 3_001, 5_000_000)
+    assert slow.vp.inline.spin.iterations == 0
+    assert _state(fast) == _state(slow)
+    ticks = [struct.unpack_from("<Q", fast.part.read_memory(LOG + 32 * i + 24, 8))[0]
+             for i in range(7)]
+    assert ticks == sorted(ticks) and ticks[-1] >= 7 * 200_000 // 37_000 - 1
+    # The loop that keeps its own count (r9) ran every iteration: 200 us / 60 ns.
+    assert slow.vp.read_registers()["r9"] == fast.vp.read_registers()["r9"] > 3000
+
+
+def test_a_long_wait_costs_few_intercepts() -> None:
+    # 6 x 2 s of guest time in the proven loops with no timer: 1.2e9 instructions, which
+    # iteration by iteration would be 3 x 2 s / 80 ns + 3 x 2 s / 50 ns = 1.95e8 RDTSC
+    # intercepts.  The last loop is not proven, so it gets a short wait.
+    m = long_machine(0x60000)
+    m.load(0x4000, GUEST.replace("{ticks}", "{long}", 2).format(
+        log=LOG, long=2_000_000_000, ticks=2_000, ticks_at=TICKS), 64)
+    m.vp.write_registers(rip=0x4000)
+    assert m.part.run(max_instructions=3_000_000_000).reason == "halted"
+    assert m.clock.now() > 12_000_000_000
+    assert m.vp.inline.count < 2_000
+    assert m.vp.inline.spin.iterations > 190_000_000
