@@ -150,6 +150,8 @@ class Partition:
         #: Extra/overriding MSRs: index -> (read(vp) -> value, write(vp, value)).  Raise
         #: ``hyperv_emu.hypervisor.mmu.GuestFault(13, 0)`` for #GP.
         self.msr_handlers: dict[int, tuple[M.MsrRead, M.MsrWrite]] = {}
+        #: Indices in msr_handlers whose write may run inside the VP's hook (inline.py).
+        self.msr_writes_in_hook: set[int] = set()
         #: VMCALL/VMMCALL handler (hypercalls, a later layer): return True when handled (RIP
         #: is then advanced past the 3-byte instruction), False to raise #UD.
         self.vmcall_handler: VmcallHandler | None = None
