@@ -22,7 +22,8 @@ What the guest sees is the same as on the slow path:
 * an STI/MOV SS shadow ends with the instruction (it covered exactly that one).
 
 The same holds for the VMCALL/VMMCALL of a hypercall whose handler touches only the
-registers of the calling convention (:meth:`InlineExits.vmcall`), and for an exception or
+registers of the calling convention, guest memory, TLBs and interrupt state (its spec says
+``in_hook``: hv_calls.py; :meth:`InlineExits.vmcall`), and for an exception or
 INT n, which is vectored into the guest right here (:meth:`InlineExits.exception`,
 delivery.py) with the count the run loop would give.
 
@@ -30,8 +31,9 @@ Anything that needs the run loop takes the slow path: counted slices (tracing, t
 instruction budget, single steps), MSR observers, a fault the instruction raises (#GP: the
 slow path performs it again and delivers the fault; a refused access has no side effect), an
 EFER or APIC-base write (they change the CPU mode or the memory map), a write to a synthetic
-MSR (its handler may map overlay pages), and, in host-clock mode, a slice during which an
-interrupt is already waiting.
+MSR not registered ``in_hook`` (SIMP, SIEFP, the hypercall and TSC pages map overlay pages;
+hv.py ``register_msr``), and, in host-clock mode, a slice during which an interrupt is
+already waiting.
 """
 
 from __future__ import annotations
