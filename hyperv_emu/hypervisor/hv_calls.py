@@ -61,7 +61,14 @@ def parse_vp_set(fixed: bytes, banks: bytes, vp_count: int) -> frozenset[int] | 
 
 
 def _mask_set(mask: int) -> frozenset[int]:
-    return frozenset(b for b in range(64) if mask >> b & 1)
+    """The VP indices whose bits are set in a 64-bit ProcessorMask."""
+    out = []
+    mask &= 0xFFFF_FFFF_FFFF_FFFF
+    while mask:  # one step per set bit, not 64 tests (a flush or IPI names few VPs)
+        low = mask & -mask
+        out.append(low.bit_length() - 1)
+        mask ^= low
+    return frozenset(out)
 
 
 def flush_tlb(vp: VirtualProcessor) -> None:
