@@ -16,7 +16,6 @@ import sys
 import tempfile
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -178,6 +177,9 @@ def _mutation_campaign(args: argparse.Namespace) -> int:
     share = None if args.runs is None else -(-args.runs // args.jobs)
     stats = Stats(corpus=len(corpus or make_target(args.target).seeds()))
     crashes: list[Crash] = []
+    # Imported here: multiprocessing is slow to import, and every command builds this parser.
+    from concurrent.futures import ProcessPoolExecutor
+
     with display, ProcessPoolExecutor(args.jobs) as pool:
         futures = [pool.submit(_mutation_job, args.target, corpus, args.seed + i, share,
                                args.time, prefix) for i in range(args.jobs)]

@@ -97,6 +97,33 @@ def locate_insn(read: Callable[[int, int], bytes], block: int, bits: int,
     return None
 
 
+#: Bytes that may be a prefix of the instruction they precede (legacy prefixes; REX in 64-bit
+#: code).
+_PREFIXES = frozenset((0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0x66, 0x67, 0xF0, 0xF2, 0xF3))
+_REX = frozenset(range(0x40, 0x50))
+
+
+def hlt_at_block_end(read: Callable[[int, int], bytes], block: int, size: int,
+                     bits: int) -> tuple[int, int, str] | None:
+    """The HLT that raised an intercept in the block at ``block`` (``size`` bytes), as
+    :func:`locate_insn` gives it, found without decoding: HLT ends its translated block
+    (QEMU's translator stops after it), so it is the block's last instruction, F4h at the
+    last byte, and the block's other instructions all precede it.  None where that cannot be
+    told from the bytes (the byte before might be a prefix of it, or the bytes differ):
+    decode then.  Spares the start-up of a guest that only halts the capstone import."""
+    if size < 1:
+        return None
+    try:
+        tail = read(block + size - 2, 2) if size > 1 else b"\0" + read(block, 1)
+    except Exception:  # noqa: BLE001 - unreadable now: the decoder reports it
+        return None
+    if tail[1] != 0xF4:
+        return None
+    if size > 1 and (tail[0] in _PREFIXES or (bits == 64 and tail[0] in _REX)):
+        return None
+    return block + size - 1, 1, "hlt"
+
+
 #: (block start, mode, target) -> (instructions from the block start to the target, their
 #: bytes).  The bytes are compared on every use: the same linear addresses hold other code in
 #: another address space (every process of an OS at the same user address), after the guest

@@ -11,7 +11,6 @@ re-checks them at start-up and refuses a different build with a clear message.
 from __future__ import annotations
 
 import ctypes
-import importlib.metadata
 import os
 import struct
 from dataclasses import dataclass
@@ -296,6 +295,13 @@ class CpuContext:
 
 def installed_unicorn() -> str:
     """The installed unicorn distribution's version (the wheel's own ``__version__`` can lag)."""
+    # The expected wheel's metadata beside the imported package answers with one stat;
+    # importlib.metadata (tens of ms to import at every start-up) only when it is not there.
+    site = os.path.dirname(os.path.dirname(os.path.abspath(unicorn.__file__)))
+    if os.path.isdir(os.path.join(site, f"unicorn-{EXPECTED_UNICORN}.dist-info")):
+        return EXPECTED_UNICORN
+    import importlib.metadata
+
     try:
         return importlib.metadata.version("unicorn")
     except importlib.metadata.PackageNotFoundError:

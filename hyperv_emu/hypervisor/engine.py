@@ -19,11 +19,12 @@ from unicorn.unicorn_py3.unicorn import uclib
 #: its first translation-cache flush touches every page of it (1 GiB resident per VP, ~0.5 s);
 #: QEMU flushes by itself when a smaller buffer fills.  Every flush zeroes the whole buffer
 #: (open_engine flushes once: about 11 ms per 32 MiB on an idle host; the zeroed pages are then
-#: given back).  128 MiB: Debian's kernel boots to busybox without a flush.  A 32 MiB run that
-#: flushed and then panicked ("No working init found") was taken while #PF was still vectored
-#: inside the hook (inline.py), which gives that same panic without any flush; 32 MiB has not
-#: been tried since.
-TCG_BUFFER_SIZE = 128 << 20
+#: given back).  32 MiB: the open-time flush faults in a quarter of 128 MiB's pages, the largest
+#: cost of a tiny guest's start-up (up to seconds on a host that backs fresh memory lazily);
+#: Debian's kernel boots to busybox and binds the VMBus integration services with it
+#: (tests/worker/test_linux_real.py, test_linux_vmbus.py).  An earlier 32 MiB panic ("No
+#: working init found") came from #PF vectored inside the hook (inline.py), not from a flush.
+TCG_BUFFER_SIZE = 32 << 20
 #: Buffer for scratch engines that run a few instructions (the CPUID probe).
 SMALL_TCG_BUFFER_SIZE = 1 << 20
 #: The CPU model every engine emulates.

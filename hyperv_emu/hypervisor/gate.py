@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import ctypes
 import mmap
-import platform
+import os
 import sys
 from typing import Any
 
@@ -143,7 +143,8 @@ def _native_callback() -> Any:
     global _page, _native
     if _native is not None:
         return _native
-    if platform.machine().lower() not in ("x86_64", "amd64") or sys.platform != "linux":
+    # os.uname, not the platform module (slow to import, and only its machine() was used).
+    if sys.platform != "linux" or os.uname().machine.lower() not in ("x86_64", "amd64"):
         return None
     try:
         page = mmap.mmap(-1, mmap.PAGESIZE,

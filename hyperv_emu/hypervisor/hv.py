@@ -90,10 +90,17 @@ class PartitionHv:
         bits = self.partition.cpuid.lookup(0x80000008, 0)[0] & 0xFF
         return bits or 36
 
-    def register_msr(self, index: int, read: M.MsrRead, write: M.MsrWrite) -> None:
-        """Add (or replace) an MSR of this partition: the SynIC layer's entry point too."""
+    def register_msr(self, index: int, read: M.MsrRead, write: M.MsrWrite, *,
+                     in_hook: bool = False) -> None:
+        """Add (or replace) an MSR of this partition: the SynIC layer's entry point too.
+        ``in_hook``: ``write`` touches no saved registers and does not change the memory map,
+        so a WRMSR may be performed inside the VP's hook (inline.py)."""
         if self.partition is not None:
             self.partition.msr_handlers[index] = (read, write)
+            if in_hook:
+                self.partition.msr_writes_in_hook.add(index)
+            else:
+                self.partition.msr_writes_in_hook.discard(index)
             self._msr_keys.add(index)
 
     def reinstall_msrs(self) -> None:
@@ -101,6 +108,7 @@ class PartitionHv:
         if self.partition is not None:
             for index in self._msr_keys:
                 self.partition.msr_handlers.pop(index, None)
+                self.partition.msr_writes_in_hook.discard(index)
             self._msr_keys.clear()
             self.msrs.install()
             self.synic.install_msrs()
@@ -195,3 +203,16 @@ def install_hyperv(partition: Partition, *, hypervisor: Hypervisor | None = None
 def hv_of(partition: Partition) -> PartitionHv | None:
     """The Hyper-V state of ``partition`` (None on a plain PC partition)."""
     return _REGISTRY.get(partition)
+
+
+def in_hook(partition: Partition, code: int) -> bool:
+    """Whether a VP of ``partition`` may have hypercall ``code`` performed inside its engine's
+    hook (inline.py): the partition's VMCALLs go to this layer and the call's spec says its
+    handler is safe there (:attr:`~.hypercall.CallSpec.in_hook`)."""
+    handler = partition.vmcall_handler
+    hv = getattr(handler, "__self__", None)  # PartitionHv.vmcall, bound (no registry look-up)
+    if not isinstance(hv, PartitionHv) or getattr(handler, "__func__", None) is not (
+            PartitionHv.vmcall):
+        return False
+    spec = hv.hypervisor.hypercalls.specs.get(code)
+    return spec is not None and spec.in_hook

@@ -13,6 +13,7 @@ from unicorn import x86_const as X
 from . import hvdef as H
 from . import msr as M
 from .context import Segment
+from .engine import flush_tlb as engine_flush_tlb
 from .hypercall import Call, HypercallTable
 from .mmu import GuestFault
 
@@ -60,15 +61,21 @@ def parse_vp_set(fixed: bytes, banks: bytes, vp_count: int) -> frozenset[int] | 
 
 
 def _mask_set(mask: int) -> frozenset[int]:
-    return frozenset(b for b in range(64) if mask >> b & 1)
+    """The VP indices whose bits are set in a 64-bit ProcessorMask."""
+    out = []
+    mask &= 0xFFFF_FFFF_FFFF_FFFF
+    while mask:  # one step per set bit, not 64 tests (a flush or IPI names few VPs)
+        low = mask & -mask
+        out.append(low.bit_length() - 1)
+        mask ^= low
+    return frozenset(out)
 
 
 def flush_tlb(vp: VirtualProcessor) -> None:
-    """Drop the VP's cached translations: rewriting CR3 makes Unicorn (QEMU's tlb_flush) forget
-    every TLB entry.  Translated code is keyed by physical address and stays valid."""
-    vp._flush()
-    vp.uc.reg_write(X.UC_X86_REG_CR3, vp.ctx.cr(3))
-    vp.ctx.save()
+    """Drop the VP's cached translations (QEMU's tlb_flush through the engine control; the
+    registers are untouched, so this is safe inside the calling VP's hook too, inline.py).
+    Translated code is keyed by physical address and stays valid."""
+    engine_flush_tlb(vp.uc)
 
 
 # ---- simple calls -----------------------------------------------------------------------------
@@ -327,18 +334,25 @@ def set_vp_registers(call: Call) -> int:
 def register_guest_calls(table: HypercallTable) -> None:
     """Install the handlers every partition may call (subject to its privileges)."""
     r = table.register
-    r(H.HvCallNotifyLongSpinWait, notify_long_spin_wait, input_size=8)
-    r(H.HvCallFlushVirtualAddressSpace, flush_space, input_size=24)
-    r(H.HvCallFlushVirtualAddressList, flush_list, rep=True, input_size=24, rep_input_size=8)
+    # in_hook: the handler touches only the calling convention's registers, guest memory,
+    # TLBs and interrupt state, never the memory map or a VP's saved registers, so a VP's
+    # call can be performed inside its engine's hook (inline.py).
+    r(H.HvCallNotifyLongSpinWait, notify_long_spin_wait, input_size=8, in_hook=True)
+    r(H.HvCallFlushVirtualAddressSpace, flush_space, input_size=24, in_hook=True)
+    r(H.HvCallFlushVirtualAddressList, flush_list, rep=True, input_size=24, rep_input_size=8,
+      in_hook=True)
     r(H.HvCallFlushVirtualAddressSpaceEx, lambda c: _flush_ex(c, False), input_size=32,
-      variable_header=True)
+      variable_header=True, in_hook=True)
     r(H.HvCallFlushVirtualAddressListEx, lambda c: _flush_ex(c, True), rep=True, input_size=32,
-      rep_input_size=8, variable_header=True)
-    r(H.HvCallSendSyntheticClusterIpi, send_ipi, input_size=16)
-    r(H.HvCallSendSyntheticClusterIpiEx, send_ipi_ex, input_size=24, variable_header=True)
+      rep_input_size=8, variable_header=True, in_hook=True)
+    r(H.HvCallSendSyntheticClusterIpi, send_ipi, input_size=16, in_hook=True)
+    r(H.HvCallSendSyntheticClusterIpiEx, send_ipi_ex, input_size=24, variable_header=True,
+      in_hook=True)
     r(H.HvCallGetVpRegisters, get_vp_registers, rep=True, input_size=16, rep_input_size=4,
       rep_output_size=16, privilege=H.HV_ACCESS_VP_REGISTERS)
     r(H.HvCallSetVpRegisters, set_vp_registers, rep=True, input_size=16, rep_input_size=32,
       privilege=H.HV_ACCESS_VP_REGISTERS)
-    r(H.HvCallPostMessage, post_message, input_size=256, privilege=H.HV_POST_MESSAGES)
-    r(H.HvCallSignalEvent, signal_event, input_size=8, privilege=H.HV_SIGNAL_EVENTS)
+    r(H.HvCallPostMessage, post_message, input_size=256, privilege=H.HV_POST_MESSAGES,
+      in_hook=True)
+    r(H.HvCallSignalEvent, signal_event, input_size=8, privilege=H.HV_SIGNAL_EVENTS,
+      in_hook=True)

@@ -95,10 +95,13 @@ class SyntheticMsrs:
         if priv & H.HV_MSR_APIC_ACCESS_AVAILABLE:
             # TLFS "Synthetic MSRs for APIC access": the EOI/ICR/TPR registers of the VP's own
             # local APIC through MSRs, so an enlightened guest avoids the MMIO page.
-            reg(H.HV_X64_MSR_EOI, _write_only_read, lambda vp, value: vp.lapic.eoi())
+            # in_hook: the same APIC writes the x2APIC MSRs make inside the hook.
+            reg(H.HV_X64_MSR_EOI, _write_only_read, lambda vp, value: vp.lapic.eoi(),
+                in_hook=True)
             reg(H.HV_X64_MSR_ICR, lambda vp: vp.lapic.read_icr(),
-                lambda vp, value: vp.lapic.write_icr(value))
-            reg(H.HV_X64_MSR_TPR, lambda vp: vp.lapic.read_register(REG_TPR), _write_tpr)
+                lambda vp, value: vp.lapic.write_icr(value), in_hook=True)
+            reg(H.HV_X64_MSR_TPR, lambda vp: vp.lapic.read_register(REG_TPR), _write_tpr,
+                in_hook=True)
             self.vp_assist.install()  # same privilege (AccessIntrCtrlRegs)
         if priv & H.HV_MSR_RESET_AVAILABLE:
             reg(H.HV_X64_MSR_RESET, lambda vp: 0, self._write_reset)

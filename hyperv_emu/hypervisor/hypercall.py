@@ -43,6 +43,9 @@ if TYPE_CHECKING:
     from .vp import VirtualProcessor
 
 _M64 = 0xFFFF_FFFF_FFFF_FFFF
+_U32, _U64 = struct.Struct("<I"), struct.Struct("<Q")
+#: RAX..R15 of a context, in one unpack.
+_GPRS = struct.Struct("<16Q")
 #: Bytes of fast input in general registers (RDX, R8 / EBX:ECX, EDI:ESI) and with XMM0-5.
 FAST_REG_BYTES = 16
 FAST_XMM_BYTES = 16 + 6 * 16
@@ -66,12 +69,24 @@ class Control:
     @classmethod
     def decode(cls, value: int) -> Control:
         value &= _M64
-        return cls(code=value & 0xFFFF, fast=bool(value & H.HV_HYPERCALL_FAST_BIT),
-                   var_header_qwords=(value >> H.HV_HYPERCALL_VARHEAD_SHIFT) & 0x3FF,
-                   nested=bool(value & H.HV_HYPERCALL_NESTED),
-                   rep_count=(value >> H.HV_HYPERCALL_REP_COUNT_SHIFT) & H.HV_HYPERCALL_REP_MASK,
-                   rep_start=(value >> H.HV_HYPERCALL_REP_START_SHIFT) & H.HV_HYPERCALL_REP_MASK,
-                   reserved=value & H.HV_HYPERCALL_RSVD_MASK)
+        known = _DECODED.get(value)
+        if known is not None:
+            return known  # frozen: one object per input value (a guest repeats a few)
+        c = cls(code=value & 0xFFFF, fast=bool(value & H.HV_HYPERCALL_FAST_BIT),
+                var_header_qwords=(value >> H.HV_HYPERCALL_VARHEAD_SHIFT) & 0x3FF,
+                nested=bool(value & H.HV_HYPERCALL_NESTED),
+                rep_count=(value >> H.HV_HYPERCALL_REP_COUNT_SHIFT) & H.HV_HYPERCALL_REP_MASK,
+                rep_start=(value >> H.HV_HYPERCALL_REP_START_SHIFT) & H.HV_HYPERCALL_REP_MASK,
+                reserved=value & H.HV_HYPERCALL_RSVD_MASK)
+        if len(_DECODED) >= _MAX_CACHED:
+            _DECODED.clear()
+        _DECODED[value] = c
+        return c
+
+
+#: Decoded input values (Control.decode), and how many of each cache are kept.
+_DECODED: dict[int, Control] = {}
+_MAX_CACHED = 4096
 
 
 def encode_control(code: int, *, fast: bool = False, rep_count: int = 0, rep_start: int = 0,
@@ -131,7 +146,7 @@ class RepElements(Sequence[bytes]):
         return self._data[self._start:self._start + self._count * self._size]
 
 
-@dataclass
+@dataclass(slots=True)
 class Call:
     """One hypercall as a handler sees it."""
 
@@ -181,6 +196,9 @@ class CallSpec:
     rep_input_size: int = 0
     rep_output_size: int = 0
     variable_header: bool = False
+    #: A VP's call may run inside its engine's hook (inline.py): the handler touches no saved
+    #: registers and does not change the memory map.
+    in_hook: bool = False
 
 
 @dataclass(frozen=True)
@@ -195,6 +213,18 @@ class Outcome:
     @property
     def result(self) -> int:
         return encode_result(self.status, self.reps_completed)
+
+
+#: One shared :class:`Outcome` per status of a finished call without reps (frozen, so it can
+#: be shared): most calls end in one of a few statuses.
+_OUTCOMES: dict[int, Outcome] = {}
+
+
+def _outcome(status: int) -> Outcome:
+    out = _OUTCOMES.get(status)
+    if out is None:
+        out = _OUTCOMES[status] = Outcome(status)
+    return out
 
 
 @dataclass(frozen=True)
@@ -219,6 +249,10 @@ class HypercallTable:
     def __init__(self) -> None:
         self.specs: dict[int, CallSpec] = {}
         self.rep_budget = DEFAULT_REP_BUDGET
+        #: (input value, fast, caller's privileges, root, XMM input) -> (spec, what
+        #: :meth:`_plan` found for them).
+        self._plans: dict[tuple[int, bool, int, bool, bool],
+                          tuple[CallSpec | None, Outcome | _Plan]] = {}
         #: Called with a :class:`HypercallRecord` after every dispatch (tracing).
         self.listeners: list[Callable[[HypercallRecord], None]] = []
 
@@ -226,13 +260,14 @@ class HypercallTable:
                  rep: bool = False, root_only: bool = False, privilege: int = 0,
                  fast_ok: bool = True, input_size: int = 0, output_size: int = 0,
                  rep_input_size: int = 0, rep_output_size: int = 0,
-                 variable_header: bool = False) -> None:
+                 variable_header: bool = False, in_hook: bool = False) -> None:
         """Install (or replace) the handler for ``code``.  ``input_size``/``output_size`` are
         the fixed header sizes in bytes, ``rep_*_size`` the per-element sizes of a rep call,
         ``privilege`` partition-privilege bits the caller must hold."""
         self.specs[code] = CallSpec(code, name or H.call_name(code), handler, rep, root_only,
                                     privilege, fast_ok, input_size, output_size,
-                                    rep_input_size, rep_output_size, variable_header)
+                                    rep_input_size, rep_output_size, variable_header,
+                                    in_hook)
 
     def dispatch(self, caller: PartitionHv, vp: VirtualProcessor | None, control: int,
                  io: CallIo) -> Outcome:
@@ -249,18 +284,21 @@ class HypercallTable:
                 listener(rec)
         return out
 
-    def _dispatch(self, caller: PartitionHv, vp: VirtualProcessor | None, control: int,
-                  io: CallIo) -> Outcome:
+    def _plan(self, caller: PartitionHv, control: int, fast: bool,
+              spec: CallSpec | None) -> Outcome | _Plan:
+        """The checks that depend only on the input value, the call's spec and the caller
+        (in the order a guest sees them, module docstring): the Outcome of the first that
+        fails, else what the call needs (spec, decoded value, header, input and output
+        sizes)."""
         c = Control.decode(control)
-        spec = self.specs.get(c.code)
         if spec is None:
-            return Outcome(H.HV_STATUS_INVALID_HYPERCALL_CODE)
-        bad_input = Outcome(H.HV_STATUS_INVALID_HYPERCALL_INPUT)
+            return _outcome(H.HV_STATUS_INVALID_HYPERCALL_CODE)
+        bad_input = _outcome(H.HV_STATUS_INVALID_HYPERCALL_INPUT)
         if c.reserved or c.nested:
             return bad_input  # not a nested hypervisor: the nested bit is reserved here
         if (spec.root_only and not caller.is_root) or (
                 caller.privileges & spec.privilege) != spec.privilege:
-            return Outcome(H.HV_STATUS_ACCESS_DENIED)
+            return _outcome(H.HV_STATUS_ACCESS_DENIED)
         if spec.rep:
             if c.rep_count == 0 or c.rep_start >= c.rep_count:
                 return bad_input
@@ -271,22 +309,41 @@ class HypercallTable:
         header_size = spec.input_size + 8 * c.var_header_qwords
         in_size = header_size + c.rep_count * spec.rep_input_size
         out_size = spec.output_size + c.rep_count * spec.rep_output_size
-        if io.fast:
+        if fast:
             limit = FAST_XMM_BYTES if caller.xmm_fast_input else FAST_REG_BYTES
             if not spec.fast_ok or in_size > limit or out_size:
                 return bad_input
+        return spec, c, header_size, in_size, out_size
+
+    def _dispatch(self, caller: PartitionHv, vp: VirtualProcessor | None, control: int,
+                  io: CallIo) -> Outcome:
+        fast = io.fast
+        spec = self.specs.get(control & 0xFFFF)
+        # The value checks are the same for the same value, caller and spec: done once.
+        key = (control, fast, caller.privileges, caller.is_root,
+               fast and caller.xmm_fast_input)
+        known = self._plans.get(key)
+        if known is None or known[0] is not spec:
+            known = (spec, self._plan(caller, control, fast, spec))
+            if len(self._plans) >= _MAX_CACHED:
+                self._plans.clear()
+            self._plans[key] = known
+        plan = known[1]
+        if isinstance(plan, Outcome):
+            return plan
+        spec, c, header_size, in_size, out_size = plan
         status = io.check_output(out_size, in_size)
         if status != H.HV_STATUS_SUCCESS:
-            return Outcome(status)
+            return _outcome(status)
         data = io.read_input(in_size)
         if isinstance(data, int):
-            return Outcome(data)
+            return _outcome(data)
         elements = RepElements(data, header_size, spec.rep_input_size,
-                               c.rep_count if spec.rep else 0)
+                               c.rep_count) if spec.rep else _NO_ELEMENTS
         # The rep budget bounds how long a VP's VMCALL holds off its interrupts; the root's
         # own calls (no VP: this Python process) have nothing to hold off and run to the end.
         budget = self.rep_budget if vp is not None else c.rep_count
-        call = Call(caller, vp, c.code, io.fast, c.rep_count, c.rep_start,
+        call = Call(caller, vp, c.code, fast, c.rep_count, c.rep_start,
                     data[:spec.input_size], data[spec.input_size:header_size], elements,
                     bytearray(spec.output_size), budget)
         status = spec.handler(call) & 0xFFFF
@@ -306,7 +363,13 @@ class HypercallTable:
             return Outcome(status, done)
         if status == H.HV_STATUS_SUCCESS and spec.output_size:
             io.write_output(0, bytes(call.output))
-        return Outcome(status)
+        return _outcome(status)
+
+
+#: What :meth:`HypercallTable._plan` finds for a call that passes its value checks.
+_Plan = tuple[CallSpec, Control, int, int, int]
+#: The elements of a call without reps (read-only, so shared).
+_NO_ELEMENTS = RepElements(b"", 0, 0, 0)
 
 
 # ---- front ends ----------------------------------------------------------------------------
@@ -352,9 +415,16 @@ class MemoryIo:
     def read_input(self, size: int) -> bytes | int:
         if size == 0:
             return b""
-        if not self._block_ok(self.in_gpa, size):
+        gpa = self.in_gpa
+        if gpa & 7 or (gpa & (PAGE - 1)) + size > PAGE:
             return H.HV_STATUS_INVALID_ALIGNMENT
-        return self.mem.read(self.in_gpa, size)
+        # The block lies in one page: RAM or ROM there is one view (what _block_ok and a
+        # region read would find); anything else is not a valid input block.
+        page = self.mem.ram_page(gpa)
+        if page is None:
+            return H.HV_STATUS_INVALID_ALIGNMENT
+        view, off, _writable = page
+        return bytes(view[off:off + size])
 
     def check_output(self, size: int, input_size: int) -> int:
         if size == 0:
@@ -400,22 +470,27 @@ def vmcall_front_end(hv: PartitionHv, vp: VirtualProcessor) -> bool:
     """Handle a VMCALL/VMMCALL on ``vp``: False means #UD; True means done, RIP is then
     advanced past the 3-byte instruction by the partition (so a continuation moves RIP back)."""
     ctx = vp.ctx
+    view = ctx.view
     # Unicorn raised #UD internally for the VMCALL; a handled one must not count as the first
     # of a double fault (the SVM shutdown exit otherwise follows a few VMCALLs later).
     ctx.old_exception = -1
-    if not ctx.protected or ctx.rflags & C.RFLAGS_VM or ctx.cpl != 0:
+    # Fields read straight from the context (this runs for every hypercall, inline.py).
+    hflags = _U32.unpack_from(view, C.OFF_HFLAGS)[0]
+    if (not _U64.unpack_from(view, C.OFF_CR)[0] & C.CR0_PE
+            or _U64.unpack_from(view, C.OFF_EFLAGS)[0] & C.RFLAGS_VM
+            or hflags & C.HF_CPL_MASK):
         return False  # hypercalls are legal only at CPL 0 in protected/long mode (TLFS)
     if not hv.msrs.hypercalls_enabled:
         return False
-    long64 = bool(ctx.hflags & C.HF_CS64)
-    g = ctx.gpr
+    long64 = bool(hflags & C.HF_CS64)
+    g = _GPRS.unpack_from(view, C.OFF_REGS)
     if long64:
-        control, in_val, out_val = g(1), g(2), g(8)
+        control, in_val, out_val = g[1], g[2], g[8]
     else:
         lo = 0xFFFF_FFFF
-        control = ((g(2) & lo) << 32) | (g(0) & lo)
-        in_val = ((g(3) & lo) << 32) | (g(1) & lo)
-        out_val = ((g(7) & lo) << 32) | (g(6) & lo)
+        control = ((g[2] & lo) << 32) | (g[0] & lo)
+        in_val = ((g[3] & lo) << 32) | (g[1] & lo)
+        out_val = ((g[7] & lo) << 32) | (g[6] & lo)
     io: CallIo
     if control & H.HV_HYPERCALL_FAST_BIT:
         io = FastIo(vp, in_val, out_val)

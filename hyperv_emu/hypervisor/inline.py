@@ -22,7 +22,8 @@ What the guest sees is the same as on the slow path:
 * an STI/MOV SS shadow ends with the instruction (it covered exactly that one).
 
 The same holds for the VMCALL/VMMCALL of a hypercall whose handler touches only the
-registers of the calling convention (:meth:`InlineExits.vmcall`), and for an exception or
+registers of the calling convention, guest memory, TLBs and interrupt state (its spec says
+``in_hook``: hv_calls.py; :meth:`InlineExits.vmcall`), and for an exception or
 INT n, which is vectored into the guest right here (:meth:`InlineExits.exception`,
 delivery.py) with the count the run loop would give.
 
@@ -30,24 +31,26 @@ Anything that needs the run loop takes the slow path: counted slices (tracing, t
 instruction budget, single steps), MSR observers, a fault the instruction raises (#GP: the
 slow path performs it again and delivers the fault; a refused access has no side effect), an
 EFER or APIC-base write (they change the CPU mode or the memory map), a write to a synthetic
-MSR (its handler may map overlay pages), and, in host-clock mode, a slice during which an
-interrupt is already waiting.
+MSR not registered ``in_hook`` (SIMP, SIEFP, the hypercall and TSC pages map overlay pages;
+hv.py ``register_msr``), and, in host-clock mode, a slice during which an interrupt is
+already waiting.
 """
 
 from __future__ import annotations
 
 import ctypes
+import struct
 from typing import TYPE_CHECKING
 
 from unicorn import x86_const as X
 
 from . import context as C
-from . import hvdef as H
 from . import msr as M
 from .blockmark import count_insns, locate_insn
 from .context import CpuContext
 from .debugregs import ICEBP
 from .delivery import KIND_EXCEPTION, KIND_SOFTWARE, Event, TaskGateMet, TripleFault, deliver
+from .hv import in_hook
 from .insn_emul import _reg_operand
 from .lapic import REG_TPR
 from .memory import UnmappedAccess
@@ -69,6 +72,7 @@ _INSNS = {
 #: MSR writes left to the slow path: a mode change (EFER) or a memory-map change (APIC base).
 _SLOW_WRITES = frozenset({M.IA32_EFER, M.IA32_APIC_BASE})
 _M32 = 0xFFFF_FFFF
+_U32, _I32, _U64 = struct.Struct("<I"), struct.Struct("<i"), struct.Struct("<Q")
 _ENV_SIZE = C.CONTEXT_SIZE - C.ENV_OFFSET
 #: Exceptions that push an error code (SDM Vol. 3A, Table 6-1).
 _ERROR_CODE = frozenset({8, 10, 11, 12, 13, 14, 17, 21})
@@ -77,11 +81,6 @@ _ERROR_CODE = frozenset({8, 10, 11, 12, 13, 14, 17, 21})
 # overwrites the live CR2 with the frame's address, tbcache.py.)
 _SLOW_VECTORS = frozenset({1, 2, 8, 18})
 _VMCALLS = (bytes((0x0F, 0x01, 0xC1)), bytes((0x0F, 0x01, 0xD9)))  # VMCALL, VMMCALL
-#: Hypercalls performed inside the hook: they touch neither the VP's registers beyond the
-#: TLFS calling convention nor the memory map or the engine's TLB.
-_INLINE_CALLS = frozenset({H.HvCallNotifyLongSpinWait, H.HvCallSendSyntheticClusterIpi,
-                           H.HvCallSendSyntheticClusterIpiEx, H.HvCallPostMessage,
-                           H.HvCallSignalEvent})
 _MODE_BITS = C.HF_CS32 | C.HF_CS64
 _MAX_FOUND = 4096
 #: (linear address, length, text) of the instruction, instructions before it in its block,
@@ -178,7 +177,7 @@ class InlineExits:
     def take_ud(self) -> bool:
         """``UC_HOOK_INTR`` with vector 6: True if it was a hypercall performed here."""
         self._deferred = False
-        if self.ctx.u32(C.OFF_EXC_IS_INT):
+        if _U32.unpack_from(self.ctx.view, C.OFF_EXC_IS_INT)[0]:
             return self.exception(6)  # INT 6, not an invalid opcode
         if self.vmcall():
             return True
@@ -258,36 +257,43 @@ class InlineExits:
         """Inside the #UD raised for a VMCALL/VMMCALL: perform the hypercall now, on the live
         state, and resume after it; False if the slow path must (nothing has changed then).
         The hypercall handler sees the live state through ``vp.ctx``/``vp.mmu`` while it
-        runs."""
+        runs.  Fields are read straight from the state's bytes: this runs for every
+        hypercall."""
         vp = self.vp
         part = vp.partition
-        if (not self.enabled or vp._dirty or vp._counting or part.vmcall_handler is None
+        handler = part.vmcall_handler
+        if (not self.enabled or vp._dirty or vp._counting or handler is None
                 or part.observers.before_hypercall):
             return False
         ctx = self.ctx
-        hf = ctx.hflags
-        bits = 64 if hf & C.HF_CS64 else 32 if hf & C.HF_CS32 else 16
-        rip = ctx.rip
-        linear = rip if bits == 64 else (ctx.seg(C.SEG_CS).base + rip) & _M32
+        view = ctx.view
+        hf = _U32.unpack_from(view, C.OFF_HFLAGS)[0]
+        rip = _U64.unpack_from(view, C.OFF_EIP)[0]
+        if hf & C.HF_CS64:
+            bits, linear = 64, rip
+        else:
+            bits = 32 if hf & C.HF_CS32 else 16
+            linear = (ctx.seg(C.SEG_CS).base + rip) & _M32
+        mmu = self.mmu
         try:
-            if self.mmu.read(linear, 3, fetch=True) not in _VMCALLS:
+            if mmu.read(linear, 3, fetch=True) not in _VMCALLS:
                 return False
         except (GuestFault, UnmappedAccess):
             return False
-        control = ctx.gpr(1) if bits == 64 else ctx.gpr(0)
-        if control & 0xFFFF not in _INLINE_CALLS:
+        control = _U64.unpack_from(view, C.OFF_REGS + (8 if bits == 64 else 0))[0]
+        if not in_hook(part, control & 0xFFFF):
             return False
         s = vp.blocks.state
         last, cur = s.last, s.cur
-        k = count_insns(self.mmu.read, last, bits, linear)
+        k = count_insns(mmu.read, last, bits, linear)
         if k is None or k >= cur:
             return False
         retired = s.retired
         s.retired, s.cur = retired - cur + k + 1, 1
         saved = vp.ctx, vp.mmu
-        vp.ctx, vp.mmu = ctx, self.mmu
+        vp.ctx, vp.mmu = ctx, mmu
         try:
-            done = part.vmcall_handler(vp)
+            done = handler(vp)
         except Exception:  # noqa: BLE001 - the slow path runs it again and reports it
             done = False
         finally:
@@ -297,18 +303,20 @@ class InlineExits:
             s.retired, s.cur = retired, cur
             return False
         # A continuation moved RIP back by 3 (hypercall.py): the VMCALL then runs again.
-        nxt = (ctx.rip + 3) & (0xFFFF_FFFF_FFFF_FFFF if bits == 64 else _M32)
+        nxt = (_U64.unpack_from(view, C.OFF_EIP)[0] + 3) & (
+            0xFFFF_FFFF_FFFF_FFFF if bits == 64 else _M32)
         self._resume(nxt)
         return True
 
     def _resume(self, nxt: int) -> None:
         """Go on at EIP ``nxt`` once the hook returns."""
-        ctx = self.ctx
+        view = self.ctx.view
         # Unicorn sets EIP from exception_next_eip around the hook: both point there.
-        ctx.rip = nxt
-        ctx.set_u64(C.OFF_EXC_NEXT_EIP, nxt)
-        ctx.hflags = ctx.hflags & ~C.HF_INHIBIT_IRQ
-        ctx.old_exception = -1
+        _U64.pack_into(view, C.OFF_EIP, nxt)
+        _U64.pack_into(view, C.OFF_EXC_NEXT_EIP, nxt)
+        _U32.pack_into(view, C.OFF_HFLAGS,
+                       _U32.unpack_from(view, C.OFF_HFLAGS)[0] & ~C.HF_INHIBIT_IRQ & _M32)
+        _I32.pack_into(view, C.OFF_OLD_EXCEPTION, -1)
         # The rest of the block is not executed: nothing of it is counted, and a slice that
         # stops before the next block entry has retired exactly this.
         self.vp.blocks.state.cur = 0
@@ -374,7 +382,9 @@ class InlineExits:
                 return False
             index = ctx.gpr(1) & _M32
             if ctx.u32(C.OFF_ERROR_CODE) & 1:
-                if index in _SLOW_WRITES or index in vp.partition.msr_handlers:
+                part = vp.partition
+                if index in _SLOW_WRITES or (index in part.msr_handlers
+                                             and index not in part.msr_writes_in_hook):
                     return False
                 M.msr_write(vp, index, (ctx.gpr(0) & _M32) | ((ctx.gpr(2) & _M32) << 32))
             else:

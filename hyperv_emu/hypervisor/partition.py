@@ -26,7 +26,7 @@ from . import context as C
 from . import debugregs, insn_emul, smp
 from . import exits as E
 from . import msr as M
-from .blockmark import count_insns, locate_insn
+from .blockmark import count_insns, hlt_at_block_end, locate_insn
 from .context import self_test
 from .cpuid import CpuidModel
 from .deferred import drain_deferred
@@ -150,6 +150,8 @@ class Partition:
         #: Extra/overriding MSRs: index -> (read(vp) -> value, write(vp, value)).  Raise
         #: ``hyperv_emu.hypervisor.mmu.GuestFault(13, 0)`` for #GP.
         self.msr_handlers: dict[int, tuple[M.MsrRead, M.MsrWrite]] = {}
+        #: Indices in msr_handlers whose write may run inside the VP's hook (inline.py).
+        self.msr_writes_in_hook: set[int] = set()
         #: VMCALL/VMMCALL handler (hypercalls, a later layer): return True when handled (RIP
         #: is then advanced past the 3-byte instruction), False to raise #UD.
         self.vmcall_handler: VmcallHandler | None = None
@@ -669,6 +671,12 @@ class Partition:
         last, size = gate.last, int(gate.state.size)
         target: int | None = vp.linear_rip()
         if exit_ is not None and exit_[0] == "intr" and exit_[1] >= EXCP_VMEXIT:
+            if exit_[1] - EXCP_VMEXIT == SVM_EXIT_HLT:
+                # HLT ends its block: found without a disassembler (blockmark.py).
+                found = hlt_at_block_end(vp.mmu.read, last, size, bits)
+                if found is not None:
+                    vp._intercepted = found
+                    return before + cur - 1
             ids = _INTERCEPTED_INSNS.get(exit_[1] - EXCP_VMEXIT)
             found = None if ids is None else locate_insn(vp.mmu.read, last, bits, ids, size)
             vp._intercepted = found  # _svm_exit's too: decoded once per exit

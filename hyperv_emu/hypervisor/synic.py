@@ -442,21 +442,27 @@ class Synic:
         reg = self.hv.register_msr
         of = self._of
         if priv & H.HV_MSR_SYNIC_AVAILABLE:
+            # in_hook: writes that only edit SynIC state, queue or deliver messages into
+            # the (already mapped) SIM/SIEF pages and raise interrupts; SIMP/SIEFP map pages.
             reg(H.HV_X64_MSR_SCONTROL, lambda vp: of(vp).scontrol,
-                lambda vp, v: of(vp).write_scontrol(v))
+                lambda vp, v: of(vp).write_scontrol(v), in_hook=True)
             reg(H.HV_X64_MSR_SVERSION, lambda vp: HV_SYNIC_VERSION, _read_only)
             reg(H.HV_X64_MSR_SIEFP, lambda vp: of(vp).siefp,
                 lambda vp, v: of(vp).write_siefp(v))
             reg(H.HV_X64_MSR_SIMP, lambda vp: of(vp).simp, lambda vp, v: of(vp).write_simp(v))
-            reg(H.HV_X64_MSR_EOM, lambda vp: 0, lambda vp, v: of(vp).write_eom(v))
+            reg(H.HV_X64_MSR_EOM, lambda vp: 0, lambda vp, v: of(vp).write_eom(v),
+                in_hook=True)
             for n in range(SINT_COUNT):
-                reg(H.HV_X64_MSR_SINT0 + n, self._sint_reader(n), self._sint_writer(n))
+                reg(H.HV_X64_MSR_SINT0 + n, self._sint_reader(n), self._sint_writer(n),
+                    in_hook=True)
         if priv & H.HV_MSR_SYNTIMER_AVAILABLE:
+            # Timer writes arm the virtual clock, which ends the running slice at the new
+            # deadline as a port or MMIO callback's timer would.
             for n in range(STIMER_COUNT):
                 reg(H.HV_X64_MSR_STIMER0_CONFIG + 2 * n, self._timer_reader(n, False),
-                    self._timer_writer(n, False))
+                    self._timer_writer(n, False), in_hook=True)
                 reg(H.HV_X64_MSR_STIMER0_COUNT + 2 * n, self._timer_reader(n, True),
-                    self._timer_writer(n, True))
+                    self._timer_writer(n, True), in_hook=True)
 
     def _sint_reader(self, n: int) -> Callable[[VirtualProcessor], int]:
         return lambda vp: self._of(vp).sint[n]

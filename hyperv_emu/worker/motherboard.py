@@ -107,8 +107,13 @@ class Motherboard:
 
     def offers_block(self, port: int) -> bool:
         """Whether the device at ``port`` moves REP INS/OUTS data in bursts there."""
-        device = self._owner(port)
-        return device is not None and device.offers_block(port)
+        device = self._ports.get(port)
+        if device is None:
+            device = self._dyn_ports.get(port)
+        # Asked at every guest IN/OUT: a device that keeps Device's answer (never) is not
+        # called.
+        return (device is not None and type(device).offers_block is not Device.offers_block
+                and device.offers_block(port))
 
     def io_read_block(self, port: int, size: int, count: int) -> bytes:
         """Up to ``count`` IN elements from the device at ``port`` in one burst."""

@@ -33,7 +33,6 @@ import struct
 import sys
 import zlib
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from hyperv_emu.hypervisor.memory import PAGE, GuestMemory
@@ -144,6 +143,8 @@ def encode(memory: GuestMemory, level: int = 1) -> bytes:
             else:
                 runs.append((gpa, pages))
             chunks.append(chunk)
+    from concurrent.futures import ThreadPoolExecutor  # only when saving (start-up cost)
+
     with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
         packed = list(pool.map(lambda c: zlib.compress(c, level), chunks))
     head = [_HEAD.pack(MAGIC, FORMAT, PAGE, len(ranges))]
@@ -186,6 +187,8 @@ def decode(blob: bytes) -> RamImage:
             pos += _COUNT.size + length
         if pos != len(blob) - DIGEST:
             raise RamImageError("memory file is damaged (chunks do not fill it)")
+        from concurrent.futures import ThreadPoolExecutor  # only when restoring
+
         with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
             data = b"".join(pool.map(zlib.decompress, packed))
     except (struct.error, zlib.error) as exc:
