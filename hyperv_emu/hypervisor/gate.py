@@ -37,6 +37,7 @@ import ctypes
 import mmap
 import platform
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import unicorn
@@ -176,6 +177,9 @@ class BlockGate:
         s.stop_fn = ctypes.cast(uclib.uc_emu_stop, ctypes.c_void_p).value
         self._miss_cb = _HOOK_BLOCK_CFUNC(self._on_miss)
         s.miss_fn = ctypes.cast(self._miss_cb, ctypes.c_void_p).value
+        #: Called with (address, size) at each table miss, after the TLB drop (xmodify.py
+        #: records the pages of new blocks with it); None: nobody needs it.
+        self.on_new_block: Callable[[int, int], None] | None = None
         self.native = False
         callback = _native_callback() if native else None
         handle = ctypes.c_size_t()
@@ -209,6 +213,8 @@ class BlockGate:
         it would leave the new block stale (Linux's alternatives: a patched-out CALL still ran).
         Refilled entries carry TLB_NOTDIRTY again.  Guest: smc_alias64."""
         flush_tlb(self._uc)
+        if self.on_new_block is not None:
+            self.on_new_block(address, size)
         icount = self._icount(address, size)
         s = self.state
         s.retired += icount

@@ -356,6 +356,9 @@ class Partition:
         self.vps.append(vp)
         if len(self.vps) == 2:
             smp.RoundRobin(self)  # becomes self.scheduler
+        if self.scheduler is not None:
+            for each in self.vps:
+                smp.watch_code(each)
         return vp
 
     def request_stop(self, reason: str = "stop") -> None:
@@ -495,6 +498,7 @@ class Partition:
             return None
         if self.scheduler is not None:
             smp.arm_pause(vp)
+            smp.before_delivery(self, vp)
         ctx = vp.ctx
         if vp.pending:
             ex = self._deliver(vp, vp.pending.pop(0))

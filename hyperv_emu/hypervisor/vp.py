@@ -33,6 +33,7 @@ from .msr_table import MsrFile
 if TYPE_CHECKING:
     from .exits import RunExit
     from .partition import Partition
+    from .xmodify import CodePages
 
 #: ``until`` address for emu_start: non-canonical, so never reached (reaching it would show up
 #: as a HLT exit with the intercept on).
@@ -105,6 +106,8 @@ class VirtualProcessor:
         self.wait_for_sipi = False
         self.init_pending = False
         self.sipi_vector: int | None = None
+        #: With several VPs, the code pages this engine translated (xmodify.py).
+        self.code_pages: CodePages | None = None
         #: This VP's local APIC (IA32_APIC_BASE lives in it).  It becomes the interrupt
         #: source when the worker wires it with :meth:`set_interrupt_source`.
         self.lapic = LocalApic(self)
@@ -224,6 +227,8 @@ class VirtualProcessor:
             c, d = self.lapic.cpuid_leaf1(c, d)
         regs[0], regs[3], regs[1], regs[2] = (a & 0xFFFF_FFFF, b & 0xFFFF_FFFF,
                                               c & 0xFFFF_FFFF, d & 0xFFFF_FFFF)
+        if self.code_pages is not None and self.code_pages.serialize():
+            self._end_slice_soon()  # CPUID serializes: code another VP changed is dropped
         if self.partition.observers.cpuid:
             from .observe import cpuid_event
             self.partition.observers.emit(cpuid_event(self, leaf, subleaf, (a, b, c, d)))
