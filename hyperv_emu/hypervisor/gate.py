@@ -178,8 +178,8 @@ class BlockGate:
         self._miss_cb = _HOOK_BLOCK_CFUNC(self._on_miss)
         s.miss_fn = ctypes.cast(self._miss_cb, ctypes.c_void_p).value
         #: Called with (address, size) at each table miss, after the TLB drop (xmodify.py
-        #: records the pages of new blocks with it); None: nobody needs it.
-        self.on_new_block: Callable[[int, int], None] | None = None
+        #: records the pages of new blocks with it); True ends the slice before the block.
+        self.on_new_block: Callable[[int, int], bool] | None = None
         self.native = False
         callback = _native_callback() if native else None
         handle = ctypes.c_size_t()
@@ -213,8 +213,12 @@ class BlockGate:
         it would leave the new block stale (Linux's alternatives: a patched-out CALL still ran).
         Refilled entries carry TLB_NOTDIRTY again.  Guest: smc_alias64."""
         flush_tlb(self._uc)
-        if self.on_new_block is not None:
-            self.on_new_block(address, size)
+        if self.on_new_block is not None and self.on_new_block(address, size):
+            # Code of this block's page changed behind the engine's back (xmodify.py): stop
+            # before the block runs, as a limit stop does, so the run loop can drop it.
+            self.state.cur = 0
+            self._uc.emu_stop()
+            return
         icount = self._icount(address, size)
         s = self.state
         s.retired += icount

@@ -356,9 +356,6 @@ class Partition:
         self.vps.append(vp)
         if len(self.vps) == 2:
             smp.RoundRobin(self)  # becomes self.scheduler
-        if self.scheduler is not None:
-            for each in self.vps:
-                smp.watch_code(each)
         return vp
 
     def request_stop(self, reason: str = "stop") -> None:
@@ -498,7 +495,10 @@ class Partition:
             return None
         if self.scheduler is not None:
             smp.arm_pause(vp)
-            smp.before_delivery(self, vp)
+        # Code changed behind the engine's back (xmodify.py); with several VPs an interrupt
+        # about to be delivered serializes (its handler's IRET) against the other VPs' stores.
+        vp.code_pages.before_slice(self.scheduler is not None and bool(
+            vp.pending or vp.nmi_pending or self._interrupt_ready(vp)))
         ctx = vp.ctx
         if vp.pending:
             ex = self._deliver(vp, vp.pending.pop(0))

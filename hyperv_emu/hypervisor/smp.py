@@ -214,22 +214,3 @@ def cross_vp_message(sender: VirtualProcessor | None, targets: list[VirtualProce
         scheduler.yielded = True
         sender.notify_interrupt()
 
-
-def watch_code(vp: VirtualProcessor) -> None:
-    """With several VPs: keep ``vp``'s engine from running code another VP rewrote
-    (xmodify.py); the gate reports the new blocks."""
-    if vp.code_pages is None:
-        from .xmodify import CodePages
-
-        vp.code_pages = CodePages(vp, vp.inline.mmu)
-        vp.blocks.on_new_block = vp.code_pages.new_block
-
-
-def before_delivery(partition: Partition, vp: VirtualProcessor) -> None:
-    """Before ``vp``'s slice: bring its translated code up to date with other VPs' stores if
-    an interrupt, NMI or event is about to be delivered (its handler's IRET serializes: SDM
-    9.1.3) or its last CPUID found a change (xmodify.py)."""
-    pages = vp.code_pages
-    if pages is not None and (pages.stale or vp.pending or vp.nmi_pending
-                              or partition._interrupt_ready(vp)):
-        pages.sync()

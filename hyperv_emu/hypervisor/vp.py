@@ -29,11 +29,11 @@ from .inline import InlineExits
 from .lapic import LocalApic
 from .mmu import Mmu
 from .msr_table import MsrFile
+from .xmodify import CodePages
 
 if TYPE_CHECKING:
     from .exits import RunExit
     from .partition import Partition
-    from .xmodify import CodePages
 
 #: ``until`` address for emu_start: non-canonical, so never reached (reaching it would show up
 #: as a HLT exit with the intercept on).
@@ -106,8 +106,6 @@ class VirtualProcessor:
         self.wait_for_sipi = False
         self.init_pending = False
         self.sipi_vector: int | None = None
-        #: With several VPs, the code pages this engine translated (xmodify.py).
-        self.code_pages: CodePages | None = None
         #: This VP's local APIC (IA32_APIC_BASE lives in it).  It becomes the interrupt
         #: source when the worker wires it with :meth:`set_interrupt_source`.
         self.lapic = LocalApic(self)
@@ -138,6 +136,9 @@ class VirtualProcessor:
         self.blocks = BlockGate(self.uc)
         #: SVM intercepts performed inside the hook, without ending the slice (inline.py).
         self.inline = InlineExits(self)
+        #: The pages this engine translated code from, to drop blocks gone stale (xmodify.py).
+        self.code_pages = CodePages(self, self.inline.mmu)
+        self.blocks.on_new_block = self.code_pages.new_block
         #: DR0-DR7, kept here rather than in the engine (debugregs.py).
         self.debug = DebugRegisters(self)
         self.reset()
@@ -227,7 +228,7 @@ class VirtualProcessor:
             c, d = self.lapic.cpuid_leaf1(c, d)
         regs[0], regs[3], regs[1], regs[2] = (a & 0xFFFF_FFFF, b & 0xFFFF_FFFF,
                                               c & 0xFFFF_FFFF, d & 0xFFFF_FFFF)
-        if self.code_pages is not None and self.code_pages.serialize():
+        if self.code_pages.serialize():
             self._end_slice_soon()  # CPUID serializes: code another VP changed is dropped
         if self.partition.observers.cpuid:
             from .observe import cpuid_event

@@ -56,32 +56,42 @@ class CodePages:
         #: The partition's instruction count when this VP last compared (other VPs' turns
         #: advance it; so do this VP's own, which is harmless).
         self._checked_at = -1
-        #: The serializing instruction found a change: the run loop drops it before the slice.
-        self.stale = False
+        #: Pages found changed inside a hook (a new block's page, a serializing instruction):
+        #: their blocks are dropped before the next slice.
+        self.pending: set[int] = set()
         #: Pages found changed and dropped since the VP was created (for tests and reports).
         self.dropped = 0
 
     # ---- recording (the gate's table miss, inside the hook) ---------------------------------
-    def new_block(self, address: int, size: int) -> None:
-        """A block at linear ``address`` of ``size`` bytes is being entered for the first time
-        (or again after its table entry was evicted): remember the pages it came from."""
-        self._record(address)
+    def new_block(self, address: int, size: int) -> bool:
+        """A block at linear ``address`` of ``size`` bytes is about to run, first seen by the
+        gate: remember the pages it came from, or, where a page it comes from no longer
+        holds what it held when code from it was translated, return True: blocks of that
+        page may be stale and the slice must end before this one runs (:meth:`before_slice`
+        drops them)."""
+        stale = self._record(address)
         last = address + max(size, 1) - 1
         if (last ^ address) & _MASK:
-            self._record(last)
+            stale = self._record(last) or stale
+        return stale
 
-    def _record(self, linear: int) -> None:
+    def _record(self, linear: int) -> bool:
         try:
             phys = self._mmu.translate(linear, fetch=True) & _MASK
         except GuestFault:
-            return
-        if phys in self.pages:
-            return
+            return False
         hit = self.vp.partition.memory.ram_page(phys)
         if hit is None or not hit[2]:
-            return  # ROM and MMIO: no VP can rewrite them
+            return False  # ROM and MMIO: no VP can rewrite them
         view, off, _ = hit
-        self.pages[phys] = bytes(view[off:off + PAGE])
+        copy = self.pages.get(phys)
+        if copy is None:
+            self.pages[phys] = bytes(view[off:off + PAGE])
+            return False
+        if view[off:off + PAGE] == copy:
+            return False
+        self.pending.add(phys)
+        return True
 
     # ---- checking ------------------------------------------------------------------------------
     def _changed(self) -> list[int]:
@@ -106,29 +116,29 @@ class CodePages:
         return True
 
     def serialize(self) -> bool:
-        """A serializing instruction (inside its hook): True if another VP changed code this
-        engine holds, which the run loop must drop before the next block runs
-        (:attr:`stale` is set; the caller ends the slice)."""
-        if self._due() and self._changed():
-            self.stale = True
-        return self.stale
+        """A serializing instruction (inside its hook): True if code this engine holds has
+        changed since it was translated (another VP's stores, or stores this engine's own
+        store check missed); the caller ends the slice and :meth:`before_slice` drops it."""
+        if self._due():
+            self.pending.update(self._changed())
+        return bool(self.pending)
 
-    def sync(self) -> None:
-        """In the run loop, with the engine stopped: drop the translations of every recorded
-        page that changed (after an interrupt is delivered, or a serializing instruction
-        found a change)."""
-        force, self.stale = self.stale, False
-        if not (self._due() or force):
-            return
-        changed = self._changed()
+    def before_slice(self, delivering: bool) -> None:
+        """In the run loop, with the engine stopped: drop the translations of the pages found
+        changed in a hook and, when an interrupt or event is about to be delivered with
+        several VPs (its handler's IRET serializes), of every recorded page that changed."""
+        changed = self.pending
+        self.pending = set()
+        if delivering and self._due():
+            changed.update(self._changed())
         if not changed:
             return
         for phys in changed:
-            del self.pages[phys]
+            self.pages.pop(phys, None)
         self.dropped += len(changed)
         vp = self.vp
         vp._flush()  # the engine's live state is the VP's (CR0 is edited there)
         live = vp.inline.ctx
         remove_cache_physical(vp.uc, (lambda: live.cr(0), lambda v: live.set_cr(0, v)),
-                              changed)
+                              sorted(changed))
         vp.blocks.forget()  # a block retranslated with its old start and size must count anew
