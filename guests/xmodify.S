@@ -15,7 +15,8 @@
 #   handler calls `patched` and records AX.
 # Serial output:  xmodify: first 0001 after cpuid 0002 in ipi 0003
 #                 PASS
-# Exit status 1 (PASS) or 3 (FAIL: reason).  Needs -smp 2 or more (only AP 1 takes part).
+# Exit status 1 (PASS) or 3 (FAIL: reason).  With -smp 2 or more AP 1 takes part; with one
+# processor (no AP checks in) the BSP runs the AP's part itself, with a self IPI.
 
 .include "boot.inc"
 
@@ -52,8 +53,9 @@ main:
     movl $0x000C4600+SIPI_VECTOR, %fs:ICR_LO(%ebx)   # STARTUP 01h
     movl $0x000C4600+SIPI_VECTOR, %fs:ICR_LO(%ebx)   # STARTUP 01h again (ignored if running)
     movw $STAGE, %di
-    call wait_nonzero
-    jc fail_start
+    movl $0x10000, %ecx          # ample for a started AP (PAUSE hands it the turn)
+    call wait_nonzero_ecx
+    jc solo
     # Cross-modify, then signal: the AP serializes with CPUID before it calls again.
     movw $2, (patched+1)
     movw $1, (GO)
@@ -67,6 +69,7 @@ main:
     movw $SEEN3, %di
     call wait_nonzero
     jc fail_ipi
+report:
     movw $msg_first, %si
     call puts
     movw (SEEN1), %ax
@@ -88,10 +91,33 @@ main:
     jne fail_values
     jmp pass
 
+# One processor: the same steps on the BSP (self-modifying code), the IPI sent to itself.
+solo:
+    call patched
+    movw %ax, (SEEN1)
+    movw $2, (patched+1)
+    xorl %eax, %eax
+    cpuid
+    call patched
+    movw %ax, (SEEN2)
+    movw $3, (patched+1)
+    sti
+    movl $APIC, %ebx             # (CPUID wrote EBX)
+    movl $0x00044064, %fs:ICR_LO(%ebx)   # self, fixed, vector 64h
+    movw $SEEN3, %di
+    call wait_nonzero
+    jc fail_ipi
+    cli
+    jmp report
+
 # wait_nonzero: wait (bounded, PAUSE) until the word at DI is nonzero; CF=1 if it never is.
+# wait_nonzero_ecx: the same with the bound in ECX.
 wait_nonzero:
     pushl %ecx
     movl $0x200000, %ecx
+    jmp wn_loop
+wait_nonzero_ecx:
+    pushl %ecx
 wn_loop:
     cmpw $0, (%di)
     jne wn_done
@@ -140,7 +166,7 @@ ap_idle:
     hlt
     jmp ap_idle
 
-ap_ipi:                          # vector 64h on the AP
+ap_ipi:                          # vector 64h on the AP (on the BSP with one processor)
     pushw %ax
     call patched
     movw %ax, (SEEN3)
@@ -148,9 +174,6 @@ ap_ipi:                          # vector 64h on the AP
     popw %ax
     iret
 
-fail_start:
-    movw $f_start, %si
-    jmp fail
 fail_second:
     movw $f_second, %si
     jmp fail
@@ -167,7 +190,6 @@ fail_values:
 msg_first:   .asciz "xmodify: first "
 msg_cpuid:   .asciz " after cpuid "
 msg_ipi:     .asciz " in ipi "
-f_start:     .asciz "AP 1 did not start"
 f_second:    .asciz "AP 1 did not call after GO"
 f_ipi:       .asciz "AP 1 did not take the IPI"
 f_values:    .asciz "AP 1 ran code older than the BSP's last change"

@@ -1,32 +1,36 @@
-"""Cross-modifying code between VPs: code one VP rewrites must not run stale on another.
+"""Translated code gone stale behind an engine's back: stores its own check missed, and stores
+made by other VPs.
 
-Every VP has its own Unicorn engine over the same guest RAM.  An engine notices a store into
-code *it* translated (QEMU's not-dirty TLB entries, gate.py), but not a store made by another
-engine: without this module, code patched on VP 0 (Linux's text_poke for static keys and
-jump labels, the SDM's example of cross-modifying code) keeps running in its old form on
-VP 1 for as long as VP 1's engine holds the translation.
+Unicorn notices a store into translated code only through TLB entries flagged not-dirty, and
+the first store through an entry clears the flag (docs/ENGINE.md): a REP MOVSD copying a
+whole page over translated code invalidates only the blocks its first store touched, and the
+rest of the page's blocks run stale (ISOLINUX's shuffler copying Linux over the memory its own
+32-bit code ran from).  And every VP has its own engine over the same RAM, which does not see
+the other engines' stores at all: code patched on VP 0 (Linux's text_poke for static keys and
+jump labels) would keep running in its old form on VP 1.
 
-What the architecture promises (Intel SDM Vol. 3A 9.1.3 "Handling Self- and Cross-Modifying
-Code"): the modifying processor writes the code and then signals the executing processor,
-which executes a serializing instruction (CPUID, for one) before it executes the modified
-code; Linux does the same with an IPI to every other CPU whose handler returns through IRET
-(``text_poke_sync``).  So the executing VP is brought up to date at two points the hypervisor
-sees, with any change made by another VP since:
+What the architecture promises for the second case (Intel SDM Vol. 3A 9.1.3 "Handling Self-
+and Cross-Modifying Code"): the modifying processor writes the code and then signals the
+executing processor, which executes a serializing instruction (CPUID, for one) before it runs
+the modified code; Linux does the same with an IPI to every other CPU whose handler returns
+through IRET (``text_poke_sync``).  So an engine's code is checked against memory:
 
-* its CPUID exit (:meth:`CodePages.serialize`, inside the hook: a change found ends the slice
-  at the next block entry, before any stale block runs);
-* the delivery of an external interrupt, NMI or IPI by the run loop
-  (:meth:`CodePages.sync`): the handler's IRET is serializing, and the modified code can only
-  run after it.
+* at each block the gate sees for the first time (its table miss), for the block's page(s):
+  a change there ends the slice before the new block runs (the first case: code just copied
+  in is entered through blocks not translated before);
+* at its CPUID exit, every page (:meth:`CodePages.serialize`, inside the hook; a change ends
+  the slice at the next block entry, before any stale block runs);
+* with several VPs, before the run loop delivers an interrupt, NMI or event to the VP, every
+  page (:meth:`CodePages.before_slice`): the handler's IRET serializes, and the modified code
+  can only run after it.  These whole checks run only when the clock has moved since the
+  VP's last one.
 
-How: for each guest-physical page an engine translated code from (seen at the block gate's
-table miss, which is where a new block is first entered), a copy of the page as it was then.
-A check compares each copy with RAM (a memcmp per page); a page that differs loses its
-translated blocks in this engine (by physical address: tbcache.remove_cache_physical) and its
-block counts in the gate, and its copy is taken again when code from it is next translated.
-A check is made only when the clock has moved since this VP's last one, and only with several
-VPs.  Pages the VP itself wrote compare as changed too, which only costs a retranslation.
-Host (DMA) writes into code are not this module's concern.
+How: for each guest-physical RAM page an engine translated code from, a copy of the bytes its
+blocks came from (the spans of the blocks, so data next to code changes nothing).  A page
+whose spans differ from memory loses its translated blocks in this engine (by physical
+address: tbcache.remove_cache_physical) and the gate forgets its block counts; its copy is
+taken again when code from it is next translated.  Host (DMA) writes into code are not this
+module's concern.
 """
 
 from __future__ import annotations
@@ -44,6 +48,39 @@ if TYPE_CHECKING:
 _MASK = ~(PAGE - 1)
 
 
+class _Page:
+    """One page an engine translated code from: its bytes as translated, and the spans
+    (start, end offsets, sorted, disjoint) that blocks came from.  Only the spans are compared,
+    so data next to code (a real-mode stack below 7C00h, variables) changes nothing."""
+
+    __slots__ = ("copy", "spans")
+
+    def __init__(self, copy: bytearray, spans: list[tuple[int, int]]) -> None:
+        self.copy = copy
+        self.spans = spans
+
+    def differs(self, view: memoryview, off: int) -> bool:
+        copy = self.copy
+        for a, b in self.spans:
+            if view[off + a:off + b] != copy[a:b]:
+                return True
+        return False
+
+    def add(self, view: memoryview, off: int, start: int, end: int) -> None:
+        """Take in a new block's span (its bytes from memory now, which :meth:`differs`
+        found equal to the copy wherever spans already covered them)."""
+        self.copy[start:end] = view[off + start:off + end]
+        spans = []
+        for a, b in self.spans:
+            if b < start or a > end:
+                spans.append((a, b))
+            else:
+                start, end = min(a, start), max(b, end)
+        spans.append((start, end))
+        spans.sort()
+        self.spans = spans
+
+
 class CodePages:
     """The code pages of one VP's engine, as they were when translated (see the module
     docstring)."""
@@ -51,8 +88,8 @@ class CodePages:
     def __init__(self, vp: VirtualProcessor, live_mmu: Mmu) -> None:
         self.vp = vp
         self._mmu = live_mmu
-        #: physical page -> the page's bytes when code from it was translated.
-        self.pages: dict[int, bytes] = {}
+        #: physical page -> what code was translated from it.
+        self.pages: dict[int, _Page] = {}
         #: The partition's instruction count when this VP last compared (other VPs' turns
         #: advance it; so do this VP's own, which is harmless).
         self._checked_at = -1
@@ -65,17 +102,17 @@ class CodePages:
     # ---- recording (the gate's table miss, inside the hook) ---------------------------------
     def new_block(self, address: int, size: int) -> bool:
         """A block at linear ``address`` of ``size`` bytes is about to run, first seen by the
-        gate: remember the pages it came from, or, where a page it comes from no longer
-        holds what it held when code from it was translated, return True: blocks of that
-        page may be stale and the slice must end before this one runs (:meth:`before_slice`
-        drops them)."""
-        stale = self._record(address)
+        gate: remember the bytes it came from, or, where code translated earlier from its
+        page(s) no longer matches memory, return True: blocks of that page may be stale and
+        the slice must end before this one runs (:meth:`before_slice` drops them)."""
         last = address + max(size, 1) - 1
-        if (last ^ address) & _MASK:
-            stale = self._record(last) or stale
-        return stale
+        if not (last ^ address) & _MASK:
+            return self._record(address, (address & ~_MASK) + (last - address) + 1)
+        stale = self._record(address, PAGE)
+        return self._record(last & _MASK, (last & ~_MASK) + 1) or stale
 
-    def _record(self, linear: int) -> bool:
+    def _record(self, linear: int, end: int) -> bool:
+        """Bytes [linear's page offset, ``end``) of linear's page hold a new block."""
         try:
             phys = self._mmu.translate(linear, fetch=True) & _MASK
         except GuestFault:
@@ -84,27 +121,25 @@ class CodePages:
         if hit is None or not hit[2]:
             return False  # ROM and MMIO: no VP can rewrite them
         view, off, _ = hit
-        copy = self.pages.get(phys)
-        if copy is None:
-            self.pages[phys] = bytes(view[off:off + PAGE])
+        start = linear & ~_MASK
+        page = self.pages.get(phys)
+        if page is None:
+            self.pages[phys] = _Page(bytearray(view[off:off + PAGE]), [(start, end)])
             return False
-        if view[off:off + PAGE] == copy:
-            return False
-        self.pending.add(phys)
-        return True
+        if page.differs(view, off):
+            self.pending.add(phys)
+            return True
+        page.add(view, off, start, end)
+        return False
 
     # ---- checking ------------------------------------------------------------------------------
     def _changed(self) -> list[int]:
-        """The recorded pages whose RAM differs from the copy."""
+        """The recorded pages whose translated bytes differ from memory now."""
         memory = self.vp.partition.memory
         out = []
-        for phys, copy in self.pages.items():
+        for phys, page in self.pages.items():
             hit = memory.ram_page(phys)
-            if hit is None:
-                out.append(phys)
-                continue
-            view, off, _ = hit
-            if view[off:off + PAGE] != copy:
+            if hit is None or page.differs(hit[0], hit[1]):
                 out.append(phys)
         return out
 
