@@ -109,6 +109,8 @@ GATE_CODE = bytes.fromhex(
 #: The table key's mode bits: hflags CS32 (bit 4) and CS64 (bit 15), moved to bits 52/63.
 _MODE_BITS = C.HF_CS32 | C.HF_CS64
 _TABLE_BITS = 12
+#: Where the mode bits land in a table key (bits 52 and 63).
+_KEY_MODE_BITS = (C.HF_CS32 << 48) | (C.HF_CS64 << 48)
 NO_LIMIT = (1 << 64) - 1
 
 
@@ -274,6 +276,20 @@ class BlockGate:
     def interrupts_enabled(self) -> bool:
         """Live IF of the running engine (valid inside hooks)."""
         return bool(self._eflags.value & C.RFLAGS_IF)
+
+    def forget_pages(self, pages: set[int]) -> None:
+        """Drop the cached counts of blocks starting in the linear ``pages`` (page-aligned).
+        A key is the address with the mode bits XORed into bits 52 and 63, which canonical
+        addresses also use, so those bits are left out of the comparison (an entry of an
+        address differing only there is dropped too: a miss, never a wrong count)."""
+        if not pages:
+            return
+        strip = NO_LIMIT ^ _KEY_MODE_BITS
+        want = {(p & strip) >> 12 for p in pages}
+        table = self._table
+        for slot in range(0, len(table), 2):
+            if (table[slot] & strip) >> 12 in want:
+                table[slot] = table[slot + 1] = 0
 
     def forget(self) -> None:
         """Drop every cached block count (after the guest's code may have changed shape)."""

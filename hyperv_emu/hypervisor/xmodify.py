@@ -53,16 +53,25 @@ class _Page:
     (start, end offsets, sorted, disjoint) that blocks came from.  Only the spans are compared,
     so data next to code (a real-mode stack below 7C00h, variables) changes nothing."""
 
-    __slots__ = ("copy", "spans")
+    __slots__ = ("copy", "spans", "linears")
 
-    def __init__(self, copy: bytearray, spans: list[tuple[int, int]]) -> None:
+    def __init__(self, copy: bytearray, spans: list[tuple[int, int]], linear: int) -> None:
         self.copy = copy
         self.spans = spans
+        #: The linear pages its blocks were entered through (the gate counts by linear
+        #: address: only those entries are forgotten when the page's blocks are dropped).
+        self.linears = {linear}
 
     def differs(self, view: memoryview, off: int) -> bool:
         copy = self.copy
         for a, b in self.spans:
             if view[off + a:off + b] != copy[a:b]:
+                return True
+        return False
+
+    def covers(self, start: int, end: int) -> bool:
+        for a, b in self.spans:
+            if a <= start and end <= b:
                 return True
         return False
 
@@ -124,12 +133,15 @@ class CodePages:
         start = linear & ~_MASK
         page = self.pages.get(phys)
         if page is None:
-            self.pages[phys] = _Page(bytearray(view[off:off + PAGE]), [(start, end)])
+            self.pages[phys] = _Page(bytearray(view[off:off + PAGE]), [(start, end)],
+                                     linear & _MASK)
             return False
         if page.differs(view, off):
             self.pending.add(phys)
             return True
-        page.add(view, off, start, end)
+        if not page.covers(start, end):  # most misses are of blocks seen before
+            page.add(view, off, start, end)
+        page.linears.add(linear & _MASK)
         return False
 
     # ---- checking ------------------------------------------------------------------------------
@@ -168,12 +180,16 @@ class CodePages:
             changed.update(self._changed())
         if not changed:
             return
+        linears: set[int] = set()
         for phys in changed:
-            self.pages.pop(phys, None)
+            page = self.pages.pop(phys, None)
+            if page is not None:
+                linears |= page.linears
         self.dropped += len(changed)
         vp = self.vp
         vp._flush()  # the engine's live state is the VP's (CR0 is edited there)
         live = vp.inline.ctx
         remove_cache_physical(vp.uc, (lambda: live.cr(0), lambda v: live.set_cr(0, v)),
                               sorted(changed))
-        vp.blocks.forget()  # a block retranslated with its old start and size must count anew
+        # A block retranslated with its old start and size must count anew.
+        vp.blocks.forget_pages(linears)
