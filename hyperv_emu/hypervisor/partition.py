@@ -497,7 +497,8 @@ class Partition:
             smp.arm_pause(vp)
         # Code changed behind the engine's back (xmodify.py); with several VPs an interrupt
         # about to be delivered serializes (its handler's IRET) against the other VPs' stores.
-        vp.code_pages.before_slice(self.scheduler is not None and bool(
+        pages = vp.code_pages
+        pages.before_slice(pages.foreign and bool(
             vp.pending or vp.nmi_pending or self._interrupt_ready(vp)))
         ctx = vp.ctx
         if vp.pending:

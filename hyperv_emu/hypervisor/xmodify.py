@@ -20,10 +20,10 @@ through IRET (``text_poke_sync``).  So an engine's code is checked against memor
   in is entered through blocks not translated before);
 * at its CPUID exit, every page (:meth:`CodePages.serialize`, inside the hook; a change ends
   the slice at the next block entry, before any stale block runs);
-* with several VPs, before the run loop delivers an interrupt, NMI or event to the VP, every
-  page (:meth:`CodePages.before_slice`): the handler's IRET serializes, and the modified code
-  can only run after it.  These whole checks run only when the clock has moved since the
-  VP's last one.
+* before the run loop delivers an interrupt, NMI or event to the VP, every page
+  (:meth:`CodePages.before_slice`): the handler's IRET serializes, and the modified code can
+  only run after it.  These whole checks run only when another VP has run since the VP's
+  last one (so never with one VP).
 
 How: for each guest-physical RAM page an engine translated code from, a copy of the bytes its
 blocks came from (the spans of the blocks, so data next to code changes nothing).  A page
@@ -99,9 +99,8 @@ class CodePages:
         self._mmu = live_mmu
         #: physical page -> what code was translated from it.
         self.pages: dict[int, _Page] = {}
-        #: The partition's instruction count when this VP last compared (other VPs' turns
-        #: advance it; so do this VP's own, which is harmless).
-        self._checked_at = -1
+        #: Another VP has run since this VP's last whole check (smp.RoundRobin.account).
+        self.foreign = False
         #: Pages found changed inside a hook (a new block's page, a serializing instruction):
         #: their blocks are dropped before the next slice.
         self.pending: set[int] = set()
@@ -156,10 +155,10 @@ class CodePages:
         return out
 
     def _due(self) -> bool:
-        now = self.vp.partition.clock.instructions
-        if now == self._checked_at or not self.pages:
+        """Whether a whole check can find anything: another VP ran since the last one."""
+        if not self.foreign or not self.pages:
             return False
-        self._checked_at = now
+        self.foreign = False
         return True
 
     def serialize(self) -> bool:
