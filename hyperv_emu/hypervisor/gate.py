@@ -37,6 +37,7 @@ import ctypes
 import mmap
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import unicorn
@@ -108,6 +109,8 @@ GATE_CODE = bytes.fromhex(
 #: The table key's mode bits: hflags CS32 (bit 4) and CS64 (bit 15), moved to bits 52/63.
 _MODE_BITS = C.HF_CS32 | C.HF_CS64
 _TABLE_BITS = 12
+#: Where the mode bits land in a table key (bits 52 and 63).
+_KEY_MODE_BITS = (C.HF_CS32 << 48) | (C.HF_CS64 << 48)
 NO_LIMIT = (1 << 64) - 1
 
 
@@ -177,6 +180,9 @@ class BlockGate:
         s.stop_fn = ctypes.cast(uclib.uc_emu_stop, ctypes.c_void_p).value
         self._miss_cb = _HOOK_BLOCK_CFUNC(self._on_miss)
         s.miss_fn = ctypes.cast(self._miss_cb, ctypes.c_void_p).value
+        #: Called with (address, size) at each table miss, after the TLB drop (xmodify.py
+        #: records the pages of new blocks with it); True ends the slice before the block.
+        self.on_new_block: Callable[[int, int], bool] | None = None
         self.native = False
         callback = _native_callback() if native else None
         handle = ctypes.c_size_t()
@@ -210,6 +216,12 @@ class BlockGate:
         it would leave the new block stale (Linux's alternatives: a patched-out CALL still ran).
         Refilled entries carry TLB_NOTDIRTY again.  Guest: smc_alias64."""
         flush_tlb(self._uc)
+        if self.on_new_block is not None and self.on_new_block(address, size):
+            # Code of this block's page changed behind the engine's back (xmodify.py): stop
+            # before the block runs, as a limit stop does, so the run loop can drop it.
+            self.state.cur = 0
+            self._uc.emu_stop()
+            return
         icount = self._icount(address, size)
         s = self.state
         s.retired += icount
@@ -265,6 +277,20 @@ class BlockGate:
     def interrupts_enabled(self) -> bool:
         """Live IF of the running engine (valid inside hooks)."""
         return bool(self._eflags.value & C.RFLAGS_IF)
+
+    def forget_pages(self, pages: set[int]) -> None:
+        """Drop the cached counts of blocks starting in the linear ``pages`` (page-aligned).
+        A key is the address with the mode bits XORed into bits 52 and 63, which canonical
+        addresses also use, so those bits are left out of the comparison (an entry of an
+        address differing only there is dropped too: a miss, never a wrong count)."""
+        if not pages:
+            return
+        strip = NO_LIMIT ^ _KEY_MODE_BITS
+        want = {(p & strip) >> 12 for p in pages}
+        table = self._table
+        for slot in range(0, len(table), 2):
+            if (table[slot] & strip) >> 12 in want:
+                table[slot] = table[slot + 1] = 0
 
     def forget(self) -> None:
         """Drop every cached block count (after the guest's code may have changed shape)."""

@@ -497,6 +497,11 @@ class Partition:
             return None
         if self.scheduler is not None:
             smp.arm_pause(vp)
+        # Code changed behind the engine's back (xmodify.py); with several VPs an interrupt
+        # about to be delivered serializes (its handler's IRET) against the other VPs' stores.
+        pages = vp.code_pages
+        pages.before_slice(pages.foreign and bool(
+            vp.pending or vp.nmi_pending or self._interrupt_ready(vp)))
         ctx = vp.ctx
         if vp.pending:
             ex = self._deliver(vp, vp.pending.pop(0))

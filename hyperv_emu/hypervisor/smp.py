@@ -91,6 +91,10 @@ class RoundRobin:
     def account(self, vp: VirtualProcessor, retired: int) -> None:
         """``vp``'s slice retired ``retired`` instructions: end its turn if it is over."""
         self.used += retired
+        if retired:  # the others' code may now be stale (xmodify.py)
+            for other in self.partition.vps:
+                if other is not vp:
+                    other.code_pages.foreign = True
         if self.yielded or vp.halted or vp.wait_for_sipi or self.used >= self.quantum:
             self.turn = (self.turn + 1) % len(self.partition.vps)
             self.used = 0
@@ -213,3 +217,4 @@ def cross_vp_message(sender: VirtualProcessor | None, targets: list[VirtualProce
     if scheduler is not None and any(t is not sender for t in targets):
         scheduler.yielded = True
         sender.notify_interrupt()
+

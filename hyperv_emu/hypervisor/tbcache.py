@@ -65,3 +65,28 @@ def remove_cache(uc: Any, begin: int, end: int) -> None:
     cr2.value, exc[0], exc[1], old.value = saved
     if status != unicorn.UC_ERR_OK:
         raise unicorn.UcError(status)
+
+
+def remove_cache_physical(uc: Any, live_cr0: Any, pages: list[int]) -> None:
+    """Drop the translated blocks of the guest-physical 4 KiB ``pages`` (between slices).
+
+    UC_CTL_TB_REMOVE_CACHE takes a linear address and finds its page through the engine's
+    MMU (``get_page_addr_code``); with CR0.PG clear a linear address *is* the physical one
+    (in long mode too: the 32-bit truncation applies only without EFER.LMA), so paging is
+    switched off in the engine's live state for the calls, with the TLB dropped before (an
+    entry of the paged address space for the same number would be used) and after (the
+    identity entries just made must not outlive the calls).  ``live_cr0`` is a
+    ``(get, set)`` pair on the live CR0.  No guest fault can arise: without paging every
+    address translates, and a page outside RAM is skipped by Unicorn itself."""
+    from .engine import flush_tlb
+
+    get, put = live_cr0
+    cr0 = get()
+    put(cr0 & ~(1 << 31))
+    flush_tlb(uc)
+    try:
+        for page in pages:
+            remove_cache(uc, page, page + 0x1000)
+    finally:
+        put(cr0)
+        flush_tlb(uc)

@@ -29,6 +29,7 @@ from .inline import InlineExits
 from .lapic import LocalApic
 from .mmu import Mmu
 from .msr_table import MsrFile
+from .xmodify import CodePages
 
 if TYPE_CHECKING:
     from .exits import RunExit
@@ -135,6 +136,9 @@ class VirtualProcessor:
         self.blocks = BlockGate(self.uc)
         #: SVM intercepts performed inside the hook, without ending the slice (inline.py).
         self.inline = InlineExits(self)
+        #: The pages this engine translated code from, to drop blocks gone stale (xmodify.py).
+        self.code_pages = CodePages(self, self.inline.mmu)
+        self.blocks.on_new_block = self.code_pages.new_block
         #: DR0-DR7, kept here rather than in the engine (debugregs.py).
         self.debug = DebugRegisters(self)
         self.reset()
@@ -224,6 +228,8 @@ class VirtualProcessor:
             c, d = self.lapic.cpuid_leaf1(c, d)
         regs[0], regs[3], regs[1], regs[2] = (a & 0xFFFF_FFFF, b & 0xFFFF_FFFF,
                                               c & 0xFFFF_FFFF, d & 0xFFFF_FFFF)
+        if self.code_pages.serialize():
+            self._end_slice_soon()  # CPUID serializes: code another VP changed is dropped
         if self.partition.observers.cpuid:
             from .observe import cpuid_event
             self.partition.observers.emit(cpuid_event(self, leaf, subleaf, (a, b, c, d)))

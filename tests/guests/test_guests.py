@@ -244,3 +244,10 @@ def test_smc_alias64() -> None:
     2.1.1 re-arms its store check only for the code's own linear page: gate.py)."""
     run = boot("smc_alias64")
     assert_passed(run, ["smc alias: byte store ok", "smc alias: call replaced ok", "PASS"])
+
+
+def test_smc_page_copy() -> None:
+    """A page of translated code overwritten by one REP MOVSD runs as overwritten (Unicorn
+    2.1.1 checks only the copy's first store into the page: xmodify.py)."""
+    run = boot("smc_page_copy")
+    assert_passed(run, ["smc page copy ok", "PASS"])

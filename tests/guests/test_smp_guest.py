@@ -144,3 +144,16 @@ def test_pause_spin_waits_hand_the_turn_over(monkeypatch: pytest.MonkeyPatch) ->
     one, _ = boot("smp", 1)
     assert one.run(max_instructions=30_000_000).status == 1
     assert m.clock.instructions - one.clock.instructions < 3 * (smp.QUANTUM_NS // 10)
+
+
+@pytest.mark.parametrize("vps", [2, 3])
+def test_code_rewritten_by_one_vp_runs_rewritten_on_another(vps: int) -> None:
+    # The AP's engine translated `patched` before the BSP rewrote it; after CPUID, and in an
+    # IPI handler, the AP must run the new code (hypervisor/xmodify.py).
+    m, out = boot("xmodify", vps)
+    result = m.run(max_instructions=30_000_000)
+    text = lines(out)
+    assert "xmodify: first 0001 after cpuid 0002 in ipi 0003" in text, text
+    assert result.status == 1 and text[-1] == "PASS", text
+    pages = m.partition.vps[1].code_pages
+    assert pages is not None and pages.dropped >= 2
