@@ -22,7 +22,7 @@ _CHUNK = 64
 _found: dict[tuple[int, int], tuple[int, bytes, str]] = {}
 
 
-def _disassembler(bits: int) -> Any:
+def disassembler(bits: int) -> Any:
     """A capstone disassembler for ``bits``-bit code.  Capstone is imported here, on the first
     intercept that needs it, not with the module: it takes longer to load than a tiny guest
     takes to run."""
@@ -72,7 +72,7 @@ def locate_insn(read: Callable[[int, int], bytes], block: int, bits: int,
                 return cached[0], len(cached[1]), cached[2]
         except Exception:  # noqa: BLE001, S110 - unmapped now: fall back to a full scan
             pass
-    md = _disassembler(bits)
+    md = disassembler(bits)
     data = b""
     addr = block
     end_scan = block + (limit if limit else _MAX_SCAN)
@@ -148,7 +148,7 @@ def count_insns(read: Callable[[int, int], bytes], block: int, bits: int,
         return known[0]
     n = 0
     addr = block
-    for address, size, _mnemonic, _ops in _disassembler(bits).disasm_lite(data, block):
+    for address, size, _mnemonic, _ops in disassembler(bits).disasm_lite(data, block):
         addr = address + size
         n += 1
         if addr >= target:

@@ -43,9 +43,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import capstone
-
 from . import context as C
+from .blockmark import disassembler
 from .memory import UnmappedAccess
 from .mmu import GuestFault
 
@@ -96,7 +95,6 @@ class SpinSkip:
         #: Skips made and polling iterations skipped (for tests and benchmarks).
         self.skips = 0
         self.iterations = 0
-        self._md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
         #: RDTSC linear address -> proven loop, or None (not one), with its code bytes.
         self._cache: dict[int, tuple[_Loop | None, int, bytes]] = {}
 
@@ -169,7 +167,7 @@ class SpinSkip:
         body = read(after, min(_MAX_BODY * 15, 0x1000 - (after & 0xFFF)), fetch=True)
         ops: list[_Op] = []
         n = 0
-        for insn in self._md.disasm(body, linear + length):
+        for insn in disassembler(64).disasm(body, linear + length):
             n += 1
             if n > _MAX_BODY:
                 break
@@ -182,7 +180,7 @@ class SpinSkip:
                     break
                 ops.append(op)
                 pre = read(head, linear - head, fetch=True) if head < linear else b""
-                nops = list(self._md.disasm(pre, head))
+                nops = list(disassembler(64).disasm(pre, head))
                 if (sum(i.size for i in nops) != len(pre)
                         or any(i.mnemonic not in _NOPS for i in nops)):
                     break
