@@ -163,6 +163,9 @@ class _ApicHost:
         self.partition = self
         self.injected: list[int] = []
         self.nmis = 0
+        # Not inside the engine's run slice (hypervisor/smp.py cross_vp_message reads it when
+        # an IPI goes out): there is no CPU on the bench.
+        self._running = False
         self.lapic = LocalApic(self)  # type: ignore[arg-type]
 
     def notify_interrupt(self) -> None:

@@ -50,6 +50,19 @@ def test_lapic_nmi_reaches_the_vp_stand_in() -> None:
     assert any(text.startswith("lint1(") for _, text in trace)
 
 
+def test_lapic_ipi_reaches_the_vp_stand_in() -> None:
+    # `hyperv-emu fuzz lapic` (libFuzzer, 10-minute campaign) found it: a write of the ICR
+    # (lapic-self-ipi: fixed IPI, vector 42h, to APIC ID 0, this APIC) ends in
+    # smp.cross_vp_message, which reads the sending VP's _running flag; the target's stand-in
+    # for the VP lacked it, so every IPI looked like a host exception.
+    from hyperv_emu.fuzz.chipset import LapicTarget
+
+    target = LapicTarget()
+    trace: list[tuple[int, str]] = []
+    assert run_one(target, (CRASHES / "lapic-self-ipi").read_bytes(), trace) is None
+    assert [text for _, text in trace] == ["write8  lapic+0x300 <- 0x42"]
+
+
 def test_hpet_restore_keeps_the_counter_phase() -> None:
     # `hyperv-emu fuzz hpet` (libFuzzer) found it: the saved state had the main counter but not
     # the nanoseconds since its last 10 ns tick, so after a restore at 2 ns past a tick the
