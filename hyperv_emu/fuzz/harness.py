@@ -678,6 +678,11 @@ class ChipsetTarget(Target):
             raise Finding("save-restore", f"the power-on state restored after this input arms "
                                           f"{twin.clock.armed()}, not {power.armed}")
 
+    def seeds(self) -> list[bytes]:
+        """The empty input and one operation of each kind (every opcode, its fields zero):
+        libFuzzer's -fork mode skips an empty input, and starts from nothing without them."""
+        return [b""] + [bytes([kind]) + bytes(8) for kind in range(len(O.OPCODES))]
+
     def decode_only(self, data: bytes) -> int:
         claims = self._static_claims()
         r = O.Reader(data)
