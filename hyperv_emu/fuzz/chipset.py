@@ -4,6 +4,8 @@ own (the interrupt controllers' outputs), with the host-side actions that reach 
 
 from __future__ import annotations
 
+from typing import Any
+
 from hyperv_emu.fuzz.harness import Bench, ChipsetTarget
 from hyperv_emu.hypervisor.lapic import LocalApic
 from hyperv_emu.hypervisor.mmu import GuestFault
@@ -163,7 +165,27 @@ class _ApicHost:
         self.partition = self
         self.injected: list[int] = []
         self.nmis = 0
+        # Not inside the engine's run slice (hypervisor/smp.py cross_vp_message reads it when
+        # an IPI goes out): there is no CPU on the bench.
+        self._running = False
+        self.halted = False
+        # The INIT/STARTUP latches the APIC sets (smp.receive_init/receive_startup), as
+        # smp.power_on leaves them on the BSP; saved with the bench (see save).
+        self.wait_for_sipi = False
+        self.init_pending = False
+        self.sipi_vector: int | None = None
         self.lapic = LocalApic(self)  # type: ignore[arg-type]
+
+    def save(self) -> dict[str, Any]:
+        """The VP's INIT/STARTUP latches (the run loop would take them at its next turn)."""
+        return {"wait_for_sipi": self.wait_for_sipi, "init_pending": self.init_pending,
+                "sipi_vector": self.sipi_vector}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.wait_for_sipi = bool(state["wait_for_sipi"])
+        self.init_pending = bool(state["init_pending"])
+        vector = state["sipi_vector"]
+        self.sipi_vector = None if vector is None else int(vector)
 
     def notify_interrupt(self) -> None:
         """The run loop would look at the APIC's output: nothing to do without a CPU."""
@@ -191,6 +213,7 @@ class LapicTarget(ChipsetTarget):
         apic = host.lapic
         bench.add_mmio("lapic", 0x1000, apic.mmio_read, apic.mmio_write)
         bench.add_saved("lapic", apic)
+        bench.add_saved("vp-signals", host)
         bench.extra("lint0", lambda a: apic.set_lint(0, bool(a & 1)))
         bench.extra("lint1", lambda a: apic.set_lint(1, bool(a & 1)))
         bench.extra("inta", lambda a: apic.acknowledge() if apic.has_interrupt() else None)

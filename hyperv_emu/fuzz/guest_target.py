@@ -29,6 +29,7 @@ from hyperv_emu.fuzz.harness import (
     Target,
     _first_difference,
     host_finding,
+    is_json_value,
     watchdog,
 )
 from hyperv_emu.hypervisor.dirty import AccessWatch, DirtyMode, DirtyPages
@@ -202,12 +203,14 @@ class _Rig:
         (the unchanged ones are the snapshot's, checked when it was taken)."""
         for key, state in changed.items():
             dev = self.devices[key]
-            try:
-                text = json.dumps(state)
-            except (TypeError, ValueError) as exc:
-                raise Finding("save-restore", f"{key}: saved state is not JSON data: "
-                                              f"{exc}") from None
-            loaded = json.loads(text)
+            if is_json_value(state):
+                loaded: Any = state  # already what its JSON text decodes to
+            else:
+                try:
+                    loaded = json.loads(json.dumps(state))
+                except (TypeError, ValueError) as exc:
+                    raise Finding("save-restore", f"{key}: saved state is not JSON data: "
+                                                  f"{exc}") from None
             try:
                 dev.restore(loaded)
                 again = dev.save()

@@ -86,9 +86,10 @@ class Worker:
         self._reported = 0
 
     def round(self, shared: list[bytes], runs: int | None,
-              seconds: float) -> tuple[int, list[bytes], list[tuple[bytes, str, str]]]:
+              seconds: float | None) -> tuple[int, list[bytes], list[tuple[bytes, str, str]]]:
         """Run ``shared`` (the others' new inputs), then fuzz for ``seconds`` or ``runs``
-        inputs; returns the inputs run, the new interesting inputs and the new crashes."""
+        inputs (``runs`` counts the shared ones, which run first); returns the inputs run,
+        the new interesting inputs and the new crashes."""
         c = self.campaign
         c.add_inputs(shared)
         before = c.stats.execs
@@ -145,6 +146,16 @@ def run_campaign(ray: Any, target: str | Target, *, workers: int, corpus: list[b
         result.shared += len(shared)
         return pool[i].round.remote(shared, share, left_s)
 
+    def flush(i: int) -> Any | None:
+        # The budget is spent, but worker i has not run what the others found since its
+        # last round: a last round of exactly those inputs, so every interesting input
+        # reaches every worker whatever order the rounds came back in.
+        shared, outbox[i] = outbox[i], []
+        if not shared:
+            return None
+        result.shared += len(shared)
+        return pool[i].round.remote(shared, len(shared), None)
+
     pending: dict[Any, int] = {}
     for i in range(workers):
         ref = submit(i, 0)
@@ -184,6 +195,12 @@ def run_campaign(ray: Any, target: str | Target, *, workers: int, corpus: list[b
         ref = submit(i, stats.execs)
         if ref is not None:
             pending[ref] = i
+        elif not pending:
+            # The last round came back: workers with inputs still to receive get them.
+            for j in range(workers):
+                ref = flush(j)
+                if ref is not None:
+                    pending[ref] = j
     for a in pool:
         ray.kill(a)
     return result

@@ -70,9 +70,12 @@ class DirtyPages:
                 pages.add((address + size - 1) >> 12)
 
             self._on_write = on_write  # kept alive: Unicorn holds only a C pointer
-            for vp in partition.vps:
-                self._hooks.append((vp.uc, vp.uc.hook_add(unicorn.UC_HOOK_MEM_WRITE, on_write,
-                                                         None, base, end - 1)))
+            # The ``always`` pages are copied back anyway: no hook there, so the guest's
+            # stores to them (its stack) cost no Python call.
+            for first, last in _ranges_without(base, end, self.always):
+                for vp in partition.vps:
+                    self._hooks.append((vp.uc, vp.uc.hook_add(
+                        unicorn.UC_HOOK_MEM_WRITE, on_write, None, first, last)))
             # Code translated before the hook existed does not call it (UNICORN_NOTES): drop
             # every translated block of the range.
             memory.invalidate(base, end - base)
@@ -142,6 +145,23 @@ class DirtyPages:
             return self.changed()
         finally:
             self.mode = mode
+
+
+def _ranges_without(base: int, end: int, pages: set[int]) -> list[tuple[int, int]]:
+    """[``base``, ``end``) without the given page numbers, as inclusive (first, last)
+    address ranges."""
+    out: list[tuple[int, int]] = []
+    start = base
+    for page in sorted(pages):
+        lo, hi = max(page << 12, base), min((page + 1) << 12, end)
+        if lo >= hi:
+            continue
+        if start < lo:
+            out.append((start, lo - 1))
+        start = max(start, hi)
+    if start < end:
+        out.append((start, end - 1))
+    return out
 
 
 class AccessWatch:

@@ -617,7 +617,10 @@ class Rtc(Device):
     def restore(self, state: dict[str, Any]) -> None:
         """Load :meth:`save` output and re-arm the timer at its saved deadline."""
         self._check_state(state)
-        self._ram = bytearray(int(b) & 0xFF for b in state["ram"])
+        try:  # the common case, in one C call: a list of byte values
+            self._ram = bytearray(state["ram"])
+        except (TypeError, ValueError):
+            self._ram = bytearray(int(b) & 0xFF for b in state["ram"])
         self._index = int(state["index"])
         self.nmi_masked = bool(state["nmi_masked"])
         self._reg_a = int(state["reg_a"])

@@ -28,6 +28,9 @@ class Motherboard:
         self._dyn_ports: dict[int, Device] = {}
         self._mmio: list[tuple[int, int, Device]] = []
         self.irqs = [IrqLine(n) for n in range(16)]
+        #: :meth:`device_ids` for the first N devices (devices are only ever added), so the
+        #: saves and restores the fuzzer makes per input do not rebuild it.
+        self._ids: tuple[int, dict[str, Device]] = (0, {})
 
     # ---- wiring ------------------------------------------------------------------------
     def add(self, device: Device) -> Device:
@@ -151,13 +154,16 @@ class Motherboard:
 
     def device_ids(self) -> dict[str, Device]:
         """Every device by its :meth:`device_id` (ValueError if two share one)."""
-        ids: dict[str, Device] = {}
-        for device in self.devices:
-            key = self.device_id(device)
-            if key in ids:
-                raise ValueError(f"two devices have the saved-state id {key!r}")
-            ids[key] = device
-        return ids
+        count, ids = self._ids
+        if count != len(self.devices):
+            ids = {}
+            for device in self.devices:
+                key = self.device_id(device)
+                if key in ids:
+                    raise ValueError(f"two devices have the saved-state id {key!r}")
+                ids[key] = device
+            self._ids = (len(self.devices), ids)
+        return dict(ids)
 
     def save(self) -> dict[str, Any]:
         """Every device's state, keyed by its stable :meth:`device_id`."""

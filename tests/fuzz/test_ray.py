@@ -41,9 +41,12 @@ def test_workers_share_inputs_and_crashes_are_deduplicated(ray: Any, tmp_path: P
     harmless = out(0, 3) + out(1, 0x5B) + out(0, 1) + out(1, 0x22)
     corpus_dir = tmp_path / "corpus"
     corpus_dir.mkdir()
+    # Rounds far longer than the campaign: each worker's one round ends after its 2,000 runs
+    # (seeded, so the inputs it finds do not depend on the machine's load), and the inputs it
+    # found reach the other worker in the last round whichever round came back first.
     result = run_campaign(ray, ToyTarget("dma"), workers=2, corpus=[harmless, first, second],
                           seed=5, runs=4000, seconds=None, artifact_prefix=f"{tmp_path}/",
-                          corpus_dir=corpus_dir, round_seconds=0.5)
+                          corpus_dir=corpus_dir, round_seconds=3600)
     assert result.stats.execs >= 4000
     assert result.reports >= 2 and len(result.crashes) == 1
     crash = result.crashes[0]
@@ -51,8 +54,10 @@ def test_workers_share_inputs_and_crashes_are_deduplicated(ray: Any, tmp_path: P
     assert crash.path is not None and crash.path.read_bytes() == crash.data
     finding = run_one(ToyTarget("dma"), crash.data)
     assert finding is not None and finding.signature() == crash.signature
-    # Inputs one worker found interesting reached the other and the corpus directory.
+    # Inputs one worker found interesting reached the other and the corpus directory: all
+    # of them, each to the one other worker.
     assert result.shared > 0 and len(result.corpus) > 3
+    assert result.shared == len(result.corpus) - 3
     assert len(list(corpus_dir.iterdir())) == len(set(result.corpus[3:]))
 
 

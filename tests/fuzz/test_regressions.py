@@ -50,6 +50,34 @@ def test_lapic_nmi_reaches_the_vp_stand_in() -> None:
     assert any(text.startswith("lint1(") for _, text in trace)
 
 
+def test_lapic_ipi_reaches_the_vp_stand_in() -> None:
+    # `hyperv-emu fuzz lapic` (libFuzzer, 10-minute campaign) found it: a write of the ICR
+    # (lapic-self-ipi: fixed IPI, vector 42h, to APIC ID 0, this APIC) ends in
+    # smp.cross_vp_message, which reads the sending VP's _running flag; the target's stand-in
+    # for the VP lacked it, so every IPI looked like a host exception.
+    from hyperv_emu.fuzz.chipset import LapicTarget
+
+    target = LapicTarget()
+    trace: list[tuple[int, str]] = []
+    assert run_one(target, (CRASHES / "lapic-self-ipi").read_bytes(), trace) is None
+    assert [text for _, text in trace] == ["write8  lapic+0x300 <- 0x42"]
+
+
+def test_lapic_init_and_startup_reach_the_vp_stand_in() -> None:
+    # The second 10-minute lapic campaign found it: a STARTUP IPI to itself (lapic-self-sipi:
+    # ICR 629h) reads the VP's wait-for-SIPI latch in smp.receive_startup, which the stand-in
+    # lacked.  The stand-in now has the INIT/STARTUP latches, saved with the bench.
+    from hyperv_emu.fuzz.chipset import LapicTarget
+
+    target = LapicTarget()
+    assert run_one(target, (CRASHES / "lapic-self-sipi").read_bytes()) is None
+    # An INIT to itself (ICR 500h, shorthand self: 40500h) latches in the saved state.
+    bench = target.new_bench()
+    bench.mmio[0][3](0x300, 4, 0x40500)
+    assert bench.save()["vp-signals"] == {"wait_for_sipi": False, "init_pending": True,
+                                          "sipi_vector": None}
+
+
 def test_hpet_restore_keeps_the_counter_phase() -> None:
     # `hyperv-emu fuzz hpet` (libFuzzer) found it: the saved state had the main counter but not
     # the nanoseconds since its last 10 ns tick, so after a restore at 2 ns past a tick the

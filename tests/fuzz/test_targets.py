@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -106,3 +107,22 @@ def test_libfuzzer_jobs_children_run(tmp_path: Path) -> None:
     for job in (0, 1):
         log = (tmp_path / f"fuzz-{job}.log").read_text()
         assert "Done 200 runs" in log, log[-2000:]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("atheris") is None, reason="atheris not installed")
+def test_libfuzzer_fork_starts_from_the_seeds_with_coverage(tmp_path: Path) -> None:
+    # -fork's parent knows only the coverage its merges found, and prints each job's line
+    # before merging that job: from an empty corpus its first line read "cov: 0 ft: 0".  The
+    # runner now adds the target's seeds (one operation of each kind: fork mode skips the
+    # empty input), so the first merge, of the seeds, has coverage.
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    res = subprocess.run([sys.executable, "-m", "hyperv_emu.fuzz.libfuzzer", "pic", str(corpus),
+                          "-fork=1", "-runs=1"],
+                         cwd=tmp_path, env=cli_env(), capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    seeds = re.search(r"-fork=1: (\d+) seed inputs", res.stderr)
+    assert seeds and int(seeds[1]) > 0, res.stderr[-2000:]
+    status = re.search(r"^#\d+: cov: (\d+) ft: (\d+)", res.stderr, re.M)
+    assert status and int(status[1]) > 0 and int(status[2]) > 0, res.stderr[-2000:]
