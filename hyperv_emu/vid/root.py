@@ -13,7 +13,13 @@ from hyperv_emu.hypervisor.hv import Hypervisor, PartitionHv
 from hyperv_emu.hypervisor.hypercall import BytesIo, encode_control
 from hyperv_emu.hypervisor.memory import PAGE, page_run_bytes
 from hyperv_emu.hypervisor.partition import Partition
+from hyperv_emu.hypervisor.synic import PORT_MESSAGE_BUFFERS, HostEvent, HostMessage
 from hyperv_emu.hypervisor.vp import VirtualProcessor
+
+# Re-exported for host code: what a root partition's ports receive, how many messages a port
+# buffers, and the hypervisor's per-partition state a ChildHandle hands out.
+__all__ = ["PORT_MESSAGE_BUFFERS", "ChildHandle", "HostEvent", "HostMessage", "HypercallError",
+           "PartitionHv", "RootPartition"]
 
 #: Rep elements per call: a memory-form input block must fit one page.
 _MAP_BATCH = (PAGE - 24) // 8

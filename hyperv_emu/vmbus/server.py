@@ -41,11 +41,15 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from hyperv_emu.hypervisor import hvdef as H
-from hyperv_emu.hypervisor.deferred import deferred_work
-from hyperv_emu.hypervisor.hv import PartitionHv
-from hyperv_emu.hypervisor.memory import PAGE
-from hyperv_emu.hypervisor.synic import PORT_MESSAGE_BUFFERS, HostEvent, HostMessage
-from hyperv_emu.vid.root import RootPartition
+from hyperv_emu.vid.memory import PAGE
+from hyperv_emu.vid.root import (
+    PORT_MESSAGE_BUFFERS,
+    HostEvent,
+    HostMessage,
+    PartitionHv,
+    RootPartition,
+)
+from hyperv_emu.vid.vm import deferred_work
 from hyperv_emu.vsp.framework import VmbusDevice
 
 from . import channel_protocol as P

@@ -36,7 +36,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from hyperv_emu.hypervisor.memory import PAGE, GuestMemory
+from hyperv_emu.vid.memory import PAGE, GuestMemory
 
 MAGIC = b"HVEMUBIN"
 FORMAT = 1
