@@ -21,7 +21,7 @@ import struct
 import uuid
 from collections.abc import Callable
 
-from hyperv_emu.vsp.storage.blockdev import BlockDevice, BlockDeviceError
+from hyperv_emu.vsp.storage.blockdev import BlockDevice, BlockDeviceError, block_pieces
 from hyperv_emu.vsp.storage.lock import open_locked
 from hyperv_emu.vsp.storage.vhdx_format import (
     BAT_OFFSET_MASK,
@@ -424,12 +424,8 @@ class VhdxImage(BlockDevice):
     def read(self, offset: int, length: int) -> bytes:
         self._check_range(offset, length)
         out = bytearray()
-        pos, end = offset, offset + length
-        while pos < end:
-            block, inblk = divmod(pos, self.block_size)
-            n = min(end - pos, self.block_size - inblk)
+        for block, inblk, n, _ in block_pieces(offset, length, self.block_size):
             out += self._read_block(block, inblk, n)
-            pos += n
         return bytes(out)
 
     def _read_block(self, block: int, inblk: int, n: int) -> bytes:
@@ -500,12 +496,8 @@ class VhdxImage(BlockDevice):
             buf[offset - lo : offset - lo + len(data)] = data
             data, offset = bytes(buf), lo
         self._begin_write()
-        pos = 0
-        while pos < len(data):
-            block, inblk = divmod(offset + pos, self.block_size)
-            n = min(len(data) - pos, self.block_size - inblk)
+        for block, inblk, n, pos in block_pieces(offset, len(data), self.block_size):
             self._write_block(block, inblk, data[pos : pos + n])
-            pos += n
 
     def _begin_write(self) -> None:
         """First write after open: new file/data write GUIDs and a fresh log GUID (2.2.2)."""
