@@ -248,13 +248,19 @@ def assemble(source: str, mode: int = 16, base: int = 0, *, lint: bool = True) -
     return code
 
 
+def read_source(path: Path, label: object) -> str:
+    """:func:`expand_includes`, with a file that cannot be read reported as an AsmError that
+    starts with ``label`` (the path, or the name the user knows the source by)."""
+    try:
+        return expand_includes(path)
+    except OSError as exc:
+        raise AsmError(f"{label}: {exc.strerror or exc}") from None
+
+
 def assemble_file(path: str | os.PathLike[str], mode: int = 16, base: int = 0) -> bytes:
     """Assemble the source file at ``path`` (with its ``.include`` files)."""
     p = Path(path)
-    try:
-        source = expand_includes(p)
-    except OSError as exc:
-        raise AsmError(f"{p}: {exc.strerror or exc}") from None
+    source = read_source(p, p)
     try:
         return assemble(source, mode, base)
     except AsmError as exc:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from hyperv_emu.asm import AsmError, assemble, data_dir, expand_includes
+from hyperv_emu.asm import AsmError, assemble, data_dir, read_source
 
 BIOS_SIZE = 0x10000
 BIOS_SEGMENT = 0xF000
@@ -34,10 +34,7 @@ PLATFORM_AREA = 0xC000
 def assemble_bios_code() -> bytes:
     """The assembled BIOS code (offset 0 = F000:0000), without the fixed-address tail."""
     path = data_dir("firmware") / "bios.S"
-    try:
-        source = expand_includes(path)
-    except OSError as exc:
-        raise AsmError(f"{path}: {exc.strerror or exc}") from None
+    source = read_source(path, path)
     # The symbol goes after the first line, which says the source is in AT&T syntax.
     first, _, rest = source.partition("\n")
     source = f"{first}\n.equ PLATFORM_AREA, {PLATFORM_AREA:#x}\n{rest}"

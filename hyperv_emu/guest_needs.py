@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from hyperv_emu.hypervisor import hvdef as H
-from hyperv_emu.hypervisor.synic import HostEvent, HostMessage
+from hyperv_emu.vid.root import HostEvent, HostMessage
 
 if TYPE_CHECKING:
     from hyperv_emu.vsp.storage.blockdev import BlockDevice

@@ -14,7 +14,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from hyperv_emu.asm import AsmError, assemble, data_dir, expand_includes
+from hyperv_emu.asm import AsmError, assemble, data_dir, read_source
 
 SECTOR = 512
 #: Every image is at least this many sectors, so guests have scratch sectors to write.
@@ -94,10 +94,7 @@ def guest_path(name: str) -> Path:
 def build_guest(name: str) -> bytes:
     """Assemble guest ``name`` and return its bootable raw disk image."""
     path = guest_path(name)
-    try:
-        source = expand_includes(path)
-    except OSError as exc:
-        raise AsmError(f"{path.name}: {exc.strerror or exc}") from None
+    source = read_source(path, path.name)
     try:
         code = bytearray(assemble(source, 16, LOAD_BASE))
     except AsmError as exc:

@@ -32,9 +32,9 @@ from hyperv_emu.fuzz.harness import (
     is_json_value,
     watchdog,
 )
-from hyperv_emu.hypervisor.dirty import AccessWatch, DirtyMode, DirtyPages
-from hyperv_emu.hypervisor.vp_snapshot import VpSnapshot
 from hyperv_emu.vdev.atapi import BLOCK
+from hyperv_emu.vid.memory import AccessWatch, DirtyMode, DirtyPages
+from hyperv_emu.vid.vp_state import VpSnapshot
 from hyperv_emu.vsp.storage.raw import MemoryImage
 from hyperv_emu.worker import savedstate
 from hyperv_emu.worker.machine import Machine, MachineConfig

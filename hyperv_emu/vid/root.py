@@ -13,7 +13,13 @@ from hyperv_emu.hypervisor.hv import Hypervisor, PartitionHv
 from hyperv_emu.hypervisor.hypercall import BytesIo, encode_control
 from hyperv_emu.hypervisor.memory import PAGE, page_run_bytes
 from hyperv_emu.hypervisor.partition import Partition
+from hyperv_emu.hypervisor.synic import PORT_MESSAGE_BUFFERS, HostEvent, HostMessage
 from hyperv_emu.hypervisor.vp import VirtualProcessor
+
+# Re-exported for host code: what a root partition's ports receive, how many messages a port
+# buffers, and the hypervisor's per-partition state a ChildHandle hands out.
+__all__ = ["PORT_MESSAGE_BUFFERS", "ChildHandle", "HostEvent", "HostMessage", "HypercallError",
+           "PartitionHv", "RootPartition"]
 
 #: Rep elements per call: a memory-form input block must fit one page.
 _MAP_BATCH = (PAGE - 24) // 8
@@ -101,23 +107,30 @@ class RootPartition:
 
     def connect_port(self, connection_partition: int, connection_id: int, port_id: int, *,
                      port_partition: int | None = None, port_type: int = H.HV_PORT_TYPE_MESSAGE,
-                     monitor_gpa: int = 0) -> None:
-        """HvCallConnectPort: let ``connection_partition`` send on ``connection_id``."""
+                     monitor_gpa: int = 0, check: bool = True) -> int:
+        """HvCallConnectPort: let ``connection_partition`` send on ``connection_id``; returns
+        the HV_STATUS (raises HypercallError on failure unless ``check`` is False)."""
         pid = self.id if port_partition is None else port_partition
         data = (struct.pack("<QIBBHQII", connection_partition, connection_id, 0, 0, 0, pid,
                             port_id, 0)
                 + struct.pack("<IIQ", port_type, 0, monitor_gpa).ljust(32, b"\0") + b"\0" * 8)
-        self.hypercall(H.HvCallConnectPort, data)
+        return self.hypercall(H.HvCallConnectPort, data, check=check)[0]
 
-    def delete_port(self, port_id: int, *, port_partition: int | None = None) -> None:
-        """HvCallDeletePort (default: a port of the root partition itself)."""
+    def delete_port(self, port_id: int, *, port_partition: int | None = None,
+                    check: bool = True) -> int:
+        """HvCallDeletePort (default: a port of the root partition itself); returns the
+        HV_STATUS (raises HypercallError on failure unless ``check`` is False)."""
         pid = H.HV_PARTITION_ID_SELF if port_partition is None else port_partition
-        self.hypercall(H.HvCallDeletePort, struct.pack("<QII", pid, port_id, 0))
+        return self.hypercall(H.HvCallDeletePort, struct.pack("<QII", pid, port_id, 0),
+                              check=check)[0]
 
-    def disconnect_port(self, connection_partition: int, connection_id: int) -> None:
-        """HvCallDisconnectPort: ``connection_partition`` may no longer use the id."""
-        self.hypercall(H.HvCallDisconnectPort,
-                       struct.pack("<QII", connection_partition, connection_id, 0))
+    def disconnect_port(self, connection_partition: int, connection_id: int, *,
+                        check: bool = True) -> int:
+        """HvCallDisconnectPort: ``connection_partition`` may no longer use the id; returns
+        the HV_STATUS (raises HypercallError on failure unless ``check`` is False)."""
+        return self.hypercall(H.HvCallDisconnectPort,
+                              struct.pack("<QII", connection_partition, connection_id, 0),
+                              check=check)[0]
 
 
 class ChildHandle:

@@ -14,13 +14,17 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from hyperv_emu.clock import VirtualClock
+from hyperv_emu.hypervisor.deferred import deferred_work
 from hyperv_emu.hypervisor.exits import RunExit
 from hyperv_emu.hypervisor.hv import Hypervisor, PartitionHv
+from hyperv_emu.hypervisor.lapic import VERSION as LAPIC_VERSION
 from hyperv_emu.hypervisor.partition import Partition
 from hyperv_emu.hypervisor.vp import VirtualProcessor
 from hyperv_emu.vid.root import ChildHandle, RootPartition
 
-__all__ = ["RunExit", "VmPartition"]
+# Re-exported for the worker: the VP type it drives, the local APIC version its firmware tables
+# report, and the run loop's deferred-work queue (DESIGN.md) that host-side services feed.
+__all__ = ["LAPIC_VERSION", "RunExit", "VirtualProcessor", "VmPartition", "deferred_work"]
 
 IoRead = Callable[[int, int], int]
 IoWrite = Callable[[int, int, int], None]

@@ -35,17 +35,20 @@ sets MessagePending and the guest's EOM delivers the next).  Protocol per HYPERV
 
 from __future__ import annotations
 
-import struct
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from hyperv_emu.hypervisor import hvdef as H
-from hyperv_emu.hypervisor.deferred import deferred_work
-from hyperv_emu.hypervisor.hv import PartitionHv
-from hyperv_emu.hypervisor.memory import PAGE
-from hyperv_emu.hypervisor.synic import PORT_MESSAGE_BUFFERS, HostEvent, HostMessage
-from hyperv_emu.vid.root import RootPartition
+from hyperv_emu.vid.memory import PAGE
+from hyperv_emu.vid.root import (
+    PORT_MESSAGE_BUFFERS,
+    HostEvent,
+    HostMessage,
+    PartitionHv,
+    RootPartition,
+)
+from hyperv_emu.vid.vm import deferred_work
 from hyperv_emu.vsp.framework import VmbusDevice
 
 from . import channel_protocol as P
@@ -436,10 +439,8 @@ class VmbusServer:
         if not ch.device.open(ch, bytes(msg.userdata)):
             ch.detach()
             return self._open_result(relid, openid, P.STATUS_UNSUCCESSFUL)
-        status = self.root.hypercall(
-            H.HvCallConnectPort, _connect_input(self.child.id, ch.connection_id,
-                                                self.root.id, self.port_base + relid),
-            check=False)[0]
+        status = self.root.connect_port(self.child.id, ch.connection_id, self.port_base + relid,
+                                        port_type=H.HV_PORT_TYPE_EVENT, check=False)
         if status not in (H.HV_STATUS_SUCCESS, H.HV_STATUS_INVALID_CONNECTION_ID):
             self.guest_error(f"channel {relid}: connecting its event port failed ({status:#x})")
         self._watch(ch)
@@ -492,8 +493,7 @@ class VmbusServer:
             self.monitor.unwatch(mid)
         ch.device.close()
         ch.detach()
-        self.root.hypercall(H.HvCallDisconnectPort,
-                            _disconnect_input(self.child.id, ch.connection_id), check=False)
+        self.root.disconnect_port(self.child.id, ch.connection_id, check=False)
         if handle is not None and handle in self.pending_teardown:
             self.pending_teardown.discard(handle)
             self.gpadls.pop(handle, None)
@@ -515,8 +515,7 @@ class VmbusServer:
             self._close(ch)
         del self.channels[ch.relid]
         self.root.hv.synic.listen_events(self.port_base + ch.relid, None)
-        self.root.hypercall(H.HvCallDeletePort, _delete_port_input(self.port_base + ch.relid),
-                            check=False)
+        self.root.delete_port(self.port_base + ch.relid, check=False)
 
     def _relid_released(self, msg: P._Message, payload: bytes) -> None:
         assert isinstance(msg, P.vmbus_channel_relid_released)
@@ -617,9 +616,8 @@ class VmbusServer:
                         int(cs["target_vp"]), {k: int(v) for k, v in opened.items()})
         ch.broken = cs["broken"]
         ch.backlog = deque(bytes.fromhex(b) for b in cs["backlog"])
-        self.root.hypercall(H.HvCallConnectPort, _connect_input(
-            self.child.id, ch.connection_id, self.root.id, self.port_base + ch.relid),
-            check=False)
+        self.root.connect_port(self.child.id, ch.connection_id, self.port_base + ch.relid,
+                               port_type=H.HV_PORT_TYPE_EVENT, check=False)
         ch.device.restore(cs["device"], ch)
         mid = self.monitor_id(ch)
         if mid is not None:
@@ -633,12 +631,11 @@ class VmbusServer:
         synic = self.root.hv.synic
         for relid in list(self.channels):
             synic.listen_events(self.port_base + relid, None)
-            self.root.hypercall(H.HvCallDeletePort, _delete_port_input(self.port_base + relid),
-                                check=False)
+            self.root.delete_port(self.port_base + relid, check=False)
         for port in (self.port_base, self.port_base + 0xFFF):
             synic.listen_messages(port, None)
             synic.listen_events(port, None)
-            self.root.hypercall(H.HvCallDeletePort, _delete_port_input(port), check=False)
+            self.root.delete_port(port, check=False)
 
     _HANDLERS: dict[int, Callable[[VmbusServer, P._Message, bytes], None]] = {
         P.CHANNELMSG_REQUESTOFFERS: _request_offers,
@@ -652,18 +649,3 @@ class VmbusServer:
         P.CHANNELMSG_MODIFYCHANNEL: _modify_channel,
     }
 
-
-def _connect_input(partition: int, connection_id: int, port_partition: int,
-                   port_id: int) -> bytes:
-    """HvCallConnectPort input for an event connection (HYPERV_FACTS 3.7)."""
-    return (struct.pack("<QIBBHQII", partition, connection_id, 0, 0, 0, port_partition,
-                        port_id, 0)
-            + struct.pack("<IIQ", H.HV_PORT_TYPE_EVENT, 0, 0).ljust(32, b"\0") + b"\0" * 8)
-
-
-def _disconnect_input(partition: int, connection_id: int) -> bytes:
-    return struct.pack("<QII", partition, connection_id, 0)
-
-
-def _delete_port_input(port_id: int) -> bytes:
-    return struct.pack("<QII", H.HV_PARTITION_ID_SELF, port_id, 0)

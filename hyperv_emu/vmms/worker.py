@@ -444,7 +444,7 @@ class Worker:
         return None
 
     def _can_wake(self) -> bool:
-        from hyperv_emu.hypervisor.context import RFLAGS_IF
+        from hyperv_emu.vid.vp_state import RFLAGS_IF
 
         return any(vp.ctx.rflags & RFLAGS_IF for vp in self.built.machine.partition.vps)
 

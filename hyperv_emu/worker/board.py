@@ -64,7 +64,7 @@ from hyperv_emu.worker.serial_input import StreamInput
 
 if TYPE_CHECKING:
     from hyperv_emu.clock import VirtualClock
-    from hyperv_emu.hypervisor.vp import VirtualProcessor
+    from hyperv_emu.vid.vm import VirtualProcessor
 
 MiB = 1 << 20
 BIOS_BASE = 0xF0000

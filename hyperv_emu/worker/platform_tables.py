@@ -20,7 +20,6 @@ from hyperv_emu.firmware_tables.platform import (
     Platform,
 )
 from hyperv_emu.firmware_tables.vmbus_acpi import VMBUS_IRQ
-from hyperv_emu.hypervisor.lapic import VERSION as LAPIC_VERSION
 from hyperv_emu.vdev.acpi_pm import PM1_CNT, PM1_STS, PM_TMR, AcpiPm
 from hyperv_emu.vdev.base import Device, IrqLine
 from hyperv_emu.vdev.hpet import Hpet, LegacyRoute
@@ -28,6 +27,7 @@ from hyperv_emu.vdev.ioapic import IOAPIC_BASE
 from hyperv_emu.vdev.pirq import PIRQS, PirqRouter, pirq_of
 from hyperv_emu.vdev.reset_control import RCPU, RESET_CONTROL_PORT, SRST, ResetControl
 from hyperv_emu.vdev.rtc import REG_CENTURY
+from hyperv_emu.vid.vm import LAPIC_VERSION
 
 if TYPE_CHECKING:
     from hyperv_emu.worker.board import Board

@@ -35,7 +35,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from hyperv_emu.hypervisor.memory import PAGE, GuestMemory
+from hyperv_emu.vid.memory import PAGE, GuestMemory
 
 MAGIC = b"HVEMUBIN"
 FORMAT = 1

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hyperv_emu.fileio import write_atomic
-from hyperv_emu.hypervisor.vp_state import (
+from hyperv_emu.vid.vp_state import (
     VP_STATE_VERSION,
     VpStateError,
     check_vp_state,

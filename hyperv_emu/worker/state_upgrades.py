@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from hyperv_emu.hypervisor.vp_state import upgrade_v2 as _vp_v2_to_v3
+from hyperv_emu.vid.vp_state import upgrade_v2 as _vp_v2_to_v3
 
 State = dict[str, Any]
 Upgrade = Callable[[State], State]

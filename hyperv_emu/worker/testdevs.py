@@ -62,9 +62,10 @@ class RootSynicBackend:
             self._emit("hyperv-testdev-failed", conn=conn_id, error=str(exc))
 
     def disconnect(self, conn_id: int, event: bool) -> None:
-        for call in (lambda: self.root.disconnect_port(self.child.id, conn_id),
-                     lambda: self.root.delete_port(PORT_ID_BASE + conn_id,
-                                                   port_partition=self.child.id)):
+        calls: tuple[Callable[[], object], ...] = (
+            lambda: self.root.disconnect_port(self.child.id, conn_id),
+            lambda: self.root.delete_port(PORT_ID_BASE + conn_id, port_partition=self.child.id))
+        for call in calls:
             try:
                 call()
             except HypercallError as exc:

@@ -7,10 +7,23 @@ raw file, an in-memory image and (later) VHD/VHDX parsers are interchangeable.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 
 
 class BlockDeviceError(ValueError):
     """A host-side disk problem: bad image, out-of-range access, write to a read-only image."""
+
+
+def block_pieces(offset: int, length: int, block_size: int) -> Iterator[tuple[int, int, int, int]]:
+    """Split the access ``[offset, offset + length)`` at ``block_size`` boundaries: yields
+    (block, offset in block, byte count, bytes before this piece) for each piece, in order
+    (the per-block loops of the VHD and VHDX images)."""
+    done = 0
+    while done < length:
+        block, inblk = divmod(offset + done, block_size)
+        n = min(length - done, block_size - inblk)
+        yield block, inblk, n, done
+        done += n
 
 
 class BlockDevice(ABC):

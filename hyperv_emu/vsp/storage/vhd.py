@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import BinaryIO
 
-from hyperv_emu.vsp.storage.blockdev import BlockDevice, BlockDeviceError
+from hyperv_emu.vsp.storage.blockdev import BlockDevice, BlockDeviceError, block_pieces
 from hyperv_emu.vsp.storage.lock import ImageInUseError, open_locked
 from hyperv_emu.vsp.storage.vhd_format import (
     BAT_UNUSED,
@@ -245,12 +245,8 @@ class VhdImage(BlockDevice):
         if self.disk_type == DISK_FIXED:
             return self._pread(offset, length)
         out = bytearray()
-        pos, end = offset, offset + length
-        while pos < end:
-            blk, off = divmod(pos, self.block_size)
-            n = min(end - pos, self.block_size - off)
+        for blk, off, n, _ in block_pieces(offset, length, self.block_size):
             out += self._read_block(blk, off, n)
-            pos += n
         return bytes(out)
 
     def write(self, offset: int, data: bytes) -> None:
@@ -259,13 +255,8 @@ class VhdImage(BlockDevice):
         if self.disk_type == DISK_FIXED:
             self._pwrite(offset, data)
             return
-        pos, i = offset, 0
-        while i < len(data):
-            blk, off = divmod(pos, self.block_size)
-            n = min(len(data) - i, self.block_size - off)
+        for blk, off, n, i in block_pieces(offset, len(data), self.block_size):
             self._write_block(blk, off, bytes(data[i : i + n]))
-            pos += n
-            i += n
 
     def _write_block(self, blk: int, off: int, data: bytes) -> None:
         """Write ``data`` at ``off`` inside block ``blk``, allocating the block if needed."""

@@ -21,7 +21,7 @@ import struct
 import uuid
 from collections.abc import Callable
 
-from hyperv_emu.vsp.storage.blockdev import BlockDevice, BlockDeviceError
+from hyperv_emu.vsp.storage.blockdev import BlockDevice, BlockDeviceError, block_pieces
 from hyperv_emu.vsp.storage.lock import open_locked
 from hyperv_emu.vsp.storage.vhdx_format import (
     BAT_OFFSET_MASK,
@@ -55,7 +55,12 @@ from hyperv_emu.vsp.storage.vhdx_format import (
     parse_region_table,
     round_up,
 )
-from hyperv_emu.vsp.storage.vhdx_log import build_entry, descriptor_sectors, find_active_sequence
+from hyperv_emu.vsp.storage.vhdx_log import (
+    build_entry,
+    circular_reader,
+    descriptor_sectors,
+    find_active_sequence,
+)
 
 _PAGE_ENTRIES = LOG_SECTOR // 8  # BAT entries per 4 KiB page
 _BAT_CACHE_PAGES = 4096  # at most 16 MiB of BAT kept in memory
@@ -204,7 +209,7 @@ class VhdxImage(BlockDevice):
         """2.3.3: find the active sequence and apply it (to the file, or to the overlay)."""
         h = self.header
         entries, _notes = find_active_sequence(
-            lambda pos, n: self._read_log(pos, n, h), h.log_length, h.log_guid
+            circular_reader(self._pread, h.log_offset, h.log_length), h.log_length, h.log_guid
         )
         if entries:
             head = entries[-1]
@@ -245,16 +250,6 @@ class VhdxImage(BlockDevice):
         if not self.read_only:
             # 2.3.3: with the log applied, mark it empty.
             self._update_header(log_guid=ZERO_GUID)
-
-    def _read_log(self, pos: int, n: int, h: VhdxHeader) -> bytes:
-        """``n`` bytes at ``pos`` inside the circular log."""
-        out = bytearray()
-        while len(out) < n:
-            pos %= h.log_length
-            k = min(n - len(out), h.log_length - pos)
-            out += self._pread(h.log_offset + pos, k)
-            pos += k
-        return bytes(out)
 
     def _open_parent(self, chain: tuple[str, ...]) -> None:
         me = os.path.realpath(self.path)
@@ -424,12 +419,8 @@ class VhdxImage(BlockDevice):
     def read(self, offset: int, length: int) -> bytes:
         self._check_range(offset, length)
         out = bytearray()
-        pos, end = offset, offset + length
-        while pos < end:
-            block, inblk = divmod(pos, self.block_size)
-            n = min(end - pos, self.block_size - inblk)
+        for block, inblk, n, _ in block_pieces(offset, length, self.block_size):
             out += self._read_block(block, inblk, n)
-            pos += n
         return bytes(out)
 
     def _read_block(self, block: int, inblk: int, n: int) -> bytes:
@@ -500,12 +491,8 @@ class VhdxImage(BlockDevice):
             buf[offset - lo : offset - lo + len(data)] = data
             data, offset = bytes(buf), lo
         self._begin_write()
-        pos = 0
-        while pos < len(data):
-            block, inblk = divmod(offset + pos, self.block_size)
-            n = min(len(data) - pos, self.block_size - inblk)
+        for block, inblk, n, pos in block_pieces(offset, len(data), self.block_size):
             self._write_block(block, inblk, data[pos : pos + n])
-            pos += n
 
     def _begin_write(self) -> None:
         """First write after open: new file/data write GUIDs and a fresh log GUID (2.2.2)."""

@@ -39,7 +39,7 @@ from hyperv_emu.vsp.storage.vhdx_format import (
     parse_metadata_table,
     parse_region_table,
 )
-from hyperv_emu.vsp.storage.vhdx_log import find_active_sequence
+from hyperv_emu.vsp.storage.vhdx_log import circular_reader, find_active_sequence
 
 _MAX_LISTED = 50  # BAT problems listed one by one before summarising
 
@@ -186,15 +186,7 @@ class _Checker:
         if h.log_guid == ZERO_GUID or h.log_offset + h.log_length > self.size:
             return
 
-        def read(pos: int, n: int) -> bytes:
-            out = bytearray()
-            while len(out) < n:
-                pos %= h.log_length
-                k = min(n - len(out), h.log_length - pos)
-                out += self.rd(h.log_offset + pos, k)
-                pos += k
-            return bytes(out)
-
+        read = circular_reader(self.rd, h.log_offset, h.log_length)
         entries, notes = find_active_sequence(read, h.log_length, h.log_guid)
         for n in notes:
             if "another log GUID" not in n:

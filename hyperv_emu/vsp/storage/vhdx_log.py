@@ -55,6 +55,21 @@ class LogEntry:
 ReadLog = Callable[[int, int], bytes]  # (position in log, length) -> bytes, wrapping circularly
 
 
+def circular_reader(pread: Callable[[int, int], bytes], log_offset: int,
+                    log_length: int) -> ReadLog:
+    """A :data:`ReadLog` over the log at file offset ``log_offset``, read through
+    ``pread(file offset, length)``: a read that runs past the log's end goes on at its start."""
+    def read(pos: int, n: int) -> bytes:
+        out = bytearray()
+        while len(out) < n:
+            pos %= log_length
+            k = min(n - len(out), log_length - pos)
+            out += pread(log_offset + pos, k)
+            pos += k
+        return bytes(out)
+    return read
+
+
 def parse_entry(read: ReadLog, pos: int, log_length: int, log_guid: uuid.UUID) -> LogEntry:
     """Decode the entry at ``pos``; VhdxCorrupt says why it is not a valid entry."""
     hdr = read(pos, LOG_SECTOR)
