@@ -151,5 +151,7 @@ def test_host_clock_slice_ends_at_the_next_block_when_a_timer_is_armed() -> None
 
     m.vp.uc.emu_start = watched
     m.part.run(max_instructions=10_000)
-    # The store's block is the store, OUT 80h and the first JMP; the slice ends after it.
-    assert ends[0] == _ARMED + 3
+    # The store's block is the store, OUT 80h and the first JMP; the slice that runs it ends
+    # after it.  (A loaded host can end an earlier slice on its wall-clock watchdog before the
+    # store, always at a block entry: look at the slice that ran past the store's block start.)
+    assert [end for end in ends if end > _ARMED][0] == _ARMED + 3, ends
