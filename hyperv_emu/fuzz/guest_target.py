@@ -28,8 +28,8 @@ from hyperv_emu.fuzz.harness import (
     Finding,
     Target,
     _first_difference,
+    as_json_data,
     host_finding,
-    is_json_value,
     watchdog,
 )
 from hyperv_emu.vdev.atapi import BLOCK
@@ -203,14 +203,7 @@ class _Rig:
         (the unchanged ones are the snapshot's, checked when it was taken)."""
         for key, state in changed.items():
             dev = self.devices[key]
-            if is_json_value(state):
-                loaded: Any = state  # already what its JSON text decodes to
-            else:
-                try:
-                    loaded = json.loads(json.dumps(state))
-                except (TypeError, ValueError) as exc:
-                    raise Finding("save-restore", f"{key}: saved state is not JSON data: "
-                                                  f"{exc}") from None
+            loaded = as_json_data(state, f"{key}: ")
             try:
                 dev.restore(loaded)
                 again = dev.save()

@@ -644,14 +644,7 @@ class ChipsetTarget(Target):
             state = self.last_state = bench.save()
         except Exception as exc:
             raise _state_finding(exc, "save") from None
-        if is_json_value(state):
-            restored: Any = state  # already what a state file gives back
-        else:
-            # Tuples or non-string keys: restore from what the JSON text decodes to.
-            try:
-                restored = json.loads(json.dumps(state))
-            except (TypeError, ValueError) as exc:
-                raise Finding("save-restore", f"saved state is not JSON data: {exc}") from None
+        restored = as_json_data(state)
         try:
             twin.clock.restore(bench.clock.save())
             twin.restore(restored)
@@ -754,6 +747,18 @@ def is_json_value(value: object) -> bool:
                 return False
         return True
     return t in _JSON_SCALARS
+
+
+def as_json_data(state: Any, what: str = "") -> Any:
+    """``state`` as a state file gives it back (what its JSON text decodes to: tuples become
+    lists, keys strings); ``state`` itself when it already is that.  A state that is not JSON
+    data is a save-restore finding (``what`` names the device)."""
+    if is_json_value(state):
+        return state
+    try:
+        return json.loads(json.dumps(state))
+    except (TypeError, ValueError) as exc:
+        raise Finding("save-restore", f"{what}saved state is not JSON data: {exc}") from None
 
 
 def _state_finding(exc: Exception, phase: str) -> Finding:
