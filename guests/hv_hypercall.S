@@ -14,6 +14,7 @@
 # Exit status 1 (PASS) or 3 (FAIL: reason, with the case number, result and expected value).
 
 .include "boot.inc"
+.include "gdt.inc"
 
 .set PML4, 0x1000
 .set PDPT, 0x2000
@@ -72,19 +73,12 @@ rm_fail_ud:
     movw $msg_rm_ud, %si
     call fail
 
-.p2align 3, 0
-gdt:
-    .quad 0
-    .quad 0x00AF9A000000FFFF   # 08h 64-bit ring-0 code
-    .quad 0x00CF92000000FFFF   # 10h ring-0 data
+gdt_head GDT_CODE64
     .quad 0x00AFFA000000FFFF   # 18h 64-bit ring-3 code
     .quad 0x00CFF2000000FFFF   # 20h ring-3 data
     .quad 0x0000890050000067   # 28h 64-bit TSS at 5000h, limit 67h (low half)
     .quad 0                    #     (high half)
-gdt_end:
-gdt_ptr:
-    .word gdt_end-gdt-1
-    .long gdt
+gdt_tail
 
 msg_gating:
     .asciz "HYPERCALL enabled before GUEST_OS_ID"

@@ -12,6 +12,7 @@
 # Exit status 1 (PASS) or 3 (FAIL: reason, with the case number, result and expected value).
 
 .include "boot.inc"
+.include "gdt.inc"
 
 .set IDT, 0x4000
 .set TSS, 0x5000
@@ -28,21 +29,14 @@ main:
     rep stosl
     movl $0x6F00, (TSS+4)      # ESP0
     movl $0x10, (TSS+8)        # SS0
-    lgdt gdt_ptr32
+    lgdt gdt_ptr
     jmp hv_enter_protected_mode
 
-.p2align 3, 0
-gdt32:
-    .quad 0
-    .quad 0x00CF9A000000FFFF   # 08h 32-bit ring-0 code
-    .quad 0x00CF92000000FFFF   # 10h ring-0 data
+gdt_head GDT_CODE32
     .quad 0x00CFFA000000FFFF   # 18h 32-bit ring-3 code
     .quad 0x00CFF2000000FFFF   # 20h ring-3 data
     .quad 0x0000890050000067   # 28h 32-bit TSS at 5000h, limit 67h
-gdt32_end:
-gdt_ptr32:
-    .word gdt32_end-gdt32-1
-    .long gdt32
+gdt_tail
 
 .code32
 pm_entry:                      # data segments 10h, ESP 7C00h (hv32.inc)

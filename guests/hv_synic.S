@@ -29,6 +29,7 @@
 # Exit status 1 (PASS) or 3 (FAIL: reason).
 
 .include "boot.inc"
+.include "gdt.inc"
 .include "hv_synic.inc"
 
 .set PML4, 0x1000
@@ -63,15 +64,8 @@ main:
     movl $PML4, %eax
     jmp hv_enter_long_mode
 
-.p2align 3, 0
-gdt:
-    .quad 0
-    .quad 0x00AF9A000000FFFF   # 08h 64-bit code
-    .quad 0x00CF92000000FFFF   # 10h data
-gdt_end:
-gdt_ptr:
-    .word gdt_end-gdt-1
-    .long gdt
+gdt_head GDT_CODE64
+gdt_tail
 
 .code64
 long_entry:                    # data segments 10h, RSP 7C00h (hv64.inc)

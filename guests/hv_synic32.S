@@ -23,6 +23,7 @@
 # Exit status 1 (PASS) or 3 (FAIL: reason).
 
 .include "boot.inc"
+.include "gdt.inc"
 .include "hv_synic.inc"
 
 .set IDT, 0x4000
@@ -48,18 +49,11 @@ main:
     movw $VARS, %di
     movl $0x10, %ecx
     rep stosl
-    lgdt gdt_ptr32
+    lgdt gdt_ptr
     jmp hv_enter_protected_mode
 
-.p2align 3, 0
-gdt32:
-    .quad 0
-    .quad 0x00CF9A000000FFFF   # 08h 32-bit code
-    .quad 0x00CF92000000FFFF   # 10h data
-gdt32_end:
-gdt_ptr32:
-    .word gdt32_end-gdt32-1
-    .long gdt32
+gdt_head GDT_CODE32
+gdt_tail
 
 .code32
 pm_entry:                      # data segments 10h, ESP 7C00h (hv32.inc)

@@ -27,6 +27,7 @@
 # (addresses as this machine places them).  Exit status 1 (PASS) or 3 (FAIL: reason).
 
 .include "boot.inc"
+.include "gdt.inc"
 
 .set IDT, 0x4000               # hv32.inc's set_gate needs it; no interrupts are used
 .set E820_BUF, SCRATCH         # E820 entries, 20 bytes each
@@ -76,18 +77,11 @@ e820_loop:
     jnz e820_loop
 e820_done:
     cli
-    lgdt gdt_ptr32
+    lgdt gdt_ptr
     jmp hv_enter_protected_mode
 
-.p2align 3, 0
-gdt32:
-    .quad 0
-    .quad 0x00CF9A000000FFFF   # 08h 32-bit code
-    .quad 0x00CF92000000FFFF   # 10h data
-gdt32_end:
-gdt_ptr32:
-    .word gdt32_end-gdt32-1
-    .long gdt32
+gdt_head GDT_CODE32
+gdt_tail
 
 .code32
 pm_entry:

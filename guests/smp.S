@@ -25,9 +25,8 @@
 # Exit status 1 (PASS) or 3 (FAIL: reason).
 
 .include "boot.inc"
+.include "ap_start.inc"
 
-.set TRAMPOLINE, 0x1000        # STARTUP vector 01h
-.set SIPI_VECTOR, 0x01
 .set AP_STACKS, 0x7000         # AP with APIC ID n: stack top 7000h - n*100h
 .set NCPU, VARS                # word: processors in the MP table
 .set MPMASK, VARS+2            # word: their APIC IDs as a bit mask
@@ -41,8 +40,6 @@
 .set REPLYMASK, VARS+0x12      # word: APIC IDs of the APs whose reply came in this round
 .set PING, VARS+0x14           # word: the BSP's handshake round
 .set PONG, VARS+0x16           # word: AP 1's answer
-.set ICR_LO, 0x300
-.set ICR_HI, 0x310
 
 main:
     cli
@@ -70,7 +67,7 @@ set_reply:
     movw $nmi_handler, (2*4)
     movw $0, (2*4+2)
     movl $APIC, %ebx
-    movl $0x1FF, %fs:0xF0(%ebx)  # SVR: software enable, spurious vector FFh
+    apic_sw_enable ebx
     movl $0x01000000, %fs:0xD0(%ebx)  # LDR: logical ID bit 0 (flat model: DFR FFFFFFFFh)
 
     # ---- the MP table: how many processors, which APIC IDs ------------------------------------
@@ -115,9 +112,7 @@ mp_other:
     call newline
 
     # ---- INIT, INIT de-assert, STARTUP, STARTUP to all excluding self ----------------------------
-    movb $0xEA, (TRAMPOLINE)     # jmp far 0000:ap_entry
-    movw $ap_entry, (TRAMPOLINE+1)
-    movw $0, (TRAMPOLINE+3)
+    sipi_trampoline ap_entry
     movl $APIC, %ebx
     movl $0, %fs:ICR_HI(%ebx)
     movl $0x000C4500, %fs:ICR_LO(%ebx)   # all-but-self, level assert, INIT
@@ -267,11 +262,7 @@ wait_done:
 
 # ---- the APs --------------------------------------------------------------------------------
 ap_entry:
-    cli
-    xorw %ax, %ax
-    movw %ax, %ds
-    movw %ax, %es
-    movw %ax, %ss
+    ap_real_mode
     movl $1, %eax
     cpuid
     shrl $0x18, %ebx             # initial APIC ID
@@ -289,7 +280,7 @@ ap_entry:
     lock incw (BADID)
 ap_id_ok:
     lock btsw %ax, (ARRIVED)
-    movl $0x1FF, %fs:0xF0(%ebx)  # software enable
+    apic_sw_enable ebx
     movw %ax, %cx
     movl $1, %eax
     shll %cl, %eax

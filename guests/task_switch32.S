@@ -26,6 +26,7 @@
 # Exit status 1 (PASS) or 3 (FAIL: the check, what it got and what it wanted).
 
 .include "boot.inc"
+.include "gdt.inc"
 
 .set PD1, 0x1000               # the main task's page directory (0-4 MiB, one 4 MiB page)
 .set PD2, 0x2000               # the #PF task's page directory (the same mapping)
@@ -77,14 +78,10 @@ main:
     movw $VARS, %di
     movl $0x40, %ecx
     rep stosl
-    lgdt gdt_ptr32
+    lgdt gdt_ptr
     jmp hv_enter_protected_mode
 
-.p2align 3, 0
-gdt32:
-    .quad 0
-    .quad 0x00CF9A000000FFFF   # 08h 32-bit ring-0 code
-    .quad 0x00CF92000000FFFF   # 10h ring-0 data
+gdt_head GDT_CODE32
     .quad 0x0000890040000067   # 18h main TSS (available until LTR)
     .quad 0x0000890041000067   # 20h task B
     .quad 0x0000890042000067   # 28h task C
@@ -95,10 +92,7 @@ gdt32:
     .quad 0x0000890047000050   # 50h TSS with a limit below 67h
     .quad 0x0000090047000067   # 58h TSS not present
     .quad 0x0000850000280000   # 60h task gate -> 28h (task C)
-gdt32_end:
-gdt_ptr32:
-    .word gdt32_end-gdt32-1
-    .long gdt32
+gdt_tail
 idt_ptr32:
     .word 0x7FF
     .long IDT
@@ -194,7 +188,7 @@ after_lcall:
     popl %eax
     andl $0x4000, %eax
     expect %eax, $0x00, $m_b_ntback
-    movzbl (gdt32+0x20+0x05), %eax
+    movzbl (gdt+0x20+0x05), %eax
     expect %eax, $0x89, $m_b_free
     expect %ebp, $0x5A5A5A5A, $m_b_ebp
     movl $msg_lcall, %esi
@@ -212,9 +206,9 @@ after_ljmp:
     expect %eax, $0x00, $m_c_nt
     expect (OBS_MAIN), $0x89, $m_c_mainfree
     expect (OBS_OWN), $0x8B, $m_c_ownbusy
-    movzbl (gdt32+0x28+0x05), %eax
+    movzbl (gdt+0x28+0x05), %eax
     expect %eax, $0x89, $m_c_free
-    movzbl (gdt32+0x18+0x05), %eax
+    movzbl (gdt+0x18+0x05), %eax
     expect %eax, $0x8B, $m_c_mainbusy
     movl $msg_ljmp, %esi
     call puts32
@@ -237,7 +231,7 @@ after_int:
     expect (OBS_OWN), $0x8B, $m_d_ownbusy
     expect (OBS_EIP), $after_int, $m_d_eip
     expect (OBS_ESP), $0x5C00, $m_d_esp
-    movzbl (gdt32+0x30+0x05), %eax
+    movzbl (gdt+0x30+0x05), %eax
     expect %eax, $0x89, $m_d_free
     expect %ebp, $0x5A5A5A5A, $m_d_ebp
     movl $msg_int, %esi
@@ -393,9 +387,9 @@ observe:
     movl %eax, (OBS_CR0)
     movl %cr3, %eax
     movl %eax, (OBS_CR3)
-    movzbl (gdt32+0x18+0x05), %eax
+    movzbl (gdt+0x18+0x05), %eax
     movl %eax, (OBS_MAIN)
-    movzbl gdt32+0x05(%ebx), %eax
+    movzbl gdt+0x05(%ebx), %eax
     movl %eax, (OBS_OWN)
     movl (MAIN_TSS+0x20), %eax
     movl %eax, (OBS_EIP)

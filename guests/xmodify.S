@@ -19,17 +19,14 @@
 # processor (no AP checks in) the BSP runs the AP's part itself, with a self IPI.
 
 .include "boot.inc"
+.include "ap_start.inc"
 
-.set TRAMPOLINE, 0x1000        # STARTUP vector 01h
-.set SIPI_VECTOR, 0x01
 .set AP_STACK, 0x6F00
 .set STAGE, VARS               # word: 1 once the AP made its first call
 .set GO, VARS+2                # word: the BSP's signal for the second call
 .set SEEN1, VARS+4             # word: AX of the AP's first call
 .set SEEN2, VARS+6             # word: ... after CPUID
 .set SEEN3, VARS+8             # word: ... in the IPI handler
-.set ICR_LO, 0x300
-.set ICR_HI, 0x310
 
 main:
     cli
@@ -44,10 +41,8 @@ main:
     movw $ap_ipi, (0x64*4)
     movw $0, (0x64*4+2)
     movl $APIC, %ebx
-    movl $0x1FF, %fs:0xF0(%ebx)  # SVR: software enable
-    movb $0xEA, (TRAMPOLINE)     # jmp far 0000:ap_entry
-    movw $ap_entry, (TRAMPOLINE+1)
-    movw $0, (TRAMPOLINE+3)
+    apic_sw_enable ebx
+    sipi_trampoline ap_entry
     movl $0, %fs:ICR_HI(%ebx)
     movl $0x000C4500, %fs:ICR_LO(%ebx)   # all-but-self, INIT
     movl $0x000C4600+SIPI_VECTOR, %fs:ICR_LO(%ebx)   # STARTUP 01h
@@ -139,15 +134,11 @@ patched:
 
 # ---- AP 1 ----------------------------------------------------------------------------------
 ap_entry:
-    cli
-    xorw %ax, %ax
-    movw %ax, %ds
-    movw %ax, %es
-    movw %ax, %ss
+    ap_real_mode
     movw $AP_STACK, %sp
     call unreal
     movl $APIC, %ebx
-    movl $0x1FF, %fs:0xF0(%ebx)  # software enable, to take the IPI
+    apic_sw_enable ebx
     call patched
     movw %ax, (SEEN1)
     movw $1, (STAGE)
