@@ -22,7 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from hyperv_emu.debug.trace import disassembler, format_event
+from hyperv_emu.debug.trace import format_event
+from hyperv_emu.disasm import disassembler
 from hyperv_emu.hypervisor import context as C
 from hyperv_emu.hypervisor.observe import (
     KINDS,

@@ -12,8 +12,7 @@ import json
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import capstone
-
+from hyperv_emu.disasm import disassembler
 from hyperv_emu.hypervisor.observe import (
     KINDS,
     CpuidEvent,
@@ -27,21 +26,10 @@ from hyperv_emu.hypervisor.observe import (
 )
 from hyperv_emu.hypervisor.partition import Partition
 
-_CS_MODES = {16: capstone.CS_MODE_16, 32: capstone.CS_MODE_32, 64: capstone.CS_MODE_64}
-_disassemblers: dict[int, capstone.Cs] = {}
 #: Exception mnemonics (Intel SDM Vol. 3A Table 6-1).
 EXCEPTION_NAMES = {0: "#DE", 1: "#DB", 2: "NMI", 3: "#BP", 4: "#OF", 5: "#BR", 6: "#UD",
                    7: "#NM", 8: "#DF", 10: "#TS", 11: "#NP", 12: "#SS", 13: "#GP", 14: "#PF",
                    16: "#MF", 17: "#AC", 18: "#MC", 19: "#XM", 20: "#VE", 21: "#CP"}
-
-
-def disassembler(bits: int) -> capstone.Cs:
-    """A capstone x86 disassembler for 16-, 32- or 64-bit code."""
-    md = _disassemblers.get(bits)
-    if md is None:
-        md = capstone.Cs(capstone.CS_ARCH_X86, _CS_MODES[bits])
-        _disassemblers[bits] = md
-    return md
 
 
 def disassemble_one(code: bytes, address: int, bits: int) -> tuple[str, int]:

@@ -11,28 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from fnmatch import fnmatchcase
-from typing import Any
 
-_disassemblers: dict[int, Any] = {}
+from ..disasm import disassembler
+
 #: Longest run of straight-line code a block can hold that we are willing to decode.
 _MAX_SCAN = 8192
 _CHUNK = 64
 #: (block start, mode) -> (linear address, bytes, mnemonic) of the intercepted instruction
 #: found there before.
 _found: dict[tuple[int, int], tuple[int, bytes, str]] = {}
-
-
-def disassembler(bits: int) -> Any:
-    """A capstone disassembler for ``bits``-bit code.  Capstone is imported here, on the first
-    intercept that needs it, not with the module: it takes longer to load than a tiny guest
-    takes to run."""
-    md = _disassemblers.get(bits)
-    if md is None:
-        import capstone
-
-        modes = {16: capstone.CS_MODE_16, 32: capstone.CS_MODE_32, 64: capstone.CS_MODE_64}
-        md = _disassemblers[bits] = capstone.Cs(capstone.CS_ARCH_X86, modes[bits])
-    return md
 
 
 def locate(read: Callable[[int, int], bytes], block: int, bits: int,

@@ -43,8 +43,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..disasm import disassembler
 from . import context as C
-from .blockmark import disassembler
 from .memory import UnmappedAccess
 from .mmu import GuestFault
 
