@@ -12,6 +12,7 @@ width, raises #GP.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import hvdef as H
@@ -155,20 +156,27 @@ class SyntheticMsrs:
         stub = bytes((0x0F, 0x01, 0xD9 if amd else 0xC1, 0xC3))
         return stub + b"\xcc" * (PAGE - len(stub))
 
-    def _remap_hypercall_page(self) -> None:
+    def _remap_overlay(self, old: Region | None, msr_value: int, enable: int,
+                       content: Callable[[], bytes]) -> Region | None:
+        """Drop the overlay page ``old`` and, while the MSR value has its ``enable`` bit, map
+        ``content()`` over the page it names: the new overlay, or None.  Over MMIO or hidden
+        memory no page appears (the MSR keeps its value; VMCALL itself still works)."""
         part = self.hv.partition
-        if part is None:
-            return
-        if self._hypercall_page is not None:
-            part.memory.unmap_overlay(self._hypercall_page)
-            self._hypercall_page = None
-        if self.hypercall & H.HV_X64_MSR_HYPERCALL_ENABLE:
-            try:
-                self._hypercall_page = part.memory.map_overlay(
-                    self.hypercall & ~0xFFF & _MASK64, self.hypercall_page_content())
-            except ValueError:
-                # Over MMIO/hidden memory: no page appears; VMCALL itself still works.
-                self._hypercall_page = None
+        assert part is not None
+        if old is not None:
+            part.memory.unmap_overlay(old)
+        if not msr_value & enable:
+            return None
+        try:
+            return part.memory.map_overlay(msr_value & ~0xFFF & _MASK64, content())
+        except ValueError:
+            return None
+
+    def _remap_hypercall_page(self) -> None:
+        if self.hv.partition is not None:
+            self._hypercall_page = self._remap_overlay(
+                self._hypercall_page, self.hypercall, H.HV_X64_MSR_HYPERCALL_ENABLE,
+                self.hypercall_page_content)
 
     # ---- reference time -----------------------------------------------------------------------
     def time_ref_count(self) -> int:
@@ -201,21 +209,16 @@ class SyntheticMsrs:
         self.reference_tsc = value & ~0xFFE  # bits 11:1 RsvdP
         self._remap_tsc_page()
 
+    def _next_tsc_page_content(self) -> bytes:
+        # A new sequence number on every (re)map, skipping 0 ("invalid, use the MSR").
+        self.tsc_sequence = (self.tsc_sequence + 1) & 0xFFFF_FFFF or 1
+        return self._tsc_page_content()
+
     def _remap_tsc_page(self) -> None:
-        part = self.hv.partition
-        if part is None:
-            return
-        if self._tsc_page is not None:
-            part.memory.unmap_overlay(self._tsc_page)
-            self._tsc_page = None
-        if self.reference_tsc & H.HV_X64_MSR_TSC_REFERENCE_ENABLE:
-            # A new sequence number on every (re)map, skipping 0 ("invalid, use the MSR").
-            self.tsc_sequence = (self.tsc_sequence + 1) & 0xFFFF_FFFF or 1
-            try:
-                self._tsc_page = part.memory.map_overlay(self.reference_tsc & ~0xFFF,
-                                                         self._tsc_page_content())
-            except ValueError:
-                self._tsc_page = None
+        if self.hv.partition is not None:
+            self._tsc_page = self._remap_overlay(
+                self._tsc_page, self.reference_tsc, H.HV_X64_MSR_TSC_REFERENCE_ENABLE,
+                self._next_tsc_page_content)
 
     def _write_ia32_tsc(self, vp: VirtualProcessor, value: int) -> None:
         vp.tsc_offset = (value - vp.clock_tsc()) & _MASK64  # as msr.py does for IA32_TSC

@@ -23,6 +23,7 @@ from hyperv_emu.worker.hostio import Attachments, HostIo, LineWriter, Writer
 if TYPE_CHECKING:
     from hyperv_emu.guest_needs import PreparedGuest
     from hyperv_emu.vdev.ide import Attachment
+    from hyperv_emu.vsp.storage.blockdev import BlockDevice
     from hyperv_emu.vsp.storage.lock import ImageInUseError
     from hyperv_emu.worker.machine import Machine
 
@@ -79,8 +80,7 @@ def open_drives(cfg: VmConfig, host: HostIo, stack: contextlib.ExitStack
     opened and locked, closed by ``stack``; with a shipped guest, its disk and what it brings."""
     from hyperv_emu.vdev.atapi import CdromDrive
     from hyperv_emu.vsp.storage.blockdev import BlockDeviceError
-    from hyperv_emu.vsp.storage.detect import detect_format, open_image
-    from hyperv_emu.vsp.storage.lock import ImageInUseError, force_share
+    from hyperv_emu.vsp.storage.detect import detect_format
 
     drives: list[Attachment] = [None] * 4
     for disk in cfg.disks:
@@ -93,36 +93,44 @@ def open_drives(cfg: VmConfig, host: HostIo, stack: contextlib.ExitStack
             # Issue 3: read-only "where asked or where the file is".
             read_only = True
             host.notice(f"{path}: not writable; attached read-only")
-        try:
-            with force_share() if disk.force_share else contextlib.nullcontext():
-                image = open_image(path, read_only=read_only)
-        except ImageInUseError as exc:
-            raise ConfigError(in_use_hint(exc, "',readonly,force-share'")) from None
-        except BlockDeviceError as exc:
-            raise ConfigError(str(exc)) from None
-        stack.callback(image.close)
-        drives[disk.slot] = image
+        drives[disk.slot] = _open_image(path, read_only, disk.force_share,
+                                        "',readonly,force-share'", stack)
     if cfg.cdrom is not None:
         path = cfg.cdrom.path
         if not Path(path).is_file():
             raise ConfigError(f"CD image {path!r} does not exist or is not a file")
         try:
             fmt = detect_format(path)
-            if fmt != "iso":
-                raise ConfigError(f"{path}: not an ISO 9660 image (no 'CD001' at byte 0x8001; "
-                                  f"it looks like {fmt})")
-            with force_share() if cfg.cdrom.force_share else contextlib.nullcontext():
-                cd = open_image(path, read_only=True)
-        except ImageInUseError as exc:
-            raise ConfigError(in_use_hint(exc, "',force-share'")) from None
         except BlockDeviceError as exc:
             raise ConfigError(str(exc)) from None
-        stack.callback(cd.close)
-        drives[CDROM_SLOT] = CdromDrive(cd)
+        if fmt != "iso":
+            raise ConfigError(f"{path}: not an ISO 9660 image (no 'CD001' at byte 0x8001; "
+                              f"it looks like {fmt})")
+        drives[CDROM_SLOT] = CdromDrive(_open_image(path, True, cfg.cdrom.force_share,
+                                                    "',force-share'", stack))
     prepared = None
     if cfg.guest:
         prepared = prepare(cfg, drives, stack)
     return drives, prepared
+
+
+def _open_image(path: str, read_only: bool, share: bool, share_hint: str,
+                stack: contextlib.ExitStack) -> BlockDevice:
+    """A disk or CD image opened and locked (``share``: the force-share option, named in the
+    lock conflict's message by ``share_hint``), closed by ``stack``; errors as ConfigError."""
+    from hyperv_emu.vsp.storage.blockdev import BlockDeviceError
+    from hyperv_emu.vsp.storage.detect import open_image
+    from hyperv_emu.vsp.storage.lock import ImageInUseError, force_share
+
+    try:
+        with force_share() if share else contextlib.nullcontext():
+            image = open_image(path, read_only=read_only)
+    except ImageInUseError as exc:
+        raise ConfigError(in_use_hint(exc, share_hint)) from None
+    except BlockDeviceError as exc:
+        raise ConfigError(str(exc)) from None
+    stack.callback(image.close)
+    return image
 
 
 def prepare(cfg: VmConfig, drives: list[Attachment],

@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import IO, TYPE_CHECKING, Any, BinaryIO
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, NoReturn
 
 if TYPE_CHECKING:
     from hyperv_emu.vdev.ide import Attachment
@@ -47,19 +47,21 @@ class LineWriter:
             self.stream.write(data)
             if b"\n" in data:
                 self.stream.flush()
-        except BrokenPipeError:
-            raise
         except OSError as exc:
-            raise OutputError(self.name, exc) from None
+            self._failed(exc)
 
     def flush(self) -> None:
         """Write out what is buffered; raises like a write."""
         try:
             self.stream.flush()
-        except BrokenPipeError:
-            raise
         except OSError as exc:
-            raise OutputError(self.name, exc) from None
+            self._failed(exc)
+
+    def _failed(self, exc: OSError) -> NoReturn:
+        """A closed pipe stays a BrokenPipeError; any other failure becomes one OutputError."""
+        if isinstance(exc, BrokenPipeError):
+            raise exc
+        raise OutputError(self.name, exc) from None
 
     def close(self) -> None:
         """Flush what is left, on a path that is already ending (errors were reported)."""
