@@ -29,6 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import unicorn  # noqa: E402
+from bench_intercepts import long_mode  # noqa: E402
 from unicorn import x86_const as X  # noqa: E402
 
 from hyperv_emu.asm import assemble  # noqa: E402
@@ -45,7 +46,6 @@ ITERS = 20_000
 #: mostly measures the other processes.
 _clock = time.thread_time
 CODE, HC_PAGE, IN_PAGE, OUT_PAGE = 0x4000, 0x30000, 0x20000, 0x21000
-PML4, PDPT, PD = 0x10000, 0x11000, 0x12000
 
 
 #: Iterations of each row of the per-call table, and how often each row and its baseline are
@@ -95,17 +95,7 @@ def partition_run(src: str, inputs: bytes = b"", status: int | None = None) -> f
     part.map_ram(0, 0x200000)
     vp = part.create_vp()
     hv = install_hyperv(part)
-    w = part.write_memory
-    w(PML4, struct.pack("<Q", PDPT | 3))
-    w(PDPT, struct.pack("<Q", PD | 3))
-    w(PD, struct.pack("<Q", 0x83))
-    w(0x1000, bytes(8) + struct.pack("<QQ", 0x00AF9A000000FFFF, 0x00CF92000000FFFF))
-    vp.write_registers(cr4=0x20)
-    vp.write_registers(cr3=PML4)
-    vp.write_registers(efer=0x100)
-    vp.write_registers(cr0=0x80000011)
-    vp.write_registers(gdtr_base=0x1000, gdtr_limit=0x17, cs=0x08, ds=0x10, ss=0x10,
-                       rsp=0x8000)
+    long_mode(part, vp)
     vp.write_msr(0x40000000, 0x8100_0000_0000_0001)
     vp.write_msr(0x40000001, HC_PAGE | 1)
     # A message port and an event port of this partition, heard by host listeners (the way
@@ -116,6 +106,7 @@ def partition_run(src: str, inputs: bytes = b"", status: int | None = None) -> f
         ports.connect(Connection(hv.id, pid, hv.id, pid, ptype))
     hv.synic.listen_messages(1, lambda _msg: None)
     hv.synic.listen_events(2, lambda _evt: None)
+    w = part.write_memory
     w(IN_PAGE, inputs)
     w(CODE, assemble(src, 64, CODE))
     vp.write_registers(rip=CODE)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import struct
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -60,19 +61,26 @@ CASES = {
 }
 
 
-def baseline() -> float:
-    """Seconds per iteration of a bare engine's CPUID loop with a trivial Python hook."""
-    code = assemble(loop("mov eax, 1\ncpuid"), 64, CODE)
+def _bare(src: str, insn: int, hook: Callable[..., Any], clock: Callable[[], float]) -> float:
+    """``clock`` seconds of a bare 64-bit engine running ``src`` at CODE, with the Python
+    ``hook`` on the instruction ``insn``."""
+    code = assemble(src, 64, CODE)
     uc = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_64)
     uc.mem_map(0, 0x100000)
     uc.mem_write(CODE, code)
-    uc.hook_add(unicorn.UC_HOOK_INSN, lambda u, _ud: 1, None, 1, 0, X.UC_X86_INS_CPUID)
-    t = time.perf_counter()
+    uc.hook_add(unicorn.UC_HOOK_INSN, hook, None, 1, 0, insn)
+    t = clock()
     uc.emu_start(CODE, CODE + len(code) - 1)
-    return (time.perf_counter() - t) / ITERS
+    return clock() - t
 
 
-def _long_mode(part: Partition, vp: Any) -> None:
+def baseline() -> float:
+    """Seconds per iteration of a bare engine's CPUID loop with a trivial Python hook."""
+    return _bare(loop("mov eax, 1\ncpuid"), X.UC_X86_INS_CPUID, lambda u, _ud: 1,
+                 time.perf_counter) / ITERS
+
+
+def long_mode(part: Partition, vp: Any) -> None:
     """Identity-map the first 2 MiB and enter 64-bit mode."""
     w = part.write_memory
     w(PML4, struct.pack("<Q", PDPT | 3))
@@ -94,14 +102,19 @@ def partition_run(src: str) -> float:
     vp = part.create_vp()
     part.map_local_apic()
     vp.set_interrupt_source(vp.lapic)
-    _long_mode(part, vp)
+    return _timed_run(part, vp, src, time.perf_counter) / ITERS
+
+
+def _timed_run(part: Partition, vp: Any, src: str, clock: Callable[[], float]) -> float:
+    """``clock`` seconds of ``part`` running ``src`` at CODE in long mode to its HLT."""
+    long_mode(part, vp)
     part.write_memory(CODE, assemble(src, 64, CODE))
     vp.write_registers(rip=CODE)
-    t = time.perf_counter()
+    t = clock()
     ex = part.run(timeout=300)
-    elapsed = time.perf_counter() - t
+    elapsed = clock() - t
     assert ex.reason == "halted", ex
-    return elapsed / ITERS
+    return elapsed
 
 
 OUT_ITERS, OUT_REPEATS = 20_000, 3
@@ -111,15 +124,8 @@ OUT_LOOP = loop("mov al, r12b\nout 0x80, al").replace(f"mov r12d, {ITERS}",
 
 def bare_out() -> float:
     """CPU seconds of a bare engine's OUT loop with a trivial Python OUT hook."""
-    code = assemble(OUT_LOOP, 64, CODE)
-    uc = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_64)
-    uc.mem_map(0, 0x100000)
-    uc.mem_write(CODE, code)
-    uc.hook_add(unicorn.UC_HOOK_INSN, lambda u, port, size, value, _ud: None, None, 1, 0,
-                X.UC_X86_INS_OUT)
-    t = time.thread_time()
-    uc.emu_start(CODE, CODE + len(code) - 1)
-    return time.thread_time() - t
+    return _bare(OUT_LOOP, X.UC_X86_INS_OUT, lambda u, port, size, value, _ud: None,
+                 time.thread_time)
 
 
 def device_out() -> float:
@@ -131,13 +137,7 @@ def device_out() -> float:
     part.set_io_handler(board.io_read, board.io_write)
     part.set_io_block_handler(board.offers_block, board.io_read_block, board.io_write_block)
     vp = part.create_vp()
-    _long_mode(part, vp)
-    part.write_memory(CODE, assemble(OUT_LOOP, 64, CODE))
-    vp.write_registers(rip=CODE)
-    t = time.thread_time()
-    ex = part.run(timeout=300)
-    elapsed = time.thread_time() - t
-    assert ex.reason == "halted", ex
+    elapsed = _timed_run(part, vp, OUT_LOOP, time.thread_time)
     assert post.code == 1  # the last value written
     return elapsed
 

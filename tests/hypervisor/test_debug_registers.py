@@ -4,6 +4,8 @@ hooks.  Real 32-bit guest code programs them; the #DB handler reports DR6 and th
 
 from __future__ import annotations
 
+from typing import Any
+
 from hv_helpers import IDT32, flat32, gate32, machine
 
 DB_ISR = 0x5000
@@ -111,21 +113,31 @@ def test_execute_breakpoint_after_mov_ss_is_not_reported() -> None:
     assert m.vp.read_registers()["rbx"] == 3
 
 
+def _long_machine_recording_db() -> Any:
+    """A 64-bit machine (test_longmode) whose #DB handler reports DR6 on port 80h and the
+    return RIP on port 81h, then clears DR6."""
+    from hv_helpers import gate64
+    from test_longmode import IDT, long_machine
+
+    m = long_machine(0x60000)
+    m.load(0x5000, "push rax\nmov rax, dr6\nout 0x80, eax\nmov rax, [rsp+8]\nout 0x81, eax\n"
+                   "xor eax, eax\nmov dr6, rax\npop rax\niretq", 64)
+    m.part.write_memory(IDT + 1 * 16, gate64(0x5000, 0x08))
+    return m
+
+
 def test_icebp_in_64_bit_mode_with_interrupts_enabled_is_a_db_trap() -> None:
     """ICEBP (F1) is a trap-class #DB (SDM Vol. 3A 6.15, "Interrupt 1"), also where the #UD
     that Unicorn raises for it would be vectored inside the hook (IF=1: inline.py); single
     steps after MOV SS go on as before (kvm-unit-tests debug "Single-Step + ICEBP #DB w/ MOVSS
     blocking", which looped on a #UD before)."""
     from hv_helpers import gate64
-    from test_longmode import IDT, long_machine
+    from test_longmode import IDT
 
-    m = long_machine(0x60000)
-    # #DB: report DR6 and the return RIP, clear DR6.  #UD: report a mark, skip the byte.
-    m.load(0x5000, "push rax\nmov rax, dr6\nout 0x80, eax\nmov rax, [rsp+8]\nout 0x81, eax\n"
-                   "xor eax, eax\nmov dr6, rax\npop rax\niretq", 64)
+    m = _long_machine_recording_db()
+    # #UD: report a mark, skip the byte.
     m.load(0x5100, "push rax\nmov eax, 0x6\nout 0x80, eax\npop rax\n"
                    "add qword ptr [rsp], 1\niretq", 64)
-    m.part.write_memory(IDT + 1 * 16, gate64(0x5000, 0x08))
     m.part.write_memory(IDT + 6 * 16, gate64(0x5100, 0x08))
     m.load(0x4000, """
         sti
@@ -161,13 +173,7 @@ def test_single_step_traps_after_intercepted_instructions() -> None:
     #DB on MOV DR right after MOV SS is a fault, delivered in the shadow, and the MOV DR that
     runs again after it then steps (kvm-unit-tests debug "Single-step #DB w/ MOVSS blocking
     and DR7.GD=1")."""
-    from hv_helpers import gate64
-    from test_longmode import IDT, long_machine
-
-    m = long_machine(0x60000)
-    m.load(0x5000, "push rax\nmov rax, dr6\nout 0x80, eax\nmov rax, [rsp+8]\nout 0x81, eax\n"
-                   "xor eax, eax\nmov dr6, rax\npop rax\niretq", 64)
-    m.part.write_memory(IDT + 1 * 16, gate64(0x5000, 0x08))
+    m = _long_machine_recording_db()
     m.load(0x4000, """
         sti
         mov eax, 0x2400

@@ -6,6 +6,7 @@ interrupt held by the STI shadow that covers the intercepted instruction."""
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -118,6 +119,29 @@ def test_host_clock_mode(monkeypatch: pytest.MonkeyPatch) -> None:
     assert m.vp.read_registers()["r13"] == sum(i & 15 for i in range(1, ITERS + 1))
 
 
+def _run_to_halt(m: Any, code: str) -> Any:
+    """``m`` after running the 64-bit ``code`` from 4000h to its HLT."""
+    m.load(0x4000, code, 64)
+    m.vp.write_registers(rip=0x4000)
+    assert m.part.run(max_instructions=100_000).reason == "halted"
+    return m
+
+
+def _in_hook_and_slow(monkeypatch: pytest.MonkeyPatch, build: Callable[[], Any], in_hook: int,
+                      *declined: str) -> tuple[Any, Any]:
+    """The machine ``build`` runs, first with ``in_hook`` exits handled inside the hook, then
+    with the ``declined`` InlineExits methods sending every exit through the run loop; both
+    ran the same instructions."""
+    fast = build()
+    assert fast.vp.inline.count == in_hook
+    for name in declined:
+        monkeypatch.setattr(InlineExits, name, lambda self, *args: False)
+    slow = build()
+    assert slow.vp.inline.count == 0
+    assert fast.clock.instructions == slow.clock.instructions
+    return fast, slow
+
+
 HC_PAGE, HC_IN = 0x30000, 0x20000
 HYPERCALLS = f"""
 mov rbx, {HC_PAGE:#x}
@@ -156,25 +180,16 @@ def _hypercalls() -> Any:
     install_hyperv(m.part)
     m.vp.write_msr(0x40000000, 0x8100_0000_0000_0001)  # HV_X64_MSR_GUEST_OS_ID
     m.vp.write_msr(0x40000001, HC_PAGE | 1)  # hypercall page on
-    m.load(0x4000, HYPERCALLS, 64)
-    m.vp.write_registers(rip=0x4000)
-    assert m.part.run(max_instructions=100_000).reason == "halted"
-    return m
+    return _run_to_halt(m, HYPERCALLS)
 
 
 def test_hypercalls_inline_match_the_slow_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    fast = _hypercalls()
     # NotifyLongSpinWait fast, fast with RsvdZ set, memory form, the flush and RDTSC: all
     # inline (the flush drops the engine's TLB from inside the hook).
-    assert fast.vp.inline.count == 50 * 5
-    monkeypatch.setattr(InlineExits, "vmcall", lambda self: False)
-    monkeypatch.setattr(InlineExits, "svm_exit", lambda self, code: False)
-    slow = _hypercalls()
-    assert slow.vp.inline.count == 0
+    fast, slow = _in_hook_and_slow(monkeypatch, _hypercalls, 50 * 5, "vmcall", "svm_exit")
     for m in (fast, slow):
         assert m.vp.read_registers()["r12"] == 0
-    assert (fast.clock.instructions, fast.vp.read_registers()["r13"]) == (
-        slow.clock.instructions, slow.vp.read_registers()["r13"])
+    assert fast.vp.read_registers()["r13"] == slow.vp.read_registers()["r13"]
 
 
 EXCEPTIONS = """
@@ -206,24 +221,16 @@ def _exceptions() -> Any:
     for n, (vector, src) in enumerate(EXC_HANDLERS.items()):
         m.part.write_memory(IDT + vector * 16, gate64(0x5000 + 0x100 * n, 0x08))
         m.load(0x5000 + 0x100 * n, src, 64)
-    m.load(0x4000, EXCEPTIONS, 64)
-    m.vp.write_registers(rip=0x4000)
-    assert m.part.run(max_instructions=100_000).reason == "halted"
-    return m
+    return _run_to_halt(m, EXCEPTIONS)
 
 
 def test_exceptions_delivered_in_the_hook_match_the_slow_path(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    fast = _exceptions()
-    assert fast.vp.inline.count == 4 * 200
-    monkeypatch.setattr(InlineExits, "exception", lambda self, intno: False)
-    slow = _exceptions()
-    assert slow.vp.inline.count == 0
+    fast, slow = _in_hook_and_slow(monkeypatch, _exceptions, 4 * 200, "exception")
     want = 200 * (1 + 0x100 + 0x300000 + 0x10000)
     for m in (fast, slow):
         regs = m.vp.read_registers()
         assert (regs["r13"], regs["r14"], regs["rsp"]) == (200, want, 0x8000)
-    assert fast.clock.instructions == slow.clock.instructions
     assert fast.vp.read_registers()["rflags"] == slow.vp.read_registers()["rflags"]
 
 
@@ -275,10 +282,7 @@ def _nx_faults() -> Any:
     m = _nx_stack_machine()
     m.part.write_memory(IDT + 14 * 16, gate64(0x5000, 0x08))
     m.load(0x5000, "mov rax, cr2\nadd r14, rax\nadd rsp, 8\nadd qword ptr [rsp], 3\niretq", 64)
-    m.load(0x4000, NX_FAULTS, 64)
-    m.vp.write_registers(rip=0x4000)
-    assert m.part.run(max_instructions=100_000).reason == "halted"
-    return m
+    return _run_to_halt(m, NX_FAULTS)
 
 
 def test_page_fault_in_the_hook_with_a_non_executable_stack(
@@ -287,16 +291,11 @@ def test_page_fault_in_the_hook_with_a_non_executable_stack(
     # code address; on an NX page that fails inside the engine, which used to leave CR2 at
     # the frame's address: the handler saw its own stack as the faulting address (Debian's
     # execve of /init failed with -EFAULT, its init died of SIGSEGV).  tbcache.py.
-    fast = _nx_faults()
-    assert fast.vp.inline.count == 50
-    monkeypatch.setattr(InlineExits, "exception", lambda self, intno: False)
-    slow = _nx_faults()
-    assert slow.vp.inline.count == 0
+    fast, slow = _in_hook_and_slow(monkeypatch, _nx_faults, 50, "exception")
     want = sum(0x200008 + 0x1000 * i for i in range(1, 51))
     for m in (fast, slow):
         regs = m.vp.read_registers()
         assert (regs["r14"], regs["rsp"], regs["cr2"]) == (want, 0x8000, 0x200008 + 50 * 0x1000)
-    assert fast.clock.instructions == slow.clock.instructions
 
 
 def test_exception_in_the_hook_leaves_cr2_alone() -> None:
