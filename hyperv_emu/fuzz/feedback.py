@@ -17,7 +17,7 @@ def _bucket(value: object) -> int:
         v: int = value  # type: ignore[assignment]
         return v if 0 <= v < 16 else (16 + v.bit_length() if v > 0 else -1)
     if t is bool:
-        return int(value)  # type: ignore[call-overload]
+        return 1 if value else 0
     if t is str:
         return 64 + min(len(value), 64).bit_length()  # type: ignore[arg-type]
     return -2 if value is None else -3

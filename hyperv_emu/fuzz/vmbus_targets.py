@@ -106,7 +106,7 @@ class _Bus:
                         Timesync(lambda: EPOCH_FILETIME + clock.now() // 100,
                                  hv.msrs.time_ref_count),
                         Kvp(host_keys=K.standard_host_keys("fuzz", "host"))]
-        self.server = VmbusServer(root, hv, self.devices)  # type: ignore[arg-type]
+        self.server = VmbusServer(root, hv, self.devices)
         self.cpu = GuestCpu(vp, code_gpa=STUB, hypercall_gpa=HC_PAGE, vector=VECTOR)
         self.vsc = VmbusClient(self.cpu, PageAllocator(*VSC_MEMORY))
         self.vsc.enable_synic()

@@ -94,8 +94,8 @@ class LiveContext(CpuContext):
     restored (it *is* the engine's state)."""
 
     def __init__(self, uc: object) -> None:  # noqa: D107 - no context buffer of its own
-        self.uc = uc  # type: ignore[assignment]
-        self.base = C.env_address(uc)  # type: ignore[arg-type]
+        self.uc = uc
+        self.base = C.env_address(uc)
         self.view = memoryview((ctypes.c_char * (C.CONTEXT_SIZE - C.ENV_OFFSET)).from_address(
             self.base)).cast("B")
 

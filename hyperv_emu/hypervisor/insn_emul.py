@@ -110,7 +110,7 @@ def _effective_address(vp: VirtualProcessor, text_len: int, code: bytes, bits: i
     addr_bits = bits
     if 0x67 in insn.prefix:  # address-size override
         addr_bits = 32 if bits == 64 else 48 - bits
-    ea = mem.disp
+    ea: int = mem.disp
     base = reg_name(mem.base) if mem.base else None
     if base in ("rip", "eip"):
         ea += ctx.rip + text_len

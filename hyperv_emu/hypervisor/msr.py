@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from . import msr_table as T
 from .mmu import GuestFault
-from .msr_table import (  # noqa: F401 - re-exported: the MSR indices' home for other modules
+from .msr_table import (  # re-exported (__all__): the MSR indices' home for other modules
     IA32_CSTAR,
     IA32_EFER,
     IA32_FMASK,
@@ -42,6 +42,38 @@ from .msr_table import (  # noqa: F401 - re-exported: the MSR indices' home for 
 
 if TYPE_CHECKING:
     from .vp import VirtualProcessor
+
+__all__ = [
+    "APIC_BASE_BSP",
+    "APIC_BASE_DEFAULT",
+    "APIC_BASE_ENABLE",
+    "ENGINE_MSRS",
+    "IA32_APIC_BASE",
+    "IA32_CSTAR",
+    "IA32_EFER",
+    "IA32_FMASK",
+    "IA32_FS_BASE",
+    "IA32_GS_BASE",
+    "IA32_KERNEL_GS_BASE",
+    "IA32_LSTAR",
+    "IA32_MISC_ENABLE",
+    "IA32_MTRRCAP",
+    "IA32_MTRR_DEF_TYPE",
+    "IA32_PAT",
+    "IA32_STAR",
+    "IA32_SYSENTER_CS",
+    "IA32_SYSENTER_EIP",
+    "IA32_SYSENTER_ESP",
+    "IA32_TSC",
+    "IA32_TSC_AUX",
+    "IA32_TSC_DEADLINE",
+    "MsrRead",
+    "MsrWrite",
+    "UnknownMsr",
+    "gp",
+    "msr_read",
+    "msr_write",
+]
 
 MsrRead = Callable[["VirtualProcessor"], int]
 MsrWrite = Callable[["VirtualProcessor", int], None]

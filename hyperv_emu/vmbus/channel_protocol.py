@@ -118,8 +118,8 @@ class _Message(_Wire):
     MSGTYPE = CHANNELMSG_INVALID
 
     def __init__(self, **fields: object) -> None:
-        super().__init__(**fields)  # type: ignore[arg-type]
-        self.header.msgtype = self.MSGTYPE  # type: ignore[attr-defined]
+        super().__init__(**fields)
+        self.header.msgtype = self.MSGTYPE
 
 
 _H = ("header", vmbus_channel_message_header)
@@ -208,6 +208,7 @@ class vmbus_channel_initiate_contact(_Message):  # noqa: N801
     MSGTYPE = CHANNELMSG_INITIATE_CONTACT
     _fields_ = [_H, ("vmbus_version_requested", _u32), ("target_vcpu", _u32),
                 ("interrupt_page", _u64), ("monitor_page1", _u64), ("monitor_page2", _u64)]
+    interrupt_page: int  # (for the type checker: ctypes fields are Any)
 
     @property
     def msg_sint(self) -> int:

@@ -199,6 +199,8 @@ class RingWriter(Ring):
         _U32.pack_into(self.header, WRITE_INDEX, (write + total) % size)
         # Signal only on empty -> non-empty and when the consumer has not masked interrupts;
         # read_index is re-read after publishing, as the consumer may have moved meanwhile.
+        now_read: int
+        mask: int
         now_read, mask = _READ_AND_MASK.unpack_from(self.header, READ_INDEX)
         return mask == 0 and now_read == write
 

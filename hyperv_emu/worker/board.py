@@ -356,7 +356,7 @@ class Board(Motherboard, PcParts):
         self._ioapic = self.parts.get("ioapic")
         return self
 
-    def add(self, device: Device, name: str | None = None) -> Device:  # type: ignore[override]
+    def add(self, device: Device, name: str | None = None) -> Device:
         """Plug ``device`` in: claim its ports, map its MMIO ranges (which must be MMIO
         regions of the memory map) and, with a name, make it the board's part ``name``."""
         for base, size in device.mmio:

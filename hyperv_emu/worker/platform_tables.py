@@ -64,7 +64,7 @@ def legacy_routes(board: Board) -> tuple[LegacyRoute, LegacyRoute]:
     if routes is None:
         routes = LegacyRoute(board.irqs[0]), LegacyRoute(board.irqs[8])
         board.parts["legacy_routes"] = routes
-    return routes  # type: ignore[no-any-return]
+    return routes
 
 
 def build_chipset(cfg: VmConfig, board: Board) -> None:

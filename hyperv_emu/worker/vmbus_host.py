@@ -24,7 +24,8 @@ from hyperv_emu.vsp.ic.kvp import Kvp, KvpRequest
 from hyperv_emu.vsp.ic.shutdown import KINDS, Shutdown, ShutdownRequest
 from hyperv_emu.vsp.ic.timesync import Timesync, filetime_of
 from hyperv_emu.vsp.ic.vss import Vss, VssRequest
-from hyperv_emu.worker.config import DEFAULT_ICS, KNOWN_ICS, VmConfig
+from hyperv_emu.worker.config import DEFAULT_ICS as DEFAULT_ICS  # re-exported for the CLI
+from hyperv_emu.worker.config import KNOWN_ICS, VmConfig
 
 if TYPE_CHECKING:
     from hyperv_emu.worker.machine import Machine

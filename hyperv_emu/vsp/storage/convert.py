@@ -576,7 +576,7 @@ def merge_image(child: str, *, keep: bool = False, progress: Progress | None = N
         parent = getattr(img, "parent", None)
         if parent is None:
             raise BlockDeviceError(f"{child}: not a differencing disk, nothing to merge")
-        ppath = parent.path
+        ppath: str = parent.path
         runs = list(layer_runs(img))
         # Reads of the child's own sectors never reach the parent: release it before writing.
         parent.close()
