@@ -48,8 +48,6 @@ from hyperv_emu.vsp.storage.vhdx_format import (
     VhdxHeader,
     build_metadata_region,
     check_regions,
-    guid_text,
-    parse_guid_text,
     parse_header,
     parse_metadata_table,
     parse_region_table,
@@ -61,13 +59,13 @@ from hyperv_emu.vsp.storage.vhdx_log import (
     descriptor_sectors,
     find_active_sequence,
 )
+from hyperv_emu.vsp.storage.vhdx_parent import host_path, open_parent_of
 
 _PAGE_ENTRIES = LOG_SECTOR // 8  # BAT entries per 4 KiB page
 _BAT_CACHE_PAGES = 4096  # at most 16 MiB of BAT kept in memory
 _SECTORS_PER_CHUNK = 1 << 23  # one sector bitmap block covers 2^23 logical sectors (2.5)
 # A log may grow the file (LastFileOffset) but never beyond a disk's worth of blocks.
 _MAX_FILE = MAX_VIRTUAL_SIZE + 64 * 1024 * MiB
-MAX_CHAIN = 64
 #: Whether flushes reach the disk (fsync). Tests that only check logic turn it off for speed;
 #: ordering is still visible to them through ``VhdxImage.io_hook``.
 SYNC = True
@@ -158,7 +156,7 @@ class VhdxImage(BlockDevice):
             self._reserved.append((h.log_offset, h.log_offset + h.log_length))
         self._alloc_end = round_up(max([self._eof()] + [e for _, e in self._reserved]), MiB)
         if self.has_parent and open_parent:
-            self._open_parent(chain)
+            self.parent = open_parent_of(self, chain)
 
     def _read_headers(self) -> None:
         self.header_slots: list[VhdxHeader | None] = []
@@ -250,53 +248,6 @@ class VhdxImage(BlockDevice):
         if not self.read_only:
             # 2.3.3: with the log applied, mark it empty.
             self._update_header(log_guid=ZERO_GUID)
-
-    def _open_parent(self, chain: tuple[str, ...]) -> None:
-        me = os.path.realpath(self.path)
-        chain = chain + (me,)
-        ppath = self._find_parent()
-        preal = os.path.realpath(ppath)
-        if preal in chain:
-            raise BlockDeviceError(
-                f"{self.path}: parent chain loops: {' -> '.join(chain + (preal,))}"
-            )
-        if len(chain) >= MAX_CHAIN:
-            raise BlockDeviceError(f"{self.path}: parent chain deeper than {MAX_CHAIN}")
-        parent = VhdxImage(ppath, read_only=True, _chain=chain)
-        loc = self.params.parent_locator
-        want = [g for g in (parse_guid_text(loc.get("parent_linkage", "")),
-                            parse_guid_text(loc.get("parent_linkage2", ""))) if g]
-        # 2.6.2.6.1: parent_linkage is the parent's DataWriteGuid when the child was made.
-        if parent.header.data_write_guid not in want:
-            parent.close()
-            raise BlockDeviceError(
-                f"{self.path}: parent {ppath} has data write GUID "
-                f"{guid_text(parent.header.data_write_guid)} but this disk expects "
-                f"{loc.get('parent_linkage')} (the parent changed after the child was made)"
-            )
-        if parent.size != self.size or parent.sector_size != self.sector_size:
-            parent.close()
-            raise BlockDeviceError(
-                f"{self.path}: parent {ppath} is {parent.size} bytes / {parent.sector_size}-byte "
-                f"sectors, this disk {self.size} / {self.sector_size}"
-            )
-        self.parent = parent
-
-    def _find_parent(self) -> str:
-        loc = self.params.parent_locator
-        base = os.path.dirname(os.path.abspath(self.path))
-        tried = []
-        for key in ("relative_path", "absolute_win32_path", "volume_path"):
-            value = loc.get(key)
-            if not value:
-                continue
-            cand = host_path(key, value, base)
-            tried.append(cand)
-            if os.path.isfile(cand):
-                return cand
-        raise BlockDeviceError(
-            f"{self.path}: parent disk not found (tried: {', '.join(tried) or 'no paths'})"
-        )
 
     # ------------------------------------------------------------------ raw file access
 
@@ -659,20 +610,6 @@ class VhdxImage(BlockDevice):
     def __repr__(self) -> str:
         mode = "ro" if self.read_only else "rw"
         return f"VhdxImage({self.path!r}, {getattr(self, 'size', 0)} bytes, {mode})"
-
-
-def host_path(key: str, value: str, base: str) -> str:
-    """Turn a parent locator path into a host path (the values are Windows-style)."""
-    if key == "relative_path":
-        rel = value.replace("\\", "/")
-        return os.path.normpath(os.path.join(base, rel))
-    if key == "volume_path" and value.startswith("\\\\?\\Volume{"):
-        # "\\?\Volume{GUID}\dir\file": no volume GUIDs here, so try the path from the root.
-        rest = value.split("}", 1)[1] if "}" in value else ""
-        return "/" + rest.replace("\\", "/").lstrip("/")
-    if len(value) > 2 and value[1] == ":":
-        return value[2:].replace("\\", "/")  # "C:\dir\file" -> "/dir/file"
-    return value.replace("\\", "/") if "\\" in value and "/" not in value else value
 
 
 from hyperv_emu.vsp.storage.vhdx_check import VhdxInfo, check_vhdx, vhdx_info  # noqa: E402
