@@ -26,7 +26,7 @@ from hyperv_emu.vdev.hpet import Hpet, LegacyRoute
 from hyperv_emu.vdev.ioapic import IOAPIC_BASE
 from hyperv_emu.vdev.pirq import PIRQS, PirqRouter, pirq_of
 from hyperv_emu.vdev.reset_control import RCPU, RESET_CONTROL_PORT, SRST, ResetControl
-from hyperv_emu.vdev.rtc import REG_CENTURY
+from hyperv_emu.vdev.rtc_regs import REG_CENTURY
 from hyperv_emu.vid.vm import LAPIC_VERSION
 
 if TYPE_CHECKING:
