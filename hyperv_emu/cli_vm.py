@@ -36,7 +36,7 @@ _RUN_ONLY = (("serial_input", "--serial-input"), ("serial_input_after", "--seria
 
 def add_vm_commands(sub: Any) -> None:
     """Add the ``vm`` subcommand group to the top-level subparsers ``sub``."""
-    from hyperv_emu.cli import _add_machine_options
+    from hyperv_emu.cli_parser import _add_machine_options
 
     vm = sub.add_parser("vm", help="create and run VMs in the background: states, save, "
                         "checkpoints, console", description=DESCRIPTION,
@@ -337,7 +337,7 @@ def cmd_simple(args: argparse.Namespace) -> int:
 
 
 def _stop_options(p: argparse.ArgumentParser) -> None:
-    from hyperv_emu.cli import _positive_float
+    from hyperv_emu.cli_parser import _positive_float
     from hyperv_emu.vmms.ic_requests import STOP_TIMEOUT_S
 
     p.add_argument("--turn-off", action="store_true",

@@ -43,7 +43,7 @@ def add_vmbus_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kvp", metavar="KEY=VALUE", type=_kvp, action="append", default=[],
                    help="a host key for the guest's external KVP pool (pool 0); repeatable; "
                         "needs kvp in --ic")
-    from hyperv_emu.cli import _positive_int
+    from hyperv_emu.cli_parser import _positive_int
 
     p.add_argument("--shutdown-after-heartbeats", metavar="N", type=_positive_int,
                    help="ask the guest to shut down (shutdown IC) once it has answered N "
