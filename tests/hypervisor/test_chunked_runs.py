@@ -85,3 +85,15 @@ def test_steps_then_a_run_end_as_one_run() -> None:
         assert m.clock.instructions == steps
         m.part.run(max_instructions=2_000 - steps)
         assert _state(m) == _single(2_000), steps
+
+
+def test_a_code_breakpoint_elsewhere_leaves_block_stops_exact() -> None:
+    # A code breakpoint is a UC_HOOK_CODE for as long as it is set, so every gated slice
+    # (here ended at a block entry by at_block) had the stale EIP.
+    want = _single(3_000)
+    for k in range(700, 720):
+        m = _guest()
+        m.part.observers.add_code_breakpoint(0x9000, lambda vp: False)
+        m.part.run(max_instructions=k, at_block=True)
+        m.part.run(max_instructions=3_000 - m.clock.instructions)
+        assert _state(m) == want, k
