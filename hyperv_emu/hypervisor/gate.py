@@ -266,8 +266,22 @@ class BlockGate:
         s = self.state
         s.retired = 0
         s.cur = 0
+        s.size = 0  # no block entered yet (see stopped_at_entry)
         s.limit = limit
         s.watch_if = int(watch_if)
+
+    def stopped_at_entry(self) -> bool:
+        """Whether the slice ended with the gate stopping the engine at a block's entry (a
+        limit, the IF watch, a changed page): the block at :attr:`last` has not run.  The
+        gate's stop paths leave ``cur`` at 0 with that block's size recorded; ``begin`` and
+        an intercept performed in the hook (inline.py) leave no size."""
+        s = self.state
+        return not s.cur and bool(s.size)
+
+    def entry_rip(self, cs_base: int, long_mode: bool) -> int:
+        """RIP of the block at :attr:`last` (a linear address: CS base + EIP)."""
+        last = int(self.state.last)
+        return last if long_mode else (last - cs_base) & 0xFFFF_FFFF
 
     def before_block(self) -> int:
         """Instructions of this slice retired before the block now executing."""

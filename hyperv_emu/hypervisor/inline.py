@@ -319,7 +319,9 @@ class InlineExits:
         _I32.pack_into(view, C.OFF_OLD_EXCEPTION, -1)
         # The rest of the block is not executed: nothing of it is counted, and a slice that
         # stops before the next block entry has retired exactly this.
-        self.vp.blocks.state.cur = 0
+        state = self.vp.blocks.state
+        state.cur = 0
+        state.size = 0  # not a gate stop should the slice end before the next block
         self.count += 1
 
     def _span_at(self, linear: int, n: int) -> bytes | None:

@@ -632,6 +632,16 @@ class Partition:
             ctx.old_exception = -1
             vp._dirty = True
             exit_ = vp._exit
+            if exit_ is None and error is None and vp.blocks.stopped_at_entry():
+                # Stopped by the gate at a block's entry: the guest goes on at that block.
+                # Unicorn 2.1.1 restores EIP there (synchronize_from_tb) only while no
+                # UC_HOOK_CODE is listed, and Unicorn's counting hook is listed during a
+                # counted slice and, deleted but not yet freed, during the next slice.  EIP
+                # was then where Unicorn last stored it (a chained jump stores none): a
+                # block or instruction already counted ran again (chunked runs of Linux's
+                # LZ4 decompressor lost instructions and triple-faulted).
+                ctx.rip = vp.blocks.entry_rip(ctx.seg(C.SEG_CS).base,
+                                              bool(ctx.hflags & C.HF_CS64))
             if count:
                 retired = self._counted_retired(vp, exit_, count)
             else:
