@@ -84,8 +84,9 @@ _VMCALLS = (bytes((0x0F, 0x01, 0xC1)), bytes((0x0F, 0x01, 0xD9)))  # VMCALL, VMM
 _MODE_BITS = C.HF_CS32 | C.HF_CS64
 _MAX_FOUND = 4096
 #: (linear address, length, text) of the instruction, instructions before it in its block,
-#: and the code bytes from the block start to its end.
-_Found = tuple[int, int, str, int, bytes]
+#: the code bytes from the block start to its end, and MOV CR8's general register operand
+#: (index, width; decoded once here: this runs for every MOV CR8).
+_Found = tuple[int, int, str, int, bytes, tuple[int, int] | None]
 
 
 class LiveContext(CpuContext):
@@ -143,7 +144,7 @@ class InlineExits:
             hit = self._find(key, hf)
             if hit is None:
                 return False
-        linear, length, text, k, _span = hit
+        linear, length, text, k, _span, reg = hit
         bits = 64 if hf & C.HF_CS64 else 32 if hf & C.HF_CS32 else 16
         if k >= cur:
             return False
@@ -152,7 +153,7 @@ class InlineExits:
         # Time reads by the instruction see its own boundary (the slow path's clock).
         s.retired, s.cur = before + k + 1, 1
         try:
-            done = self._perform(code, text, length, linear, bits)
+            done = self._perform(code, text, length, linear, bits, reg)
         except GuestFault:
             done = False
         if not done:
@@ -356,14 +357,19 @@ class InlineExits:
         if k is None:
             return None
         span = self._span_at(last, linear + length - last) or b""
-        hit = (linear, length, text, k, span)
+        reg = None
+        if code in (_WRITE_CR8, _READ_CR8):
+            dst, src = (o.strip() for o in text.partition(" ")[2].split(","))
+            reg = _reg_operand(src if code == _WRITE_CR8 else dst)
+        hit = (linear, length, text, k, span, reg)
         if span:
             if len(self._found) >= _MAX_FOUND:
                 self._found.clear()
             self._found[key] = hit
         return hit
 
-    def _perform(self, code: int, text: str, length: int, linear: int, bits: int) -> bool:
+    def _perform(self, code: int, text: str, length: int, linear: int, bits: int,
+                 reg: tuple[int, int] | None) -> bool:
         vp = self.vp
         ctx = self.ctx
         if code == _RDTSC:
@@ -388,20 +394,24 @@ class InlineExits:
                     return False
                 M.msr_write(vp, index, (ctx.gpr(0) & _M32) | ((ctx.gpr(2) & _M32) << 32))
             else:
-                value = M.msr_read(vp, index)
+                # EFER straight from the live state: Unicorn's msr_read (what msr_read does
+                # for this engine-held MSR) costs a context flush and a binding call.
+                value = (ctx.u64(C.OFF_EFER) if index == M.IA32_EFER
+                         and index not in vp.partition.msr_handlers
+                         else M.msr_read(vp, index))
                 ctx.set_gpr(0, value & _M32)
                 ctx.set_gpr(2, value >> 32)
             return True
-        ops = text.partition(" ")[2]
-        dst, src = (o.strip() for o in ops.split(","))
+        assert reg is not None
+        index, width = reg
+        lapic = vp.lapic
         if code == _WRITE_CR8:
-            index, width = _reg_operand(src)
-            value = ctx.gpr(index) & ((1 << width) - 1)
+            value = _U64.unpack_from(ctx.view, C.OFF_REGS + 8 * index)[0] & ((1 << width) - 1)
             if value >> 4:
                 return False  # CR8[63:4] reserved: #GP(0) on the slow path
-            vp.lapic.write_register(REG_TPR, value << 4)
+            if value << 4 != lapic.tpr:  # the same TPR again changes nothing (no PPR change)
+                lapic.write_register(REG_TPR, value << 4)
             return True
         # CR8[3:0] = TPR[7:4] (SDM Vol. 3A 10.8.6.1); a 64-bit register write.
-        index, width = _reg_operand(dst)
-        ctx.set_gpr(index, (vp.lapic.read_register(REG_TPR) >> 4) & 0xF)
+        _U64.pack_into(ctx.view, C.OFF_REGS + 8 * index, (lapic.tpr >> 4) & 0xF)
         return True

@@ -310,3 +310,48 @@ def test_exception_in_the_hook_leaves_cr2_alone() -> None:
     assert m.part.run(max_instructions=1000).reason == "halted"
     assert m.vp.inline.count == 1
     assert m.vp.read_registers()["r14"] == 0xDEAD000
+
+
+#: RDMSR EFER (read from the live state in the hook) and MOV CR8 through other registers,
+#: with repeated writes of the same TPR (skipped in the hook: nothing changes).
+CR8_EFER = """
+mov r12d, 40
+xor r13, r13
+loop1:
+mov ecx, 0xC0000080
+rdmsr
+add r13, rax
+mov ecx, r12d
+and ecx, 15
+mov cr8, rcx
+mov cr8, rcx
+mov rdx, cr8
+add r13, rdx
+mov r9, cr8
+add r13, r9
+xor r10, r10
+mov cr8, r10
+dec r12d
+jnz loop1
+hlt
+"""
+
+
+def _cr8_efer() -> Any:
+    m = long_machine(0x60000)
+    m.load(0x4000, CR8_EFER, 64)
+    m.vp.write_registers(rip=0x4000)
+    assert m.part.run(max_instructions=100_000).reason == "halted"
+    return m
+
+
+def test_efer_and_cr8_operands_in_hook_match_slow_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    fast = _cr8_efer()
+    assert fast.vp.inline.count == 40 * 6
+    efer = fast.vp.read_registers()["efer"]
+    assert fast.vp.read_registers()["r13"] == 40 * efer + 2 * sum(i & 15 for i in range(1, 41))
+    monkeypatch.setattr(InlineExits, "svm_exit", lambda self, code: False)
+    slow = _cr8_efer()
+    assert slow.vp.inline.count == 0
+    assert (fast.clock.instructions, fast.vp.read_registers()) == (
+        slow.clock.instructions, slow.vp.read_registers())
