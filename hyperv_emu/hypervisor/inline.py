@@ -46,6 +46,7 @@ from unicorn import x86_const as X
 
 from . import context as C
 from . import msr as M
+from . import msr_table as T
 from .blockmark import count_insns, locate_insn
 from .context import CpuContext
 from .debugregs import ICEBP
@@ -71,6 +72,12 @@ _INSNS = {
 }
 #: MSR writes left to the slow path: a mode change (EFER) or a memory-map change (APIC base).
 _SLOW_WRITES = frozenset({M.IA32_EFER, M.IA32_APIC_BASE})
+#: Engine-held MSRs read and written straight in the live state (Unicorn's msr_read/write,
+#: what msr.py does for them, costs a context flush, a save and two binding calls); EFER is
+#: read here too, its writes stay slow.
+_LIVE_MSRS = {M.IA32_EFER: C.OFF_EFER, M.IA32_STAR: C.OFF_STAR, M.IA32_LSTAR: C.OFF_LSTAR,
+              M.IA32_CSTAR: C.OFF_CSTAR, M.IA32_FMASK: C.OFF_FMASK,
+              M.IA32_KERNEL_GS_BASE: C.OFF_KERNEL_GS_BASE}
 _M32 = 0xFFFF_FFFF
 _U32, _I32, _U64 = struct.Struct("<I"), struct.Struct("<i"), struct.Struct("<Q")
 _ENV_SIZE = C.CONTEXT_SIZE - C.ENV_OFFSET
@@ -387,18 +394,24 @@ class InlineExits:
             if obs.msr or obs.before_msr:
                 return False
             index = ctx.gpr(1) & _M32
+            part = vp.partition
+            live = _LIVE_MSRS.get(index) if index not in part.msr_handlers else None
+            if live is not None and T.present(part.cpuid, index) is None:
+                return False  # not in this CPU model: the slow path raises #GP
             if ctx.u32(C.OFF_ERROR_CODE) & 1:
-                part = vp.partition
                 if index in _SLOW_WRITES or (index in part.msr_handlers
                                              and index not in part.msr_writes_in_hook):
                     return False
-                M.msr_write(vp, index, (ctx.gpr(0) & _M32) | ((ctx.gpr(2) & _M32) << 32))
+                value = (ctx.gpr(0) & _M32) | ((ctx.gpr(2) & _M32) << 32)
+                if live is None:
+                    M.msr_write(vp, index, value)
+                    return True
+                new = T.write_ok(vp, T.TABLE[index], ctx.u64(live), value)
+                if new is None:
+                    return False  # #GP: the slow path raises it
+                ctx.set_u64(live, new)
             else:
-                # EFER straight from the live state: Unicorn's msr_read (what msr_read does
-                # for this engine-held MSR) costs a context flush and a binding call.
-                value = (ctx.u64(C.OFF_EFER) if index == M.IA32_EFER
-                         and index not in vp.partition.msr_handlers
-                         else M.msr_read(vp, index))
+                value = ctx.u64(live) if live is not None else M.msr_read(vp, index)
                 ctx.set_gpr(0, value & _M32)
                 ctx.set_gpr(2, value >> 32)
             return True
