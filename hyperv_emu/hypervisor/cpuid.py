@@ -22,6 +22,7 @@ SUBLEAF_LEAVES = frozenset({0x4, 0x7, 0xB, 0xD, 0xF, 0x10, 0x12, 0x14, 0x17, 0x1
                             0x8000001D})
 HV_BASE = 0x40000000
 HV_END = 0x4FFFFFFF
+_MAX_MEMO = 4096
 
 
 class _NativeCpuid:
@@ -54,13 +55,19 @@ class CpuidModel:
         #: Provider for the hypervisor range 0x40000000-0x4FFFFFFF (installed by the Hyper-V
         #: enlightenment layer); returns None for leaves it does not define.
         self.hv_leaves: HvLeafProvider | None = None
+        #: (leaf, subleaf, VP index) -> :meth:`lookup`'s answer outside the hypervisor range,
+        #: which depends only on the overrides (cleared when they change) and the scratch
+        #: engine's fixed model: a trapped CPUID then costs one dict lookup here.
+        self._memo: dict[tuple[int, int, int], Leaf] = {}
 
     def set_leaf(self, leaf: int, subleaf: int | None, regs: Leaf) -> None:
         """Override ``leaf`` (for one ``subleaf``, or every subleaf when None)."""
         self._overrides[(leaf, subleaf)] = tuple(v & 0xFFFFFFFF for v in regs)  # type: ignore
+        self._memo.clear()
 
     def clear_leaf(self, leaf: int, subleaf: int | None) -> None:
         self._overrides.pop((leaf, subleaf), None)
+        self._memo.clear()
 
     def native(self, leaf: int, subleaf: int = 0) -> Leaf:
         """What Unicorn's CPU model itself reports."""
@@ -74,6 +81,18 @@ class CpuidModel:
         """The guest-visible CPUID result for ``leaf``/``subleaf`` on VP ``vp_index``."""
         leaf &= 0xFFFFFFFF
         subleaf &= 0xFFFFFFFF
+        key = (leaf, subleaf, vp_index)
+        hit = self._memo.get(key)
+        if hit is not None:
+            return hit
+        if HV_BASE <= leaf <= HV_END:
+            return self._lookup(leaf, subleaf, vp_index)  # its config may change: not kept
+        if len(self._memo) >= _MAX_MEMO:
+            self._memo.clear()  # ECX is part of the key, even for leaves that ignore it
+        hit = self._memo[key] = self._lookup(leaf, subleaf, vp_index)
+        return hit
+
+    def _lookup(self, leaf: int, subleaf: int, vp_index: int) -> Leaf:
         over = self._overrides.get((leaf, subleaf)) or self._overrides.get((leaf, None))
         if over is not None:
             return over

@@ -46,6 +46,7 @@ from unicorn import x86_const as X
 
 from . import context as C
 from . import msr as M
+from . import msr_table as T
 from .blockmark import count_insns, locate_insn
 from .context import CpuContext
 from .debugregs import ICEBP
@@ -71,6 +72,12 @@ _INSNS = {
 }
 #: MSR writes left to the slow path: a mode change (EFER) or a memory-map change (APIC base).
 _SLOW_WRITES = frozenset({M.IA32_EFER, M.IA32_APIC_BASE})
+#: Engine-held MSRs read and written straight in the live state (Unicorn's msr_read/write,
+#: what msr.py does for them, costs a context flush, a save and two binding calls); EFER is
+#: read here too, its writes stay slow.
+_LIVE_MSRS = {M.IA32_EFER: C.OFF_EFER, M.IA32_STAR: C.OFF_STAR, M.IA32_LSTAR: C.OFF_LSTAR,
+              M.IA32_CSTAR: C.OFF_CSTAR, M.IA32_FMASK: C.OFF_FMASK,
+              M.IA32_KERNEL_GS_BASE: C.OFF_KERNEL_GS_BASE}
 _M32 = 0xFFFF_FFFF
 _U32, _I32, _U64 = struct.Struct("<I"), struct.Struct("<i"), struct.Struct("<Q")
 _ENV_SIZE = C.CONTEXT_SIZE - C.ENV_OFFSET
@@ -84,8 +91,9 @@ _VMCALLS = (bytes((0x0F, 0x01, 0xC1)), bytes((0x0F, 0x01, 0xD9)))  # VMCALL, VMM
 _MODE_BITS = C.HF_CS32 | C.HF_CS64
 _MAX_FOUND = 4096
 #: (linear address, length, text) of the instruction, instructions before it in its block,
-#: and the code bytes from the block start to its end.
-_Found = tuple[int, int, str, int, bytes]
+#: the code bytes from the block start to its end, and MOV CR8's general register operand
+#: (index, width; decoded once here: this runs for every MOV CR8).
+_Found = tuple[int, int, str, int, bytes, tuple[int, int] | None]
 
 
 class LiveContext(CpuContext):
@@ -143,7 +151,7 @@ class InlineExits:
             hit = self._find(key, hf)
             if hit is None:
                 return False
-        linear, length, text, k, _span = hit
+        linear, length, text, k, _span, reg = hit
         bits = 64 if hf & C.HF_CS64 else 32 if hf & C.HF_CS32 else 16
         if k >= cur:
             return False
@@ -152,7 +160,7 @@ class InlineExits:
         # Time reads by the instruction see its own boundary (the slow path's clock).
         s.retired, s.cur = before + k + 1, 1
         try:
-            done = self._perform(code, text, length, linear, bits)
+            done = self._perform(code, text, length, linear, bits, reg)
         except GuestFault:
             done = False
         if not done:
@@ -358,14 +366,19 @@ class InlineExits:
         if k is None:
             return None
         span = self._span_at(last, linear + length - last) or b""
-        hit = (linear, length, text, k, span)
+        reg = None
+        if code in (_WRITE_CR8, _READ_CR8):
+            dst, src = (o.strip() for o in text.partition(" ")[2].split(","))
+            reg = _reg_operand(src if code == _WRITE_CR8 else dst)
+        hit = (linear, length, text, k, span, reg)
         if span:
             if len(self._found) >= _MAX_FOUND:
                 self._found.clear()
             self._found[key] = hit
         return hit
 
-    def _perform(self, code: int, text: str, length: int, linear: int, bits: int) -> bool:
+    def _perform(self, code: int, text: str, length: int, linear: int, bits: int,
+                 reg: tuple[int, int] | None) -> bool:
         vp = self.vp
         ctx = self.ctx
         if code == _RDTSC:
@@ -383,27 +396,37 @@ class InlineExits:
             if obs.msr or obs.before_msr:
                 return False
             index = ctx.gpr(1) & _M32
+            part = vp.partition
+            live = _LIVE_MSRS.get(index) if index not in part.msr_handlers else None
+            if live is not None and T.present(part.cpuid, index) is None:
+                return False  # not in this CPU model: the slow path raises #GP
             if ctx.u32(C.OFF_ERROR_CODE) & 1:
-                part = vp.partition
                 if index in _SLOW_WRITES or (index in part.msr_handlers
                                              and index not in part.msr_writes_in_hook):
                     return False
-                M.msr_write(vp, index, (ctx.gpr(0) & _M32) | ((ctx.gpr(2) & _M32) << 32))
+                value = (ctx.gpr(0) & _M32) | ((ctx.gpr(2) & _M32) << 32)
+                if live is None:
+                    M.msr_write(vp, index, value)
+                    return True
+                new = T.write_ok(vp, T.TABLE[index], ctx.u64(live), value)
+                if new is None:
+                    return False  # #GP: the slow path raises it
+                ctx.set_u64(live, new)
             else:
-                value = M.msr_read(vp, index)
+                value = ctx.u64(live) if live is not None else M.msr_read(vp, index)
                 ctx.set_gpr(0, value & _M32)
                 ctx.set_gpr(2, value >> 32)
             return True
-        ops = text.partition(" ")[2]
-        dst, src = (o.strip() for o in ops.split(","))
+        assert reg is not None
+        index, width = reg
+        lapic = vp.lapic
         if code == _WRITE_CR8:
-            index, width = _reg_operand(src)
-            value = ctx.gpr(index) & ((1 << width) - 1)
+            value = _U64.unpack_from(ctx.view, C.OFF_REGS + 8 * index)[0] & ((1 << width) - 1)
             if value >> 4:
                 return False  # CR8[63:4] reserved: #GP(0) on the slow path
-            vp.lapic.write_register(REG_TPR, value << 4)
+            if value << 4 != lapic.tpr:  # the same TPR again changes nothing (no PPR change)
+                lapic.write_register(REG_TPR, value << 4)
             return True
         # CR8[3:0] = TPR[7:4] (SDM Vol. 3A 10.8.6.1); a 64-bit register write.
-        index, width = _reg_operand(dst)
-        ctx.set_gpr(index, (vp.lapic.read_register(REG_TPR) >> 4) & 0xF)
+        _U64.pack_into(ctx.view, C.OFF_REGS + 8 * index, (lapic.tpr >> 4) & 0xF)
         return True

@@ -11,6 +11,7 @@ intercept word and an MSR permission map in hypervisor-private memory); they arr
 from __future__ import annotations
 
 import ctypes
+import struct
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -65,6 +66,7 @@ _FLAT_CODE32 = 0x00CF9B00  # G, D, P, DPL0, code execute/read accessed
 _FLAT_DATA32 = 0x00CF9300  # G, B, P, DPL0, data read/write accessed
 
 
+_CPUID_IN, _CPUID_OUT = struct.Struct("<QQ"), struct.Struct("<QQQQ")  # RAX, RCX(, RDX, RBX)
 _ALIASES32 = {"e" + n[1:]: n for n in C.GPR_NAMES[:8]}
 _ALIASES32.update(eip="rip", eflags="rflags")
 
@@ -218,16 +220,20 @@ class VirtualProcessor:
             self._in_access -= 1
 
     def _on_cpuid(self, uc: Any, _ud: object) -> int:
-        # The live register file, edited in place (the 2.1.1 binding's *_batch are stubs).
-        regs = self._live_regs
-        leaf, subleaf = regs[0] & 0xFFFF_FFFF, regs[1] & 0xFFFF_FFFF
+        # The live register file, read and written in one step each (a trapped CPUID's cost
+        # is mostly Python overhead; the 2.1.1 binding's *_batch are stubs).
+        view = self.inline.ctx.view
+        leaf, subleaf = _CPUID_IN.unpack_from(view, C.OFF_REGS)
+        leaf &= 0xFFFF_FFFF
+        subleaf &= 0xFFFF_FFFF
         a, b, c, d = self.partition.cpuid.lookup(leaf, subleaf, self.index)
         if leaf in cpuid_state.LEAVES:
             a, b, c, d = cpuid_state.adjust(self, leaf, subleaf, self._live_cr[4], (a, b, c, d))
-        if leaf == 1:
-            c, d = self.lapic.cpuid_leaf1(c, d)
-        regs[0], regs[3], regs[1], regs[2] = (a & 0xFFFF_FFFF, b & 0xFFFF_FFFF,
-                                              c & 0xFFFF_FFFF, d & 0xFFFF_FFFF)
+            if leaf == 1:
+                c, d = self.lapic.cpuid_leaf1(c, d)
+        # RAX, RCX, RDX, RBX: each zero-extended to 64 bits (SDM Vol. 2A, CPUID).
+        _CPUID_OUT.pack_into(view, C.OFF_REGS, a & 0xFFFF_FFFF, c & 0xFFFF_FFFF,
+                             d & 0xFFFF_FFFF, b & 0xFFFF_FFFF)
         if self.code_pages.serialize():
             self._end_slice_soon()  # CPUID serializes: code another VP changed is dropped
         if self.partition.observers.cpuid:

@@ -309,3 +309,75 @@ def test_exception_in_the_hook_leaves_cr2_alone() -> None:
     assert m.part.run(max_instructions=1000).reason == "halted"
     assert m.vp.inline.count == 1
     assert m.vp.read_registers()["r14"] == 0xDEAD000
+
+
+#: RDMSR EFER and the SYSCALL MSRs (read and written in the live state in the hook) and MOV
+#: CR8 through other registers, with repeated writes of the same TPR (skipped in the hook).
+CR8_EFER = """
+mov r12d, 40
+xor r13, r13
+loop1:
+mov ecx, 0xC0000080
+rdmsr
+add r13, rax
+mov r11d, 0xC0000082
+msrs:
+mov ecx, r11d
+mov eax, r12d
+shl eax, 12
+mov edx, r12d
+wrmsr
+rdmsr
+add r13, rax
+add r13, rdx
+inc r11d
+cmp r11d, 0xC0000084
+jb msrs
+mov ecx, 0xC0000084
+xor edx, edx
+wrmsr
+rdmsr
+add r13, rax
+mov ecx, 0xC0000102
+mov edx, r12d
+wrmsr
+mov ecx, r12d
+and ecx, 15
+mov cr8, rcx
+mov cr8, rcx
+mov rdx, cr8
+add r13, rdx
+mov r9, cr8
+add r13, r9
+xor r10, r10
+mov cr8, r10
+dec r12d
+jnz loop1
+hlt
+"""
+
+
+def _cr8_efer() -> Any:
+    m = long_machine(0x60000)
+    m.load(0x4000, CR8_EFER, 64)
+    m.vp.write_registers(rip=0x4000)
+    assert m.part.run(max_instructions=100_000).reason == "halted"
+    return m
+
+
+def test_efer_and_cr8_operands_in_hook_match_slow_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    fast = _cr8_efer()
+    assert fast.vp.inline.count == 40 * 13
+    efer = fast.vp.read_registers()["efer"]
+    msrs = sum(2 * ((i << 12) + i) + (i << 12) for i in range(1, 41))  # LSTAR, CSTAR, FMASK
+    assert fast.vp.read_registers()["r13"] == 40 * efer + msrs + 2 * sum(
+        i & 15 for i in range(1, 41))
+    assert [fast.vp.read_msr(i) for i in (0xC0000082, 0xC0000083, 0xC0000084, 0xC0000102)] == [
+        1 << 32 | 1 << 12, 1 << 32 | 1 << 12, 1 << 12, 1 << 32 | 1 << 12]
+    monkeypatch.setattr(InlineExits, "svm_exit", lambda self, code: False)
+    slow = _cr8_efer()
+    assert slow.vp.inline.count == 0
+    assert (fast.clock.instructions, fast.vp.read_registers()) == (
+        slow.clock.instructions, slow.vp.read_registers())
+    assert [fast.vp.read_msr(i) for i in (0xC0000082, 0xC0000083, 0xC0000084, 0xC0000102)] == [
+        slow.vp.read_msr(i) for i in (0xC0000082, 0xC0000083, 0xC0000084, 0xC0000102)]

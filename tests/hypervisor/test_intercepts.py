@@ -230,3 +230,26 @@ def test_vp_save_restore_round_trip() -> None:
     m.vp.halted = False
     m.part.run(max_instructions=100)
     assert m.vp.read_registers()["rbx"] == 10
+
+
+def test_cpuid_answers_follow_override_changes_between_runs() -> None:
+    """The model keeps its answers (cpuid.py ``_memo``): a leaf overridden after the guest
+    read it is answered with the new value, and one cleared again with the native one."""
+    m = machine()
+    native = m.part.cpuid.lookup(2, 0)
+    m.load(0x4000, """
+        mov eax, 2
+        cpuid
+        hlt
+    """, 32)
+    flat32(m, 0x4000)
+    m.part.run(max_instructions=100)
+    assert m.vp.read_registers()["rax"] == native[0]
+    m.part.cpuid.set_leaf(2, None, (0x11, 0x22, 0x33, 0x44))
+    m.vp.write_registers(rip=0x4000)
+    m.vp.halted = False
+    m.part.run(max_instructions=100)
+    regs = m.vp.read_registers()
+    assert (regs["rax"], regs["rbx"], regs["rcx"], regs["rdx"]) == (0x11, 0x22, 0x33, 0x44)
+    m.part.cpuid.clear_leaf(2, None)
+    assert m.part.cpuid.lookup(2, 0) == native
