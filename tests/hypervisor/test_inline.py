@@ -167,7 +167,7 @@ def test_hypercalls_inline_match_the_slow_path(monkeypatch: pytest.MonkeyPatch) 
     # NotifyLongSpinWait fast, fast with RsvdZ set, memory form, the flush and RDTSC: all
     # inline (the flush drops the engine's TLB from inside the hook).
     assert fast.vp.inline.count == 50 * 5
-    monkeypatch.setattr(InlineExits, "vmcall", lambda self: False)
+    monkeypatch.setattr(InlineExits, "vmcall", lambda self, *_: False)
     monkeypatch.setattr(InlineExits, "svm_exit", lambda self, code: False)
     slow = _hypercalls()
     assert slow.vp.inline.count == 0
@@ -216,7 +216,7 @@ def test_exceptions_delivered_in_the_hook_match_the_slow_path(
         monkeypatch: pytest.MonkeyPatch) -> None:
     fast = _exceptions()
     assert fast.vp.inline.count == 4 * 200
-    monkeypatch.setattr(InlineExits, "exception", lambda self, intno: False)
+    monkeypatch.setattr(InlineExits, "exception", lambda self, *_: False)
     slow = _exceptions()
     assert slow.vp.inline.count == 0
     want = 200 * (1 + 0x100 + 0x300000 + 0x10000)
@@ -289,7 +289,7 @@ def test_page_fault_in_the_hook_with_a_non_executable_stack(
     # execve of /init failed with -EFAULT, its init died of SIGSEGV).  tbcache.py.
     fast = _nx_faults()
     assert fast.vp.inline.count == 50
-    monkeypatch.setattr(InlineExits, "exception", lambda self, intno: False)
+    monkeypatch.setattr(InlineExits, "exception", lambda self, *_: False)
     slow = _nx_faults()
     assert slow.vp.inline.count == 0
     want = sum(0x200008 + 0x1000 * i for i in range(1, 51))
