@@ -247,7 +247,7 @@ class InlineExits:
         try:
             # While the engine runs, RFLAGS' arithmetic flags and DF live apart from
             # env->eflags: the register API assembles and loads them.
-            _U64.pack_into(view, C.OFF_EFLAGS, eflags.read())
+            _U64.pack_into(view, C.OFF_EFLAGS, eflags.read() | 2)
             # A task gate switches CR3 and TR, which the run loop must see (engine TLB).
             deliver(ctx, self.mmu, event, task_gates=False)
         except (TripleFault, UnmappedAccess, GuestFault, TaskGateMet):
