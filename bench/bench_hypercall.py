@@ -125,7 +125,7 @@ def slice_end_run(src: str, inputs: bytes = b"", status: int | None = None) -> f
     """:func:`partition_run` with the in-hook path switched off."""
     saved = InlineExits.svm_exit, InlineExits.vmcall
     InlineExits.svm_exit = lambda self, code: False  # type: ignore[method-assign]
-    InlineExits.vmcall = lambda self: False  # type: ignore[method-assign]
+    InlineExits.vmcall = lambda self, *_: False  # type: ignore[method-assign]
     try:
         return partition_run(src, inputs, status)
     finally:

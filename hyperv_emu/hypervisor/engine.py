@@ -127,3 +127,31 @@ def flush_tb(uc: Any) -> None:
 def flush_tlb(uc: Any) -> None:
     """Drop ``uc``'s TLB (its cached guest-virtual to host translations)."""
     _ctl_write_no_args(uc, unicorn.UC_CTL_TLB_FLUSH)
+
+
+class Register64:
+    """One register of ``uc`` read and written through ``uc_reg_read``/``uc_reg_write``
+    straight, with a buffer made once.  The binding's ``reg_read`` picks a value class for
+    the register on every call (about three times the C call's cost); the in-hook paths read
+    and write RFLAGS for every exception and interrupt they deliver (inline.py).  Only for
+    registers of at most 64 bits."""
+
+    __slots__ = ("_handle", "_reg", "_buf", "_ref")
+
+    def __init__(self, uc: Any, reg: int) -> None:
+        self._handle = uc._uch
+        self._reg = reg
+        self._buf = ctypes.c_uint64()
+        self._ref = ctypes.byref(self._buf)
+
+    def read(self) -> int:
+        status = uclib.uc_reg_read(self._handle, self._reg, self._ref)
+        if status != unicorn.UC_ERR_OK:
+            raise unicorn.UcError(status)
+        return int(self._buf.value)
+
+    def write(self, value: int) -> None:
+        self._buf.value = value
+        status = uclib.uc_reg_write(self._handle, self._reg, self._ref)
+        if status != unicorn.UC_ERR_OK:
+            raise unicorn.UcError(status)

@@ -51,6 +51,7 @@ from .blockmark import count_insns, locate_insn
 from .context import CpuContext
 from .debugregs import ICEBP
 from .delivery import KIND_EXCEPTION, KIND_SOFTWARE, Event, TaskGateMet, TripleFault, deliver
+from .engine import Register64
 from .hv import in_hook
 from .insn_emul import _reg_operand
 from .lapic import REG_TPR
@@ -80,7 +81,6 @@ _LIVE_MSRS = {M.IA32_EFER: C.OFF_EFER, M.IA32_STAR: C.OFF_STAR, M.IA32_LSTAR: C.
               M.IA32_KERNEL_GS_BASE: C.OFF_KERNEL_GS_BASE}
 _M32 = 0xFFFF_FFFF
 _U32, _I32, _U64 = struct.Struct("<I"), struct.Struct("<i"), struct.Struct("<Q")
-_ENV_SIZE = C.CONTEXT_SIZE - C.ENV_OFFSET
 #: Exceptions that push an error code (SDM Vol. 3A, Table 6-1).
 _ERROR_CODE = frozenset({8, 10, 11, 12, 13, 14, 17, 21})
 #: Vectors left to the slow path: #DB (single steps, SYSCALL's trap), NMI, #DF, #MC.
@@ -89,6 +89,8 @@ _ERROR_CODE = frozenset({8, 10, 11, 12, 13, 14, 17, 21})
 _SLOW_VECTORS = frozenset({1, 2, 8, 18})
 _VMCALLS = (bytes((0x0F, 0x01, 0xC1)), bytes((0x0F, 0x01, 0xD9)))  # VMCALL, VMMCALL
 _MODE_BITS = C.HF_CS32 | C.HF_CS64
+_CS_BASE = C.OFF_SEGS + 24 * C.SEG_CS + 8  # a segment-cache entry: selector, pad, base, ...
+_CR2 = C.OFF_CR + 16
 _MAX_FOUND = 4096
 #: (linear address, length, text) of the instruction, instructions before it in its block,
 #: the code bytes from the block start to its end, and MOV CR8's general register operand
@@ -131,6 +133,7 @@ class InlineExits:
         #: An invalid-opcode hook let its #UD come to UC_HOOK_INTR (defer_invalid).
         self._deferred = False
         self.spin = SpinSkip(self)
+        self._eflags = Register64(vp.uc, X.UC_X86_REG_EFLAGS)
 
     def svm_exit(self, code: int) -> bool:
         """Perform intercept ``code`` now and resume after its instruction; False if the
@@ -183,27 +186,30 @@ class InlineExits:
         return True
 
     def take_ud(self) -> bool:
-        """``UC_HOOK_INTR`` with vector 6: True if it was a hypercall performed here."""
+        """``UC_HOOK_INTR`` with vector 6: True if it was a hypercall performed here, or a
+        #UD vectored here.  The instruction's bytes are read once, for both questions."""
         self._deferred = False
-        if _U32.unpack_from(self.ctx.view, C.OFF_EXC_IS_INT)[0]:
+        view = self.ctx.view
+        if _U32.unpack_from(view, C.OFF_EXC_IS_INT)[0]:
             return self.exception(6)  # INT 6, not an invalid opcode
-        if self.vmcall():
-            return True
+        hf = _U32.unpack_from(view, C.OFF_HFLAGS)[0]
+        rip = _U64.unpack_from(view, C.OFF_EIP)[0]
+        if hf & C.HF_CS64:
+            bits, linear = 64, rip
+        else:
+            bits = 32 if hf & C.HF_CS32 else 16
+            linear = (_U64.unpack_from(view, _CS_BASE)[0] + rip) & _M32
         try:
-            insn = self.mmu.read(self._linear_rip(), 3, fetch=True)
-            if insn in _VMCALLS or insn[0] == ICEBP:
-                return False  # a hypercall, or ICEBP's #DB trap: for the slow path
+            insn = self.mmu.read(linear, 3, fetch=True)
         except (GuestFault, UnmappedAccess):
             return False
-        return self.exception(6)
+        if insn in _VMCALLS:
+            return self.vmcall(bits, linear)
+        if insn[0] == ICEBP:
+            return False  # ICEBP's #DB trap: for the slow path
+        return self.exception(6, bits, linear)
 
-    def _linear_rip(self) -> int:
-        ctx = self.ctx
-        if ctx.hflags & C.HF_CS64:
-            return ctx.rip
-        return (ctx.seg(C.SEG_CS).base + ctx.rip) & _M32
-
-    def exception(self, intno: int) -> bool:
+    def exception(self, intno: int, bits: int = 0, target: int = 0) -> bool:
         """Inside ``UC_HOOK_INTR`` for an exception or INT n: vector it into the guest now,
         as the run loop would at the start of the next slice (delivery.py on the live state),
         and go on at the handler; False if the slow path must (nothing has changed then)."""
@@ -213,10 +219,16 @@ class InlineExits:
                 or vp.partition.observers.interrupt):
             return False
         ctx = self.ctx
-        hf = ctx.hflags
-        bits = 64 if hf & C.HF_CS64 else 32 if hf & C.HF_CS32 else 16
-        target = self._linear_rip()
-        if ctx.u32(C.OFF_EXC_IS_INT):
+        view = ctx.view
+        if not bits:  # (take_ud found them already)
+            hf = _U32.unpack_from(view, C.OFF_HFLAGS)[0]
+            rip = _U64.unpack_from(view, C.OFF_EIP)[0]
+            if hf & C.HF_CS64:
+                bits, target = 64, rip
+            else:
+                bits = 32 if hf & C.HF_CS32 else 16
+                target = (_U64.unpack_from(view, _CS_BASE)[0] + rip) & _M32
+        if _U32.unpack_from(view, C.OFF_EXC_IS_INT)[0]:
             # EIP is already past INT n (CD ib); INT3 (CC) and INTO (CE) are one byte.
             length = 2
             try:
@@ -226,7 +238,7 @@ class InlineExits:
                 pass
             event = Event(intno, KIND_SOFTWARE, None, length)
         else:
-            err = ctx.u32(C.OFF_ERROR_CODE) if intno in _ERROR_CODE else None
+            err = _U32.unpack_from(view, C.OFF_ERROR_CODE)[0] if intno in _ERROR_CODE else None
             event = Event(intno, KIND_EXCEPTION, err)
         # Retired: the block's instructions before EIP (the faulting one does not retire,
         # an INT n does), as the run loop counts a slice stopped inside a block.
@@ -237,36 +249,36 @@ class InlineExits:
             k = count_insns(self.mmu.read, last, bits, target)
             if k is not None:
                 done = min(k, cur)
-        saved = ctypes.create_string_buffer(ctypes.string_at(ctx.base, _ENV_SIZE), _ENV_SIZE)
-        uc = vp.uc
+        saved = view.tobytes()
         s.retired, s.cur = retired - cur + done, 0
+        eflags = self._eflags
         try:
             # While the engine runs, RFLAGS' arithmetic flags and DF live apart from
             # env->eflags: the register API assembles and loads them.
-            ctx.rflags = int(uc.reg_read(X.UC_X86_REG_EFLAGS))
+            _U64.pack_into(view, C.OFF_EFLAGS, eflags.read() | 2)
             # A task gate switches CR3 and TR, which the run loop must see (engine TLB).
             deliver(ctx, self.mmu, event, task_gates=False)
         except (TripleFault, UnmappedAccess, GuestFault, TaskGateMet):
-            ctypes.memmove(ctx.base, saved, _ENV_SIZE)
+            view[:] = saved
             s.retired, s.cur = retired, cur
             return False
-        uc.reg_write(X.UC_X86_REG_EFLAGS, ctx.rflags)
+        eflags.write(_U64.unpack_from(view, C.OFF_EFLAGS)[0])
         # CR2 now holds the fault's address, which the guest's handler may read in a later
         # slice: Unicorn's end-of-run probe overwrites CR2, and the run loop puts back this
         # value rather than the one from before the slice.
-        vp.cr2_live = ctx.cr(2)
-        ctx.set_u64(C.OFF_EXC_NEXT_EIP, ctx.rip)
-        ctx.set_u32(C.OFF_EXC_IS_INT, 0)
+        vp.cr2_live = _U64.unpack_from(view, _CR2)[0]
+        _U64.pack_into(view, C.OFF_EXC_NEXT_EIP, _U64.unpack_from(view, C.OFF_EIP)[0])
+        _U32.pack_into(view, C.OFF_EXC_IS_INT, 0)
         vp.halted = False
         self.count += 1
         return True
 
-    def vmcall(self) -> bool:
-        """Inside the #UD raised for a VMCALL/VMMCALL: perform the hypercall now, on the live
-        state, and resume after it; False if the slow path must (nothing has changed then).
-        The hypercall handler sees the live state through ``vp.ctx``/``vp.mmu`` while it
-        runs.  Fields are read straight from the state's bytes: this runs for every
-        hypercall."""
+    def vmcall(self, bits: int, linear: int) -> bool:
+        """Inside the #UD raised for the VMCALL/VMMCALL at ``linear`` (``bits``-bit code, as
+        :meth:`take_ud` found it): perform the hypercall now, on the live state, and resume
+        after it; False if the slow path must (nothing has changed then).  The hypercall
+        handler sees the live state through ``vp.ctx``/``vp.mmu`` while it runs.  Fields are
+        read straight from the state's bytes: this runs for every hypercall."""
         vp = self.vp
         part = vp.partition
         handler = part.vmcall_handler
@@ -275,19 +287,7 @@ class InlineExits:
             return False
         ctx = self.ctx
         view = ctx.view
-        hf = _U32.unpack_from(view, C.OFF_HFLAGS)[0]
-        rip = _U64.unpack_from(view, C.OFF_EIP)[0]
-        if hf & C.HF_CS64:
-            bits, linear = 64, rip
-        else:
-            bits = 32 if hf & C.HF_CS32 else 16
-            linear = (ctx.seg(C.SEG_CS).base + rip) & _M32
         mmu = self.mmu
-        try:
-            if mmu.read(linear, 3, fetch=True) not in _VMCALLS:
-                return False
-        except (GuestFault, UnmappedAccess):
-            return False
         control = _U64.unpack_from(view, C.OFF_REGS + (8 if bits == 64 else 0))[0]
         if not in_hook(part, control & 0xFFFF):
             return False

@@ -725,11 +725,19 @@ class Partition:
         clock moves on, and a slice that would now run past a timer's deadline ends at the
         next block entry."""
         clock = self.clock
-        clock.stall(IO_ACCESS_NS)
         if clock.mode == "deterministic":
+            clock.stall(IO_ACCESS_NS)
             self._slice_base_ns += IO_ACCESS_NS
             deadline = clock.next_deadline()
             if deadline is not None:
+                vp = self._running_vp
+                # Lowering a running slice's limit is all _deadline_moved does here: skip it
+                # while the limit already ends the slice before the deadline (every guest
+                # port access comes here).
+                if (vp is not None and vp._running and not vp._counting
+                        and deadline - self._slice_base_ns
+                        > vp.blocks.state.limit * clock.ns_per_insn):
+                    return
                 self._deadline_moved(deadline)
 
     def _retire_one(self, vp: VirtualProcessor) -> None:

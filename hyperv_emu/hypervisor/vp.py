@@ -214,8 +214,9 @@ class VirtualProcessor:
             if block is not None and block.offers(port) and block.rep_out(self, port, size,
                                                                            value):
                 return
-            self.partition._io_write(port, size, value)
-            self.partition.io_stall()
+            part = self.partition
+            part._io_write(port, size, value)
+            part.io_stall()
         finally:
             self._in_access -= 1
 

@@ -31,6 +31,10 @@ class Motherboard:
         #: :meth:`device_ids` for the first N devices (devices are only ever added), so the
         #: saves and restores the fuzzer makes per input do not rebuild it.
         self._ids: tuple[int, dict[str, Device]] = (0, {})
+        #: The ports whose owner (static claim first) overrides Device.offers_block: the only
+        #: ones :meth:`offers_block`, asked at every guest IN/OUT, needs to call a device for.
+        #: Kept by :meth:`_refresh_block` wherever a claim changes.
+        self._block_owners: dict[int, Device] = {}
 
     # ---- wiring ------------------------------------------------------------------------
     def add(self, device: Device) -> Device:
@@ -51,6 +55,7 @@ class Motherboard:
         for first, count in device.ports:
             for port in range(first, first + count):
                 self._ports[port] = device
+                self._refresh_block(port)
         for base, size in device.mmio:
             self._mmio.append((base, size, device))
         self.devices.append(device)
@@ -64,6 +69,7 @@ class Motherboard:
         """
         for port in range(max(first, 0), min(first + count, 0x10000)):
             self._dyn_ports[port] = device
+            self._refresh_block(port)
         self.events("io-claim", device=device.name, port=first, count=count)
 
     def release_ports(self, device: Device, first: int, count: int) -> None:
@@ -71,6 +77,7 @@ class Motherboard:
         for port in range(max(first, 0), min(first + count, 0x10000)):
             if self._dyn_ports.get(port) is device:
                 del self._dyn_ports[port]
+                self._refresh_block(port)
         self.events("io-release", device=device.name, port=first, count=count)
 
     def connect_irqs(self, sink: Callable[[int, bool], None]) -> None:
@@ -108,15 +115,19 @@ class Motherboard:
         device = self._ports.get(port)
         return device if device is not None else self._dyn_ports.get(port)
 
+    def _refresh_block(self, port: int) -> None:
+        device = self._owner(port)
+        if device is not None and type(device).offers_block is not Device.offers_block:
+            self._block_owners[port] = device
+        else:
+            self._block_owners.pop(port, None)
+
     def offers_block(self, port: int) -> bool:
         """Whether the device at ``port`` moves REP INS/OUTS data in bursts there."""
-        device = self._ports.get(port)
-        if device is None:
-            device = self._dyn_ports.get(port)
         # Asked at every guest IN/OUT: a device that keeps Device's answer (never) is not
-        # called.
-        return (device is not None and type(device).offers_block is not Device.offers_block
-                and device.offers_block(port))
+        # called, nor looked up.
+        device = self._block_owners.get(port)
+        return device is not None and device.offers_block(port)
 
     def io_read_block(self, port: int, size: int, count: int) -> bytes:
         """Up to ``count`` IN elements from the device at ``port`` in one burst."""

@@ -76,7 +76,7 @@ def test_tlb_flush_hypercall_in_the_hook_drops_the_engine_tlb(
     # stale translation (a stale TLB would read the old page again).
     assert regs["r14"] == regs["r13"] == (ITERS // 2) * (VALUE_A + VALUE_B)
     assert regs["r15"] == 0  # HV_STATUS_SUCCESS every time
-    monkeypatch.setattr(InlineExits, "vmcall", lambda self: False)
+    monkeypatch.setattr(InlineExits, "vmcall", lambda self, *_: False)
     slow = _flush_run()
     assert slow.vp.inline.count == 0
     sregs = slow.vp.read_registers()
