@@ -39,9 +39,8 @@ import signal
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from types import FrameType
+from collections.abc import Callable
+from types import FrameType, TracebackType
 from typing import Any, ClassVar
 
 from hyperv_emu.clock import Timer, VirtualClock
@@ -152,25 +151,35 @@ def _on_alarm(signum: int, frame: FrameType | None) -> None:
 _armed = False
 
 
-@contextmanager
-def watchdog(seconds: float) -> Iterator[None]:
-    """Raise :class:`Finding` ("hang") if the body runs longer than ``seconds`` (main thread)."""
-    if seconds <= 0 or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    global _armed
-    _WATCHER.start()
-    _WATCHER.seq += 1
-    _WATCHER.deadline = time.monotonic() + seconds
-    _armed = True
-    try:
-        yield
-    except _Watchdog:
-        raise Finding("hang", f"one input ran longer than {seconds:g} s",
-                      traceback.format_exc()) from None
-    finally:
-        _armed = False
+class watchdog:  # noqa: N801 -- used as a function: ``with watchdog(seconds):``
+    """Raise :class:`Finding` ("hang") if the body runs longer than ``seconds`` (main thread).
+    A class rather than a ``@contextmanager`` generator: it is entered once per input."""
+
+    __slots__ = ("seconds", "active")
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.active = False
+
+    def __enter__(self) -> None:
+        if self.seconds <= 0 or threading.current_thread() is not threading.main_thread():
+            return
+        global _armed
+        _WATCHER.start()
+        _WATCHER.seq += 1
+        _WATCHER.deadline = time.monotonic() + self.seconds
+        _armed = self.active = True
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if not self.active:
+            return
+        global _armed
+        _armed = self.active = False
         _WATCHER.deadline = None
+        if kind is _Watchdog:
+            raise Finding("hang", f"one input ran longer than {self.seconds:g} s",
+                          "".join(traceback.format_exception(exc))) from None
 
 
 class FuzzClock(VirtualClock):
@@ -274,6 +283,9 @@ class Bench:
         self.memory_dirty = False
         self._ports: list[int] = []
         self._ports_gen = -1
+        self._claims: O.Claims | None = None
+        #: What each opcode decodes to on this bench (ops.effective_kinds), set by claims().
+        self.kinds: tuple[str, ...] = O.OPCODES
         #: What reached the board's platform services: APIC bus messages (the last 8), the
         #: A20 line, stop requests (a guest reset).
         self.delivered: list[tuple[int, ...]] = []
@@ -384,9 +396,17 @@ class Bench:
 
     # ---- operations ----------------------------------------------------------------------
     def claims(self) -> O.Claims:
-        """The decoder's view of what the devices claim now."""
-        return O.Claims(self.ports(), [(n, s) for n, s, _, _ in self.mmio],
-                        list(self.pci_functions), [n for n, _ in self.extras], len(self.memory))
+        """The decoder's view of what the devices claim now (one object per bench: the
+        regions, functions and extras are fixed once it is built; the ports are current)."""
+        claims = self._claims
+        if claims is None:
+            claims = self._claims = O.Claims(
+                self.ports(), [(n, s) for n, s, _, _ in self.mmio], list(self.pci_functions),
+                [n for n, _ in self.extras], len(self.memory))
+            self.kinds = O.effective_kinds(claims)
+        else:
+            claims.ports = self.ports()
+        return claims
 
     def ports(self) -> list[int]:
         """Every claimed port: static claims, then run-time (PCI BAR) claims."""
@@ -559,40 +579,54 @@ class ChipsetTarget(Target):
         return reused
 
     def _run_fast(self, bench: Bench, data: bytes) -> None:
-        """:meth:`_run_ops` without a trace: port accesses (most operations) are decoded in
-        place and go straight to the bus, without an :class:`~hyperv_emu.fuzz.ops.Op`."""
+        """:meth:`_run_ops` without a trace: port accesses, clock steps and extras (most
+        operations) are decoded in place, as :func:`~hyperv_emu.fuzz.ops.decode_one` decodes
+        them, and performed directly, without an :class:`~hyperv_emu.fuzz.ops.Op`; the rest
+        go through the decoder and :meth:`Bench.apply`."""
         r = O.Reader(data)
         buf, end = r.data, r.end
         claims = bench.claims()
         ports, gen = claims.ports, bench.board.generation
         board = bench.board
         io_read, io_write = board.io_read, board.io_write
-        opcodes, sizes, io_w, io_r = O.OPCODES, O.SIZES, O.IO_WRITE, O.IO_READ
+        kinds = bench.kinds
+        sizes, io_w, io_r, clock, extra = O.SIZES, O.IO_WRITE, O.IO_READ, O.CLOCK, O.EXTRA
+        step = bench.clock.step
+        actions = [action for _, action in bench.extras]
         guest_errors = self.guest_errors
+        pos = 0
         for _ in range(O.MAX_OPS):
-            pos = r.pos
             if pos >= end:
                 break
             if board.generation != gen:
                 claims.ports = ports = bench.ports()
                 gen = board.generation
-            kind = opcodes[buf[pos] & 0xF]
+            kind = kinds[buf[pos] & 0xF]
             op: O.Op | None = None
+            start = pos
             try:
+                # Every field lies inside the buffer: it is padded past ``end`` by more than
+                # the longest operation (ops.Reader).
                 if (kind is io_w or kind is io_r) and ports:
-                    # The decoder's hot path (ops.decode_one), inlined: index, size, value.
                     port = ports[(buf[pos + 1] | buf[pos + 2] << 8) % len(ports)]
                     size = sizes[buf[pos + 3] % 3]
                     if kind is io_r:
-                        r.pos = pos + 4
+                        pos += 4
                         io_read(port, size)
                     else:
-                        r.pos = pos + 4 + size
-                        io_write(port, size, int.from_bytes(buf[pos + 4:pos + 4 + size],
-                                                            "little"))
+                        pos += 4 + size
+                        io_write(port, size, int.from_bytes(buf[start + 4:pos], "little"))
+                elif kind is clock:
+                    # Mantissa and a power-of-8 scale (ops.decode_one).
+                    pos += 4
+                    step((buf[start + 2] | buf[start + 3] << 8) << 3 * (buf[start + 1] % 8))
+                elif kind is extra:
+                    pos += 4
+                    actions[buf[start + 1] % len(actions)](buf[start + 2] | buf[start + 3] << 8)
                 else:
+                    r.pos = pos
                     op = O.decode_one(r, claims)
-                    buf = r.data  # a long read near the end may have extended the padding
+                    pos, buf = r.pos, r.data  # a long read may have extended the padding
                     bench.apply(op)
             except Finding:
                 raise
@@ -600,7 +634,7 @@ class ChipsetTarget(Target):
                 pass
             except Exception as exc:
                 if op is None:
-                    r.pos = pos
+                    r.pos = start
                     op = O.decode_one(r, claims)
                 raise host_finding(exc, op.describe(O.op_names(claims))) from None
             if bench.violation is not None:
