@@ -191,6 +191,23 @@ def decode_one(r: Reader, c: Claims) -> Op:
     return Op(kind, index, value=r.u16())
 
 
+def effective_kinds(c: Claims) -> tuple[str, ...]:
+    """The kind each opcode low nibble decodes to against ``c``: :func:`decode_one`'s
+    fallbacks (MMIO and PCI operations become port operations on a device with none, an
+    extra becomes an IRQ read on a target with none) applied to :data:`OPCODES` once, for
+    the harness's in-place decoder."""
+    kinds = []
+    for kind in OPCODES:
+        if kind in (MMIO_READ, MMIO_WRITE) and not c.mmio:
+            kind = IO_READ if kind == MMIO_READ else IO_WRITE
+        if kind in (CFG_READ, CFG_WRITE) and not c.pci:
+            kind = IO_READ if kind == CFG_READ else IO_WRITE
+        if kind == EXTRA and not c.extras:
+            kind = IRQ
+        kinds.append(kind)
+    return tuple(kinds)
+
+
 def op_names(c: Claims) -> dict[str, str]:
     """Labels for :meth:`Op.describe`."""
     names = {f"{MMIO_READ}:{i}": n for i, (n, _) in enumerate(c.mmio)}

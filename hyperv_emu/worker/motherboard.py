@@ -165,6 +165,11 @@ class Motherboard:
 
     def device_ids(self) -> dict[str, Device]:
         """Every device by its :meth:`device_id` (ValueError if two share one)."""
+        return dict(self._device_ids())
+
+    def _device_ids(self) -> dict[str, Device]:
+        """:meth:`device_ids`, not copied (save and restore only read it; the fuzzer saves
+        several times per input)."""
         count, ids = self._ids
         if count != len(self.devices):
             ids = {}
@@ -174,11 +179,11 @@ class Motherboard:
                     raise ValueError(f"two devices have the saved-state id {key!r}")
                 ids[key] = device
             self._ids = (len(self.devices), ids)
-        return dict(ids)
+        return ids
 
     def save(self) -> dict[str, Any]:
         """Every device's state, keyed by its stable :meth:`device_id`."""
-        return {"version": 2, "devices": {k: d.save() for k, d in self.device_ids().items()}}
+        return {"version": 2, "devices": {k: d.save() for k, d in self._device_ids().items()}}
 
     def restore(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`save` produced on a board with the same devices.  Version 1
@@ -188,13 +193,13 @@ class Motherboard:
         saved = state.get("devices")
         if version not in (1, 2) or not isinstance(saved, dict):
             raise ValueError(f"unsupported motherboard state version {version!r}")
-        ids = self.device_ids()
+        ids = self._device_ids()
         if version == 1:
             keys = [d.name + f"@{i}" for i, d in enumerate(self.devices)]
             if set(keys) != set(saved):
                 raise ValueError("motherboard state is for a different set of devices")
             saved = {self.device_id(d): saved[k] for d, k in zip(self.devices, keys, strict=True)}
-        if set(saved) != set(ids):
+        if saved.keys() != ids.keys():
             missing = sorted(set(ids) - set(saved))
             extra = sorted(set(saved) - set(ids))
             raise ValueError("motherboard state is for a different set of devices"
