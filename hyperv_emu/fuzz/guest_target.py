@@ -136,9 +136,12 @@ class _Rig:
         self.clock = self.state["clock"]
         self.order = [str(n) for n in self.clock["timer_order"]]
         # The stack page is copied back every time: an exception or NMI delivered to the guest
-        # pushes its frame through a direct view of RAM, which the write hook does not see.
+        # pushes its frame through a direct view of RAM, which the write hook does not see.  So
+        # is BUFFER's first page, where every REP INS and PIO data phase lands: a write hook
+        # call per element stored there cost more than copying the page back.
         self.dirty = DirtyPages(m.partition, 0, m.ram_size, dirty_mode,
-                                outside_ram=self._outside_ram, always=((FUZZ_STACK - 1) >> 12,))
+                                outside_ram=self._outside_ram,
+                                always=((FUZZ_STACK - 1) >> 12, BUFFER >> 12))
         # What the guest touched: devices by port (the I/O handlers wrapped) and MMIO ranges.
         self.touched: set[str] = set()
         self._by_id = {id(dev): key for key, dev in self.devices.items()}
@@ -188,7 +191,15 @@ class _Rig:
         m = self.machine
         m.vm.write_memory(INPUT, struct.pack("<II", 1, len(data)) + data + bytes(PAD))
         try:
-            m.run(max_instructions=m.clock.instructions + BUDGET)
+            end = m.vm.run(max_instructions=BUDGET)
+            if end.reason == "reset":
+                # A guest-requested platform reset (8042 pulse, port 92h, CF9h) ends the
+                # input: the machine's reset of every device and the VP runs, as Machine.run
+                # does it, but not the BIOS's POST after it (~200,000 instructions of no
+                # input's making).  Every device is compared with the snapshot then.
+                m.resets += 1
+                m.reset()
+                self.touched.update(self.devices)
         except Finding:
             raise
         except Exception as exc:

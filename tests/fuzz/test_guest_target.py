@@ -163,3 +163,27 @@ def test_port_table_gives_real_chipset_most_operations(target: GuestTarget) -> N
     # The PIC's 6 ports get about as many slots as pc-testdev's 32.
     pic = sum(rig.ports.count(port) for port in (0x20, 0x21, 0xA0, 0xA1, 0x4D0, 0x4D1))
     assert pic > sum(rig.ports.count(port) for port in range(0xE0, 0x100)) // 2
+
+
+@pytest.mark.parametrize(("port", "value"), [(0x64, 0xFE), (0xCF9, 0x06), (0x92, 0x01)])
+def test_guest_reset_ends_the_input_and_reset_restores_every_device(
+        target: GuestTarget, port: int, value: int) -> None:
+    """A platform reset asked by the guest (8042 pulse, CF9h, port 92h) resets every device
+    and ends the input; the comparison then covers every device, so the next input starts
+    from the snapshot again."""
+    rig = target.rig()
+    m = rig.machine
+    # A COM2 scratch write first: untouched afterwards, the reset puts it back to 0.
+    data = (b"\x00" + _port_index(target, 0x2FF) + b"\x77"
+            + b"\x00" + _port_index(target, port) + bytes([value]))
+    before = m.clock.instructions
+    rig.run(data)
+    try:
+        assert m.resets == 1
+        assert m.clock.instructions - before < 50_000  # no BIOS POST after the reset
+        changed = rig.changed_devices()
+        assert {"pit@40", "pc-testdev@e0", "vga@3b4"} & set(changed)
+        rig.check_save_restore(changed)
+    finally:
+        rig.reset()
+    assert savedstate.capture(m) == rig.state
