@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from hyperv_emu.fuzz.harness import Bench, ChipsetTarget
+from hyperv_emu.fuzz.ide_ops import ATA_COMMANDS, CDB_OPCODES, IdeOps
 from hyperv_emu.hypervisor.lapic import LocalApic
 from hyperv_emu.hypervisor.mmu import GuestFault
 from hyperv_emu.vdev.acpi_pm import AcpiPm
@@ -112,7 +113,39 @@ class IdeTarget(ChipsetTarget):
         media = cd.media
         bench.extra("cd-eject", lambda a: cd.eject())
         bench.extra("cd-insert", lambda a: cd.insert(media) if media is not None else None)
+        # Whole command blocks, DMA set-ups and PACKET commands (fuzz/ide_ops.py).
+        ops = IdeOps(bench)
+        bench.extra("ata-command", ops.ata_command)
+        bench.extra("ata-dma", ops.ata_dma)
+        bench.extra("atapi-packet", ops.atapi_packet)
         bench.dma_allowed = lambda gpa, size: _in_prd_tables(bench, piix, gpa, size)
+
+    def seeds(self) -> list[bytes]:
+        return super().seeds() + IDE_SEEDS
+
+
+def _extra(index: int, arg: int) -> bytes:
+    """The bytes of one extra operation (opcode 0Eh, index, 16-bit argument; fuzz/ops.py)."""
+    return bytes([0x0E, index]) + arg.to_bytes(2, "little")
+
+
+ATA_INDEX = {command: i for i, command in enumerate(ATA_COMMANDS)}
+_ATA, _DMA, _PACKET = 2, 3, 4  # the IDE target's extras, in the order build() adds them
+#: Seeds of the structured operations: IDENTIFY, READ/WRITE SECTORS, SET FEATURES, READ/WRITE
+#: DMA (one entry, split, short and long PRD tables), IDENTIFY PACKET DEVICE, and a PACKET
+#: command by PIO and by DMA for every CDB operation code the drive implements.
+IDE_SEEDS = [
+    _extra(_ATA, ATA_INDEX[0xEC] << 1),
+    _extra(_ATA, ATA_INDEX[0x20] << 1 | 2 << 11 | 3 << 8),
+    _extra(_ATA, ATA_INDEX[0x30] << 1 | 1 << 11 | 4 << 8),
+    _extra(_ATA, ATA_INDEX[0xEF] << 1 | 4 << 11) + _extra(_ATA, ATA_INDEX[0xEF] << 1 | 5 << 11),
+    _extra(_ATA, 1 | ATA_INDEX[0xA1] << 1),
+    *(_extra(_DMA, write | layout << 10 | 2 << 7 | 5 << 2)
+      for write in (0, 1) for layout in range(4)),
+    _extra(_DMA, 2 | 4 << 7) + _extra(_DMA, 3 | 1 << 7 | 0x2000),
+    *(_extra(_PACKET, op | dma << 4 | 2 << 5 | 2 << 10)
+      for op in range(len(CDB_OPCODES)) for dma in (0, 1)),
+]
 
 
 def _in_prd_tables(bench: Bench, piix: Piix3Ide, gpa: int, size: int) -> bool:

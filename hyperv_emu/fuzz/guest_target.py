@@ -23,6 +23,7 @@ import json
 import struct
 from typing import Any
 
+from hyperv_emu.fuzz.guest_touch import DeviceWiring
 from hyperv_emu.fuzz.harness import (
     WATCHDOG_SECONDS,
     Finding,
@@ -38,6 +39,7 @@ from hyperv_emu.vid.vp_state import VpSnapshot
 from hyperv_emu.vsp.storage.raw import MemoryImage
 from hyperv_emu.worker import savedstate
 from hyperv_emu.worker.machine import Machine, MachineConfig
+from hyperv_emu.worker.motherboard import Motherboard
 
 GUEST = "fuzz_ops"
 #: Where the guest finds its tables and the input (guests/fuzz_ops.S).
@@ -98,17 +100,12 @@ class GuestTarget(Target):
         return SEEDS
 
 
-#: A device whose saved state is larger than this (JSON characters) is compared with the
-#: snapshot only when the guest touched its ports or MMIO (pc-testdev's 64 KiB I/O RAM costs
-#: ~0.4 ms to save); such a device must change only through its own ports and MMIO.
-LARGE_STATE = 4096
-
-
 class _Rig:
     """The machine at its ready point, its snapshot and the reset back to it.
 
-    The reset compares each device's state with the snapshot and restores only the devices
-    that changed (most inputs touch a few), copies back only the changed RAM pages, and puts
+    The reset compares with the snapshot the devices the input may have changed (those it
+    touched and what the wiring says they reach, fuzz/guest_touch.py) and restores only the
+    devices that changed (most inputs touch a few), copies back only the changed RAM pages, and puts
     the VP's context image, the clock and the board's own state back."""
 
     def __init__(self, dirty_mode: DirtyMode) -> None:
@@ -124,8 +121,7 @@ class _Rig:
             raise RuntimeError(f"the {GUEST} guest did not reach its ready point: "
                                f"{end.message}")
         board = m.board
-        self.ports = sorted((set(board._ports) | set(board._dyn_ports)) - {EXIT_PORT})
-        self.ports = self.ports[:MAX_PORTS]
+        self.ports = weighted_ports(board)
         self.mmio = [(r.name, r.base, r.size) for r in board.memory.regions if r.kind == "mmio"]
         m.vm.write_memory(PORT_TABLE, struct.pack(f"<I{len(self.ports)}H", len(self.ports),
                                                   *self.ports))
@@ -136,37 +132,54 @@ class _Rig:
         self.state = savedstate.capture(m)
         self.devices = board.device_ids()
         self.saved = {key: self.state[f"device/{key}"] for key in self.devices}
-        self.costly = {key for key, state in self.saved.items()
-                       if len(json.dumps(state)) > LARGE_STATE}
         self.vp = VpSnapshot(m.vp)
         self.clock = self.state["clock"]
         self.order = [str(n) for n in self.clock["timer_order"]]
         # The stack page is copied back every time: an exception or NMI delivered to the guest
-        # pushes its frame through a direct view of RAM, which the write hook does not see.
+        # pushes its frame through a direct view of RAM, which the write hook does not see.  So
+        # is BUFFER's first page, where every REP INS and PIO data phase lands: a write hook
+        # call per element stored there cost more than copying the page back.
         self.dirty = DirtyPages(m.partition, 0, m.ram_size, dirty_mode,
-                                outside_ram=self._outside_ram, always=((FUZZ_STACK - 1) >> 12,))
+                                outside_ram=self._outside_ram,
+                                always=((FUZZ_STACK - 1) >> 12, BUFFER >> 12))
         # What the guest touched: devices by port (the I/O handlers wrapped) and MMIO ranges.
         self.touched: set[str] = set()
-        by_device = {id(dev): key for key, dev in self.devices.items()}
-        # Only the costly devices' ports matter (the others are compared anyway).
-        owners = {port: by_device[id(dev)] for port, dev in board._ports.items()
-                  if by_device.get(id(dev)) in self.costly}
-        self._mmio_keys = [by_device.get(id(dev)) for _, _, dev in board.mmio_ranges()]
+        self._by_id = {id(dev): key for key, dev in self.devices.items()}
+        owners = {port: self._by_id[id(dev)]
+                  for port, dev in (*board._dyn_ports.items(), *board._ports.items())
+                  if id(dev) in self._by_id}
+        self._mmio_keys = [self._by_id.get(id(dev)) for _, _, dev in board.mmio_ranges()]
+        claimants = set(owners.values()) | {key for key in self._mmio_keys if key}
+        self.wiring = DeviceWiring(self.devices, claimants)
         self.watch = AccessWatch(m.partition, [(b, s) for b, s, _ in board.mmio_ranges()])
         touched = self.touched
+        owner = self._owner
 
         def io_read(port: int, size: int) -> int:
-            if port in owners:
-                touched.add(owners[port])
+            touched.add(owners.get(port) or owner(port))
             return board.io_read(port, size)
 
         def io_write(port: int, size: int, value: int) -> None:
-            if port in owners:
-                touched.add(owners[port])
+            touched.add(owners.get(port) or owner(port))
             board.io_write(port, size, value)
 
-        m.vm.set_io_handlers(io_read, io_write, board.offers_block, board.io_read_block,
-                             board.io_write_block)
+        def io_read_block(port: int, size: int, count: int) -> bytes:
+            touched.add(owners.get(port) or owner(port))
+            return board.io_read_block(port, size, count)
+
+        def io_write_block(port: int, size: int, data: bytes) -> int:
+            touched.add(owners.get(port) or owner(port))
+            return board.io_write_block(port, size, data)
+
+        m.vm.set_io_handlers(io_read, io_write, board.offers_block, io_read_block,
+                             io_write_block)
+
+    def _owner(self, port: int) -> str:
+        """The device at a port claimed after the snapshot (a BAR the input moved); "" for
+        none."""
+        board = self.machine.board
+        dev = board._ports.get(port) or board._dyn_ports.get(port)
+        return self._by_id.get(id(dev), "") if dev is not None else ""
 
     def _outside_ram(self, gpa: int, size: int) -> None:
         if self.violation is None:
@@ -178,7 +191,15 @@ class _Rig:
         m = self.machine
         m.vm.write_memory(INPUT, struct.pack("<II", 1, len(data)) + data + bytes(PAD))
         try:
-            m.run(max_instructions=m.clock.instructions + BUDGET)
+            end = m.vm.run(max_instructions=BUDGET)
+            if end.reason == "reset":
+                # A guest-requested platform reset (8042 pulse, port 92h, CF9h) ends the
+                # input: the machine's reset of every device and the VP runs, as Machine.run
+                # does it, but not the BIOS's POST after it (~200,000 instructions of no
+                # input's making).  Every device is compared with the snapshot then.
+                m.resets += 1
+                m.reset()
+                self.touched.update(self.devices)
         except Finding:
             raise
         except Exception as exc:
@@ -188,10 +209,12 @@ class _Rig:
 
     def changed_devices(self) -> dict[str, dict[str, Any]]:
         """The devices whose state differs from the snapshot, with their state now."""
-        touched = self.touched | {self._mmio_keys[i] for i in self.watch.touched}
+        touched = self.touched | {self._mmio_keys[i] or "" for i in self.watch.touched}
+        touched.discard("")
         out: dict[str, dict[str, Any]] = {}
-        for key, dev in self.devices.items():
-            if key in self.costly and key not in touched:
+        affected = self.wiring.affected(touched)
+        for key, dev in self.devices.items():  # in the board's order, as a full restore goes
+            if key not in affected:
                 continue
             state = dev.save()
             if state != self.saved[key]:
@@ -236,6 +259,26 @@ class _Rig:
         self.touched.clear()
         self.watch.clear()
         self.violation = None
+
+
+def weighted_ports(board: Motherboard, slots: int = MAX_PORTS) -> list[int]:
+    """The guest's port table: every port the board claims (static and run-time claims, but
+    the exit port) at least once, and each claiming device given about the same share of the
+    table whatever its number of ports, repeated over its ports.  A uniform pick among ports
+    would give pc-testdev's and pci-testdev's 288 ports most of the operations; by device, the
+    real chipset's (PIC, PIT, RTC, UART, IDE, VGA, PCI, ACPI...) get most of them."""
+    # A static claim wins over a run-time one, as on the bus.
+    owners = {port: id(dev) for port, dev in (*board._dyn_ports.items(), *board._ports.items())}
+    by_device: dict[int, list[int]] = {}
+    for port in sorted(set(owners) - {EXIT_PORT}):
+        by_device.setdefault(owners[port], []).append(port)
+    share = slots // max(len(by_device), 1)
+    while True:
+        table = [port for ports in by_device.values()
+                 for port in ports * max(1, share // len(ports))]
+        if len(table) <= slots or share <= 1:
+            return sorted(table)[:slots]
+        share = share * 9 // 10
 
 
 def decode(data: bytes, ports: list[int], mmio: list[tuple[str, int, int]]

@@ -119,3 +119,71 @@ def test_host_write_outside_ram_is_a_finding(target: GuestTarget) -> None:
     vm.dma_write(0xF0000, old)
     rig.reset()
     assert rig.violation is None and rig.dirty.differing() == []
+
+
+def test_touched_devices_cover_every_changed_device(target: GuestTarget) -> None:
+    """The devices compared after an input (touched ones, what they reach, the always-compared
+    ones; fuzz/guest_touch.py) include every device whose state differs from the snapshot,
+    found by saving them all: random inputs, the seeds, inputs that mostly hit the IDE and
+    bus-master ports (DMA into RAM, interrupts through the PIC) and PCI configuration writes."""
+    rig = target.rig()
+    bar4 = int.from_bytes(bytes.fromhex(rig.machine.piix_ide.save()["config"])[0x20:0x24],
+                          "little") & 0xFFFC
+    ide_ports = [0x1F0 + i for i in range(8)] + [0x170 + i for i in range(8)] + [
+        bar4 + i for i in range(16)]
+    rng = random.Random(5)
+    aimed = [b"".join(bytes([rng.choice((0, 1, 2, 3, 4, 14))]) + _port_index(
+        target, rng.choice(ide_ports)) + rng.randbytes(4) for _ in range(30))
+        for _ in range(40)]
+    # Configuration writes to the IDE function (00:01.1), which only the PCI bus's ports reach.
+    aimed += [b"\x08\x09\x00" + bytes([reg, rng.randrange(256)]) for reg in (0x04, 0x40, 0x41)]
+    seen: set[str] = set()
+    for data in _random_inputs(11, 150) + list(target.seeds()) + aimed:
+        rig.run(data)
+        try:
+            full = {key for key, dev in rig.devices.items() if dev.save() != rig.saved[key]}
+            assert full <= set(rig.changed_devices()), data.hex()
+            seen |= full
+        finally:
+            rig.reset()
+    # The inputs did reach devices outside the always-compared set.
+    assert seen - rig.wiring.always
+
+
+def test_port_table_gives_real_chipset_most_operations(target: GuestTarget) -> None:
+    """Every claimed port is in the guest's table, and each claiming device gets about the
+    same share: the test devices' 288 ports get a small part of it, not 70 %."""
+    rig = target.rig()
+    board = rig.machine.board
+    claimed = (set(board._ports) | set(board._dyn_ports)) - {0xF4}
+    assert set(rig.ports) == claimed
+    test = sum(1 for port in rig.ports if "testdev" in (board._ports.get(port)
+                                                         or board._dyn_ports[port]).name)
+    assert test / len(rig.ports) < 0.2
+    # The PIC's 6 ports get about as many slots as pc-testdev's 32.
+    pic = sum(rig.ports.count(port) for port in (0x20, 0x21, 0xA0, 0xA1, 0x4D0, 0x4D1))
+    assert pic > sum(rig.ports.count(port) for port in range(0xE0, 0x100)) // 2
+
+
+@pytest.mark.parametrize(("port", "value"), [(0x64, 0xFE), (0xCF9, 0x06), (0x92, 0x01)])
+def test_guest_reset_ends_the_input_and_reset_restores_every_device(
+        target: GuestTarget, port: int, value: int) -> None:
+    """A platform reset asked by the guest (8042 pulse, CF9h, port 92h) resets every device
+    and ends the input; the comparison then covers every device, so the next input starts
+    from the snapshot again."""
+    rig = target.rig()
+    m = rig.machine
+    # A COM2 scratch write first: untouched afterwards, the reset puts it back to 0.
+    data = (b"\x00" + _port_index(target, 0x2FF) + b"\x77"
+            + b"\x00" + _port_index(target, port) + bytes([value]))
+    before = m.clock.instructions
+    rig.run(data)
+    try:
+        assert m.resets == 1
+        assert m.clock.instructions - before < 50_000  # no BIOS POST after the reset
+        changed = rig.changed_devices()
+        assert {"pit@40", "pc-testdev@e0", "vga@3b4"} & set(changed)
+        rig.check_save_restore(changed)
+    finally:
+        rig.reset()
+    assert savedstate.capture(m) == rig.state
