@@ -35,6 +35,19 @@ DEFAULT_NS_PER_INSN = 10
 
 NS_PER_SEC = 1_000_000_000
 
+#: The largest ``--icount-shift`` (QEMU's own limit for ``-icount shift=N``: 1024 ns).
+MAX_ICOUNT_SHIFT = 10
+
+
+def ns_per_insn_for(shift: int | None) -> int:
+    """Nanoseconds per instruction for an icount shift (2**shift, as QEMU's ``-icount
+    shift=N``), or the default rule for None."""
+    if shift is None:
+        return DEFAULT_NS_PER_INSN
+    if not 0 <= shift <= MAX_ICOUNT_SHIFT:
+        raise ValueError(f"icount shift must be 0 to {MAX_ICOUNT_SHIFT}")
+    return 1 << shift
+
 
 class Timer:
     """A re-armable one-shot deadline on a :class:`VirtualClock`.

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 from hv_helpers import flat32, machine
+
+from hyperv_emu.clock import ns_per_insn_for
 
 
 def test_port_io_sizes_values_and_string_forms() -> None:
@@ -88,9 +91,12 @@ def test_cpuid_hypervisor_bit_no_rdrand_and_overrides() -> None:
     assert m.part.cpuid.lookup(0x40000001, 0) == (0, 0, 0, 0)
 
 
-def test_rdtsc_follows_the_virtual_clock() -> None:
+@pytest.mark.parametrize("shift", [None, 0, 1, 3])
+def test_rdtsc_follows_the_virtual_clock(shift: int | None) -> None:
+    ns = ns_per_insn_for(shift)  # --icount-shift N: 2**N ns per instruction (None: default)
+
     def run() -> tuple[int, int, int]:
-        m = machine()
+        m = machine(ns_per_insn=ns)
         m.load(0x4000, "nop\nnop\nnop\nrdtsc\nmov ebx, eax\nnop\nrdtsc\nhlt\n", 32)
         flat32(m, 0x4000)
         m.part.run(max_instructions=100)
@@ -98,7 +104,7 @@ def test_rdtsc_follows_the_virtual_clock() -> None:
         return regs["rbx"], regs["rax"], regs["rdx"]
 
     first = run()
-    assert first == (30, 60, 0)  # 1 GHz TSC: 10 ticks per instruction at 100 MIPS
+    assert first == (3 * ns, 6 * ns, 0)  # 1 GHz TSC: ns ticks per instruction
     assert run() == first
 
 
