@@ -22,6 +22,7 @@ _FIELD_OPTIONS: dict[str, tuple[str, ...]] = {
     "append": ("append",),
     "initrds": ("initrd",),
     "clock_mode": ("clock",),
+    "icount_shift": ("icount_shift",),
     "rtc_base": ("rtc_base",),
     "hyperv": ("hyperv",),
     "serial": ("serial",),
@@ -127,6 +128,8 @@ def config_from_args(args: argparse.Namespace) -> VmConfig:
         fields["test_devices"] = args.test_devices
     if chosen("clock_mode"):
         fields["clock_mode"] = args.clock
+    if chosen("icount_shift"):
+        fields["icount_shift"] = args.icount_shift
     if chosen("rtc_base"):
         fields["rtc_base"] = None if args.rtc_base is None else args.rtc_base.isoformat()
     if chosen("serial"):

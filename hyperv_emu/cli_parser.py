@@ -11,6 +11,7 @@ import re
 from typing import NoReturn
 
 from hyperv_emu import __version__
+from hyperv_emu.clock import DEFAULT_ICOUNT_SHIFT, DEFAULT_NS_PER_INSN, MAX_ICOUNT_SHIFT
 
 EXIT_USAGE = 2  # kept equal to machine.EXIT_USAGE; imported lazily there to keep start-up fast
 #: The stand-in for the guest's time of day in deterministic mode (``--rtc-base`` not given),
@@ -41,6 +42,13 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return value
+
+
+def _icount_shift(text: str) -> int:
+    value = _positive_int(text) if text.strip() not in ("0", "+0", "-0") else 0
+    if value > MAX_ICOUNT_SHIFT:
+        raise argparse.ArgumentTypeError(f"must be 0 to {MAX_ICOUNT_SHIFT}: {text!r}")
     return value
 
 
@@ -208,6 +216,10 @@ def _add_machine_options(p: argparse.ArgumentParser, serial_default: str = "stdo
                         "now with the host clock)")
     p.add_argument("--clock", choices=("deterministic", "host"), default="deterministic",
                    help="virtual clock mode (default deterministic)")
+    p.add_argument("--icount-shift", metavar="N", type=_icount_shift,
+                   help="deterministic clock: each guest instruction takes 2**N ns of virtual "
+                        "time, as QEMU's -icount shift=N (0-10; default "
+                        f"{DEFAULT_ICOUNT_SHIFT}: {DEFAULT_NS_PER_INSN} ns)")
     p.add_argument("--test-devices", action="store_true",
                    help="add QEMU's test devices: fw_cfg, pc-testdev, pci-testdev, "
                         "hyperv-testdev")

@@ -7,9 +7,11 @@ the other (DESIGN.md, "One clock").
 Two modes:
 
 * ``deterministic`` (default): time advances with retired guest instructions at a fixed rate of
-  :data:`DEFAULT_NS_PER_INSN` nanoseconds per instruction (a 100 MIPS virtual CPU).  The count
+  :data:`DEFAULT_NS_PER_INSN` nanoseconds per instruction (2 ns, a 500 MIPS virtual CPU: QEMU's
+  ``-icount shift=1``; ``--icount-shift N`` picks 2**N ns; docs/ENGINE.md, "Instruction time",
+  has the measurements behind the default).  The count
   is taken at translated-block boundaries (hypervisor/gate.py): an instruction reads the time
-  at which its block started (10 ns x the instructions retired before that block), and a timer
+  at which its block started (2 ns x the instructions retired before that block), and a timer
   fires at the first block boundary at or after its deadline — blocks end at every branch, at
   STI/POPF/IRET and after at most 512 instructions, so a spinning guest sees its interrupt
   within a few instructions.  A slice that stops inside a block (an exception, INT n, an
@@ -30,10 +32,28 @@ from typing import Literal
 
 ClockMode = Literal["deterministic", "host"]
 
-#: Nanoseconds of virtual time per retired instruction in deterministic mode (100 MIPS).
-DEFAULT_NS_PER_INSN = 10
+#: The default ``--icount-shift``: 2**1 = 2 ns of virtual time per retired instruction in
+#: deterministic mode (500 MIPS; it was 10 ns, 100 MIPS, until Linux's boot showed that slower
+#: than QEMU TCG itself and five times slower than the Haswell CPUID reports: docs/ENGINE.md).
+DEFAULT_ICOUNT_SHIFT = 1
+
+#: Nanoseconds of virtual time per retired instruction in deterministic mode.
+DEFAULT_NS_PER_INSN = 1 << DEFAULT_ICOUNT_SHIFT
 
 NS_PER_SEC = 1_000_000_000
+
+#: The largest ``--icount-shift`` (QEMU's own limit for ``-icount shift=N``: 1024 ns).
+MAX_ICOUNT_SHIFT = 10
+
+
+def ns_per_insn_for(shift: int | None) -> int:
+    """Nanoseconds per instruction for an icount shift (2**shift, as QEMU's ``-icount
+    shift=N``), or the default rule for None."""
+    if shift is None:
+        return DEFAULT_NS_PER_INSN
+    if not 0 <= shift <= MAX_ICOUNT_SHIFT:
+        raise ValueError(f"icount shift must be 0 to {MAX_ICOUNT_SHIFT}")
+    return 1 << shift
 
 
 class Timer:

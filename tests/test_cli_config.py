@@ -30,6 +30,18 @@ def test_save_config_writes_what_the_options_say_and_runs_nothing(
     assert (cfg.clock_mode, cfg.serial, cfg.guest) == ("host", "none", None)
 
 
+def test_icount_shift_is_saved_and_checked(capsys: pytest.CaptureFixture[str],
+                                           tmp_path: Path) -> None:
+    path = tmp_path / "vm.json"
+    assert run_cli(capsys, "run", "--icount-shift", "0", "--save-config", str(path))[0] == 0
+    assert VmConfig.load(path).icount_shift == 0
+    assert run_cli(capsys, "run", "--save-config", str(path))[0] == 0
+    assert VmConfig.load(path).icount_shift is None  # the default rule
+    assert_usage_error(run_cli(capsys, "run", "--icount-shift", "11"), "--icount-shift", "0 to 10")
+    assert_usage_error(run_cli(capsys, "run", "--icount-shift", "2", "--clock", "host"),
+                       "deterministic clock")
+
+
 def test_options_beside_config_override_only_what_is_given(
         capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     base = tmp_path / "base.json"

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from hyperv_emu.clock import DEFAULT_NS_PER_INSN, VirtualClock
+import pytest
+
+from hyperv_emu.clock import (
+    DEFAULT_ICOUNT_SHIFT,
+    DEFAULT_NS_PER_INSN,
+    MAX_ICOUNT_SHIFT,
+    VirtualClock,
+    ns_per_insn_for,
+)
 
 
 def test_time_follows_retired_instructions() -> None:
@@ -19,9 +27,17 @@ def test_time_follows_retired_instructions() -> None:
 
 
 def test_insns_until_rounds_up() -> None:
-    clock = VirtualClock()
+    clock = VirtualClock(ns_per_insn=10)
     assert clock.insns_until(25) == 3
     assert clock.insns_until(0) == 0
+    assert VirtualClock().insns_until(2 * DEFAULT_NS_PER_INSN + 1) == 3
+
+
+def test_icount_shift_gives_two_to_the_n_ns() -> None:
+    assert [ns_per_insn_for(n) for n in (0, 1, 3, MAX_ICOUNT_SHIFT)] == [1, 2, 8, 1024]
+    assert ns_per_insn_for(None) == DEFAULT_NS_PER_INSN == 1 << DEFAULT_ICOUNT_SHIFT
+    with pytest.raises(ValueError):
+        ns_per_insn_for(MAX_ICOUNT_SHIFT + 1)
 
 
 def test_timers_fire_in_order_and_rearm() -> None:

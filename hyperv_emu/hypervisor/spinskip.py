@@ -20,9 +20,9 @@ code after it up to the first branch and proves, by a small abstract interpretat
 * the branch compares ``X = (TSC + c) mod 2**64`` (c from registers that do not change) with
   a constant ``L`` (unsigned), so the loop goes on while X is in one interval.
 
-With the deterministic clock (10 ns per instruction, TSC 1 tick per ns: vp.clock_tsc) the
-i-th RDTSC from now reads ``T0 + i * P * 10``: the first iteration that can leave the
-interval is found by division.  The skip then moves the slice's retired count (hence the
+With the deterministic clock (n = clock.ns_per_insn ns per instruction, TSC 1 tick per ns:
+vp.clock_tsc) the i-th RDTSC from now reads ``T0 + i * P * n``: the first iteration that can
+leave the interval is found by division.  The skip then moves the slice's retired count (hence the
 clock and the TSC) forward by ``k * P`` instructions, exactly as if k iterations had run, and
 the RDTSC being intercepted reads the TSC of iteration k; the engine runs the rest of that
 iteration itself.  k is also held below the slice's limit (a timer deadline, an instruction

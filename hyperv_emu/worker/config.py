@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from hyperv_emu.clock import MAX_ICOUNT_SHIFT
 from hyperv_emu.fileio import write_atomic
 
 #: Version of the JSON layout written by :meth:`VmConfig.to_dict`; readers accept this and
@@ -88,6 +89,9 @@ class VmConfig:
     append: str = ""
     initrds: tuple[str, ...] = ()
     clock_mode: ClockModeName = "deterministic"
+    #: The deterministic clock's instruction time, as QEMU's ``-icount shift=N``: 2**N ns per
+    #: retired instruction; None: the default rule (hyperv_emu/clock.py DEFAULT_NS_PER_INSN).
+    icount_shift: int | None = None
     #: RTC time at power-on, ISO 8601; None: see :meth:`effective_rtc_base`.  The RTC shows
     #: the wall time; a zone (``+05:00``) says which UTC instant that is (the host's time the
     #: timesync IC hands the guest), no zone means UTC.
@@ -155,6 +159,13 @@ class VmConfig:
         if self.clock_mode not in CLOCK_MODES:
             out.append(f"clock mode must be one of {', '.join(CLOCK_MODES)}, "
                        f"not {self.clock_mode!r}")
+        shift = self.icount_shift
+        if shift is not None and (isinstance(shift, bool) or not isinstance(shift, int)
+                                  or not 0 <= shift <= MAX_ICOUNT_SHIFT):
+            out.append(f"icount shift must be a whole number from 0 to {MAX_ICOUNT_SHIFT}, "
+                       f"not {shift!r}")
+        elif shift is not None and self.clock_mode != "deterministic":
+            out.append("an icount shift needs the deterministic clock")
         if self.rtc_base is not None:
             try:
                 when = datetime.datetime.fromisoformat(self.rtc_base)
@@ -287,6 +298,7 @@ class VmConfig:
 _SCALARS: dict[str, type | tuple[type, ...]] = {
     "name": str, "memory_mib": int, "vps": int, "boot": str, "guest": (str, type(None)),
     "kernel": (str, type(None)), "append": str, "clock_mode": str,
+    "icount_shift": (int, type(None)),
     "rtc_base": (str, type(None)), "hyperv": bool, "serial": str, "debugcon": str,
     "firmware": str, "test_devices": bool, "bios_serial_mirror": bool,
     "shutdown_after_heartbeats": (int, type(None)),

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
-from hyperv_emu.clock import ClockMode, VirtualClock
+from hyperv_emu.clock import ClockMode, VirtualClock, ns_per_insn_for
 from hyperv_emu.vdev.atapi import CdromDrive
 from hyperv_emu.vdev.ide import Attachment
 from hyperv_emu.vdev.system import exit_status
@@ -87,6 +87,9 @@ class MachineConfig:
     initrds: Sequence[tuple[str, bytes]] = ()
     rtc_base: datetime.datetime | None = None
     clock_mode: ClockMode = "deterministic"
+    #: 2**N ns per instruction (deterministic clock), as QEMU's ``-icount shift=N``; None:
+    #: the default rule.
+    icount_shift: int | None = None
     serial_output: Callable[[bytes], None] | None = None
     #: Host input for COM1 (bytes, or a binary file read a chunk at a time as the guest takes
     #: it), sent flow-controlled: only when the receiver has room (see Uart16550.attach_input).
@@ -114,7 +117,7 @@ class MachineConfig:
         here (``disk``/``disks``/``cdrom`` may clash), the rest when the machine is built."""
         rtc_base = self.rtc_base or datetime.datetime.now().astimezone().replace(microsecond=0)
         vm = VmConfig(memory_mib=self.memory_mib, boot=self.boot, clock_mode=self.clock_mode,
-                      vps=self.vps,
+                      icount_shift=self.icount_shift, vps=self.vps,
                       rtc_base=rtc_base.isoformat(), hyperv=self.hyperv,
                       ics=tuple(self.vmbus.ics) if self.hyperv else (),
                       kvp=tuple(self.vmbus.kvp), name=self.vmbus.vm_name,
@@ -157,7 +160,8 @@ class Machine(PcParts):
         self.config = config
         self.attached = attached
         self.ram_size = config.memory_mib * MiB
-        self.clock = VirtualClock(config.clock_mode)
+        self.clock = VirtualClock(
+            config.clock_mode, ns_per_insn_for(config.icount_shift))
         self.log = EventLog(self.clock)
         self.vm = VmPartition(self.clock, self.log.emit, hyperv=config.hyperv,
                               ram_size=self.ram_size)

@@ -19,7 +19,8 @@ def boot_sector(source: str) -> bytes:
     return code + bytes(510 - len(code)) + b"\x55\xaa"
 
 
-def run(source: str, arm: object = None) -> tuple[Machine, list[tuple[int, int]]]:
+def run(source: str, arm: object = None,
+        icount_shift: int | None = None) -> tuple[Machine, list[tuple[int, int]]]:
     """Boot ``source``; returns the machine and (byte, virtual ns) for each E9h write."""
     marks: list[tuple[int, int]] = []
     box: list[Machine] = []
@@ -31,7 +32,7 @@ def run(source: str, arm: object = None) -> tuple[Machine, list[tuple[int, int]]
                 arm(box[0], b)
 
     disk = MemoryImage(bytearray(boot_sector(source) + bytes(0x10000)))
-    m = Machine(MachineConfig(disk=disk, debugcon_output=debugcon))
+    m = Machine(MachineConfig(disk=disk, debugcon_output=debugcon, icount_shift=icount_shift))
     box.append(m)
     m.run(max_instructions=200_000_000)
     return m, marks
@@ -184,7 +185,7 @@ def test_rtc_periodic_8khz_counts_8192_in_one_virtual_second() -> None:
         out 0x20, al
         pop ax
         iret
-    """, arm)
+    """, arm, icount_shift=3)  # 8 ns: the virtual second is 125 M instructions of the budget
     count = int.from_bytes(m.partition.read_memory(0x600, 2), "little")
     assert marks and marks[0][0] == 0x53
     assert 8191 <= count <= 8193

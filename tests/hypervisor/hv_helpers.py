@@ -6,7 +6,7 @@ import struct
 from dataclasses import dataclass, field
 
 from hyperv_emu.asm import assemble
-from hyperv_emu.clock import VirtualClock
+from hyperv_emu.clock import DEFAULT_NS_PER_INSN, VirtualClock
 from hyperv_emu.hypervisor.partition import Partition
 from hyperv_emu.hypervisor.vp import VirtualProcessor
 
@@ -28,8 +28,9 @@ class Machine:
         return [v for k, p, _, v, _ in self.io if k == "out" and (port is None or p == port)]
 
 
-def machine(ram: int = 0x200000, mode: str = "deterministic") -> Machine:
-    clock = VirtualClock(mode)  # type: ignore[arg-type]
+def machine(ram: int = 0x200000, mode: str = "deterministic",
+            ns_per_insn: int = DEFAULT_NS_PER_INSN) -> Machine:
+    clock = VirtualClock(mode, ns_per_insn)  # type: ignore[arg-type]
     part = Partition(clock)
     part.map_ram(0, ram)
     vp = part.create_vp()

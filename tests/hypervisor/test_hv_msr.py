@@ -115,12 +115,13 @@ def test_time_ref_count_follows_virtual_clock_exactly() -> None:
     assert m.vp.read_msr(H.HV_X64_MSR_TIME_REF_COUNT) == clock.now() // 100
     clock.skip_to(clock.now() + 123_456_789)
     assert m.vp.read_msr(H.HV_X64_MSR_TIME_REF_COUNT) == clock.now() // 100
-    # In the guest: two RDMSRs 100 NOPs apart are 101 instructions * 10 ns = 1010 ns apart.
+    # In the guest: two RDMSRs 100 NOPs apart are 101 instructions * n ns apart.
+    apart = 101 * clock.ns_per_insn
     src = (f"mov ecx, {H.HV_X64_MSR_TIME_REF_COUNT:#x}\nrdmsr\nmov esi, eax\n"
            + "nop\n" * 100 + "rdmsr\nsub eax, esi\nhlt\n")
     before = clock.now()
     assert run(m, src) == "halted"
-    assert m.vp.ctx.gpr(0) & 0xFFFFFFFF in (1010 // 100, 1010 // 100 + 1)
+    assert m.vp.ctx.gpr(0) & 0xFFFFFFFF in (apart // 100, apart // 100 + 1)
     assert clock.now() > before
 
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 from hv_helpers import flat32, machine
+
+from hyperv_emu.clock import ns_per_insn_for
+from hyperv_emu.hypervisor.partition import IO_ACCESS_NS
 
 
 def test_port_io_sizes_values_and_string_forms() -> None:
@@ -88,9 +92,12 @@ def test_cpuid_hypervisor_bit_no_rdrand_and_overrides() -> None:
     assert m.part.cpuid.lookup(0x40000001, 0) == (0, 0, 0, 0)
 
 
-def test_rdtsc_follows_the_virtual_clock() -> None:
+@pytest.mark.parametrize("shift", [None, 0, 1, 3])
+def test_rdtsc_follows_the_virtual_clock(shift: int | None) -> None:
+    ns = ns_per_insn_for(shift)  # --icount-shift N: 2**N ns per instruction (None: default)
+
     def run() -> tuple[int, int, int]:
-        m = machine()
+        m = machine(ns_per_insn=ns)
         m.load(0x4000, "nop\nnop\nnop\nrdtsc\nmov ebx, eax\nnop\nrdtsc\nhlt\n", 32)
         flat32(m, 0x4000)
         m.part.run(max_instructions=100)
@@ -98,23 +105,25 @@ def test_rdtsc_follows_the_virtual_clock() -> None:
         return regs["rbx"], regs["rax"], regs["rdx"]
 
     first = run()
-    assert first == (30, 60, 0)  # 1 GHz TSC: 10 ticks per instruction at 100 MIPS
+    assert first == (3 * ns, 6 * ns, 0)  # 1 GHz TSC: ns ticks per instruction
     assert run() == first
 
 
 def test_probe_sees_exact_time_mid_slice() -> None:
-    """A device read in the middle of a slice sees the clock's rule exactly: 10 ns per
+    """A device read in the middle of a slice sees the clock's rule exactly: n ns per
     instruction retired before the translated block now executing."""
     m = machine()
+    n = m.clock.ns_per_insn
     m.load(0x4000, "nop\n" * 7 + "jmp a\na:\nout 0x80, al\n" + "nop\n" * 20
            + "jmp b\nb:\nnop\nout 0x81, al\nout 0x82, al\nhlt\n", 32)
     flat32(m, 0x4000)
-    m.clock.timer(lambda: None).arm(35)  # a deadline inside the first block
+    m.clock.timer(lambda: None).arm(3 * n + n // 2)  # a deadline inside the first block
     m.part.run(max_instructions=1000)
     # The first block (7 NOPs, JMP) runs whole: its entry was before the deadline.  OUT 0x80
     # starts a block at 8 instructions; OUT 0x81/0x82 sit in the block that starts at 30,
     # each after the earlier accesses' IO_ACCESS_NS (test_io_stall.py).
-    assert [(p, t) for _, p, _, _, t in m.io] == [(0x80, 80), (0x81, 1300), (0x82, 2300)]
+    assert [(p, t) for _, p, _, _, t in m.io] == [
+        (0x80, 8 * n), (0x81, 30 * n + IO_ACCESS_NS), (0x82, 30 * n + 2 * IO_ACCESS_NS)]
     assert m.clock.instructions == 34
 
 

@@ -18,8 +18,9 @@ def test_back_to_back_port_reads_see_time_pass() -> None:
     flat32(m, 0x4000)
     assert m.part.run(max_instructions=100).reason == "halted"
     times = [t for _, _, _, _, t in m.io]
-    # 10 ns per instruction retired before each access, plus the accesses before it.
-    assert times == [10, 20 + IO_ACCESS_NS, 30 + 2 * IO_ACCESS_NS]
+    # n ns per instruction retired before each access, plus the accesses before it.
+    n = m.clock.ns_per_insn
+    assert times == [n, 2 * n + IO_ACCESS_NS, 3 * n + 2 * IO_ACCESS_NS]
 
 
 def test_rdtsc_counts_the_port_access_time() -> None:
@@ -28,7 +29,8 @@ def test_rdtsc_counts_the_port_access_time() -> None:
     flat32(m, 0x4000)
     m.part.run(max_instructions=100)
     regs = m.vp.read_registers()
-    assert regs["rax"] - regs["rbx"] == IO_ACCESS_NS + 30  # 1 GHz TSC, 3 instructions
+    # 1 GHz TSC, 3 instructions
+    assert regs["rax"] - regs["rbx"] == IO_ACCESS_NS + 3 * m.clock.ns_per_insn
 
 
 def test_a_deadline_overtaken_by_port_accesses_ends_the_slice() -> None:
