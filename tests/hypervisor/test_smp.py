@@ -103,9 +103,35 @@ def test_pause_is_intercepted_only_while_another_vp_can_run() -> None:
     assert bsp.ctx.u64(C.OFF_INTERCEPT) & bit
     sched = m.partition.scheduler
     assert sched is not None and sched.turn == 0
-    smp.pause_exit(bsp)  # a PAUSE ends the turn even with most of the quantum left
+    smp.pause_exit(bsp, 0x100)  # the AP has work (not spinning): the turn ends at once
     sched.account(bsp, 5)
-    assert sched.turn == 1 and sched.used == 0
+    assert sched.turn == 1 and sched.used == 0 and sched.spinning[:2] == [True, False]
+    smp.pause_exit(ap, 0x200)  # a PAUSE at a new address is progress: the BSP may have work
+    sched.account(ap, 5)
+    assert sched.turn == 0 and sched.spinning[:2] == [False, True]
+    smp.pause_exit(bsp, 0x100)  # same address, 3 instructions: only spun; the AP spins too
+    sched.account(bsp, 3)
+    assert sched.turn == 0 and sched.quiet  # the turn goes on, PAUSE not intercepted
+    smp.arm_pause(bsp)
+    assert not bsp.ctx.u64(C.OFF_INTERCEPT) & bit
+    sched.took_event(bsp)  # an interrupt in the rest of the turn: PAUSE intercepted again
+    smp.arm_pause(bsp)
+    assert bsp.ctx.u64(C.OFF_INTERCEPT) & bit and not sched.quiet
+    smp.pause_exit(bsp, 0x100)  # after an interrupt: progress, the AP may have work
+    sched.account(bsp, 5)
+    assert sched.turn == 1 and sched.spinning[:2] == [True, False]
+    smp.pause_exit(ap, 0x200)  # the AP only spun, and so does the BSP: quiet
+    sched.account(ap, 5)
+    assert sched.turn == 1 and sched.quiet
+    sched.account(ap, sched.quantum)  # a quiet quantum: nothing known, the marks stay
+    assert sched.turn == 0 and not sched.quiet and sched.spinning[:2] == [True, True]
+    sched.account(bsp, sched.quantum)  # a whole quantum with no PAUSE: work done
+    assert sched.turn == 1 and sched.spinning[:2] == [False, False]
+    saved = sched.save()
+    sched.restore({"version": 1, "turn": 1, "used": 0, "yielded": False})  # older states
+    assert sched.spinning[:2] == [False, False] and sched.pause_rip[:2] == [None, None]
+    sched.restore(saved)
+    assert sched.pause_rip[:2] == [0x100, 0x200]
     ap.halted = True
     smp.arm_pause(bsp)
     assert not bsp.ctx.u64(C.OFF_INTERCEPT) & bit
