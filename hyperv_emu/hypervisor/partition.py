@@ -354,6 +354,7 @@ class Partition:
 
     def create_vp(self) -> VirtualProcessor:
         """Add a virtual processor in its reset state."""
+        self.cpuid.vps = len(self.vps) + 1  # CPUID's topology leaves count every VP
         vp = VirtualProcessor(self, len(self.vps))
         self.vps.append(vp)
         if len(self.vps) == 2:

@@ -77,12 +77,36 @@ def test_a_single_vp_has_no_scheduler() -> None:
 
 @pytest.mark.parametrize("index", [0, 3])
 def test_cpuid_topology_per_vp(index: int) -> None:
+    # N cores of one package, one thread each (Intel SDM Vol. 2A, CPUID leaves 01H, 04H, 0BH;
+    # Vol. 3A 10.9.1): 4 VPs need a 2-bit core field, package ID = APIC ID >> 2 = 0.
     m = machine(4)
     cpuid = m.partition.cpuid
-    assert cpuid.lookup(1, 0, index)[1] >> 24 == index
-    assert cpuid.lookup(0xB, 0, index) == (0, 1, 0x100, index)
-    assert cpuid.lookup(0xB, 1, index) == (0, 1, 0x201, index)
+    eax, ebx, ecx, edx = cpuid.lookup(1, 0, index)
+    assert ebx >> 24 == index
+    assert (ebx >> 16) & 0xFF == 4 and edx & (1 << 28)  # 4 addressable IDs, HTT valid
+    subleaf = 0
+    while (leaf4 := cpuid.lookup(4, subleaf, index))[0] & 0x1F:  # every cache level
+        assert leaf4[0] >> 26 == 3  # 4 addressable core IDs - 1
+        assert (leaf4[0] >> 14) & 0xFFF == 0  # no cache shared by threads
+        subleaf += 1
+    assert subleaf >= 2 and cpuid.lookup(4, subleaf, index)[0] >> 26 == 0
+    assert cpuid.lookup(0xB, 0, index) == (0, 1, 0x100, index)  # SMT: 1 thread, shift 0
+    assert cpuid.lookup(0xB, 1, index) == (2, 4, 0x201, index)  # core: 4, shift 2
     assert cpuid.lookup(0xB, 2, index) == (0, 0, 2, index)
+    apic_id = m.partition.vps[index].lapic.apic_id
+    assert apic_id == index and apic_id >> 2 == 0  # all in package 0
+
+
+@pytest.mark.parametrize(("vps", "width", "ids"), [(1, 0, 1), (2, 1, 2), (3, 2, 4), (8, 3, 8)])
+def test_cpuid_topology_widths(vps: int, width: int, ids: int) -> None:
+    cpuid = machine(vps).partition.cpuid
+    assert cpuid.lookup(0xB, 1, 0)[:2] == (width, vps)
+    assert cpuid.lookup(4, 0, 0)[0] >> 26 == ids - 1
+    ebx, edx = cpuid.lookup(1, 0, 0)[1], cpuid.lookup(1, 0, 0)[3]
+    if vps == 1:  # one VP: the model's own (no HTT), as before
+        assert not edx & (1 << 28) and (ebx >> 16) & 0xFF == 0
+    else:
+        assert edx & (1 << 28) and (ebx >> 16) & 0xFF == ids
 
 
 
