@@ -59,6 +59,18 @@ class CpuidModel:
         #: which depends only on the overrides (cleared when they change) and the scratch
         #: engine's fixed model: a trapped CPUID then costs one dict lookup here.
         self._memo: dict[tuple[int, int, int], Leaf] = {}
+        self._vps = 1
+
+    @property
+    def vps(self) -> int:
+        """VPs in the partition (set as they are created): the topology leaves describe them
+        as cores of one package, one thread each."""
+        return self._vps
+
+    @vps.setter
+    def vps(self, count: int) -> None:
+        self._vps = count
+        self._memo.clear()  # the topology leaves change with it
 
     def set_leaf(self, leaf: int, subleaf: int | None, regs: Leaf) -> None:
         """Override ``leaf`` (for one ``subleaf``, or every subleaf when None)."""
@@ -103,17 +115,31 @@ class CpuidModel:
                     return got
             return (0, 0, 0, 0)
         eax, ebx, ecx, edx = self.native(leaf, subleaf)
+        # Topology (Intel SDM Vol. 3A 10.9 "Topology Identification"; Vol. 2A, CPUID): the VPs
+        # are cores 0..N-1 of one package, one thread each, their APIC IDs (the MP table's and
+        # the MADT's) the VP indexes; the package's ID field is ceil(log2 N) bits wide.
+        width = (self.vps - 1).bit_length()
         if leaf == 1:
             ecx = (ecx & ~(1 << 30)) | (1 << 31)
             # EBX[31:24] is the initial APIC ID (Intel SDM Vol. 2A, CPUID leaf 01H).
             ebx = (ebx & 0x00FFFFFF) | ((vp_index & 0xFF) << 24)
+            if self.vps > 1:
+                # EBX[23:16]: addressable logical processor IDs in the package, valid when
+                # EDX[28] (HTT) is set.
+                ebx = (ebx & 0xFF00FFFF) | ((1 << width) << 16)
+                edx |= 1 << 28
+        elif leaf == 4 and eax & 0x1F:
+            # EAX[31:26]: addressable core IDs in the package - 1; EAX[25:14] (threads sharing
+            # the cache - 1) stays 0: the native caches are L1/L2, one core's own.
+            eax = (eax & 0x03FFFFFF) | (((1 << width) - 1) << 26)
         elif leaf == 7 and subleaf == 0:
             ebx &= ~(1 << 18)  # RDSEED: host randomness as well
         elif leaf == 0xB:
-            # Extended topology (Intel SDM Vol. 2A, CPUID leaf 0BH): every VP is a package
-            # of one core with one thread, as the MP table and the MADT list them; level 0 is
-            # SMT, level 1 core, higher sub-leaves invalid.  EDX: the VP's x2APIC ID.
+            # Extended topology (Intel SDM Vol. 2A, CPUID leaf 0BH): level 0 is SMT (one
+            # thread per core: shift 0, 1 processor), level 1 core (shift to the package ID,
+            # N processors in the package), higher sub-leaves invalid.  EDX: x2APIC ID.
             level_type = {0: 1, 1: 2}.get(subleaf, 0)
-            eax, ebx = 0, 1 if level_type else 0
+            eax = width if level_type == 2 else 0
+            ebx = {1: 1, 2: self.vps}.get(level_type, 0)
             ecx, edx = (level_type << 8) | (subleaf & 0xFF), vp_index
         return (eax, ebx, ecx, edx)

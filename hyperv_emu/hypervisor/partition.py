@@ -354,6 +354,7 @@ class Partition:
 
     def create_vp(self) -> VirtualProcessor:
         """Add a virtual processor in its reset state."""
+        self.cpuid.vps = len(self.vps) + 1  # CPUID's topology leaves count every VP
         vp = VirtualProcessor(self, len(self.vps))
         self.vps.append(vp)
         if len(self.vps) == 2:
@@ -485,6 +486,8 @@ class Partition:
                            vp.ctx.rip)
         vp._dirty = True
         vp.halted = False
+        if self.scheduler is not None:
+            self.scheduler.took_event(vp)  # it has work: PAUSE rules, smp.py
         if observed is not None:
             self.observers.emit(interrupt_event(vp, event, observed))
         return None
@@ -856,7 +859,7 @@ class Partition:
             ctx.rip = ctx.rip + length
             vp.halted = True
         elif code == smp.SVM_EXIT_PAUSE:  # several VPs only: a spin-wait yields the turn
-            smp.pause_exit(vp)
+            smp.pause_exit(vp, ctx.rip)
             ctx.rip = ctx.rip + length
         elif code in (SVM_EXIT_RDTSC, SVM_EXIT_RDTSCP):
             tsc = vp.tsc()

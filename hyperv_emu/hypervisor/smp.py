@@ -28,8 +28,31 @@ As in QEMU's round-robin TCG with ``-icount``, the one virtual clock advances wi
 instructions of every VP.  A VP that is halted or waits for SIPI costs no engine time: its
 turn ends at once.  A VP that sends an IPI to another VP ends its turn
 (:func:`cross_vp_message`), so the target (spinning or halted) runs next rather than a
-whole quantum later; so does a VP that executes PAUSE (the instruction of spin-wait loops),
-which a multi-VP partition intercepts.
+whole quantum later.  PAUSE (the instruction of spin-wait loops), which a multi-VP partition
+intercepts, ends the turn only while another VP may have work (:meth:`RoundRobin.paused`):
+
+* A VP whose turn reached PAUSE is *spinning*.  It *made progress* if, since the start of the
+  turn, it ran more than :data:`SPIN_RUN` instructions, took an interrupt or an NMI, reached a
+  PAUSE at another address than its last one, or has more than one general register changed
+  since then (a spin-loop iteration changes at most a counter; leaving a wait, storing a flag
+  and entering the next wait at the same PAUSE changes more); a VP that made progress (or whose turn
+  ended any other way with PAUSE intercepted: it did work, halted or sent an IPI) clears every
+  other VP's spinning mark, since what they wait for may have just happened.
+* At PAUSE the turn ends if another VP that can run is not spinning: it has work, and runs
+  now rather than after this VP's whole quantum (what VMX's PAUSE-loop exiting and SVM's
+  pause filter are for).  Otherwise every VP that can run is spinning: the turn goes on with
+  PAUSE not intercepted for a *quiet window* of :data:`QUIET_MIN` instructions, then ends.
+  The window doubles at each further quiet window of that VP up to the quantum and goes back
+  to :data:`QUIET_MIN` when any VP makes progress (as KVM grows and shrinks its PAUSE-loop
+  window).  So VPs that all
+  wait for a timer cost about one PAUSE exit per quantum and virtual time (which advances with
+  instructions) reaches the deadline at full speed.  An interrupt taken in a quiet window
+  ends it.
+
+So VPs that hand work to each other through memory do so within a few instructions (a hand-over
+that looks like a spin, a flag stored a few instructions before the same PAUSE, costs one short
+quiet window), while VPs that all wait for time run at full speed.  The rule uses only
+instruction counts, addresses and register values: runs stay deterministic.
 """
 
 from __future__ import annotations
@@ -46,6 +69,14 @@ if TYPE_CHECKING:
 #: Longest slice of one VP when the partition has several, in virtual nanoseconds (50,000
 #: instructions at the default 2 ns each).
 QUANTUM_NS = 100_000
+
+#: A VP that reaches PAUSE within this many instructions of its turn's start, at the same
+#: address as its last PAUSE and with no interrupt taken, has only spun (one spin-loop
+#: iteration, with a call or two, is well under it).
+SPIN_RUN = 100
+
+#: First quiet window, in instructions (doubled per quiet window up to the quantum).
+QUIET_MIN = 256
 
 #: SVM exit code of PAUSE (AMD APM Vol. 2, Appendix C); its intercept bit is code - 60h.
 SVM_EXIT_PAUSE = 0x77
@@ -66,8 +97,26 @@ class RoundRobin:
         #: Index of the VP whose turn it is, and the instructions it has run in this turn.
         self.turn = 0
         self.used = 0
-        #: The VP sent an IPI to another VP or executed PAUSE: its turn ends with the slice.
+        #: The VP sent an IPI to another VP: its turn ends with the slice.
         self.yielded = False
+        #: Turns begun (for tests and benchmarks: host work grows with them).
+        self.turns = 0
+        #: PAUSE rules (module docstring): each VP's spinning mark and last PAUSE address; the
+        #: current VP took an interrupt in this turn; PAUSE is not intercepted for the rest
+        #: of this turn; the address of the PAUSE that ended the last slice, if one did.
+        n = max(2, len(partition.vps))
+        self.spinning = [False] * n
+        self.pause_rip: list[int | None] = [None] * n
+        self.pause_regs: list[list[int] | None] = [None] * n
+        self.event = False
+        self.quiet = False
+        self._paused_at: int | None = None
+        #: ``used`` where the current run toward a PAUSE began (turn start or quiet window
+        #: end), and where the quiet window ends; each VP's next quiet window length.
+        self.mark = 0
+        self.quiet_end = 0
+        self.window = [QUIET_MIN] * n
+        self._paused_regs: list[int] = []
         partition.scheduler = self
         for vp in partition.vps:  # created before the scheduler: PAUSE exits from now on
             vp._flush()
@@ -85,7 +134,10 @@ class RoundRobin:
         return self.partition.vps[self.turn]
 
     def remaining(self) -> int:
-        """Instructions left in the current turn (the cap on the VP's next slice)."""
+        """Instructions left in the current turn or quiet window (the cap on the VP's next
+        slice)."""
+        if self.quiet:
+            return max(1, min(self.quantum, self.quiet_end) - self.used)
         return max(1, self.quantum - self.used)
 
     def account(self, vp: VirtualProcessor, retired: int) -> None:
@@ -95,21 +147,107 @@ class RoundRobin:
             for other in self.partition.vps:
                 if other is not vp:
                     other.code_pages.foreign = True
-        if self.yielded or vp.halted or vp.wait_for_sipi or self.used >= self.quantum:
+        end = self.yielded or vp.halted or vp.wait_for_sipi or self.used >= self.quantum
+        if self._paused_at is not None:
+            rip, self._paused_at = self._paused_at, None
+            end = self.paused(vp, rip, self._paused_regs) or end
+        elif end and not self.quiet:
+            self._progress(vp, False)
+        elif self.quiet and self.used >= self.quiet_end:
+            end = True  # the quiet window is over: the others look again at their turn
+        if end:
             self.turn = (self.turn + 1) % len(self.partition.vps)
             self.used = 0
             self.yielded = False
+            self.event = False
+            self.quiet = False
+            self.mark = 0
+            self.turns += 1
 
-    def save(self) -> dict[str, int | bool]:
-        """The turn, for a whole-machine saved state."""
-        return {"version": 1, "turn": self.turn, "used": self.used, "yielded": self.yielded}
+    def _marks(self) -> None:
+        while len(self.spinning) < len(self.partition.vps):  # a VP added after the scheduler
+            self.spinning.append(False)
+            self.pause_rip.append(None)
+            self.pause_regs.append(None)
+            self.window.append(QUIET_MIN)
 
-    def restore(self, state: dict[str, int | bool]) -> None:
-        """Load :meth:`save` output."""
-        if state.get("version") != 1:
-            raise ValueError("not a version-1 scheduler state")
-        self.turn, self.used = int(state["turn"]), int(state["used"])
+    def _progress(self, vp: VirtualProcessor, spinning: bool) -> None:
+        """``vp`` did something the others may wait for: clear their spinning marks."""
+        self._marks()
+        for i in range(len(self.spinning)):
+            self.spinning[i] = spinning if i == vp.index else False
+            self.window[i] = QUIET_MIN
+
+    def paused(self, vp: VirtualProcessor, rip: int, regs: list[int]) -> bool:
+        """``vp``'s slice ended at an intercepted PAUSE at ``rip`` with general registers
+        ``regs``: True if its turn ends
+        (another VP that can run is not spinning), else PAUSE stops being intercepted for the
+        rest of the turn (module docstring)."""
+        self._marks()
+        i = vp.index
+        last = self.pause_regs[i]
+        if (self.event or self.used - self.mark > SPIN_RUN or self.pause_rip[i] != rip
+                or last is None
+                or sum(a != b for a, b in zip(last, regs, strict=True)) > 1):
+            self._progress(vp, True)
+        self.spinning[i] = True
+        self.pause_rip[i] = rip
+        self.pause_regs[i] = regs
+        if any(not self.spinning[o.index] for o in self.partition.vps
+               if o is not vp and not o.halted and not o.wait_for_sipi):
+            return True
+        self.quiet = True
+        self.quiet_end = self.used + self.window[i]
+        self.window[i] = min(2 * self.window[i], self.quantum)
+        return False
+
+    def took_event(self, vp: VirtualProcessor) -> None:
+        """An interrupt or NMI was delivered to ``vp``: it has work (not spinning), and if it
+        is the current VP its next PAUSE is intercepted again."""
+        self._marks()
+        self.spinning[vp.index] = False
+        if vp.index == self.turn:
+            self.event = True
+            if self.quiet:
+                self.quiet = False
+                self.mark = self.used
+
+    def save(self) -> dict[str, object]:
+        """The turn and the PAUSE marks, for a whole-machine saved state."""
+        self._marks()
+        return {"version": 2, "turn": self.turn, "used": self.used, "yielded": self.yielded,
+                "spinning": list(self.spinning), "pause_rip": list(self.pause_rip),
+                "pause_regs": list(self.pause_regs),
+                "event": self.event, "quiet": self.quiet, "mark": self.mark,
+                "quiet_end": self.quiet_end, "window": list(self.window)}
+
+    def restore(self, state: dict[str, object]) -> None:
+        """Load :meth:`save` output (version 1, from before the PAUSE marks, loads with
+        none set)."""
+        version = state.get("version")
+        if version not in (1, 2):
+            raise ValueError("not a version-1 or -2 scheduler state")
+        turn, used = state["turn"], state["used"]
+        assert isinstance(turn, int) and isinstance(used, int)
+        self.turn, self.used = turn, used
         self.yielded = bool(state["yielded"])
+        n = len(self.partition.vps)
+        spinning = state.get("spinning", [False] * n)
+        pause_rip = state.get("pause_rip", [None] * n)
+        pause_regs = state.get("pause_regs", [None] * n)
+        assert isinstance(spinning, list) and isinstance(pause_rip, list)
+        assert isinstance(pause_regs, list)
+        self.spinning = [bool(v) for v in spinning]
+        self.pause_rip = [None if v is None else int(v) for v in pause_rip]
+        self.pause_regs = [None if v is None else [int(r) for r in v] for v in pause_regs]
+        self.event, self.quiet = bool(state.get("event")), bool(state.get("quiet"))
+        mark, quiet_end = state.get("mark", 0), state.get("quiet_end", 0)
+        window = state.get("window", [QUIET_MIN] * n)
+        assert isinstance(mark, int) and isinstance(quiet_end, int)
+        assert isinstance(window, list)
+        self.mark, self.quiet_end = mark, quiet_end
+        self.window = [int(w) for w in window]
+        self._marks()
 
 
 def extra_intercepts(partition: Partition) -> int:
@@ -122,22 +260,28 @@ def extra_intercepts(partition: Partition) -> int:
 def arm_pause(vp: VirtualProcessor) -> None:
     """Before ``vp``'s slice (several VPs): intercept PAUSE only while another VP can run,
     since with the others halted there is nobody to hand the turn to and each exit would be
-    pure cost (the PAUSE check is made when the instruction runs: no translated code
-    depends on the bit)."""
+    pure cost, and not in the rest of a turn where every VP that can run spins
+    (:meth:`RoundRobin.paused`).  The PAUSE check is made when the instruction runs: no
+    translated code depends on the bit."""
     bit = 1 << (SVM_EXIT_PAUSE - 0x60)
-    want = bit if any(o is not vp and not o.halted and not o.wait_for_sipi
-                      for o in vp.partition.vps) else 0
+    scheduler = vp.partition.scheduler
+    want = bit if (scheduler is not None and not scheduler.quiet and any(
+        o is not vp and not o.halted and not o.wait_for_sipi
+        for o in vp.partition.vps)) else 0
     have = vp.ctx.u64(C.OFF_INTERCEPT)
     if have & bit != want:
         vp.ctx.set_u64(C.OFF_INTERCEPT, (have & ~bit) | want)
         vp._dirty = True
 
 
-def pause_exit(vp: VirtualProcessor) -> None:
-    """``vp`` executed PAUSE (an intercept, only with several VPs): end its turn."""
+def pause_exit(vp: VirtualProcessor, rip: int) -> None:
+    """``vp`` executed PAUSE at ``rip`` (an intercept, only with several VPs): the
+    scheduler decides, once the slice is accounted, whether its turn ends
+    (:meth:`RoundRobin.paused`)."""
     scheduler = vp.partition.scheduler
     if scheduler is not None:
-        scheduler.yielded = True
+        scheduler._paused_at = rip
+        scheduler._paused_regs = [vp.ctx.gpr(i) for i in range(16)]
 
 
 def power_on(vp: VirtualProcessor) -> None:

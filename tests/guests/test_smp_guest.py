@@ -134,7 +134,7 @@ def test_pause_spin_waits_hand_the_turn_over(monkeypatch: pytest.MonkeyPatch) ->
 
     exits: list[int] = []
     real = smp.pause_exit
-    monkeypatch.setattr(smp, "pause_exit", lambda vp: (exits.append(vp.index), real(vp)))
+    monkeypatch.setattr(smp, "pause_exit", lambda vp, rip: (exits.append(vp.index), real(vp, rip)))
     m, out = boot("smp", 2)
     assert m.run(max_instructions=30_000_000).status == 1, lines(out)
     assert 0 in exits and 1 in exits
@@ -157,3 +157,27 @@ def test_code_rewritten_by_one_vp_runs_rewritten_on_another(vps: int) -> None:
     assert result.status == 1 and text[-1] == "PASS", text
     pages = m.partition.vps[1].code_pages
     assert pages is not None and pages.dropped >= 2
+
+
+def test_vps_all_spinning_on_pause_let_a_timer_come(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Both VPs spin with PAUSE while the BSP waits for a 1 ms APIC timer (100,000
+    # instructions of virtual time).  Handing the turn over at every PAUSE (7d3f11e) made
+    # that a PAUSE exit and a turn every few instructions, tens of thousands of them;
+    # spinners that all wait for time run whole quiet windows instead (smp.py).
+    from hyperv_emu.hypervisor import smp
+
+    exits: list[int] = []
+    real = smp.pause_exit
+    monkeypatch.setattr(smp, "pause_exit",
+                        lambda vp, *rest: (exits.append(vp.index), real(vp, *rest)))
+    m, out = boot("pause_timer", 2)
+    result = m.run(max_instructions=3_000_000)
+    text = lines(out)
+    assert result.status == 1, text
+    assert "pause_timer: started 0001 tick 0001 ack 0001" in text
+    assert len(exits) < 100, len(exits)
+    sched = m.partition.scheduler
+    assert sched is not None and sched.turns < 100
+    # The tick came at 1 ms: the whole run (BIOS and boot included) is a little more than
+    # 100,000 instructions.
+    assert 100_000 < m.clock.instructions < 150_000

@@ -77,12 +77,36 @@ def test_a_single_vp_has_no_scheduler() -> None:
 
 @pytest.mark.parametrize("index", [0, 3])
 def test_cpuid_topology_per_vp(index: int) -> None:
+    # N cores of one package, one thread each (Intel SDM Vol. 2A, CPUID leaves 01H, 04H, 0BH;
+    # Vol. 3A 10.9.1): 4 VPs need a 2-bit core field, package ID = APIC ID >> 2 = 0.
     m = machine(4)
     cpuid = m.partition.cpuid
-    assert cpuid.lookup(1, 0, index)[1] >> 24 == index
-    assert cpuid.lookup(0xB, 0, index) == (0, 1, 0x100, index)
-    assert cpuid.lookup(0xB, 1, index) == (0, 1, 0x201, index)
+    eax, ebx, ecx, edx = cpuid.lookup(1, 0, index)
+    assert ebx >> 24 == index
+    assert (ebx >> 16) & 0xFF == 4 and edx & (1 << 28)  # 4 addressable IDs, HTT valid
+    subleaf = 0
+    while (leaf4 := cpuid.lookup(4, subleaf, index))[0] & 0x1F:  # every cache level
+        assert leaf4[0] >> 26 == 3  # 4 addressable core IDs - 1
+        assert (leaf4[0] >> 14) & 0xFFF == 0  # no cache shared by threads
+        subleaf += 1
+    assert subleaf >= 2 and cpuid.lookup(4, subleaf, index)[0] >> 26 == 0
+    assert cpuid.lookup(0xB, 0, index) == (0, 1, 0x100, index)  # SMT: 1 thread, shift 0
+    assert cpuid.lookup(0xB, 1, index) == (2, 4, 0x201, index)  # core: 4, shift 2
     assert cpuid.lookup(0xB, 2, index) == (0, 0, 2, index)
+    apic_id = m.partition.vps[index].lapic.apic_id
+    assert apic_id == index and apic_id >> 2 == 0  # all in package 0
+
+
+@pytest.mark.parametrize(("vps", "width", "ids"), [(1, 0, 1), (2, 1, 2), (3, 2, 4), (8, 3, 8)])
+def test_cpuid_topology_widths(vps: int, width: int, ids: int) -> None:
+    cpuid = machine(vps).partition.cpuid
+    assert cpuid.lookup(0xB, 1, 0)[:2] == (width, vps)
+    assert cpuid.lookup(4, 0, 0)[0] >> 26 == ids - 1
+    ebx, edx = cpuid.lookup(1, 0, 0)[1], cpuid.lookup(1, 0, 0)[3]
+    if vps == 1:  # one VP: the model's own (no HTT), as before
+        assert not edx & (1 << 28) and (ebx >> 16) & 0xFF == 0
+    else:
+        assert edx & (1 << 28) and (ebx >> 16) & 0xFF == ids
 
 
 
@@ -103,9 +127,35 @@ def test_pause_is_intercepted_only_while_another_vp_can_run() -> None:
     assert bsp.ctx.u64(C.OFF_INTERCEPT) & bit
     sched = m.partition.scheduler
     assert sched is not None and sched.turn == 0
-    smp.pause_exit(bsp)  # a PAUSE ends the turn even with most of the quantum left
+    smp.pause_exit(bsp, 0x100)  # the AP has work (not spinning): the turn ends at once
     sched.account(bsp, 5)
-    assert sched.turn == 1 and sched.used == 0
+    assert sched.turn == 1 and sched.used == 0 and sched.spinning[:2] == [True, False]
+    smp.pause_exit(ap, 0x200)  # a PAUSE at a new address is progress: the BSP may have work
+    sched.account(ap, 5)
+    assert sched.turn == 0 and sched.spinning[:2] == [False, True]
+    smp.pause_exit(bsp, 0x100)  # same address, 3 instructions: only spun; the AP spins too
+    sched.account(bsp, 3)
+    assert sched.turn == 0 and sched.quiet  # the turn goes on, PAUSE not intercepted
+    smp.arm_pause(bsp)
+    assert not bsp.ctx.u64(C.OFF_INTERCEPT) & bit
+    sched.took_event(bsp)  # an interrupt in the rest of the turn: PAUSE intercepted again
+    smp.arm_pause(bsp)
+    assert bsp.ctx.u64(C.OFF_INTERCEPT) & bit and not sched.quiet
+    smp.pause_exit(bsp, 0x100)  # after an interrupt: progress, the AP may have work
+    sched.account(bsp, 5)
+    assert sched.turn == 1 and sched.spinning[:2] == [True, False]
+    smp.pause_exit(ap, 0x200)  # the AP only spun, and so does the BSP: quiet
+    sched.account(ap, 5)
+    assert sched.turn == 1 and sched.quiet
+    sched.account(ap, sched.quantum)  # a quiet quantum: nothing known, the marks stay
+    assert sched.turn == 0 and not sched.quiet and sched.spinning[:2] == [True, True]
+    sched.account(bsp, sched.quantum)  # a whole quantum with no PAUSE: work done
+    assert sched.turn == 1 and sched.spinning[:2] == [False, False]
+    saved = sched.save()
+    sched.restore({"version": 1, "turn": 1, "used": 0, "yielded": False})  # older states
+    assert sched.spinning[:2] == [False, False] and sched.pause_rip[:2] == [None, None]
+    sched.restore(saved)
+    assert sched.pause_rip[:2] == [0x100, 0x200]
     ap.halted = True
     smp.arm_pause(bsp)
     assert not bsp.ctx.u64(C.OFF_INTERCEPT) & bit
