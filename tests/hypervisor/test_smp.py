@@ -72,7 +72,7 @@ def test_a_single_vp_has_no_scheduler() -> None:
     assert machine(1).partition.scheduler is None
     sched = machine(3).partition.scheduler
     assert sched is not None and sched.current().index == 0
-    assert sched.quantum == smp.QUANTUM_NS // 10
+    assert sched.quantum == smp.QUANTUM_NS // sched.partition.clock.ns_per_insn
 
 
 @pytest.mark.parametrize("index", [0, 3])
