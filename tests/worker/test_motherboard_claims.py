@@ -53,3 +53,30 @@ def test_static_claims_win_and_later_dynamic_claims_replace() -> None:
     # Claims are clipped to the 64 KiB port space.
     board.claim_ports(a, 0xFFF8, 16)
     assert board.io_read(0xFFFF, 1) == 0x33
+
+
+class Bursts(Answer):
+    """A device that moves string I/O in bursts at its even ports only."""
+
+    def offers_block(self, port: int) -> bool:
+        return not port & 1
+
+
+def test_offers_block_follows_the_claims() -> None:
+    # The board keeps which ports have a block-capable owner; every claim change must show.
+    board = Motherboard()
+    static = board.add(Answer("static", 0, ((0x1F0, 1),)))
+    burst = Bursts("burst", 0)
+    assert not board.offers_block(0xC000)
+    board.claim_ports(burst, 0xC000, 4)
+    assert board.offers_block(0xC000) and board.offers_block(0xC002)
+    assert not board.offers_block(0xC001)  # the device's own answer
+    board.claim_ports(burst, 0x1F0, 1)  # a static claim keeps precedence
+    assert not board.offers_block(0x1F0)
+    board.claim_ports(Answer("plain", 0), 0xC000, 1)  # a later claim replaces it
+    assert not board.offers_block(0xC000) and board.offers_block(0xC002)
+    board.release_ports(burst, 0xC000, 4)
+    assert not board.offers_block(0xC002)
+    board.add(Bursts("isa", 0, ((0x170, 2),)))
+    assert board.offers_block(0x170) and not board.offers_block(0x171)
+    assert static.writes == []
