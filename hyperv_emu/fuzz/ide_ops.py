@@ -131,7 +131,7 @@ class IdeOps:
     # ---- the operations -------------------------------------------------------------------
     def ata_command(self, a: int) -> None:
         """One ATA command block: bit 0 channel, 1-6 command, 7 drive 1, 8-10 feature,
-        11-13 count, 14-15 LBA high; then its PIO data phase, if any."""
+        11-13 count, 14-15 LBA high, 8-13 also LBA low; then its PIO data phase, if any."""
         ch = a & 1
         command = ATA_COMMANDS[(a >> 1 & 0x3F) % len(ATA_COMMANDS)]
         device = 0xE0 | (a >> 3 & 0x10)
@@ -149,13 +149,16 @@ class IdeOps:
         sectors = DMA_SECTORS[a >> 7 & 7]
         if not a & 0x4000:
             self._bus_master_setup()
-        self._dma(0, 0xE0 | (a >> 11 & 0x10), (sectors or 256) * 512, a >> 10 & 3,
+        self._dma(0, (sectors or 256) * 512, a >> 10 & 3,
                   not a & 0x1000, bool(a & 0x2000), not write,
                   lambda: self._taskfile(0, 0xE0 | (a >> 11 & 0x10), 0, sectors,
                                          a >> 2 & 0x1F, 0, 0, command))
 
-    def _dma(self, ch: int, device: int, total: int, layout: int, eot: bool, early: bool,
+    def _dma(self, ch: int, total: int, layout: int, eot: bool, early: bool,
              to_memory: bool, issue: Callable[[], None]) -> None:
+        """A bus-master transfer of ``total`` bytes on channel ``ch`` as a driver runs it
+        (SFF-8038i 2.x): engine stopped and status cleared, PRD table, its pointer, the
+        command (``issue``) and the start, or the start first when ``early``."""
         bm = BM_BASE + 8 * ch
         self._out(bm, 1, 0)  # stop the engine, clear the error and interrupt bits
         self._out(bm + 2, 1, 0x06)
@@ -190,7 +193,7 @@ class IdeOps:
 
         if dma:
             self._bus_master_setup()
-            self._dma(1, 0xA0, 0x8000, (a >> 10) & 3, True, False, True, issue)
+            self._dma(1, 0x8000, (a >> 10) & 3, True, False, True, issue)
         else:
             issue()
             self._pio_data(1, write=False)

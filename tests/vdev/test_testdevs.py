@@ -38,6 +38,23 @@ def test_ioram_is_storage_at_any_width_and_clamped_at_the_end() -> None:
     assert dev.mmio_read(0x10, 8) == 0
 
 
+def test_ioram_save_and_restore_follow_every_change() -> None:
+    """The saved I/O RAM text is reused while the RAM is unchanged, never after a change (by
+    MMIO, by restore, or by a write to the buffer itself)."""
+    dev = PcTestDev(lambda line, level: None)
+    blank = dev.save()
+    assert dev.save() == blank
+    dev.mmio_write(0x10, 4, 0xAABBCCDD)
+    written = dev.save()
+    assert written["ioram"][0x20:0x28] == "ddccbbaa"
+    dev.ioram[0] = 0x5A  # any writer, not only the MMIO handler
+    assert dev.save()["ioram"][:2] == "5a"
+    dev.restore(blank)
+    assert dev.ioram == bytes(IORAM_SIZE) and dev.save() == blank
+    dev.restore(written)
+    assert dev.mmio_read(0x10, 4) == 0xAABBCCDD and dev.save() == written
+
+
 def test_flush_page_is_counted_and_reads_zero() -> None:
     dev = PcTestDev(lambda line, level: None)
     dev.io_write(0xE4, 4, 0x12345)
