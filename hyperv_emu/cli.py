@@ -16,7 +16,7 @@ from types import FrameType
 from typing import IO, TYPE_CHECKING, BinaryIO, NoReturn, TypeVar
 
 from hyperv_emu import __version__
-from hyperv_emu.clock import DEFAULT_ICOUNT_SHIFT, DEFAULT_NS_PER_INSN, MAX_ICOUNT_SHIFT
+from hyperv_emu.clock import DEFAULT_NS_PER_INSN, MAX_ICOUNT_SHIFT
 from hyperv_emu.worker.hostio import LineWriter, OutputError
 
 __all__ = ["LineWriter", "OutputError", "main"]
@@ -268,8 +268,8 @@ def _add_machine_options(p: argparse.ArgumentParser, serial_default: str = "stdo
                    help="virtual clock mode (default deterministic)")
     p.add_argument("--icount-shift", metavar="N", type=_icount_shift,
                    help="deterministic clock: each guest instruction takes 2**N ns of virtual "
-                        "time, as QEMU's -icount shift=N (0-10; default "
-                        f"{DEFAULT_ICOUNT_SHIFT}: {DEFAULT_NS_PER_INSN} ns)")
+                        "time, as QEMU's -icount shift=N (0-10; default: "
+                        f"{DEFAULT_NS_PER_INSN} ns)")
     p.add_argument("--test-devices", action="store_true",
                    help="add QEMU's test devices: fw_cfg, pc-testdev, pci-testdev, "
                         "hyperv-testdev")

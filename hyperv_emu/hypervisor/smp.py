@@ -43,8 +43,8 @@ if TYPE_CHECKING:
     from .partition import Partition
     from .vp import VirtualProcessor
 
-#: Longest slice of one VP when the partition has several, in virtual nanoseconds (50,000
-#: instructions at the default 2 ns each).
+#: Longest slice of one VP when the partition has several, in virtual nanoseconds (10,000
+#: instructions at the default 10 ns each).
 QUANTUM_NS = 100_000
 
 #: SVM exit code of PAUSE (AMD APM Vol. 2, Appendix C); its intercept bit is code - 60h.
