@@ -67,6 +67,15 @@ from hyperv_emu.fuzz.state_oracle import (  # noqa: F401
 )
 from hyperv_emu.worker.hostio import Attachments
 
+#: The harness's public names: its own targets and, re-exported, the bench, the findings and
+#: the save/restore oracle that the other targets import from here.
+__all__ = [
+    "BENCH_CONFIG", "FIRE_BUDGET", "SAME_INSTANT_LIMIT", "WATCHDOG_SECONDS", "Bench",
+    "ChipsetTarget", "Finding", "FuzzBoard", "FuzzClock", "PowerOn", "Saved", "Target",
+    "_Reused", "_first_difference", "as_json_data", "check_restore", "host_finding",
+    "is_json_value", "save_state", "watchdog",
+]
+
 
 class Target:
     """A fuzz target: one input in, :class:`Finding` out when an invariant breaks."""

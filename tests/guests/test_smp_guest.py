@@ -143,7 +143,8 @@ def test_pause_spin_waits_hand_the_turn_over(monkeypatch: pytest.MonkeyPatch) ->
     # out the quanta costs over a dozen of them.
     one, _ = boot("smp", 1)
     assert one.run(max_instructions=30_000_000).status == 1
-    assert m.clock.instructions - one.clock.instructions < 3 * (smp.QUANTUM_NS // m.clock.ns_per_insn)
+    quantum = smp.QUANTUM_NS // m.clock.ns_per_insn
+    assert m.clock.instructions - one.clock.instructions < 3 * quantum
 
 
 @pytest.mark.parametrize("vps", [2, 3])
