@@ -14,16 +14,13 @@
 # only waits for its timer.
 
 .include "boot.inc"
+.include "ap_start.inc"
 
-.set TRAMPOLINE, 0x1000        # STARTUP vector 01h
-.set SIPI_VECTOR, 0x01
 .set AP_STACK, 0x6F00
 .set STARTED, VARS             # word: 1 once the AP runs
 .set TICK, VARS+2              # word: 1 once the BSP's timer fired
 .set DONE, VARS+4              # word: the BSP's signal to the AP
 .set ACK, VARS+6               # word: the AP's answer
-.set ICR_LO, 0x300
-.set ICR_HI, 0x310
 .set TIMER_VECTOR, 0x40
 
 main:
@@ -39,10 +36,8 @@ main:
     movw $timer_handler, (TIMER_VECTOR*4)
     movw $0, (TIMER_VECTOR*4+2)
     movl $APIC, %ebx
-    movl $0x1FF, %fs:0xF0(%ebx)  # SVR: software enable
-    movb $0xEA, (TRAMPOLINE)     # jmp far 0000:ap_entry
-    movw $ap_entry, (TRAMPOLINE+1)
-    movw $0, (TRAMPOLINE+3)
+    apic_sw_enable ebx
+    sipi_trampoline ap_entry
     movl $0, %fs:ICR_HI(%ebx)
     movl $0x000C4500, %fs:ICR_LO(%ebx)   # all-but-self, INIT
     movl $0x000C4600+SIPI_VECTOR, %fs:ICR_LO(%ebx)   # STARTUP 01h
@@ -82,23 +77,7 @@ report:
     call newline
     jmp pass
 
-# wait_nonzero: wait (bounded, PAUSE) until the word at DI is nonzero; CF=1 if it never is.
-wait_nonzero:
-    pushl %ecx
-    movl $0x10000, %ecx
-wn_loop:
-    cmpw $0, (%di)
-    jne wn_done
-    pause
-    decl %ecx
-    jnz wn_loop
-    popl %ecx
-    stc
-    ret
-wn_done:
-    popl %ecx
-    clc
-    ret
+    wait_nonzero_code $0x10000
 
 timer_handler:                   # vector 40h on the BSP
     movw $1, (TICK)
@@ -107,11 +86,7 @@ timer_handler:                   # vector 40h on the BSP
 
 # ---- AP 1 ----------------------------------------------------------------------------------
 ap_entry:
-    cli
-    xorw %ax, %ax
-    movw %ax, %ds
-    movw %ax, %es
-    movw %ax, %ss
+    ap_real_mode
     movw $AP_STACK, %sp
     movw $1, (STARTED)
 ap_wait:

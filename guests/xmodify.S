@@ -105,27 +105,7 @@ solo:
     cli
     jmp report
 
-# wait_nonzero: wait (bounded, PAUSE) until the word at DI is nonzero; CF=1 if it never is.
-# wait_nonzero_ecx: the same with the bound in ECX.
-wait_nonzero:
-    pushl %ecx
-    movl $0x200000, %ecx
-    jmp wn_loop
-wait_nonzero_ecx:
-    pushl %ecx
-wn_loop:
-    cmpw $0, (%di)
-    jne wn_done
-    pause
-    decl %ecx
-    jnz wn_loop
-    popl %ecx
-    stc
-    ret
-wn_done:
-    popl %ecx
-    clc
-    ret
+    wait_nonzero_code $0x200000
 
 # The code the BSP rewrites: the immediate of the MOV is at patched+1.
 patched:

@@ -116,6 +116,15 @@ class LiveContext(CpuContext):
         raise TypeError("the live CPU state has no saved copy")
 
 
+
+def _code_address(view: memoryview) -> tuple[int, int]:
+    """The code size (16/32/64) and the linear address of RIP, from the live CPU state."""
+    hf = _U32.unpack_from(view, C.OFF_HFLAGS)[0]
+    rip = _U64.unpack_from(view, C.OFF_EIP)[0]
+    if hf & C.HF_CS64:
+        return 64, rip
+    return (32 if hf & C.HF_CS32 else 16), (_U64.unpack_from(view, _CS_BASE)[0] + rip) & _M32
+
 class InlineExits:
     """One VP's in-hook intercept handling (see the module docstring)."""
 
@@ -192,13 +201,7 @@ class InlineExits:
         view = self.ctx.view
         if _U32.unpack_from(view, C.OFF_EXC_IS_INT)[0]:
             return self.exception(6)  # INT 6, not an invalid opcode
-        hf = _U32.unpack_from(view, C.OFF_HFLAGS)[0]
-        rip = _U64.unpack_from(view, C.OFF_EIP)[0]
-        if hf & C.HF_CS64:
-            bits, linear = 64, rip
-        else:
-            bits = 32 if hf & C.HF_CS32 else 16
-            linear = (_U64.unpack_from(view, _CS_BASE)[0] + rip) & _M32
+        bits, linear = _code_address(view)
         try:
             insn = self.mmu.read(linear, 3, fetch=True)
         except (GuestFault, UnmappedAccess):
@@ -221,13 +224,7 @@ class InlineExits:
         ctx = self.ctx
         view = ctx.view
         if not bits:  # (take_ud found them already)
-            hf = _U32.unpack_from(view, C.OFF_HFLAGS)[0]
-            rip = _U64.unpack_from(view, C.OFF_EIP)[0]
-            if hf & C.HF_CS64:
-                bits, target = 64, rip
-            else:
-                bits = 32 if hf & C.HF_CS32 else 16
-                target = (_U64.unpack_from(view, _CS_BASE)[0] + rip) & _M32
+            bits, target = _code_address(view)
         if _U32.unpack_from(view, C.OFF_EXC_IS_INT)[0]:
             # EIP is already past INT n (CD ib); INT3 (CC) and INTO (CE) are one byte.
             length = 2
