@@ -133,19 +133,25 @@ class Claims:
     window: int
 
 
+def _effective(kind: str, c: Claims) -> str:
+    """``kind`` as the device under test can take it: MMIO and PCI operations become port
+    operations on a device with none, an extra becomes an IRQ read on a target with none."""
+    if kind in (MMIO_READ, MMIO_WRITE) and not c.mmio:
+        return IO_READ if kind == MMIO_READ else IO_WRITE
+    if kind in (CFG_READ, CFG_WRITE) and not c.pci:
+        return IO_READ if kind == CFG_READ else IO_WRITE
+    if kind == EXTRA and not c.extras:
+        return IRQ
+    return kind
+
+
 def decode_one(r: Reader, c: Claims) -> Op:
     """Decode the operation at the reader's position against the claims ``c``."""
     data, pos = r.data, r.pos
     if pos + 64 > len(data):
         r._refill()
         data = r.data
-    kind = OPCODES[data[pos] & 0xF]
-    if kind in (MMIO_READ, MMIO_WRITE) and not c.mmio:
-        kind = IO_READ if kind == MMIO_READ else IO_WRITE
-    if kind in (CFG_READ, CFG_WRITE) and not c.pci:
-        kind = IO_READ if kind == CFG_READ else IO_WRITE
-    if kind == EXTRA and not c.extras:
-        kind = IRQ
+    kind = _effective(OPCODES[data[pos] & 0xF], c)
     if kind is IO_WRITE or kind is IO_READ:
         # The hot path, read in place: port index (2 bytes), size, value.
         ports = c.ports
@@ -196,16 +202,7 @@ def effective_kinds(c: Claims) -> tuple[str, ...]:
     fallbacks (MMIO and PCI operations become port operations on a device with none, an
     extra becomes an IRQ read on a target with none) applied to :data:`OPCODES` once, for
     the harness's in-place decoder."""
-    kinds = []
-    for kind in OPCODES:
-        if kind in (MMIO_READ, MMIO_WRITE) and not c.mmio:
-            kind = IO_READ if kind == MMIO_READ else IO_WRITE
-        if kind in (CFG_READ, CFG_WRITE) and not c.pci:
-            kind = IO_READ if kind == CFG_READ else IO_WRITE
-        if kind == EXTRA and not c.extras:
-            kind = IRQ
-        kinds.append(kind)
-    return tuple(kinds)
+    return tuple(_effective(kind, c) for kind in OPCODES)
 
 
 def op_names(c: Claims) -> dict[str, str]:
