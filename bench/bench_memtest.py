@@ -93,6 +93,8 @@ def main() -> int:
         m = holder["m"]
         counts["spin skips"] = sum(v.inline.spin.skips for v in m.partition.vps)
         counts["spin iterations"] = sum(v.inline.spin.iterations for v in m.partition.vps)
+        if m.partition.scheduler is not None:
+            counts["turns"] = m.partition.scheduler.turns
         rows.append((name, time.monotonic(), time.process_time(), m.clock.live_instructions(),
                      m.clock.now(), dict(counts)))
         print(f"  {time.monotonic() - t0:8.1f} s host: {name}", file=sys.stderr, flush=True)

@@ -47,6 +47,7 @@ from unicorn import x86_const as X
 from . import context as C
 from . import msr as M
 from . import msr_table as T
+from . import smp
 from .blockmark import count_insns, locate_insn
 from .context import CpuContext
 from .debugregs import ICEBP
@@ -382,6 +383,7 @@ class InlineExits:
             if text == "rdtsc":
                 self.spin.skip(linear, length)  # a TSC polling loop's wait (spinskip.py)
             tsc = vp.tsc()
+            smp.tsc_read(vp, tsc)  # PAUSE rules (several VPs)
             if text == "rdtscp":
                 # ECX = IA32_TSC_AUX[31:0] (Intel SDM Vol. 2B, RDTSCP).
                 ctx.set_gpr(1, vp._engine_msr_read(M.IA32_TSC_AUX) & _M32)

@@ -359,6 +359,8 @@ class Partition:
         self.vps.append(vp)
         if len(self.vps) == 2:
             smp.RoundRobin(self)  # becomes self.scheduler
+        elif self.scheduler is not None:
+            self.scheduler.add_vp()
         return vp
 
     def request_stop(self, reason: str = "stop") -> None:
@@ -863,6 +865,7 @@ class Partition:
             ctx.rip = ctx.rip + length
         elif code in (SVM_EXIT_RDTSC, SVM_EXIT_RDTSCP):
             tsc = vp.tsc()
+            smp.tsc_read(vp, tsc)  # PAUSE rules (several VPs)
             ctx.set_gpr(0, tsc & 0xFFFF_FFFF)
             ctx.set_gpr(2, tsc >> 32)
             if text == "rdtscp":

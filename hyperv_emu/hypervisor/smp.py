@@ -78,6 +78,14 @@ SPIN_RUN = 100
 #: First quiet window, in instructions (doubled per quiet window up to the quantum).
 QUIET_MIN = 256
 
+#: TSC values remembered per VP between two PAUSE exits (a polling wait reads one per
+#: iteration, and one more as it starts the next wait).
+TSC_READS = 4
+
+#: :meth:`RoundRobin.remaining` past the quantum while the others are idle: no cap (the
+#: slice's own limits, timer deadlines and the gate's longest slice, still apply).
+NO_CAP = 1 << 62
+
 #: SVM exit code of PAUSE (AMD APM Vol. 2, Appendix C); its intercept bit is code - 60h.
 SVM_EXIT_PAUSE = 0x77
 
@@ -116,6 +124,9 @@ class RoundRobin:
         self.mark = 0
         self.quiet_end = 0
         self.window = [QUIET_MIN] * n
+        #: TSC values each VP read (RDTSC/RDTSCP) since its last PAUSE exit, the last
+        #: :data:`TSC_READS` of them: registers holding them are the clock, not progress.
+        self.tsc_reads: list[list[int]] = [[] for _ in range(n)]
         self._paused_regs: list[int] = []
         partition.scheduler = self
         for vp in partition.vps:  # created before the scheduler: PAUSE exits from now on
@@ -130,14 +141,27 @@ class RoundRobin:
         return max(1, QUANTUM_NS // self.partition.clock.ns_per_insn)
 
     def current(self) -> VirtualProcessor:
-        """The VP whose turn it is."""
+        """The VP whose turn it is (at the start of a pass of the run loop: a turn run past
+        its quantum while every other VP was idle ends here once one is not)."""
+        if self.used >= self.quantum and not self.alone(self.turn):
+            self._progress(self.partition.vps[self.turn], False)  # a quantum of work
+            self._next_turn()
         return self.partition.vps[self.turn]
+
+    def alone(self, index: int) -> bool:
+        """Every VP but ``index`` is idle: halted with nothing that wakes it now (no
+        deliverable interrupt or NMI, no latched INIT or STARTUP), or waiting for SIPI."""
+        part = self.partition
+        return all(o.halted and not part._wakeable_now(o)
+                   for o in part.vps if o.index != index)
 
     def remaining(self) -> int:
         """Instructions left in the current turn or quiet window (the cap on the VP's next
-        slice)."""
+        slice); past the quantum (the others idle) the turn has no cap of its own."""
         if self.quiet:
             return max(1, min(self.quantum, self.quiet_end) - self.used)
+        if self.used >= self.quantum:
+            return NO_CAP
         return max(1, self.quantum - self.used)
 
     def account(self, vp: VirtualProcessor, retired: int) -> None:
@@ -147,7 +171,8 @@ class RoundRobin:
             for other in self.partition.vps:
                 if other is not vp:
                     other.code_pages.foreign = True
-        end = self.yielded or vp.halted or vp.wait_for_sipi or self.used >= self.quantum
+        end = self.yielded or vp.halted or vp.wait_for_sipi or (
+            self.used >= self.quantum and (self.quiet or not self.alone(vp.index)))
         if self._paused_at is not None:
             rip, self._paused_at = self._paused_at, None
             end = self.paused(vp, rip, self._paused_regs) or end
@@ -156,24 +181,42 @@ class RoundRobin:
         elif self.quiet and self.used >= self.quiet_end:
             end = True  # the quiet window is over: the others look again at their turn
         if end:
-            self.turn = (self.turn + 1) % len(self.partition.vps)
-            self.used = 0
-            self.yielded = False
-            self.event = False
-            self.quiet = False
-            self.mark = 0
-            self.turns += 1
+            self._next_turn()
 
-    def _marks(self) -> None:
-        while len(self.spinning) < len(self.partition.vps):  # a VP added after the scheduler
+    def _next_turn(self) -> None:
+        self.turn = (self.turn + 1) % len(self.partition.vps)
+        self.used = 0
+        self.yielded = False
+        self.event = False
+        self.quiet = False
+        self.mark = 0
+        self.turns += 1
+
+    def woken(self, vp: VirtualProcessor) -> None:
+        """An interrupt, NMI, INIT or STARTUP was raised for ``vp``, which is not running
+        (``VirtualProcessor.notify_interrupt``): if the running VP is past its quantum (every
+        other VP was idle), its slice ends at the next block entry, where its turn ends if
+        ``vp`` can now run (:meth:`current`)."""
+        running = self.partition._running_vp
+        if (running is not None and running is not vp and running._running
+                and self.used >= self.quantum):
+            running._end_slice_soon()
+
+    def add_vp(self) -> None:
+        """A VP was added after the scheduler (``Partition.create_vp``): give it PAUSE marks."""
+        self._fit(len(self.partition.vps))
+
+    def _fit(self, n: int) -> None:
+        """Pad the per-VP PAUSE marks to ``n`` VPs."""
+        while len(self.spinning) < n:
             self.spinning.append(False)
             self.pause_rip.append(None)
             self.pause_regs.append(None)
             self.window.append(QUIET_MIN)
+            self.tsc_reads.append([])
 
     def _progress(self, vp: VirtualProcessor, spinning: bool) -> None:
         """``vp`` did something the others may wait for: clear their spinning marks."""
-        self._marks()
         for i in range(len(self.spinning)):
             self.spinning[i] = spinning if i == vp.index else False
             self.window[i] = QUIET_MIN
@@ -183,12 +226,11 @@ class RoundRobin:
         ``regs``: True if its turn ends
         (another VP that can run is not spinning), else PAUSE stops being intercepted for the
         rest of the turn (module docstring)."""
-        self._marks()
         i = vp.index
         last = self.pause_regs[i]
+        reads, self.tsc_reads[i] = self.tsc_reads[i], []
         if (self.event or self.used - self.mark > SPIN_RUN or self.pause_rip[i] != rip
-                or last is None
-                or sum(a != b for a, b in zip(last, regs, strict=True)) > 1):
+                or last is None or _changed(last, regs, reads) > 1):
             self._progress(vp, True)
         self.spinning[i] = True
         self.pause_rip[i] = rip
@@ -204,7 +246,6 @@ class RoundRobin:
     def took_event(self, vp: VirtualProcessor) -> None:
         """An interrupt or NMI was delivered to ``vp``: it has work (not spinning), and if it
         is the current VP its next PAUSE is intercepted again."""
-        self._marks()
         self.spinning[vp.index] = False
         if vp.index == self.turn:
             self.event = True
@@ -214,12 +255,12 @@ class RoundRobin:
 
     def save(self) -> dict[str, object]:
         """The turn and the PAUSE marks, for a whole-machine saved state."""
-        self._marks()
         return {"version": 2, "turn": self.turn, "used": self.used, "yielded": self.yielded,
                 "spinning": list(self.spinning), "pause_rip": list(self.pause_rip),
                 "pause_regs": list(self.pause_regs),
                 "event": self.event, "quiet": self.quiet, "mark": self.mark,
-                "quiet_end": self.quiet_end, "window": list(self.window)}
+                "quiet_end": self.quiet_end, "window": list(self.window),
+                "tsc_reads": [list(r) for r in self.tsc_reads]}
 
     def restore(self, state: dict[str, object]) -> None:
         """Load :meth:`save` output (version 1, from before the PAUSE marks, loads with
@@ -247,7 +288,30 @@ class RoundRobin:
         assert isinstance(window, list)
         self.mark, self.quiet_end = mark, quiet_end
         self.window = [int(w) for w in window]
-        self._marks()
+        reads = state.get("tsc_reads", [[]] * n)
+        assert isinstance(reads, list)
+        self.tsc_reads = [[int(v) for v in r] for r in reads]
+        self._fit(n)
+
+
+def _changed(last: list[int], regs: list[int], reads: list[int]) -> int:
+    """General registers changed between two PAUSEs of a VP, not counting the clock: after
+    an RDTSC since the last PAUSE, RAX and RDX (which it wrote) and any register holding a
+    TSC value read then (or its low half), as a TSC polling wait keeps its start time."""
+    clock = set(reads) | {r & 0xFFFF_FFFF for r in reads}
+    return sum(a != b and not (reads and (i in (0, 2) or b in clock))
+               for i, (a, b) in enumerate(zip(last, regs, strict=True)))
+
+
+def tsc_read(vp: VirtualProcessor, value: int) -> None:
+    """``vp`` read ``value`` from the TSC (RDTSC/RDTSCP): remembered until its next PAUSE
+    exit (several VPs only: :func:`_changed`)."""
+    scheduler = vp.partition.scheduler
+    if scheduler is not None:
+        reads = scheduler.tsc_reads[vp.index]
+        if len(reads) >= TSC_READS:
+            del reads[0]
+        reads.append(value)
 
 
 def extra_intercepts(partition: Partition) -> int:

@@ -467,6 +467,8 @@ class VirtualProcessor:
                 # Inside a port or MMIO callback emu_stop makes Unicorn run the (already
                 # performed) access again, so end the slice through its budget instead.
                 self._end_slice_soon()
+        elif self.partition.scheduler is not None:
+            self.partition.scheduler.woken(self)  # another VP may be running on alone (smp.py)
 
     def step(self) -> RunExit:
         """Run exactly one guest instruction through the partition's run loop (a pending
