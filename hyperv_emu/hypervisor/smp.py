@@ -78,10 +78,6 @@ SPIN_RUN = 100
 #: First quiet window, in instructions (doubled per quiet window up to the quantum).
 QUIET_MIN = 256
 
-#: TSC values remembered per VP between two PAUSE exits (a polling wait reads one per
-#: iteration, and one more as it starts the next wait).
-TSC_READS = 4
-
 #: :meth:`RoundRobin.remaining` past the quantum while the others are idle: no cap (the
 #: slice's own limits, timer deadlines and the gate's longest slice, still apply).
 NO_CAP = 1 << 62
@@ -89,6 +85,7 @@ NO_CAP = 1 << 62
 #: SVM exit code of PAUSE (AMD APM Vol. 2, Appendix C); its intercept bit is code - 60h.
 SVM_EXIT_PAUSE = 0x77
 
+_M32, _M64 = 0xFFFF_FFFF, (1 << 64) - 1
 _REAL_CODE = C.DESC_P | C.DESC_S | C.DESC_CS | C.DESC_W | C.DESC_A
 
 
@@ -107,12 +104,14 @@ class RoundRobin:
         self.used = 0
         #: The VP sent an IPI to another VP: its turn ends with the slice.
         self.yielded = False
-        #: Turns begun (for tests and benchmarks: host work grows with them).
+        n = max(2, len(partition.vps))
+        #: Turns begun (for tests and benchmarks: host work grows with them), and the
+        #: instructions each VP retired.
         self.turns = 0
+        self.ran = [0] * n
         #: PAUSE rules (module docstring): each VP's spinning mark and last PAUSE address; the
         #: current VP took an interrupt in this turn; PAUSE is not intercepted for the rest
         #: of this turn; the address of the PAUSE that ended the last slice, if one did.
-        n = max(2, len(partition.vps))
         self.spinning = [False] * n
         self.pause_rip: list[int | None] = [None] * n
         self.pause_regs: list[list[int] | None] = [None] * n
@@ -124,9 +123,9 @@ class RoundRobin:
         self.mark = 0
         self.quiet_end = 0
         self.window = [QUIET_MIN] * n
-        #: TSC values each VP read (RDTSC/RDTSCP) since its last PAUSE exit, the last
-        #: :data:`TSC_READS` of them: registers holding them are the clock, not progress.
-        self.tsc_reads: list[list[int]] = [[] for _ in range(n)]
+        #: The first and last TSC values each VP read (RDTSC/RDTSCP) since its last PAUSE
+        #: exit, if it read any: registers holding such a time are the clock, not progress.
+        self.tsc_reads: list[tuple[int, int] | None] = [None] * n
         self._paused_regs: list[int] = []
         partition.scheduler = self
         for vp in partition.vps:  # created before the scheduler: PAUSE exits from now on
@@ -167,6 +166,7 @@ class RoundRobin:
     def account(self, vp: VirtualProcessor, retired: int) -> None:
         """``vp``'s slice retired ``retired`` instructions: end its turn if it is over."""
         self.used += retired
+        self.ran[vp.index] += retired
         if retired:  # the others' code may now be stale (xmodify.py)
             for other in self.partition.vps:
                 if other is not vp:
@@ -213,7 +213,8 @@ class RoundRobin:
             self.pause_rip.append(None)
             self.pause_regs.append(None)
             self.window.append(QUIET_MIN)
-            self.tsc_reads.append([])
+            self.tsc_reads.append(None)
+            self.ran.append(0)
 
     def _progress(self, vp: VirtualProcessor, spinning: bool) -> None:
         """``vp`` did something the others may wait for: clear their spinning marks."""
@@ -228,7 +229,7 @@ class RoundRobin:
         rest of the turn (module docstring)."""
         i = vp.index
         last = self.pause_regs[i]
-        reads, self.tsc_reads[i] = self.tsc_reads[i], []
+        reads, self.tsc_reads[i] = self.tsc_reads[i], None
         if (self.event or self.used - self.mark > SPIN_RUN or self.pause_rip[i] != rip
                 or last is None or _changed(last, regs, reads) > 1):
             self._progress(vp, True)
@@ -260,7 +261,7 @@ class RoundRobin:
                 "pause_regs": list(self.pause_regs),
                 "event": self.event, "quiet": self.quiet, "mark": self.mark,
                 "quiet_end": self.quiet_end, "window": list(self.window),
-                "tsc_reads": [list(r) for r in self.tsc_reads]}
+                "tsc_reads": [None if r is None else list(r) for r in self.tsc_reads]}
 
     def restore(self, state: dict[str, object]) -> None:
         """Load :meth:`save` output (version 1, from before the PAUSE marks, loads with
@@ -288,30 +289,33 @@ class RoundRobin:
         assert isinstance(window, list)
         self.mark, self.quiet_end = mark, quiet_end
         self.window = [int(w) for w in window]
-        reads = state.get("tsc_reads", [[]] * n)
+        reads = state.get("tsc_reads", [None] * n)
         assert isinstance(reads, list)
-        self.tsc_reads = [[int(v) for v in r] for r in reads]
+        self.tsc_reads = [None if r is None else (int(r[0]), int(r[1])) for r in reads]
         self._fit(n)
 
 
-def _changed(last: list[int], regs: list[int], reads: list[int]) -> int:
-    """General registers changed between two PAUSEs of a VP, not counting the clock: after
-    an RDTSC since the last PAUSE, RAX and RDX (which it wrote) and any register holding a
-    TSC value read then (or its low half), as a TSC polling wait keeps its start time."""
-    clock = set(reads) | {r & 0xFFFF_FFFF for r in reads}
-    return sum(a != b and not (reads and (i in (0, 2) or b in clock))
+def _changed(last: list[int], regs: list[int], reads: tuple[int, int] | None) -> int:
+    """General registers changed between two PAUSE exits of a VP, not counting the clock:
+    if it read the TSC in between, RAX and RDX (which RDTSC writes) and any register that
+    holds a time read then (between the first and the last value read, or the low half of
+    one), as a TSC polling wait keeps its start time."""
+    if reads is None:
+        return sum(a != b for a, b in zip(last, regs, strict=True))
+    first, span = reads[0], (reads[1] - reads[0]) & _M64
+    return sum(a != b and i not in (0, 2) and (b - first) & _M64 > span
+               and not (b <= _M32 and (b - first) & _M32 <= span)
                for i, (a, b) in enumerate(zip(last, regs, strict=True)))
 
 
 def tsc_read(vp: VirtualProcessor, value: int) -> None:
-    """``vp`` read ``value`` from the TSC (RDTSC/RDTSCP): remembered until its next PAUSE
-    exit (several VPs only: :func:`_changed`)."""
+    """``vp`` read ``value`` from the TSC (RDTSC/RDTSCP): kept, as the first or last time
+    read, until its next PAUSE exit (several VPs only: :func:`_changed`)."""
     scheduler = vp.partition.scheduler
     if scheduler is not None:
-        reads = scheduler.tsc_reads[vp.index]
-        if len(reads) >= TSC_READS:
-            del reads[0]
-        reads.append(value)
+        reads = scheduler.tsc_reads
+        span = reads[vp.index]
+        reads[vp.index] = (value, value) if span is None else (span[0], value)
 
 
 def extra_intercepts(partition: Partition) -> int:

@@ -182,3 +182,26 @@ def test_vps_all_spinning_on_pause_let_a_timer_come(monkeypatch: pytest.MonkeyPa
     # The tick came at 1 ms: the whole run (BIOS and boot included) is a little more than
     # 100,000 instructions.
     assert 100_000 < m.clock.instructions < 150_000
+
+
+def test_tsc_polling_waits_cost_a_few_turns(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Both VPs wait by polling the TSC as memtest86+'s usleep does (each PAUSE finds RAX/RDX
+    # and, at each new wait, the start time changed), then the BSP waits 10 ms alone while
+    # the AP is halted for good.  Before the rules of smp.py for both, each PAUSE counted as
+    # progress (499 turns, 293 PAUSE exits) and the lone BSP's turn ended every quantum
+    # (100 turns for its 10 ms).
+    from hyperv_emu.hypervisor import smp
+
+    exits: list[int] = []
+    real = smp.pause_exit
+    monkeypatch.setattr(smp, "pause_exit", lambda vp, rip: (exits.append(vp.index), real(vp, rip)))
+    m, out = boot("tsc_wait", 2)
+    assert m.run(max_instructions=30_000_000).status == 1, lines(out)
+    assert "tsc_wait: started 0001 ack 0001" in lines(out)
+    sched = m.partition.scheduler
+    assert sched is not None and sched.turns < 80, sched.turns
+    assert 0 in exits and 1 in exits and len(exits) < 80, len(exits)
+    assert m.clock.now() > 12_000_000  # 2 ms together and 10 ms alone, in virtual time
+    assert sched.ran[1] > 100_000  # the AP polled through the 2 ms
+    one, one_out = boot("tsc_wait", 1)
+    assert one.run(max_instructions=30_000_000).status == 1, lines(one_out)

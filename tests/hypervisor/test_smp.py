@@ -159,3 +159,62 @@ def test_pause_is_intercepted_only_while_another_vp_can_run() -> None:
     ap.halted = True
     smp.arm_pause(bsp)
     assert not bsp.ctx.u64(C.OFF_INTERCEPT) & bit
+
+
+def _started() -> tuple[Machine, smp.RoundRobin]:
+    m = machine()
+    bsp, ap = m.partition.vps
+    bsp.lapic.send_ipi(INIT_ASSERT, 1)
+    bsp.lapic.send_ipi(STARTUP | 0x10, 1)
+    smp.take_signals(ap)
+    sched = m.partition.scheduler
+    assert sched is not None
+    return m, sched
+
+
+def test_a_turn_runs_past_its_quantum_while_the_others_are_idle() -> None:
+    m, sched = _started()
+    bsp, ap = m.partition.vps
+    sched.account(bsp, sched.quantum)  # the AP can run: the turn ends at the quantum
+    assert sched.turn == 1 and sched.turns == 1
+    sched.account(ap, sched.quantum)
+    assert sched.turn == 0
+    ap.halted = True  # HLT, nothing pending: idle
+    assert sched.alone(0) and not sched.alone(1)
+    sched.account(bsp, sched.quantum)
+    sched.account(bsp, 5 * sched.quantum)  # no quantum of its own now
+    assert sched.current() is bsp and sched.turns == 2
+    assert sched.remaining() == smp.NO_CAP and sched.ran[:2] == [7 * sched.quantum, sched.quantum]
+    ap.inject_nmi()  # the AP can run again: the turn ends at the next pass of the run loop
+    assert not sched.alone(0)
+    assert sched.current() is ap and sched.turns == 3 and sched.used == 0
+    assert sched.remaining() == sched.quantum
+
+
+def test_registers_holding_tsc_reads_are_not_progress() -> None:
+    # memtest86+'s usleep between two PAUSE exits: RDTSC wrote RAX/RDX, and a new wait took
+    # its start time (the low half of a TSC read) into RSI; a counter (RBX) counted down.
+    m, sched = _started()
+    bsp, _ = m.partition.vps
+    smp.pause_exit(bsp, 0x100)
+    sched.account(bsp, 3)  # the AP has work: the turn ends, the BSP spins
+    assert sched.turn == 1 and sched.spinning[0]
+    sched.turn = 0  # the BSP's turn again (the AP's own turn is not the point here)
+    smp.tsc_read(bsp, 0x1_2345_0000)
+    smp.tsc_read(bsp, 0x1_2346_0000)
+    smp.tsc_read(bsp, 0x1_2347_0000)
+    assert sched.tsc_reads[0] == (0x1_2345_0000, 0x1_2347_0000)
+    regs = [bsp.ctx.gpr(i) for i in range(16)]
+    regs[0], regs[2] = 0x2347_0000, 0x1  # RDTSC's
+    regs[6] = 0x2346_0000  # the start time: the low half of a time read in between
+    regs[3] -= 1  # the counter
+    sched.spinning[1] = True  # the AP spins too: a spin at the BSP's PAUSE goes quiet
+    assert smp._changed(sched.pause_regs[0] or [], regs, sched.tsc_reads[0]) == 1
+    sched._paused_at, sched._paused_regs = 0x100, regs
+    sched.account(bsp, 20)
+    assert sched.turn == 0 and sched.quiet and sched.tsc_reads[0] is None
+    # Without the TSC reads, RAX, RDX, RSI and RBX changed: progress.
+    assert smp._changed([0] * 16, regs, None) >= 3
+    # A time outside the reads is not the clock.
+    assert smp._changed([0] * 16, [0, 0, 0, 0, 0, 0, 0x2348_0000] + [0] * 9,
+                        (0x1_2345_0000, 0x1_2347_0000)) == 1
