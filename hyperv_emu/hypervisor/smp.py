@@ -26,7 +26,14 @@ mode, the interleaving is a function of the instruction streams alone: the same 
 the same run twice.  A single-VP partition has no scheduler and runs as it always did.
 As in QEMU's round-robin TCG with ``-icount``, the one virtual clock advances with the
 instructions of every VP.  A VP that is halted or waits for SIPI costs no engine time: its
-turn ends at once.  A VP that sends an IPI to another VP ends its turn
+turn ends at once.  While every other VP is *idle* (halted with no interrupt, NMI, INIT or
+STARTUP that would wake it now, or waiting for SIPI), the running VP's turn has no quantum:
+idle turns would only cut its slices short (and with them a spin skip, spinskip.py: one
+skip and one turn per quantum of a long TSC wait).  It ends at the first pass of the run
+loop where another VP can run, which comes where that VP was woken: a timer deadline (a
+slice ends there), an IPI from the running VP (its turn ends), or an interrupt raised by
+the running VP's port or MMIO access (:meth:`RoundRobin.woken` ends its slice at the next
+block entry).  A VP that sends an IPI to another VP ends its turn
 (:func:`cross_vp_message`), so the target (spinning or halted) runs next rather than a
 whole quantum later.  PAUSE (the instruction of spin-wait loops), which a multi-VP partition
 intercepts, ends the turn only while another VP may have work (:meth:`RoundRobin.paused`):
@@ -35,7 +42,12 @@ intercepts, ends the turn only while another VP may have work (:meth:`RoundRobin
   turn, it ran more than :data:`SPIN_RUN` instructions, took an interrupt or an NMI, reached a
   PAUSE at another address than its last one, or has more than one general register changed
   since then (a spin-loop iteration changes at most a counter; leaving a wait, storing a flag
-  and entering the next wait at the same PAUSE changes more); a VP that made progress (or whose turn
+  and entering the next wait at the same PAUSE changes more).  Registers that hold the time
+  are not counted: if the VP read the TSC since its last PAUSE exit, RAX and RDX (RDTSC's)
+  and any register holding a value between the first and the last time it read, or the low
+  half of one (a wait's start time).  So a wait that polls the TSC between PAUSEs
+  (memtest86+'s ``usleep``, called in a loop that counts down or polls a flag) is a spin
+  like any other.  A VP that made progress (or whose turn
   ended any other way with PAUSE intercepted: it did work, halted or sent an IPI) clears every
   other VP's spinning mark, since what they wait for may have just happened.
 * At PAUSE the turn ends if another VP that can run is not spinning: it has work, and runs
