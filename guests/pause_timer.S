@@ -36,11 +36,7 @@ main:
     movw $timer_handler, (TIMER_VECTOR*4)
     movw $0, (TIMER_VECTOR*4+2)
     movl $APIC, %ebx
-    apic_sw_enable ebx
-    sipi_trampoline ap_entry
-    movl $0, %fs:ICR_HI(%ebx)
-    movl $0x000C4500, %fs:ICR_LO(%ebx)   # all-but-self, INIT
-    movl $0x000C4600+SIPI_VECTOR, %fs:ICR_LO(%ebx)   # STARTUP 01h
+    start_aps ap_entry
     movw $STARTED, %di
     call wait_nonzero            # CF=1 with one processor: nobody checks in
     # Both spin from here on: the AP on DONE, the BSP on TICK.

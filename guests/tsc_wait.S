@@ -11,7 +11,7 @@
 # in ESI (and the BSP's counter): a spin all the same, so the scheduler must not hand the turn
 # over at every PAUSE (hypervisor/smp.py: registers holding a TSC read are the clock).
 # * The BSP then waits 10 ms alone: with the AP idle its turn runs on past the quantum.
-# Serial output:  tsc_wait: started 0001 ack 0001
+# Serial output:  tsc_wait: AP started/ack 0101
 #                 PASS
 # Exit status 1 (PASS) or 3 (FAIL: reason).  With one processor no AP checks in and the BSP
 # only waits.
@@ -37,11 +37,7 @@ main:
     outb %al, $0x21
     outb %al, $0xA1
     movl $APIC, %ebx
-    apic_sw_enable ebx
-    sipi_trampoline ap_entry
-    movl $0, %fs:ICR_HI(%ebx)
-    movl $0x000C4500, %fs:ICR_LO(%ebx)   # all-but-self, INIT
-    movl $0x000C4600+SIPI_VECTOR, %fs:ICR_LO(%ebx)   # STARTUP 01h
+    start_aps ap_entry
     movw $STARTED, %di
     call wait_nonzero            # CF=1 with one processor: nobody checks in
     movl $0x14, %ebp             # both wait by the TSC: the BSP 20 x 100 us
@@ -55,17 +51,15 @@ bsp_wait:
     je alone
     movw $ACK, %di
     call wait_nonzero
-    jc fail_ack
+    movw $f_ack, %si
+    jc fail
 alone:
     movl $TICKS_10MS, %ecx       # the AP halted for good: the BSP waits alone
     call tsc_wait
-    movw $msg_started, %si
+    movw $msg_ap, %si            # "started" and "ack" in one word
     call puts
-    movw (STARTED), %ax
-    call hex16
-    movw $msg_ack, %si
-    call puts
-    movw (ACK), %ax
+    movb (STARTED), %ah
+    movb (ACK), %al
     call hex16
     call newline
     jmp pass
@@ -102,13 +96,8 @@ ap_idle:
     hlt                          # interrupts off: for good
     jmp ap_idle
 
-fail_ack:
-    movw $f_ack, %si
-    jmp fail
-
 .include "apic.inc"
 .include "lib.inc"
 
-msg_started: .asciz "tsc_wait: started "
-msg_ack:     .asciz " ack "
+msg_ap:      .asciz "tsc_wait: AP started/ack "
 f_ack:       .asciz "AP 1 did not acknowledge GO"

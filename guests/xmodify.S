@@ -41,11 +41,7 @@ main:
     movw $ap_ipi, (0x64*4)
     movw $0, (0x64*4+2)
     movl $APIC, %ebx
-    apic_sw_enable ebx
-    sipi_trampoline ap_entry
-    movl $0, %fs:ICR_HI(%ebx)
-    movl $0x000C4500, %fs:ICR_LO(%ebx)   # all-but-self, INIT
-    movl $0x000C4600+SIPI_VECTOR, %fs:ICR_LO(%ebx)   # STARTUP 01h
+    start_aps ap_entry
     movl $0x000C4600+SIPI_VECTOR, %fs:ICR_LO(%ebx)   # STARTUP 01h again (ignored if running)
     movw $STAGE, %di
     movl $0x10000, %ecx          # ample for a started AP (PAUSE hands it the turn)

@@ -33,6 +33,17 @@ def lines(out: bytearray) -> list[str]:
     return out.decode("ascii", "replace").replace("\r", "").splitlines()
 
 
+def pause_exits(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The VP index of every PAUSE exit from now on (smp.pause_exit, still performed)."""
+    from hyperv_emu.hypervisor import smp
+
+    exits: list[int] = []
+    real = smp.pause_exit
+    monkeypatch.setattr(smp, "pause_exit",
+                        lambda vp, *rest: (exits.append(vp.index), real(vp, *rest)))
+    return exits
+
+
 @pytest.mark.parametrize("vps", [1, 2, 4])
 def test_smp_guest_starts_every_ap_and_exchanges_ipis(vps: int) -> None:
     m, out = boot("smp", vps)
@@ -132,9 +143,7 @@ def test_pause_spin_waits_hand_the_turn_over(monkeypatch: pytest.MonkeyPatch) ->
     # while the APs are halted (the settle loop) PAUSE is not intercepted at all.
     from hyperv_emu.hypervisor import smp
 
-    exits: list[int] = []
-    real = smp.pause_exit
-    monkeypatch.setattr(smp, "pause_exit", lambda vp, rip: (exits.append(vp.index), real(vp, rip)))
+    exits = pause_exits(monkeypatch)
     m, out = boot("smp", 2)
     assert m.run(max_instructions=30_000_000).status == 1, lines(out)
     assert 0 in exits and 1 in exits
@@ -165,12 +174,7 @@ def test_vps_all_spinning_on_pause_let_a_timer_come(monkeypatch: pytest.MonkeyPa
     # instructions of virtual time).  Handing the turn over at every PAUSE (7d3f11e) made
     # that a PAUSE exit and a turn every few instructions, tens of thousands of them;
     # spinners that all wait for time run whole quiet windows instead (smp.py).
-    from hyperv_emu.hypervisor import smp
-
-    exits: list[int] = []
-    real = smp.pause_exit
-    monkeypatch.setattr(smp, "pause_exit",
-                        lambda vp, *rest: (exits.append(vp.index), real(vp, *rest)))
+    exits = pause_exits(monkeypatch)
     m, out = boot("pause_timer", 2)
     result = m.run(max_instructions=3_000_000)
     text = lines(out)
@@ -190,14 +194,10 @@ def test_tsc_polling_waits_cost_a_few_turns(monkeypatch: pytest.MonkeyPatch) -> 
     # the AP is halted for good.  Before the rules of smp.py for both, each PAUSE counted as
     # progress (499 turns, 293 PAUSE exits) and the lone BSP's turn ended every quantum
     # (100 turns for its 10 ms).
-    from hyperv_emu.hypervisor import smp
-
-    exits: list[int] = []
-    real = smp.pause_exit
-    monkeypatch.setattr(smp, "pause_exit", lambda vp, rip: (exits.append(vp.index), real(vp, rip)))
+    exits = pause_exits(monkeypatch)
     m, out = boot("tsc_wait", 2)
     assert m.run(max_instructions=30_000_000).status == 1, lines(out)
-    assert "tsc_wait: started 0001 ack 0001" in lines(out)
+    assert "tsc_wait: AP started/ack 0101" in lines(out)
     sched = m.partition.scheduler
     assert sched is not None and sched.turns < 80, sched.turns
     assert 0 in exits and 1 in exits and len(exits) < 80, len(exits)
