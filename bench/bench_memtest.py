@@ -6,7 +6,8 @@ intercepts taken (RDTSC/MSR in the hook, slow-path SVM exits, port reads and wri
 RDTSC polling iterations skipped (hypervisor/spinskip.py).  Ends at "Pass complete" (pass
 counter 1), at ``--max-insns`` or at ``--timeout`` host seconds.
 
-    python bench/bench_memtest.py [--mib 64] [--vps 1] [--timeout 900] [--max-insns N]
+    python bench/bench_memtest.py [--mib 64] [--vps 1] [--icount-shift N] [--timeout 900]
+                                  [--max-insns N]
 
 Figures only (no pass/fail): the machine is shared, so compare runs made on the same host.
 """
@@ -73,6 +74,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--mib", type=int, default=64)
     ap.add_argument("--vps", type=int, default=1)
+    ap.add_argument("--icount-shift", type=int, default=None,
+                    help="2^N ns per instruction (default: the clock's default rule)")
     ap.add_argument("--timeout", type=float, default=900.0)
     ap.add_argument("--max-insns", type=int, default=None)
     ap.add_argument("--only", type=int, default=None, metavar="TEST",
@@ -111,7 +114,8 @@ def main() -> int:
             mark("pass complete")
             holder["m"].partition.request_stop()
 
-    m = Machine(MachineConfig(memory_mib=args.mib, vps=args.vps, kernel=MEMTEST.read_bytes(),
+    m = Machine(MachineConfig(memory_mib=args.mib, vps=args.vps, icount_shift=args.icount_shift,
+                              kernel=MEMTEST.read_bytes(),
                               append="console=ttyS0", serial_output=on_serial,
                               keys="\n" if args.only is None else only_keys(args.only),
                               keys_after="to start testing",
