@@ -105,10 +105,11 @@ class RoundRobin:
     """The turn order of a multi-VP partition: VP 0, 1, ... N-1, 0, ...; a turn lasts
     :data:`QUANTUM_NS` of virtual time unless the VP halts, waits for SIPI or sends an IPI to
     another VP first, and runs on past it while every other VP is idle (:meth:`alone`) until
-    one is woken (:meth:`current`, :meth:`woken`).  Other slice ends (a timer deadline, an intercept, an instruction budget
-    of :meth:`Partition.run`) do not end the turn, so the interleaving depends on the guest
-    alone, and a run cut into pieces (a saved state taken at a block entry) interleaves as an
-    uninterrupted one: the turn and the part of the quantum used are saved."""
+    one is woken (:meth:`current`, :meth:`woken`).  Other slice ends (a timer deadline, an
+    intercept, an instruction budget of :meth:`Partition.run`) do not end the turn, so the
+    interleaving depends on the guest alone, and a run cut into pieces (a saved state taken
+    at a block entry) interleaves as an uninterrupted one: the turn and the part of the
+    quantum used are saved."""
 
     def __init__(self, partition: Partition) -> None:
         self.partition = partition

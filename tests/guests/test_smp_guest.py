@@ -203,5 +203,15 @@ def test_tsc_polling_waits_cost_a_few_turns(monkeypatch: pytest.MonkeyPatch) -> 
     assert 0 in exits and 1 in exits and len(exits) < 80, len(exits)
     assert m.clock.now() > 12_000_000  # 2 ms together and 10 ms alone, in virtual time
     assert sched.ran[1] > 100_000  # the AP polled through the 2 ms
+    # The rules use instruction counts, addresses and registers only: a run cut into pieces
+    # at block entries takes the same turns.
+    cut, cut_out = boot("tsc_wait", 2)
+    while (stop := cut.run(max_instructions=cut.clock.instructions + 37_000,
+                           at_block=True)).reason == "instruction-limit":
+        pass
+    assert stop.status == 1 and cut_out == out
+    assert cut.partition.scheduler is not None
+    assert (cut.clock.instructions, cut.partition.scheduler.turns,
+            cut.partition.scheduler.ran) == (m.clock.instructions, sched.turns, sched.ran)
     one, one_out = boot("tsc_wait", 1)
     assert one.run(max_instructions=30_000_000).status == 1, lines(one_out)
