@@ -13,7 +13,13 @@ with no error, in a bounded number of instructions; a pass of the bit fade test 
 chosen in its configuration menu): two patterns left to fade 80 s each in RDTSC+PAUSE polling
 loops, which the spin skip (hypervisor/spinskip.py) jumps over exactly instead of taking
 about 2e9 RDTSC intercepts; and a whole pass of the default tests (about 90 s of host CPU
-time; bench/bench_memtest.py times it test by test)."""
+time; bench/bench_memtest.py times it test by test).
+
+With -smp 2 (memtest86+ finds both CPUs in the MADT and starts the second with
+INIT-SIPI-SIPI): the first tests with both CPUs working, and the bit fade pass, where one
+CPU waits alone while the other halts (hypervisor/smp.py's turn rules); about 10 s and 5 s
+of host CPU.  A whole -smp 2 pass took 138 s of CPU (60 s with one VP; docs/ENGINE.md,
+"PAUSE and the turns of several VPs"), too long to add to CI's -m linux run."""
 
 from __future__ import annotations
 
