@@ -144,9 +144,6 @@ class Bench:
         self.dma_allowed: Callable[[int, int], bool] | None = None
         #: Whether guest memory may differ from the power-on snapshot (reset copies it back).
         self.memory_dirty = False
-        #: The board devices (saved-state ids) an input left out of their power-on state on
-        #: this bench, when the save/restore oracle moved on without restoring them.
-        self.stale: set[str] = set()
         self._ports: list[int] = []
         self._ports_gen = -1
         self._claims: O.Claims | None = None
@@ -340,16 +337,5 @@ class Bench:
     def restore(self, state: dict[str, Any]) -> None:
         """Load what :meth:`save` produced on a bench built the same way."""
         self.board.restore(state["board"])
-        for name, thing in self.others:
-            thing.restore(state[name])
-
-    def restore_devices(self, state: dict[str, Any], keys: list[str]) -> None:
-        """Load the board devices named ``keys`` (saved-state ids, in the board's order) and
-        the other saved things from what :meth:`save` produced; the board's other devices
-        keep their state."""
-        devices = self.board.device_ids()
-        saved = state["board"]["devices"]
-        for key in keys:
-            devices[key].restore(saved[key])
         for name, thing in self.others:
             thing.restore(state[name])

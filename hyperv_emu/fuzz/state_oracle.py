@@ -23,29 +23,13 @@ def save_state(bench: Bench) -> dict[str, Any]:
 
 def check_restore(state: dict[str, Any], bench: Bench, twin: Bench, power: PowerOn) -> None:
     """``state``, saved from ``bench`` after the input, is JSON data, and ``twin`` (a bench
-    built the same way, in the power-on state) restored from it saves the same state and arms
-    the same timers; then the power-on state restored over it gives the power-on bench again
-    (left in ``twin``).
-
-    Only the board devices whose state differs from the power-on state (as JSON data) are
-    restored, both ways: a device still in its power-on state is already in it on the twin,
-    and restoring a state over itself is what the first input that leaves the device
-    unchanged checks.  Both benches are still saved whole, so a restore that disturbs another
-    device is seen."""
+    built the same way, in whatever state) restored from it saves the same state and arms the
+    same timers; then the power-on state restored over it gives the power-on bench again
+    (left in ``twin``)."""
     restored = as_json_data(state)
-    devices = restored["board"]["devices"]
-    power_devices = power.data["board"]["devices"]
-    changed = [key for key, saved in devices.items() if saved != power_devices.get(key)]
-    # The twin's devices an earlier input left out of their power-on state (it ran there).
-    stale = twin.stale
-    if stale:
-        stale = stale.union(changed)
-        load = [key for key in devices if key in stale]  # in the board's order
-    else:
-        load = changed
     try:
         twin.clock.restore(bench.clock.save())
-        twin.restore_devices(restored, load)
+        twin.restore(restored)
         again = twin.save()
     except Exception as exc:
         raise _state_finding(exc, "restore") from None
@@ -57,10 +41,8 @@ def check_restore(state: dict[str, Any], bench: Bench, twin: Bench, power: Power
     if twin.clock.armed() != bench.clock.armed():
         raise Finding("save-restore", f"restored timers {twin.clock.armed()} differ from "
                                       f"{bench.clock.armed()}")
-    # The bench is left in the state this input made (the next input runs on the twin).
-    bench.stale = set(changed)
     try:
-        power.reset(twin, changed)
+        power.reset(twin)
         again = twin.save()
     except Exception as exc:
         raise _state_finding(exc, "restore of the power-on state") from None
@@ -75,40 +57,27 @@ def check_restore(state: dict[str, Any], bench: Bench, twin: Bench, power: Power
 class PowerOn:
     """A bench's power-on snapshot: the devices' saved state (kept as what its JSON text
     decodes to, loaded afresh for each restore, so no restored device can share lists with
-    the snapshot), the armed timers, the clock and guest memory."""
+    the snapshot), the
+    armed timers, the clock and guest memory."""
 
     def __init__(self, bench: Bench) -> None:
         self.state = bench.save()
-        #: What the state's JSON text decodes to (what states after an input are compared
-        #: with to find the devices an input changed).
-        self.data: dict[str, Any] = json.loads(json.dumps(self.state))
-        #: The same, marshalled, whole and per board device: each reset loads a fresh copy
+        self.text = json.dumps(self.state)
+        #: What the JSON text decodes to, marshalled: each reset loads a fresh copy of it
         #: (the same data json.loads gives, in a third of the time).
-        self.blob = marshal.dumps(self.data)
-        self.device_blobs = {key: marshal.dumps(saved)
-                             for key, saved in self.data["board"]["devices"].items()}
-        self.other_blobs = {name: marshal.dumps(saved)
-                            for name, saved in self.data.items() if name != "board"}
+        self.blob = marshal.dumps(json.loads(self.text))
         self.armed = bench.clock.armed()
         self.clock = bench.clock.save()
         self.memory = bytes(bench.memory)
 
-    def reset(self, bench: Bench, devices: list[str] | None = None) -> None:
-        """Put ``bench`` (built the same way) back in the power-on state; with ``devices``,
-        a bench whose other board devices are in their power-on state already."""
+    def reset(self, bench: Bench) -> None:
+        """Put ``bench`` (built the same way) back in the power-on state."""
         bench.reset_bookkeeping()
-        bench.stale = set()
         bench.clock.restore(self.clock)
         if bench.memory_dirty:
             bench.memory[:] = self.memory
             bench.memory_dirty = False
-        if devices is None:
-            bench.restore(marshal.loads(self.blob))
-            return
-        loads, blobs = marshal.loads, self.device_blobs
-        state = {name: loads(blob) for name, blob in self.other_blobs.items()}
-        state["board"] = {"devices": {key: loads(blobs[key]) for key in devices}}
-        bench.restore_devices(state, devices)
+        bench.restore(marshal.loads(self.blob))
 
 
 class _Reused:
@@ -121,33 +90,24 @@ class _Reused:
         self.power = power
 
 
-_JSON_SCALARS = frozenset((int, float, str, bool, type(None)))
-_JSON_TYPES = _JSON_SCALARS | {dict, list}
-_STR = frozenset((str,))
+_JSON_SCALARS = (int, float, str, bool, type(None))
 
 
 def is_json_value(value: object) -> bool:
     """Whether ``value`` is exactly what decoding its JSON text gives back: dicts with string
-    keys, lists, and scalars (no tuples, no integer keys).  The types of a container's items
-    are collected in C (``set(map(type, ...))``); only nested containers are walked."""
+    keys, lists, and scalars (no tuples, no integer keys)."""
     t = type(value)
     if t is dict:
-        if not set(map(type, value)) <= _STR:  # type: ignore[call-overload]
-            return False
-        items = value.values()  # type: ignore[attr-defined]
-    elif t is list:
-        items = value
-    else:
-        return t in _JSON_SCALARS
-    types = set(map(type, items))
-    if types <= _JSON_SCALARS:
+        for k, v in value.items():  # type: ignore[attr-defined]
+            if type(k) is not str or (type(v) not in _JSON_SCALARS and not is_json_value(v)):
+                return False
         return True
-    if not types <= _JSON_TYPES:
-        return False
-    for v in items:
-        if (type(v) is dict or type(v) is list) and not is_json_value(v):
-            return False
-    return True
+    if t is list:
+        for v in value:  # type: ignore[attr-defined]
+            if type(v) not in _JSON_SCALARS and not is_json_value(v):
+                return False
+        return True
+    return t in _JSON_SCALARS
 
 
 def as_json_data(state: Any, what: str = "") -> Any:
