@@ -150,7 +150,7 @@ class _Rig:
                   if id(dev) in self._by_id}
         self._mmio_keys = [self._by_id.get(id(dev)) for _, _, dev in board.mmio_ranges()]
         claimants = set(owners.values()) | {key for key in self._mmio_keys if key}
-        self.wiring = DeviceWiring(self.devices, claimants)
+        self.wiring = DeviceWiring(self.devices, claimants, self._steady)
         self.watch = AccessWatch(m.partition, [(b, s) for b, s, _ in board.mmio_ranges()])
         touched = self.touched
         owner = self._owner
@@ -173,6 +173,18 @@ class _Rig:
 
         m.vm.set_io_handlers(io_read, io_write, board.offers_block, io_read_block,
                              io_write_block)
+
+    def _steady(self, key: str) -> bool:
+        """Whether device ``key``'s saved state stays the same while only virtual time
+        passes (10 ms, no timer run): then it changes only through an access, something it
+        is wired to, or one of its timers (guest_touch.py)."""
+        clock = self.machine.clock
+        before = self.devices[key].save()
+        clock.skip_to(clock.now() + 10_000_000)
+        try:
+            return bool(self.devices[key].save() == before)
+        finally:
+            clock.restore(self.clock["clock"])
 
     def _owner(self, port: int) -> str:
         """The device at a port claimed after the snapshot (a BAR the input moved); "" for
@@ -211,6 +223,7 @@ class _Rig:
         """The devices whose state differs from the snapshot, with their state now."""
         touched = self.touched | {self._mmio_keys[i] or "" for i in self.watch.touched}
         touched.discard("")
+        touched |= self.wiring.timers_moved()
         out: dict[str, dict[str, Any]] = {}
         affected = self.wiring.affected(touched)
         for key, dev in self.devices.items():  # in the board's order, as a full restore goes
@@ -253,6 +266,7 @@ class _Rig:
         m.resets = int(board["resets"])
         m._exit_code = board["exit_code"]
         m.clock.reorder(self.order)
+        self.wiring.mark_timers()
         self.dirty.reset()
         if self.disk.data != self.disk_saved:
             self.disk.data[:] = self.disk_saved
