@@ -6,8 +6,8 @@ guest RAM or outside what the guest programmed."""
 from __future__ import annotations
 
 import traceback
-from heapq import heappop
 from collections.abc import Callable
+from heapq import heappop
 from typing import Any
 
 from hyperv_emu.clock import Timer, VirtualClock

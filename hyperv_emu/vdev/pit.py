@@ -123,6 +123,7 @@ class _Counter:
     def ce_at(self, k: int) -> int:
         """The counting element's value at tick ``k`` (as an integer, not BCD-encoded)."""
         pending = self.pending
+        load: int | None
         if pending is not None and k >= pending[0]:
             _, n, load = pending
         else:
@@ -157,6 +158,7 @@ class _Counter:
         """The OUT pin at tick ``k``.  (:meth:`_seq`, :attr:`mode` and :meth:`_elapsed`
         written out: OUT is computed several times per port access.)"""
         pending = self.pending
+        load: int | None
         if pending is not None and k >= pending[0]:
             _, n, load = pending
         else:
