@@ -179,9 +179,8 @@ class ChipsetTarget(Target):
         r = O.Reader(data)
         buf, end = r.data, r.end
         claims = bench.claims()
-        ports, gen = claims.ports, bench.board.generation
         board = bench.board
-        io_read, io_write = board.io_read, board.io_write
+        handlers, gen = bench.port_handlers(), board.generation
         kinds = bench.kinds
         sizes, io_w, io_r, clock, extra = O.SIZES, O.IO_WRITE, O.IO_READ, O.CLOCK, O.EXTRA
         mem, prd, irq = O.MEM, O.PRD, O.IRQ
@@ -195,16 +194,17 @@ class ChipsetTarget(Target):
             if pos >= end:
                 break
             if board.generation != gen:
-                claims.ports = ports = bench.ports()
-                gen = board.generation
+                claims.ports = bench.ports()
+                handlers, gen = bench.port_handlers(), board.generation
             kind = kinds[buf[pos] & 0xF]
             op: O.Op | None = None
             start = pos
             try:
                 # Every field lies inside the buffer: it is padded past ``end`` by more than
                 # the longest operation (ops.Reader).
-                if (kind is io_w or kind is io_r) and ports:
-                    port = ports[(buf[pos + 1] | buf[pos + 2] << 8) % len(ports)]
+                if (kind is io_w or kind is io_r) and handlers:
+                    port, io_read, io_write = handlers[
+                        (buf[pos + 1] | buf[pos + 2] << 8) % len(handlers)]
                     size = sizes[buf[pos + 3] % 3]
                     if kind is io_r:
                         pos += 4
