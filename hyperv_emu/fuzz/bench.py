@@ -144,6 +144,8 @@ class Bench:
         self.dma_allowed: Callable[[int, int], bool] | None = None
         #: Whether guest memory may differ from the power-on snapshot (reset copies it back).
         self.memory_dirty = False
+        #: This bench's copy of its power-on state (state_oracle.PowerOn.reset).
+        self.power_copy: dict[str, Any] | None = None
         self._ports: list[int] = []
         self._ports_gen = -1
         self._claims: O.Claims | None = None
