@@ -98,17 +98,12 @@ class _Reused:
 
 
 _JSON_SCALARS = (int, float, str, bool, type(None))
-_JSON_SCALAR_SET = frozenset(_JSON_SCALARS)
 
 
 def is_json_value(value: object) -> bool:
     """Whether ``value`` is exactly what decoding its JSON text gives back: dicts with string
-    keys, lists, and scalars (no tuples, no integer keys).  A long list of scalars (CMOS
-    RAM, a register file) is checked by collecting its item types in C."""
+    keys, lists, and scalars (no tuples, no integer keys)."""
     t = type(value)
-    if t is list and len(value) > 16:  # type: ignore[arg-type]
-        if set(map(type, value)) <= _JSON_SCALAR_SET:  # type: ignore[call-overload]
-            return True
     if t is dict:
         for k, v in value.items():  # type: ignore[attr-defined]
             if type(k) is not str or (type(v) not in _JSON_SCALARS and not is_json_value(v)):
