@@ -291,7 +291,8 @@ class Bench:
         is claimed, and a decoded value already fits its size), one call fewer per access."""
         if self._handlers_gen != self.board.generation:
             board = self.board
-            handlers = []
+            handlers: list[tuple[int, Callable[[int, int], int],
+                                 Callable[[int, int, int], None]]] = []
             for port in self.ports():
                 device = board._ports.get(port)
                 if device is None:

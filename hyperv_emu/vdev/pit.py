@@ -122,12 +122,7 @@ class _Counter:
     # ---- CE and OUT at a tick ----------------------------------------------------------------
     def ce_at(self, k: int) -> int:
         """The counting element's value at tick ``k`` (as an integer, not BCD-encoded)."""
-        pending = self.pending
-        load: int | None
-        if pending is not None and k >= pending[0]:
-            _, n, load = pending
-        else:
-            n, load = self.n, self.load
+        n, load = self._seq(k)
         if load is None or k < load:
             return self.ce_pre
         d = self._elapsed(k, load)

@@ -23,14 +23,19 @@ def clock_step() -> bytes:
     return bytes([OPCODES.index("clock"), 0, 1, 0])
 
 
-@pytest.mark.parametrize("bug, invariant, seed", [
+#: Each planted bug of the toy device, the invariant that catches it and an input that
+#: triggers it.
+PLANTED = [
     ("index", "host-exception", out(0, 7) + out(1, 1)),
     ("save", "save-restore", out(0, 1) + out(1, 9)),
     ("dma", "dma-outside-ram", out(0, 3) + out(1, 0x5A)),
     ("hang", "hang", out(0, 2) + out(1, 0xEE) + clock_step()),
     # Found by restoring the power-on state over the input's state.
     ("stale", "save-restore", out(0, 2) + out(1, 0x44)),
-])
+]
+
+
+@pytest.mark.parametrize("bug, invariant, seed", PLANTED)
 def test_each_invariant_catches_its_planted_bug(bug: str, invariant: str, seed: bytes) -> None:
     finding = run_one(ToyTarget(bug), seed)
     assert finding is not None and finding.invariant == invariant
@@ -71,13 +76,7 @@ def test_finding_keeps_the_host_traceback() -> None:
     assert "IndexError" in finding.summary and "io_write" in finding.host_traceback
 
 
-@pytest.mark.parametrize("bug, invariant, seed", [
-    ("index", "host-exception", out(0, 7) + out(1, 1)),
-    ("save", "save-restore", out(0, 1) + out(1, 9)),
-    ("dma", "dma-outside-ram", out(0, 3) + out(1, 0x5A)),
-    ("hang", "hang", out(0, 2) + out(1, 0xEE) + clock_step()),
-    ("stale", "save-restore", out(0, 2) + out(1, 0x44)),
-])
+@pytest.mark.parametrize("bug, invariant, seed", PLANTED)
 def test_planted_bug_found_on_benches_reused_after_many_inputs(
         bug: str, invariant: str, seed: bytes) -> None:
     """The fast path and the oracle's shortcuts (reused benches, each restoring its power-on
