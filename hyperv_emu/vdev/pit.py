@@ -462,8 +462,9 @@ class Pit(Device):
         # edge (mode 2's low pulse is one tick long); past a few, snap to the present.
         replayed = 0
         while k is not None and k <= now and replayed < _MAX_REPLAY:
-            self._irq0.set_level(c.out_at(k))
-            self._events("pit_out0", tick=k, level=c.out_at(k))
+            level = c.out_at(k)
+            self._irq0.set_level(level)
+            self._events("pit_out0", tick=k, level=level)
             k = c.next_change(k)
             replayed += 1
         c.commit(now)
