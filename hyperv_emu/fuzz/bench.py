@@ -62,7 +62,10 @@ class FuzzClock(VirtualClock):
 
     def armed(self) -> list[tuple[str, int]]:
         """The armed timers as (name, deadline), for comparing two benches."""
-        return sorted((t.name, t.deadline) for t in self.timers if t.deadline is not None)
+        armed = [(t.name, t.deadline) for t in self.timers if t.deadline is not None]
+        if len(armed) > 1:
+            armed.sort()
+        return armed
 
     def now(self) -> int:
         """The virtual time: a bench has no CPU, so no slice is ever running (the base
