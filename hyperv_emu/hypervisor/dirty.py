@@ -123,20 +123,16 @@ class DirtyPages:
 
     def reset(self) -> int:
         """Copy the changed pages back from the snapshot and drop their translated code;
-        returns how many pages were copied.  A page written with what it held already (the
-        pages copied back every time, a stack that unwound) is left alone: comparing costs
-        less than dropping its translations."""
+        returns how many pages were copied."""
         copied = 0
         for page in self.changed():
             gpa = page << 12
             for base, view in self._views:
                 off = gpa - base
                 if 0 <= off < len(view):
-                    saved = self.snapshot[base][off:off + PAGE]
-                    if view[off:off + PAGE].tobytes() != saved:
-                        view[off:off + PAGE] = saved
-                        self.memory.invalidate(gpa, PAGE)
-                        copied += 1
+                    view[off:off + PAGE] = self.snapshot[base][off:off + PAGE]
+                    self.memory.invalidate(gpa, PAGE)
+                    copied += 1
                     break
         self.pages.clear()
         return copied
