@@ -252,3 +252,20 @@ def test_timed_device_is_compared_when_its_timer_moves(target: GuestTarget) -> N
     finally:
         rig.reset()
     assert savedstate.capture(m) == rig.state
+
+
+def test_device_whose_saved_state_moves_with_time_is_found(target: GuestTarget) -> None:
+    """The probe that lets a timed device be compared only when touched: the HPET, stopped at
+    the snapshot, saves the same state whatever the time; running (its main counter saved as
+    a value), it does not, and would be compared after every input."""
+    rig = target.rig()
+    key = "hpet@fed00000"
+    hpet = rig.devices[key]
+    assert rig._steady(key) and key in rig.wiring.timed
+    hpet.mmio_write(0x010, 4, 1)  # GEN_CONF.ENABLE_CNF: the main counter runs
+    try:
+        assert not rig._steady(key)
+    finally:
+        hpet.restore(rig.saved[key])
+    assert hpet.save() == rig.saved[key]
+    assert savedstate.capture(rig.machine) == rig.state
