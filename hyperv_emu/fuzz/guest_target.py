@@ -38,6 +38,7 @@ from hyperv_emu.vid.memory import AccessWatch, DirtyMode, DirtyPages
 from hyperv_emu.vid.vp_state import VpSnapshot
 from hyperv_emu.vsp.storage.raw import MemoryImage
 from hyperv_emu.worker import savedstate
+from hyperv_emu.worker.board import Board
 from hyperv_emu.worker.machine import Machine, MachineConfig
 from hyperv_emu.worker.motherboard import Motherboard
 
@@ -122,7 +123,10 @@ class _Rig:
                                f"{end.message}")
         board = m.board
         self.ports = weighted_ports(board)
-        self.mmio = [(r.name, r.base, r.size) for r in board.memory.regions if r.kind == "mmio"]
+        self.mmio = weighted_mmio(board)
+        if not self.ports or 4 + 8 * len(self.mmio) > INPUT - MMIO_TABLE:
+            raise RuntimeError(f"{len(self.mmio)} MMIO table entries do not fit the guest's "
+                               "table")
         m.vm.write_memory(PORT_TABLE, struct.pack(f"<I{len(self.ports)}H", len(self.ports),
                                                   *self.ports))
         m.vm.write_memory(MMIO_TABLE, struct.pack("<I", len(self.mmio)) + b"".join(
@@ -150,7 +154,7 @@ class _Rig:
                   if id(dev) in self._by_id}
         self._mmio_keys = [self._by_id.get(id(dev)) for _, _, dev in board.mmio_ranges()]
         claimants = set(owners.values()) | {key for key in self._mmio_keys if key}
-        self.wiring = DeviceWiring(self.devices, claimants)
+        self.wiring = DeviceWiring(self.devices, claimants, self._steady)
         self.watch = AccessWatch(m.partition, [(b, s) for b, s, _ in board.mmio_ranges()])
         touched = self.touched
         owner = self._owner
@@ -173,6 +177,22 @@ class _Rig:
 
         m.vm.set_io_handlers(io_read, io_write, board.offers_block, io_read_block,
                              io_write_block)
+
+    def _steady(self, key: str) -> bool:
+        """Whether device ``key``'s saved state stays the same while only virtual time
+        passes (by 1 ms and by 10 s, odd amounts, no timer run): then it changes only
+        through an access, something it is wired to, or one of its timers
+        (guest_touch.py)."""
+        clock = self.machine.clock
+        before = self.devices[key].save()
+        try:
+            for step in (1_000_007, 10_000_123_457):
+                clock.skip_to(clock.now() + step)
+                if self.devices[key].save() != before:
+                    return False
+            return True
+        finally:
+            clock.restore(self.clock["clock"])
 
     def _owner(self, port: int) -> str:
         """The device at a port claimed after the snapshot (a BAR the input moved); "" for
@@ -211,6 +231,7 @@ class _Rig:
         """The devices whose state differs from the snapshot, with their state now."""
         touched = self.touched | {self._mmio_keys[i] or "" for i in self.watch.touched}
         touched.discard("")
+        touched |= self.wiring.timers_moved()
         out: dict[str, dict[str, Any]] = {}
         affected = self.wiring.affected(touched)
         for key, dev in self.devices.items():  # in the board's order, as a full restore goes
@@ -253,6 +274,7 @@ class _Rig:
         m.resets = int(board["resets"])
         m._exit_code = board["exit_code"]
         m.clock.reorder(self.order)
+        self.wiring.mark_timers()
         self.dirty.reset()
         if self.disk.data != self.disk_saved:
             self.disk.data[:] = self.disk_saved
@@ -279,6 +301,52 @@ def weighted_ports(board: Motherboard, slots: int = MAX_PORTS) -> list[int]:
         if len(table) <= slots or share <= 1:
             return sorted(table)[:slots]
         share = share * 9 // 10
+
+
+#: Entries of the guest's MMIO table: the guest picks one with a u8 index modulo the count,
+#: so 256 entries make every entry equally likely.
+MMIO_SLOTS = 256
+#: The windows an MMIO region's entries cycle through, from the region's base: the whole
+#: region, its first KiB and its first 64 bytes.  A device decodes its registers at the start
+#: of its page (the I/O APIC's IOREGSEL and IOWIN at 00h and 10h, the HPET's general
+#: registers and timers below 160h, the local APIC's below 400h), which an offset drawn
+#: over the whole page rarely hits.
+MMIO_WINDOWS = (None, 0x400, 0x40)
+
+
+def weighted_mmio(board: Board, slots: int = MMIO_SLOTS) -> list[tuple[str, int, int]]:
+    """The guest's MMIO table, (name, base, size) per entry: every MMIO region of the board's
+    memory map at least once, and each owner given a share of the table, split over its
+    regions and over :data:`MMIO_WINDOWS` within each.  The owner is the board device whose
+    MMIO claim holds the region, else the region itself (the local APIC belongs to the
+    VP).  As in the port table each owner gets about the same share, but an owner that also
+    claims ports (pc-testdev, a PCI function with an I/O BAR), which the port operations
+    reach already, gets half a share."""
+    port_owners = {id(dev) for dev in (*board._ports.values(), *board._dyn_ports.values())}
+    claims = list(board.mmio_ranges())
+    owners: dict[object, list[tuple[str, int, int]]] = {}
+    weight: dict[object, int] = {}
+    for r in board.memory.regions:
+        if r.kind != "mmio":
+            continue
+        dev = next((d for base, size, d in claims if base <= r.base < base + size), None)
+        key: object = id(dev) if dev is not None else r.name
+        owners.setdefault(key, []).append((r.name, r.base, r.size))
+        weight[key] = 1 if dev is not None and id(dev) in port_owners else 2
+    if not owners:
+        return []
+    total = sum(weight.values())
+    ranked: list[tuple[float, int, tuple[str, int, int]]] = []
+    for order, (key, regions) in enumerate(owners.items()):
+        count = max(len(regions), slots * weight[key] // total)
+        for i in range(count):
+            name, base, size = regions[i % len(regions)]
+            windows = [w for w in MMIO_WINDOWS if w is None or w < size]
+            window = windows[i // len(regions) % len(windows)]
+            # Interleaved by owner: the first entries are the regions in the memory map's
+            # order (the table before it was weighted), and so on.
+            ranked.append((i / count, order, (name, base, window or size)))
+    return [entry for _, _, entry in sorted(ranked)]
 
 
 def decode(data: bytes, ports: list[int], mmio: list[tuple[str, int, int]]

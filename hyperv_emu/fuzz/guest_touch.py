@@ -4,11 +4,14 @@ Saving every device after every input to find the changed ones cost ~200 us per 
 inputs touch two or three devices).  Instead the guest target records the devices whose ports
 or MMIO the guest accessed and widens that set by what the machine's wiring says:
 
-* a device that can change with no access to its own ports or MMIO -- one that holds a clock
-  timer (time passes during the run), an interrupt controller (IRQ inputs through the
-  board's routing, INTA and EOI from the VP), or one that claims no port or MMIO at all (a
-  PCI function reached through the configuration ports, the FACS in RAM) -- is always
-  compared;
+* a device that can change with no access to its own ports or MMIO -- an interrupt
+  controller (IRQ inputs through the board's routing, INTA and EOI from the VP), or one that
+  claims no port or MMIO at all (a PCI function reached through the configuration ports, the
+  FACS in RAM) -- is always compared;
+* a device that holds a clock timer is compared when one of its timers was armed, cancelled
+  or fired during the input (the timer's token moved: :meth:`DeviceWiring.timers_moved`)
+  and, if its saved state moves with time alone (a running counter saved as a value), after
+  every input;
 * a device reachable from a touched one (held in its attributes, its containers, the helper
   objects it owns, the bound methods and closures it calls: the PCI bus's functions, the bus
   master's IDE channels, the IDE channel's DMA request into the bus master) may have been
@@ -21,7 +24,7 @@ a full comparison of every device over random inputs.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from types import FunctionType, MethodType
 from typing import Any
 
@@ -74,11 +77,11 @@ _DEVICE_LAYER = ("hyperv_emu.vdev.", "hyperv_emu.vsp.storage.")
 _SCALARS = (int, float, str, bytes, bytearray, bool, type(None), memoryview)
 
 
-def _reach(device: object, devices: Mapping[int, str]) -> tuple[set[str], bool]:
+def _reach(device: object, devices: Mapping[int, str]) -> tuple[set[str], list[Timer]]:
     """The other devices ``device`` refers to within :data:`DEPTH` helper objects (not through
-    another device), and whether it holds a clock timer."""
+    another device), and the clock timers it holds."""
     found: set[str] = set()
-    timed = False
+    timers: list[Timer] = []
     seen = {id(device)}
     frontier: list[Any] = [device]
     for _ in range(DEPTH + 1):
@@ -89,34 +92,55 @@ def _reach(device: object, devices: Mapping[int, str]) -> tuple[set[str], bool]:
                     continue
                 seen.add(id(child))
                 if isinstance(child, Timer):
-                    timed = True
+                    timers.append(child)
                 elif id(child) in devices:
                     found.add(devices[id(child)])
                 elif _owned(child):
                     nxt.append(child)
         frontier = nxt
-    return found, timed
+    return found, timers
 
 
 class DeviceWiring:
     """The devices to compare after an input, from the devices it touched."""
 
-    def __init__(self, devices: Mapping[str, Device], claimants: set[str]) -> None:
+    def __init__(self, devices: Mapping[str, Device], claimants: set[str],
+                 steady: Callable[[str], bool] | None = None) -> None:
+        """``steady(key)`` tells whether a timed device's saved state holds still while
+        only time passes; without it every timed device is always compared."""
         by_id = {id(dev): key for key, dev in devices.items()}
         #: Compared after every input: the port-less devices, the interrupt controllers (IRQ
         #: inputs, the VP's INTA and EOI, reached through the board's routing) and, below,
-        #: the timed ones.
+        #: the timed ones whose state moves with time.
         self.always: set[str] = {key for key, dev in devices.items()
                                  if key not in claimants or any(
                                      hasattr(dev, name) for name in _IRQ_INPUTS)}
         self.refers: dict[str, set[str]] = {}
+        #: The timed devices not always compared, with their timers.
+        self.timed: dict[str, tuple[Timer, ...]] = {}
         for key, dev in devices.items():
-            found, timed = _reach(dev, by_id)
+            found, timers = _reach(dev, by_id)
             found.discard(key)
             self.refers[key] = found
-            if timed:
-                self.always.add(key)
+            if timers:
+                if steady is not None and steady(key):
+                    self.timed[key] = tuple(timers)
+                else:
+                    self.always.add(key)
+        self._timers = [(key, timer) for key, timers in self.timed.items() for timer in timers]
+        self._tokens: list[int] = []
+        self.mark_timers()
         self._cache: dict[frozenset[str], frozenset[str]] = {}
+
+    def mark_timers(self) -> None:
+        """Remember where the timed devices' timers are now (after a reset)."""
+        self._tokens = [timer._token for _, timer in self._timers]
+
+    def timers_moved(self) -> set[str]:
+        """The timed devices one of whose timers was armed, cancelled or fired since
+        :meth:`mark_timers` (each of these moves the timer's token)."""
+        return {key for (key, timer), token in zip(self._timers, self._tokens, strict=True)
+                if timer._token != token}
 
     def affected(self, touched: set[str]) -> frozenset[str]:
         """``touched``, what they refer to (transitively), and :attr:`always`."""

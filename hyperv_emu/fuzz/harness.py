@@ -179,29 +179,32 @@ class ChipsetTarget(Target):
         r = O.Reader(data)
         buf, end = r.data, r.end
         claims = bench.claims()
-        ports, gen = claims.ports, bench.board.generation
         board = bench.board
-        io_read, io_write = board.io_read, board.io_write
+        handlers, gen = bench.port_handlers(), board.generation
         kinds = bench.kinds
         sizes, io_w, io_r, clock, extra = O.SIZES, O.IO_WRITE, O.IO_READ, O.CLOCK, O.EXTRA
+        mem, prd, irq = O.MEM, O.PRD, O.IRQ
         step = bench.clock.step
         actions = [action for _, action in bench.extras]
+        lines = [level for _, level in bench.lines]
+        memory, window, window_base = bench.memory, len(bench.memory), bench.window_base
         guest_errors = self.guest_errors
         pos = 0
         for _ in range(O.MAX_OPS):
             if pos >= end:
                 break
             if board.generation != gen:
-                claims.ports = ports = bench.ports()
-                gen = board.generation
+                claims.ports = bench.ports()
+                handlers, gen = bench.port_handlers(), board.generation
             kind = kinds[buf[pos] & 0xF]
             op: O.Op | None = None
             start = pos
             try:
                 # Every field lies inside the buffer: it is padded past ``end`` by more than
                 # the longest operation (ops.Reader).
-                if (kind is io_w or kind is io_r) and ports:
-                    port = ports[(buf[pos + 1] | buf[pos + 2] << 8) % len(ports)]
+                if (kind is io_w or kind is io_r) and handlers:
+                    port, io_read, io_write = handlers[
+                        (buf[pos + 1] | buf[pos + 2] << 8) % len(handlers)]
                     size = sizes[buf[pos + 3] % 3]
                     if kind is io_r:
                         pos += 4
@@ -216,6 +219,29 @@ class ChipsetTarget(Target):
                 elif kind is extra:
                     pos += 4
                     actions[buf[start + 1] % len(actions)](buf[start + 2] | buf[start + 3] << 8)
+                elif kind is mem:
+                    # Window offset, length 1-32 cut at the window's end, the bytes.
+                    offset = (buf[pos + 1] | buf[pos + 2] << 8) % window
+                    length = min(1 + buf[pos + 3] % 32, window - offset)
+                    pos += 4 + length
+                    bench.memory_dirty = True
+                    memory[offset:offset + length] = buf[start + 4:pos]
+                elif kind is prd:
+                    # One PRD entry from window offsets: table, region base, count, EOT.
+                    table = ((buf[pos + 1] | buf[pos + 2] << 8) % window) & ~7
+                    base = ((buf[pos + 3] | buf[pos + 4] << 8) % window) & ~1
+                    count = (buf[pos + 5] | buf[pos + 6] << 8) & 0xFFFE
+                    flags = count | (0x80000000 if buf[pos + 7] & 1 else 0)
+                    pos += 8
+                    entry = ((window_base + base).to_bytes(4, "little")
+                             + flags.to_bytes(4, "little"))
+                    bench.memory_dirty = True
+                    memory[table:min(table + 8, window)] = entry[:window - table]
+                elif kind is irq:
+                    # The lines' levels are only read (the trace shows them).
+                    pos += 1
+                    for level in lines:
+                        level()
                 else:
                     r.pos = pos
                     op = O.decode_one(r, claims)

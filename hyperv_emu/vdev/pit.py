@@ -150,17 +150,29 @@ class _Counter:
         return n if j == 0 else n - 1 - 2 * j
 
     def out_at(self, k: int) -> bool:
-        """The OUT pin at tick ``k``."""
-        n, load = self._seq(k)
+        """The OUT pin at tick ``k``.  (:meth:`_seq`, :attr:`mode` and :meth:`_elapsed`
+        written out: OUT is computed several times per port access.)"""
+        pending = self.pending
+        load: int | None
+        if pending is not None and k >= pending[0]:
+            _, n, load = pending
+        else:
+            n, load = self.n, self.load
         if load is None or k < load:
             return self.out_pre
-        mode = self.mode
-        if mode in (2, 3) and self.paused_at is not None:
+        mode = self.cw_mode
+        if mode >= 6:
+            mode &= 3
+        paused = self.paused_at
+        if paused is None:
+            d = k - load
+        elif mode == 2 or mode == 3:
             return True  # GATE low forces OUT high in modes 2 and 3
-        d = self._elapsed(k, load)
-        if mode in (0, 1):
+        else:
+            d = paused - load if paused > load else 0
+        if mode <= 1:
             return d >= n
-        if mode in (4, 5):
+        if mode >= 4:
             return d != n
         if mode == 2:
             return n == 1 or d % n != n - 1
@@ -197,8 +209,8 @@ class _Counter:
             candidates.append(s)
             candidates += self._edges_after(pn, pload, s)
         current = self.out_at(c)
-        for k in sorted(set(candidates)):
-            if k > c and self.out_at(k) != current:
+        for k in sorted({k for k in candidates if k > c}):
+            if self.out_at(k) != current:
                 return k
         return None
 
@@ -403,7 +415,8 @@ class Pit(Device):
         self._irq_tick: int | None = None  # the OUT0 transition the timer is armed for
 
     def _now(self) -> int:
-        return ticks_at(self._clock.now())
+        # ticks_at, written out (several calls per port access).
+        return self._clock.now() * PIT_HZ // NS_PER_SEC
 
     # ---- external pins ------------------------------------------------------------------
     def set_gate(self, channel: int, level: bool) -> None:
@@ -414,7 +427,7 @@ class Pit(Device):
             c.commit(now)
             c.set_gate(now, bool(level))
             if channel == 0:
-                self._sync_irq0()
+                self._sync_irq0(now)
 
     def out(self, channel: int) -> bool:
         """The OUT pin of ``channel`` now."""
@@ -425,9 +438,11 @@ class Pit(Device):
         return self.counters[channel].gate
 
     # ---- IRQ0 ---------------------------------------------------------------------------
-    def _sync_irq0(self) -> None:
-        """After a guest access: drive IRQ0 to OUT0 now and arm the timer for the next edge."""
-        now = self._now()
+    def _sync_irq0(self, now: int | None = None) -> None:
+        """After a guest access at tick ``now`` (default: the present): drive IRQ0 to OUT0
+        and arm the timer for the next edge."""
+        if now is None:
+            now = self._now()
         self._irq0.set_level(self.counters[0].out_at(now))
         self._arm(now)
 
@@ -447,8 +462,9 @@ class Pit(Device):
         # edge (mode 2's low pulse is one tick long); past a few, snap to the present.
         replayed = 0
         while k is not None and k <= now and replayed < _MAX_REPLAY:
-            self._irq0.set_level(c.out_at(k))
-            self._events("pit_out0", tick=k, level=c.out_at(k))
+            level = c.out_at(k)
+            self._irq0.set_level(level)
+            self._events("pit_out0", tick=k, level=level)
             k = c.next_change(k)
             replayed += 1
         c.commit(now)
@@ -468,7 +484,7 @@ class Pit(Device):
             c.commit(now)
             c.write_count(now, value)
             if port == 0x40:
-                self._sync_irq0()
+                self._sync_irq0(now)
             return
         if port != 0x43:
             return
@@ -492,7 +508,7 @@ class Pit(Device):
         c.control(now, value)
         self._events("pit_control", channel=sc, mode=c.cw_mode, rw=c.rw, bcd=c.bcd)
         if sc == 0:
-            self._sync_irq0()
+            self._sync_irq0(now)
 
     def io_read(self, port: int, size: int) -> int:
         """A guest IN; wider accesses are split into byte cycles on consecutive ports."""

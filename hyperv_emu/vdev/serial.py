@@ -227,15 +227,19 @@ class Uart16550(Device):
         return TRIGGER_LEVELS[(self._fcr & FCR_TRIGGER) >> 6]
 
     def _iir(self) -> int:
-        """Interrupt identification, highest priority first (datasheet, Table V)."""
-        fifo_bits = IIR_FIFO_BITS if self._fifo else 0
+        """Interrupt identification, highest priority first (datasheet, Table V).
+        (:attr:`_fifo` and :meth:`_rx_trigger` written out: every register access asks.)"""
+        fcr = self._fcr
+        fifo = fcr & FCR_ENABLE
+        fifo_bits = IIR_FIFO_BITS if fifo else 0
         ier = self._ier
         if ier & IER_ELSI and self._lsr_err & LSR_ERRORS:
             return fifo_bits | IIR_RLS
         if ier & IER_ERBFI:
-            if self._rx and (not self._fifo or len(self._rx) >= self._rx_trigger()):
+            rx = self._rx
+            if rx and (not fifo or len(rx) >= TRIGGER_LEVELS[(fcr & FCR_TRIGGER) >> 6]):
                 return fifo_bits | IIR_RDA
-            if self._fifo and self._timeout_pending and self._rx:
+            if fifo and self._timeout_pending and rx:
                 return fifo_bits | IIR_CTI
         if ier & IER_ETBEI and self._thre_pending:
             return fifo_bits | IIR_THRE
@@ -244,9 +248,9 @@ class Uart16550(Device):
         return fifo_bits | IIR_NO_INT
 
     def _update_irq(self) -> None:
-        pending = not self._iir() & IIR_NO_INT
         # PC wiring: OUT2 enables the IRQ driver; loopback forces the OUT2 pin inactive.
-        level = pending and bool(self._mcr & MCR_OUT2) and not self._loop
+        mcr = self._mcr
+        level = (mcr & (MCR_OUT2 | MCR_LOOP) == MCR_OUT2) and not self._iir() & IIR_NO_INT
         if level != self._irq.level:
             self._events("uart.irq", base=self.base, level=level)
         self._irq.set_level(level)

@@ -187,3 +187,85 @@ def test_guest_reset_ends_the_input_and_reset_restores_every_device(
     finally:
         rig.reset()
     assert savedstate.capture(m) == rig.state
+
+
+def test_mmio_table_weights_every_region_by_owner(target: GuestTarget) -> None:
+    """The guest's MMIO table holds every MMIO region of the memory map, 256 entries (a u8
+    index picks each alike); the devices only MMIO reaches (I/O APIC, HPET, local APIC) get
+    a full share each, the test devices, which claim ports too, half of one; and a region
+    bigger than its windows gets entries for its first KiB and first 64 bytes."""
+    rig = target.rig()
+    regions = {(r.name, r.base) for r in rig.machine.board.memory.regions if r.kind == "mmio"}
+    assert {(name, base) for name, base, _ in rig.mmio} == regions
+    assert len(rig.mmio) == 256
+    share = {name: sum(1 for n, _, _ in rig.mmio if n == name) / len(rig.mmio)
+             for name, _ in regions}
+    for real in ("ioapic", "hpet", "local-apic"):
+        assert share[real] == pytest.approx(0.25, abs=0.01)
+    for test in ("pc-testdev", "pci-testdev"):
+        assert share[test] == pytest.approx(0.125, abs=0.01)
+    for name, base in regions:
+        assert {size for n, b, size in rig.mmio if (n, b) == (name, base)} >= {0x400, 0x40}
+    # The first entries are the regions in the memory map's order (the seeds' indices).
+    assert [name for name, _, _ in rig.mmio[:5]] == [
+        r.name for r in rig.machine.board.memory.regions if r.kind == "mmio"]
+
+
+def test_mmio_window_entry_reaches_the_device_registers(target: GuestTarget) -> None:
+    """Through the I/O APIC's 64-byte window entry the guest writes IOREGSEL (00h) and then
+    IOWIN (10h): redirection entry 0's low dword changes, and the reset puts it back."""
+    rig = target.rig()
+    index = next(i for i, (name, _, size) in enumerate(rig.mmio)
+                 if name == "ioapic" and size == 0x40)
+    ioapic = rig.devices["ioapic@fec00000"]
+    before = ioapic.save()["redir"][0]
+
+    def write32(offset: int, value: int) -> bytes:
+        return bytes([0x26, index]) + offset.to_bytes(4, "little") + value.to_bytes(4, "little")
+
+    # Offsets are taken modulo the window: 40h + 10h lands on IOWIN too.
+    data = write32(0x00, 0x10) + write32(0x50, 0x000100FE)
+    assert [text for _, text in decode(data, rig.ports, rig.mmio)] == [
+        "write32 ioapic 0xfec00000 <- 0x10", "write32 ioapic 0xfec00010 <- 0x100fe"]
+    rig.run(data)
+    try:
+        assert ioapic.save()["redir"][0] & 0xFFFFFFFF == 0x000100FE
+        assert "ioapic@fec00000" in rig.changed_devices()
+    finally:
+        rig.reset()
+    assert ioapic.save()["redir"][0] == before
+
+
+def test_timed_device_is_compared_when_its_timer_moves(target: GuestTarget) -> None:
+    """A device holding a timer whose saved state holds still over time is compared only when
+    an access reaches it or one of its timers moves: a PIT timer armed from the host side
+    (no access from the guest) still gets the PIT compared and restored."""
+    rig = target.rig()
+    m = rig.machine
+    assert "pit@40" in rig.wiring.timed and "pit@40" not in rig.wiring.always
+    rig.run(b"")
+    try:
+        assert rig.wiring.timers_moved() == set()
+        m.pit._timer.arm(m.clock.now() + 12_345)
+        assert rig.wiring.timers_moved() == {"pit@40"}
+        assert "pit@40" in rig.changed_devices()
+    finally:
+        rig.reset()
+    assert savedstate.capture(m) == rig.state
+
+
+def test_device_whose_saved_state_moves_with_time_is_found(target: GuestTarget) -> None:
+    """The probe that lets a timed device be compared only when touched: the HPET, stopped at
+    the snapshot, saves the same state whatever the time; running (its main counter saved as
+    a value), it does not, and would be compared after every input."""
+    rig = target.rig()
+    key = "hpet@fed00000"
+    hpet = rig.devices[key]
+    assert rig._steady(key) and key in rig.wiring.timed
+    hpet.mmio_write(0x010, 4, 1)  # GEN_CONF.ENABLE_CNF: the main counter runs
+    try:
+        assert not rig._steady(key)
+    finally:
+        hpet.restore(rig.saved[key])
+    assert hpet.save() == rig.saved[key]
+    assert savedstate.capture(rig.machine) == rig.state
