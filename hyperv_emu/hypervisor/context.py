@@ -118,6 +118,8 @@ RFLAGS_AC = 1 << 18
 _U32 = struct.Struct("<I")
 _I32 = struct.Struct("<i")
 _U64 = struct.Struct("<Q")
+#: The 16 general registers, RAX..R15, at OFF_REGS.
+_GPRS = struct.Struct("<16Q")
 #: A segment-cache entry: selector u32, 4 padding bytes, base u64, limit u32, flags u32.
 _SEG = struct.Struct("<I4xQII")
 _M32 = 0xFFFF_FFFF
@@ -198,6 +200,11 @@ class CpuContext:
 
     def set_gpr(self, index: int, value: int) -> None:
         self.set_u64(OFF_REGS + 8 * index, value)
+
+    def gprs(self) -> list[int]:
+        """All 16 general registers (RAX, RCX, RDX, RBX, RSP, RBP, RSI, RDI, R8..R15) in
+        one read."""
+        return list(_GPRS.unpack_from(self.view, OFF_REGS))
 
     @property
     def rip(self) -> int:
