@@ -30,13 +30,9 @@
 
 .include "boot.inc"
 .include "gdt.inc"
+.include "hv_lm.inc"
 .include "hv_synic.inc"
 
-.set PML4, 0x1000
-.set PDPT, 0x2000
-.set PD, 0x3000
-.set PD_HI, 0x4000             # 3-4 GiB: the xAPIC page
-.set IDT, 0x6000
 # Variables at VARS (addressed through R15): interrupt counts and scratch.
 .set N52, 0x00
 .set N53, 0x08
@@ -46,26 +42,7 @@
 .set ONESHOT, 0x28
 
 main:
-    cli
-    movb $0xFF, %al            # mask both 8259s: only the local APIC interrupts
-    outb %al, $0x21
-    outb %al, $0xA1
-    call hv_enable_hypercall_page
-    xorl %eax, %eax            # zero the page tables and IDT (1000h-6FFFh)
-    movw $0x1000, %di
-    movl $0x1800, %ecx
-    rep stosl
-    movl $PDPT+3, (PML4)
-    movl $PD+3, (PDPT)
-    movl $PD_HI+3, (PDPT+0x18)
-    movl $0x83, (PD)           # 0-2 MiB
-    movl $0xFEE00093, (PD_HI+0x1F7*8)  # 2 MiB page holding the xAPIC, cache-disabled
-    lgdt gdt_ptr
-    movl $PML4, %eax
-    jmp hv_enter_long_mode
-
-gdt_head GDT_CODE64
-gdt_tail
+    hv_lm_start lm
 
 .code64
 long_entry:                    # data segments 10h, RSP 7C00h (hv64.inc)

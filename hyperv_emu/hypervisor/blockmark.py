@@ -9,6 +9,7 @@ same decoding tells how many instructions of a block ran before a slice stopped 
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable
 from fnmatch import fnmatchcase
 
@@ -111,11 +112,12 @@ def hlt_at_block_end(read: Callable[[int, int], bytes], block: int, size: int,
     return block + size - 1, 1, "hlt"
 
 
-#: (block start, mode, target) -> (instructions from the block start to the target, their
-#: bytes).  The bytes are compared on every use: the same linear addresses hold other code in
-#: another address space (every process of an OS at the same user address), after the guest
-#: rewrote it, or in another guest of the same host process.
-_counted: dict[tuple[int, int, int], tuple[int, bytes]] = {}
+#: (block start, mode) -> (the bytes decoded from the block start, the offsets at which its
+#: instructions end).  One decode serves every target in the block (an intercept or a fault
+#: at any of its instructions); the bytes are compared on every use: the same linear
+#: addresses hold other code in another address space (every process of an OS at the same
+#: user address), after the guest rewrote it, or in another guest of the same host process.
+_counted: dict[tuple[int, int], tuple[bytes, tuple[int, ...]]] = {}
 
 
 def count_insns(read: Callable[[int, int], bytes], block: int, bits: int,
@@ -125,25 +127,22 @@ def count_insns(read: Callable[[int, int], bytes], block: int, bits: int,
     block start does not land on ``target``."""
     if target == block:
         return 0
+    span = target - block
     try:
-        data = read(block, target - block)
+        data = read(block, span)
     except Exception:  # noqa: BLE001 - unreadable now: the caller counts the whole block
         return None
-    key = (block, bits, target)
+    key = (block, bits)
     known = _counted.get(key)
-    if known is not None and known[1] == data:
-        return known[0]
-    n = 0
-    addr = block
-    for address, size, _mnemonic, _ops in disassembler(bits).disasm_lite(data, block):
-        addr = address + size
-        n += 1
-        if addr >= target:
-            break
-    if addr != target:
-        return None
-    if len(_counted) > 65536:
-        _counted.clear()
-    _counted[key] = (n, data)
-    return n
-
+    if known is None or not known[0].startswith(data):
+        ends: list[int] = []
+        for address, size, _mnemonic, _ops in disassembler(bits).disasm_lite(data, block):
+            ends.append(address + size - block)
+            if ends[-1] >= span:
+                break
+        if len(_counted) > 65536:
+            _counted.clear()
+        known = _counted[key] = (data, tuple(ends))
+    ends_at = known[1]
+    n = bisect_left(ends_at, span)
+    return n + 1 if n < len(ends_at) and ends_at[n] == span else None

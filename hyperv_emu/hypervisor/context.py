@@ -118,6 +118,8 @@ RFLAGS_AC = 1 << 18
 _U32 = struct.Struct("<I")
 _I32 = struct.Struct("<i")
 _U64 = struct.Struct("<Q")
+#: The 16 general registers, RAX..R15, at OFF_REGS.
+_GPRS = struct.Struct("<16Q")
 #: A segment-cache entry: selector u32, 4 padding bytes, base u64, limit u32, flags u32.
 _SEG = struct.Struct("<I4xQII")
 _M32 = 0xFFFF_FFFF
@@ -198,6 +200,11 @@ class CpuContext:
 
     def set_gpr(self, index: int, value: int) -> None:
         self.set_u64(OFF_REGS + 8 * index, value)
+
+    def gprs(self) -> list[int]:
+        """All 16 general registers (RAX, RCX, RDX, RBX, RSP, RBP, RSI, RDI, R8..R15) in
+        one read."""
+        return list(_GPRS.unpack_from(self.view, OFF_REGS))
 
     @property
     def rip(self) -> int:
@@ -320,6 +327,15 @@ def env_address(uc: unicorn.Uc) -> int:
     return int(cpu) + CPU_ENV
 
 
+#: (MSR, context offset, distinct canonical value) for the SYSCALL MSRs that inline.py reads
+#: and writes in the live state: STAR, LSTAR, CSTAR, FMASK (SFMASK) and KERNEL_GS_BASE.
+_MSR_PROBES = ((0xC0000081, OFF_STAR, 0x0023_0010_0000_0000),
+               (0xC0000082, OFF_LSTAR, 0xFFFF_FFFF_8100_1000),
+               (0xC0000083, OFF_CSTAR, 0xFFFF_FFFF_8100_2000),
+               (0xC0000084, OFF_FMASK, 0x0004_7700),
+               (0xC0000102, OFF_KERNEL_GS_BASE, 0xFFFF_8880_0123_4000))
+
+
 def self_test() -> None:
     """Check that this Unicorn build has the context and counter layout the hypervisor edits.
 
@@ -347,6 +363,8 @@ def self_test() -> None:
     for reg, _off, value in probes:
         uc.reg_write(reg, value)
     uc.msr_write(0xC0000080, 0xD01)
+    for msr, _off, value in _MSR_PROBES:
+        uc.msr_write(msr, value)
     uc.reg_write(X.UC_X86_REG_GDTR, (0, 0x7000, 0x27, 0))
     ctx.save()
     for reg, off, value in probes:
@@ -354,6 +372,9 @@ def self_test() -> None:
             raise LayoutError(f"register {reg} not at context offset {off}: Unicorn layout changed")
     if ctx.efer != 0xD01:
         raise LayoutError(f"EFER not at context offset {OFF_EFER}")
+    for msr, off, value in _MSR_PROBES:
+        if ctx.u64(off) != value:
+            raise LayoutError(f"MSR {msr:#x} not at context offset {off}")
     if ctx.u64(OFF_GDT + 8) != 0x7000 or ctx.u32(OFF_GDT + 16) != 0x27:
         raise LayoutError("GDTR not at its expected context offset")
     if ctx.old_exception != -1:

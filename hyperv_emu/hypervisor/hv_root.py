@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import struct
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from . import hvdef as H
@@ -289,22 +290,24 @@ def connect_port(call: Call) -> int:
     return call.caller.hypervisor.ports.connect(conn)
 
 
+def _partition_and_id(call: Call, action: Callable[[int, int], int]) -> int:
+    """The input u64 partition, u32 id, u32 RsvdZ (HvCallDeletePort, HvCallDisconnectPort):
+    ``action(partition id, id)``'s status, or the status that refuses the input."""
+    pid, ident, rsvd = struct.unpack_from("<QII", call.input)
+    target = resolve_partition(call, pid)
+    if isinstance(target, int):
+        return target
+    return BAD if rsvd else action(target.id, ident)
+
+
 def delete_port(call: Call) -> int:
     """HvCallDeletePort: u64 PortPartition, u32 PortId, u32 RsvdZ."""
-    pid, port_id, rsvd = struct.unpack_from("<QII", call.input)
-    owner = resolve_partition(call, pid)
-    if isinstance(owner, int):
-        return owner
-    return BAD if rsvd else call.caller.hypervisor.ports.delete_port(owner.id, port_id)
+    return _partition_and_id(call, call.caller.hypervisor.ports.delete_port)
 
 
 def disconnect_port(call: Call) -> int:
     """HvCallDisconnectPort: u64 ConnectionPartition, u32 ConnectionId, u32 RsvdZ."""
-    pid, conn_id, rsvd = struct.unpack_from("<QII", call.input)
-    sender = resolve_partition(call, pid)
-    if isinstance(sender, int):
-        return sender
-    return BAD if rsvd else call.caller.hypervisor.ports.disconnect(sender.id, conn_id)
+    return _partition_and_id(call, call.caller.hypervisor.ports.disconnect)
 
 
 def register_root_calls(table: HypercallTable) -> None:

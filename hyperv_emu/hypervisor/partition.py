@@ -658,7 +658,7 @@ class Partition:
         return result
 
     @staticmethod
-    def _counted_retired(vp: VirtualProcessor, exit_: tuple | None, count: int) -> int:
+    def _counted_retired(vp: VirtualProcessor, exit_: tuple[Any, ...] | None, count: int) -> int:
         """Instructions a counted slice retired, from Unicorn's counter (which includes the
         instruction running when a hook stopped the slice)."""
         ctx = vp.ctx
@@ -675,7 +675,7 @@ class Partition:
                 exit_[1] >= EXCP_VMEXIT or not ctx.u32(C.OFF_EXC_IS_INT))))
         return stop_at if completes else stop_at - 1
 
-    def _gated_retired(self, vp: VirtualProcessor, exit_: tuple | None) -> int:
+    def _gated_retired(self, vp: VirtualProcessor, exit_: tuple[Any, ...] | None) -> int:
         """Instructions a gated slice retired: the blocks it entered, less the part of the
         last one not executed.  A slice that stopped inside a block (an exception, INT n, an
         intercept, a breakpoint) resumes at an exact RIP (for an SVM intercept, at the
@@ -752,7 +752,7 @@ class Partition:
         vp.ctx.hflags = vp.ctx.hflags & ~C.HF_INHIBIT_IRQ
         vp._dirty = True
 
-    def _handle_exit(self, vp: VirtualProcessor, exit_: tuple | None,
+    def _handle_exit(self, vp: VirtualProcessor, exit_: tuple[Any, ...] | None,
                      error: unicorn.UcError | None) -> RunExit | None:
         ctx = vp.ctx
         if exit_ is None or exit_[0] == "notify":

@@ -116,7 +116,7 @@ class SpinSkip:
         loop = self._loop(linear, length)
         if loop is None:
             return
-        regs = [ctx.gpr(i) for i in range(16)]
+        regs = ctx.gprs()
         cond = _evaluate(loop.ops, regs)
         if cond is None:
             return

@@ -358,7 +358,7 @@ class VirtualProcessor:
     def read_registers(self) -> dict[str, int]:
         """Architectural registers (lowercase names), segment selectors and bases."""
         ctx = self.ctx
-        regs = {name: ctx.gpr(i) for i, name in enumerate(C.GPR_NAMES)}
+        regs = dict(zip(C.GPR_NAMES, ctx.gprs(), strict=True))
         regs["rip"] = ctx.rip
         regs["rflags"] = ctx.rflags
         for i, name in enumerate(C.SEG_NAMES):
@@ -583,7 +583,7 @@ class VirtualProcessor:
         uc = self.uc
         return {
             "device": "vp", "version": 2, "index": self.index,
-            "gprs": [ctx.gpr(i) for i in range(16)], "rip": ctx.rip, "rflags": ctx.rflags,
+            "gprs": ctx.gprs(), "rip": ctx.rip, "rflags": ctx.rflags,
             "hflags": ctx.hflags, "hflags2": ctx.u32(C.OFF_HFLAGS2), "segs": segs,
             "cr": [ctx.cr(n) for n in range(5)], "efer": ctx.efer,
             "msrs": {str(i): self._engine_msr_read(i) for i in self._MSRS},

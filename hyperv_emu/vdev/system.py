@@ -16,6 +16,12 @@ from hyperv_emu.vdev.base import Device, EventSink, IrqLine, null_events
 from hyperv_emu.vdev.ps2kbd import BREAK_PREFIX, Ps2Keyboard, translate
 
 
+def _byte_read(value: int, size: int) -> int:
+    """A one-port device's byte read with a ``size``-byte access: the byte in the low byte,
+    FFh from each following port, which the device does not own (nothing drives them)."""
+    return value | (((1 << (8 * size)) - 1) & ~0xFF)
+
+
 class FastA20(Device):
     """System Control Port A (92h): bit 1 gates A20, a 0-to-1 edge of bit 0 resets the CPU."""
 
@@ -38,7 +44,7 @@ class FastA20(Device):
         self.value = 0
 
     def io_read(self, port: int, size: int) -> int:
-        return self.value | (((1 << (8 * size)) - 1) & ~0xFF)
+        return _byte_read(self.value, size)
 
     def io_write(self, port: int, size: int, value: int) -> None:
         value &= 0xFF
@@ -166,7 +172,7 @@ class I8042(Device):
 
     # ---- port access -------------------------------------------------------------------------
     def io_read(self, port: int, size: int) -> int:
-        high = ((1 << (8 * size)) - 1) & ~0xFF
+        high = _byte_read(0, size)
         if port == 0x64:
             return self.status() | high
         if self.outq:
@@ -303,7 +309,7 @@ class PostCode(Device):
         self.code = 0
 
     def io_read(self, port: int, size: int) -> int:
-        return self.code | (((1 << (8 * size)) - 1) & ~0xFF)
+        return _byte_read(self.code, size)
 
     def io_write(self, port: int, size: int, value: int) -> None:
         self.code = value & 0xFF
@@ -329,7 +335,7 @@ class DebugCon(Device):
 
     def io_read(self, port: int, size: int) -> int:
         # Reading E9h returns E9h so a guest can detect the port.
-        return 0xE9 | (((1 << (8 * size)) - 1) & ~0xFF)
+        return _byte_read(0xE9, size)
 
     def io_write(self, port: int, size: int, value: int) -> None:
         self.output(bytes([value & 0xFF]))

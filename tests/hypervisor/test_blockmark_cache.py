@@ -21,3 +21,22 @@ def test_counts_follow_the_code_not_the_address() -> None:
     assert _retired("nop\nnop\nnop\nnop\nhlt") == 5
     assert _retired("mov eax, eax\nmov eax, eax\nhlt") == 3
     assert _retired("nop\nnop\nnop\nnop\nhlt") == 5
+
+
+def test_one_decode_serves_every_target_in_a_block_and_checks_its_bytes() -> None:
+    from hyperv_emu.asm import assemble
+    from hyperv_emu.hypervisor import blockmark
+
+    code = assemble("nop\nmov eax, 1\nadd eax, ebx\nhlt", 32, 0x7000)  # ends at 1, 6, 8, 9
+    memory = {"bytes": code}
+
+    def read(address: int, size: int) -> bytes:
+        return memory["bytes"][address - 0x7000:address - 0x7000 + size]
+
+    assert [blockmark.count_insns(read, 0x7000, 32, 0x7000 + k) for k in (9, 1, 6, 8)] \
+        == [4, 1, 2, 3]
+    assert blockmark.count_insns(read, 0x7000, 32, 0x7003) is None  # inside the MOV
+    # Rewritten in place (two-byte NOPs): the cached boundaries no longer hold.
+    memory["bytes"] = assemble("xchg ax, ax\nxchg ax, ax\nxchg ax, ax\nhlt", 32, 0x7000)
+    assert blockmark.count_insns(read, 0x7000, 32, 0x7006) == 3
+    assert blockmark.count_insns(read, 0x7000, 32, 0x7001) is None

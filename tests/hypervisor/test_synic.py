@@ -362,3 +362,16 @@ def test_pages_over_mmio_or_the_hypercall_page_never_raise() -> None:
     assert hv.synic.set_event_flag(0, 2, 0) == 0
     m.vp.write_msr(H.HV_X64_MSR_SIEFP, 0)
     assert m.part.read_memory(HC_PAGE, 3) == bytes((0x0F, 0x01, 0xC1))  # VMCALL again
+
+
+def test_delete_and_disconnect_port_check_reserved_bits_and_partition() -> None:
+    m, hv, _, root, _ = ported_machine()
+    bad_pid = 0x7777_7777
+    for call, ident in ((H.HvCallDisconnectPort, MSG_CONN), (H.HvCallDeletePort, MSG_PORT)):
+        assert root.hypercall(call, struct.pack("<QII", hv.id, ident, 1), check=False)[0] \
+            == H.HV_STATUS_INVALID_PARAMETER
+        assert root.hypercall(call, struct.pack("<QII", bad_pid, ident, 0), check=False)[0] \
+            == H.HV_STATUS_INVALID_PARTITION_ID
+    assert post(m, MSG_CONN, 1, b"") == 0  # refused calls changed nothing
+    assert root.hypercall(H.HvCallDisconnectPort, struct.pack("<QII", hv.id, MSG_CONN, 0))[0] == 0
+    assert post(m, MSG_CONN, 1, b"") == H.HV_STATUS_INVALID_CONNECTION_ID

@@ -221,3 +221,12 @@ def test_exit_device() -> None:
     assert values == [0xFF, 0x2345, 0x10]
     assert exit_status(0x10) == 0x21
     assert exit_status(0) == 1
+
+
+def test_wide_reads_of_one_byte_ports_read_ffh_above_the_byte() -> None:
+    post = PostCode()
+    post.io_write(0x80, 1, 0x5A)
+    assert post.io_read(0x80, 2) == 0xFF5A and post.io_read(0x80, 4) == 0xFFFF_FF5A
+    assert DebugCon(lambda data: None).io_read(0xE9, 2) == 0xFFE9
+    kbc = I8042(lambda: None)
+    assert kbc.io_read(0x64, 2) >> 8 == 0xFF

@@ -118,6 +118,20 @@ def open_locked(path: str, *, write: bool, create: bool = False) -> int:
     raise BlockDeviceError(f"{path}: the file kept being replaced while being opened")
 
 
+
+def open_locked_image(path: str, *, write: bool) -> int:
+    """:func:`open_locked` for a disk image the user named: the OS's refusal becomes a
+    :class:`BlockDeviceError` with the message the CLI shows (a write access refused suggests
+    read-only, which the caller may fall back to)."""
+    try:
+        return open_locked(path, write=write)
+    except PermissionError as exc:
+        raise BlockDeviceError(
+            f"{path}: cannot open for writing ({exc.strerror}); open it read-only instead"
+        ) from exc
+    except OSError as exc:
+        raise BlockDeviceError(f"{path}: cannot open ({exc.strerror})") from exc
+
 def _same_file(fd: int, path: str) -> bool:
     try:
         st = os.stat(path)
@@ -243,4 +257,5 @@ def _command(pid: int) -> str:
     return text if len(text) <= 160 else text[:157] + "..."
 
 
-__all__ = ["Holder", "ImageInUseError", "find_holders", "force_share", "open_locked"]
+__all__ = ["Holder", "ImageInUseError", "find_holders", "force_share", "open_locked",
+           "open_locked_image"]

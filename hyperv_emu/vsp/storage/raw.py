@@ -6,7 +6,7 @@ import os
 from typing import BinaryIO
 
 from hyperv_emu.vsp.storage.blockdev import BlockDevice, BlockDeviceError
-from hyperv_emu.vsp.storage.lock import open_locked
+from hyperv_emu.vsp.storage.lock import open_locked_image
 
 SECTOR_SIZE = 512
 
@@ -26,16 +26,7 @@ class RawImage(BlockDevice):
         self.path = os.fspath(path)
         self.sector_size = SECTOR_SIZE
         self.read_only = read_only
-        try:
-            fd = open_locked(self.path, write=not read_only)
-        except PermissionError as exc:
-            # The caller (the CLI) decides whether to fall back to read-only.
-            raise BlockDeviceError(
-                f"{self.path}: cannot open for writing ({exc.strerror}); "
-                "open it read-only instead"
-            ) from exc
-        except OSError as exc:
-            raise BlockDeviceError(f"{self.path}: cannot open ({exc.strerror})") from exc
+        fd = open_locked_image(self.path, write=not read_only)  # the CLI may retry read-only
         self._file: BinaryIO | None = os.fdopen(fd, "rb" if read_only else "r+b")
         size = os.fstat(fd).st_size
         try:

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta, timezone
 from typing import BinaryIO
 
 from hyperv_emu.vsp.storage.blockdev import BlockDevice, BlockDeviceError, block_pieces
-from hyperv_emu.vsp.storage.lock import ImageInUseError, open_locked
+from hyperv_emu.vsp.storage.lock import ImageInUseError, open_locked, open_locked_image
 from hyperv_emu.vsp.storage.vhd_format import (
     BAT_UNUSED,
     DEFAULT_BLOCK_SIZE,
@@ -50,15 +50,7 @@ MAX_CHAIN_DEPTH = 256  # far beyond any real chain; only stops runaway recursion
 
 def _open_file(path: str, read_only: bool) -> BinaryIO:
     """The file, locked shared for reading or exclusive for writing (lock.py)."""
-    try:
-        fd = open_locked(path, write=not read_only)
-        return os.fdopen(fd, "rb" if read_only else "r+b")
-    except PermissionError as exc:
-        raise BlockDeviceError(
-            f"{path}: cannot open for writing ({exc.strerror}); open it read-only instead"
-        ) from exc
-    except OSError as exc:
-        raise BlockDeviceError(f"{path}: cannot open ({exc.strerror})") from exc
+    return os.fdopen(open_locked_image(path, write=not read_only), "rb" if read_only else "r+b")
 
 
 def _parent_timestamps(parent: VhdImage) -> set[int]:

@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Callable
 
 from hyperv_emu.vsp.storage.blockdev import BlockDevice, BlockDeviceError, block_pieces
-from hyperv_emu.vsp.storage.lock import open_locked
+from hyperv_emu.vsp.storage.lock import open_locked_image
 from hyperv_emu.vsp.storage.vhdx_format import (
     BAT_OFFSET_MASK,
     BAT_STATE_MASK,
@@ -99,14 +99,7 @@ class VhdxImage(BlockDevice):
         #: from it to simulate a crash), and "write the log entry but do not apply it".
         self.io_hook: Callable[[str], None] | None = None
         self.log_only = False
-        try:
-            self._fd = open_locked(self.path, write=not read_only)
-        except PermissionError as exc:
-            raise BlockDeviceError(
-                f"{self.path}: cannot open for writing ({exc.strerror}); open it read-only instead"
-            ) from exc
-        except OSError as exc:
-            raise BlockDeviceError(f"{self.path}: cannot open ({exc.strerror})") from exc
+        self._fd = open_locked_image(self.path, write=not read_only)
         try:
             self._open(_chain, _open_parent)
         except VhdxCorrupt as exc:

@@ -261,3 +261,18 @@ def test_a_vm_cannot_start_on_an_image_a_disk_operation_holds(tmp_path: Path) ->
         assert_refused(result, f"pid {os.getpid()}: ", "locked for writing")
         assert_refused(cli("run", "--disk", f"{img},readonly"), "',readonly,force-share'")
         assert img.read_bytes() == before
+
+
+@pytest.mark.parametrize("kind", ["raw", "vhd", "vhdx"])
+def test_images_name_the_file_the_os_refused(tmp_path: Path, kind: str) -> None:
+    from hyperv_emu.vsp.storage.blockdev import BlockDeviceError
+    from hyperv_emu.vsp.storage.raw import RawImage
+    from hyperv_emu.vsp.storage.vhd import VhdImage
+
+    cls = {"raw": RawImage, "vhd": VhdImage, "vhdx": vhdx.VhdxImage}[kind]
+    missing = tmp_path / f"nope.{kind}"
+    with pytest.raises(BlockDeviceError, match=f"nope.{kind}: cannot open \\(No such file"):
+        cls(missing)
+    (tmp_path / "dir").mkdir()
+    with pytest.raises(BlockDeviceError, match="dir: cannot open \\(Is a directory"):
+        cls(tmp_path / "dir")
