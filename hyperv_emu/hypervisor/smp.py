@@ -363,7 +363,7 @@ def pause_exit(vp: VirtualProcessor, rip: int) -> None:
     scheduler = vp.partition.scheduler
     if scheduler is not None:
         scheduler._paused_at = rip
-        scheduler._paused_regs = [vp.ctx.gpr(i) for i in range(16)]
+        scheduler._paused_regs = vp.ctx.gprs()
 
 
 def power_on(vp: VirtualProcessor) -> None:
