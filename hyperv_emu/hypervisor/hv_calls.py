@@ -14,7 +14,7 @@ from . import hvdef as H
 from . import msr as M
 from .context import Segment
 from .engine import flush_tlb as engine_flush_tlb
-from .hypercall import Call, HypercallTable
+from .hypercall import Call, HypercallTable, NotInHook
 from .mmu import GuestFault
 
 if TYPE_CHECKING:
@@ -214,7 +214,7 @@ def get_register(vp: VirtualProcessor, name: int) -> bytes | int:
     if name == H.HV_X64_REGISTER_RIP:
         return _u128(ctx.rip)
     if name == H.HV_X64_REGISTER_RFLAGS:
-        return _u128(ctx.rflags)
+        return _u128(ctx.guest_rflags())
     if H.HV_X64_REGISTER_CR0 <= name <= H.HV_X64_REGISTER_CR4:
         return _u128(ctx.cr((0, 2, 3, 4)[name - H.HV_X64_REGISTER_CR0]))
     if name == H.HV_X64_REGISTER_CR8:
@@ -263,10 +263,13 @@ def set_register(vp: VirtualProcessor, name: int, value: bytes) -> int:
         if v > 15:
             return H.HV_STATUS_INVALID_REGISTER_VALUE
     elif H.HV_X64_REGISTER_XMM0 <= name < H.HV_X64_REGISTER_XMM0 + 16:
-        vp._flush()
+        live = _live(vp)  # inside the hook the engine's state is the VP's state
+        if not live:
+            vp._flush()
         vp.uc.reg_write(X.UC_X86_REG_XMM0 + name - H.HV_X64_REGISTER_XMM0,
                         int.from_bytes(value[:16], "little"))
-        ctx.save()
+        if not live:
+            ctx.save()
     elif name in _SEG_NAMES:
         base, limit, sel, attr = struct.unpack_from("<QIHH", value)
         flags = ((attr & 0xFF) << 8) | (((attr >> 12) & 0xF) << 20)
@@ -288,7 +291,31 @@ def set_register(vp: VirtualProcessor, name: int, value: bytes) -> int:
     return OK
 
 
+def _live(vp: VirtualProcessor) -> bool:
+    """Whether ``vp``'s registers are the engine's live state: the call runs inside the
+    calling VP's hook (inline.py swaps its live context in)."""
+    return vp.ctx is vp.inline.ctx
+
+
+#: Registers SetVpRegisters may write inside the calling VP's hook: the general registers,
+#: RIP, CR8 and XMM0-15 change neither the CPU mode, the memory map nor interrupt
+#: readiness (RFLAGS.IF, CR0/CR3/CR4, segments and MSRs go to the run loop).
+_SET_IN_HOOK = frozenset((*range(H.HV_X64_REGISTER_RAX, H.HV_X64_REGISTER_RAX + 16),
+                          H.HV_X64_REGISTER_RIP, H.HV_X64_REGISTER_CR8,
+                          *range(H.HV_X64_REGISTER_XMM0, H.HV_X64_REGISTER_XMM0 + 16)))
+
+
 def _target_vp(call: Call) -> VirtualProcessor | int:
+    """The VP a Get/SetVpRegisters call names, or an HV_STATUS.  Inside the calling VP's
+    hook only that VP's own registers are reachable (NotInHook otherwise)."""
+    target = _named_vp(call)
+    if not isinstance(target, int) and call.vp is not None and target is not call.vp and (
+            _live(call.vp)):
+        raise NotInHook
+    return target
+
+
+def _named_vp(call: Call) -> VirtualProcessor | int:
     pid, vp_index, vtl, r0, r1 = struct.unpack_from("<QIBBH", call.input)
     if vtl or r0 or r1:
         return BAD  # VTL 0 only
@@ -321,6 +348,14 @@ def set_vp_registers(call: Call) -> int:
     vp = _target_vp(call)
     if isinstance(vp, int):
         return vp
+    if _live(vp):
+        # Only registers the hook may write, checked before any is (NotInHook: the run
+        # loop performs the whole call again).
+        elements = call.elements
+        end = min(call.rep_count, call.rep_start + max(1, call.budget))
+        for i in range(call.rep_start, end):
+            if int.from_bytes(elements[i][:4], "little") not in _SET_IN_HOOK:
+                raise NotInHook
     for i in call.reps():
         elem = call.elements[i]
         if any(elem[4:16]):
@@ -348,10 +383,12 @@ def register_guest_calls(table: HypercallTable) -> None:
     r(H.HvCallSendSyntheticClusterIpi, send_ipi, input_size=16, in_hook=True)
     r(H.HvCallSendSyntheticClusterIpiEx, send_ipi_ex, input_size=24, variable_header=True,
       in_hook=True)
+    # Get/SetVpRegisters read and write the calling VP's registers in its live state
+    # (another VP's, or a write that changes the CPU mode: NotInHook, the run loop).
     r(H.HvCallGetVpRegisters, get_vp_registers, rep=True, input_size=16, rep_input_size=4,
-      rep_output_size=16, privilege=H.HV_ACCESS_VP_REGISTERS)
+      rep_output_size=16, privilege=H.HV_ACCESS_VP_REGISTERS, in_hook=True)
     r(H.HvCallSetVpRegisters, set_vp_registers, rep=True, input_size=16, rep_input_size=32,
-      privilege=H.HV_ACCESS_VP_REGISTERS)
+      privilege=H.HV_ACCESS_VP_REGISTERS, in_hook=True)
     r(H.HvCallPostMessage, post_message, input_size=256, privilege=H.HV_POST_MESSAGES,
       in_hook=True)
     r(H.HvCallSignalEvent, signal_event, input_size=8, privilege=H.HV_SIGNAL_EVENTS,

@@ -180,6 +180,12 @@ class Call:
 Handler = Callable[[Call], int]
 
 
+class NotInHook(Exception):
+    """Raised by a handler registered ``in_hook`` that finds, before changing anything, that
+    this call needs the run loop (another VP's registers, a register whose write changes the
+    CPU mode): inline.py then leaves the VMCALL to the slow path, which performs it again."""
+
+
 @dataclass(frozen=True)
 class CallSpec:
     """How one call code is validated and handled."""

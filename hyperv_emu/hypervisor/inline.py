@@ -108,6 +108,12 @@ class LiveContext(CpuContext):
         self.base = C.env_address(uc)
         self.view = memoryview((ctypes.c_char * (C.CONTEXT_SIZE - C.ENV_OFFSET)).from_address(
             self.base)).cast("B")
+        self._eflags = Register64(uc, X.UC_X86_REG_EFLAGS)
+
+    def guest_rflags(self) -> int:
+        """RFLAGS assembled by the engine (uc_reg_read): while it runs, env->eflags lacks
+        the arithmetic flags and DF."""
+        return self._eflags.read() | 2
 
     def save(self) -> None:
         raise TypeError("the live CPU state has no saved copy")
