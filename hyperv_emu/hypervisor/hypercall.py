@@ -36,7 +36,7 @@ from unicorn import x86_const as X
 
 from . import context as C
 from . import hvdef as H
-from .memory import PAGE
+from .memory import A20_BIT, PAGE
 
 if TYPE_CHECKING:
     from .hv import PartitionHv
@@ -403,7 +403,9 @@ class BytesIo:
 
 
 class MemoryIo:
-    """Memory form: input and output blocks at guest-physical addresses."""
+    """Memory form: input and output blocks at guest-physical addresses, read and written in
+    place through the RAM page views the memory keeps (GuestMemory.ram_page: a dictionary
+    hit; the memory map's changes drop them)."""
 
     fast = False
 
@@ -412,20 +414,14 @@ class MemoryIo:
         self.in_gpa = in_gpa
         self.out_gpa = out_gpa
 
-    def _block_ok(self, gpa: int, size: int) -> bool:
-        if gpa & 7 or (gpa & (PAGE - 1)) + size > PAGE:
-            return False
-        region = self.mem.find(gpa)
-        return region is not None and region.kind in ("ram", "rom")
-
     def read_input(self, size: int) -> bytes | int:
         if size == 0:
             return b""
         gpa = self.in_gpa
         if gpa & 7 or (gpa & (PAGE - 1)) + size > PAGE:
             return H.HV_STATUS_INVALID_ALIGNMENT
-        # The block lies in one page: RAM or ROM there is one view (what _block_ok and a
-        # region read would find); anything else is not a valid input block.
+        # The block lies in one page: RAM or ROM there is one view (what a region read
+        # would find); anything else is not a valid input block.
         page = self.mem.ram_page(gpa)
         if page is None:
             return H.HV_STATUS_INVALID_ALIGNMENT
@@ -435,16 +431,27 @@ class MemoryIo:
     def check_output(self, size: int, input_size: int) -> int:
         if size == 0:
             return H.HV_STATUS_SUCCESS
-        region = self.mem.find(self.out_gpa)
-        if not self._block_ok(self.out_gpa, size) or region is None or region.kind != "ram":
+        gpa = self.out_gpa
+        if gpa & 7 or (gpa & (PAGE - 1)) + size > PAGE:
             return H.HV_STATUS_INVALID_ALIGNMENT
-        if input_size and self.in_gpa < self.out_gpa + size and self.out_gpa < (
-                self.in_gpa + input_size):
+        page = self.mem.ram_page(gpa)
+        if page is None or not page[2]:  # RAM only (ROM and MMIO are no output block)
+            return H.HV_STATUS_INVALID_ALIGNMENT
+        if input_size and self.in_gpa < gpa + size and gpa < self.in_gpa + input_size:
             return H.HV_STATUS_INVALID_PARAMETER
         return H.HV_STATUS_SUCCESS
 
     def write_output(self, offset: int, data: bytes) -> None:
-        self.mem.guest_write(self.out_gpa + offset, data)
+        # check_output found the block in one RAM page.
+        gpa = self.out_gpa + offset
+        mem = self.mem
+        view, off, _writable = mem.ram_page(gpa)  # type: ignore[misc]
+        n = len(data)
+        if view[off:off + n] != data:
+            view[off:off + n] = data
+            # Translated code of the bytes changed (unchanged bytes leave it valid: a guest
+            # reading the same values again pays no invalidation).
+            mem.invalidate(gpa if mem.a20 else gpa & ~A20_BIT, n)
 
 
 class FastIo:

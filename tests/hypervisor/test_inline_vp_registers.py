@@ -171,3 +171,44 @@ def test_set_vp_registers_in_the_hook_match_the_slow_path(
     assert slow.vp.inline.count == 0
     assert regs == slow.vp.read_registers()
     assert fast.clock.instructions == slow.clock.instructions
+
+
+#: The output block shares its page with code: ``call OUT_PAGE`` runs ``mov eax, 1; ret``,
+#: GetVpRegisters(R9) then stores R9's bytes ``mov eax, 2; ret`` over it, and the next call
+#: must run the new code (the output write drops the page's translated code).
+CODE_OUT = f"""
+mov rbx, {HC_PAGE:#x}
+mov r9, {int.from_bytes(bytes.fromhex("b802000000c3"), "little"):#x}
+mov r12, {OUT_PAGE:#x}
+call r12
+mov r13, rax
+mov rcx, {encode_control(H.HvCallGetVpRegisters, rep_count=1):#x}
+mov rdx, {IN_PAGE:#x}
+mov r8, {OUT_PAGE:#x}
+call rbx
+mov r15, rax
+call r12
+mov r14, rax
+hlt
+"""
+
+
+def _code_out_run() -> Any:
+    m, _hv = _hv_machine(CODE_OUT)
+    w = m.part.write_memory
+    w(IN_PAGE, struct.pack("<QIBBHI", H.HV_PARTITION_ID_SELF, H.HV_VP_INDEX_SELF, 0, 0, 0,
+                           H.HV_X64_REGISTER_RAX + 9))
+    w(OUT_PAGE, bytes.fromhex("b801000000c3"))  # mov eax, 1; ret
+    assert m.part.run(max_instructions=100_000).reason == "halted"
+    return m
+
+
+def test_output_block_over_translated_code_drops_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    fast = _code_out_run()
+    assert fast.vp.inline.count == 1
+    regs = fast.vp.read_registers()
+    assert (regs["r13"], regs["r14"]) == (1, 2)
+    assert regs["r15"] == H.HV_STATUS_SUCCESS | (1 << 32)
+    monkeypatch.setattr(InlineExits, "vmcall", lambda self, *_: False)
+    slow = _code_out_run()
+    assert regs == slow.vp.read_registers()
