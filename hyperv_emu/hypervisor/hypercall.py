@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from .vp import VirtualProcessor
 
 _M64 = 0xFFFF_FFFF_FFFF_FFFF
-_U32, _U64 = struct.Struct("<I"), struct.Struct("<Q")
+_U32, _U64, _I32 = struct.Struct("<I"), struct.Struct("<Q"), struct.Struct("<i")
 #: RAX..R15 of a context, in one unpack.
 _GPRS = struct.Struct("<16Q")
 #: Bytes of fast input in general registers (RDX, R8 / EBX:ECX, EDI:ESI) and with XMM0-5.
@@ -326,8 +326,10 @@ class HypercallTable:
         fast = io.fast
         spec = self.specs.get(control & 0xFFFF)
         # The value checks are the same for the same value, caller and spec: done once.
-        key = (control, fast, caller.privileges, caller.is_root,
-               fast and caller.xmm_fast_input)
+        # (PartitionHv.privileges and .xmm_fast_input, read from its CPUID configuration.)
+        cfg = caller.cpuid.config
+        key = (control, fast, cfg.privileges, caller.is_root,
+               fast and bool(cfg.features & H.HV_FEATURE_XMM_HYPERCALL_INPUT_AVAILABLE))
         known = self._plans.get(key)
         if known is None or known[0] is not spec:
             known = (spec, self._plan(caller, control, fast, spec))
@@ -369,7 +371,7 @@ class HypercallTable:
             return Outcome(status, done)
         if status == H.HV_STATUS_SUCCESS and spec.output_size:
             io.write_output(0, bytes(call.output))
-        return _outcome(status)
+        return _OUTCOMES.get(status) or _outcome(status)
 
 
 #: What :meth:`HypercallTable._plan` finds for a call that passes its value checks.
@@ -486,7 +488,7 @@ def vmcall_front_end(hv: PartitionHv, vp: VirtualProcessor) -> bool:
     view = ctx.view
     # Unicorn raised #UD internally for the VMCALL; a handled one must not count as the first
     # of a double fault (the SVM shutdown exit otherwise follows a few VMCALLs later).
-    ctx.old_exception = -1
+    _I32.pack_into(view, C.OFF_OLD_EXCEPTION, -1)
     # Fields read straight from the context (this runs for every hypercall, inline.py).
     hflags = _U32.unpack_from(view, C.OFF_HFLAGS)[0]
     if (not _U64.unpack_from(view, C.OFF_CR)[0] & C.CR0_PE
@@ -519,11 +521,13 @@ def vmcall_front_end(hv: PartitionHv, vp: VirtualProcessor) -> bool:
             ctx.set_gpr(2, value >> 32)
         ctx.rip = (ctx.rip - 3) & _M64  # re-execute the VMCALL (the partition adds 3)
     else:
-        result = outcome.result
+        # The result value (encode_result), stored straight into RAX (/EDX:EAX).
+        result = (outcome.status & 0xFFFF) | (
+            (outcome.reps_completed & 0xFFF) << H.HV_HYPERCALL_REP_COMP_SHIFT)
         if long64:
-            ctx.set_gpr(0, result)
+            _U64.pack_into(view, C.OFF_REGS, result)
         else:
-            ctx.set_gpr(0, result & 0xFFFF_FFFF)
-            ctx.set_gpr(2, result >> 32)
+            _U64.pack_into(view, C.OFF_REGS, result & 0xFFFF_FFFF)
+            _U64.pack_into(view, C.OFF_REGS + 16, result >> 32)
     vp._dirty = True
     return True

@@ -50,9 +50,10 @@ from . import msr_table as T
 from .blockmark import count_insns, locate_insn
 from .context import CpuContext
 from .debugregs import ICEBP
+from .hypercall import CallSpec
 from .delivery import KIND_EXCEPTION, KIND_SOFTWARE, Event, TaskGateMet, TripleFault, deliver
 from .engine import Register64
-from .hv import in_hook
+from .hv import hv_specs
 from .insn_emul import _reg_operand
 from .lapic import REG_TPR
 from .memory import UnmappedAccess
@@ -149,6 +150,9 @@ class InlineExits:
         self._deferred = False
         self.spin = SpinSkip(self)
         self._eflags = Register64(vp.uc, X.UC_X86_REG_EFLAGS)
+        #: The partition's VMCALL handler last seen, and its hypercall specs (hv.hv_specs).
+        self._hv_handler: object = None
+        self._hv_specs: dict[int, CallSpec] | None = None
 
     def svm_exit(self, code: int) -> bool:
         """Perform intercept ``code`` now and resume after its instruction; False if the
@@ -292,7 +296,11 @@ class InlineExits:
         view = ctx.view
         mmu = self.mmu
         control = _U64.unpack_from(view, C.OFF_REGS + (8 if bits == 64 else 0))[0]
-        if not in_hook(part, control & 0xFFFF):
+        if handler is not self._hv_handler:  # in_hook's look-up of the specs, once
+            self._hv_handler = handler
+            self._hv_specs = hv_specs(part)
+        spec = self._hv_specs.get(control & 0xFFFF) if self._hv_specs is not None else None
+        if spec is None or not spec.in_hook:
             return False
         s = vp.blocks.state
         last, cur = s.last, s.cur
