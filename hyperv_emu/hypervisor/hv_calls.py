@@ -110,8 +110,7 @@ def flush_list(call: Call) -> int:
     _space, flags, mask = struct.unpack_from("<QQQ", call.input)
     status = _flush(call, _mask_set(mask), flags)
     if status == OK:
-        for _ in call.reps():
-            pass
+        call.skip_reps()
     return status
 
 
@@ -123,8 +122,7 @@ def _flush_ex(call: Call, rep: bool) -> int:
         return BAD
     status = _flush(call, vps, flags)
     if status == OK and rep:
-        for _ in call.reps():
-            pass
+        call.skip_reps()
     return status
 
 

@@ -176,6 +176,11 @@ class Call:
             i += 1
             self.reps_completed = i
 
+    def skip_reps(self) -> None:
+        """Count every rep index :meth:`reps` would give as completed, without visiting them
+        (a handler whose elements need no work of their own)."""
+        self.reps_completed = min(self.rep_count, self.rep_start + max(1, self.budget))
+
 
 Handler = Callable[[Call], int]
 
@@ -224,6 +229,10 @@ class Outcome:
 #: One shared :class:`Outcome` per status of a finished call without reps (frozen, so it can
 #: be shared): most calls end in one of a few statuses.
 _OUTCOMES: dict[int, Outcome] = {}
+
+
+#: The same for finished rep calls, by (status, reps completed).
+_REP_OUTCOMES: dict[tuple[int, int], Outcome] = {}
 
 
 def _outcome(status: int) -> Outcome:
@@ -356,19 +365,31 @@ class HypercallTable:
                     bytearray(spec.output_size), budget)
         status = spec.handler(call) & 0xFFFF
         if spec.rep:
-            done = max(c.rep_start, min(call.reps_completed, c.rep_count))
-            for i in sorted(call.rep_output):
-                if c.rep_start <= i < done:
-                    io.write_output(spec.output_size + i * spec.rep_output_size,
-                                    call.rep_output[i][:spec.rep_output_size]
-                                    .ljust(spec.rep_output_size, b"\0"))
+            done = call.reps_completed
+            if done > c.rep_count:
+                done = c.rep_count
+            if done < c.rep_start:
+                done = c.rep_start
+            rep_output = call.rep_output
+            if rep_output:
+                for i in sorted(rep_output):
+                    if c.rep_start <= i < done:
+                        io.write_output(spec.output_size + i * spec.rep_output_size,
+                                        rep_output[i][:spec.rep_output_size]
+                                        .ljust(spec.rep_output_size, b"\0"))
             if spec.output_size:
                 io.write_output(0, bytes(call.output))
             if status == H.HV_STATUS_SUCCESS and done < c.rep_count:
                 cont = (control & ~(H.HV_HYPERCALL_REP_MASK << H.HV_HYPERCALL_REP_START_SHIFT)
                         ) | (done << H.HV_HYPERCALL_REP_START_SHIFT)
                 return Outcome(status, done, cont)
-            return Outcome(status, done)
+            # A finished rep call: one shared Outcome per (status, reps completed).
+            out = _REP_OUTCOMES.get((status, done))
+            if out is None:
+                if len(_REP_OUTCOMES) >= _MAX_CACHED:
+                    _REP_OUTCOMES.clear()
+                out = _REP_OUTCOMES[status, done] = Outcome(status, done)
+            return out
         if status == H.HV_STATUS_SUCCESS and spec.output_size:
             io.write_output(0, bytes(call.output))
         return _OUTCOMES.get(status) or _outcome(status)
