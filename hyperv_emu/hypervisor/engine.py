@@ -9,10 +9,12 @@ argument count in bits 26-29, as ``unicorn.h``'s ``UC_CTL`` macro does) and call
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Callable
 from typing import Any
 
 import unicorn
 from unicorn import x86_const as X
+from unicorn.unicorn_py3.arch.intel import HOOK_INSN_IN_CFUNC, HOOK_INSN_OUT_CFUNC
 from unicorn.unicorn_py3.unicorn import uclib
 
 #: Size of each engine's translated-code buffer.  Unicorn 2.1.1 reserves 1 GiB by default and
@@ -127,6 +129,36 @@ def flush_tb(uc: Any) -> None:
 def flush_tlb(uc: Any) -> None:
     """Drop ``uc``'s TLB (its cached guest-virtual to host translations)."""
     _ctl_write_no_args(uc, unicorn.UC_CTL_TLB_FLUSH)
+
+
+def hook_failed(uc: Any, exc: BaseException) -> None:
+    """What the binding's hook wrapper does with an exception a hook raised, for hooks
+    installed by :func:`add_port_hooks`: keep the first for ``emu_start`` to raise, and stop
+    the engine."""
+    if uc._hook_exception is None:
+        uc._hook_exception = exc
+    uc.emu_stop()
+
+
+def add_port_hooks(uc: Any, on_in: Callable[..., int], on_out: Callable[..., None]) -> Any:
+    """Install Unicorn's IN and OUT hooks on ``uc`` with ``on_in(handle, port, size, ud)
+    -> value`` and ``on_out(handle, port, size, value, ud)`` called straight from ctypes.
+    The binding's ``hook_add`` puts two Python frames (an exception guard and an argument
+    adapter) in front of every port access, as much again as a short device access costs;
+    these callbacks must guard themselves (:func:`hook_failed`).  Returns what must be kept
+    alive as long as ``uc``."""
+    keep = []
+    for insn, cfunc, callback in ((X.UC_X86_INS_IN, HOOK_INSN_IN_CFUNC, on_in),
+                                  (X.UC_X86_INS_OUT, HOOK_INSN_OUT_CFUNC, on_out)):
+        fptr = cfunc(callback)
+        handle = ctypes.c_size_t()
+        status = uclib.uc_hook_add(uc._uch, ctypes.byref(handle), unicorn.UC_HOOK_INSN, fptr,
+                                   None, ctypes.c_uint64(1), ctypes.c_uint64(0),
+                                   ctypes.c_int(insn))
+        if status != unicorn.UC_ERR_OK:
+            raise unicorn.UcError(status)
+        keep.append((fptr, handle))
+    return keep
 
 
 class Register64:

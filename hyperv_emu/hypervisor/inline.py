@@ -50,10 +50,10 @@ from . import msr_table as T
 from .blockmark import count_insns, locate_insn
 from .context import CpuContext
 from .debugregs import ICEBP
-from .hypercall import CallSpec
 from .delivery import KIND_EXCEPTION, KIND_SOFTWARE, Event, TaskGateMet, TripleFault, deliver
 from .engine import Register64
 from .hv import hv_specs
+from .hypercall import CallSpec
 from .insn_emul import _reg_operand
 from .lapic import REG_TPR
 from .memory import UnmappedAccess

@@ -24,7 +24,7 @@ from . import msr as M
 from .context import CpuContext, Segment
 from .debugregs import DebugRegisters
 from .delivery import KIND_EXCEPTION, KIND_EXTERNAL, Event
-from .engine import open_engine
+from .engine import add_port_hooks, hook_failed, open_engine
 from .gate import BlockGate
 from .inline import InlineExits
 from .lapic import LocalApic
@@ -149,8 +149,8 @@ class VirtualProcessor:
     def _install_hooks(self) -> None:
         uc = self.uc
         part = self.partition
-        uc.hook_add(unicorn.UC_HOOK_INSN, self._on_in, None, 1, 0, X.UC_X86_INS_IN)
-        uc.hook_add(unicorn.UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT)
+        # Port I/O, the most frequent exit, without the binding's wrapper (engine.py).
+        self._port_hooks = add_port_hooks(uc, self._on_in, self._on_out)
         uc.hook_add(unicorn.UC_HOOK_INSN, self._on_cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
         uc.hook_add(unicorn.UC_HOOK_INSN, self._on_syscall, None, 1, 0, X.UC_X86_INS_SYSCALL)
         uc.hook_add(unicorn.UC_HOOK_INSN, self._on_sysenter, None, 1, 0,
@@ -192,31 +192,38 @@ class VirtualProcessor:
 
     # Port callbacks count as accesses (see notify_interrupt): emu_stop inside one would make
     # Unicorn repeat the current element of a REP INS/OUTS, losing or duplicating data.
-    def _on_in(self, uc: unicorn.Uc, port: int, size: int, _ud: object) -> int:
+    # Called by ctypes with the engine's raw handle (engine.add_port_hooks): an exception is
+    # handed to the engine as the binding's wrapper would (hook_failed).
+    def _on_in(self, _uch: object, port: int, size: int, _ud: object) -> int:
         self._in_access += 1
         try:
             block = self.partition.block_io
-            if block is not None and block.offers(port):
+            if block is not None and port in block.ports and block.offers(port):
                 value = block.rep_in(self, port, size)  # a whole REP INS run (stringio.py)
                 if value is not None:
                     return value
             value = int(self.partition._io_read(port, size)) & ((1 << (8 * size)) - 1)
             self.partition.io_stall()
             return value
+        except Exception as exc:  # noqa: BLE001 - raised again by emu_start
+            hook_failed(self.uc, exc)
+            return 0
         finally:
             self._in_access -= 1
 
-    def _on_out(self, uc: unicorn.Uc, port: int, size: int, value: int, _ud: object) -> None:
+    def _on_out(self, _uch: object, port: int, size: int, value: int, _ud: object) -> None:
         self._in_access += 1
         try:
             value &= (1 << (8 * size)) - 1
             block = self.partition.block_io
-            if block is not None and block.offers(port) and block.rep_out(self, port, size,
-                                                                           value):
+            if block is not None and port in block.ports and block.offers(port) and (
+                    block.rep_out(self, port, size, value)):
                 return
             part = self.partition
             part._io_write(port, size, value)
             part.io_stall()
+        except Exception as exc:  # noqa: BLE001 - raised again by emu_start
+            hook_failed(self.uc, exc)
         finally:
             self._in_access -= 1
 
