@@ -15,7 +15,7 @@ from typing import Any
 import unicorn
 from unicorn import x86_const as X
 from unicorn.unicorn_py3.arch.intel import HOOK_INSN_IN_CFUNC, HOOK_INSN_OUT_CFUNC
-from unicorn.unicorn_py3.unicorn import uclib
+from unicorn.unicorn_py3.unicorn import HOOK_INSN_INVALID_CFUNC, HOOK_INTR_CFUNC, uclib
 
 #: Size of each engine's translated-code buffer.  Unicorn 2.1.1 reserves 1 GiB by default and
 #: its first translation-cache flush touches every page of it (1 GiB resident per VP, ~0.5 s);
@@ -155,6 +155,41 @@ def add_port_hooks(uc: Any, on_in: Callable[..., int], on_out: Callable[..., Non
         status = uclib.uc_hook_add(uc._uch, ctypes.byref(handle), unicorn.UC_HOOK_INSN, fptr,
                                    None, ctypes.c_uint64(1), ctypes.c_uint64(0),
                                    ctypes.c_int(insn))
+        if status != unicorn.UC_ERR_OK:
+            raise unicorn.UcError(status)
+        keep.append((fptr, handle))
+    return keep
+
+
+def add_trap_hooks(uc: Any, on_intr: Callable[[Any, int, object], None],
+                   on_invalid: Callable[[Any, object], bool]) -> Any:
+    """Install ``UC_HOOK_INTR`` and ``UC_HOOK_INSN_INVALID`` on ``uc`` calling
+    ``on_intr(uc, intno, None)`` and ``on_invalid(uc, None)`` as the binding's ``hook_add``
+    would, through one guard frame of ours instead of the binding's two (every hypercall,
+    trapped MSR and exception comes here).  Returns what must be kept alive as long as
+    ``uc``."""
+
+    def intr(_uch: object, intno: int, _ud: object) -> None:
+        try:
+            on_intr(uc, intno, None)
+        except Exception as exc:  # noqa: BLE001 - raised again by emu_start
+            hook_failed(uc, exc)
+
+    def invalid(_uch: object, _ud: object) -> bool:
+        try:
+            return on_invalid(uc, None)
+        except Exception as exc:  # noqa: BLE001 - raised again by emu_start
+            hook_failed(uc, exc)
+            return False
+
+    keep = []
+    for htype, cfunc, callback in ((unicorn.UC_HOOK_INTR, HOOK_INTR_CFUNC, intr),
+                                   (unicorn.UC_HOOK_INSN_INVALID, HOOK_INSN_INVALID_CFUNC,
+                                    invalid)):
+        fptr = cfunc(callback)
+        handle = ctypes.c_size_t()
+        status = uclib.uc_hook_add(uc._uch, ctypes.byref(handle), htype, fptr, None,
+                                   ctypes.c_uint64(1), ctypes.c_uint64(0))
         if status != unicorn.UC_ERR_OK:
             raise unicorn.UcError(status)
         keep.append((fptr, handle))

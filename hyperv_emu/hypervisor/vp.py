@@ -24,7 +24,7 @@ from . import msr as M
 from .context import CpuContext, Segment
 from .debugregs import DebugRegisters
 from .delivery import KIND_EXCEPTION, KIND_EXTERNAL, Event
-from .engine import add_port_hooks, hook_failed, open_engine
+from .engine import add_port_hooks, add_trap_hooks, hook_failed, open_engine
 from .gate import BlockGate
 from .inline import InlineExits
 from .lapic import LocalApic
@@ -155,8 +155,8 @@ class VirtualProcessor:
         uc.hook_add(unicorn.UC_HOOK_INSN, self._on_syscall, None, 1, 0, X.UC_X86_INS_SYSCALL)
         uc.hook_add(unicorn.UC_HOOK_INSN, self._on_sysenter, None, 1, 0,
                     X.UC_X86_INS_SYSENTER)
-        uc.hook_add(unicorn.UC_HOOK_INTR, self._on_intr)
-        uc.hook_add(unicorn.UC_HOOK_INSN_INVALID, self._on_invalid)
+        # Hypercalls, trapped MSRs and exceptions with one guard frame (engine.py).
+        self._trap_hooks = add_trap_hooks(uc, self._on_intr, self._on_invalid)
         uc.hook_add(unicorn.UC_HOOK_MEM_READ_UNMAPPED | unicorn.UC_HOOK_MEM_WRITE_UNMAPPED
                     | unicorn.UC_HOOK_MEM_FETCH_UNMAPPED | unicorn.UC_HOOK_MEM_FETCH_PROT
                     | unicorn.UC_HOOK_MEM_READ_PROT, self._on_bad_access)

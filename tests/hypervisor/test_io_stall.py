@@ -56,7 +56,7 @@ def test_an_exception_in_a_port_handler_reaches_the_caller() -> None:
     for src in ("in al, 0x71\nhlt\n", "out 0x70, al\nhlt\n"):
         m = machine()
 
-        def bug(*_args: object) -> int:
+        def bug(*_args: object, src: str = src) -> int:
             raise _DeviceBug(src)
 
         m.part.set_io_handler(bug, bug)
