@@ -48,15 +48,17 @@ def parse_vp_set(fixed: bytes, banks: bytes, vp_count: int) -> frozenset[int] | 
         return frozenset(range(vp_count))
     if fmt != H.HV_GENERIC_SET_SPARSE_4K:
         return None
-    words = [int.from_bytes(banks[i:i + 8], "little") for i in range(0, len(banks), 8)]
     out: set[int] = set()
     n = 0
-    for bank in range(64):
-        if mask >> bank & 1:
-            if n >= len(words):
-                return None
-            out.update(bank * 64 + b for b in range(64) if words[n] >> b & 1)
-            n += 1
+    while mask:  # the valid banks, lowest first (one step per set bit, not 64 tests)
+        low = mask & -mask
+        mask ^= low
+        if 8 * n >= len(banks):
+            return None
+        base = (low.bit_length() - 1) * 64
+        out.update(base + b for b in _mask_set(int.from_bytes(banks[8 * n:8 * n + 8],
+                                                                "little")))
+        n += 1
     return frozenset(out)
 
 
