@@ -304,7 +304,8 @@ class InlineExits:
             return False
         s = vp.blocks.state
         last, cur = s.last, s.cur
-        k = count_insns(mmu.read, last, bits, linear)
+        # (A hypercall page's VMCALL starts its block: no decoding then.)
+        k = 0 if linear == last else count_insns(mmu.read, last, bits, linear)
         if k is None or k >= cur:
             return False
         retired = s.retired
