@@ -208,7 +208,7 @@ class CallSpec:
     rep_output_size: int = 0
     variable_header: bool = False
     #: A VP's call may run inside its engine's hook (inline.py): the handler touches no saved
-    #: registers and does not change the memory map.
+    #: registers and does not change the memory map (or raises NotInHook before it would).
     in_hook: bool = False
 
 
