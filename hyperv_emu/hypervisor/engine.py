@@ -126,9 +126,16 @@ def flush_tb(uc: Any) -> None:
     _ctl_write_no_args(uc, unicorn.UC_CTL_TB_FLUSH)
 
 
+#: uc_ctl's control word for a TLB flush (write, no arguments).
+_TLB_FLUSH = (unicorn.UC_CTL_IO_WRITE << 30) | unicorn.UC_CTL_TLB_FLUSH
+
+
 def flush_tlb(uc: Any) -> None:
-    """Drop ``uc``'s TLB (its cached guest-virtual to host translations)."""
-    _ctl_write_no_args(uc, unicorn.UC_CTL_TLB_FLUSH)
+    """Drop ``uc``'s TLB (its cached guest-virtual to host translations).  One ``uc_ctl``
+    call, no helper: the gate drops the TLB at every new block, a TLB-flush hypercall for
+    each VP it names."""
+    if uclib.uc_ctl(uc._uch, _TLB_FLUSH) != unicorn.UC_ERR_OK:
+        _ctl_write_no_args(uc, unicorn.UC_CTL_TLB_FLUSH)  # raises the engine's error
 
 
 def hook_failed(uc: Any, exc: BaseException) -> None:

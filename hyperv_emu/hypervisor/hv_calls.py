@@ -96,7 +96,7 @@ def _flush(call: Call, vps: frozenset[int] | None, flags: int) -> int:
         return OK
     for vp in part.vps:
         if flags & H.HV_FLUSH_ALL_PROCESSORS or vps is None or vp.index in vps:
-            flush_tlb(vp)
+            engine_flush_tlb(vp.uc)  # (flush_tlb, without its frame)
     return OK
 
 
