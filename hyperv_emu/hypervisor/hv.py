@@ -114,9 +114,9 @@ class PartitionHv:
             self.synic.install_msrs()
 
     # ---- VMCALL ------------------------------------------------------------------------------
-    def vmcall(self, vp: VirtualProcessor) -> bool:
-        """``Partition.vmcall_handler``: a hypercall, or False for #UD."""
-        return vmcall_front_end(self, vp)
+    #: ``Partition.vmcall_handler``: a hypercall, or False for #UD (the front end itself,
+    #: bound: no frame of its own on every VMCALL).
+    vmcall = vmcall_front_end
 
     def vp(self, index: int) -> VirtualProcessor | None:
         part = self.partition

@@ -213,7 +213,12 @@ class InlineExits:
             return self.exception(6)  # INT 6, not an invalid opcode
         bits, linear = _code_address(view)
         try:
-            insn = self.mmu.read(linear, 3, fetch=True)
+            if linear & 0xFFF <= 0xFFD:  # (Mmu.read's first case, without its frame)
+                page = self.mmu.mem.ram_page(self.mmu.translate(linear, fetch=True))
+                insn = (bytes(page[0][page[1]:page[1] + 3]) if page is not None
+                        else self.mmu.read(linear, 3, fetch=True))
+            else:
+                insn = self.mmu.read(linear, 3, fetch=True)
         except (GuestFault, UnmappedAccess):
             return False
         if insn in _VMCALLS:
