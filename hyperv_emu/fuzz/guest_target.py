@@ -172,7 +172,7 @@ class _Rig:
             return board.io_write_block(port, size, data)
 
         m.vm.set_io_handlers(io_read, io_write, board.offers_block, io_read_block,
-                             io_write_block)
+                             io_write_block, board.block_ports)
 
     def _owner(self, port: int) -> str:
         """The device at a port claimed after the snapshot (a BAR the input moved); "" for
