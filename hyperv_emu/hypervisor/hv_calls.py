@@ -202,8 +202,11 @@ _SEG_NAMES[H.HV_X64_REGISTER_LDTR] = "ldt"  # type: ignore[assignment]
 _SEG_NAMES[H.HV_X64_REGISTER_TR] = "tr"  # type: ignore[assignment]
 
 
+_M128 = (1 << 128) - 1
+
+
 def _u128(value: int) -> bytes:
-    return (value & ((1 << 128) - 1)).to_bytes(16, "little")
+    return (value & _M128).to_bytes(16, "little")
 
 
 def get_register(vp: VirtualProcessor, name: int) -> bytes | int:
@@ -308,26 +311,28 @@ _SET_IN_HOOK = frozenset((*range(H.HV_X64_REGISTER_RAX, H.HV_X64_REGISTER_RAX + 
 def _target_vp(call: Call) -> VirtualProcessor | int:
     """The VP a Get/SetVpRegisters call names, or an HV_STATUS.  Inside the calling VP's
     hook only that VP's own registers are reachable (NotInHook otherwise)."""
-    target = _named_vp(call)
-    if not isinstance(target, int) and call.vp is not None and target is not call.vp and (
-            _live(call.vp)):
-        raise NotInHook
-    return target
-
-
-def _named_vp(call: Call) -> VirtualProcessor | int:
-    pid, vp_index, vtl, r0, r1 = struct.unpack_from("<QIBBH", call.input)
+    pid, vp_index, vtl, r0, r1 = _VP_HEADER.unpack_from(call.input)
     if vtl or r0 or r1:
         return BAD  # VTL 0 only
-    target = resolve_partition(call, pid)
+    caller = call.caller
+    # (resolve_partition's first case, without its frame: the caller's own VPs.)
+    target = caller if pid in (H.HV_PARTITION_ID_SELF, caller.id) else (
+        resolve_partition(call, pid))
     if isinstance(target, int):
         return target
     if vp_index == H.HV_VP_INDEX_SELF:
-        if target is not call.caller or call.vp is None:
+        if target is not caller or call.vp is None:
             return H.HV_STATUS_INVALID_VP_INDEX
         return call.vp
     vp = target.vp(vp_index)
-    return H.HV_STATUS_INVALID_VP_INDEX if vp is None else vp
+    if vp is None:
+        return H.HV_STATUS_INVALID_VP_INDEX
+    if call.vp is not None and vp is not call.vp and _live(call.vp):
+        raise NotInHook
+    return vp
+
+
+_VP_HEADER = struct.Struct("<QIBBH")
 
 
 def get_vp_registers(call: Call) -> int:
@@ -335,11 +340,17 @@ def get_vp_registers(call: Call) -> int:
     vp = _target_vp(call)
     if isinstance(vp, int):
         return vp
-    for i in call.reps():
-        value = get_register(vp, int.from_bytes(call.elements[i], "little"))
+    # The indices call.reps() gives, counted here without a generator (one call in a rep
+    # loop of a guest's GetVpRegisters names one to a few registers).
+    elements, out = call.elements, call.rep_output
+    end = min(call.rep_count, call.rep_start + max(1, call.budget))
+    for i in range(call.rep_start, end):
+        value = get_register(vp, int.from_bytes(elements[i], "little"))
         if isinstance(value, int):
+            call.reps_completed = i
             return value
-        call.rep_output[i] = value
+        out[i] = value
+    call.reps_completed = max(end, call.rep_start)
     return OK
 
 

@@ -372,11 +372,13 @@ class HypercallTable:
                 done = c.rep_start
             rep_output = call.rep_output
             if rep_output:
+                size = spec.rep_output_size
                 for i in sorted(rep_output):
                     if c.rep_start <= i < done:
-                        io.write_output(spec.output_size + i * spec.rep_output_size,
-                                        rep_output[i][:spec.rep_output_size]
-                                        .ljust(spec.rep_output_size, b"\0"))
+                        value = rep_output[i]
+                        if len(value) != size:
+                            value = value[:size].ljust(size, b"\0")
+                        io.write_output(spec.output_size + i * size, value)
             if spec.output_size:
                 io.write_output(0, bytes(call.output))
             if status == H.HV_STATUS_SUCCESS and done < c.rep_count:
@@ -436,6 +438,10 @@ class MemoryIo:
         self.mem = vp.partition.memory
         self.in_gpa = in_gpa
         self.out_gpa = out_gpa
+        #: The memory map's generation and the A20 gate when check_output found the output
+        #: page, and its view and page offset (a handler that changes the map makes
+        #: write_output look it up again).
+        self._out: tuple[int, bool, memoryview, int] | None = None
 
     def read_input(self, size: int) -> bytes | int:
         if size == 0:
@@ -460,6 +466,7 @@ class MemoryIo:
         page = self.mem.ram_page(gpa)
         if page is None or not page[2]:  # RAM only (ROM and MMIO are no output block)
             return H.HV_STATUS_INVALID_ALIGNMENT
+        self._out = (self.mem.generation, self.mem.a20, page[0], page[1] - (gpa & (PAGE - 1)))
         if input_size and self.in_gpa < gpa + size and gpa < self.in_gpa + input_size:
             return H.HV_STATUS_INVALID_PARAMETER
         return H.HV_STATUS_SUCCESS
@@ -468,9 +475,13 @@ class MemoryIo:
         # check_output found the block in one RAM page.
         gpa = self.out_gpa + offset
         mem = self.mem
-        view, off, _writable = mem.ram_page(gpa)  # type: ignore[misc]
+        known = self._out
+        if known is not None and known[0] == mem.generation and known[1] == mem.a20:
+            view, off = known[2], known[3] + (gpa & (PAGE - 1))
+        else:
+            view, off, _writable = mem.ram_page(gpa)  # type: ignore[misc]
         n = len(data)
-        if view[off:off + n] != data:
+        if view[off:off + n].tobytes() != data:
             view[off:off + n] = data
             # Translated code of the bytes changed (unchanged bytes leave it valid: a guest
             # reading the same values again pays no invalidation).
