@@ -543,7 +543,10 @@ def vmcall_front_end(hv: PartitionHv, vp: VirtualProcessor) -> bool:
         io = FastIo(vp, in_val, out_val)
     else:
         io = MemoryIo(vp, in_val, out_val)
-    outcome = hv.hypervisor.hypercalls.dispatch(hv, vp, control, io)
+    table = hv.hypervisor.hypercalls
+    # (dispatch adds only the listeners' records: without listeners, its body directly.)
+    outcome = (table.dispatch(hv, vp, control, io) if table.listeners
+               else table._dispatch(hv, vp, control & _M64, io))
     if outcome.continue_control is not None:
         value = outcome.continue_control
         if long64:
