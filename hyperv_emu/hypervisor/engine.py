@@ -169,12 +169,14 @@ def add_port_hooks(uc: Any, on_in: Callable[..., int], on_out: Callable[..., Non
 
 
 def add_trap_hooks(uc: Any, on_intr: Callable[[Any, int, object], None],
-                   on_invalid: Callable[[Any, object], bool]) -> Any:
+                   on_invalid: Callable[[Any, object], bool],
+                   invalid_first: Callable[[], bool]) -> Any:
     """Install ``UC_HOOK_INTR`` and ``UC_HOOK_INSN_INVALID`` on ``uc`` calling
     ``on_intr(uc, intno, None)`` and ``on_invalid(uc, None)`` as the binding's ``hook_add``
     would, through one guard frame of ours instead of the binding's two (every hypercall,
-    trapped MSR and exception comes here).  Returns what must be kept alive as long as
-    ``uc``."""
+    trapped MSR and exception comes here).  ``invalid_first()`` is asked first and
+    ``on_invalid`` is not called when it says True (the in-hook path's deferral of a
+    VMCALL's first hook, inline.py).  Returns what must be kept alive as long as ``uc``."""
 
     def intr(_uch: object, intno: int, _ud: object) -> None:
         try:
@@ -184,7 +186,7 @@ def add_trap_hooks(uc: Any, on_intr: Callable[[Any, int, object], None],
 
     def invalid(_uch: object, _ud: object) -> bool:
         try:
-            return on_invalid(uc, None)
+            return invalid_first() or on_invalid(uc, None)
         except Exception as exc:  # noqa: BLE001 - raised again by emu_start
             hook_failed(uc, exc)
             return False

@@ -138,6 +138,10 @@ class VirtualProcessor:
         self.blocks = BlockGate(self.uc)
         #: SVM intercepts performed inside the hook, without ending the slice (inline.py).
         self.inline = InlineExits(self)
+        # Hypercalls, trapped MSRs and exceptions with one guard frame (engine.py); the
+        # in-hook path's VMCALL deferral is asked before _on_invalid.
+        self._trap_hooks = add_trap_hooks(self.uc, self._on_intr, self._on_invalid,
+                                          self.inline.defer_invalid)
         #: The pages this engine translated code from, to drop blocks gone stale (xmodify.py).
         self.code_pages = CodePages(self, self.inline.mmu)
         self.blocks.on_new_block = self.code_pages.new_block
@@ -155,8 +159,7 @@ class VirtualProcessor:
         uc.hook_add(unicorn.UC_HOOK_INSN, self._on_syscall, None, 1, 0, X.UC_X86_INS_SYSCALL)
         uc.hook_add(unicorn.UC_HOOK_INSN, self._on_sysenter, None, 1, 0,
                     X.UC_X86_INS_SYSENTER)
-        # Hypercalls, trapped MSRs and exceptions with one guard frame (engine.py).
-        self._trap_hooks = add_trap_hooks(uc, self._on_intr, self._on_invalid)
+        # (UC_HOOK_INTR and UC_HOOK_INSN_INVALID: __init__, once self.inline exists.)
         uc.hook_add(unicorn.UC_HOOK_MEM_READ_UNMAPPED | unicorn.UC_HOOK_MEM_WRITE_UNMAPPED
                     | unicorn.UC_HOOK_MEM_FETCH_UNMAPPED | unicorn.UC_HOOK_MEM_FETCH_PROT
                     | unicorn.UC_HOOK_MEM_READ_PROT, self._on_bad_access)
@@ -278,8 +281,7 @@ class VirtualProcessor:
         self._stop()
 
     def _on_invalid(self, uc: unicorn.Uc, _ud: object) -> bool:
-        if self.inline.defer_invalid():
-            return True  # the #UD that Unicorn raises next comes to _on_intr (inline.py)
+        # (inline.defer_invalid said no first: add_trap_hooks.)
         self._exit = ("invalid",)
         self._stop()
         return True  # resume at the same RIP, which the stop prevents; decoded by the run loop
