@@ -12,7 +12,7 @@ from unicorn import x86_const as X
 
 from . import hvdef as H
 from . import msr as M
-from .context import Segment
+from .context import OFF_EIP, OFF_REGS, Segment
 from .engine import flush_tlb as engine_flush_tlb
 from .hypercall import Call, HypercallTable, NotInHook
 from .mmu import GuestFault
@@ -203,6 +203,8 @@ _SEG_NAMES[H.HV_X64_REGISTER_TR] = "tr"  # type: ignore[assignment]
 
 
 _M128 = (1 << 128) - 1
+_RAX = H.HV_X64_REGISTER_RAX
+_U64 = struct.Struct("<Q")
 
 
 def _u128(value: int) -> bytes:
@@ -212,10 +214,14 @@ def _u128(value: int) -> bytes:
 def get_register(vp: VirtualProcessor, name: int) -> bytes | int:
     """HV_REGISTER_VALUE (16 bytes) of register ``name``, or an HV_STATUS."""
     ctx = vp.ctx
-    if H.HV_X64_REGISTER_RAX <= name < H.HV_X64_REGISTER_RAX + 16:
-        return _u128(ctx.gpr(name - H.HV_X64_REGISTER_RAX))
+    # The general registers and RIP straight from the context's bytes (a guest's
+    # GetVpRegisters names few registers, and this runs inside its VMCALL's hook).
+    if _RAX <= name < _RAX + 16:
+        value: int = _U64.unpack_from(ctx.view, OFF_REGS + 8 * (name - _RAX))[0]
+        return value.to_bytes(16, "little")
     if name == H.HV_X64_REGISTER_RIP:
-        return _u128(ctx.rip)
+        rip: int = _U64.unpack_from(ctx.view, OFF_EIP)[0]
+        return rip.to_bytes(16, "little")
     if name == H.HV_X64_REGISTER_RFLAGS:
         return _u128(ctx.guest_rflags())
     if H.HV_X64_REGISTER_CR0 <= name <= H.HV_X64_REGISTER_CR4:
