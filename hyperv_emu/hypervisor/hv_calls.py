@@ -256,8 +256,8 @@ def set_register(vp: VirtualProcessor, name: int, value: bytes) -> int:
     """Write HV_REGISTER_VALUE ``value`` to register ``name``; returns an HV_STATUS."""
     ctx = vp.ctx
     v = int.from_bytes(value[:8], "little")
-    if H.HV_X64_REGISTER_RAX <= name < H.HV_X64_REGISTER_RAX + 16:
-        ctx.set_gpr(name - H.HV_X64_REGISTER_RAX, v)
+    if _RAX <= name < _RAX + 16:
+        _U64.pack_into(ctx.view, OFF_REGS + 8 * (name - _RAX), v)  # (ctx.set_gpr's store)
     elif name == H.HV_X64_REGISTER_RIP:
         ctx.rip = v
     elif name == H.HV_X64_REGISTER_RFLAGS:
