@@ -9,7 +9,7 @@ the same run: the slice then ends at every trap and the run loop performs it.
 
 Then one row per hypercall a Linux or Windows guest makes often (fast and memory forms:
 spin-wait hint, TLB flushes, synthetic IPIs, PostMessage/SignalEvent to a host listener as
-VMBus does, GetVpRegisters) and per synthetic MSR access (TIME_REF_COUNT and VP_INDEX reads,
+VMBus does, Get/SetVpRegisters) and per synthetic MSR access (TIME_REF_COUNT and VP_INDEX reads,
 EOM and SINT writes), each as a ratio to the bare VMCALL trap (issue 7's target: >= 0.5x).
 Every row checks the status the last call returned, so a call that fails fast is not
 mistaken for a fast call.
@@ -175,6 +175,10 @@ ROWS: dict[str, tuple[str, bytes, int | None]] = {
         hypercall(H.HvCallGetVpRegisters, rep_count=1),
         struct.pack("<QIBBHI", H.HV_PARTITION_ID_SELF, H.HV_VP_INDEX_SELF, 0, 0, 0,
                     H.HV_X64_REGISTER_RIP), OK),
+    "SetVpRegisters, memory, 1 rep (R13)": (
+        hypercall(H.HvCallSetVpRegisters, rep_count=1),
+        struct.pack("<QIBBH", H.HV_PARTITION_ID_SELF, H.HV_VP_INDEX_SELF, 0, 0, 0)
+        + struct.pack("<I12xQQ", H.HV_X64_REGISTER_RAX + 13, 0x1313, 0), OK),
     "RDMSR TIME_REF_COUNT": (loop("mov ecx, 0x40000020\nrdmsr", iters=ROW_ITERS), b"", None),
     "RDMSR VP_INDEX": (loop(f"mov ecx, {H.HV_X64_MSR_VP_INDEX:#x}\nrdmsr", iters=ROW_ITERS),
                        b"", None),

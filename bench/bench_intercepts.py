@@ -135,7 +135,8 @@ def device_out() -> float:
     part = Partition(VirtualClock())
     part.map_ram(0, 0x200000)
     part.set_io_handler(board.io_read, board.io_write)
-    part.set_io_block_handler(board.offers_block, board.io_read_block, board.io_write_block)
+    part.set_io_block_handler(board.offers_block, board.io_read_block, board.io_write_block,
+                              board.block_ports)
     vp = part.create_vp()
     elapsed = _timed_run(part, vp, OUT_LOOP, time.thread_time)
     assert post.code == 1  # the last value written

@@ -9,7 +9,12 @@ It runs, in the same run and on the same image:
 * ``qemu-system-i386 -accel tcg`` as a whole process, when installed (``--install-qemu`` runs
   ``apt-get install -y qemu-system-x86`` first).
 
-and prints seconds, guest instructions per second, and ratios against the bare engine and QEMU.
+and prints seconds, guest instructions per second, and ratios against the bare engine and QEMU:
+wall time, and the CPU time (user + system) each took, which on a shared, loaded machine is
+the steadier figure (wall time there mostly measures the other processes).  The package is
+byte-compiled first and the children may write bytecode, as after ``pip install``: with
+``PYTHONDONTWRITEBYTECODE`` set and no ``__pycache__``, every ``hyperv-emu`` process would
+compile its ~100 modules again (about 0.6 s of CPU), which no installed copy does.
 
 Run: ``python bench/bench_loop.py [--minsns 600]`` (millions of loop instructions).
 """
@@ -17,7 +22,9 @@ Run: ``python bench/bench_loop.py [--minsns 600]`` (millions of loop instruction
 from __future__ import annotations
 
 import argparse
+import compileall
 import os
+import resource
 import shutil
 import struct
 import subprocess
@@ -63,12 +70,16 @@ def bare_unicorn(sector: bytes, end: int) -> float:
     return time.perf_counter() - t
 
 
-def timed(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, int]:
-    """Wall seconds and exit status of a whole process."""
+def timed(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float, int]:
+    """Wall seconds, CPU seconds (user + system) and exit status of a whole process."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     done = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                           check=False)
-    return time.perf_counter() - t, done.returncode
+    wall = time.perf_counter() - t
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu, done.returncode
 
 
 def main() -> None:
@@ -89,28 +100,36 @@ def main() -> None:
         image.write_bytes(sector + bytes(1 << 20))
         print(f"loop: {insns / 1e6:.0f} M instructions ({iterations:,} iterations), "
               f"unicorn {installed_unicorn()}")
+        cpu0 = time.thread_time()
         bare = bare_unicorn(sector, end)
-        print(f"  bare Unicorn (in process)     {bare:7.2f} s  {insns / bare / 1e6:8.0f} M insn/s")
+        bare_cpu = time.thread_time() - cpu0
+        print(f"  bare Unicorn (in process)     {bare:7.2f} s  {insns / bare / 1e6:8.0f} M insn/s"
+              f"  (CPU {bare_cpu:.2f} s)")
+        compileall.compile_dir(ROOT / "hyperv_emu", quiet=1)
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        results: dict[str, float] = {}
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        results: dict[str, tuple[float, float]] = {}
         for mode in ("host", "deterministic"):
             cmd = [sys.executable, "-m", "hyperv_emu", "run", "--disk", str(image),
                    "--clock", mode, "--serial", "none"]
-            secs, rc = timed(cmd, env)
-            results[mode] = secs
+            secs, cpu, rc = timed(cmd, env)
+            results[mode] = secs, cpu
             print(f"  hyperv-emu --clock {mode:13s} {secs:7.2f} s  "
-                  f"{insns / secs / 1e6:8.0f} M insn/s  {secs / bare:6.2f}x bare  (exit {rc})")
+                  f"{insns / secs / 1e6:8.0f} M insn/s  {secs / bare:6.2f}x bare  "
+                  f"(CPU {cpu:.2f} s, {cpu / bare_cpu:.2f}x bare; exit {rc})")
         qemu = shutil.which("qemu-system-i386")
         if qemu is None:
             print("  qemu-system-i386: not installed (--install-qemu)")
             return
-        secs, rc = timed([qemu, "-accel", "tcg", "-display", "none", "-nodefaults",
-                          "-no-reboot", "-m", "32", "-drive", f"format=raw,file={image}",
-                          "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
+        secs, cpu, rc = timed([qemu, "-accel", "tcg", "-display", "none", "-nodefaults",
+                               "-no-reboot", "-m", "32", "-drive", f"format=raw,file={image}",
+                               "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
         print(f"  qemu-system-i386 -accel tcg   {secs:7.2f} s  {insns / secs / 1e6:8.0f} M insn/s"
-              f"  {secs / bare:6.2f}x bare  (exit {rc})")
-        for mode, mine in results.items():
-            print(f"  hyperv-emu --clock {mode} / QEMU TCG: {mine / secs:.2f}x wall time")
+              f"  {secs / bare:6.2f}x bare  (CPU {cpu:.2f} s; exit {rc})")
+        for mode, (mine, mine_cpu) in results.items():
+            print(f"  hyperv-emu --clock {mode} / QEMU TCG: {mine / secs:.2f}x wall time,"
+                  f" {mine_cpu / cpu:.2f}x CPU time")
+        print(f"  load average {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

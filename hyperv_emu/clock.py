@@ -188,6 +188,20 @@ class VirtualClock:
         self._prune()
         return self._heap[0][0] if self._heap else None
 
+    def stall_next(self, ns: int) -> int | None:
+        """:meth:`stall` for ``ns``, then :meth:`next_deadline`, in one call (every
+        intercepted port access does both)."""
+        if self.mode == "deterministic" and ns > 0:
+            self._base_ns += ns
+        heap = self._heap
+        if not heap:
+            return None
+        deadline, _seq, token, timer = heap[0]
+        if timer.deadline is not None and token == timer._token:
+            return deadline  # the earliest entry is live: nothing to prune
+        self._prune()
+        return heap[0][0] if heap else None
+
     def run_due(self) -> int:
         """Fire every timer whose deadline has passed, in deadline order; returns how many."""
         fired = 0

@@ -255,7 +255,7 @@ def test_closed_pipe_met_inside_an_in_hook(unraisable: list[str], tmp_path: Path
         with contextlib.suppress(BrokenPipeError):
             pipe.close()
     assert not reads  # the BIOS's first port read already met the closed pipe
-    if guarded:
-        assert unraisable == []
-    else:
-        assert len(unraisable) == 1 and "ctypes callback" in unraisable[0]
+    # Guarded or not, nothing is reported as unraisable: the IN hook hands the exception to
+    # the engine and still gives ctypes a value to return (engine.add_port_hooks; the
+    # binding's wrapper returned None there, which ctypes reported on standard error).
+    assert unraisable == []

@@ -176,7 +176,7 @@ class _Rig:
             return board.io_write_block(port, size, data)
 
         m.vm.set_io_handlers(io_read, io_write, board.offers_block, io_read_block,
-                             io_write_block)
+                             io_write_block, board.block_ports)
 
     def _steady(self, key: str) -> bool:
         """Whether device ``key``'s saved state stays the same while only virtual time

@@ -222,6 +222,11 @@ class CpuContext:
     def rflags(self, value: int) -> None:
         self.set_u64(OFF_EFLAGS, value | 2)
 
+    def guest_rflags(self) -> int:
+        """RFLAGS as the guest's PUSHF would store it (a live context assembles the
+        arithmetic flags and DF, which the running engine keeps apart: inline.py)."""
+        return self.rflags
+
     @property
     def hflags(self) -> int:
         return self.u32(OFF_HFLAGS)

@@ -9,11 +9,13 @@ argument count in bits 26-29, as ``unicorn.h``'s ``UC_CTL`` macro does) and call
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Callable
 from typing import Any
 
 import unicorn
 from unicorn import x86_const as X
-from unicorn.unicorn_py3.unicorn import uclib
+from unicorn.unicorn_py3.arch.intel import HOOK_INSN_IN_CFUNC, HOOK_INSN_OUT_CFUNC
+from unicorn.unicorn_py3.unicorn import HOOK_INSN_INVALID_CFUNC, HOOK_INTR_CFUNC, uclib
 
 #: Size of each engine's translated-code buffer.  Unicorn 2.1.1 reserves 1 GiB by default and
 #: its first translation-cache flush touches every page of it (1 GiB resident per VP, ~0.5 s);
@@ -124,9 +126,83 @@ def flush_tb(uc: Any) -> None:
     _ctl_write_no_args(uc, unicorn.UC_CTL_TB_FLUSH)
 
 
+#: uc_ctl's control word for a TLB flush (write, no arguments).
+_TLB_FLUSH = (unicorn.UC_CTL_IO_WRITE << 30) | unicorn.UC_CTL_TLB_FLUSH
+
+
 def flush_tlb(uc: Any) -> None:
-    """Drop ``uc``'s TLB (its cached guest-virtual to host translations)."""
-    _ctl_write_no_args(uc, unicorn.UC_CTL_TLB_FLUSH)
+    """Drop ``uc``'s TLB (its cached guest-virtual to host translations).  One ``uc_ctl``
+    call, no helper: the gate drops the TLB at every new block, a TLB-flush hypercall for
+    each VP it names."""
+    if uclib.uc_ctl(uc._uch, _TLB_FLUSH) != unicorn.UC_ERR_OK:
+        _ctl_write_no_args(uc, unicorn.UC_CTL_TLB_FLUSH)  # raises the engine's error
+
+
+def hook_failed(uc: Any, exc: BaseException) -> None:
+    """What the binding's hook wrapper does with an exception a hook raised, for hooks
+    installed by :func:`add_port_hooks`: keep the first for ``emu_start`` to raise, and stop
+    the engine."""
+    if uc._hook_exception is None:
+        uc._hook_exception = exc
+    uc.emu_stop()
+
+
+def add_port_hooks(uc: Any, on_in: Callable[..., int], on_out: Callable[..., None]) -> Any:
+    """Install Unicorn's IN and OUT hooks on ``uc`` with ``on_in(handle, port, size, ud)
+    -> value`` and ``on_out(handle, port, size, value, ud)`` called straight from ctypes.
+    The binding's ``hook_add`` puts two Python frames (an exception guard and an argument
+    adapter) in front of every port access, as much again as a short device access costs;
+    these callbacks must guard themselves (:func:`hook_failed`).  Returns what must be kept
+    alive as long as ``uc``."""
+    keep = []
+    for insn, cfunc, callback in ((X.UC_X86_INS_IN, HOOK_INSN_IN_CFUNC, on_in),
+                                  (X.UC_X86_INS_OUT, HOOK_INSN_OUT_CFUNC, on_out)):
+        fptr = cfunc(callback)
+        handle = ctypes.c_size_t()
+        status = uclib.uc_hook_add(uc._uch, ctypes.byref(handle), unicorn.UC_HOOK_INSN, fptr,
+                                   None, ctypes.c_uint64(1), ctypes.c_uint64(0),
+                                   ctypes.c_int(insn))
+        if status != unicorn.UC_ERR_OK:
+            raise unicorn.UcError(status)
+        keep.append((fptr, handle))
+    return keep
+
+
+def add_trap_hooks(uc: Any, on_intr: Callable[[Any, int, object], None],
+                   on_invalid: Callable[[Any, object], bool],
+                   invalid_first: Callable[[], bool]) -> Any:
+    """Install ``UC_HOOK_INTR`` and ``UC_HOOK_INSN_INVALID`` on ``uc`` calling
+    ``on_intr(uc, intno, None)`` and ``on_invalid(uc, None)`` as the binding's ``hook_add``
+    would, through one guard frame of ours instead of the binding's two (every hypercall,
+    trapped MSR and exception comes here).  ``invalid_first()`` is asked first and
+    ``on_invalid`` is not called when it says True (the in-hook path's deferral of a
+    VMCALL's first hook, inline.py).  Returns what must be kept alive as long as ``uc``."""
+
+    def intr(_uch: object, intno: int, _ud: object) -> None:
+        try:
+            on_intr(uc, intno, None)
+        except Exception as exc:  # noqa: BLE001 - raised again by emu_start
+            hook_failed(uc, exc)
+
+    def invalid(_uch: object, _ud: object) -> bool:
+        try:
+            return invalid_first() or on_invalid(uc, None)
+        except Exception as exc:  # noqa: BLE001 - raised again by emu_start
+            hook_failed(uc, exc)
+            return False
+
+    keep = []
+    for htype, cfunc, callback in ((unicorn.UC_HOOK_INTR, HOOK_INTR_CFUNC, intr),
+                                   (unicorn.UC_HOOK_INSN_INVALID, HOOK_INSN_INVALID_CFUNC,
+                                    invalid)):
+        fptr = cfunc(callback)
+        handle = ctypes.c_size_t()
+        status = uclib.uc_hook_add(uc._uch, ctypes.byref(handle), htype, fptr, None,
+                                   ctypes.c_uint64(1), ctypes.c_uint64(0))
+        if status != unicorn.UC_ERR_OK:
+            raise unicorn.UcError(status)
+        keep.append((fptr, handle))
+    return keep
 
 
 class Register64:

@@ -19,7 +19,7 @@ from . import hvdef as H
 from . import msr as M
 from .hv_cpuid import ROOT_PRIVILEGES, HvCpuid, HvCpuidConfig
 from .hv_msr import SyntheticMsrs
-from .hypercall import HypercallTable, vmcall_front_end
+from .hypercall import CallSpec, HypercallTable, vmcall_front_end
 from .memory import GuestMemory
 from .ports import PortTable
 from .synic import Synic
@@ -114,9 +114,9 @@ class PartitionHv:
             self.synic.install_msrs()
 
     # ---- VMCALL ------------------------------------------------------------------------------
-    def vmcall(self, vp: VirtualProcessor) -> bool:
-        """``Partition.vmcall_handler``: a hypercall, or False for #UD."""
-        return vmcall_front_end(self, vp)
+    #: ``Partition.vmcall_handler``: a hypercall, or False for #UD (the front end itself,
+    #: bound: no frame of its own on every VMCALL).
+    vmcall = vmcall_front_end
 
     def vp(self, index: int) -> VirtualProcessor | None:
         part = self.partition
@@ -205,14 +205,21 @@ def hv_of(partition: Partition) -> PartitionHv | None:
     return _REGISTRY.get(partition)
 
 
-def in_hook(partition: Partition, code: int) -> bool:
-    """Whether a VP of ``partition`` may have hypercall ``code`` performed inside its engine's
-    hook (inline.py): the partition's VMCALLs go to this layer and the call's spec says its
-    handler is safe there (:attr:`~.hypercall.CallSpec.in_hook`)."""
+def hv_specs(partition: Partition) -> dict[int, CallSpec] | None:
+    """The hypercall specs (live: a handler registered later is in it) behind
+    ``partition``'s VMCALLs when they go to this layer (PartitionHv.vmcall), else None."""
     handler = partition.vmcall_handler
     hv = getattr(handler, "__self__", None)  # PartitionHv.vmcall, bound (no registry look-up)
     if not isinstance(hv, PartitionHv) or getattr(handler, "__func__", None) is not (
             PartitionHv.vmcall):
-        return False
-    spec = hv.hypervisor.hypercalls.specs.get(code)
+        return None
+    return hv.hypervisor.hypercalls.specs
+
+
+def in_hook(partition: Partition, code: int) -> bool:
+    """Whether a VP of ``partition`` may have hypercall ``code`` performed inside its engine's
+    hook (inline.py): the partition's VMCALLs go to this layer and the call's spec says its
+    handler is safe there (:attr:`~.hypercall.CallSpec.in_hook`)."""
+    specs = hv_specs(partition)
+    spec = specs.get(code) if specs is not None else None
     return spec is not None and spec.in_hook

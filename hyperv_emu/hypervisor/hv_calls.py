@@ -12,9 +12,9 @@ from unicorn import x86_const as X
 
 from . import hvdef as H
 from . import msr as M
-from .context import Segment
+from .context import OFF_EIP, OFF_REGS, Segment
 from .engine import flush_tlb as engine_flush_tlb
-from .hypercall import Call, HypercallTable
+from .hypercall import Call, HypercallTable, NotInHook
 from .mmu import GuestFault
 
 if TYPE_CHECKING:
@@ -48,15 +48,17 @@ def parse_vp_set(fixed: bytes, banks: bytes, vp_count: int) -> frozenset[int] | 
         return frozenset(range(vp_count))
     if fmt != H.HV_GENERIC_SET_SPARSE_4K:
         return None
-    words = [int.from_bytes(banks[i:i + 8], "little") for i in range(0, len(banks), 8)]
     out: set[int] = set()
     n = 0
-    for bank in range(64):
-        if mask >> bank & 1:
-            if n >= len(words):
-                return None
-            out.update(bank * 64 + b for b in range(64) if words[n] >> b & 1)
-            n += 1
+    while mask:  # the valid banks, lowest first (one step per set bit, not 64 tests)
+        low = mask & -mask
+        mask ^= low
+        if 8 * n >= len(banks):
+            return None
+        base = (low.bit_length() - 1) * 64
+        out.update(base + b for b in _mask_set(int.from_bytes(banks[8 * n:8 * n + 8],
+                                                                "little")))
+        n += 1
     return frozenset(out)
 
 
@@ -94,7 +96,7 @@ def _flush(call: Call, vps: frozenset[int] | None, flags: int) -> int:
         return OK
     for vp in part.vps:
         if flags & H.HV_FLUSH_ALL_PROCESSORS or vps is None or vp.index in vps:
-            flush_tlb(vp)
+            engine_flush_tlb(vp.uc)  # (flush_tlb, without its frame)
     return OK
 
 
@@ -110,8 +112,7 @@ def flush_list(call: Call) -> int:
     _space, flags, mask = struct.unpack_from("<QQQ", call.input)
     status = _flush(call, _mask_set(mask), flags)
     if status == OK:
-        for _ in call.reps():
-            pass
+        call.skip_reps()
     return status
 
 
@@ -123,8 +124,7 @@ def _flush_ex(call: Call, rep: bool) -> int:
         return BAD
     status = _flush(call, vps, flags)
     if status == OK and rep:
-        for _ in call.reps():
-            pass
+        call.skip_reps()
     return status
 
 
@@ -202,19 +202,28 @@ _SEG_NAMES[H.HV_X64_REGISTER_LDTR] = "ldt"  # type: ignore[assignment]
 _SEG_NAMES[H.HV_X64_REGISTER_TR] = "tr"  # type: ignore[assignment]
 
 
+_M128 = (1 << 128) - 1
+_RAX = H.HV_X64_REGISTER_RAX
+_U64 = struct.Struct("<Q")
+
+
 def _u128(value: int) -> bytes:
-    return (value & ((1 << 128) - 1)).to_bytes(16, "little")
+    return (value & _M128).to_bytes(16, "little")
 
 
 def get_register(vp: VirtualProcessor, name: int) -> bytes | int:
     """HV_REGISTER_VALUE (16 bytes) of register ``name``, or an HV_STATUS."""
     ctx = vp.ctx
-    if H.HV_X64_REGISTER_RAX <= name < H.HV_X64_REGISTER_RAX + 16:
-        return _u128(ctx.gpr(name - H.HV_X64_REGISTER_RAX))
+    # The general registers and RIP straight from the context's bytes (a guest's
+    # GetVpRegisters names few registers, and this runs inside its VMCALL's hook).
+    if _RAX <= name < _RAX + 16:
+        value: int = _U64.unpack_from(ctx.view, OFF_REGS + 8 * (name - _RAX))[0]
+        return value.to_bytes(16, "little")
     if name == H.HV_X64_REGISTER_RIP:
-        return _u128(ctx.rip)
+        rip: int = _U64.unpack_from(ctx.view, OFF_EIP)[0]
+        return rip.to_bytes(16, "little")
     if name == H.HV_X64_REGISTER_RFLAGS:
-        return _u128(ctx.rflags)
+        return _u128(ctx.guest_rflags())
     if H.HV_X64_REGISTER_CR0 <= name <= H.HV_X64_REGISTER_CR4:
         return _u128(ctx.cr((0, 2, 3, 4)[name - H.HV_X64_REGISTER_CR0]))
     if name == H.HV_X64_REGISTER_CR8:
@@ -247,8 +256,8 @@ def set_register(vp: VirtualProcessor, name: int, value: bytes) -> int:
     """Write HV_REGISTER_VALUE ``value`` to register ``name``; returns an HV_STATUS."""
     ctx = vp.ctx
     v = int.from_bytes(value[:8], "little")
-    if H.HV_X64_REGISTER_RAX <= name < H.HV_X64_REGISTER_RAX + 16:
-        ctx.set_gpr(name - H.HV_X64_REGISTER_RAX, v)
+    if _RAX <= name < _RAX + 16:
+        _U64.pack_into(ctx.view, OFF_REGS + 8 * (name - _RAX), v)  # (ctx.set_gpr's store)
     elif name == H.HV_X64_REGISTER_RIP:
         ctx.rip = v
     elif name == H.HV_X64_REGISTER_RFLAGS:
@@ -263,10 +272,13 @@ def set_register(vp: VirtualProcessor, name: int, value: bytes) -> int:
         if v > 15:
             return H.HV_STATUS_INVALID_REGISTER_VALUE
     elif H.HV_X64_REGISTER_XMM0 <= name < H.HV_X64_REGISTER_XMM0 + 16:
-        vp._flush()
+        live = _live(vp)  # inside the hook the engine's state is the VP's state
+        if not live:
+            vp._flush()
         vp.uc.reg_write(X.UC_X86_REG_XMM0 + name - H.HV_X64_REGISTER_XMM0,
                         int.from_bytes(value[:16], "little"))
-        ctx.save()
+        if not live:
+            ctx.save()
     elif name in _SEG_NAMES:
         base, limit, sel, attr = struct.unpack_from("<QIHH", value)
         flags = ((attr & 0xFF) << 8) | (((attr >> 12) & 0xF) << 20)
@@ -288,19 +300,45 @@ def set_register(vp: VirtualProcessor, name: int, value: bytes) -> int:
     return OK
 
 
+def _live(vp: VirtualProcessor) -> bool:
+    """Whether ``vp``'s registers are the engine's live state: the call runs inside the
+    calling VP's hook (inline.py swaps its live context in)."""
+    return vp.ctx is vp.inline.ctx
+
+
+#: Registers SetVpRegisters may write inside the calling VP's hook: the general registers,
+#: RIP, CR8 and XMM0-15 change neither the CPU mode, the memory map nor interrupt
+#: readiness (RFLAGS.IF, CR0/CR3/CR4, segments and MSRs go to the run loop).
+_SET_IN_HOOK = frozenset((*range(H.HV_X64_REGISTER_RAX, H.HV_X64_REGISTER_RAX + 16),
+                          H.HV_X64_REGISTER_RIP, H.HV_X64_REGISTER_CR8,
+                          *range(H.HV_X64_REGISTER_XMM0, H.HV_X64_REGISTER_XMM0 + 16)))
+
+
 def _target_vp(call: Call) -> VirtualProcessor | int:
-    pid, vp_index, vtl, r0, r1 = struct.unpack_from("<QIBBH", call.input)
+    """The VP a Get/SetVpRegisters call names, or an HV_STATUS.  Inside the calling VP's
+    hook only that VP's own registers are reachable (NotInHook otherwise)."""
+    pid, vp_index, vtl, r0, r1 = _VP_HEADER.unpack_from(call.input)
     if vtl or r0 or r1:
         return BAD  # VTL 0 only
-    target = resolve_partition(call, pid)
+    caller = call.caller
+    # (resolve_partition's first case, without its frame: the caller's own VPs.)
+    target = caller if pid in (H.HV_PARTITION_ID_SELF, caller.id) else (
+        resolve_partition(call, pid))
     if isinstance(target, int):
         return target
     if vp_index == H.HV_VP_INDEX_SELF:
-        if target is not call.caller or call.vp is None:
+        if target is not caller or call.vp is None:
             return H.HV_STATUS_INVALID_VP_INDEX
         return call.vp
     vp = target.vp(vp_index)
-    return H.HV_STATUS_INVALID_VP_INDEX if vp is None else vp
+    if vp is None:
+        return H.HV_STATUS_INVALID_VP_INDEX
+    if call.vp is not None and vp is not call.vp and _live(call.vp):
+        raise NotInHook
+    return vp
+
+
+_VP_HEADER = struct.Struct("<QIBBH")
 
 
 def get_vp_registers(call: Call) -> int:
@@ -308,11 +346,17 @@ def get_vp_registers(call: Call) -> int:
     vp = _target_vp(call)
     if isinstance(vp, int):
         return vp
-    for i in call.reps():
-        value = get_register(vp, int.from_bytes(call.elements[i], "little"))
+    # The indices call.reps() gives, counted here without a generator (one call in a rep
+    # loop of a guest's GetVpRegisters names one to a few registers).
+    elements, out = call.elements, call.rep_output
+    end = min(call.rep_count, call.rep_start + max(1, call.budget))
+    for i in range(call.rep_start, end):
+        value = get_register(vp, int.from_bytes(elements[i], "little"))
         if isinstance(value, int):
+            call.reps_completed = i
             return value
-        call.rep_output[i] = value
+        out[i] = value
+    call.reps_completed = max(end, call.rep_start)
     return OK
 
 
@@ -321,6 +365,14 @@ def set_vp_registers(call: Call) -> int:
     vp = _target_vp(call)
     if isinstance(vp, int):
         return vp
+    if _live(vp):
+        # Only registers the hook may write, checked before any is (NotInHook: the run
+        # loop performs the whole call again).
+        elements = call.elements
+        end = min(call.rep_count, call.rep_start + max(1, call.budget))
+        for i in range(call.rep_start, end):
+            if int.from_bytes(elements[i][:4], "little") not in _SET_IN_HOOK:
+                raise NotInHook
     for i in call.reps():
         elem = call.elements[i]
         if any(elem[4:16]):
@@ -348,10 +400,12 @@ def register_guest_calls(table: HypercallTable) -> None:
     r(H.HvCallSendSyntheticClusterIpi, send_ipi, input_size=16, in_hook=True)
     r(H.HvCallSendSyntheticClusterIpiEx, send_ipi_ex, input_size=24, variable_header=True,
       in_hook=True)
+    # Get/SetVpRegisters read and write the calling VP's registers in its live state
+    # (another VP's, or a write that changes the CPU mode: NotInHook, the run loop).
     r(H.HvCallGetVpRegisters, get_vp_registers, rep=True, input_size=16, rep_input_size=4,
-      rep_output_size=16, privilege=H.HV_ACCESS_VP_REGISTERS)
+      rep_output_size=16, privilege=H.HV_ACCESS_VP_REGISTERS, in_hook=True)
     r(H.HvCallSetVpRegisters, set_vp_registers, rep=True, input_size=16, rep_input_size=32,
-      privilege=H.HV_ACCESS_VP_REGISTERS)
+      privilege=H.HV_ACCESS_VP_REGISTERS, in_hook=True)
     r(H.HvCallPostMessage, post_message, input_size=256, privilege=H.HV_POST_MESSAGES,
       in_hook=True)
     r(H.HvCallSignalEvent, signal_event, input_size=8, privilege=H.HV_SIGNAL_EVENTS,

@@ -36,14 +36,14 @@ from unicorn import x86_const as X
 
 from . import context as C
 from . import hvdef as H
-from .memory import PAGE
+from .memory import A20_BIT, PAGE
 
 if TYPE_CHECKING:
     from .hv import PartitionHv
     from .vp import VirtualProcessor
 
 _M64 = 0xFFFF_FFFF_FFFF_FFFF
-_U32, _U64 = struct.Struct("<I"), struct.Struct("<Q")
+_U32, _U64, _I32 = struct.Struct("<I"), struct.Struct("<Q"), struct.Struct("<i")
 #: RAX..R15 of a context, in one unpack.
 _GPRS = struct.Struct("<16Q")
 #: Bytes of fast input in general registers (RDX, R8 / EBX:ECX, EDI:ESI) and with XMM0-5.
@@ -176,8 +176,19 @@ class Call:
             i += 1
             self.reps_completed = i
 
+    def skip_reps(self) -> None:
+        """Count every rep index :meth:`reps` would give as completed, without visiting them
+        (a handler whose elements need no work of their own)."""
+        self.reps_completed = min(self.rep_count, self.rep_start + max(1, self.budget))
+
 
 Handler = Callable[[Call], int]
+
+
+class NotInHook(Exception):
+    """Raised by a handler registered ``in_hook`` that finds, before changing anything, that
+    this call needs the run loop (another VP's registers, a register whose write changes the
+    CPU mode): inline.py then leaves the VMCALL to the slow path, which performs it again."""
 
 
 @dataclass(frozen=True)
@@ -197,7 +208,7 @@ class CallSpec:
     rep_output_size: int = 0
     variable_header: bool = False
     #: A VP's call may run inside its engine's hook (inline.py): the handler touches no saved
-    #: registers and does not change the memory map.
+    #: registers and does not change the memory map (or raises NotInHook before it would).
     in_hook: bool = False
 
 
@@ -218,6 +229,10 @@ class Outcome:
 #: One shared :class:`Outcome` per status of a finished call without reps (frozen, so it can
 #: be shared): most calls end in one of a few statuses.
 _OUTCOMES: dict[int, Outcome] = {}
+
+
+#: The same for finished rep calls, by (status, reps completed).
+_REP_OUTCOMES: dict[tuple[int, int], Outcome] = {}
 
 
 def _outcome(status: int) -> Outcome:
@@ -320,8 +335,10 @@ class HypercallTable:
         fast = io.fast
         spec = self.specs.get(control & 0xFFFF)
         # The value checks are the same for the same value, caller and spec: done once.
-        key = (control, fast, caller.privileges, caller.is_root,
-               fast and caller.xmm_fast_input)
+        # (PartitionHv.privileges and .xmm_fast_input, read from its CPUID configuration.)
+        cfg = caller.cpuid.config
+        key = (control, fast, cfg.privileges, caller.is_root,
+               fast and bool(cfg.features & H.HV_FEATURE_XMM_HYPERCALL_INPUT_AVAILABLE))
         known = self._plans.get(key)
         if known is None or known[0] is not spec:
             known = (spec, self._plan(caller, control, fast, spec))
@@ -348,22 +365,36 @@ class HypercallTable:
                     bytearray(spec.output_size), budget)
         status = spec.handler(call) & 0xFFFF
         if spec.rep:
-            done = max(c.rep_start, min(call.reps_completed, c.rep_count))
-            for i in sorted(call.rep_output):
-                if c.rep_start <= i < done:
-                    io.write_output(spec.output_size + i * spec.rep_output_size,
-                                    call.rep_output[i][:spec.rep_output_size]
-                                    .ljust(spec.rep_output_size, b"\0"))
+            done = call.reps_completed
+            if done > c.rep_count:
+                done = c.rep_count
+            if done < c.rep_start:
+                done = c.rep_start
+            rep_output = call.rep_output
+            if rep_output:
+                size = spec.rep_output_size
+                for i in sorted(rep_output):
+                    if c.rep_start <= i < done:
+                        value = rep_output[i]
+                        if len(value) != size:
+                            value = value[:size].ljust(size, b"\0")
+                        io.write_output(spec.output_size + i * size, value)
             if spec.output_size:
                 io.write_output(0, bytes(call.output))
             if status == H.HV_STATUS_SUCCESS and done < c.rep_count:
                 cont = (control & ~(H.HV_HYPERCALL_REP_MASK << H.HV_HYPERCALL_REP_START_SHIFT)
                         ) | (done << H.HV_HYPERCALL_REP_START_SHIFT)
                 return Outcome(status, done, cont)
-            return Outcome(status, done)
+            # A finished rep call: one shared Outcome per (status, reps completed).
+            out = _REP_OUTCOMES.get((status, done))
+            if out is None:
+                if len(_REP_OUTCOMES) >= _MAX_CACHED:
+                    _REP_OUTCOMES.clear()
+                out = _REP_OUTCOMES[status, done] = Outcome(status, done)
+            return out
         if status == H.HV_STATUS_SUCCESS and spec.output_size:
             io.write_output(0, bytes(call.output))
-        return _outcome(status)
+        return _OUTCOMES.get(status) or _outcome(status)
 
 
 #: What :meth:`HypercallTable._plan` finds for a call that passes its value checks.
@@ -397,7 +428,9 @@ class BytesIo:
 
 
 class MemoryIo:
-    """Memory form: input and output blocks at guest-physical addresses."""
+    """Memory form: input and output blocks at guest-physical addresses, read and written in
+    place through the RAM page views the memory keeps (GuestMemory.ram_page: a dictionary
+    hit; the memory map's changes drop them)."""
 
     fast = False
 
@@ -405,12 +438,10 @@ class MemoryIo:
         self.mem = vp.partition.memory
         self.in_gpa = in_gpa
         self.out_gpa = out_gpa
-
-    def _block_ok(self, gpa: int, size: int) -> bool:
-        if gpa & 7 or (gpa & (PAGE - 1)) + size > PAGE:
-            return False
-        region = self.mem.find(gpa)
-        return region is not None and region.kind in ("ram", "rom")
+        #: The memory map's generation and the A20 gate when check_output found the output
+        #: page, and its view and page offset (a handler that changes the map makes
+        #: write_output look it up again).
+        self._out: tuple[int, bool, memoryview, int] | None = None
 
     def read_input(self, size: int) -> bytes | int:
         if size == 0:
@@ -418,8 +449,8 @@ class MemoryIo:
         gpa = self.in_gpa
         if gpa & 7 or (gpa & (PAGE - 1)) + size > PAGE:
             return H.HV_STATUS_INVALID_ALIGNMENT
-        # The block lies in one page: RAM or ROM there is one view (what _block_ok and a
-        # region read would find); anything else is not a valid input block.
+        # The block lies in one page: RAM or ROM there is one view (what a region read
+        # would find); anything else is not a valid input block.
         page = self.mem.ram_page(gpa)
         if page is None:
             return H.HV_STATUS_INVALID_ALIGNMENT
@@ -429,16 +460,32 @@ class MemoryIo:
     def check_output(self, size: int, input_size: int) -> int:
         if size == 0:
             return H.HV_STATUS_SUCCESS
-        region = self.mem.find(self.out_gpa)
-        if not self._block_ok(self.out_gpa, size) or region is None or region.kind != "ram":
+        gpa = self.out_gpa
+        if gpa & 7 or (gpa & (PAGE - 1)) + size > PAGE:
             return H.HV_STATUS_INVALID_ALIGNMENT
-        if input_size and self.in_gpa < self.out_gpa + size and self.out_gpa < (
-                self.in_gpa + input_size):
+        page = self.mem.ram_page(gpa)
+        if page is None or not page[2]:  # RAM only (ROM and MMIO are no output block)
+            return H.HV_STATUS_INVALID_ALIGNMENT
+        self._out = (self.mem.generation, self.mem.a20, page[0], page[1] - (gpa & (PAGE - 1)))
+        if input_size and self.in_gpa < gpa + size and gpa < self.in_gpa + input_size:
             return H.HV_STATUS_INVALID_PARAMETER
         return H.HV_STATUS_SUCCESS
 
     def write_output(self, offset: int, data: bytes) -> None:
-        self.mem.guest_write(self.out_gpa + offset, data)
+        # check_output found the block in one RAM page.
+        gpa = self.out_gpa + offset
+        mem = self.mem
+        known = self._out
+        if known is not None and known[0] == mem.generation and known[1] == mem.a20:
+            view, off = known[2], known[3] + (gpa & (PAGE - 1))
+        else:
+            view, off, _writable = mem.ram_page(gpa)  # type: ignore[misc]
+        n = len(data)
+        if view[off:off + n].tobytes() != data:
+            view[off:off + n] = data
+            # Translated code of the bytes changed (unchanged bytes leave it valid: a guest
+            # reading the same values again pays no invalidation).
+            mem.invalidate(gpa if mem.a20 else gpa & ~A20_BIT, n)
 
 
 class FastIo:
@@ -473,7 +520,7 @@ def vmcall_front_end(hv: PartitionHv, vp: VirtualProcessor) -> bool:
     view = ctx.view
     # Unicorn raised #UD internally for the VMCALL; a handled one must not count as the first
     # of a double fault (the SVM shutdown exit otherwise follows a few VMCALLs later).
-    ctx.old_exception = -1
+    _I32.pack_into(view, C.OFF_OLD_EXCEPTION, -1)
     # Fields read straight from the context (this runs for every hypercall, inline.py).
     hflags = _U32.unpack_from(view, C.OFF_HFLAGS)[0]
     if (not _U64.unpack_from(view, C.OFF_CR)[0] & C.CR0_PE
@@ -496,7 +543,10 @@ def vmcall_front_end(hv: PartitionHv, vp: VirtualProcessor) -> bool:
         io = FastIo(vp, in_val, out_val)
     else:
         io = MemoryIo(vp, in_val, out_val)
-    outcome = hv.hypervisor.hypercalls.dispatch(hv, vp, control, io)
+    table = hv.hypervisor.hypercalls
+    # (dispatch adds only the listeners' records: without listeners, its body directly.)
+    outcome = (table.dispatch(hv, vp, control, io) if table.listeners
+               else table._dispatch(hv, vp, control & _M64, io))
     if outcome.continue_control is not None:
         value = outcome.continue_control
         if long64:
@@ -506,11 +556,13 @@ def vmcall_front_end(hv: PartitionHv, vp: VirtualProcessor) -> bool:
             ctx.set_gpr(2, value >> 32)
         ctx.rip = (ctx.rip - 3) & _M64  # re-execute the VMCALL (the partition adds 3)
     else:
-        result = outcome.result
+        # The result value (encode_result), stored straight into RAX (/EDX:EAX).
+        result = (outcome.status & 0xFFFF) | (
+            (outcome.reps_completed & 0xFFF) << H.HV_HYPERCALL_REP_COMP_SHIFT)
         if long64:
-            ctx.set_gpr(0, result)
+            _U64.pack_into(view, C.OFF_REGS, result)
         else:
-            ctx.set_gpr(0, result & 0xFFFF_FFFF)
-            ctx.set_gpr(2, result >> 32)
+            _U64.pack_into(view, C.OFF_REGS, result & 0xFFFF_FFFF)
+            _U64.pack_into(view, C.OFF_REGS + 16, result >> 32)
     vp._dirty = True
     return True

@@ -53,7 +53,8 @@ from .context import CpuContext
 from .debugregs import ICEBP
 from .delivery import KIND_EXCEPTION, KIND_SOFTWARE, Event, TaskGateMet, TripleFault, deliver
 from .engine import Register64
-from .hv import in_hook
+from .hv import hv_specs
+from .hypercall import CallSpec
 from .insn_emul import _reg_operand
 from .lapic import REG_TPR
 from .memory import UnmappedAccess
@@ -109,6 +110,12 @@ class LiveContext(CpuContext):
         self.base = C.env_address(uc)
         self.view = memoryview((ctypes.c_char * (C.CONTEXT_SIZE - C.ENV_OFFSET)).from_address(
             self.base)).cast("B")
+        self._eflags = Register64(uc, X.UC_X86_REG_EFLAGS)
+
+    def guest_rflags(self) -> int:
+        """RFLAGS assembled by the engine (uc_reg_read): while it runs, env->eflags lacks
+        the arithmetic flags and DF."""
+        return self._eflags.read() | 2
 
     def save(self) -> None:
         raise TypeError("the live CPU state has no saved copy")
@@ -144,6 +151,9 @@ class InlineExits:
         self._deferred = False
         self.spin = SpinSkip(self)
         self._eflags = Register64(vp.uc, X.UC_X86_REG_EFLAGS)
+        #: The partition's VMCALL handler last seen, and its hypercall specs (hv.hv_specs).
+        self._hv_handler: object = None
+        self._hv_specs: dict[int, CallSpec] | None = None
 
     def svm_exit(self, code: int) -> bool:
         """Perform intercept ``code`` now and resume after its instruction; False if the
@@ -204,7 +214,12 @@ class InlineExits:
             return self.exception(6)  # INT 6, not an invalid opcode
         bits, linear = _code_address(view)
         try:
-            insn = self.mmu.read(linear, 3, fetch=True)
+            if linear & 0xFFF <= 0xFFD:  # (Mmu.read's first case, without its frame)
+                page = self.mmu.mem.ram_page(self.mmu.translate(linear, fetch=True))
+                insn = (bytes(page[0][page[1]:page[1] + 3]) if page is not None
+                        else self.mmu.read(linear, 3, fetch=True))
+            else:
+                insn = self.mmu.read(linear, 3, fetch=True)
         except (GuestFault, UnmappedAccess):
             return False
         if insn in _VMCALLS:
@@ -287,11 +302,16 @@ class InlineExits:
         view = ctx.view
         mmu = self.mmu
         control = _U64.unpack_from(view, C.OFF_REGS + (8 if bits == 64 else 0))[0]
-        if not in_hook(part, control & 0xFFFF):
+        if handler is not self._hv_handler:  # in_hook's look-up of the specs, once
+            self._hv_handler = handler
+            self._hv_specs = hv_specs(part)
+        spec = self._hv_specs.get(control & 0xFFFF) if self._hv_specs is not None else None
+        if spec is None or not spec.in_hook:
             return False
         s = vp.blocks.state
         last, cur = s.last, s.cur
-        k = count_insns(mmu.read, last, bits, linear)
+        # (A hypercall page's VMCALL starts its block: no decoding then.)
+        k = 0 if linear == last else count_insns(mmu.read, last, bits, linear)
         if k is None or k >= cur:
             return False
         retired = s.retired

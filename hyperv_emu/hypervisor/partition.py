@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from functools import partial
 from typing import Any
 
@@ -340,10 +340,12 @@ class Partition:
         self._wire_io()
 
     def set_io_block_handler(self, offers: OffersBlock, read: ReadBlock,
-                             write: WriteBlock) -> None:
+                             write: WriteBlock, ports: Container[int] | None = None) -> None:
         """Let REP INS/OUTS on ports where ``offers(port)`` move whole runs of elements
-        through ``read(port, size, count)``/``write(port, size, data)`` (see stringio.py)."""
-        self.block_io = BlockIo(offers, read, write)
+        through ``read(port, size, count)``/``write(port, size, data)`` (see stringio.py).
+        ``ports``, if given, holds every port where ``offers`` may say yes (a live
+        container): the other ports' accesses do not ask it."""
+        self.block_io = BlockIo(offers, read, write, ports)
 
     def _wire_io(self) -> None:
         # Traced wrappers only while someone observes I/O: the untraced path stays as fast.
@@ -731,9 +733,8 @@ class Partition:
         next block entry."""
         clock = self.clock
         if clock.mode == "deterministic":
-            clock.stall(IO_ACCESS_NS)
+            deadline = clock.stall_next(IO_ACCESS_NS)
             self._slice_base_ns += IO_ACCESS_NS
-            deadline = clock.next_deadline()
             if deadline is not None:
                 vp = self._running_vp
                 # Lowering a running slice's limit is all _deadline_moved does here: skip it

@@ -42,7 +42,7 @@ accounting counts the collapsed iterations as one (the block gate counts blocks 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from typing import TYPE_CHECKING
 
 from unicorn import x86_const as X
@@ -151,12 +151,26 @@ def _reverse_elements(chunk: bytes, size: int) -> bytes:
     return b"".join(chunk[j:j + size] for j in range(len(chunk) - size, -1, -size))
 
 
+class _EveryPort:
+    """Every port (a route that did not say where it may offer block transfers)."""
+
+    def __contains__(self, port: object) -> bool:
+        return True
+
+
+_EVERY_PORT = _EveryPort()
+
+
 class BlockIo:
     """The partition's block-transfer route to the devices, and the per-VP scratch state the
     port callbacks use to look at the engine's registers mid-slice."""
 
-    def __init__(self, offers: OffersBlock, read: ReadBlock, write: WriteBlock) -> None:
+    def __init__(self, offers: OffersBlock, read: ReadBlock, write: WriteBlock,
+                 ports: Container[int] | None = None) -> None:
         self.offers = offers
+        #: The ports where ``offers`` may say yes (a live container the board keeps); the
+        #: port callbacks ask ``offers`` only there.
+        self.ports: Container[int] = _EVERY_PORT if ports is None else ports
         self.read = read
         self.write = write
         self._scratch: dict[int, tuple[CpuContext, Mmu]] = {}

@@ -24,7 +24,7 @@ from . import msr as M
 from .context import CpuContext, Segment
 from .debugregs import DebugRegisters
 from .delivery import KIND_EXCEPTION, KIND_EXTERNAL, Event
-from .engine import open_engine
+from .engine import add_port_hooks, add_trap_hooks, hook_failed, open_engine
 from .gate import BlockGate
 from .inline import InlineExits
 from .lapic import LocalApic
@@ -138,6 +138,10 @@ class VirtualProcessor:
         self.blocks = BlockGate(self.uc)
         #: SVM intercepts performed inside the hook, without ending the slice (inline.py).
         self.inline = InlineExits(self)
+        # Hypercalls, trapped MSRs and exceptions with one guard frame (engine.py); the
+        # in-hook path's VMCALL deferral is asked before _on_invalid.
+        self._trap_hooks = add_trap_hooks(self.uc, self._on_intr, self._on_invalid,
+                                          self.inline.defer_invalid)
         #: The pages this engine translated code from, to drop blocks gone stale (xmodify.py).
         self.code_pages = CodePages(self, self.inline.mmu)
         self.blocks.on_new_block = self.code_pages.new_block
@@ -149,14 +153,13 @@ class VirtualProcessor:
     def _install_hooks(self) -> None:
         uc = self.uc
         part = self.partition
-        uc.hook_add(unicorn.UC_HOOK_INSN, self._on_in, None, 1, 0, X.UC_X86_INS_IN)
-        uc.hook_add(unicorn.UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT)
+        # Port I/O, the most frequent exit, without the binding's wrapper (engine.py).
+        self._port_hooks = add_port_hooks(uc, self._on_in, self._on_out)
         uc.hook_add(unicorn.UC_HOOK_INSN, self._on_cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
         uc.hook_add(unicorn.UC_HOOK_INSN, self._on_syscall, None, 1, 0, X.UC_X86_INS_SYSCALL)
         uc.hook_add(unicorn.UC_HOOK_INSN, self._on_sysenter, None, 1, 0,
                     X.UC_X86_INS_SYSENTER)
-        uc.hook_add(unicorn.UC_HOOK_INTR, self._on_intr)
-        uc.hook_add(unicorn.UC_HOOK_INSN_INVALID, self._on_invalid)
+        # (UC_HOOK_INTR and UC_HOOK_INSN_INVALID: __init__, once self.inline exists.)
         uc.hook_add(unicorn.UC_HOOK_MEM_READ_UNMAPPED | unicorn.UC_HOOK_MEM_WRITE_UNMAPPED
                     | unicorn.UC_HOOK_MEM_FETCH_UNMAPPED | unicorn.UC_HOOK_MEM_FETCH_PROT
                     | unicorn.UC_HOOK_MEM_READ_PROT, self._on_bad_access)
@@ -192,31 +195,38 @@ class VirtualProcessor:
 
     # Port callbacks count as accesses (see notify_interrupt): emu_stop inside one would make
     # Unicorn repeat the current element of a REP INS/OUTS, losing or duplicating data.
-    def _on_in(self, uc: unicorn.Uc, port: int, size: int, _ud: object) -> int:
+    # Called by ctypes with the engine's raw handle (engine.add_port_hooks): an exception is
+    # handed to the engine as the binding's wrapper would (hook_failed).
+    def _on_in(self, _uch: object, port: int, size: int, _ud: object) -> int:
         self._in_access += 1
         try:
             block = self.partition.block_io
-            if block is not None and block.offers(port):
+            if block is not None and port in block.ports and block.offers(port):
                 value = block.rep_in(self, port, size)  # a whole REP INS run (stringio.py)
                 if value is not None:
                     return value
             value = int(self.partition._io_read(port, size)) & ((1 << (8 * size)) - 1)
             self.partition.io_stall()
             return value
+        except Exception as exc:  # noqa: BLE001 - raised again by emu_start
+            hook_failed(self.uc, exc)
+            return 0
         finally:
             self._in_access -= 1
 
-    def _on_out(self, uc: unicorn.Uc, port: int, size: int, value: int, _ud: object) -> None:
+    def _on_out(self, _uch: object, port: int, size: int, value: int, _ud: object) -> None:
         self._in_access += 1
         try:
             value &= (1 << (8 * size)) - 1
             block = self.partition.block_io
-            if block is not None and block.offers(port) and block.rep_out(self, port, size,
-                                                                           value):
+            if block is not None and port in block.ports and block.offers(port) and (
+                    block.rep_out(self, port, size, value)):
                 return
             part = self.partition
             part._io_write(port, size, value)
             part.io_stall()
+        except Exception as exc:  # noqa: BLE001 - raised again by emu_start
+            hook_failed(self.uc, exc)
         finally:
             self._in_access -= 1
 
@@ -271,8 +281,7 @@ class VirtualProcessor:
         self._stop()
 
     def _on_invalid(self, uc: unicorn.Uc, _ud: object) -> bool:
-        if self.inline.defer_invalid():
-            return True  # the #UD that Unicorn raises next comes to _on_intr (inline.py)
+        # (inline.defer_invalid said no first: add_trap_hooks.)
         self._exit = ("invalid",)
         self._stop()
         return True  # resume at the same RIP, which the stop prevents; decoded by the run loop

@@ -11,7 +11,7 @@ board needs (:class:`~hyperv_emu.worker.board.Platform`).  The worker calls noth
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Container
 
 from hyperv_emu.clock import VirtualClock
 from hyperv_emu.hypervisor.deferred import deferred_work
@@ -75,11 +75,14 @@ class VmPartition:
     # ---- intercepts ------------------------------------------------------------------------
     def set_io_handlers(self, read: IoRead, write: IoWrite, offers_block: Callable[[int], bool],
                         read_block: Callable[[int, int, int], bytes],
-                        write_block: Callable[[int, int, bytes], int]) -> None:
+                        write_block: Callable[[int, int, bytes], int],
+                        block_ports: Container[int] | None = None) -> None:
         """Route guest port I/O to ``read``/``write``, and REP INS/OUTS on ports where
-        ``offers_block(port)`` to the block handlers (hypervisor/stringio.py)."""
+        ``offers_block(port)`` to the block handlers (hypervisor/stringio.py); if given,
+        ``block_ports`` holds every port where ``offers_block`` may say yes."""
         self.partition.set_io_handler(read, write)
-        self.partition.set_io_block_handler(offers_block, read_block, write_block)
+        self.partition.set_io_block_handler(offers_block, read_block, write_block,
+                                            block_ports)
 
     # ---- VPs and running -----------------------------------------------------------------
     def create_vp(self) -> VirtualProcessor:

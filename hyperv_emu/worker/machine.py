@@ -189,7 +189,7 @@ class Machine(PcParts):
                       if self.hv is not None else None)
         board = self.board
         self.vm.set_io_handlers(board.io_read, board.io_write, board.offers_block,
-                                board.io_read_block, board.io_write_block)
+                                board.io_read_block, board.io_write_block, board.block_ports)
         if attached.kernel is not None:
             self._plan_kernel(attached.kernel)
         #: QEMU's test devices (worker/testdevs.py) when ``test_devices`` is set.

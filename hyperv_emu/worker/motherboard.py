@@ -7,7 +7,7 @@ nothing driving it floats high) and both directions are traced, never fatal.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 from typing import Any
 
 from hyperv_emu.vdev.base import Device, EventSink, IrqLine, null_events
@@ -121,6 +121,12 @@ class Motherboard:
             self._block_owners[port] = device
         else:
             self._block_owners.pop(port, None)
+
+    @property
+    def block_ports(self) -> Container[int]:
+        """The ports whose device may offer block transfers (live: claims update it);
+        :meth:`offers_block` is False everywhere else."""
+        return self._block_owners.keys()
 
     def offers_block(self, port: int) -> bool:
         """Whether the device at ``port`` moves REP INS/OUTS data in bursts there."""

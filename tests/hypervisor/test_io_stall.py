@@ -44,3 +44,27 @@ def test_a_deadline_overtaken_by_port_accesses_ends_the_slice() -> None:
     m.clock.timer(lambda: fired.append(m.clock.instructions)).arm(2 * IO_ACCESS_NS + 500)
     m.part.run(max_instructions=1000)
     assert fired == [4]  # three OUTs and the JMP: the block at ``a`` starts past the deadline
+
+
+class _DeviceBug(Exception):
+    pass
+
+
+def test_an_exception_in_a_port_handler_reaches_the_caller() -> None:
+    # The port hooks are called straight from ctypes (engine.add_port_hooks): a handler's
+    # exception still ends the run and is raised out of it, for IN and for OUT.
+    for src in ("in al, 0x71\nhlt\n", "out 0x70, al\nhlt\n"):
+        m = machine()
+
+        def bug(*_args: object, src: str = src) -> int:
+            raise _DeviceBug(src)
+
+        m.part.set_io_handler(bug, bug)
+        m.load(0x4000, src, 32)
+        flat32(m, 0x4000)
+        try:
+            m.part.run(max_instructions=100)
+        except _DeviceBug as exc:
+            assert exc.args == (src,)
+        else:
+            raise AssertionError("the handler's exception was lost")
