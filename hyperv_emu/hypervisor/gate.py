@@ -178,6 +178,7 @@ class BlockGate:
         self._eflags = ctypes.c_uint64.from_address(env + C.OFF_EFLAGS)
         s.limit = NO_LIMIT
         s.stop_fn = ctypes.cast(uclib.uc_emu_stop, ctypes.c_void_p).value
+        self._stop_cb: Any = None
         self._miss_cb = _HOOK_BLOCK_CFUNC(self._on_miss)
         s.miss_fn = ctypes.cast(self._miss_cb, ctypes.c_void_p).value
         #: Called with (address, size) at each table miss, after the TLB drop (xmodify.py
@@ -196,6 +197,22 @@ class BlockGate:
                 self._keep = (callback, handle)
                 return
         uc.hook_add(unicorn.UC_HOOK_BLOCK, self._on_block)
+
+    def set_on_stop(self, on_stop: Callable[[int, int], bool]) -> None:
+        """Where the native gate ends a slice (a limit, the IF watch), call
+        ``on_stop(address, size)`` instead of stopping the engine; it returns True if the
+        engine goes on (turnover.py), False to stop it as before.  The Python gate keeps
+        stopping."""
+        if not self.native:
+            return
+        stop = uclib.uc_emu_stop
+
+        def callback(uch: object, address: int, size: int, _ud: object) -> None:
+            if not on_stop(address, size):
+                stop(uch)
+
+        self._stop_cb = _HOOK_BLOCK_CFUNC(callback)
+        self.state.stop_fn = ctypes.cast(self._stop_cb, ctypes.c_void_p).value
 
     # ---- the callback's two Python halves ---------------------------------------------------
     def _key(self, address: int) -> int:

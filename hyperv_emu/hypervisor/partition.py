@@ -172,6 +172,10 @@ class Partition:
         self._slice_base_ns = 0
         #: Instructions of a budget run counted at its end (0: end at a block entry instead).
         self._budget_tail = COUNTED_TAIL
+        #: The running :meth:`run`'s instruction-budget end (clock instructions) and host
+        #: deadline, for slices turned over inside the gate (turnover.py).
+        self._budget_end: int | None = None
+        self._t_end: float | None = None
         clock.arm_listeners.append(self._deadline_moved)
         self._sigint = SigintGuard(self._slice_running, self._interrupt_slice)
         self.memory.map_hidden(HIDDEN_GPA, 0x3000)
@@ -411,6 +415,8 @@ class Partition:
              t_end: float | None) -> RunExit:
         clock = self.clock
         start = clock.instructions
+        self._budget_end = None if max_instructions is None else start + max_instructions
+        self._t_end = t_end
         while True:
             if self._stop_reason is not None:
                 reason, self._stop_reason = self._stop_reason, None
@@ -605,6 +611,8 @@ class Partition:
         vp._running = True
         vp._counting = bool(count)
         vp.inline.enabled = not count and (watch_if or not masked)  # inline.py
+        vp.turn.enabled = (not count and deterministic and self.scheduler is None
+                           and len(self.vps) == 1)  # turnover.py
         vp.blocks.begin(NO_LIMIT if count else limit, watch_if)
         self._running_vp = vp
         error: unicorn.UcError | None = None
@@ -650,6 +658,9 @@ class Partition:
             else:
                 retired = self._gated_retired(vp, exit_)
             clock.end_slice(max(0, retired))
+        if vp.turn.error is not None:  # a host exception inside the gate (turnover.py)
+            hook_error, vp.turn.error = vp.turn.error, None
+            raise hook_error
         result = self._handle_exit(vp, exit_, error)
         if vp.debug.data_hits:
             vp.debug.take_data_hits()  # a DR7 data breakpoint's #DB trap (debugregs.py)
