@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING
 from unicorn import x86_const as X
 
 from . import context as C
-from .deferred import _QUEUES, drain_deferred
+from .deferred import drain_deferred
 from .delivery import KIND_EXTERNAL, Event, TaskGateMet, TripleFault, deliver
 from .engine import Register64
 from .memory import UnmappedAccess
@@ -71,6 +71,9 @@ class SliceTurn:
         #: A host exception raised here: the run loop raises it once the engine stopped.
         self.error: BaseException | None = None
         self._rip = Register64(vp.uc, X.UC_X86_REG_RIP)
+        from .partition import MAX_GATED_SLICE  # (partition.py imports this module)
+
+        self._max_slice = MAX_GATED_SLICE
 
     def on_stop(self, address: int, size: int) -> bool:
         """The gate would stop the engine before the block at ``address`` (``size`` bytes):
@@ -114,11 +117,10 @@ class SliceTurn:
         finally:
             vp._running = True
             part._running_vp = vp
-        queue = _QUEUES.get(part)
         budget_end = part._budget_end
         budget = None if budget_end is None else budget_end - clock.instructions
         if (part._stop_reason is not None or vp._exit is not None or vp.pending
-                or vp.nmi_pending or (queue is not None and len(queue))
+                or vp.nmi_pending
                 or (budget is not None and budget <= part._budget_tail)):
             self._begin(address, size, 1, False)
             return False
@@ -150,9 +152,7 @@ class SliceTurn:
             vp.halted = False
             self.delivered += 1
         # 4: the next slice.
-        from .partition import MAX_GATED_SLICE  # (partition imports this module's VP)
-
-        limit = MAX_GATED_SLICE
+        limit = self._max_slice
         deadline = clock.next_deadline()
         if deadline is not None:
             limit = min(limit, max(1, clock.insns_until(deadline)))
