@@ -284,6 +284,11 @@ def _gate_common(ev: Event, hi: int, cpl: int, long_mode: bool) -> tuple[int, in
 _TABLES = struct.Struct("<8xQI4x8xQI4x")
 assert OFF_IDT == OFF_GDT + 24
 _MAX_PLANS = 256
+#: The CS descriptor bits hflags follow (CS32, CS64).  A delivery that keeps CPL (so SS and
+#: DS/ES stay) and enters a code segment of the same kind leaves every hflags bit
+#: update_seg_hflags derives as it was (VM is 0 before and after: a gate from
+#: virtual-8086 mode is refused).
+_CS_MODE = DESC_B | DESC_L
 _Target = tuple[int, int, int, int, tuple[int, int, int, int], int]
 
 
@@ -382,7 +387,7 @@ def _deliver_protected(ctx: CpuContext, mmu: Mmu, ev: Event, task_gates: bool = 
     width = 4 if gtype & 0x8 else 2
     if width == 2:
         offset &= 0xFFFF
-    old_cs = _U32.unpack_from(view, _CS)[0]
+    old_cs, _, _, old_cs_flags = _SEG.unpack_from(view, _CS)
     old_ss, ss_base, _, ss_flags = _SEG.unpack_from(view, _SS)
     old_sp = _U64.unpack_from(view, _RSP)[0]
     frame = [_saved_flags(ev, flags), old_cs, _U64.unpack_from(view, OFF_EIP)[0]]
@@ -427,7 +432,8 @@ def _deliver_protected(ctx: CpuContext, mmu: Mmu, ev: Event, task_gates: bool = 
     if not gtype & 1:
         clear |= RFLAGS_IF  # interrupt gate (trap gates leave IF alone)
     _U64.pack_into(view, OFF_EFLAGS, (flags & ~clear) | 2)
-    ctx.update_seg_hflags()
+    if new_cpl != cpl or (old_cs_flags ^ cs_new[3]) & _CS_MODE:
+        ctx.update_seg_hflags()
 
 
 def _deliver_long(ctx: CpuContext, mmu: Mmu, ev: Event) -> None:
@@ -473,4 +479,5 @@ def _deliver_long(ctx: CpuContext, mmu: Mmu, ev: Event) -> None:
     if not gtype & 1:
         clear |= RFLAGS_IF
     _U64.pack_into(view, OFF_EFLAGS, (flags & ~clear) | 2)
-    ctx.update_seg_hflags()
+    if new_cpl != cpl or (old_cs_flags ^ cs_new[3]) & _CS_MODE:
+        ctx.update_seg_hflags()

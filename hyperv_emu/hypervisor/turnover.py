@@ -57,6 +57,19 @@ _U32, _U64 = struct.Struct("<I"), struct.Struct("<Q")
 _CS_BASE = C.OFF_SEGS + 24 * C.SEG_CS + 8
 
 
+#: The flags Unicorn keeps apart from env->eflags while it runs (cpu_exec_enter: CC_SRC,
+#: CC_OP and env->df hold them): arithmetic flags and DF.
+_SPLIT_FLAGS = 0x8D5 | 0x400
+
+
+def live_flags(view: memoryview) -> None:
+    """After a delivery wrote the whole RFLAGS image into a running engine's env->eflags:
+    leave there only what the engine keeps there.  Delivery changes none of the split flags
+    (it clears IF, TF, NT, RF, VM, AC), so the engine's own copies of them stay right; this
+    replaces a ``uc_reg_write`` of RFLAGS (which reloads them from the image)."""
+    _U64.pack_into(view, C.OFF_EFLAGS, _U64.unpack_from(view, C.OFF_EFLAGS)[0] & ~_SPLIT_FLAGS)
+
+
 class SliceTurn:
     """One VP's in-gate slice turnover (see the module docstring)."""
 
@@ -132,21 +145,21 @@ class SliceTurn:
         rip = gate.entry_rip(cs_base, bool(hflags & _MODE_64))
         _U64.pack_into(view, C.OFF_EIP, rip)
         source = vp.source
-        eflags = inline._eflags
-        flags = eflags.read()
-        if (source is not None and flags & C.RFLAGS_IF and not hflags & C.HF_INHIBIT_IRQ
-                and source.has_interrupt()):
+        # IF lives in env->eflags itself while the engine runs (only the arithmetic flags
+        # and DF are kept apart: see live_flags).
+        if (source is not None and _U64.unpack_from(view, C.OFF_EFLAGS)[0] & C.RFLAGS_IF
+                and not hflags & C.HF_INHIBIT_IRQ and source.has_interrupt()):
             vector = source.acknowledge() & 0xFF
             saved = view.tobytes()
             try:
-                _U64.pack_into(view, C.OFF_EFLAGS, flags | 2)
+                _U64.pack_into(view, C.OFF_EFLAGS, inline._eflags.read() | 2)
                 deliver(inline.ctx, inline.mmu, Event(vector, KIND_EXTERNAL), task_gates=False)
             except (TripleFault, UnmappedAccess, GuestFault, TaskGateMet):
                 view[:] = saved
                 vp.pending.append(Event(vector, KIND_EXTERNAL))  # the run loop delivers it
                 self._begin(address, size, 1, False)
                 return False
-            eflags.write(_U64.unpack_from(view, C.OFF_EFLAGS)[0])
+            live_flags(view)
             vp.cr2_live = _U64.unpack_from(view, C.OFF_CR + 16)[0]
             vp._delivered_ns = clock.now()
             vp.halted = False
