@@ -46,6 +46,7 @@ from . import context as C
 from .deferred import drain_deferred
 from .delivery import KIND_EXTERNAL, Event, TaskGateMet, TripleFault, deliver
 from .engine import Register64
+from .inline import live_flags
 from .memory import UnmappedAccess
 from .mmu import GuestFault
 
@@ -55,19 +56,6 @@ if TYPE_CHECKING:
 _MODE_64 = C.HF_CS64
 _U32, _U64 = struct.Struct("<I"), struct.Struct("<Q")
 _CS_BASE = C.OFF_SEGS + 24 * C.SEG_CS + 8
-
-
-#: The flags Unicorn keeps apart from env->eflags while it runs (cpu_exec_enter: CC_SRC,
-#: CC_OP and env->df hold them): arithmetic flags and DF.
-_SPLIT_FLAGS = 0x8D5 | 0x400
-
-
-def live_flags(view: memoryview) -> None:
-    """After a delivery wrote the whole RFLAGS image into a running engine's env->eflags:
-    leave there only what the engine keeps there.  Delivery changes none of the split flags
-    (it clears IF, TF, NT, RF, VM, AC), so the engine's own copies of them stay right; this
-    replaces a ``uc_reg_write`` of RFLAGS (which reloads them from the image)."""
-    _U64.pack_into(view, C.OFF_EFLAGS, _U64.unpack_from(view, C.OFF_EFLAGS)[0] & ~_SPLIT_FLAGS)
 
 
 class SliceTurn:
