@@ -12,8 +12,10 @@ run loop needs between Python calls:
   block's size; a miss calls back into Python once, which asks Unicorn for the translated
   block's own instruction count (``UC_CTL_TB_REQUEST_CACHE``) and fills the entry;
 * ends the slice at the first block entry where the count has reached ``limit`` (a timer
-  deadline or an instruction budget), by tail-calling ``uc_emu_stop`` before the block runs —
-  the host may lower ``limit`` at any moment (a timer armed from a port or MMIO callback);
+  deadline or an instruction budget), by tail-calling ``stop_fn`` before the block runs —
+  ``uc_emu_stop``, or the VP's slice turnover (turnover.py, :meth:`BlockGate.set_on_stop`),
+  which may instead start the next slice right there — the host may lower ``limit`` at any
+  moment (a timer armed from a port or MMIO callback);
 * clears EFLAGS.RF, keeping the entry value for the debug-register breakpoints (RF
   suppresses them for the instruction it applies to: debugregs.py): the CPU clears it when
   an instruction completes, so only the instruction
@@ -122,7 +124,7 @@ class GateState(ctypes.Structure):
         ("retired", ctypes.c_uint64),    # 0x08 instructions of the blocks entered this slice
         ("limit", ctypes.c_uint64),      # 0x10 stop at a block entry once retired >= limit
         ("cur", ctypes.c_uint64),        # 0x18 instruction count of the block executing
-        ("stop_fn", ctypes.c_void_p),    # 0x20 uc_emu_stop
+        ("stop_fn", ctypes.c_void_p),    # 0x20 uc_emu_stop, or the turnover (set_on_stop)
         ("miss_fn", ctypes.c_void_p),    # 0x28 Python fallback for table misses
         ("table", ctypes.c_void_p),      # 0x30 (key, size << 32 | icount) pairs
         ("mask", ctypes.c_uint64),       # 0x38 table entries - 1

@@ -8,7 +8,10 @@ interrupt is pending but masked, where IF becomes 1.  A timer armed or moved dur
 slice lowers its limit (:meth:`Partition._deadline_moved`).  The last :data:`COUNTED_TAIL`
 instructions of an instruction budget run as ``emu_start(count=N)``, so the budget ends on
 the exact instruction.  Events (interrupts, exceptions, HLT, MSR and RDTSC intercepts) stop
-the slice and are handled here in Python, between ``emu_start`` calls.
+the slice and are handled here in Python, between ``emu_start`` calls, except those handled
+inside Unicorn's hooks: intercepts and exceptions (inline.py), and the end of a gated slice at
+a timer deadline or where a pending interrupt becomes deliverable, which the gate turns over
+into the next slice itself (turnover.py) when nothing needs this loop.
 """
 
 from __future__ import annotations

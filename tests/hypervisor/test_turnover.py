@@ -89,56 +89,43 @@ def _real() -> Any:
     return m
 
 
-SPIN32 = """
-sti
-mov ecx, 3000
-spin:
-dec ecx
-jnz spin
-cli
-hlt
-"""
-HANDLER32 = f"""
-push ebx
+SPIN32 = SPIN16.replace("cx", "ecx")
+SPIN64 = SPIN16.replace("cx", "rcx")
+
+
+def _counting(bits: int) -> str:
+    """The 32/64-bit handler: logs ECX at the interrupted boundary."""
+    b = "rbx" if bits == 64 else "ebx"
+    return f"""
+push {b}
 mov ebx, [{LOG:#x}]
-mov [{LOG + 4:#x} + ebx*4], ecx
+mov [{LOG + 4:#x} + {b}*4], ecx
 inc dword ptr [{LOG:#x}]
-pop ebx
-iretd
+pop {b}
+{"iretq" if bits == 64 else "iretd"}
 """
+
+
+def _spin(m: Any, spin: str, bits: int) -> Any:
+    m.load(0x5000, _counting(bits), bits)
+    m.load(0x4000, spin, bits)
+    _ticking(m)
+    assert m.part.run(max_instructions=100_000).reason == "halted"
+    return m
 
 
 def _protected() -> Any:
     m = machine()
     flat32(m, 0x4000)
     m.part.write_memory(IDT32 + VECTOR * 8, gate32(0x5000, 0x10))
-    m.load(0x5000, HANDLER32, 32)
-    m.load(0x4000, SPIN32, 32)
-    _ticking(m)
-    assert m.part.run(max_instructions=100_000).reason == "halted"
-    return m
-
-
-SPIN64 = SPIN32.replace("ecx", "rcx")
-HANDLER64 = f"""
-push rbx
-mov ebx, [{LOG:#x}]
-mov [{LOG + 4:#x} + rbx*4], ecx
-inc dword ptr [{LOG:#x}]
-pop rbx
-iretq
-"""
+    return _spin(m, SPIN32, 32)
 
 
 def _long() -> Any:
     m = long_machine(0x60000)
     m.part.write_memory(IDT + VECTOR * 16, gate64(0x5000, 0x08))
-    m.load(0x5000, HANDLER64, 64)
-    m.load(0x4000, SPIN64, 64)
     m.vp.write_registers(rip=0x4000)
-    _ticking(m)
-    assert m.part.run(max_instructions=100_000).reason == "halted"
-    return m
+    return _spin(m, SPIN64, 64)
 
 
 @pytest.mark.parametrize("build", [_real, _protected, _long], ids=["16", "32", "64"])
@@ -156,11 +143,49 @@ def test_timer_interrupts_taken_in_the_gate_match_the_run_loop(
 # ---- a guest that changes its IDT between interrupts --------------------------------------
 PT = 0x13000
 IDT_A, IDT_B = 0x300000, 0x301000  # physical pages mapped in turn at linear 200000h
-REMAP = f"""
-mov r15d, 0
-mov r12d, 40
+def _phases(switch: str, phase: str, bits: int) -> str:
+    """40 phases: with interrupts off, ``switch`` changes the guest's IDT and the phase
+    register ``phase`` counts up; then interrupts on for 300 instructions."""
+    cx = "rcx" if bits == 64 else "ecx"
+    return f"""
+mov {phase}, 0
+mov edx, 40
 phase:
 cli
+{switch}
+inc {phase}
+sti
+mov {cx}, 150
+spin:
+dec {cx}
+jnz spin
+dec edx
+jnz phase
+cli
+hlt
+"""
+
+
+def _tagging(tag: int, phase: str, bits: int) -> str:
+    """A handler that logs ``tag`` | the phase register, then returns."""
+    b, a = ("rbx", "rax") if bits == 64 else ("ebx", "eax")
+    return f"""
+push {b}
+push {a}
+mov ebx, [{LOG:#x}]
+mov eax, {tag:#x}
+or eax, {phase}
+mov [{LOG + 4:#x} + {b}*4], eax
+inc dword ptr [{LOG:#x}]
+pop {a}
+pop {b}
+{"iretq" if bits == 64 else "iretd"}
+"""
+
+
+#: The phase's mapping of linear 200000h: IDT B after an odd phase, A after an even one,
+#: every other pair of phases with INVLPG.
+REMAP = _phases(f"""
 mov rax, r15
 inc rax
 and eax, 1
@@ -170,31 +195,7 @@ mov [{PT:#x}], rax
 test r15b, 2
 jz no_invlpg
 invlpg [0x200000]
-no_invlpg:
-inc r15d
-sti
-mov ecx, 150
-spin:
-dec ecx
-jnz spin
-dec r12d
-jnz phase
-cli
-hlt
-"""
-#: Logs (handler << 16 | phase) for handlers 0xA and 0xB.
-HANDLER_AB = """
-push rbx
-push rax
-mov ebx, [{log:#x}]
-mov eax, {tag:#x}
-or eax, r15d
-mov [{log4:#x} + rbx*4], eax
-inc dword ptr [{log:#x}]
-pop rax
-pop rbx
-iretq
-"""
+no_invlpg:""", "r15d", 64)
 
 
 def _remapping() -> Any:
@@ -204,59 +205,41 @@ def _remapping() -> Any:
     w(PT, struct.pack("<Q", IDT_A | 3))
     for table, handler, tag in ((IDT_A, 0x5000, 0xA0000), (IDT_B, 0x5800, 0xB0000)):
         w(table + VECTOR * 16, gate64(handler, 0x08))
-        m.load(handler, HANDLER_AB.format(log=LOG, log4=LOG + 4, tag=tag), 64)
-    m.vp.write_registers(idtr_base=0x200000, idtr_limit=0xFFF)
-    m.load(0x4000, REMAP, 64)
-    m.vp.write_registers(rip=0x4000)
+        m.load(handler, _tagging(tag, "r15d", 64), 64)
+    m.vp.write_registers(idtr_base=0x200000, idtr_limit=0xFFF, rip=0x4000)
+    return _run_phases(m, REMAP, 64)
+
+
+def _run_phases(m: Any, guest: str, bits: int) -> Any:
+    m.load(0x4000, guest, bits)
     _ticking(m, period=1_000)
     assert m.part.run(max_instructions=200_000).reason == "halted"
     return m
 
 
+def _check_phases(m: Any, odd: int, even: int) -> None:
+    """Every interrupt was logged by the handler of its phase's parity, all in the gate."""
+    log = _log(m)
+    assert m.vp.turn.delivered == len(log) > 40
+    assert {e >> 16 for e in log} == {odd, even}
+    assert all(e >> 16 == (odd if e & 1 else even) for e in log)
+
+
 def test_idt_page_remapped_between_interrupts(monkeypatch: pytest.MonkeyPatch) -> None:
     fast, _slow = _both(monkeypatch, _remapping)
-    log = _log(fast)
-    assert fast.vp.turn.delivered == len(log) > 40
     # Odd phases map IDT B, even ones IDT A (with and without INVLPG): every interrupt went
     # through the gate of the IDT mapped when it arrived.
-    assert {e >> 16 for e in log} == {0xA, 0xB}
-    assert all(e >> 16 == (0xB if e & 1 else 0xA) for e in log)
+    _check_phases(fast, 0xB, 0xA)
     assert fast.vp.inline.mmu.gate_plans  # the lookups were remembered, and checked
 
 
-REWRITE = f"""
-mov esi, 0
-mov edi, 40
-phase:
-cli
+#: The gate's offset: handler A (5000h) after an odd phase, B (5100h) after an even one.
+REWRITE = _phases(f"""
 mov eax, esi
 and eax, 1
 shl eax, 8
 add eax, 0x5000
-mov [{IDT32 + VECTOR * 8:#x}], ax
-inc esi
-sti
-mov ecx, 150
-spin:
-dec ecx
-jnz spin
-dec edi
-jnz phase
-cli
-hlt
-"""
-HANDLER_REWRITE = """
-push ebx
-push eax
-mov ebx, [{log:#x}]
-mov eax, {tag:#x}
-or eax, esi
-mov [{log4:#x} + ebx*4], eax
-inc dword ptr [{log:#x}]
-pop eax
-pop ebx
-iretd
-"""
+mov [{IDT32 + VECTOR * 8:#x}], ax""", "esi", 32)
 
 
 def _rewriting() -> Any:
@@ -264,20 +247,14 @@ def _rewriting() -> Any:
     flat32(m, 0x4000)
     m.part.write_memory(IDT32 + VECTOR * 8, gate32(0x5000, 0x10))
     for handler, tag in ((0x5000, 0xA0000), (0x5100, 0xB0000)):
-        m.load(handler, HANDLER_REWRITE.format(log=LOG, log4=LOG + 4, tag=tag), 32)
-    m.load(0x4000, REWRITE, 32)
-    _ticking(m, period=1_000)
-    assert m.part.run(max_instructions=200_000).reason == "halted"
-    return m
+        m.load(handler, _tagging(tag, "esi", 32), 32)
+    return _run_phases(m, REWRITE, 32)
 
 
 def test_gate_rewritten_between_interrupts(monkeypatch: pytest.MonkeyPatch) -> None:
     fast, _slow = _both(monkeypatch, _rewriting)
-    log = _log(fast)
-    assert fast.vp.turn.delivered == len(log) > 40
     # Phase n (ESI = n after the rewrite) points the gate at handler A for odd n, B for even.
-    assert {e >> 16 for e in log} == {0xA, 0xB}
-    assert all(e >> 16 == (0xA if e & 1 else 0xB) for e in log)
+    _check_phases(fast, 0xA, 0xB)
 
 
 # ---- faults while delivering -----------------------------------------------------------------
