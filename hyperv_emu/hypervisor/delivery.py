@@ -87,6 +87,23 @@ class Event:
     insn_len: int = 0
 
 
+_EVENTS: dict[tuple[int, str, int | None, int], Event] = {}
+
+
+def event(vector: int, kind: str = KIND_EXCEPTION, error_code: int | None = None,
+          insn_len: int = 0) -> Event:
+    """``Event(vector, kind, error_code, insn_len)``, one shared object per value (events are
+    immutable, and a frozen dataclass costs about a microsecond to build: the in-hook paths
+    make one per exception and interrupt)."""
+    key = (vector, kind, error_code, insn_len)
+    ev = _EVENTS.get(key)
+    if ev is None:
+        if len(_EVENTS) >= 4096:
+            _EVENTS.clear()
+        ev = _EVENTS[key] = Event(vector, kind, error_code, insn_len)
+    return ev
+
+
 #: Fault-class exceptions (SDM Vol. 3A Table 6-1; #DB is left out: an instruction
 #: breakpoint's #DB is the one fault that saves RF clear, and a data breakpoint's is a trap).
 _FAULTS = frozenset({0, 5, 6, 7, 10, 11, 12, 13, 14, 16, 17, 19, 20, 21})

@@ -50,7 +50,8 @@ from . import msr_table as T
 from .blockmark import count_insns, locate_insn
 from .context import CpuContext
 from .debugregs import ICEBP
-from .delivery import KIND_EXCEPTION, KIND_SOFTWARE, Event, TaskGateMet, TripleFault, deliver
+from .delivery import KIND_EXCEPTION, KIND_SOFTWARE, TaskGateMet, TripleFault, deliver
+from .delivery import event as shared_event
 from .engine import Register64
 from .hv import in_hook
 from .insn_emul import _reg_operand
@@ -247,10 +248,10 @@ class InlineExits:
                     length = 1
             except (GuestFault, UnmappedAccess):
                 pass
-            event = Event(intno, KIND_SOFTWARE, None, length)
+            event = shared_event(intno, KIND_SOFTWARE, None, length)
         else:
             err = _U32.unpack_from(view, C.OFF_ERROR_CODE)[0] if intno in _ERROR_CODE else None
-            event = Event(intno, KIND_EXCEPTION, err)
+            event = shared_event(intno, KIND_EXCEPTION, err)
         # Retired: the block's instructions before EIP (the faulting one does not retire,
         # an INT n does), as the run loop counts a slice stopped inside a block.
         s = vp.blocks.state

@@ -44,7 +44,7 @@ from unicorn import x86_const as X
 
 from . import context as C
 from .deferred import drain_deferred
-from .delivery import KIND_EXTERNAL, Event, TaskGateMet, TripleFault, deliver
+from .delivery import KIND_EXTERNAL, TaskGateMet, TripleFault, deliver, event
 from .engine import Register64
 from .inline import live_flags
 from .memory import UnmappedAccess
@@ -141,10 +141,10 @@ class SliceTurn:
             saved = view.tobytes()
             try:
                 _U64.pack_into(view, C.OFF_EFLAGS, inline._eflags.read() | 2)
-                deliver(inline.ctx, inline.mmu, Event(vector, KIND_EXTERNAL), task_gates=False)
+                deliver(inline.ctx, inline.mmu, event(vector, KIND_EXTERNAL), task_gates=False)
             except (TripleFault, UnmappedAccess, GuestFault, TaskGateMet):
                 view[:] = saved
-                vp.pending.append(Event(vector, KIND_EXTERNAL))  # the run loop delivers it
+                vp.pending.append(event(vector, KIND_EXTERNAL))  # the run loop delivers it
                 self._begin(address, size, 1, False)
                 return False
             live_flags(view)
