@@ -105,19 +105,27 @@ class SliceTurn:
             return False
         vp = self.vp
         part = vp.partition
-        clock = part.clock
-        gate = vp.blocks
-        # 1-2: the slice ends here; timers and deferred work run with the VP not running, as
-        # between slices (a raised interrupt or a re-armed timer then ends nothing).
+        # Between the two slices the VP is not running, as in the run loop: an interrupt
+        # raised by a timer, by deferred work or by the acknowledge (an EOI listener) ends
+        # nothing, and a re-armed timer lowers no limit.
         vp._running = False
         part._running_vp = None
         try:
-            clock.end_slice(int(gate.state.retired))
-            clock.run_due()
-            drain_deferred(part)
+            return self._between(address, size)
         finally:
             vp._running = True
             part._running_vp = vp
+
+    def _between(self, address: int, size: int) -> bool:
+        """Steps 1-4 of the module docstring; False where the engine must stop."""
+        vp = self.vp
+        part = vp.partition
+        clock = part.clock
+        gate = vp.blocks
+        # 1-2: the slice ends here; timers and deferred work run.
+        clock.end_slice(int(gate.state.retired))
+        clock.run_due()
+        drain_deferred(part)
         budget_end = part._budget_end
         budget = None if budget_end is None else budget_end - clock.instructions
         if (part._stop_reason is not None or vp._exit is not None or vp.pending
