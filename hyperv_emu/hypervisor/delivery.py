@@ -87,6 +87,23 @@ class Event:
     insn_len: int = 0
 
 
+_EVENTS: dict[tuple[int, str, int | None, int], Event] = {}
+
+
+def event(vector: int, kind: str = KIND_EXCEPTION, error_code: int | None = None,
+          insn_len: int = 0) -> Event:
+    """``Event(vector, kind, error_code, insn_len)``, one shared object per value (events are
+    immutable, and a frozen dataclass costs about a microsecond to build: the in-hook paths
+    make one per exception and interrupt)."""
+    key = (vector, kind, error_code, insn_len)
+    ev = _EVENTS.get(key)
+    if ev is None:
+        if len(_EVENTS) >= 4096:
+            _EVENTS.clear()
+        ev = _EVENTS[key] = Event(vector, kind, error_code, insn_len)
+    return ev
+
+
 #: Fault-class exceptions (SDM Vol. 3A Table 6-1; #DB is left out: an instruction
 #: breakpoint's #DB is the one fault that saves RF clear, and a data breakpoint's is a trap).
 _FAULTS = frozenset({0, 5, 6, 7, 10, 11, 12, 13, 14, 16, 17, 19, 20, 21})
@@ -248,14 +265,18 @@ def _code_segment(ctx: CpuContext, mmu: Mmu, selector: int, ext: int,
 
 
 _FRAME_FORMAT = {2: "H", 4: "I", 8: "Q"}
+_FRAMES: dict[tuple[int, int], struct.Struct] = {}  # (values, width) -> a frame's layout
 
 
 def _push(mmu: Mmu, ss_base: int, sp: int, mask: int, values: list[int], width: int,
           user: bool) -> int:
     """Push ``values`` (first value pushed first) and return the new stack pointer."""
     wmask = (1 << (8 * width)) - 1
-    data = struct.pack(f"<{len(values)}{_FRAME_FORMAT[width]}",
-                       *[v & wmask for v in reversed(values)])
+    fmt = _FRAMES.get((len(values), width))
+    if fmt is None:
+        fmt = _FRAMES[len(values), width] = struct.Struct(
+            f"<{len(values)}{_FRAME_FORMAT[width]}")
+    data = fmt.pack(*[v & wmask for v in reversed(values)])
     new_sp = (sp - len(data)) & mask
     mmu.write((ss_base + new_sp) & (_M32 if mask != _M64 else mask), data, user)
     return new_sp
@@ -276,13 +297,101 @@ def _gate_common(ev: Event, hi: int, cpl: int, long_mode: bool) -> tuple[int, in
     return gtype, ext
 
 
+#: GDTR and IDTR from the segment cache: base, limit, base, limit.
+_TABLES = struct.Struct("<8xQI4x8xQI4x")
+assert OFF_IDT == OFF_GDT + 24
+_MAX_PLANS = 256
+#: The CS descriptor bits hflags follow (CS32, CS64).  A delivery that keeps CPL (so SS and
+#: DS/ES stay) and enters a code segment of the same kind leaves every hflags bit
+#: update_seg_hflags derives as it was (VM is 0 before and after: a gate from
+#: virtual-8086 mode is refused).
+_CS_MODE = DESC_B | DESC_L
+_Target = tuple[int, int, int, int, tuple[int, int, int, int], int]
+
+
+def _gate_target(ctx: CpuContext, mmu: Mmu, ev: Event, cpl: int, flags: int,
+                 long_mode: bool) -> _Target:
+    """(gate type, EXT bit, gate's second dword, handler offset, new CS cache entry, new
+    CPL) for ``ev`` through the IDT, with every check of SDM 6.12.1.1/6.14.1 in order (a
+    task gate: type 5 and the TSS selector as the offset, nothing else checked).
+
+    Interrupt delivery reads the same gate and code descriptor for every event of a vector,
+    so a successful lookup is remembered (``mmu.gate_plans``) under everything it depended
+    on: the vector, the event's kind, CPL, the mode, GDTR and IDTR, the paging registers
+    and the memory map.  What it read from memory (the paging-structure entries walked to
+    the IDT and GDT entries and those entries' bytes) is compared again in place at each
+    use, so a guest that rewrites its IDT, GDT or page tables, with or without INVLPG, is
+    seen at its next event."""
+    view = ctx.view
+    plans = mmu.gate_plans
+    key = (ev.vector, ev.kind, cpl, long_mode, _TABLES.unpack_from(view, OFF_GDT),
+           mmu.paging_state())
+    plan = plans.get(key)
+    if plan is not None:
+        for fmt, v, off, value in plan[0]:
+            if fmt.unpack_from(v, off)[0] != value:
+                break
+        else:
+            return plan[1]  # type: ignore[return-value]
+    size = 16 if long_mode else 8
+    raw = _read_gate(mmu, ctx, ev, size)
+    lo, hi, hi2 = _GATE64.unpack(raw)[:3] if long_mode else (*_GATE32.unpack(raw), 0)
+    gtype, ext = _gate_common(ev, hi, cpl, long_mode)
+    if gtype == 0x05:
+        return gtype, ext, hi, lo >> 16, (0, 0, 0, 0), cpl
+    if flags & RFLAGS_VM:
+        raise GuestFault(13, 0)  # interrupt/trap gates from virtual-8086 mode: not modelled
+    offset = (lo & 0xFFFF) | (hi & 0xFFFF_0000)
+    cs_new, new_cpl = _code_segment(ctx, mmu, lo >> 16, ext, cpl)
+    if long_mode:
+        offset |= hi2 << 32
+        if not (cs_new[3] & DESC_L) or cs_new[3] & DESC_B:
+            raise GuestFault(13, (cs_new[0] & 0xFFFC) + ext)
+        if not canonical(offset):
+            raise GuestFault(13, 0)
+    target = (gtype, ext, hi, offset, cs_new, new_cpl)
+    if not (lo >> 16) & 4:  # a GDT code segment (LDT ones are looked up each time)
+        gdt_base, _, idt_base, _ = _TABLES.unpack_from(view, OFF_GDT)
+        checks = _plan_checks(mmu, ((idt_base + ev.vector * size, size),
+                                    (gdt_base + ((lo >> 16) & ~7), 8)))
+        if checks is not None:
+            if len(plans) >= _MAX_PLANS:
+                plans.clear()
+            plans[key] = (checks, target)
+    return target
+
+
+def _plan_checks(mmu: Mmu, reads: tuple[tuple[int, int], ...]
+                 ) -> tuple[tuple[struct.Struct, memoryview, int, int], ...] | None:
+    """What the linear ``reads`` (address, size: 8 or 16, each within one page) depend on:
+    the paging-structure entries walked to each and its bytes, as (format, view, offset,
+    value) to compare in place; None where one is not in RAM or not remembered."""
+    checks: list[tuple[struct.Struct, memoryview, int, int]] = []
+    seen: set[tuple[int, int]] = set()  # (view, offset): views compare by content
+    for lin, size in reads:
+        if (lin & 0xFFF) + size > 0x1000:
+            return None
+        trail = mmu.trail(lin)
+        hit = None if trail is None else mmu.mem.ram_page(mmu.translate(lin))
+        if trail is None or hit is None:
+            return None
+        for entry in trail:
+            where = (id(entry[1]), entry[2])
+            if where not in seen:
+                seen.add(where)
+                checks.append(entry)
+        view, off, _ = hit
+        for i in range(0, size, 8):
+            checks.append((_U64, view, off + i, _U64.unpack_from(view, off + i)[0]))
+    return tuple(checks)
+
+
 def _deliver_protected(ctx: CpuContext, mmu: Mmu, ev: Event, task_gates: bool = True) -> None:
     """32-bit protected mode through an interrupt or trap gate (SDM Vol. 3A 6.12.1)."""
     view = ctx.view
     flags = _U64.unpack_from(view, OFF_EFLAGS)[0]
     cpl = _U32.unpack_from(view, OFF_HFLAGS)[0] & HF_CPL_MASK
-    lo, hi = _GATE32.unpack(_read_gate(mmu, ctx, ev, 8))
-    gtype, ext = _gate_common(ev, hi, cpl, False)
+    gtype, ext, hi, offset, cs_new, new_cpl = _gate_target(ctx, mmu, ev, cpl, flags, False)
     if gtype == 0x05:
         if not task_gates:
             raise TaskGateMet
@@ -290,16 +399,12 @@ def _deliver_protected(ctx: CpuContext, mmu: Mmu, ev: Event, task_gates: bool = 
         # its stack.
         err = ev.error_code or 0 if (ev.kind == KIND_EXCEPTION
                                      and ev.vector in ERROR_CODE_VECTORS) else None
-        switch_task(ctx, mmu, lo >> 16, INT, ext=ext, error_code=err)
+        switch_task(ctx, mmu, offset, INT, ext=ext, error_code=err)
         return
-    if flags & RFLAGS_VM:
-        raise GuestFault(13, 0)  # interrupt/trap gates from virtual-8086 mode: not modelled
-    offset = (lo & 0xFFFF) | (hi & 0xFFFF_0000)
-    cs_new, new_cpl = _code_segment(ctx, mmu, lo >> 16, ext, cpl)
     width = 4 if gtype & 0x8 else 2
     if width == 2:
         offset &= 0xFFFF
-    old_cs = _U32.unpack_from(view, _CS)[0]
+    old_cs, _, _, old_cs_flags = _SEG.unpack_from(view, _CS)
     old_ss, ss_base, _, ss_flags = _SEG.unpack_from(view, _SS)
     old_sp = _U64.unpack_from(view, _RSP)[0]
     frame = [_saved_flags(ev, flags), old_cs, _U64.unpack_from(view, OFF_EIP)[0]]
@@ -344,21 +449,15 @@ def _deliver_protected(ctx: CpuContext, mmu: Mmu, ev: Event, task_gates: bool = 
     if not gtype & 1:
         clear |= RFLAGS_IF  # interrupt gate (trap gates leave IF alone)
     _U64.pack_into(view, OFF_EFLAGS, (flags & ~clear) | 2)
-    ctx.update_seg_hflags()
+    if new_cpl != cpl or (old_cs_flags ^ cs_new[3]) & _CS_MODE:
+        ctx.update_seg_hflags()
 
 
 def _deliver_long(ctx: CpuContext, mmu: Mmu, ev: Event) -> None:
     """IA-32e mode through a 16-byte gate (SDM Vol. 3A 6.14)."""
     view = ctx.view
     cpl = _U32.unpack_from(view, OFF_HFLAGS)[0] & HF_CPL_MASK
-    lo, hi, hi2, _ = _GATE64.unpack(_read_gate(mmu, ctx, ev, 16))
-    gtype, ext = _gate_common(ev, hi, cpl, True)
-    offset = (lo & 0xFFFF) | (hi & 0xFFFF_0000) | (hi2 << 32)
-    cs_new, new_cpl = _code_segment(ctx, mmu, lo >> 16, ext, cpl)
-    if not (cs_new[3] & DESC_L) or cs_new[3] & DESC_B:
-        raise GuestFault(13, (cs_new[0] & 0xFFFC) + ext)
-    if not canonical(offset):
-        raise GuestFault(13, 0)
+    gtype, ext, hi, offset, cs_new, new_cpl = _gate_target(ctx, mmu, ev, cpl, 0, True)
     ist = hi & 7
     old_cs, _, _, old_cs_flags = _SEG.unpack_from(view, _CS)
     old_ss = _U32.unpack_from(view, _SS)[0]
@@ -397,4 +496,5 @@ def _deliver_long(ctx: CpuContext, mmu: Mmu, ev: Event) -> None:
     if not gtype & 1:
         clear |= RFLAGS_IF
     _U64.pack_into(view, OFF_EFLAGS, (flags & ~clear) | 2)
-    ctx.update_seg_hflags()
+    if new_cpl != cpl or (old_cs_flags ^ cs_new[3]) & _CS_MODE:
+        ctx.update_seg_hflags()

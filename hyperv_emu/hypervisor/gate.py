@@ -12,8 +12,10 @@ run loop needs between Python calls:
   block's size; a miss calls back into Python once, which asks Unicorn for the translated
   block's own instruction count (``UC_CTL_TB_REQUEST_CACHE``) and fills the entry;
 * ends the slice at the first block entry where the count has reached ``limit`` (a timer
-  deadline or an instruction budget), by tail-calling ``uc_emu_stop`` before the block runs —
-  the host may lower ``limit`` at any moment (a timer armed from a port or MMIO callback);
+  deadline or an instruction budget), by tail-calling ``stop_fn`` before the block runs —
+  ``uc_emu_stop``, or the VP's slice turnover (turnover.py, :meth:`BlockGate.set_on_stop`),
+  which may instead start the next slice right there — the host may lower ``limit`` at any
+  moment (a timer armed from a port or MMIO callback);
 * clears EFLAGS.RF, keeping the entry value for the debug-register breakpoints (RF
   suppresses them for the instruction it applies to: debugregs.py): the CPU clears it when
   an instruction completes, so only the instruction
@@ -122,7 +124,7 @@ class GateState(ctypes.Structure):
         ("retired", ctypes.c_uint64),    # 0x08 instructions of the blocks entered this slice
         ("limit", ctypes.c_uint64),      # 0x10 stop at a block entry once retired >= limit
         ("cur", ctypes.c_uint64),        # 0x18 instruction count of the block executing
-        ("stop_fn", ctypes.c_void_p),    # 0x20 uc_emu_stop
+        ("stop_fn", ctypes.c_void_p),    # 0x20 uc_emu_stop, or the turnover (set_on_stop)
         ("miss_fn", ctypes.c_void_p),    # 0x28 Python fallback for table misses
         ("table", ctypes.c_void_p),      # 0x30 (key, size << 32 | icount) pairs
         ("mask", ctypes.c_uint64),       # 0x38 table entries - 1
@@ -178,6 +180,7 @@ class BlockGate:
         self._eflags = ctypes.c_uint64.from_address(env + C.OFF_EFLAGS)
         s.limit = NO_LIMIT
         s.stop_fn = ctypes.cast(uclib.uc_emu_stop, ctypes.c_void_p).value
+        self._stop_cb: Any = None
         self._miss_cb = _HOOK_BLOCK_CFUNC(self._on_miss)
         s.miss_fn = ctypes.cast(self._miss_cb, ctypes.c_void_p).value
         #: Called with (address, size) at each table miss, after the TLB drop (xmodify.py
@@ -196,6 +199,22 @@ class BlockGate:
                 self._keep = (callback, handle)
                 return
         uc.hook_add(unicorn.UC_HOOK_BLOCK, self._on_block)
+
+    def set_on_stop(self, on_stop: Callable[[int, int], bool]) -> None:
+        """Where the native gate ends a slice (a limit, the IF watch), call
+        ``on_stop(address, size)`` instead of stopping the engine; it returns True if the
+        engine goes on (turnover.py), False to stop it as before.  The Python gate keeps
+        stopping."""
+        if not self.native:
+            return
+        stop = uclib.uc_emu_stop
+
+        def callback(uch: object, address: int, size: int, _ud: object) -> None:
+            if not on_stop(address, size):
+                stop(uch)
+
+        self._stop_cb = _HOOK_BLOCK_CFUNC(callback)
+        self.state.stop_fn = ctypes.cast(self._stop_cb, ctypes.c_void_p).value
 
     # ---- the callback's two Python halves ---------------------------------------------------
     def _key(self, address: int) -> int:

@@ -51,7 +51,8 @@ from . import smp
 from .blockmark import count_insns, locate_insn
 from .context import CpuContext
 from .debugregs import ICEBP
-from .delivery import KIND_EXCEPTION, KIND_SOFTWARE, Event, TaskGateMet, TripleFault, deliver
+from .delivery import KIND_EXCEPTION, KIND_SOFTWARE, TaskGateMet, TripleFault, deliver
+from .delivery import event as shared_event
 from .engine import Register64
 from .hv import hv_specs
 from .hypercall import CallSpec
@@ -132,6 +133,20 @@ def _code_address(view: memoryview) -> tuple[int, int]:
     if hf & C.HF_CS64:
         return 64, rip
     return (32 if hf & C.HF_CS32 else 16), (_U64.unpack_from(view, _CS_BASE)[0] + rip) & _M32
+
+
+#: The flags Unicorn keeps apart from env->eflags while it runs (cpu_exec_enter: CC_SRC,
+#: CC_OP and env->df hold them): arithmetic flags and DF.
+_SPLIT_FLAGS = 0x8D5 | 0x400
+
+
+def live_flags(view: memoryview) -> None:
+    """After a delivery wrote the whole RFLAGS image into a running engine's env->eflags:
+    leave there only what the engine keeps there.  Delivery changes none of the split flags
+    (it clears IF, TF, NT, RF, VM, AC), so the engine's own copies of them stay right; this
+    replaces a ``uc_reg_write`` of RFLAGS (which reloads them from the image)."""
+    _U64.pack_into(view, C.OFF_EFLAGS, _U64.unpack_from(view, C.OFF_EFLAGS)[0] & ~_SPLIT_FLAGS)
+
 
 class InlineExits:
     """One VP's in-hook intercept handling (see the module docstring)."""
@@ -249,10 +264,10 @@ class InlineExits:
                     length = 1
             except (GuestFault, UnmappedAccess):
                 pass
-            event = Event(intno, KIND_SOFTWARE, None, length)
+            event = shared_event(intno, KIND_SOFTWARE, None, length)
         else:
             err = _U32.unpack_from(view, C.OFF_ERROR_CODE)[0] if intno in _ERROR_CODE else None
-            event = Event(intno, KIND_EXCEPTION, err)
+            event = shared_event(intno, KIND_EXCEPTION, err)
         # Retired: the block's instructions before EIP (the faulting one does not retire,
         # an INT n does), as the run loop counts a slice stopped inside a block.
         s = vp.blocks.state
@@ -267,7 +282,7 @@ class InlineExits:
         eflags = self._eflags
         try:
             # While the engine runs, RFLAGS' arithmetic flags and DF live apart from
-            # env->eflags: the register API assembles and loads them.
+            # env->eflags: the register API assembles them (live_flags puts them back).
             _U64.pack_into(view, C.OFF_EFLAGS, eflags.read() | 2)
             # A task gate switches CR3 and TR, which the run loop must see (engine TLB).
             deliver(ctx, self.mmu, event, task_gates=False)
@@ -275,7 +290,7 @@ class InlineExits:
             view[:] = saved
             s.retired, s.cur = retired, cur
             return False
-        eflags.write(_U64.unpack_from(view, C.OFF_EFLAGS)[0])
+        live_flags(view)
         # CR2 now holds the fault's address, which the guest's handler may read in a later
         # slice: Unicorn's end-of-run probe overwrites CR2, and the run loop puts back this
         # value rather than the one from before the slice.

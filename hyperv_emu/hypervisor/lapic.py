@@ -238,7 +238,10 @@ class LocalApic:
         return v
 
     def _notify(self) -> None:
-        if self.has_interrupt():
+        # Only a running slice has anything to end (VirtualProcessor.notify_interrupt);
+        # between slices, and in the gate's slice turnover (turnover.py), the VP is not
+        # running and the run loop or the turnover looks for interrupts itself.
+        if self.vp._running and self.has_interrupt():
             self.vp.notify_interrupt()
 
     # ---- accepting interrupts --------------------------------------------------------------

@@ -31,7 +31,8 @@ PF_I = 16
 _ADDR_MASK = 0x000F_FFFF_FFFF_F000
 _Q = struct.Struct("<Q")
 _D = struct.Struct("<I")
-_CRS = struct.Struct("<Q16xQQ")  # cr[0], (cr[1], cr[2]), cr[3], cr[4]
+#: cr[0], (cr[1], cr[2]), cr[3], cr[4], (cr[5..], ...), EFER: what a walk depends on.
+_PAGING = struct.Struct(f"<Q16xQQ{OFF_EFER - OFF_CR - 40}xQ")
 #: A paging-structure entry read during a walk: its format, the view and offset it was read
 #: from, and its value.
 _Entry = tuple[struct.Struct, memoryview, int, int]
@@ -66,8 +67,29 @@ class Mmu:
         #: it had (re-read in place), so a guest that edits its page tables, with or without
         #: INVLPG, never gets a stale translation; what is saved is the walk's logic.
         self._walks: dict[tuple[int, bool, bool, bool],
-                          tuple[tuple[int, ...], int, tuple[_Entry, ...]]] = {}
+                          tuple[tuple[tuple[int, ...], int, bool], int,
+                                tuple[_Entry, ...]]] = {}
         self._trail: list[_Entry] | None = None
+        #: Gate lookups remembered by interrupt delivery (delivery.py ``_gate_target``).
+        self.gate_plans: dict[tuple[object, ...], tuple[tuple[_Entry, ...], object]] = {}
+
+    def paging_state(self) -> tuple[tuple[int, ...], int, bool]:
+        """What a translation depends on besides the paging structures: CR0, CR3, CR4 and
+        EFER, the memory map's generation and the A20 gate."""
+        mem = self.mem
+        return _PAGING.unpack_from(self.ctx.view, OFF_CR), mem.generation, mem.a20
+
+    def trail(self, lin: int) -> tuple[_Entry, ...] | None:
+        """The paging-structure entries (format, view, offset, value) the current
+        translation of ``lin`` for a supervisor read depends on: () with paging off, None
+        if it is not remembered (call right after translating it)."""
+        state = self.paging_state()
+        if not state[0][0] & CR0_PG:
+            return ()
+        known = self._walks.get((lin >> 12, False, False, False))
+        if known is None or known[0] != state:
+            return None
+        return known[2]
 
     def _q(self, gpa: int) -> int:
         hit = self.mem.ram_page(gpa)  # page tables live in RAM: read them in place
@@ -93,12 +115,11 @@ class Mmu:
                   fetch: bool = False) -> int:
         """The guest-physical address for linear ``lin``; raises GuestFault(#PF) as the CPU
         would, with CR2 and the error code."""
-        view = self.ctx.view
-        cr0, cr3, cr4 = _CRS.unpack_from(view, OFF_CR)
-        if not cr0 & CR0_PG:
+        regs = _PAGING.unpack_from(self.ctx.view, OFF_CR)  # CR0, CR3, CR4, EFER
+        if not regs[0] & CR0_PG:
             return lin & 0xFFFF_FFFF  # long mode needs paging: linear addresses are 32 bits
-        state = (cr0, cr3, cr4, _Q.unpack_from(view, OFF_EFER)[0], self.mem.generation,
-                 self.mem.a20)
+        mem = self.mem
+        state = (regs, mem.generation, mem.a20)
         key = (lin >> 12, write, user, fetch)
         known = self._walks.get(key)
         if known is not None and known[0] == state:

@@ -8,7 +8,10 @@ interrupt is pending but masked, where IF becomes 1.  A timer armed or moved dur
 slice lowers its limit (:meth:`Partition._deadline_moved`).  The last :data:`COUNTED_TAIL`
 instructions of an instruction budget run as ``emu_start(count=N)``, so the budget ends on
 the exact instruction.  Events (interrupts, exceptions, HLT, MSR and RDTSC intercepts) stop
-the slice and are handled here in Python, between ``emu_start`` calls.
+the slice and are handled here in Python, between ``emu_start`` calls, except those handled
+inside Unicorn's hooks: intercepts and exceptions (inline.py), and the end of a gated slice at
+a timer deadline or where a pending interrupt becomes deliverable, which the gate turns over
+into the next slice itself (turnover.py) when nothing needs this loop.
 """
 
 from __future__ import annotations
@@ -172,6 +175,10 @@ class Partition:
         self._slice_base_ns = 0
         #: Instructions of a budget run counted at its end (0: end at a block entry instead).
         self._budget_tail = COUNTED_TAIL
+        #: The running :meth:`run`'s instruction-budget end (clock instructions) and host
+        #: deadline, for slices turned over inside the gate (turnover.py).
+        self._budget_end: int | None = None
+        self._t_end: float | None = None
         clock.arm_listeners.append(self._deadline_moved)
         self._sigint = SigintGuard(self._slice_running, self._interrupt_slice)
         self.memory.map_hidden(HIDDEN_GPA, 0x3000)
@@ -415,6 +422,8 @@ class Partition:
              t_end: float | None) -> RunExit:
         clock = self.clock
         start = clock.instructions
+        self._budget_end = None if max_instructions is None else start + max_instructions
+        self._t_end = t_end
         while True:
             if self._stop_reason is not None:
                 reason, self._stop_reason = self._stop_reason, None
@@ -609,6 +618,8 @@ class Partition:
         vp._running = True
         vp._counting = bool(count)
         vp.inline.enabled = not count and (watch_if or not masked)  # inline.py
+        vp.turn.enabled = (not count and deterministic and self.scheduler is None
+                           and len(self.vps) == 1)  # turnover.py
         vp.blocks.begin(NO_LIMIT if count else limit, watch_if)
         self._running_vp = vp
         error: unicorn.UcError | None = None
@@ -654,6 +665,9 @@ class Partition:
             else:
                 retired = self._gated_retired(vp, exit_)
             clock.end_slice(max(0, retired))
+        if vp.turn.error is not None:  # a host exception inside the gate (turnover.py)
+            hook_error, vp.turn.error = vp.turn.error, None
+            raise hook_error
         result = self._handle_exit(vp, exit_, error)
         if vp.debug.data_hits:
             vp.debug.take_data_hits()  # a DR7 data breakpoint's #DB trap (debugregs.py)

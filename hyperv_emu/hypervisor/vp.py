@@ -30,6 +30,7 @@ from .inline import InlineExits
 from .lapic import LocalApic
 from .mmu import Mmu
 from .msr_table import MsrFile
+from .turnover import SliceTurn
 from .xmodify import CodePages
 
 if TYPE_CHECKING:
@@ -145,6 +146,9 @@ class VirtualProcessor:
         #: The pages this engine translated code from, to drop blocks gone stale (xmodify.py).
         self.code_pages = CodePages(self, self.inline.mmu)
         self.blocks.on_new_block = self.code_pages.new_block
+        #: Timer deadlines and external interrupts handled inside the gate (turnover.py).
+        self.turn = SliceTurn(self)
+        self.blocks.set_on_stop(self.turn.on_stop)
         #: DR0-DR7, kept here rather than in the engine (debugregs.py).
         self.debug = DebugRegisters(self)
         self.reset()
