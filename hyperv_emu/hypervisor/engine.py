@@ -98,11 +98,12 @@ XSAVE_EXECUTED = 0x3
 
 
 def _limit_xsave(uc: Any) -> None:
-    """Make the engine offer only :data:`XSAVE_EXECUTED` in XCR0.  The Haswell model lists
+    """Make the engine offer only :data:`XSAVE_EXECUTED` in XCR0, and not execute MOVBE.  The Haswell model lists
     YMM state although AVX itself is filtered out (it raises #UD), so a guest could enable YMM
     with XSETBV and then fault on every AVX instruction.  Both CPUID.0DH and XSETBV's check
     read FEAT_XSAVE_COMP_LO, so clearing the bit there fixes both at the root."""
     from .context import LayoutError, env_address
+    from .movbe import MOVBE_FEATURE
 
     words = (ctypes.c_uint64 * 22).from_address(env_address(uc) + OFF_FEATURES)
     # Layout check: FPU (bit 0) and SSE (bit 25) in FEAT_1_EDX, XSAVE (bit 26) in FEAT_1_ECX,
@@ -111,6 +112,9 @@ def _limit_xsave(uc: Any) -> None:
             or words[FEAT_XSAVE_COMP_LO] & 3 != 3):
         raise LayoutError(f"CPU feature words not at +{OFF_FEATURES} of the CPU state")
     words[FEAT_XSAVE_COMP_LO] &= XSAVE_EXECUTED
+    # The translator decodes MOVBE's register form as a memory access (movbe.py): without
+    # the bit every MOVBE raises #UD, and the run loop performs or refuses it.
+    words[FEAT_1_ECX] &= ~MOVBE_FEATURE & 0xFFFF_FFFF_FFFF_FFFF
 
 
 def _ctl_write_no_args(uc: Any, ctl: int) -> None:

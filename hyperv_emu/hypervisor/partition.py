@@ -23,7 +23,7 @@ import unicorn
 
 from ..clock import VirtualClock
 from . import context as C
-from . import debugregs, insn_emul, smp
+from . import debugregs, insn_emul, iret_segs, movbe, smp
 from . import exits as E
 from . import msr as M
 from .blockmark import count_insns, hlt_at_block_end, locate_insn
@@ -108,6 +108,7 @@ _INTERCEPTED_INSNS = {
     smp.SVM_EXIT_PAUSE: frozenset({"pause"}),
     SVM_EXIT_LDTR_WRITE: frozenset({"lldt"}),
     SVM_EXIT_TR_WRITE: frozenset({"ltr"}),
+    iret_segs.SVM_EXIT_IRET: iret_segs.MNEMONICS,
 }
 _INTERCEPTED_INSNS.update(debugregs.INTERCEPTED)  # MOV to/from DR0-DR7
 #: Intercepts whose instruction insn_emul.py checks and performs.
@@ -564,6 +565,13 @@ class Partition:
         if self.scheduler is not None:  # several VPs: the rest of this VP's turn (smp.py)
             cap = 1 if shadow_only else self.scheduler.remaining()
             count, limit = min(count, cap), min(limit, cap)
+        # The IRET intercept (iret_segs.py): armed while FS/GS could lose a base; an
+        # intercepted IRET then runs alone with it off.
+        once, vp.iret_once = vp.iret_once, False
+        if iret_segs.arm(ctx, not once and iret_segs.wanted(ctx)):
+            vp._dirty = True
+        if once:
+            count, limit = min(count, 1), min(limit, 1)
         # Host mode: time runs on while Python delivers an interrupt (far slower than a CPU
         # does), so with a fast periodic timer the next interrupt would be waiting at every
         # IRET and the interrupted code would never run again.  So within HOST_SLICE_US of
@@ -830,8 +838,37 @@ class Partition:
             self._retire_one(vp)
             vp.pending.insert(0, Event(1, KIND_EXCEPTION))
             return None
+        if movbe.maybe_movbe(insn) and self._movbe(vp):
+            return None
         vp.pending.insert(0, Event(6, KIND_EXCEPTION))
         return None
+
+    def _movbe(self, vp: VirtualProcessor) -> bool:
+        """A #UD that may be a MOVBE (movbe.py): True if it was performed, or faulted (the
+        fault is pending)."""
+        lin = vp.linear_rip()
+        ctx = vp.ctx
+        bits = 64 if ctx.hflags & C.HF_CS64 else 32 if ctx.hflags & C.HF_CS32 else 16
+        try:
+            code = vp.mmu.read(lin, min(15, 0x1000 - (lin & 0xFFF)), fetch=True)
+            if len(code) < 15:  # the rest from the next page, if it can be fetched
+                try:
+                    code += vp.mmu.read(lin + len(code), 15 - len(code), fetch=True)
+                except (GuestFault, UnmappedAccess):
+                    pass
+            done = movbe.perform(vp, code, bits)
+        except GuestFault as fault:
+            if fault.vector == 14 and fault.cr2 is not None:
+                ctx.set_cr(2, fault.cr2)
+            vp.pending.insert(0, Event(fault.vector, KIND_EXCEPTION, fault.error_code))
+            vp._dirty = True
+            return True
+        except UnmappedAccess:
+            return False
+        if not done:
+            return False
+        self._retire_one(vp)
+        return True
 
     def _svm_exit(self, vp: VirtualProcessor, code: int) -> RunExit | None:
         ctx = vp.ctx
@@ -858,6 +895,13 @@ class Partition:
                 self.observers.emit(hlt_event(vp))
             ctx.rip = ctx.rip + length
             vp.halted = True
+        elif code == iret_segs.SVM_EXIT_IRET:
+            # Checked before the engine performs it (iret_segs.py): the IRET runs alone in the
+            # next slice, with the intercept off; it has not retired.
+            iret_segs.before_iret(ctx, vp.mmu, text)
+            vp.iret_once = True
+            vp._dirty = True
+            return None
         elif code == smp.SVM_EXIT_PAUSE:  # several VPs only: a spin-wait yields the turn
             smp.pause_exit(vp, ctx.rip)
             ctx.rip = ctx.rip + length

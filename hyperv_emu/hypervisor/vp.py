@@ -131,6 +131,8 @@ class VirtualProcessor:
         #: The intercepted instruction found in the block (address, length, text), once per
         #: exit (partition.py).
         self._intercepted: tuple[int, int, str] | None = None
+        #: The next slice runs one intercepted IRET with the IRET intercept off (iret_segs.py).
+        self.iret_once = False
         partition.memory.attach(self.uc)
         self._install_hooks()
         #: The native block gate: start of the block executing (to find intercepted
