@@ -17,7 +17,10 @@ through IRET (``text_poke_sync``).  So an engine's code is checked against memor
 
 * at each block the gate sees for the first time (its table miss), for the block's page(s):
   a change there ends the slice before the new block runs (the first case: code just copied
-  in is entered through blocks not translated before);
+  in is entered through blocks not translated before), and likewise at each block the engine
+  translates again with the start and size the gate knows (:meth:`CodePages.retranslated`:
+  the engine invalidated it for a store, so other stores into its page may have gone
+  unchecked);
 * at its CPUID exit, every page (:meth:`CodePages.serialize`, inside the hook; a change ends
   the slice at the next block entry, before any stale block runs);
 * before the run loop delivers an interrupt, NMI or event to the VP, every page
@@ -35,7 +38,7 @@ module's concern.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .memory import PAGE
 from .mmu import GuestFault
@@ -118,6 +121,25 @@ class CodePages:
             return self._record(address, (address & ~_MASK) + (last - address) + 1)
         stale = self._record(address, PAGE)
         return self._record(last & _MASK, (last & ~_MASK) + 1) or stale
+
+    def retranslated(self, _uc: object, cur: Any, _prev: object, _ud: object) -> None:
+        """``UC_HOOK_EDGE_GENERATED``: the engine has just translated the block ``cur``, which
+        runs next.  A block the gate already counts (same start and size) is being translated
+        again, which the engine does after a store invalidated it (its first store into the
+        page through a TLB entry still flagged not-dirty: docs/ENGINE.md); the later stores
+        of the same copy went unchecked, so the page's other blocks may be stale (kvm-unit-
+        tests realmode copies each test over the last one byte by byte: "call near" ran the
+        old code).  The gate's table hit would skip :meth:`new_block`, so the page is checked
+        here, and a change ends a gated slice before the block runs (the gate's limit, as a
+        timer deadline does); the run loop then drops the page's blocks.  New blocks are the
+        gate's miss, checked there.  Cost: one Python call per translation."""
+        pc, size = int(cur.pc), int(cur.size)
+        vp = self.vp
+        gate = vp.blocks
+        if not gate.known(pc, size) or not self.new_block(pc, size):
+            return
+        if not vp._counting:  # a counted slice runs the block once more (residual)
+            gate.state.limit = gate.state.retired
 
     def _record(self, linear: int, end: int) -> bool:
         """Bytes [linear's page offset, ``end``) of linear's page hold a new block."""

@@ -108,3 +108,32 @@ def test_iret_to_ring_3_keeps_the_gs_base_of_a_nulled_selector() -> None:
     m.vp.write_registers(rip=0x4000)
     assert m.part.run(max_instructions=10_000).reason == "halted"
     assert m.outs(0x80) == [0, 0xC0FFEE, 0, 0xC0FFEE]
+
+
+def _code(al: int, port: int) -> bytes:
+    """``mov al, AL; call +3; ret; nop; nop; out PORT, al; ret`` (16 bytes, NOP-padded): two
+    blocks, the first 5 bytes long."""
+    return bytes([0xB0, al, 0xE8, 3, 0, 0xC3, 0x90, 0x90, 0xE6, port, 0xC3]).ljust(16, b"\x90")
+
+
+def test_code_copied_byte_by_byte_over_code_run_before() -> None:
+    """Real-mode code copies two versions of a routine, one after the other, byte by byte to
+    3000h and calls each.  The engine invalidates only the first block at the copy's first
+    store and retranslates it with the same start and size; the second block must not run
+    stale (kvm-unit-tests realmode "call near", xmodify.CodePages.retranslated)."""
+    m = machine()
+    m.part.write_memory(0x2000, _code(1, 0x80))
+    m.part.write_memory(0x2100, _code(2, 0x81))
+    # 1100h: mov di, 3000h; mov cx, 16; l: lodsb; mov [di], al; inc di; dec cx; jnz l; ret
+    m.part.write_memory(0x1100, bytes([0xBF, 0x00, 0x30, 0xB9, 0x10, 0x00, 0xAC, 0x88, 0x05,
+                                       0x47, 0x49, 0x75, 0xF9, 0xC3]))
+    main = bytearray([0xBC, 0x00, 0x80])  # mov sp, 8000h
+    for src in (0x2000, 0x2100):
+        main += bytes([0xBE]) + struct.pack("<H", src)  # mov si, src
+        for target in (0x1100, 0x3000):  # call copy; call 3000h
+            main += bytes([0xE8]) + struct.pack("<h", target - (0x1000 + len(main) + 3))
+    main += bytes([0xF4])
+    m.part.write_memory(0x1000, bytes(main))
+    m.vp.write_registers(cs=0, cs_base=0, rip=0x1000)
+    assert m.part.run(max_instructions=10_000).reason == "halted"
+    assert [(p, v) for k, p, _, v, _ in m.io if k == "out"] == [(0x80, 1), (0x81, 2)]
