@@ -143,7 +143,9 @@ class VirtualProcessor:
         #: The pages this engine translated code from, to drop blocks gone stale (xmodify.py).
         self.code_pages = CodePages(self, self.inline.mmu)
         self.blocks.on_new_block = self.code_pages.new_block
-        self.uc.hook_add(unicorn.UC_HOOK_EDGE_GENERATED, self.code_pages.retranslated)
+        #: Retranslated blocks check their page (xmodify.py); the handle for benchmarks.
+        self.edge_hook = self.uc.hook_add(unicorn.UC_HOOK_EDGE_GENERATED,
+                                          self.code_pages.retranslated)
         #: DR0-DR7, kept here rather than in the engine (debugregs.py).
         self.debug = DebugRegisters(self)
         self.reset()

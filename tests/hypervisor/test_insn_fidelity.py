@@ -36,12 +36,19 @@ def test_movbe_register_form_raises_ud_memory_forms_work() -> None:
         mov eax, 0xffffffff
         .byte 0x66, 0x0f, 0x38, 0xf0, 0x03  # movbe ax, [ebx]
         out 0x81, eax
+        mov eax, 1
+        cpuid
+        mov eax, ecx
+        shr eax, 22                          # CPUID.1 ECX bit 22 (MOVBE) still set
+        and eax, 1
+        out 0x82, eax
         cli
         hlt
     """, 32)
     assert m.part.run(max_instructions=10_000).reason == "halted"
     assert m.outs(0x80) == [UD_MARK]
     assert m.outs(0x81) == [0x55, 0x02030405, 0x44332211, 0xFFFF0102]
+    assert m.outs(0x82) == [1]
 
 
 def test_movbe_64_bit_operand() -> None:
