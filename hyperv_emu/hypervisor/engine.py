@@ -100,9 +100,10 @@ XSAVE_EXECUTED = 0x3
 
 
 def _limit_xsave(uc: Any, cpuid_probe: bool = False) -> None:
-    """Make the engine offer only :data:`XSAVE_EXECUTED` in XCR0, and not execute MOVBE.  The Haswell model lists
-    YMM state although AVX itself is filtered out (it raises #UD), so a guest could enable YMM
-    with XSETBV and then fault on every AVX instruction.  Both CPUID.0DH and XSETBV's check
+    """Make the engine offer only :data:`XSAVE_EXECUTED` in XCR0 (and, unless it is a CPUID
+    probe, not execute MOVBE: movbe.py).  The Haswell model lists YMM state although AVX
+    itself is filtered out (it raises #UD), so a guest could enable YMM with XSETBV and then
+    fault on every AVX instruction.  Both CPUID.0DH and XSETBV's check
     read FEAT_XSAVE_COMP_LO, so clearing the bit there fixes both at the root."""
     from .context import LayoutError, env_address
     from .movbe import MOVBE_FEATURE

@@ -19,7 +19,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from . import context as C
 from .insn_emul import _effective_address
+from .memory import PAGE, UnmappedAccess
+from .mmu import GuestFault
 
 if TYPE_CHECKING:
     from .vp import VirtualProcessor
@@ -55,6 +58,22 @@ def _parse(code: bytes, bits: int) -> tuple[int, int, set[int], int] | None:
     if 0xF2 in prefixes:
         return None  # CRC32: the engine's
     return code[i + 2], i + 3, prefixes, rex
+
+
+def perform_at_rip(vp: VirtualProcessor) -> bool:
+    """The run loop's #UD at CS:RIP that :func:`maybe_movbe` let through: True if it was a
+    MOVBE, now performed (RIP past it); False for a #UD after all.  A fault of the access
+    (#PF, #GP) is raised as :class:`GuestFault`."""
+    lin = vp.linear_rip()
+    hf = vp.ctx.hflags
+    bits = 64 if hf & C.HF_CS64 else 32 if hf & C.HF_CS32 else 16
+    code = vp.mmu.read(lin, min(_MAX_INSN, PAGE - (lin & (PAGE - 1))), fetch=True)
+    if len(code) < _MAX_INSN:  # the rest from the next page, if it can be fetched
+        try:
+            code += vp.mmu.read(lin + len(code), _MAX_INSN - len(code), fetch=True)
+        except (GuestFault, UnmappedAccess):
+            pass
+    return bool(perform(vp, code, bits))
 
 
 def perform(vp: VirtualProcessor, code: bytes, bits: int) -> bool | None:

@@ -838,37 +838,26 @@ class Partition:
             self._retire_one(vp)
             vp.pending.insert(0, Event(1, KIND_EXCEPTION))
             return None
-        if movbe.maybe_movbe(insn) and self._movbe(vp):
-            return None
+        if movbe.maybe_movbe(insn):
+            try:
+                if movbe.perform_at_rip(vp):
+                    self._retire_one(vp)
+                    return None
+            except GuestFault as fault:
+                self._queue_fault(vp, fault)
+                return None
+            except UnmappedAccess as exc:
+                return RunExit(E.FAULT, f"MOVBE: {exc}", vp.index, vp.ctx.rip)
         vp.pending.insert(0, Event(6, KIND_EXCEPTION))
         return None
 
-    def _movbe(self, vp: VirtualProcessor) -> bool:
-        """A #UD that may be a MOVBE (movbe.py): True if it was performed, or faulted (the
-        fault is pending)."""
-        lin = vp.linear_rip()
-        ctx = vp.ctx
-        bits = 64 if ctx.hflags & C.HF_CS64 else 32 if ctx.hflags & C.HF_CS32 else 16
-        try:
-            code = vp.mmu.read(lin, min(15, 0x1000 - (lin & 0xFFF)), fetch=True)
-            if len(code) < 15:  # the rest from the next page, if it can be fetched
-                try:
-                    code += vp.mmu.read(lin + len(code), 15 - len(code), fetch=True)
-                except (GuestFault, UnmappedAccess):
-                    pass
-            done = movbe.perform(vp, code, bits)
-        except GuestFault as fault:
-            if fault.vector == 14 and fault.cr2 is not None:
-                ctx.set_cr(2, fault.cr2)
-            vp.pending.insert(0, Event(fault.vector, KIND_EXCEPTION, fault.error_code))
-            vp._dirty = True
-            return True
-        except UnmappedAccess:
-            return False
-        if not done:
-            return False
-        self._retire_one(vp)
-        return True
+    @staticmethod
+    def _queue_fault(vp: VirtualProcessor, fault: GuestFault) -> None:
+        """Make the fault an emulated instruction raised the next event (CR2 for a #PF)."""
+        if fault.vector == 14 and fault.cr2 is not None:
+            vp.ctx.set_cr(2, fault.cr2)
+        vp.pending.insert(0, Event(fault.vector, KIND_EXCEPTION, fault.error_code))
+        vp._dirty = True
 
     def _svm_exit(self, vp: VirtualProcessor, code: int) -> RunExit | None:
         ctx = vp.ctx
@@ -937,10 +926,7 @@ class Partition:
                 else:
                     insn_emul.mov_cr(vp, text, length, insn, bits)
             except GuestFault as fault:
-                if fault.vector == 14 and fault.cr2 is not None:
-                    ctx.set_cr(2, fault.cr2)
-                vp.pending.insert(0, Event(fault.vector, KIND_EXCEPTION, fault.error_code))
-                vp._dirty = True
+                self._queue_fault(vp, fault)
                 return None
             ctx.rip = ctx.rip + length
         elif code == SVM_EXIT_MSR:
