@@ -130,16 +130,14 @@ class CodePages:
         of the same copy went unchecked, so the page's other blocks may be stale (kvm-unit-
         tests realmode copies each test over the last one byte by byte: "call near" ran the
         old code).  The gate's table hit would skip :meth:`new_block`, so the page is checked
-        here, and a change ends a gated slice before the block runs (the gate's limit, as a
-        timer deadline does); the run loop then drops the page's blocks.  New blocks are the
-        gate's miss, checked there.  Cost: one Python call per translation."""
+        here, and a changed page loses its blocks at once (the block just translated, from
+        memory as it is now, still runs: the engine holds it).  New blocks are the gate's
+        miss, checked there.  Cost: one Python call per translation."""
         pc, size = int(cur.pc), int(cur.size)
-        vp = self.vp
-        gate = vp.blocks
-        if not gate.known(pc, size) or not self.new_block(pc, size):
+        if not self.vp.blocks.known(pc, size) or not self.new_block(pc, size):
             return
-        if not vp._counting:  # a counted slice runs the block once more (residual)
-            gate.state.limit = gate.state.retired
+        changed, self.pending = self.pending, set()
+        self._drop(changed)
 
     def _record(self, linear: int, end: int) -> bool:
         """Bytes [linear's page offset, ``end``) of linear's page hold a new block."""
@@ -201,6 +199,12 @@ class CodePages:
             changed.update(self._changed())
         if not changed:
             return
+        self.vp._flush()  # the engine's live state is the VP's (CR0 is edited there)
+        self._drop(changed)
+
+    def _drop(self, changed: set[int]) -> None:
+        """Drop the translated blocks of the physical pages ``changed`` and forget them, with
+        the engine's live state the VP's (between slices, or inside a hook)."""
         linears: set[int] = set()
         for phys in changed:
             page = self.pages.pop(phys, None)
@@ -208,7 +212,6 @@ class CodePages:
                 linears |= page.linears
         self.dropped += len(changed)
         vp = self.vp
-        vp._flush()  # the engine's live state is the VP's (CR0 is edited there)
         live = vp.inline.ctx
         remove_cache_physical(vp.uc, (lambda: live.cr(0), lambda v: live.set_cr(0, v)),
                               sorted(changed))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import struct
 
+import pytest
 from hv_helpers import IDT32, flat32, gate32, gate64, gdt_desc, machine
 from test_longmode import GDT, IDT, PD, PDPT, PML4, TSS, long_machine
 
@@ -78,9 +79,13 @@ def test_iret_to_ring_3_keeps_the_gs_base_of_a_nulled_selector() -> None:
       + tss_desc + gdt_desc(0, 0xFFFFF, 0xF2, 0xC) + gdt_desc(0, 0xFFFFF, 0xFA, 0xA))
     m.vp.write_registers(gdtr_limit=0x37)  # 0x28 ring-3 data, 0x33 ring-3 code
     w(IDT + 0x80 * 16, gate64(0x5000, 0x08, dpl=3))
+    w(IDT + 0x81 * 16, gate64(0x5400, 0x08))
+    m.load(0x5400, "iretq", 64)  # a same-level IRET leaves GS alone
     w(0x7000, struct.pack("<I", 0xC0FFEE))
-    # Ring 0 again: what ring 3 saw, then GS's selector and gs:[0] here.
+    # Ring 0 again: GS after the same-level IRET, what ring 3 saw, then GS and gs:[0] here.
     m.load(0x5000, """
+        mov eax, [0x6008]
+        out 0x80, eax
         mov eax, [0x6000]
         out 0x80, eax
         mov eax, [0x6004]
@@ -105,6 +110,9 @@ def test_iret_to_ring_3_keeps_the_gs_base_of_a_nulled_selector() -> None:
         mov eax, 0x7000
         xor edx, edx
         wrmsr
+        int 0x81
+        mov eax, gs
+        mov [0x6008], eax
         push 0x2b
         push 0x7800
         push 0x202
@@ -114,7 +122,7 @@ def test_iret_to_ring_3_keeps_the_gs_base_of_a_nulled_selector() -> None:
     """, 64)
     m.vp.write_registers(rip=0x4000)
     assert m.part.run(max_instructions=10_000).reason == "halted"
-    assert m.outs(0x80) == [0, 0xC0FFEE, 0, 0xC0FFEE]
+    assert m.outs(0x80) == [0x10, 0, 0xC0FFEE, 0, 0xC0FFEE]
 
 
 def _code(al: int, port: int) -> bytes:
@@ -123,11 +131,13 @@ def _code(al: int, port: int) -> bytes:
     return bytes([0xB0, al, 0xE8, 3, 0, 0xC3, 0x90, 0x90, 0xE6, port, 0xC3]).ljust(16, b"\x90")
 
 
-def test_code_copied_byte_by_byte_over_code_run_before() -> None:
+@pytest.mark.parametrize("chunk", [None, 7, 11])
+def test_code_copied_byte_by_byte_over_code_run_before(chunk: int | None) -> None:
     """Real-mode code copies two versions of a routine, one after the other, byte by byte to
     3000h and calls each.  The engine invalidates only the first block at the copy's first
     store and retranslates it with the same start and size; the second block must not run
-    stale (kvm-unit-tests realmode "call near", xmodify.CodePages.retranslated)."""
+    stale (kvm-unit-tests realmode "call near", xmodify.CodePages.retranslated).  Also run
+    in chunks of ``chunk`` instructions (counted slices at each chunk's end)."""
     m = machine()
     m.part.write_memory(0x2000, _code(1, 0x80))
     m.part.write_memory(0x2100, _code(2, 0x81))
@@ -142,5 +152,9 @@ def test_code_copied_byte_by_byte_over_code_run_before() -> None:
     main += bytes([0xF4])
     m.part.write_memory(0x1000, bytes(main))
     m.vp.write_registers(cs=0, cs_base=0, rip=0x1000)
-    assert m.part.run(max_instructions=10_000).reason == "halted"
+    for _ in range(1 if chunk is None else 1000):
+        reason = m.part.run(max_instructions=chunk or 10_000).reason
+        if reason == "halted":
+            break
+    assert reason == "halted"
     assert [(p, v) for k, p, _, v, _ in m.io if k == "out"] == [(0x80, 1), (0x81, 2)]
