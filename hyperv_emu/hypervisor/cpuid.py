@@ -29,7 +29,7 @@ class _NativeCpuid:
     """Runs CPUID in a private scratch engine to learn what Unicorn's CPU model reports."""
 
     def __init__(self) -> None:
-        self._uc = open_engine(SMALL_TCG_BUFFER_SIZE)
+        self._uc = open_engine(SMALL_TCG_BUFFER_SIZE, cpuid_probe=True)
         self._uc.mem_map(0x1000, 0x1000)
         self._uc.mem_write(0x1000, b"\x0f\xa2")  # cpuid
         self._cache: dict[tuple[int, int], Leaf] = {}

@@ -33,9 +33,11 @@ SMALL_TCG_BUFFER_SIZE = 1 << 20
 CPU_MODEL = X.UC_CPU_X86_HASWELL
 
 
-def open_engine(buffer_size: int | None = None) -> Any:
+def open_engine(buffer_size: int | None = None, *, cpuid_probe: bool = False) -> Any:
     """A new x86 engine in UC_MODE_64 emulating :data:`CPU_MODEL`, with a code buffer of
-    ``buffer_size`` bytes (default :data:`TCG_BUFFER_SIZE`)."""
+    ``buffer_size`` bytes (default :data:`TCG_BUFFER_SIZE`).  A ``cpuid_probe`` engine only
+    answers CPUID for the guest's table (cpuid.py): it keeps MOVBE, which guest engines
+    leave to the hypervisor (movbe.py), in its feature word."""
     size = TCG_BUFFER_SIZE if buffer_size is None else buffer_size
     before = _code_mappings()
     uc = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_64)
@@ -48,7 +50,7 @@ def open_engine(buffer_size: int | None = None) -> Any:
     # qemu64, with AMD's vendor string, which would change the hypercall page's instruction).
     uc.ctl_set_cpu_model(CPU_MODEL)
     uc.reg_read(X.UC_X86_REG_RAX)  # creates the CPU, so its feature words can be edited
-    _limit_xsave(uc)
+    _limit_xsave(uc, cpuid_probe)
     # Unicorn 2.1.1 starts its one code region unallocated (tcg_region_init leaves
     # region.current at 0; upstream fixed it after 2.1.1, "Init tcg region buffer").  The first
     # time the buffer fills, tcg_tb_alloc then "allocates" region 0 again instead of failing:
@@ -99,12 +101,14 @@ FEAT_1_EDX, FEAT_1_ECX, FEAT_XSAVE_COMP_LO = 0, 1, 21
 XSAVE_EXECUTED = 0x3
 
 
-def _limit_xsave(uc: Any) -> None:
-    """Make the engine offer only :data:`XSAVE_EXECUTED` in XCR0.  The Haswell model lists
-    YMM state although AVX itself is filtered out (it raises #UD), so a guest could enable YMM
-    with XSETBV and then fault on every AVX instruction.  Both CPUID.0DH and XSETBV's check
+def _limit_xsave(uc: Any, cpuid_probe: bool = False) -> None:
+    """Make the engine offer only :data:`XSAVE_EXECUTED` in XCR0 (and, unless it is a CPUID
+    probe, not execute MOVBE: movbe.py).  The Haswell model lists YMM state although AVX
+    itself is filtered out (it raises #UD), so a guest could enable YMM with XSETBV and then
+    fault on every AVX instruction.  Both CPUID.0DH and XSETBV's check
     read FEAT_XSAVE_COMP_LO, so clearing the bit there fixes both at the root."""
     from .context import LayoutError, env_address
+    from .movbe import MOVBE_FEATURE
 
     words = (ctypes.c_uint64 * 22).from_address(env_address(uc) + OFF_FEATURES)
     # Layout check: FPU (bit 0) and SSE (bit 25) in FEAT_1_EDX, XSAVE (bit 26) in FEAT_1_ECX,
@@ -113,6 +117,11 @@ def _limit_xsave(uc: Any) -> None:
             or words[FEAT_XSAVE_COMP_LO] & 3 != 3):
         raise LayoutError(f"CPU feature words not at +{OFF_FEATURES} of the CPU state")
     words[FEAT_XSAVE_COMP_LO] &= XSAVE_EXECUTED
+    # The translator decodes MOVBE's register form as a memory access (movbe.py): without
+    # the bit every MOVBE raises #UD, and the run loop performs or refuses it.  (CPUID is
+    # answered from the probe engine, which keeps it: the guest still sees MOVBE.)
+    if not cpuid_probe:
+        words[FEAT_1_ECX] &= ~MOVBE_FEATURE & 0xFFFF_FFFF_FFFF_FFFF
 
 
 def _ctl_write_no_args(uc: Any, ctl: int) -> None:

@@ -311,6 +311,13 @@ class BlockGate:
         """Live IF of the running engine (valid inside hooks)."""
         return bool(self._eflags.value & C.RFLAGS_IF)
 
+    def known(self, address: int, size: int) -> bool:
+        """Whether the table holds the count of the block at ``address`` of ``size`` bytes
+        in the current mode (its next entry is no miss)."""
+        slot = ((address ^ (address >> 10)) & int(self.state.mask)) * 2
+        return self._table[slot] == self._key(address) and (
+            self._table[slot + 1] >> 32) == size
+
     def forget_pages(self, pages: set[int]) -> None:
         """Drop the cached counts of blocks starting in the linear ``pages`` (page-aligned).
         A key is the address with the mode bits XORed into bits 52 and 63, which canonical

@@ -60,6 +60,7 @@ from .insn_emul import _reg_operand
 from .lapic import REG_TPR
 from .memory import UnmappedAccess
 from .mmu import GuestFault, Mmu
+from .movbe import maybe_movbe
 from .spinskip import SpinSkip
 
 if TYPE_CHECKING:
@@ -239,8 +240,8 @@ class InlineExits:
             return False
         if insn in _VMCALLS:
             return self.vmcall(bits, linear)
-        if insn[0] == ICEBP:
-            return False  # ICEBP's #DB trap: for the slow path
+        if insn[0] == ICEBP or maybe_movbe(insn):
+            return False  # ICEBP's #DB trap, MOVBE (movbe.py): for the slow path
         return self.exception(6, bits, linear)
 
     def exception(self, intno: int, bits: int = 0, target: int = 0) -> bool:

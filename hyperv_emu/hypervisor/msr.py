@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from . import iret_segs
 from . import msr_table as T
 from .mmu import GuestFault
 from .msr_table import (  # re-exported (__all__): the MSR indices' home for other modules
@@ -156,3 +157,5 @@ def msr_write(vp: VirtualProcessor, index: int, value: int) -> None:
             vp._engine_msr_write(index, new)
         else:
             vp.msr_file.values[index] = new
+        if index in (IA32_FS_BASE, IA32_GS_BASE):
+            iret_segs.rearm(vp)  # a base worth keeping across IRET (iret_segs.py)

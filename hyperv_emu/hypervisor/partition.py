@@ -26,7 +26,7 @@ import unicorn
 
 from ..clock import VirtualClock
 from . import context as C
-from . import debugregs, insn_emul, smp
+from . import debugregs, insn_emul, iret_segs, movbe, smp
 from . import exits as E
 from . import msr as M
 from .blockmark import count_insns, hlt_at_block_end, locate_insn
@@ -111,6 +111,7 @@ _INTERCEPTED_INSNS = {
     smp.SVM_EXIT_PAUSE: frozenset({"pause"}),
     SVM_EXIT_LDTR_WRITE: frozenset({"lldt"}),
     SVM_EXIT_TR_WRITE: frozenset({"ltr"}),
+    iret_segs.SVM_EXIT_IRET: iret_segs.MNEMONICS,
 }
 _INTERCEPTED_INSNS.update(debugregs.INTERCEPTED)  # MOV to/from DR0-DR7
 #: Intercepts whose instruction insn_emul.py checks and performs.
@@ -577,6 +578,13 @@ class Partition:
         if self.scheduler is not None:  # several VPs: the rest of this VP's turn (smp.py)
             cap = 1 if shadow_only else self.scheduler.remaining()
             count, limit = min(count, cap), min(limit, cap)
+        # The IRET intercept (iret_segs.py): armed while FS/GS could lose a base; an
+        # intercepted IRET then runs alone with it off.
+        once, vp.iret_once = vp.iret_once, False
+        if iret_segs.arm(ctx, not once and iret_segs.wanted(ctx)):
+            vp._dirty = True
+        if once:
+            count, limit = min(count, 1), min(limit, 1)
         # Host mode: time runs on while Python delivers an interrupt (far slower than a CPU
         # does), so with a fast periodic timer the next interrupt would be waiting at every
         # IRET and the interrupted code would never run again.  So within HOST_SLICE_US of
@@ -847,8 +855,26 @@ class Partition:
             self._retire_one(vp)
             vp.pending.insert(0, Event(1, KIND_EXCEPTION))
             return None
+        if movbe.maybe_movbe(insn):
+            try:
+                if movbe.perform_at_rip(vp):
+                    self._retire_one(vp)
+                    return None
+            except GuestFault as fault:
+                self._queue_fault(vp, fault)
+                return None
+            except UnmappedAccess as exc:
+                return RunExit(E.FAULT, f"MOVBE: {exc}", vp.index, vp.ctx.rip)
         vp.pending.insert(0, Event(6, KIND_EXCEPTION))
         return None
+
+    @staticmethod
+    def _queue_fault(vp: VirtualProcessor, fault: GuestFault) -> None:
+        """Make the fault an emulated instruction raised the next event (CR2 for a #PF)."""
+        if fault.vector == 14 and fault.cr2 is not None:
+            vp.ctx.set_cr(2, fault.cr2)
+        vp.pending.insert(0, Event(fault.vector, KIND_EXCEPTION, fault.error_code))
+        vp._dirty = True
 
     def _svm_exit(self, vp: VirtualProcessor, code: int) -> RunExit | None:
         ctx = vp.ctx
@@ -875,6 +901,13 @@ class Partition:
                 self.observers.emit(hlt_event(vp))
             ctx.rip = ctx.rip + length
             vp.halted = True
+        elif code == iret_segs.SVM_EXIT_IRET:
+            # Checked before the engine performs it (iret_segs.py): the IRET runs alone in the
+            # next slice, with the intercept off; it has not retired.
+            iret_segs.before_iret(ctx, vp.mmu, text)
+            vp.iret_once = True
+            vp._dirty = True
+            return None
         elif code == smp.SVM_EXIT_PAUSE:  # several VPs only: a spin-wait yields the turn
             smp.pause_exit(vp, ctx.rip)
             ctx.rip = ctx.rip + length
@@ -911,10 +944,7 @@ class Partition:
                 else:
                     insn_emul.mov_cr(vp, text, length, insn, bits)
             except GuestFault as fault:
-                if fault.vector == 14 and fault.cr2 is not None:
-                    ctx.set_cr(2, fault.cr2)
-                vp.pending.insert(0, Event(fault.vector, KIND_EXCEPTION, fault.error_code))
-                vp._dirty = True
+                self._queue_fault(vp, fault)
                 return None
             ctx.rip = ctx.rip + length
         elif code == SVM_EXIT_MSR:

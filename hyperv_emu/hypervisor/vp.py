@@ -132,6 +132,8 @@ class VirtualProcessor:
         #: The intercepted instruction found in the block (address, length, text), once per
         #: exit (partition.py).
         self._intercepted: tuple[int, int, str] | None = None
+        #: The next slice runs one intercepted IRET with the IRET intercept off (iret_segs.py).
+        self.iret_once = False
         partition.memory.attach(self.uc)
         self._install_hooks()
         #: The native block gate: start of the block executing (to find intercepted
@@ -149,6 +151,9 @@ class VirtualProcessor:
         #: Timer deadlines and external interrupts handled inside the gate (turnover.py).
         self.turn = SliceTurn(self)
         self.blocks.set_on_stop(self.turn.on_stop)
+        #: Retranslated blocks check their page (xmodify.py); the handle for benchmarks.
+        self.edge_hook = self.uc.hook_add(unicorn.UC_HOOK_EDGE_GENERATED,
+                                          self.code_pages.retranslated)
         #: DR0-DR7, kept here rather than in the engine (debugregs.py).
         self.debug = DebugRegisters(self)
         self.reset()

@@ -17,7 +17,10 @@ through IRET (``text_poke_sync``).  So an engine's code is checked against memor
 
 * at each block the gate sees for the first time (its table miss), for the block's page(s):
   a change there ends the slice before the new block runs (the first case: code just copied
-  in is entered through blocks not translated before);
+  in is entered through blocks not translated before), and likewise at each block the engine
+  translates again with the start and size the gate knows (:meth:`CodePages.retranslated`:
+  the engine invalidated it for a store, so other stores into its page may have gone
+  unchecked);
 * at its CPUID exit, every page (:meth:`CodePages.serialize`, inside the hook; a change ends
   the slice at the next block entry, before any stale block runs);
 * before the run loop delivers an interrupt, NMI or event to the VP, every page
@@ -35,7 +38,7 @@ module's concern.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .memory import PAGE
 from .mmu import GuestFault
@@ -119,6 +122,23 @@ class CodePages:
         stale = self._record(address, PAGE)
         return self._record(last & _MASK, (last & ~_MASK) + 1) or stale
 
+    def retranslated(self, _uc: object, cur: Any, _prev: object, _ud: object) -> None:
+        """``UC_HOOK_EDGE_GENERATED``: the engine has just translated the block ``cur``, which
+        runs next.  A block the gate already counts (same start and size) is being translated
+        again, which the engine does after a store invalidated it (its first store into the
+        page through a TLB entry still flagged not-dirty: docs/ENGINE.md); the later stores
+        of the same copy went unchecked, so the page's other blocks may be stale (kvm-unit-
+        tests realmode copies each test over the last one byte by byte: "call near" ran the
+        old code).  The gate's table hit would skip :meth:`new_block`, so the page is checked
+        here, and a changed page loses its blocks at once (the block just translated, from
+        memory as it is now, still runs: the engine holds it).  New blocks are the gate's
+        miss, checked there.  Cost: one Python call per translation."""
+        pc, size = int(cur.pc), int(cur.size)
+        if not self.vp.blocks.known(pc, size) or not self.new_block(pc, size):
+            return
+        changed, self.pending = self.pending, set()
+        self._drop(changed)
+
     def _record(self, linear: int, end: int) -> bool:
         """Bytes [linear's page offset, ``end``) of linear's page hold a new block."""
         try:
@@ -179,6 +199,12 @@ class CodePages:
             changed.update(self._changed())
         if not changed:
             return
+        self.vp._flush()  # the engine's live state is the VP's (CR0 is edited there)
+        self._drop(changed)
+
+    def _drop(self, changed: set[int]) -> None:
+        """Drop the translated blocks of the physical pages ``changed`` and forget them, with
+        the engine's live state the VP's (between slices, or inside a hook)."""
         linears: set[int] = set()
         for phys in changed:
             page = self.pages.pop(phys, None)
@@ -186,7 +212,6 @@ class CodePages:
                 linears |= page.linears
         self.dropped += len(changed)
         vp = self.vp
-        vp._flush()  # the engine's live state is the VP's (CR0 is edited there)
         live = vp.inline.ctx
         remove_cache_physical(vp.uc, (lambda: live.cr(0), lambda v: live.set_cr(0, v)),
                               sorted(changed))
