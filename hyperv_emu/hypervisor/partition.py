@@ -627,7 +627,7 @@ class Partition:
         vp._counting = bool(count)
         vp.inline.enabled = not count and (watch_if or not masked)  # inline.py
         vp.turn.enabled = (not count and deterministic and self.scheduler is None
-                           and len(self.vps) == 1)  # turnover.py
+                           and len(self.vps) == 1 and not once)  # turnover.py
         vp.blocks.begin(NO_LIMIT if count else limit, watch_if)
         self._running_vp = vp
         error: unicorn.UcError | None = None

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING
 from unicorn import x86_const as X
 
 from . import context as C
+from . import iret_segs
 from .deferred import drain_deferred
 from .delivery import KIND_EXTERNAL, TaskGateMet, TripleFault, deliver, event
 from .engine import Register64
@@ -169,6 +170,9 @@ class SliceTurn:
             limit = min(limit, budget - part._budget_tail)
         masked = source is not None and source.has_interrupt()
         _U32.pack_into(view, C.OFF_EXC_IS_INT, 0)
+        # The IRET intercept follows FS/GS as at the run loop's slice start (iret_segs.py);
+        # the live intercept word takes effect at once.
+        iret_segs.arm(inline.ctx, iret_segs.wanted(inline.ctx))
         self._begin(address, size, limit, masked)
         self.turns += 1
         # Leave the block before it runs and go on at RIP (the handler, or this block).
