@@ -48,7 +48,7 @@ main:
 ticks_wait:
     cmpl $TICK_N, (NTICK)
     jb ticks_wait
-    movl $0x10000, %ecx        # 0.65 ms of virtual time: the stopped timer stays quiet
+    movl $0x10000, %ecx        # 20000h instructions' time: the stopped timer stays quiet
 ticks_spin:
     decl %ecx
     jnz ticks_spin

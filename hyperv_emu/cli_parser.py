@@ -11,7 +11,7 @@ import re
 from typing import NoReturn
 
 from hyperv_emu import __version__
-from hyperv_emu.clock import DEFAULT_NS_PER_INSN, MAX_ICOUNT_SHIFT
+from hyperv_emu.clock import DEFAULT_ICOUNT_SHIFT, DEFAULT_NS_PER_INSN, MAX_ICOUNT_SHIFT
 
 EXIT_USAGE = 2  # kept equal to machine.EXIT_USAGE; imported lazily there to keep start-up fast
 #: The stand-in for the guest's time of day in deterministic mode (``--rtc-base`` not given),
@@ -218,8 +218,8 @@ def _add_machine_options(p: argparse.ArgumentParser, serial_default: str = "stdo
                    help="virtual clock mode (default deterministic)")
     p.add_argument("--icount-shift", metavar="N", type=_icount_shift,
                    help="deterministic clock: each guest instruction takes 2**N ns of virtual "
-                        "time, as QEMU's -icount shift=N (0-10; default: "
-                        f"{DEFAULT_NS_PER_INSN} ns)")
+                        "time, as QEMU's -icount shift=N (0-10; default "
+                        f"{DEFAULT_ICOUNT_SHIFT}: {DEFAULT_NS_PER_INSN} ns)")
     p.add_argument("--test-devices", action="store_true",
                    help="add QEMU's test devices: fw_cfg, pc-testdev, pci-testdev, "
                         "hyperv-testdev")

@@ -7,11 +7,11 @@ the other (DESIGN.md, "One clock").
 Two modes:
 
 * ``deterministic`` (default): time advances with retired guest instructions at a fixed rate of
-  :data:`DEFAULT_NS_PER_INSN` nanoseconds per instruction (10 ns, a 100 MIPS virtual CPU;
-  ``--icount-shift N`` picks 2**N ns as QEMU's ``-icount shift=N``; docs/ENGINE.md,
-  "Instruction time", has the measurements).  The count
+  :data:`DEFAULT_NS_PER_INSN` nanoseconds per instruction (2 ns, a 500 MIPS virtual CPU:
+  QEMU's ``-icount shift=1``; ``--icount-shift N`` picks 2**N ns; docs/ENGINE.md,
+  "Instruction time", has the measurements behind the default).  The count
   is taken at translated-block boundaries (hypervisor/gate.py): an instruction reads the time
-  at which its block started (10 ns x the instructions retired before that block), and a timer
+  at which its block started (n ns x the instructions retired before that block), and a timer
   fires at the first block boundary at or after its deadline — blocks end at every branch, at
   STI/POPF/IRET and after at most 512 instructions, so a spinning guest sees its interrupt
   within a few instructions.  A slice that stops inside a block (an exception, INT n, an
@@ -32,10 +32,15 @@ from typing import Literal
 
 ClockMode = Literal["deterministic", "host"]
 
-#: Nanoseconds of virtual time per retired instruction in deterministic mode (100 MIPS), when
-#: no ``--icount-shift`` is given (docs/ENGINE.md, "Instruction time": 2 ns, shift 1, is the
-#: measured candidate for the default).
-DEFAULT_NS_PER_INSN = 10
+#: The ``--icount-shift`` used when none is given: 2**1 = 2 ns of virtual time per retired
+#: instruction in deterministic mode (500 MIPS).  It was 10 ns (100 MIPS) until Linux's boot
+#: showed that slower than QEMU TCG itself and than the Haswell CPUID reports (docs/ENGINE.md,
+#: "Instruction time").
+DEFAULT_ICOUNT_SHIFT = 1
+
+#: Nanoseconds of virtual time per retired instruction in deterministic mode when no
+#: ``--icount-shift`` is given.
+DEFAULT_NS_PER_INSN = 1 << DEFAULT_ICOUNT_SHIFT
 
 NS_PER_SEC = 1_000_000_000
 

@@ -78,8 +78,8 @@ if TYPE_CHECKING:
     from .partition import Partition
     from .vp import VirtualProcessor
 
-#: Longest slice of one VP when the partition has several, in virtual nanoseconds (10,000
-#: instructions at the default 10 ns each).
+#: Longest slice of one VP when the partition has several, in virtual nanoseconds (50,000
+#: instructions at the default 2 ns each).
 QUANTUM_NS = 100_000
 
 #: A VP that reaches PAUSE within this many instructions of its turn's start, at the same

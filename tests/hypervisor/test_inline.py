@@ -19,6 +19,8 @@ from hyperv_emu.hypervisor.inline import InlineExits
 
 ITERS = 300
 TSCS, LOG = 0xA000, 0x9000
+#: The period of the test's timer interrupt, in instructions.
+TICK_INSNS = 3700
 
 GUEST = f"""
 mov r12d, {ITERS}
@@ -66,13 +68,18 @@ def _run() -> tuple[Any, int]:
     pic = FakePic()
     m.vp.set_interrupt_source(pic)
 
+    # The guest's loop is about 6,000 instructions: a tick every 3,700 instructions' time
+    # (whatever the clock's rate) interrupts it at a point that moves from one tick to the
+    # next.
+    period = TICK_INSNS * m.clock.ns_per_insn
+
     def tick() -> None:
         pic.queue.append(0x30)
         m.vp.notify_interrupt()
-        timer.arm_in(37_000)
+        timer.arm_in(period)
 
     timer = m.clock.timer(tick)
-    timer.arm_in(37_000)
+    timer.arm_in(period)
     slices = [0]
     start = m.vp.uc.emu_start
 

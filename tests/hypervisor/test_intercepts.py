@@ -190,6 +190,10 @@ def test_request_stop_from_io_handler() -> None:
     assert m.vp.read_registers()["rip"] == 0x4002 and m.clock.instructions == 1
 
 
+#: The first tick's deadline in instructions' time: 1 + 3k, the start of a loop iteration.
+_FIRST_TICK = 1000
+
+
 def _timer_guest():  # type: ignore[no-untyped-def]
     from hv_helpers import IDT32, FakePic, gate32
     m = machine()
@@ -207,7 +211,7 @@ def _timer_guest():  # type: ignore[no-untyped-def]
         timer.arm_in(12_345)
 
     timer.callback = fire
-    timer.arm(10_000)
+    timer.arm(_FIRST_TICK * m.clock.ns_per_insn)
     return m
 
 
@@ -217,9 +221,9 @@ def test_determinism_two_runs_equal() -> None:
     assert ea == eb and ea.reason == "halted"
     assert a.io == b.io and len(a.io) == 5
     assert a.clock.instructions == b.clock.instructions and a.clock.now() == b.clock.now()
-    # Delivered at the deadline (the loop's block entries fall on 1 + 3n instructions, and
+    # Delivered at the deadline (the loop's block entries fall on 1 + 3k instructions, and
     # 1000 is one); the handler's OUT reads the time its block started.
-    assert a.io[0][4] == 10_000
+    assert a.io[0][4] == _FIRST_TICK * a.clock.ns_per_insn
 
 
 def test_vp_save_restore_round_trip() -> None:

@@ -24,7 +24,8 @@ def test_reset_state_and_first_fetch_from_rom() -> None:
     m.part.map_rom(0xFFFF0000, bytes(rom))
     ex = m.part.run(max_instructions=100)
     assert ex.reason == "halted"
-    assert m.io == [("out", 0x80, 1, 0x42, 10)]
+    # The OUT reads the time of the one instruction (MOV) retired before it.
+    assert m.io == [("out", 0x80, 1, 0x42, m.clock.ns_per_insn)]
     assert m.vp.read_registers()["rip"] == 0xFFF0 + len(code)
 
 
@@ -131,13 +132,13 @@ def test_hlt_skips_clock_to_timer_deadline() -> None:
     m.clock.timer(fire).arm(5_000_000)
     assert m.part.run(max_instructions=10_000).reason == "halted"
     times = [(p, t) for _, p, _, _, t in m.io]
-    # sti, hlt retire (20 ns); the clock jumps to 5 ms.  Inside a translated block the clock
-    # reads the block's start: the handler's OUT (2nd instruction) sees 5 ms, the OUT after
-    # the HLT (mov al, out, in the block after IRET) sees 5 ms + 3 handler instructions,
-    # and the handler's OUT took IO_ACCESS_NS (partition.io_stall).
+    # sti, hlt retire (2 instructions); the clock jumps to 5 ms.  Inside a translated block
+    # the clock reads the block's start: the handler's OUT (2nd instruction) sees 5 ms, the
+    # OUT after the HLT (mov al, out, in the block after IRET) sees 5 ms + 3 handler
+    # instructions, and the handler's OUT took IO_ACCESS_NS (partition.io_stall).
     assert times[0] == (0x81, 5_000_000)
     assert times[1][0] == 0x82
-    assert times[1] == (0x82, 5_000_030 + IO_ACCESS_NS)
+    assert times[1] == (0x82, 5_000_000 + 3 * m.clock.ns_per_insn + IO_ACCESS_NS)
     assert m.clock.instructions == 2 + 3 + 4
 
 

@@ -12,6 +12,7 @@ import pytest
 from hv_helpers import FakePic, gate64
 from test_longmode import IDT, long_machine
 
+from hyperv_emu.clock import NS_PER_SEC
 from hyperv_emu.hypervisor.spinskip import SpinSkip, _decode, _evaluate
 
 LOG, TICKS = 0x9000, 0x8F00
@@ -95,16 +96,23 @@ iretq
 """
 
 
-def _run(ticks: int, period_ns: int | None, budget: int) -> Any:
+def _run(wait_insns: int, period_insns: int | None, budget: int) -> Any:
+    """Run the guest with waits of ``wait_insns`` instructions' time and, unless None, a
+    timer interrupt about every ``period_insns`` instructions (whatever the clock's rate, so
+    the host's cost and the interrupts' places in the loops do not move with it)."""
     m = long_machine(0x60000)
+    n = m.clock.ns_per_insn
+    ticks = wait_insns * n  # TSC ticks: one per ns
     m.part.write_memory(IDT + 0x30 * 16, gate64(0x5000, 0x08))
     m.load(0x5000, HANDLER, 64)
     m.load(0x4000, GUEST.format(log=LOG, ticks=ticks, ticks_at=TICKS), 64)
     m.vp.write_registers(rip=0x4000)
     pic = FakePic()
     m.vp.set_interrupt_source(pic)
-    if period_ns is not None:
+    if period_insns is not None:
         fired = [0]
+        # One ns more than a whole number of instructions: the deadline falls inside one.
+        period_ns = period_insns * n + 1
 
         def tick() -> None:
             pic.queue.append(0x30)
@@ -112,7 +120,7 @@ def _run(ticks: int, period_ns: int | None, budget: int) -> Any:
             # Periods that differ by 0-7 instructions, so interrupts land at every point of
             # the loops' iterations (a fixed period keeps hitting the same one).
             fired[0] += 1
-            timer.arm_in(period_ns + 10 * (fired[0] * 5 % 8))
+            timer.arm_in(period_ns + n * (fired[0] * 5 % 8))
 
         timer = m.clock.timer(tick)
         timer.arm_in(period_ns)
@@ -141,30 +149,34 @@ def test_memtest_usleep_loop_is_proven() -> None:
 
 
 def test_skipped_waits_are_exactly_the_waits(monkeypatch: pytest.MonkeyPatch) -> None:
-    # 200 us waits with a timer interrupt every 37 us: short enough to run every iteration.
-    fast = _run(200_000, 3_001, 5_000_000)
+    # Waits of 20,000 instructions' time (200 us at 10 ns, 40 us at 2 ns) with a timer
+    # interrupt about every 300: short enough to run every iteration.
+    fast = _run(20_000, 300, 5_000_000)
     spin = fast.vp.inline.spin
     assert spin.skips > 0 and spin.iterations > 10 * spin.skips
     monkeypatch.setattr(SpinSkip, "skip", lambda self, linear, length: None)
-    slow = _run(200_000, 3_001, 5_000_000)
+    slow = _run(20_000, 300, 5_000_000)
     assert slow.vp.inline.spin.iterations == 0
     assert _state(fast) == _state(slow)
     ticks = [struct.unpack_from("<Q", fast.part.read_memory(LOG + 32 * i + 24, 8))[0]
              for i in range(7)]
-    assert ticks == sorted(ticks) and ticks[-1] >= 7 * 200_000 // 37_000 - 1
-    # The loop that keeps its own count (r9) ran every iteration: 200 us / 60 ns.
+    assert ticks == sorted(ticks) and ticks[-1] >= 7 * 20_000 // (300 + 7 + 1) - 1
+    # The loop that keeps its own count (r9) ran every iteration: 20,000 / 6 instructions.
     assert slow.vp.read_registers()["r9"] == fast.vp.read_registers()["r9"] > 3000
 
 
 def test_a_long_wait_costs_few_intercepts() -> None:
-    # 6 x 2 s of guest time in the proven loops with no timer: 1.2e9 instructions, which
-    # iteration by iteration would be 3 x 2 s / 80 ns + 3 x 2 s / 50 ns = 1.95e8 RDTSC
-    # intercepts.  The last loop is not proven, so it gets a short wait.
+    # 6 x 2 s of guest time in the proven loops with no timer: 12 s / n instructions at n ns
+    # each, which iteration by iteration would be 3 x 2 s / 8n + 3 x 2 s / 5n RDTSC
+    # intercepts (1.95e8 at 10 ns).  The last loop is not proven, so it gets a short wait.
     m = long_machine(0x60000)
+    n = m.clock.ns_per_insn
     m.load(0x4000, GUEST.replace("{ticks}", "{long}", 2).format(
-        log=LOG, long=2_000_000_000, ticks=2_000, ticks_at=TICKS), 64)
+        log=LOG, long=2 * NS_PER_SEC, ticks=2_000, ticks_at=TICKS), 64)
     m.vp.write_registers(rip=0x4000)
-    assert m.part.run(max_instructions=3_000_000_000).reason == "halted"
-    assert m.clock.now() > 12_000_000_000
+    waits = 12 * NS_PER_SEC // n
+    assert m.part.run(max_instructions=waits * 5 // 2).reason == "halted"
+    assert m.clock.now() > 12 * NS_PER_SEC
     assert m.vp.inline.count < 2_000
-    assert m.vp.inline.spin.iterations > 190_000_000
+    iterations = 3 * 2 * NS_PER_SEC // (8 * n) + 3 * 2 * NS_PER_SEC // (5 * n)
+    assert m.vp.inline.spin.iterations > iterations * 97 // 100

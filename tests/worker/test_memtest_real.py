@@ -109,7 +109,11 @@ def test_memtest86_runs_its_first_tests_with_no_errors() -> None:
     # give one value (as they did before port accesses took time: partition.io_stall).
     assert 2 not in pit_counters, pit_counters
     started = {int(n) for n in re.findall(r"#(\d+)\s+\[", text)}
-    assert TESTS_STARTED <= started, sorted(started)
+    # memtest86+ runs its tests in order; its serial console only sends the screen as it is
+    # at each refresh (three in this run, at 25, 50 and 70 % of the pass), so a test that
+    # starts and ends between two (#3 at 2 ns per instruction) goes unseen.  The last one
+    # shown is the furthest the run got.
+    assert max(TESTS_STARTED) in started and 0 in started, sorted(started)
     errors = re.findall(r"Errors:\s+(\d+)", text)
     assert errors and set(errors) == {"0"}, errors
     assert "Memory test failure" not in text and "Unexpected interrupt" not in text
@@ -134,7 +138,9 @@ def test_memtest86_full_pass() -> None:
     text, m, _ = _boot(PASS_BUDGET, "\n", PASS_DONE)
     assert PASS_DONE.search(text), text[-3000:]
     started = {int(n) for n in re.findall(r"#(\d+)\s+\[", text)}
-    assert DEFAULT_TESTS <= started, sorted(started)
+    # The pass ran every default test (in order; a short one can go unseen between two screen
+    # refreshes, as above: #7 at 2 ns per instruction).
+    assert started <= DEFAULT_TESTS and max(DEFAULT_TESTS) in started, sorted(started)
     errors = re.findall(r"Errors:\s+(\d+)", text)
     assert errors and set(errors) == {"0"}, errors
     assert "Memory test failure" not in text and "Unexpected interrupt" not in text
