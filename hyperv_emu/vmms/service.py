@@ -234,7 +234,11 @@ def start(store: Store, name: str, *, fresh: bool = False) -> VmStatus:
                 ended = info.get("ended")
                 if info.get("state") == states.OFF and ended:
                     proc.wait()
-                    raise VmmsError(f"VM {name!r} did not start: {ended.get('message')}")
+                    if ended.get("start_failed") or ended.get("crashed"):
+                        raise VmmsError(f"VM {name!r} did not start: {ended.get('message')}")
+                    # It started and its run already ended (a short guest writing the exit
+                    # port between two polls): that is a start, and the status says how.
+                    break
             if proc.poll() is not None:
                 raise VmmsError(f"VM {name!r} did not start: the worker ended at once "
                                 f"(status {proc.returncode}; see {vm.worker_log})")

@@ -4,9 +4,14 @@ through the real command and real worker processes."""
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
-from tests.vmms.vm_env import VmEnv, ticker_expected
+import pytest
+
+from hyperv_emu.vmms import service
+from hyperv_emu.vmms.store import Store, VmDir
+from tests.vmms.vm_env import PATIENCE, VmEnv, ticker_expected
 
 
 def test_create_start_pause_resume_console_to_the_end(vms: VmEnv, tmp_path: Path) -> None:
@@ -95,3 +100,21 @@ def test_a_guest_reset_request_through_the_control_channel(vms: VmEnv) -> None:
     # After the reset the BIOS runs again and boots the guest a second time.
     vms.wait(lambda: vms.console_log("r").count(b"ready> ") == 2, "the second boot")
     vms.run("stop", "r")
+
+
+def test_a_guest_that_ends_before_start_looks_again_has_started(
+        vms: VmEnv, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A short guest can write the exit port between two of `start`'s polls, so the first
+    # state `start` sees is Off with the run's end: the VM did start (only a start failure or
+    # a crash is an error).  The worker is waited for before the first poll to make that so.
+    vms.run("create", "q", "hello")
+    real = service.spawn_worker
+
+    def spawn_and_wait(vm: VmDir) -> subprocess.Popen[bytes]:
+        proc = real(vm)
+        proc.wait(timeout=PATIENCE)
+        return proc
+
+    monkeypatch.setattr(service, "spawn_worker", spawn_and_wait)
+    st = service.start(Store(vms.store), "q")
+    assert st.state == "Off" and st.note == "guest wrote 0x0 to the exit port"
