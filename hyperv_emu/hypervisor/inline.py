@@ -56,6 +56,7 @@ from .hv import in_hook
 from .insn_emul import _reg_operand
 from .lapic import REG_TPR
 from .memory import UnmappedAccess
+from .exits import EXIT_NS
 from .mmu import GuestFault, Mmu
 from .spinskip import SpinSkip
 
@@ -178,6 +179,8 @@ class InlineExits:
         if not done:
             s.retired, s.cur = retired, cur
             return False
+        if code != _RDTSC:
+            vp.partition.io_stall(EXIT_NS)  # a VM exit's time, as the slow path charges
         cs_base = 0 if bits == 64 else ctx.seg(C.SEG_CS).base
         self._resume((linear + length - cs_base)
                      & (0xFFFF_FFFF_FFFF_FFFF if bits == 64 else _M32))
