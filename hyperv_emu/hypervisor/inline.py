@@ -52,11 +52,11 @@ from .context import CpuContext
 from .debugregs import ICEBP
 from .delivery import KIND_EXCEPTION, KIND_SOFTWARE, Event, TaskGateMet, TripleFault, deliver
 from .engine import Register64
+from .exits import EXIT_NS
 from .hv import in_hook
 from .insn_emul import _reg_operand
 from .lapic import REG_TPR
 from .memory import UnmappedAccess
-from .exits import EXIT_NS
 from .mmu import GuestFault, Mmu
 from .spinskip import SpinSkip
 
@@ -413,6 +413,10 @@ class InlineExits:
                     return False  # #GP: the slow path raises it
                 ctx.set_u64(live, new)
             else:
+                handler = part.msr_handlers.get(index)
+                at = getattr(handler[0], "at", None) if handler is not None else None
+                if at is not None:  # an MSR polling loop's wait (spinskip.py)
+                    self.spin.skip_rdmsr(linear, length, at)
                 value = ctx.u64(live) if live is not None else M.msr_read(vp, index)
                 ctx.set_gpr(0, value & _M32)
                 ctx.set_gpr(2, value >> 32)

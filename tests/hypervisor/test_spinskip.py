@@ -134,8 +134,12 @@ def test_memtest_usleep_loop_is_proven() -> None:
     regs = [0] * 16
     regs[6], regs[1] = 1000, 5000
     assert _evaluate(ops, regs) == ((-1000) & (2**64 - 1), "<", 5000)  # type: ignore[arg-type]
-    # Writing a third register, reading memory or an ADC: not proven.
-    for bad in ("mov rbx, rdx", "add rdx, qword ptr [rsi]", "adc rdx, rsi"):
+    # A scratch copy of the time in a third register: proven (a function of the TSC).
+    assert _evaluate((*ops[:3], _decode("mov", "rbx, rdx"), *ops[3:]),  # type: ignore[arg-type]
+                     regs) == ((-1000) & (2**64 - 1), "<", 5000)
+    # A register carried from one iteration to the next, reading memory or an ADC: not
+    # proven.
+    for bad in ("add rbx, rdx", "add rdx, qword ptr [rsi]", "adc rdx, rsi"):
         op = _decode(*bad.split(" ", 1))
         assert op is None or _evaluate((*ops[:3], op, *ops[4:]), regs) is None  # type: ignore[arg-type]
 
@@ -168,3 +172,94 @@ def test_a_long_wait_costs_few_intercepts() -> None:
     assert m.clock.now() > 12_000_000_000
     assert m.vp.inline.count < 2_000
     assert m.vp.inline.spin.iterations > 190_000_000
+
+
+#: kvm-unit-tests hyperv_clock's first wait, as GCC compiled it: RDMSR TIME_REF_COUNT until
+#: it passes ref1 + WAIT (100 ns units), with a scratch register (RSI) and the bound in RDI;
+#: then R12 counts the iterations of a second wait that keeps a count of its own (not
+#: proven).  Vector 0x30 counts timer interrupts and sums the RIP and RFLAGS they pushed.
+REF_GUEST = """
+sti
+mov ecx, 0x40000020
+rdmsr
+shl rdx, 32
+mov eax, eax
+or rdx, rax
+mov r14, rdx
+lea rdi, [r14 + {wait}]
+spin:
+rdmsr
+shl rdx, 32
+mov eax, eax
+mov rsi, rdx
+or rsi, rax
+cmp rsi, rdi
+jb spin
+xor r12, r12
+lea rdi, [rsi + 30]
+spin2:
+inc r12
+rdmsr
+shl rdx, 32
+or rax, rdx
+cmp rax, rdi
+jb spin2
+cli
+hlt
+"""
+
+
+def _ref_run(wait: int, period_ns: int | None) -> Any:
+    from hv_env import hv_machine
+    m, _ = hv_machine()
+    m.part.write_memory(0x2000 + 0x30 * 16, gate64(0x5000, 0x08))
+    m.load(0x5000, HANDLER, 64)
+    m.load(0x4000, REF_GUEST.format(wait=wait), 64)
+    m.vp.write_registers(rip=0x4000)
+    pic = FakePic()
+    m.vp.set_interrupt_source(pic)
+    if period_ns is not None:
+        fired = [0]
+
+        def tick() -> None:
+            pic.queue.append(0x30)
+            m.vp.notify_interrupt()
+            fired[0] += 1
+            timer.arm_in(period_ns + 10 * (fired[0] * 5 % 8))
+
+        timer = m.clock.timer(tick)
+        timer.arm_in(period_ns)
+    assert m.part.run(max_instructions=50_000_000).reason == "halted"
+    return m
+
+
+def _ref_state(m: Any) -> tuple[Any, ...]:
+    regs = m.vp.read_registers()
+    return (m.clock.instructions, m.clock.now(), regs["rip"], regs["rsi"], regs["rax"],
+            regs["rdx"], regs["r12"], regs["rflags"], m.part.read_memory(TICKS, 24))
+
+
+def test_time_ref_count_polling_is_skipped_exactly(monkeypatch: pytest.MonkeyPatch) -> None:
+    """2 ms of reference time (20,000 ticks) with a timer interrupt every 0.3 ms: the same
+    instructions, time, registers and interrupt boundaries as running every RDMSR, each of
+    which takes its exit time (EXIT_NS), in a handful of intercepts."""
+    fast = _ref_run(20_000, 300_000)
+    spin = fast.vp.inline.spin
+    assert spin.skips > 0 and spin.iterations > 1_000
+    assert struct.unpack_from("<Q", fast.part.read_memory(TICKS, 8))[0] >= 6
+    monkeypatch.setattr(SpinSkip, "skip_rdmsr", lambda self, linear, length, at: None)
+    slow = _ref_run(20_000, 300_000)
+    assert slow.vp.inline.spin.iterations == 0
+    assert _ref_state(fast) == _ref_state(slow)
+    assert fast.vp.inline.count < slow.vp.inline.count // 20
+    # The second wait, which counts its iterations, ran them all: 3 us of 100 ns ticks at
+    # one exit and 6 instructions each.
+    assert slow.vp.read_registers()["r12"] == fast.vp.read_registers()["r12"] >= 2
+
+
+def test_a_long_time_ref_count_wait_costs_few_intercepts() -> None:
+    # hyperv_clock waits 2 s: 1.9 M RDMSR exits iteration by iteration.
+    m = _ref_run(20_000_000, None)
+    assert m.clock.now() > 2_000_000_000
+    assert m.vp.inline.count < 100
+    assert m.vp.inline.spin.iterations > 1_800_000
