@@ -507,8 +507,10 @@ class Partition:
         # Code changed behind the engine's back (xmodify.py); with several VPs an interrupt
         # about to be delivered serializes (its handler's IRET) against the other VPs' stores.
         pages = vp.code_pages
-        pages.before_slice(pages.foreign and bool(
-            vp.pending or vp.nmi_pending or self._interrupt_ready(vp)))
+        ready = None  # _interrupt_ready, asked once (nothing below changes it before use)
+        if pages.foreign and not (vp.pending or vp.nmi_pending):
+            ready = self._interrupt_ready(vp)
+        pages.before_slice(pages.foreign and bool(vp.pending or vp.nmi_pending or ready))
         ctx = vp.ctx
         if vp.pending:
             ex = self._deliver(vp, vp.pending.pop(0))
@@ -520,7 +522,7 @@ class Partition:
             if ex is not None:
                 return ex
             ctx.set_u32(C.OFF_HFLAGS2, ctx.u32(C.OFF_HFLAGS2) | C.HF2_NMI_MASK)
-        elif self._interrupt_ready(vp):
+        elif self._interrupt_ready(vp) if ready is None else ready:
             assert vp.source is not None
             ex = self._deliver(vp, Event(vp.source.acknowledge() & 0xFF, KIND_EXTERNAL))
             if ex is not None:
