@@ -14,9 +14,10 @@ code after it up to the first branch and proves, by a small abstract interpretat
   PAUSE/NOP with register or immediate operands (no memory, no port, no flag read before
   CMP writes all status flags), then an unsigned Jcc back to a head H <= A, and from H only
   PAUSE/NOP up to A: ``P`` instructions in all;
-* those instructions write RAX, RDX and the status flags only, so every other register is
-  the same at each iteration, and RDTSC overwrites RAX/RDX and CMP the flags before they are
-  read: iteration i's state and branch depend on its TSC value alone;
+* those instructions write RAX, RDX, the status flags and scratch registers only (a
+  register the iteration writes before it reads it: a copy of the time), so every other
+  register is the same at each iteration, and RDTSC overwrites RAX/RDX and CMP the flags
+  before they are read: iteration i's state and branch depend on its TSC value alone;
 * the branch compares ``X = (TSC + c) mod 2**64`` (c from registers that do not change) with
   a constant ``L`` (unsigned), so the loop goes on while X is in one interval.
 
@@ -30,6 +31,10 @@ budget, an SMP turn), one iteration short of it: every block entry that was skip
 those of iteration k before its CMP (where the flags are not yet iteration k's), are below the
 limit, so no slice end and no timer is moved, and an interrupt arrives at the same
 instruction, with the same RFLAGS pushed, as without the skip.
+
+The same loops around an RDMSR of an MSR whose value is a function of virtual time
+(TIME_REF_COUNT: its read handler's ``at``; :meth:`SpinSkip.skip_rdmsr`) are jumped over too,
+each skipped iteration also taking the RDMSR's exit time (exits.EXIT_NS).
 
 Not skipped (the loop then runs as before, which is always correct): host-clock mode,
 counted slices (traces, single steps), a pending interrupt that IF=1 would take, TF, DR7
