@@ -9,6 +9,7 @@ import struct
 from typing import Any
 
 import pytest
+from hv_env import hv_machine
 from hv_helpers import FakePic, gate64
 from test_longmode import IDT, long_machine
 
@@ -97,9 +98,15 @@ iretq
 
 def _run(ticks: int, period_ns: int | None, budget: int) -> Any:
     m = long_machine(0x60000)
-    m.part.write_memory(IDT + 0x30 * 16, gate64(0x5000, 0x08))
-    m.load(0x5000, HANDLER, 64)
     m.load(0x4000, GUEST.format(log=LOG, ticks=ticks, ticks_at=TICKS), 64)
+    return _run_ticking(m, IDT, period_ns, budget)
+
+
+def _run_ticking(m: Any, idt: int, period_ns: int | None, budget: int) -> Any:
+    """Run ``m`` from 4000h to its HLT with HANDLER on vector 0x30 of the IDT at ``idt``,
+    raised every ``period_ns`` (about) if given."""
+    m.part.write_memory(idt + 0x30 * 16, gate64(0x5000, 0x08))
+    m.load(0x5000, HANDLER, 64)
     m.vp.write_registers(rip=0x4000)
     pic = FakePic()
     m.vp.set_interrupt_source(pic)
@@ -210,27 +217,9 @@ hlt
 
 
 def _ref_run(wait: int, period_ns: int | None) -> Any:
-    from hv_env import hv_machine
-    m, _ = hv_machine()
-    m.part.write_memory(0x2000 + 0x30 * 16, gate64(0x5000, 0x08))
-    m.load(0x5000, HANDLER, 64)
+    m, _ = hv_machine()  # its IDT is at 2000h
     m.load(0x4000, REF_GUEST.format(wait=wait), 64)
-    m.vp.write_registers(rip=0x4000)
-    pic = FakePic()
-    m.vp.set_interrupt_source(pic)
-    if period_ns is not None:
-        fired = [0]
-
-        def tick() -> None:
-            pic.queue.append(0x30)
-            m.vp.notify_interrupt()
-            fired[0] += 1
-            timer.arm_in(period_ns + 10 * (fired[0] * 5 % 8))
-
-        timer = m.clock.timer(tick)
-        timer.arm_in(period_ns)
-    assert m.part.run(max_instructions=50_000_000).reason == "halted"
-    return m
+    return _run_ticking(m, 0x2000, period_ns, 50_000_000)
 
 
 def _ref_state(m: Any) -> tuple[Any, ...]:
