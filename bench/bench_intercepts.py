@@ -1,7 +1,8 @@
 """Cost of the trapped instructions a guest executes most: CPUID, RDMSR, WRMSR, RDTSC and MOV
 to/from CR8, each through the whole hypervisor path (guest instruction -> Unicorn trap ->
-Partition run loop -> handler -> result -> resume), in microseconds of the thread's CPU time per instruction (wall time on a loaded machine
-says more about the other processes than about the path).
+Partition run loop -> handler -> result -> resume), in microseconds of the thread's CPU time
+per instruction (wall time on a loaded machine says more about the other processes than
+about the path).
 
 Each case's time less the same loop with a NOP instead (run the same way, so the partition's
 fixed start-up cost cancels) is the cost of one trapped instruction.  Baseline, measured in
@@ -144,7 +145,8 @@ def device_out() -> float:
 
 
 def main() -> None:
-    print(f"{ITERS:,} iterations each (64-bit long mode), microseconds of this thread's CPU time per iteration")
+    print(f"{ITERS:,} iterations each (64-bit long mode), microseconds of this thread's CPU "
+          "time per iteration")
     partition_run(CASES["CPUID leaf 1"])  # warm-up: imports, first translations
     base = baseline()
     print(f"  {'baseline: bare Unicorn CPUID + Python hook':44s}{base * 1e6:8.2f} us   1.00 x")
