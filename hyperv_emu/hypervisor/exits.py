@@ -23,6 +23,13 @@ RESET = "reset"
 #: per CPUID).
 EXIT_NS = 1000
 
+#: WRMSRs that take no :data:`EXIT_NS`: the EOI of the x2APIC (MSR 80Bh) and Hyper-V's
+#: HV_X64_MSR_EOI.  With APIC virtualization (Intel APICv "EOI virtualization", SDM Vol. 3C
+#: 30.1.3; AMD AVIC) the processor completes an EOI without a VM exit, and an interrupt
+#: handler's EOI would otherwise cost every interrupt a microsecond (a 1.28 us periodic
+#: timer's handler then outlasts its period).
+UNCHARGED_MSRS = frozenset({0x80B, 0x40000070})
+
 
 @dataclass(frozen=True)
 class RunExit:

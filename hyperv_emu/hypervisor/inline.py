@@ -52,7 +52,7 @@ from .context import CpuContext
 from .debugregs import ICEBP
 from .delivery import KIND_EXCEPTION, KIND_SOFTWARE, Event, TaskGateMet, TripleFault, deliver
 from .engine import Register64
-from .exits import EXIT_NS
+from .exits import EXIT_NS, UNCHARGED_MSRS
 from .hv import in_hook
 from .insn_emul import _reg_operand
 from .lapic import REG_TPR
@@ -179,7 +179,8 @@ class InlineExits:
         if not done:
             s.retired, s.cur = retired, cur
             return False
-        if code != _RDTSC:
+        if code != _RDTSC and not (code == _MSR
+                                   and ctx.gpr(1) & _M32 in UNCHARGED_MSRS):
             vp.partition.io_stall(EXIT_NS)  # a VM exit's time, as the slow path charges
         cs_base = 0 if bits == 64 else ctx.seg(C.SEG_CS).base
         self._resume((linear + length - cs_base)

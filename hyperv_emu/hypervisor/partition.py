@@ -32,7 +32,7 @@ from .cpuid import CpuidModel
 from .deferred import drain_deferred
 from .delivery import KIND_EXCEPTION, KIND_EXTERNAL, KIND_SOFTWARE, Event, TripleFault, deliver
 from .engine import flush_tb, flush_tlb
-from .exits import EXIT_NS, RunExit
+from .exits import EXIT_NS, UNCHARGED_MSRS, RunExit
 from .gate import NO_LIMIT
 from .lapic import APIC_DEFAULT_BASE, LocalApic, deliver_message
 from .memory import GuestMemory, MmioRead, MmioWrite, UnmappedAccess
@@ -939,6 +939,7 @@ class Partition:
             vp.debug.single_step_trap()
         vp._dirty = True
         self._retire_one(vp)
-        if code not in _UNCHARGED:
+        if code not in _UNCHARGED and not (code == SVM_EXIT_MSR
+                                           and ctx.gpr(1) & 0xFFFF_FFFF in UNCHARGED_MSRS):
             self.clock.stall(EXIT_NS)  # the exit's own time (inline.py charges the same)
         return None
