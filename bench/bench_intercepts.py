@@ -1,6 +1,8 @@
 """Cost of the trapped instructions a guest executes most: CPUID, RDMSR, WRMSR, RDTSC and MOV
 to/from CR8, each through the whole hypervisor path (guest instruction -> Unicorn trap ->
-Partition run loop -> handler -> result -> resume), in microseconds per instruction.
+Partition run loop -> handler -> result -> resume), in microseconds of the thread's CPU time
+per instruction (wall time on a loaded machine says more about the other processes than
+about the path).
 
 Each case's time less the same loop with a NOP instead (run the same way, so the partition's
 fixed start-up cost cancels) is the cost of one trapped instruction.  Baseline, measured in
@@ -77,7 +79,7 @@ def _bare(src: str, insn: int, hook: Callable[..., Any], clock: Callable[[], flo
 def baseline() -> float:
     """Seconds per iteration of a bare engine's CPUID loop with a trivial Python hook."""
     return _bare(loop("mov eax, 1\ncpuid"), X.UC_X86_INS_CPUID, lambda u, _ud: 1,
-                 time.perf_counter) / ITERS
+                 time.thread_time) / ITERS
 
 
 def long_mode(part: Partition, vp: Any) -> None:
@@ -102,7 +104,7 @@ def partition_run(src: str) -> float:
     vp = part.create_vp()
     part.map_local_apic()
     vp.set_interrupt_source(vp.lapic)
-    return _timed_run(part, vp, src, time.perf_counter) / ITERS
+    return _timed_run(part, vp, src, time.thread_time) / ITERS
 
 
 def _timed_run(part: Partition, vp: Any, src: str, clock: Callable[[], float]) -> float:
@@ -144,7 +146,8 @@ def device_out() -> float:
 
 
 def main() -> None:
-    print(f"{ITERS:,} iterations each (64-bit long mode), microseconds per iteration")
+    print(f"{ITERS:,} iterations each (64-bit long mode), microseconds of this thread's CPU "
+          "time per iteration")
     partition_run(CASES["CPUID leaf 1"])  # warm-up: imports, first translations
     base = baseline()
     print(f"  {'baseline: bare Unicorn CPUID + Python hook':44s}{base * 1e6:8.2f} us   1.00 x")

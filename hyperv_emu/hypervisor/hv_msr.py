@@ -55,6 +55,21 @@ def _write_tpr(vp: VirtualProcessor, value: int) -> None:
     vp.lapic.write_register(REG_TPR, value)
 
 
+class _ClockedRead:
+    """TIME_REF_COUNT's read handler.  :meth:`at` gives the value at any virtual time, so an
+    RDMSR polling loop on it can be jumped over (spinskip.py, ``skip_rdmsr``)."""
+
+    def __init__(self, msrs: SyntheticMsrs) -> None:
+        self.msrs = msrs
+
+    def __call__(self, vp: VirtualProcessor) -> int:
+        return self.msrs.time_ref_count()
+
+    def at(self, t_ns: int) -> int:
+        """The value at virtual time ``t_ns`` (non-decreasing in it)."""
+        return self.msrs.time_ref_count_at(t_ns)
+
+
 class SyntheticMsrs:
     """The partition-wide synthetic MSR state and its handlers."""
 
@@ -87,7 +102,7 @@ class SyntheticMsrs:
             # One VP per host thread and no descheduling: run time is the reference time.
             reg(H.HV_X64_MSR_VP_RUNTIME, lambda vp: self.time_ref_count(), _read_only)
         if priv & H.HV_MSR_TIME_REF_COUNT_AVAILABLE:
-            reg(H.HV_X64_MSR_TIME_REF_COUNT, lambda vp: self.time_ref_count(), _read_only)
+            reg(H.HV_X64_MSR_TIME_REF_COUNT, _ClockedRead(self), _read_only)
         if priv & H.HV_MSR_REFERENCE_TSC_AVAILABLE:
             reg(H.HV_X64_MSR_REFERENCE_TSC, lambda vp: self.reference_tsc,
                 self._write_reference_tsc)
@@ -181,7 +196,11 @@ class SyntheticMsrs:
     # ---- reference time -----------------------------------------------------------------------
     def time_ref_count(self) -> int:
         """100 ns ticks since the partition was created (TLFS timers.md)."""
-        return max(0, self.hv.hypervisor.clock.now() - self.time_origin) // 100
+        return self.time_ref_count_at(self.hv.hypervisor.clock.now())
+
+    def time_ref_count_at(self, t_ns: int) -> int:
+        """TIME_REF_COUNT at virtual time ``t_ns``."""
+        return max(0, t_ns - self.time_origin) // 100
 
     def tsc_page_values(self) -> tuple[int, int]:
         """(scale, offset) with ((TSC * scale) >> 64) + offset = TIME_REF_COUNT.

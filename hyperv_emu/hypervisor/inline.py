@@ -54,6 +54,7 @@ from .debugregs import ICEBP
 from .delivery import KIND_EXCEPTION, KIND_SOFTWARE, TaskGateMet, TripleFault, deliver
 from .delivery import event as shared_event
 from .engine import Register64
+from .exits import EXIT_NS, UNCHARGED_MSRS
 from .hv import hv_specs
 from .hypercall import CallSpec
 from .insn_emul import _reg_operand
@@ -205,6 +206,9 @@ class InlineExits:
         if not done:
             s.retired, s.cur = retired, cur
             return False
+        if code != _RDTSC and not (code == _MSR
+                                   and ctx.gpr(1) & _M32 in UNCHARGED_MSRS):
+            vp.partition.io_stall(EXIT_NS)  # a VM exit's time, as the slow path charges
         cs_base = 0 if bits == 64 else ctx.seg(C.SEG_CS).base
         self._resume((linear + length - cs_base)
                      & (0xFFFF_FFFF_FFFF_FFFF if bits == 64 else _M32))
@@ -448,6 +452,10 @@ class InlineExits:
                     return False  # #GP: the slow path raises it
                 ctx.set_u64(live, new)
             else:
+                handler = part.msr_handlers.get(index)
+                at = getattr(handler[0], "at", None) if handler is not None else None
+                if at is not None:  # an MSR polling loop's wait (spinskip.py)
+                    self.spin.skip_rdmsr(linear, length, at)
                 value = ctx.u64(live) if live is not None else M.msr_read(vp, index)
                 ctx.set_gpr(0, value & _M32)
                 ctx.set_gpr(2, value >> 32)

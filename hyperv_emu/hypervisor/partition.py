@@ -35,7 +35,7 @@ from .cpuid import CpuidModel
 from .deferred import drain_deferred
 from .delivery import KIND_EXCEPTION, KIND_EXTERNAL, KIND_SOFTWARE, Event, TripleFault, deliver
 from .engine import flush_tb, flush_tlb
-from .exits import RunExit
+from .exits import EXIT_NS, UNCHARGED_MSRS, RunExit
 from .gate import NO_LIMIT
 from .lapic import APIC_DEFAULT_BASE, LocalApic, deliver_message
 from .memory import GuestMemory, MmioRead, MmioWrite, UnmappedAccess
@@ -120,6 +120,9 @@ _EMULATED = frozenset({SVM_EXIT_WRITE_CR0, SVM_EXIT_WRITE_CR3, SVM_EXIT_WRITE_CR
                        SVM_EXIT_READ_CR0, SVM_EXIT_READ_CR8, SVM_EXIT_GDTR_WRITE,
                        SVM_EXIT_IDTR_WRITE, SVM_EXIT_RDPMC, SVM_EXIT_LDTR_WRITE,
                        SVM_EXIT_TR_WRITE})
+#: Intercepts that take no :data:`EXIT_NS`: HLT and PAUSE wait anyway, and RDTSC/RDTSCP do
+#: not exit on a hardware hypervisor.
+_UNCHARGED = frozenset({SVM_EXIT_HLT, smp.SVM_EXIT_PAUSE, SVM_EXIT_RDTSC, SVM_EXIT_RDTSCP})
 
 _VMCALL = bytes((0x0F, 0x01, 0xC1))
 _VMMCALL = bytes((0x0F, 0x01, 0xD9))
@@ -132,6 +135,7 @@ _layout_checked = False
 #: reads a timer port twice in a row sees one value (memtest86+ then takes the ACPI PM timer
 #: for broken) and a port-polling delay loop makes 100x the exits it would on hardware.
 IO_ACCESS_NS = 1000
+
 
 
 class Partition:
@@ -517,8 +521,10 @@ class Partition:
         # Code changed behind the engine's back (xmodify.py); with several VPs an interrupt
         # about to be delivered serializes (its handler's IRET) against the other VPs' stores.
         pages = vp.code_pages
-        pages.before_slice(pages.foreign and bool(
-            vp.pending or vp.nmi_pending or self._interrupt_ready(vp)))
+        ready = None  # _interrupt_ready, asked once (nothing below changes it before use)
+        if pages.foreign and not (vp.pending or vp.nmi_pending):
+            ready = self._interrupt_ready(vp)
+        pages.before_slice(pages.foreign and bool(vp.pending or vp.nmi_pending or ready))
         ctx = vp.ctx
         if vp.pending:
             ex = self._deliver(vp, vp.pending.pop(0))
@@ -530,7 +536,7 @@ class Partition:
             if ex is not None:
                 return ex
             ctx.set_u32(C.OFF_HFLAGS2, ctx.u32(C.OFF_HFLAGS2) | C.HF2_NMI_MASK)
-        elif self._interrupt_ready(vp):
+        elif self._interrupt_ready(vp) if ready is None else ready:
             assert vp.source is not None
             ex = self._deliver(vp, Event(vp.source.acknowledge() & 0xFF, KIND_EXTERNAL))
             if ex is not None:
@@ -749,14 +755,15 @@ class Partition:
             # needs the GIL): end here, the run loop re-arms it for the earliest deadline.
             vp._end_slice_soon()
 
-    def io_stall(self) -> None:
-        """The running VP waits :data:`IO_ACCESS_NS` for an intercepted port access: the
-        clock moves on, and a slice that would now run past a timer's deadline ends at the
-        next block entry."""
+    def io_stall(self, ns: int = IO_ACCESS_NS) -> None:
+        """The running VP waits ``ns`` (:data:`IO_ACCESS_NS` for an intercepted port access,
+        :data:`EXIT_NS` for a trapped instruction performed inside its hook): the clock
+        moves on, and a slice that would now run past a timer's deadline ends at the next
+        block entry."""
         clock = self.clock
         if clock.mode == "deterministic":
-            deadline = clock.stall_next(IO_ACCESS_NS)
-            self._slice_base_ns += IO_ACCESS_NS
+            deadline = clock.stall_next(ns)
+            self._slice_base_ns += ns
             if deadline is not None:
                 vp = self._running_vp
                 # Lowering a running slice's limit is all _deadline_moved does here: skip it
@@ -980,4 +987,7 @@ class Partition:
             vp.debug.single_step_trap()
         vp._dirty = True
         self._retire_one(vp)
+        if code not in _UNCHARGED and not (code == SVM_EXIT_MSR
+                                           and ctx.gpr(1) & 0xFFFF_FFFF in UNCHARGED_MSRS):
+            self.clock.stall(EXIT_NS)  # the exit's own time (inline.py charges the same)
         return None

@@ -14,9 +14,10 @@ code after it up to the first branch and proves, by a small abstract interpretat
   PAUSE/NOP with register or immediate operands (no memory, no port, no flag read before
   CMP writes all status flags), then an unsigned Jcc back to a head H <= A, and from H only
   PAUSE/NOP up to A: ``P`` instructions in all;
-* those instructions write RAX, RDX and the status flags only, so every other register is
-  the same at each iteration, and RDTSC overwrites RAX/RDX and CMP the flags before they are
-  read: iteration i's state and branch depend on its TSC value alone;
+* those instructions write RAX, RDX, the status flags and scratch registers only (a
+  register the iteration writes before it reads it: a copy of the time), so every other
+  register is the same at each iteration, and RDTSC overwrites RAX/RDX and CMP the flags
+  before they are read: iteration i's state and branch depend on its TSC value alone;
 * the branch compares ``X = (TSC + c) mod 2**64`` (c from registers that do not change) with
   a constant ``L`` (unsigned), so the loop goes on while X is in one interval.
 
@@ -31,6 +32,10 @@ those of iteration k before its CMP (where the flags are not yet iteration k's),
 limit, so no slice end and no timer is moved, and an interrupt arrives at the same
 instruction, with the same RFLAGS pushed, as without the skip.
 
+The same loops around an RDMSR of an MSR whose value is a function of virtual time
+(TIME_REF_COUNT: its read handler's ``at``; :meth:`SpinSkip.skip_rdmsr`) are jumped over too,
+each skipped iteration also taking the RDMSR's exit time (exits.EXIT_NS).
+
 Not skipped (the loop then runs as before, which is always correct): host-clock mode,
 counted slices (traces, single steps), a pending interrupt that IF=1 would take, TF, DR7
 breakpoints or debugger code breakpoints, RDTSCP, 16/32-bit code, and any loop the rules
@@ -40,11 +45,13 @@ results with or without the skip, run after run (tests/hypervisor/test_spinskip.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..disasm import disassembler
 from . import context as C
+from .exits import EXIT_NS
 from .memory import UnmappedAccess
 from .mmu import GuestFault
 
@@ -64,7 +71,9 @@ _GPR32 = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi",
           "r8d", "r9d", "r10d", "r11d", "r12d", "r13d", "r14d", "r15d")
 _INDEX64 = {n: i for i, n in enumerate(_GPR64)}
 _INDEX32 = {n: i for i, n in enumerate(_GPR32)}
-_RAX, _RDX = 0, 2
+_RAX, _RCX, _RDX, _RSP = 0, 1, 2, 4
+#: Registers RDMSR reads (ECX, the MSR index): the loop must not change them.
+_RDMSR_READS = frozenset({_RCX})
 #: Unsigned Jcc whose taken branch continues the loop: X < L, X >= L, X <= L, X > L.
 _JCC = {"jb": "<", "jae": ">=", "jbe": "<=", "ja": ">"}
 _NOPS = frozenset({"pause", "nop"})
@@ -98,33 +107,38 @@ class SpinSkip:
         #: RDTSC linear address -> proven loop, or None (not one), with its code bytes.
         self._cache: dict[int, tuple[_Loop | None, int, bytes]] = {}
 
-    def skip(self, linear: int, length: int) -> None:
-        """At the intercepted RDTSC at ``linear`` (inside the hook, before it reads the TSC):
-        move the slice's count forward over the iterations that cannot end the loop."""
+    def _may_skip(self) -> bool:
+        """The conditions of the module docstring that do not depend on the loop."""
         exits = self.exits
         vp = exits.vp
         part = vp.partition
-        clock = part.clock
         ctx = exits.ctx
-        if (clock.mode != "deterministic" or not ctx.hflags & C.HF_CS64 or vp.nmi_pending
-                or vp.debug.dr7 & 0xFF or part.observers._code
+        if (part.clock.mode != "deterministic" or not ctx.hflags & C.HF_CS64
+                or vp.nmi_pending or vp.debug.dr7 & 0xFF or part.observers._code
                 or ctx.rflags & C.RFLAGS_TF):
+            return False
+        return not (vp.blocks.state.watch_if and vp.blocks.interrupts_enabled())
+
+    def skip(self, linear: int, length: int) -> None:
+        """At the intercepted RDTSC at ``linear`` (inside the hook, before it reads the TSC):
+        move the slice's count forward over the iterations that cannot end the loop."""
+        if not self._may_skip():
             return
+        exits = self.exits
+        vp = exits.vp
+        clock = vp.partition.clock
         s = vp.blocks.state
-        if s.watch_if and vp.blocks.interrupts_enabled():
-            return
         loop = self._loop(linear, length)
         if loop is None:
             return
-        regs = ctx.gprs()
+        regs = exits.ctx.gprs()
         cond = _evaluate(loop.ops, regs)
         if cond is None:
             return
         c, relation, limit_value = cond
         step = loop.insns * clock.ns_per_insn  # TSC ticks per iteration (1 tick per ns)
         x0 = (vp.tsc() + c) & _M64
-        lo, hi = {"<": (0, limit_value - 1), ">=": (limit_value, _M64),
-                  "<=": (0, limit_value), ">": (limit_value + 1, _M64)}[relation]
+        lo, hi = _interval(relation, limit_value)
         if not lo <= x0 <= hi:
             return  # this iteration leaves the loop
         # The first iteration whose X can be outside [lo, hi] (X grows by `step`, and past
@@ -141,12 +155,69 @@ class SpinSkip:
         self.skips += 1
         self.iterations += k
 
+    def skip_rdmsr(self, linear: int, length: int, at: Callable[[int], int]) -> None:
+        """At the intercepted RDMSR at ``linear`` (inside the hook, before it reads) of an
+        MSR whose value at virtual time t is ``at(t)``, non-decreasing in t (TIME_REF_COUNT:
+        hv_msr.py): as :meth:`skip`, with each skipped iteration also taking the RDMSR's
+        exit time (exits.EXIT_NS), as running it would."""
+        if not self._may_skip():
+            return
+        exits = self.exits
+        vp = exits.vp
+        part = vp.partition
+        clock = part.clock
+        s = vp.blocks.state
+        loop = self._loop(linear, length)
+        if loop is None:
+            return
+        cond = _evaluate(loop.ops, [exits.ctx.gpr(i) for i in range(16)], _RDMSR_READS)
+        if cond is None:
+            return
+        c, relation, limit_value = cond
+        lo, hi = _interval(relation, limit_value)
+        t0 = clock.now()
+        v0 = at(t0)
+        if not lo <= (v0 + c) & _M64 <= hi:
+            return  # this iteration leaves the loop
+        step = loop.insns * clock.ns_per_insn + EXIT_NS  # virtual time per iteration
+        retired = int(s.retired)
+        # Below the slice's instruction limit and, in time, the next timer deadline, by one
+        # iteration (see skip): no slice end or timer moves.
+        k_max = (int(s.limit) - retired) // loop.insns - 1
+        deadline = clock.next_deadline()
+        if deadline is not None:
+            k_max = min(k_max, (deadline - t0) // step - 2)
+        # The value only grows: the first iteration whose X leaves [lo, hi] (none before a
+        # wrap of X past 2**64, which the run finds for itself), by bisection.
+        room = hi - ((v0 + c) & _M64)
+        if k_max <= 0 or at(t0 + step) - v0 > room:
+            return
+        good, bad = 1, k_max + 1
+        if at(t0 + k_max * step) - v0 <= room:
+            good = k_max
+        else:
+            while bad - good > 1:
+                mid = (good + bad) // 2
+                if at(t0 + mid * step) - v0 <= room:
+                    good = mid
+                else:
+                    bad = mid
+        k = good
+        s.retired = retired + k * loop.insns
+        part.io_stall(k * EXIT_NS)
+        self.skips += 1
+        self.iterations += k
+
     def _loop(self, linear: int, length: int) -> _Loop | None:
         """The proven loop at this RDTSC (cached with the code bytes it was proven from)."""
         read = self.exits.mmu.read
         hit = self._cache.get(linear)
         if hit is not None:
             loop, start, code = hit
+            if loop is None:
+                # Not a loop: proven from the RDTSC's own bytes, which the caller's check of
+                # its block (inline.py, from the block start to the RDTSC's end) just made.
+                return None
             try:
                 if read(start, len(code), fetch=True) == code:
                     return loop
@@ -192,6 +263,12 @@ class SpinSkip:
         return None, linear, code
 
 
+def _interval(relation: str, limit: int) -> tuple[int, int]:
+    """The unsigned values X for which "X relation limit" holds (the loop goes on)."""
+    return {"<": (0, limit - 1), ">=": (limit, _M64),
+            "<=": (0, limit), ">": (limit + 1, _M64)}[relation]
+
+
 def _decode(mnemonic: str, op_str: str) -> _Op | None:
     """One instruction as an op of the loop language, or None if it is not one."""
     if mnemonic in _NOPS and not op_str:
@@ -215,12 +292,19 @@ def _reg(name: str) -> tuple[int, int] | None:
     return None
 
 
-def _evaluate(ops: tuple[_Op, ...], regs: list[int]) -> tuple[int, str, int] | None:
-    """Run the loop's ops symbolically from the RDTSC (RAX = T[31:0], RDX = T[63:32]) with
-    the other registers' current values; (c, relation, L) of the branch "continue while
-    (T + c) relation L", or None where a rule of the module docstring does not hold."""
+def _evaluate(ops: tuple[_Op, ...], regs: list[int],
+              reads: frozenset[int] = frozenset()) -> tuple[int, str, int] | None:
+    """Run the loop's ops symbolically from the RDTSC or RDMSR (RAX = T[31:0],
+    RDX = T[63:32]) with the other registers' current values (``reads``: those the
+    instruction itself reads, ECX for RDMSR); (c, relation, L) of the branch "continue
+    while (T + c) relation L", or None where a rule of the module docstring does not hold.
+    A register other than RAX/RDX may be written if the iteration has not read it before:
+    it is then a function of T alone (a scratch copy), and the engine computes its final
+    value itself in the last iteration."""
     sym: dict[int, _Sym] = {_RAX: ("lo",), _RDX: ("hi",)}
     flags: tuple[int, str] | tuple[int, int] | None = None  # (c, L) after CMP: X = T + c
+    read_before = set(reads)  # invariant registers this iteration has read
+    written: set[int] = set()
 
     def value(operand: str, width: int) -> _Sym | int | None:
         r = _reg(operand)
@@ -235,6 +319,8 @@ def _evaluate(ops: tuple[_Op, ...], regs: list[int]) -> tuple[int, str, int] | N
             return None
         v = sym.get(index)
         if v is None:
+            if index not in written:
+                read_before.add(index)
             return regs[index] & (_M32 if w == 32 else _M64)
         if w == 32 and v[0] not in ("lo", "hi"):
             return None
@@ -253,14 +339,16 @@ def _evaluate(ops: tuple[_Op, ...], regs: list[int]) -> tuple[int, str, int] | N
         if dst is None:
             return None
         index, width = dst
-        if index not in (_RAX, _RDX) and kind != "cmp":
-            return None  # only RAX/RDX may change: the other registers stay invariant
         src = value(op[2], width)
         if src is None:
             return None
         cur = None if kind == "mov" else value(op[1], width)
         if cur is None and kind != "mov":
             return None
+        if kind != "cmp":
+            if index in read_before or index == _RSP:
+                return None  # carried from one iteration to the next: not a function of T
+            written.add(index)
         if kind == "cmp":
             if width != 64:
                 return None

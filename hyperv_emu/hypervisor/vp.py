@@ -25,6 +25,7 @@ from .context import CpuContext, Segment
 from .debugregs import DebugRegisters
 from .delivery import KIND_EXCEPTION, KIND_EXTERNAL, Event
 from .engine import add_port_hooks, add_trap_hooks, hook_failed, open_engine
+from .exits import EXIT_NS
 from .gate import BlockGate
 from .inline import InlineExits
 from .lapic import LocalApic
@@ -256,6 +257,7 @@ class VirtualProcessor:
                              d & 0xFFFF_FFFF, b & 0xFFFF_FFFF)
         if self.code_pages.serialize():
             self._end_slice_soon()  # CPUID serializes: code another VP changed is dropped
+        self.partition.io_stall(EXIT_NS)  # a VM exit's time (exits.EXIT_NS)
         if self.partition.observers.cpuid:
             from .observe import cpuid_event
             self.partition.observers.emit(cpuid_event(self, leaf, subleaf, (a, b, c, d)))

@@ -9,6 +9,7 @@ import pytest
 from hv_env import GUEST_OS_ID, HC_PAGE, enable_hypercalls, hv_machine, run
 
 from hyperv_emu.hypervisor import hvdef as H
+from hyperv_emu.hypervisor.exits import EXIT_NS
 from hyperv_emu.hypervisor.hv_cpuid import CHILD_PRIVILEGES, HvCpuidConfig
 from hyperv_emu.hypervisor.mmu import GuestFault
 
@@ -115,8 +116,9 @@ def test_time_ref_count_follows_virtual_clock_exactly() -> None:
     assert m.vp.read_msr(H.HV_X64_MSR_TIME_REF_COUNT) == clock.now() // 100
     clock.skip_to(clock.now() + 123_456_789)
     assert m.vp.read_msr(H.HV_X64_MSR_TIME_REF_COUNT) == clock.now() // 100
-    # In the guest: two RDMSRs 100 NOPs apart are 101 instructions * n ns apart.
-    apart = 101 * clock.ns_per_insn
+    # In the guest: two RDMSRs 100 NOPs apart are 101 instructions * n ns and the first
+    # RDMSR's exit time apart.
+    apart = 101 * clock.ns_per_insn + EXIT_NS
     src = (f"mov ecx, {H.HV_X64_MSR_TIME_REF_COUNT:#x}\nrdmsr\nmov esi, eax\n"
            + "nop\n" * 100 + "rdmsr\nsub eax, esi\nhlt\n")
     before = clock.now()
