@@ -59,6 +59,14 @@ _U32, _U64 = struct.Struct("<I"), struct.Struct("<Q")
 _CS_BASE = C.OFF_SEGS + 24 * C.SEG_CS + 8
 
 
+#: Off by default: with it on, Debian's 6.1 cloud kernel oopses at 0.25 s of guest time (a #PF
+#: reading FFFF892987000000 at the first instruction of ``asm_sysvec_hyperv_stimer0``, right
+#: after an interrupt taken at ``sti; nop`` inside the gate; not found yet: docs/ENGINE.md,
+#: "Timer interrupts inside the gate").  The small guests of tests/hypervisor/test_turnover.py
+#: check the path with it on.
+ENABLED = False
+
+
 class SliceTurn:
     """One VP's in-gate slice turnover (see the module docstring)."""
 
@@ -93,7 +101,7 @@ class SliceTurn:
         obs = part.observers
         t_end = part._t_end
         return not (
-            not self.enabled or vp._dirty or vp._exit is not None or vp.pending
+            not ENABLED or not self.enabled or vp._dirty or vp._exit is not None or vp.pending
             or vp.nmi_pending or vp.init_pending or vp.sipi_vector is not None
             or vp.debug.data_hits or vp.code_pages.pending or vp.code_pages.foreign
             or part._stop_reason is not None or part._sigint.pending

@@ -9,9 +9,11 @@ import subprocess
 import sys
 from typing import Any
 
+import pytest
 import unicorn
 from hv_helpers import IDT32, FakePic, flat32, gate32, machine
 
+from hyperv_emu.hypervisor import turnover
 from hyperv_emu.hypervisor.gate import GATE_CODE, GATE_SOURCE, NO_LIMIT, BlockGate
 from hyperv_emu.hypervisor.lapic import NS_PER_TICK
 from hyperv_emu.hypervisor.partition import IO_ACCESS_NS
@@ -91,14 +93,17 @@ def _count_slices(m: Any) -> list[int]:
     return slices
 
 
-def test_masked_interrupt_costs_no_slices_and_arrives_after_the_sti_shadow() -> None:
+@pytest.mark.parametrize("in_gate", [False, True])
+def test_masked_interrupt_costs_no_slices_and_arrives_after_the_sti_shadow(
+        in_gate: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(turnover, "ENABLED", in_gate)
     m = _masked_guest()
     slices = _count_slices(m)
     assert m.part.run().reason == "halted"
-    # One slice runs the whole IF=0 loop; where STI's shadow (the first NOP) ends, the gate
-    # delivers the interrupt itself and the same emu_start goes on into the handler
-    # (turnover.py).
-    assert len(slices) == 1 and m.vp.turn.delivered == 1
+    # One slice runs the whole IF=0 loop and stops where STI's shadow (the first NOP) ends;
+    # with the in-gate turnover, the gate delivers the interrupt itself there and the same
+    # emu_start goes on into the handler (turnover.py).
+    assert (len(slices), m.vp.turn.delivered) == ((1, 1) if in_gate else (2, 0))
     sti = 0x4000 + 1 + 5 + 3  # cli; mov ecx, imm32; dec ecx; jnz
     assert m.outs(0x81) == [sti + 1 + 1]  # the return address is the second NOP
     assert m.clock.instructions == 2 + 2 * 200_000 + 2 + 4

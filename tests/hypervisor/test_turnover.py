@@ -15,6 +15,7 @@ import pytest
 from hv_helpers import IDT32, FakePic, flat32, gate32, gate64, machine
 from test_longmode import IDT, PD, long_machine
 
+from hyperv_emu.hypervisor import turnover
 from hyperv_emu.hypervisor.inline import InlineExits
 from hyperv_emu.hypervisor.turnover import SliceTurn
 
@@ -38,6 +39,11 @@ def _ticking(m: Any, insns: int = PERIOD, vector: int = VECTOR) -> FakePic:
     timer = m.clock.timer(tick)
     timer.arm_in(period)
     return pic
+
+
+@pytest.fixture(autouse=True)
+def _turnover_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(turnover, "ENABLED", True)  # off by default (turnover.py)
 
 
 def _both(monkeypatch: pytest.MonkeyPatch, build: Callable[[], Any]) -> tuple[Any, Any]:
