@@ -103,7 +103,11 @@ def _state(m: Any) -> tuple[Any, ...]:
 def test_intercepts_run_inside_the_slice() -> None:
     m, slices = _run()
     assert m.vp.inline.count == 6 * ITERS
-    assert slices < ITERS  # the slow path ends a slice at every one of them
+    # The slow path ends a slice at every one of them (6 x ITERS); here only the ticks do
+    # (the deadline, then the delivery), and they come often: each intercept also takes a
+    # VM exit's time (exits.EXIT_NS).
+    ticks = struct.unpack_from("<Q", m.part.read_memory(LOG, 8))[0]
+    assert slices < 2 * ticks + ITERS // 10, (slices, ticks)
     assert m.vp.read_registers()["r13"] == sum(i & 15 for i in range(1, ITERS + 1))
     assert m.vp.read_msr(M.IA32_STAR) == 1
     assert struct.unpack_from("<Q", m.part.read_memory(LOG, 8))[0] > 0
