@@ -1,8 +1,8 @@
 """Debian's Linux cloud kernel through ``--kernel``/``--initrd`` (a busybox initramfs whose
-/init prints a marker and powers off), and ISOLINUX booting it from a CD with two VPs.  Slow
-and dependent on Debian packages (linux-image-cloud-amd64, busybox-static, isolinux,
-syslinux-common), so they run under the ``linux`` marker (``pytest -m linux``, as .ci/run
-does), and are skipped where those are not installed."""
+/init prints a marker and powers off), and ISOLINUX booting it from a CD, each with one and
+two VPs.  Slow and dependent on Debian packages (linux-image-cloud-amd64, busybox-static,
+isolinux, syslinux-common), so they run under the ``linux`` marker (``pytest -m linux``, as
+.ci/run does), and are skipped where those are not installed."""
 
 from __future__ import annotations
 
