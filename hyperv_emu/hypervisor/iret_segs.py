@@ -13,7 +13,8 @@ limit and clears P; so does this module).
 
 The engine performs IRET itself, so the check is made *before* the instruction, through the
 SVM IRET intercept (exit 74h), which is armed only while it can matter: in IA-32e mode with FS
-or GS holding a non-null selector whose DPL is below 3 (:func:`wanted`, evaluated at every
+or GS holding a non-null selector whose DPL is below 3 and a base other than 0, while an
+IRET could reach CPL 3 at all (:func:`wanted`, evaluated at every
 slice start and after each WRMSR to IA32_FS_BASE/IA32_GS_BASE; Linux and Windows never have
 one, kvm-unit-tests always does).  At the exit the
 run loop reads the new CS from the IRET frame; for a return to an outer level it nulls the
@@ -27,9 +28,11 @@ one slice, with no WRMSR to its base in between, is not seen.
 
 from __future__ import annotations
 
+import struct
 from typing import TYPE_CHECKING
 
 from . import context as C
+from .memory import UnmappedAccess
 from .mmu import GuestFault
 
 if TYPE_CHECKING:
@@ -41,6 +44,8 @@ if TYPE_CHECKING:
 SVM_EXIT_IRET = 0x74
 _BIT = 1 << (SVM_EXIT_IRET - 0x60)
 #: capstone's names of IRET with each operand size.
+#: The high dword of each 8-byte descriptor.
+_HIGH = struct.Struct("<4xI")
 MNEMONICS = frozenset({"iret", "iretd", "iretq"})
 _OPERAND = {"iret": 2, "iretd": 4, "iretq": 8}
 
@@ -54,12 +59,39 @@ def _invalidated(seg: C.Segment, cpl: int) -> bool:
         flags >> C.DESC_DPL_SHIFT) & 3 < cpl
 
 
-def wanted(ctx: CpuContext) -> bool:
+def _base_lost(seg: C.Segment) -> bool:
+    """Whether the engine's IRET to CPL 3 would lose something of ``seg`` that matters: a
+    segment it nulls whose base is not 0 (in IA-32e mode FS/GS limits are not checked, so a
+    zero base nulled is the same base)."""
+    return seg.base != 0 and _invalidated(seg, 3)
+
+
+def _ring3_code(ctx: CpuContext, mmu: Mmu) -> bool:
+    """Whether an IRET could reach CPL 3 at all: an LDT is loaded, or the GDT holds a present
+    DPL-3 code descriptor (SDM Vol. 3A 3.4.5; unreadable tables count as yes).  Ring-0-only
+    guests (the storm guests keep the BIOS's real-mode FS, DPL 0 with a base) then take no
+    IRET exits."""
+    if ctx.seg("ldt").selector & 0xFFFC:
+        return True
+    gdt = ctx.seg("gdt")
+    try:
+        table = mmu.read(gdt.base, min(gdt.limit + 1, 0x10000))
+    except (GuestFault, UnmappedAccess):
+        return True
+    for (high,) in _HIGH.iter_unpack(table[: len(table) // 8 * 8]):
+        # The high dword: P (bit 15), DPL (13-14), S (12), code (11).
+        if high & 0xF800 == 0xF800:
+            return True
+    return False
+
+
+def wanted(ctx: CpuContext, mmu: Mmu) -> bool:
     """Whether an IRET could now null FS or GS with a base that matters (IA-32e mode, a
-    non-null FS/GS below DPL 3)."""
+    non-null FS/GS below DPL 3 with a base other than 0, and code at CPL 3 to return to)."""
     if not ctx.efer & C.EFER_LMA:
         return False
-    return _invalidated(ctx.seg(C.SEG_FS), 3) or _invalidated(ctx.seg(C.SEG_GS), 3)
+    return ((_base_lost(ctx.seg(C.SEG_FS)) or _base_lost(ctx.seg(C.SEG_GS)))
+            and _ring3_code(ctx, mmu))
 
 
 def arm(ctx: CpuContext, on: bool) -> bool:
@@ -76,8 +108,8 @@ def rearm(vp: VirtualProcessor) -> None:
     """Re-evaluate :func:`wanted` now (after a WRMSR to IA32_FS_BASE/IA32_GS_BASE, which is
     how a guest gives a DPL-0 FS/GS a base): on the live state inside a hook, where the
     intercept word takes effect at once, else on the saved context."""
-    ctx = vp.inline.ctx if vp._running else vp.ctx
-    if arm(ctx, wanted(ctx)) and not vp._running:
+    ctx, mmu = (vp.inline.ctx, vp.inline.mmu) if vp._running else (vp.ctx, vp.mmu)
+    if arm(ctx, wanted(ctx, mmu)) and not vp._running:
         vp._dirty = True
 
 

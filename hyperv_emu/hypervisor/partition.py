@@ -587,7 +587,7 @@ class Partition:
         # The IRET intercept (iret_segs.py): armed while FS/GS could lose a base; an
         # intercepted IRET then runs alone with it off.
         once, vp.iret_once = vp.iret_once, False
-        if iret_segs.arm(ctx, not once and iret_segs.wanted(ctx)):
+        if iret_segs.arm(ctx, not once and iret_segs.wanted(ctx, vp.mmu)):
             vp._dirty = True
         if once:
             count, limit = min(count, 1), min(limit, 1)

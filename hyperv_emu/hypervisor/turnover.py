@@ -180,7 +180,7 @@ class SliceTurn:
         _U32.pack_into(view, C.OFF_EXC_IS_INT, 0)
         # The IRET intercept follows FS/GS as at the run loop's slice start (iret_segs.py);
         # the live intercept word takes effect at once.
-        iret_segs.arm(inline.ctx, iret_segs.wanted(inline.ctx))
+        iret_segs.arm(inline.ctx, iret_segs.wanted(inline.ctx, inline.mmu))
         self._begin(address, size, limit, masked)
         self.turns += 1
         # Leave the block before it runs and go on at RIP (the handler, or this block).

@@ -10,6 +10,11 @@ import pytest
 from hv_helpers import IDT32, flat32, gate32, gate64, gdt_desc, machine
 from test_longmode import GDT, IDT, PD, PDPT, PML4, TSS, long_machine
 
+from hyperv_emu.guests import build_guest
+from hyperv_emu.hypervisor import iret_segs
+from hyperv_emu.vsp.storage.raw import MemoryImage
+from hyperv_emu.worker.machine import Machine, MachineConfig
+
 UD_MARK = 0x6
 
 
@@ -158,3 +163,20 @@ def test_code_copied_byte_by_byte_over_code_run_before(chunk: int | None) -> Non
             break
     assert reason == "halted"
     assert [(p, v) for k, p, _, v, _ in m.io if k == "out"] == [(0x80, 1), (0x81, 2)]
+
+
+def test_ring_0_only_guest_with_a_dpl_0_fs_base_takes_no_iret_exits(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # exc_storm64 keeps the BIOS's real-mode FS (selector 9FC0h, DPL 0, base 9FC00h) in long
+    # mode and IRETs 100,000 times, always to ring 0; its GDT has no DPL-3 code, so no IRET
+    # can null FS and none is intercepted (an exit each cost 5x the storm's delivery time).
+    seen: list[str] = []
+    real = iret_segs.before_iret
+    monkeypatch.setattr(iret_segs, "before_iret",
+                        lambda ctx, mmu, text: (seen.append(text), real(ctx, mmu, text)))
+    out = bytearray()
+    m = Machine(MachineConfig(disk=MemoryImage(bytearray(build_guest("exc_storm64"))),
+                              serial_output=out.extend))
+    ex = m.run(max_instructions=100_000_000)
+    assert ex.status == 1 and b"PASS" in out
+    assert seen == []
