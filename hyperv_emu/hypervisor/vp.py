@@ -19,7 +19,7 @@ import unicorn
 from unicorn import x86_const as X
 
 from . import context as C
-from . import cpuid_state, debugregs, smp
+from . import cpuid_state, debugregs, smp, turnover
 from . import msr as M
 from .context import CpuContext, Segment
 from .debugregs import DebugRegisters
@@ -151,7 +151,8 @@ class VirtualProcessor:
         self.blocks.on_new_block = self.code_pages.new_block
         #: Timer deadlines and external interrupts handled inside the gate (turnover.py).
         self.turn = SliceTurn(self)
-        self.blocks.set_on_stop(self.turn.on_stop)
+        if turnover.ENABLED:  # off: the gate stops the engine itself, no Python call per stop
+            self.blocks.set_on_stop(self.turn.on_stop)
         #: Retranslated blocks check their page (xmodify.py); the handle for benchmarks.
         self.edge_hook = self.uc.hook_add(unicorn.UC_HOOK_EDGE_GENERATED,
                                           self.code_pages.retranslated)
